@@ -1,0 +1,12 @@
+"""roiops: exact, fast, reproducible RoI feature extractors for PyTorch.
+
+Drop-in for ``torchvision.ops.roi_align`` / ``roi_pool`` (same signatures, same
+numbers), with deterministic backward passes and parallel CPU kernels.
+"""
+
+from roiops._backend import use_backend
+from roiops.functional import roi_align, roi_pool
+from roiops.nn import RoIAlign, RoIPool
+
+__all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool", "use_backend"]
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Which backend computes an op: ``ROIOPS_BACKEND`` or ``roiops.use_backend``.
+
+Values: ``auto`` (default: Numba on CPU), ``numba`` (CPU kernels), ``reference`` (the
+NumPy spec, any device, slow), ``triton`` (GPU kernels; not part of this release yet).
+The choice is read at call time. A backend that is asked for explicitly and cannot
+serve the tensors' device raises an error; it never falls back silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+import torch
+
+ENV_VAR = "ROIOPS_BACKEND"
+CHOICES = ("auto", "numba", "triton", "reference")
+
+# backend -> device types it serves
+SERVES = {"numba": ("cpu",), "reference": ("cpu", "cuda", "mps", "xpu", "meta")}
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("roiops_backend", default=None)
+
+
+def _check_choice(name: str, where: str) -> str:
+    if name not in CHOICES:
+        raise ValueError(f"{where}: unknown backend {name!r}; choose one of {', '.join(CHOICES)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force a backend inside a ``with`` block (takes precedence over ROIOPS_BACKEND)."""
+    token = _forced.set(_check_choice(str(name).strip().lower(), "use_backend"))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def requested_backend() -> str:
+    name = _forced.get()
+    if name is None:
+        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        _check_choice(name, ENV_VAR)
+    return name
+
+
+def select_backend(device: torch.device) -> str:
+    """The backend that serves tensors on ``device``; raises if none can."""
+    name = requested_backend()
+    if name == "auto":
+        if device.type == "cpu":
+            return "numba"
+        raise NotImplementedError(
+            f"roiops has no kernels for {device.type} tensors yet (the Triton backend is "
+            f"still to come); {ENV_VAR}=reference runs the NumPy spec on them, slowly"
+        )
+    if name == "triton":
+        raise NotImplementedError(f"{ENV_VAR}=triton: the Triton backend is not available yet")
+    if device.type not in SERVES[name]:
+        raise RuntimeError(f"{ENV_VAR}={name} cannot serve {device.type} tensors")
+    return name

@@ -1,0 +1,159 @@
+"""The one place that checks and normalises the ops' arguments.
+
+Everything is checked in Python before a kernel runs, and every error names the
+argument. Checks that need the boxes' values (finite coordinates, batch indices in
+range) run inside the custom ops' real implementations, so they also guard calls made
+under ``torch.compile``, where the values are unknown while tracing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# Half precision is computed in float32 and returned in the input dtype.
+COMPUTE_DTYPES = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
+
+
+def check_input(input: object, op: str) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if input.dtype not in COMPUTE_DTYPES:
+        raise TypeError(
+            f"{op}: input must be float32, float64, float16 or bfloat16, got {input.dtype}"
+        )
+    return input
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return COMPUTE_DTYPES[dtype]
+
+
+def boxes_to_rois(boxes: object, input: Tensor, op: str) -> Tensor:
+    """``Tensor[K, 5]`` or a list/tuple of ``Tensor[L, 4]`` -> ``Tensor[K, 5]`` rois.
+
+    The result is contiguous, on the input's device and in the input's compute dtype.
+    """
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                f"{op}: boxes as a Tensor must have shape [K, 5] "
+                f"(batch_index, x1, y1, x2, y2), got {tuple(boxes.shape)}"
+            )
+        _check_box_tensor(boxes, input, op, "boxes")
+        rois = boxes
+    elif isinstance(boxes, Sequence) and not isinstance(boxes, str):
+        parts = []
+        for i, b in enumerate(boxes):
+            name = f"boxes[{i}]"
+            if not isinstance(b, Tensor):
+                raise TypeError(f"{op}: {name} must be a Tensor[L, 4], got {type(b).__name__}")
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(
+                    f"{op}: {name} must have shape [L, 4] (x1, y1, x2, y2), got {tuple(b.shape)}"
+                )
+            _check_box_tensor(b, input, op, name)
+            index = torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device)
+            parts.append(torch.cat([index, b], dim=1))
+        if parts:
+            rois = torch.cat([p.to(parts[0].dtype) for p in parts], dim=0)
+        else:
+            rois = input.new_zeros((0, 5))
+    else:
+        raise TypeError(
+            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], "
+            f"got {type(boxes).__name__}"
+        )
+    return rois.to(dtype=compute_dtype(input.dtype)).contiguous()
+
+
+def _check_box_tensor(b: Tensor, input: Tensor, op: str, name: str) -> None:
+    if not b.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating point tensor, got {b.dtype}")
+    if b.device != input.device:
+        raise ValueError(
+            f"{op}: {name} is on {b.device} but input is on {input.device}; "
+            "put both on the same device"
+        )
+
+
+def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
+    """Finite coordinates and integer batch indices in [0, batch_size)."""
+    if rois.shape[0] == 0:
+        return
+    if not bool(torch.isfinite(rois[:, 1:]).all()):
+        raise ValueError(f"{op}: boxes contain NaN or infinite coordinates")
+    index = rois[:, 0]
+    if not bool((index == torch.floor(index)).all()):
+        raise ValueError(f"{op}: boxes' batch indices (column 0) must be whole numbers")
+    low, high = float(index.min()), float(index.max())
+    if low < 0 or high >= batch_size:
+        raise ValueError(
+            f"{op}: boxes' batch indices must lie in [0, {batch_size}) for an input of "
+            f"{batch_size} images, got values in [{low:g}, {high:g}]"
+        )
+
+
+def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        pair = (int(output_size), int(output_size))
+    elif isinstance(output_size, Sequence) and len(output_size) == 2:
+        if not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size
+        ):
+            raise TypeError(f"{op}: output_size must hold integers, got {output_size!r}")
+        pair = (int(output_size[0]), int(output_size[1]))
+    else:
+        raise TypeError(f"{op}: output_size must be an int or a pair (h, w), got {output_size!r}")
+    if pair[0] <= 0 or pair[1] <= 0:
+        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
+    return pair
+
+
+def check_spatial_scale(spatial_scale: object, op: str) -> float:
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
+        raise TypeError(f"{op}: spatial_scale must be a real number, got {spatial_scale!r}")
+    value = float(spatial_scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{op}: spatial_scale must be positive and finite, got {spatial_scale!r}")
+    return value
+
+
+def check_sampling_ratio(sampling_ratio: object, op: str) -> int:
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise TypeError(
+            f"{op}: sampling_ratio must be an integer (<= 0 for adaptive), got {sampling_ratio!r}"
+        )
+    return int(sampling_ratio)
+
+
+def check_aligned(aligned: object, op: str) -> bool:
+    if not isinstance(aligned, bool):
+        raise TypeError(f"{op}: aligned must be a bool, got {aligned!r}")
+    return aligned
+
+
+def check_mode(mode: object, op: str) -> str:
+    if mode not in ("avg", "max"):
+        raise ValueError(f"{op}: mode must be 'avg' or 'max', got {mode!r}")
+    return mode
+
+
+def check_plane_indexable(input_shape: Sequence[int], op: str) -> None:
+    """Argmax indices are int32 within one [H, W] plane, as in torchvision."""
+    height, width = input_shape[-2], input_shape[-1]
+    if height * width >= 2**31:
+        raise ValueError(
+            f"{op}: input's H * W = {height * width} is too large for int32 argmax indices"
+        )

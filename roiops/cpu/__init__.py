@@ -1,0 +1,1 @@
+"""Numba CPU kernels: parallel over the cores, deterministic backward, cached JIT."""

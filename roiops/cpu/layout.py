@@ -1,0 +1,48 @@
+"""Tensor <-> array glue shared by the Numba kernels: layouts and work partitioning."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def channels_last_array(input: Tensor) -> np.ndarray:
+    """``Tensor[N, C, H, W]`` -> C-contiguous ``ndarray[N, H, W, C]`` (free if already
+    channels_last)."""
+    return input.detach().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def new_input_grad(shape, dtype: torch.dtype) -> Tensor:
+    """Zeroed ``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout.
+
+    Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
+    the leaf.
+    """
+    n, c, h, w = shape
+    return torch.zeros((n, h, w, c), dtype=dtype).permute(0, 3, 1, 2)
+
+
+def grad_array(grad_input: Tensor) -> np.ndarray:
+    """The ``ndarray[N, H, W, C]`` behind a tensor made by ``new_input_grad``."""
+    return grad_input.permute(0, 2, 3, 1).numpy()
+
+
+def rois_by_image(rois: Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``order, start``: image n's RoIs are ``order[start[n]:start[n + 1]]``, in input order."""
+    batch = rois[:, 0].to(torch.int64)
+    order = torch.argsort(batch, stable=True)
+    start = torch.zeros(batch_size + 1, dtype=torch.int64)
+    start[1:] = torch.cumsum(torch.bincount(batch, minlength=batch_size), 0)
+    return order.numpy(), start.numpy()
+
+
+def backward_channel_block(batch_size: int, channels: int) -> int:
+    """Channels per backward task: enough tasks to keep every thread busy (about two
+    per thread), blocks as wide as possible (>= 64 lets LLVM's vector loop engage)."""
+    wanted_tasks = 2 * numba.get_num_threads()
+    blocks_per_image = max(1, -(-wanted_tasks // max(batch_size, 1)))
+    block = -(-channels // blocks_per_image)
+    block = -(-block // 16) * 16  # whole 64-byte lines of float32
+    return max(16, min(block, max(channels, 1)))

@@ -1,0 +1,272 @@
+"""RoIAlign on CPU: Numba kernels, forward and backward, avg and max.
+
+Layout: the kernels read the input channels-last, ``X[N, H, W, C]``, so that the four
+neighbours of a sampling point are four contiguous channel vectors and the bilinear
+weights (shared by every channel) multiply whole SIMD registers. The innermost loops
+run over channels with a run-time trip count, which is what LLVM vectorises (a fixed
+trip count of 16 gets fully unrolled into scalar code instead).
+
+* forward: one task per RoI. A task reads its window channel block by channel block
+  (a block's window stays in L2), gathers the ``pooled_h * pooled_w`` bins of every
+  channel in a small channels-last buffer and writes its ``[C, ph, pw]`` output slice
+  once, contiguously.
+* backward: one task per (image, channel block). The task visits that image's RoIs in
+  their original order and is the only writer of its slice of the gradient, so every
+  gradient cell is summed by one thread in one fixed order: results are bitwise
+  identical from run to run and for any number of threads (no atomics, no per-thread
+  partial buffers to reduce).
+
+Indices are int64 (uint64 where a flat offset is formed, which also spares the inner
+loop Numba's negative-index wraparound), so tensors beyond 2**31 elements are fine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from roiops.cpu.sampling import axis_samples, roi_align_geometry
+
+# Forward: channels gathered per pass over a window (4 x 256 float32 = 4 KiB per sample).
+FORWARD_BLOCK = 256
+
+
+@njit(parallel=True, cache=True)
+def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out):
+    """out[K, C, pooled_h, pooled_w] = mean of the bilinear samples of each bin."""
+    _, H, W, C = X.shape
+    K = rois.shape[0]
+    T = X.dtype.type
+    P = pooled_h * pooled_w
+    Xf = X.reshape(-1)
+    out_bins = out.reshape(K, C, P)
+    for k in prange(K):
+        n = int(rois[k, 0])
+        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        )
+        y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
+        x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
+        count = T(max(gh * gw, 1))
+        bins = np.zeros((P, C), X.dtype)
+        for c0 in range(0, C, FORWARD_BLOCK):
+            nc = min(C - c0, FORWARD_BLOCK)
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    acc = bins[ph * pooled_w + pw, c0 : c0 + nc]
+                    for iy in range(gh):
+                        if not y_ok[ph, iy]:
+                            continue
+                        row_lo = (n * H + y_lo[ph, iy]) * W
+                        row_hi = (n * H + y_hi[ph, iy]) * W
+                        for ix in range(gw):
+                            if not x_ok[pw, ix]:
+                                continue
+                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
+                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
+                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
+                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
+                            o1 = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
+                            o2 = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
+                            o3 = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
+                            o4 = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                u = np.uint64(cc)
+                                acc[cc] += (
+                                    w1 * Xf[o1 + u]
+                                    + w2 * Xf[o2 + u]
+                                    + w3 * Xf[o3 + u]
+                                    + w4 * Xf[o4 + u]
+                                )
+                    for cc in range(nc):
+                        acc[cc] = acc[cc] / count
+        for c in range(C):
+            for b in range(P):
+                out_bins[k, c, b] = bins[b, c]
+
+
+@njit(parallel=True, cache=True)
+def roi_align_max_forward(
+    X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out, argmax
+):
+    """out = max over the bilinear samples of each bin; argmax = winning sample index.
+
+    A sample outside the map has value 0 and takes part in the max; the first maximum
+    wins; a bin without samples gives 0 and argmax -1.
+    """
+    _, H, W, C = X.shape
+    K = rois.shape[0]
+    P = pooled_h * pooled_w
+    Xf = X.reshape(-1)
+    out_bins = out.reshape(K, C, P)
+    arg_bins = argmax.reshape(K, C, P)
+    for k in prange(K):
+        n = int(rois[k, 0])
+        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        )
+        y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
+        x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
+        bins = np.zeros((P, C), X.dtype)
+        bin_args = np.full((P, C), -1, np.int32)
+        for c0 in range(0, C, FORWARD_BLOCK):
+            nc = min(C - c0, FORWARD_BLOCK)
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    best = bins[ph * pooled_w + pw, c0 : c0 + nc]
+                    best_s = bin_args[ph * pooled_w + pw, c0 : c0 + nc]
+                    for iy in range(gh):
+                        row_lo = (n * H + y_lo[ph, iy]) * W
+                        row_hi = (n * H + y_hi[ph, iy]) * W
+                        for ix in range(gw):
+                            s = np.int32(iy * gw + ix)
+                            if not (y_ok[ph, iy] and x_ok[pw, ix]):
+                                for cc in range(nc):
+                                    if s == 0 or best[cc] < 0:
+                                        best[cc] = 0
+                                        best_s[cc] = s
+                                continue
+                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
+                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
+                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
+                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
+                            o1 = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
+                            o2 = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
+                            o3 = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
+                            o4 = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                u = np.uint64(cc)
+                                v = (
+                                    w1 * Xf[o1 + u]
+                                    + w2 * Xf[o2 + u]
+                                    + w3 * Xf[o3 + u]
+                                    + w4 * Xf[o4 + u]
+                                )
+                                if s == 0 or v > best[cc]:
+                                    best[cc] = v
+                                    best_s[cc] = s
+        for c in range(C):
+            for b in range(P):
+                out_bins[k, c, b] = bins[b, c]
+                arg_bins[k, c, b] = bin_args[b, c]
+
+
+@njit(parallel=True, cache=True)
+def roi_align_avg_backward(
+    G,
+    rois,
+    order,
+    image_start,
+    spatial_scale,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+    channel_block,
+    GX,
+):
+    """GX[N, H, W, C] (zeroed) += the avg-mode gradient of G[K, C, pooled_h, pooled_w].
+
+    ``order[image_start[n]:image_start[n + 1]]`` lists image n's RoIs in input order.
+    """
+    N, H, W, C = GX.shape
+    T = GX.dtype.type
+    P = pooled_h * pooled_w
+    G_bins = G.reshape(G.shape[0], C, P)
+    GXf = GX.reshape(-1)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n = task // n_blocks
+        c0 = (task - n * n_blocks) * channel_block
+        nc = min(C - c0, channel_block)
+        share = np.empty((P, nc), GX.dtype)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+            )
+            y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
+            x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
+            count = T(max(gh * gw, 1))
+            for cc in range(nc):
+                for b in range(P):
+                    share[b, cc] = G_bins[k, c0 + cc, b] / count
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    g = share[ph * pooled_w + pw]
+                    for iy in range(gh):
+                        if not y_ok[ph, iy]:
+                            continue
+                        row_lo = (n * H + y_lo[ph, iy]) * W
+                        row_hi = (n * H + y_hi[ph, iy]) * W
+                        for ix in range(gw):
+                            if not x_ok[pw, ix]:
+                                continue
+                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
+                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
+                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
+                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
+                            # four separate passes: corners coincide at the border, and
+                            # each must add in the reference's order
+                            o = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                GXf[o + np.uint64(cc)] += g[cc] * w1
+                            o = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                GXf[o + np.uint64(cc)] += g[cc] * w2
+                            o = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                GXf[o + np.uint64(cc)] += g[cc] * w3
+                            o = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            for cc in range(nc):
+                                GXf[o + np.uint64(cc)] += g[cc] * w4
+
+
+@njit(parallel=True, cache=True)
+def roi_align_max_backward(
+    G,
+    argmax,
+    rois,
+    order,
+    image_start,
+    spatial_scale,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+    channel_block,
+    GX,
+):
+    """GX[N, H, W, C] (zeroed) += the max-mode gradient: only the winning sample passes."""
+    N, H, W, C = GX.shape
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n = task // n_blocks
+        c0 = (task - n * n_blocks) * channel_block
+        c1 = min(C, c0 + channel_block)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+            )
+            y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
+            x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    for c in range(c0, c1):
+                        s = argmax[k, c, ph, pw]
+                        # an index no forward could produce (reachable only by calling
+                        # the backward op by hand) is ignored, never read out of bounds
+                        if s < 0 or s >= gh * gw:
+                            continue
+                        iy = s // gw
+                        ix = s - iy * gw
+                        if not (y_ok[ph, iy] and x_ok[pw, ix]):
+                            continue
+                        g = G[k, c, ph, pw]
+                        yl, yh = y_lo[ph, iy], y_hi[ph, iy]
+                        xl, xh = x_lo[pw, ix], x_hi[pw, ix]
+                        GX[n, yl, xl, c] += g * (wy_lo[ph, iy] * wx_lo[pw, ix])
+                        GX[n, yl, xh, c] += g * (wy_lo[ph, iy] * wx_hi[pw, ix])
+                        GX[n, yh, xl, c] += g * (wy_hi[ph, iy] * wx_lo[pw, ix])
+                        GX[n, yh, xh, c] += g * (wy_hi[ph, iy] * wx_hi[pw, ix])

@@ -1,0 +1,84 @@
+"""RoIAlign's sampling grid and bilinear weights for the Numba kernels.
+
+The grid is separable: a sampling point's row only depends on (ph, iy) and its column
+only on (pw, ix), and the bilinear weight of a corner is the product of a row weight
+and a column weight (hy * hx, ...). So each RoI gets two small per-axis tables instead
+of torchvision's per-point table, and a point's four weights are formed as products
+in the inner loop, with the same values as torchvision's.
+
+Arithmetic is in the input dtype ``T`` and in torchvision's order (see
+``roiops.reference.roi_align``), which the tests check bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def roi_align_geometry(
+    rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+):
+    """(start_h, start_w, bin_size_h, bin_size_w, grid_h, grid_w) of RoI ``k``."""
+    T = rois.dtype.type
+    scale = T(spatial_scale)
+    offset = T(0.5) if aligned else T(0.0)
+    start_w = rois[k, 1] * scale - offset
+    start_h = rois[k, 2] * scale - offset
+    width = (rois[k, 3] * scale - offset) - start_w
+    height = (rois[k, 4] * scale - offset) - start_h
+    if not aligned:
+        # legacy convention: malformed RoIs are forced to 1x1 cell
+        width = max(width, T(1.0))
+        height = max(height, T(1.0))
+    bin_size_h = height / T(pooled_height)
+    bin_size_w = width / T(pooled_width)
+    if sampling_ratio > 0:
+        grid_h = sampling_ratio
+        grid_w = sampling_ratio
+    else:
+        # adaptive: ceil(bin size) points per axis; negative sizes give an empty grid
+        grid_h = max(math.ceil(bin_size_h), 0)
+        grid_w = max(math.ceil(bin_size_w), 0)
+    return start_h, start_w, bin_size_h, bin_size_w, grid_h, grid_w
+
+
+@njit(cache=True)
+def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
+    """Per-axis bilinear table for ``pooled`` bins x ``grid`` points along one axis.
+
+    Returns ``(low, high, w_low, w_high, valid)``, each ``[pooled, grid]``: the two
+    neighbouring cell indices of every point, their weights (1 - d and d), and whether
+    the point lies within one cell of the map, [-1, limit]; a point outside contributes
+    zero. Inside, the point is clamped to [0, limit - 1].
+    """
+    T = dtype_probe.dtype.type
+    low = np.zeros((pooled, grid), np.int64)
+    high = np.zeros((pooled, grid), np.int64)
+    w_low = np.zeros((pooled, grid), dtype_probe.dtype)
+    w_high = np.zeros((pooled, grid), dtype_probe.dtype)
+    valid = np.zeros((pooled, grid), np.bool_)
+    for p in range(pooled):
+        for i in range(grid):
+            v = (start + T(p) * bin_size) + T(i + 0.5) * bin_size / T(grid)
+            if not (v >= -1.0 and v <= limit):
+                continue
+            valid[p, i] = True
+            if v <= 0:
+                v = T(0)
+            lo = int(v)
+            if lo >= limit - 1:
+                lo = limit - 1
+                hi = lo
+                v = T(lo)
+            else:
+                hi = lo + 1
+            frac = v - T(lo)
+            low[p, i] = lo
+            high[p, i] = hi
+            w_low[p, i] = T(1) - frac
+            w_high[p, i] = frac
+    return low, high, w_low, w_high, valid

@@ -1,0 +1,1 @@
+"""The ops as ``torch.library`` custom ops: schema, fake impl, autograd, backend dispatch."""

@@ -1,0 +1,299 @@
+"""RoIAlign as custom ops: ``roiops::roi_align`` (avg) and ``roiops::roi_align_max``.
+
+Each op has its backward as a custom op too, a fake (meta) implementation for
+torch.compile/export, and its autograd registration. The real implementations check
+the boxes' values, then dispatch to the backend chosen at call time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops.cpu import layout
+from roiops.cpu import roi_align as cpu
+from roiops.reference import roi_align as reference
+
+OP = "roi_align"
+
+
+def _output_is_empty(input: Tensor, rois: Tensor) -> bool:
+    # no RoI, no channel, or nothing to sample from: all-zero output, no kernel launch
+    return rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0
+
+
+def _to_numpy(t: Tensor):
+    return t.detach().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------- forward
+def _forward(
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
+):
+    """``(output, argmax)``; argmax is None in avg mode."""
+    _validate.check_roi_values(rois, input.shape[0], OP)
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    if _output_is_empty(input, rois):
+        argmax = torch.full(shape, -1, dtype=torch.int32, device=input.device)
+        return input.new_zeros(shape), argmax if mode == "max" else None
+    backend = select_backend(input.device)
+    if backend == "numba":
+        # the kernels write every output element: no zero-filling pass
+        out = input.new_empty(shape)
+        argmax = torch.empty(shape, dtype=torch.int32) if mode == "max" else None
+        X = layout.channels_last_array(input)
+        args = (
+            X,
+            rois.numpy(),
+            spatial_scale,
+            pooled_height,
+            pooled_width,
+            sampling_ratio,
+            aligned,
+        )
+        if mode == "avg":
+            cpu.roi_align_avg_forward(*args, out.numpy())
+        else:
+            cpu.roi_align_max_forward(*args, out.numpy(), argmax.numpy())
+        return out, argmax
+    out, argmax = reference.roi_align_forward(
+        _to_numpy(input),
+        _to_numpy(rois),
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        aligned,
+        mode,
+    )
+    if argmax is not None:
+        argmax = torch.from_numpy(argmax).to(input.device)
+    return torch.from_numpy(out).to(input.device), argmax
+
+
+@torch.library.custom_op("roiops::roi_align", mutates_args=())
+def roi_align_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """Average-mode RoIAlign, ``Tensor[K, C, pooled_height, pooled_width]``."""
+    out, _ = _forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, "avg"
+    )
+    return out
+
+
+@torch.library.custom_op("roiops::roi_align_max", mutates_args=())
+def roi_align_max_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[Tensor, Tensor]:
+    """Max-mode RoIAlign: ``(output, argmax)``; argmax is the winning sample per bin."""
+    return _forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, "max"
+    )
+
+
+@roi_align_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@roi_align_max_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+# --------------------------------------------------------------------------- backward
+def _backward(
+    grad,
+    argmax,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    batch_size,
+    channels,
+    height,
+    width,
+    mode,
+):
+    shape = (batch_size, channels, height, width)
+    grad_input = layout.new_input_grad(shape, grad.dtype).to(grad.device)
+    if grad.numel() == 0 or height == 0 or width == 0:
+        return grad_input
+    _validate.check_roi_values(rois, batch_size, OP)
+    backend = select_backend(grad.device)
+    if backend == "numba":
+        order, start = layout.rois_by_image(rois, batch_size)
+        block = layout.backward_channel_block(batch_size, channels)
+        G = grad.contiguous().numpy()
+        GX = layout.grad_array(grad_input)
+        common = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, block, GX)
+        if mode == "avg":
+            cpu.roi_align_avg_backward(G, rois.numpy(), order, start, *common)
+        else:
+            A = argmax.contiguous().numpy()
+            cpu.roi_align_max_backward(G, A, rois.numpy(), order, start, *common)
+        return grad_input
+    ref = reference.roi_align_backward(
+        _to_numpy(grad),
+        _to_numpy(rois),
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        aligned,
+        shape,
+        mode,
+        None if argmax is None else _to_numpy(argmax),
+    )
+    grad_input.copy_(torch.from_numpy(ref))
+    return grad_input
+
+
+@torch.library.custom_op("roiops::roi_align_backward", mutates_args=())
+def roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::roi_align`` w.r.t. its input (deterministic)."""
+    return _backward(
+        grad,
+        None,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        aligned,
+        batch_size,
+        channels,
+        height,
+        width,
+        "avg",
+    )
+
+
+@torch.library.custom_op("roiops::roi_align_max_backward", mutates_args=())
+def roi_align_max_backward_op(
+    grad: Tensor,
+    argmax: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::roi_align_max`` w.r.t. its input (deterministic)."""
+    return _backward(
+        grad,
+        argmax,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        aligned,
+        batch_size,
+        channels,
+        height,
+        width,
+        "max",
+    )
+
+
+def _fake_input_grad(grad, batch_size, channels, height, width):
+    shape = (batch_size, height, width, channels)
+    return grad.new_empty(shape).permute(0, 3, 1, 2)
+
+
+@roi_align_backward_op.register_fake
+def _(
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    batch_size,
+    channels,
+    height,
+    width,
+):
+    return _fake_input_grad(grad, batch_size, channels, height, width)
+
+
+@roi_align_max_backward_op.register_fake
+def _(
+    grad,
+    argmax,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    batch_size,
+    channels,
+    height,
+    width,
+):
+    return _fake_input_grad(grad, batch_size, channels, height, width)
+
+
+# --------------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    if isinstance(output, tuple):
+        ctx.save_for_backward(rois, output[1])
+    else:
+        ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _avg_backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None, None
+
+
+def _max_backward(ctx, grad, _grad_argmax):
+    rois, argmax = ctx.saved_tensors
+    grad_input = roi_align_max_backward_op(grad, argmax, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None, None
+
+
+roi_align_op.register_autograd(_avg_backward, setup_context=_setup_context)
+roi_align_max_op.register_autograd(_max_backward, setup_context=_setup_context)

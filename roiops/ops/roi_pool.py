@@ -1,0 +1,103 @@
+"""RoIPool as custom ops: ``roiops::roi_pool`` and ``roiops::roi_pool_backward``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops.cpu import layout
+from roiops.cpu import roi_pool as cpu
+from roiops.reference import roi_pool as reference
+
+OP = "roi_pool"
+
+
+def _to_numpy(t: Tensor):
+    return t.detach().cpu().numpy()
+
+
+@torch.library.custom_op("roiops::roi_pool", mutates_args=())
+def roi_pool_op(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> tuple[Tensor, Tensor]:
+    """RoIPool: ``(output, argmax)``, argmax = winning ``h * W + w`` per bin or -1."""
+    _validate.check_roi_values(rois, input.shape[0], OP)
+    _validate.check_plane_indexable(input.shape, OP)
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    if rois.shape[0] == 0 or input.shape[1] == 0:
+        return input.new_zeros(shape), torch.full(shape, -1, dtype=torch.int32, device=input.device)
+    backend = select_backend(input.device)
+    if backend == "numba":
+        # the kernel writes every output element: no zero-filling pass
+        out = input.new_empty(shape)
+        argmax = torch.empty(shape, dtype=torch.int32)
+        X = layout.channels_last_array(input)
+        cpu.roi_pool_forward(
+            X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
+        )
+        return out, argmax
+    out, argmax = reference.roi_pool_forward(
+        _to_numpy(input), _to_numpy(rois), spatial_scale, pooled_height, pooled_width
+    )
+    return torch.from_numpy(out).to(input.device), torch.from_numpy(argmax).to(input.device)
+
+
+@roi_pool_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.custom_op("roiops::roi_pool_backward", mutates_args=())
+def roi_pool_backward_op(
+    grad: Tensor,
+    argmax: Tensor,
+    rois: Tensor,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::roi_pool`` w.r.t. its input: argmax routing, deterministic."""
+    shape = (batch_size, channels, height, width)
+    grad_input = layout.new_input_grad(shape, grad.dtype).to(grad.device)
+    if grad.numel() == 0:
+        return grad_input
+    _validate.check_roi_values(rois, batch_size, OP)
+    backend = select_backend(grad.device)
+    if backend == "numba":
+        order, start = layout.rois_by_image(rois, batch_size)
+        block = layout.backward_channel_block(batch_size, channels)
+        cpu.roi_pool_backward(
+            grad.contiguous().numpy(),
+            argmax.contiguous().numpy(),
+            order,
+            start,
+            block,
+            layout.grad_array(grad_input),
+        )
+        return grad_input
+    ref = reference.roi_pool_backward(_to_numpy(grad), _to_numpy(rois), _to_numpy(argmax), shape)
+    grad_input.copy_(torch.from_numpy(ref))
+    return grad_input
+
+
+@roi_pool_backward_op.register_fake
+def _(grad, argmax, rois, batch_size, channels, height, width):
+    return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, _, _, _ = inputs
+    ctx.save_for_backward(rois, output[1])
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad, _grad_argmax):
+    rois, argmax = ctx.saved_tensors
+    return roi_pool_backward_op(grad, argmax, rois, *ctx.input_shape), None, None, None, None
+
+
+roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
