@@ -1,0 +1,47 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+# Fixed-seed hypothesis profile: the same examples on every run and machine.
+settings.register_profile(
+    "roiops",
+    derandomize=True,
+    max_examples=int(os.environ.get("ROIOPS_HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("roiops")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("ROIOPS_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with ROIOPS_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def random_rois(rng, batch_size, count, image_h, image_w, min_size=-4.0, max_size=None):
+    """[K, 5] float64 rois: boxes around (and partly beyond) an image of image_h x image_w,
+    including degenerate (x2 <= x1) ones when min_size < 0."""
+    max_size = max_size if max_size is not None else max(image_h, image_w)
+    x1 = rng.uniform(-0.3 * image_w, 1.1 * image_w, count)
+    y1 = rng.uniform(-0.3 * image_h, 1.1 * image_h, count)
+    w = rng.uniform(min_size, max_size, count)
+    h = rng.uniform(min_size, max_size, count)
+    batch = rng.integers(0, max(batch_size, 1), count)
+    return np.stack([batch, x1, y1, x1 + w, y1 + h], axis=1)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def as_tensor(a, dtype):
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)

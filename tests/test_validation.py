@@ -1,0 +1,109 @@
+"""Bad input gets a clear Python exception naming the argument, on every op."""
+
+import pytest
+import torch
+
+import roiops
+
+X = torch.randn(2, 3, 8, 8)
+ROIS = torch.tensor([[0, 1.0, 1, 6, 6], [1, 0.0, 0, 4, 4]])
+
+
+def align(**kw):
+    args = dict(input=X, boxes=ROIS, output_size=2, spatial_scale=1.0, sampling_ratio=2)
+    args.update(kw)
+    return roiops.roi_align(**args)
+
+
+def pool(**kw):
+    args = dict(input=X, boxes=ROIS, output_size=2, spatial_scale=1.0)
+    args.update(kw)
+    return roiops.roi_pool(**args)
+
+
+OPS = [align, pool]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(input=torch.randn(3, 8, 8)), ValueError, "input must be 4-D"),
+        (dict(input=torch.ones(2, 3, 8, 8, dtype=torch.int64)), TypeError, "input must be float"),
+        (dict(input=[[1.0]]), TypeError, "input must be a torch.Tensor"),
+        (dict(boxes=torch.zeros(2, 4)), ValueError, r"boxes as a Tensor must have shape \[K, 5\]"),
+        (dict(boxes=torch.zeros(5)), ValueError, "boxes as a Tensor"),
+        (dict(boxes=ROIS.long()), TypeError, "boxes must be a floating point"),
+        (dict(boxes=[torch.zeros(2, 5)]), ValueError, r"boxes\[0\] must have shape \[L, 4\]"),
+        (dict(boxes=[torch.zeros(2, 4), "x"]), TypeError, r"boxes\[1\] must be a Tensor"),
+        (dict(boxes="boxes"), TypeError, "boxes must be a Tensor"),
+        (dict(boxes=ROIS.to("meta")), ValueError, "boxes is on meta but input is on cpu"),
+        (
+            dict(boxes=torch.tensor([[2, 0.0, 0, 1, 1]])),
+            ValueError,
+            r"batch indices must lie in \[0, 2\)",
+        ),
+        (dict(boxes=torch.tensor([[-1, 0.0, 0, 1, 1]])), ValueError, "batch indices must lie"),
+        (
+            dict(boxes=torch.tensor([[0.5, 0.0, 0, 1, 1]])),
+            ValueError,
+            "batch indices .* whole numbers",
+        ),
+        (dict(boxes=torch.tensor([[0, float("nan"), 0, 1, 1]])), ValueError, "NaN or infinite"),
+        (dict(boxes=torch.tensor([[0, 0.0, 0, float("inf"), 1]])), ValueError, "NaN or infinite"),
+        (dict(output_size=0), ValueError, "output_size must be positive"),
+        (dict(output_size=(2, -1)), ValueError, "output_size must be positive"),
+        (dict(output_size=(2, 2, 2)), TypeError, "output_size must be an int or a pair"),
+        (dict(output_size=2.5), TypeError, "output_size must be an int or a pair"),
+        (dict(output_size=(2.0, 2)), TypeError, "output_size must hold integers"),
+        (dict(spatial_scale=0.0), ValueError, "spatial_scale must be positive and finite"),
+        (dict(spatial_scale=-0.5), ValueError, "spatial_scale must be positive"),
+        (dict(spatial_scale=float("inf")), ValueError, "spatial_scale must be positive and finite"),
+        (dict(spatial_scale=float("nan")), ValueError, "spatial_scale must be positive and finite"),
+        (dict(spatial_scale="1"), TypeError, "spatial_scale must be a real number"),
+    ],
+)
+def test_bad_argument(op, kw, error, match):
+    with pytest.raises(error, match=match):
+        op(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(sampling_ratio=2.0), TypeError, "sampling_ratio must be an integer"),
+        (dict(sampling_ratio=1.5), TypeError, "sampling_ratio must be an integer"),
+        (dict(sampling_ratio=True), TypeError, "sampling_ratio must be an integer"),
+        (dict(aligned=1), TypeError, "aligned must be a bool"),
+        (dict(mode="mean"), ValueError, "mode must be 'avg' or 'max'"),
+    ],
+)
+def test_bad_roi_align_argument(kw, error, match):
+    with pytest.raises(error, match=match):
+        align(**kw)
+
+
+def test_value_checks_also_guard_the_custom_op():
+    # called directly (as torch.compile would), the op itself still refuses bad values
+    with pytest.raises(ValueError, match="batch indices must lie"):
+        torch.ops.roiops.roi_align(X, torch.tensor([[7, 0.0, 0, 1, 1]]), 1.0, 2, 2, 2, True)
+    with pytest.raises(ValueError, match="NaN"):
+        torch.ops.roiops.roi_pool(X, torch.tensor([[0, float("nan"), 0, 1, 1]]), 1.0, 2, 2)
+
+
+def test_backend_switch(monkeypatch):
+    monkeypatch.setenv("ROIOPS_BACKEND", "reference")
+    ref = align()
+    monkeypatch.setenv("ROIOPS_BACKEND", "numba")
+    assert torch.equal(align(), ref)
+    monkeypatch.setenv("ROIOPS_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError, match="ROIOPS_BACKEND: unknown backend 'cuda-magic'"):
+        align()
+    monkeypatch.setenv("ROIOPS_BACKEND", "triton")
+    with pytest.raises(NotImplementedError, match="Triton backend is not available"):
+        align()
+    monkeypatch.delenv("ROIOPS_BACKEND")
+    with pytest.raises(ValueError, match="unknown backend"), roiops.use_backend("fast"):
+        pass
+    with roiops.use_backend("reference"):
+        assert torch.equal(align(), ref)
