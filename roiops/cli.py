@@ -1,0 +1,71 @@
+"""The ``roiops`` command: ``roiops explain`` and ``roiops bench``."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from roiops.explain import Example, explain_text
+
+    ex = Example(args.image_size, args.box_size, args.stride, args.output_size, args.sampling_ratio)
+    print(explain_text(ex))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numba
+
+    from roiops import bench
+
+    dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    rows = bench.run(args.device, dtype, quick=args.quick, repeat=args.repeat)
+    title = (
+        f"roiops vs torchvision on {args.device} ({platform.processor() or platform.machine()}, "
+        f"{numba.get_num_threads()} Numba threads, torch {torch.get_num_threads()} threads), "
+        f"{args.dtype}, median of {args.repeat}"
+    )
+    print(bench.format_table(rows, title))
+    if args.json:
+        meta = {
+            "device": args.device,
+            "dtype": args.dtype,
+            "repeat": args.repeat,
+            "torch": torch.__version__,
+            "threads": numba.get_num_threads(),
+        }
+        with open(args.json, "w") as f:
+            f.write(bench.to_json(rows, meta))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="roiops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="the article's worked example, computed by the library")
+    p.add_argument("--image-size", type=int, default=800)
+    p.add_argument("--box-size", type=float, default=665.0)
+    p.add_argument("--stride", type=int, default=32)
+    p.add_argument("--output-size", type=int, default=7)
+    p.add_argument("--sampling-ratio", type=int, default=2)
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("bench", help="speed-up vs torchvision, forward and backward")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--quick", action="store_true", help="3 cases, for a demo")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", help="also write the results as JSON to this path")
+    p.set_defaults(func=_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
