@@ -1,0 +1,54 @@
+"""The command line: explain's numbers come from the library, bench produces a table."""
+
+import json
+
+import pytest
+
+from roiops import bench, cli
+
+
+def test_explain_reproduces_the_article(capsys):
+    assert cli.main(["explain"]) == 0
+    text = capsys.readouterr().out
+    assert "800 / 32 = 25 cells; box: 665 / 32 = 20.78 cells" in text
+    assert "box 20.78 -> 20 cells" in text
+    assert "bin 20 / 7 = 2.86 -> 2 cells" in text
+    assert "0.1 cell = 3.2 px and 0.8 cell = 25.6 px" in text
+    assert "[0,4) [3,7) [6,10) [9,13) [12,16) [15,19) [18,22)" in text
+    assert "sampling_ratio=2: 2x2 = 4 points per bin; bin 0 samples x at 0.74, 2.23" in text
+    assert "3x3 = 9 points per bin" in text
+    assert "Checked:" in text
+
+
+def test_explain_follows_its_options(capsys):
+    args = ["explain", "--image-size", "1024", "--box-size", "300", "--stride", "16"]
+    assert cli.main([*args, "--output-size", "5", "--sampling-ratio", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "1024 / 16 = 64 cells; box: 300 / 16 = 18.75 cells" in text
+    assert "box 18.75 -> 18 cells" in text
+    assert "bin 18 / 5 = 3.60 -> 3 cells" in text
+    assert "sampling_ratio=1: 1x1 = 1 points per bin" in text
+
+
+def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
+    # one repetition of the quick cases: checks the plumbing, not the speed
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--repeat", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "geometric mean speed-up, forward" in text
+    assert "geometric mean speed-up, backward" in text
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 * len(bench.cases(quick=True))
+    for row in data["rows"]:
+        assert row["torchvision_ms"] > 0 and row["roiops_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["torchvision_ms"] / row["roiops_ms"])
+
+
+def test_bench_inputs_are_valid_boxes():
+    for case in bench.cases():
+        x, rois, grad = bench.make_inputs(case, "cpu", bench.torch.float32)
+        n, c, h, w = case.shape
+        assert x.shape == case.shape and rois.shape == (case.num_rois, 5)
+        sides = rois[:, 3:] - rois[:, 1:3]
+        assert float(sides.min()) >= case.box_px[0] and float(sides.max()) <= case.box_px[1]
+        assert grad.shape == (case.num_rois, c, case.output_size, case.output_size)
