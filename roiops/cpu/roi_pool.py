@@ -85,10 +85,11 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
                         cell = np.int32(h * W + w)
                         o = np.uint64(((n * H + h) * W + w) * C)
                         for c in range(C):
+                            # branch-free select, so that LLVM vectorises the channels
                             v = Xf[o + np.uint64(c)]
-                            if v > best[c]:
-                                best[c] = v
-                                best_at[c] = cell
+                            wins = v > best[c]
+                            best[c] = v if wins else best[c]
+                            best_at[c] = cell if wins else best_at[c]
         for c in range(C):
             for b in range(P):
                 out_bins[k, c, b] = bins[b, c]
@@ -111,8 +112,11 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
         c1 = min(C, c0 + channel_block)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            for c in range(c0, c1):
-                for b in range(P):
+            # bin-major: a bin's winners of neighbouring channels lie in the same few
+            # cells, so consecutive writes share cache lines. Per (cell, channel) the
+            # order of the additions is still RoI, then bin: as in the reference.
+            for b in range(P):
+                for c in range(c0, c1):
                     cell = arg_bins[k, c, b]
                     # -1 = empty bin; out-of-plane values (only reachable by calling the
                     # backward op by hand) are ignored, never written out of bounds

@@ -41,8 +41,8 @@ def _forward(
     backend = select_backend(input.device)
     if backend == "numba":
         # the kernels write every output element: no zero-filling pass
-        out = layout.host_empty(shape, input.dtype)
-        argmax = layout.host_empty(shape, torch.int32) if mode == "max" else None
+        out = input.new_empty(shape)
+        argmax = torch.empty(shape, dtype=torch.int32) if mode == "max" else None
         X = layout.channels_last_array(input)
         args = (
             X,

@@ -31,8 +31,8 @@ def roi_pool_op(
     backend = select_backend(input.device)
     if backend == "numba":
         # the kernel writes every output element: no zero-filling pass
-        out = layout.host_empty(shape, input.dtype)
-        argmax = layout.host_empty(shape, torch.int32)
+        out = input.new_empty(shape)
+        argmax = torch.empty(shape, dtype=torch.int32)
         X = layout.channels_last_array(input)
         cpu.roi_pool_forward(
             X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
