@@ -112,11 +112,8 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
         c1 = min(C, c0 + channel_block)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            # bin-major: a bin's winners of neighbouring channels lie in the same few
-            # cells, so consecutive writes share cache lines. Per (cell, channel) the
-            # order of the additions is still RoI, then bin: as in the reference.
-            for b in range(P):
-                for c in range(c0, c1):
+            for c in range(c0, c1):
+                for b in range(P):
                     cell = arg_bins[k, c, b]
                     # -1 = empty bin; out-of-plane values (only reachable by calling the
                     # backward op by hand) are ignored, never written out of bounds
