@@ -295,3 +295,14 @@ def test_reference_geometry_is_what_the_kernels_use():
     g = reference.roi_geometry((0, 0, 665, 665), 1 / 32, 7, 7, 2, False, np.float64)
     assert g.height == pytest.approx(665 / 32) and g.bin_size_h == pytest.approx(665 / 32 / 7)
     assert (g.grid_h, g.grid_w, g.count) == (2, 2, 4)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (2, 24, 16, 64), (1, 17, 8, 8), (2, 3, 32, 32)])
+def test_channels_last_conversion_paths_agree(shape):
+    # 4 KiB-strided planes take the tiled Numba transpose, others torch's copy
+    from roiops.cpu.layout import channels_last_array
+
+    x = torch.randn(shape)
+    assert np.array_equal(channels_last_array(x), x.permute(0, 2, 3, 1).numpy())
+    strided = torch.randn(shape[0], shape[1], shape[2], shape[3] * 2)[..., ::2]
+    assert np.array_equal(channels_last_array(strided), strided.permute(0, 2, 3, 1).numpy())

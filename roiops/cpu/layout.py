@@ -7,11 +7,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from roiops.cpu.transpose import nchw_to_nhwc
+
 
 def channels_last_array(input: Tensor) -> np.ndarray:
     """``Tensor[N, C, H, W]`` -> C-contiguous ``ndarray[N, H, W, C]`` (free if already
     channels_last)."""
-    return input.detach().permute(0, 2, 3, 1).contiguous().numpy()
+    input = input.detach()
+    nhwc = input.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():
+        return nhwc.numpy()
+    n, c, h, w = input.shape
+    if input.is_contiguous() and c >= 16 and (h * w * input.element_size()) % 4096 == 0:
+        out = torch.empty((n, h, w, c), dtype=input.dtype)
+        nchw_to_nhwc(input.numpy(), out.numpy())
+        return out.numpy()
+    return nhwc.contiguous().numpy()
 
 
 def new_input_grad(shape, dtype: torch.dtype) -> Tensor:
