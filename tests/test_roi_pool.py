@@ -159,7 +159,7 @@ def test_backward_bitwise_deterministic_across_threads(rng):
 
 def test_hand_made_argmax_never_writes_out_of_bounds():
     grad = torch.ones(1, 1, 1, 2)
-    argmax = torch.tensor([[[[10**6, -7]]]], dtype=torch.int32)
+    argmax = torch.tensor([[[[10**6], [-7]]]], dtype=torch.int32)  # [K, ph, pw, C]
     rois = torch.tensor([[0, 0.0, 0, 1, 1]])
     out = torch.ops.roiops.roi_pool_backward(grad, argmax, rois, 1, 1, 2, 2)
     assert torch.equal(out, torch.zeros(1, 1, 2, 2))

@@ -89,7 +89,8 @@ def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 def roi_align_max_forward(
     X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out, argmax
 ):
-    """out = max over the bilinear samples of each bin; argmax = winning sample index.
+    """out = max over the bilinear samples of each bin; argmax[K, ph, pw, C] = winning
+    sample index ``iy * grid_w + ix`` (channels last, like roi_pool's argmax).
 
     A sample outside the map has value 0 and takes part in the max; the first maximum
     wins; a bin without samples gives 0 and argmax -1.
@@ -99,7 +100,7 @@ def roi_align_max_forward(
     P = pooled_h * pooled_w
     Xf = X.reshape(-1)
     out_bins = out.reshape(K, C, P)
-    arg_bins = argmax.reshape(K, C, P)
+    arg_bins = argmax.reshape(K, P, C)
     for k in prange(K):
         n = int(rois[k, 0])
         start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
@@ -108,13 +109,13 @@ def roi_align_max_forward(
         y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
         x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
         bins = np.zeros((P, C), X.dtype)
-        bin_args = np.full((P, C), -1, np.int32)
+        arg_bins[k] = -1
         for c0 in range(0, C, FORWARD_BLOCK):
             nc = min(C - c0, FORWARD_BLOCK)
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     best = bins[ph * pooled_w + pw, c0 : c0 + nc]
-                    best_s = bin_args[ph * pooled_w + pw, c0 : c0 + nc]
+                    best_s = arg_bins[k, ph * pooled_w + pw, c0 : c0 + nc]
                     for iy in range(gh):
                         row_lo = (n * H + y_lo[ph, iy]) * W
                         row_hi = (n * H + y_hi[ph, iy]) * W
@@ -148,7 +149,6 @@ def roi_align_max_forward(
         for c in range(C):
             for b in range(P):
                 out_bins[k, c, b] = bins[b, c]
-                arg_bins[k, c, b] = bin_args[b, c]
 
 
 @njit(parallel=True, cache=True)
@@ -254,7 +254,7 @@ def roi_align_max_backward(
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     for c in range(c0, c1):
-                        s = argmax[k, c, ph, pw]
+                        s = argmax[k, ph, pw, c]
                         # an index no forward could produce (reachable only by calling
                         # the backward op by hand) is ignored, never read out of bounds
                         if s < 0 or s >= gh * gw:

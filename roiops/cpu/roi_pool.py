@@ -56,21 +56,23 @@ def bin_edges(roi_start, roi_size, pooled, limit, dtype_probe):
 
 @njit(parallel=True, cache=True)
 def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
-    """out[K, C, ph, pw] = max of each bin's cells; argmax = winning ``h * W + w`` or -1."""
+    """out[K, C, ph, pw] = max of each bin's cells; argmax[K, ph, pw, C] = winning
+    ``h * W + w`` or -1 (channels last: written without a transpose, and read by the
+    backward a whole channel block at a time)."""
     _, H, W, C = X.shape
     K = rois.shape[0]
     T = X.dtype.type
     P = pooled_h * pooled_w
     Xf = X.reshape(-1)
     out_bins = out.reshape(K, C, P)
-    arg_bins = argmax.reshape(K, C, P)
+    arg_bins = argmax.reshape(K, P, C)
     for k in prange(K):
         n = int(rois[k, 0])
         start_h, start_w, roi_h, roi_w = quantize_roi(rois, k, spatial_scale)
         rows = bin_edges(start_h, roi_h, pooled_h, H, rois)
         cols = bin_edges(start_w, roi_w, pooled_w, W, rois)
         bins = np.zeros((P, C), X.dtype)
-        bin_args = np.full((P, C), -1, np.int32)
+        arg_bins[k] = -1
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 h0, h1 = rows[ph, 0], rows[ph, 1]
@@ -78,7 +80,7 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
                 if h1 <= h0 or w1 <= w0:
                     continue  # an empty bin outputs 0 and routes no gradient
                 best = bins[ph * pooled_w + pw]
-                best_at = bin_args[ph * pooled_w + pw]
+                best_at = arg_bins[k, ph * pooled_w + pw]
                 best[:] = T(LOWEST)
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -93,7 +95,6 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
         for c in range(C):
             for b in range(P):
                 out_bins[k, c, b] = bins[b, c]
-                arg_bins[k, c, b] = bin_args[b, c]
 
 
 @njit(parallel=True, cache=True)
@@ -102,7 +103,7 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
     N, H, W, C = GX.shape
     P = G.shape[2] * G.shape[3]
     G_bins = G.reshape(G.shape[0], C, P)
-    arg_bins = argmax.reshape(G.shape[0], C, P)
+    arg_bins = argmax.reshape(G.shape[0], P, C)
     GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     plane = H * W
@@ -114,7 +115,7 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
             k = order[j]
             for c in range(c0, c1):
                 for b in range(P):
-                    cell = arg_bins[k, c, b]
+                    cell = arg_bins[k, b, c]
                     # -1 = empty bin; out-of-plane values (only reachable by calling the
                     # backward op by hand) are ignored, never written out of bounds
                     if cell < 0 or cell >= plane:

@@ -1,1 +1,34 @@
-"""The ops as ``torch.library`` custom ops: schema, fake impl, autograd, backend dispatch."""
+"""The ops as ``torch.library`` custom ops: schema, fake impl, autograd, backend dispatch.
+
+Shared conventions of the ops in this package:
+
+* ``argmax`` (roi_pool, roi_align max mode) is an int32 ``Tensor[K, ph, pw, C]``:
+  channels last, the layout the CPU kernels write without a transpose and read back a
+  channel block at a time. The NumPy reference keeps the readable ``[K, C, ph, pw]``;
+  the adapters below convert.
+* input gradients are ``Tensor[N, C, H, W]`` with channels_last strides (see
+  ``roiops.cpu.layout.new_input_grad``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def host_array(t: Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array on the host (for the reference backend)."""
+    return t.detach().cpu().numpy()
+
+
+def argmax_shape(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
+    return (num_rois, pooled_h, pooled_w, channels)
+
+
+def argmax_from_reference(argmax: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(argmax.transpose(0, 2, 3, 1))).to(device)
+
+
+def argmax_to_reference(argmax: Tensor) -> np.ndarray:
+    return host_array(argmax).transpose(0, 3, 1, 2)

@@ -14,6 +14,7 @@ from roiops import _validate
 from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
+from roiops.ops import argmax_from_reference, argmax_shape, argmax_to_reference, host_array
 from roiops.reference import roi_align as reference
 
 OP = "roi_align"
@@ -24,10 +25,6 @@ def _output_is_empty(input: Tensor, rois: Tensor) -> bool:
     return rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0
 
 
-def _to_numpy(t: Tensor):
-    return t.detach().cpu().numpy()
-
-
 # ---------------------------------------------------------------------------- forward
 def _forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
@@ -35,14 +32,15 @@ def _forward(
     """``(output, argmax)``; argmax is None in avg mode."""
     _validate.check_roi_values(rois, input.shape[0], OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    arg_shape = argmax_shape(*shape)
     if _output_is_empty(input, rois):
-        argmax = torch.full(shape, -1, dtype=torch.int32, device=input.device)
+        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
         return input.new_zeros(shape), argmax if mode == "max" else None
     backend = select_backend(input.device)
     if backend == "numba":
         # the kernels write every output element: no zero-filling pass
         out = input.new_empty(shape)
-        argmax = torch.empty(shape, dtype=torch.int32) if mode == "max" else None
+        argmax = torch.empty(arg_shape, dtype=torch.int32) if mode == "max" else None
         X = layout.channels_last_array(input)
         args = (
             X,
@@ -59,8 +57,8 @@ def _forward(
             cpu.roi_align_max_forward(*args, out.numpy(), argmax.numpy())
         return out, argmax
     out, argmax = reference.roi_align_forward(
-        _to_numpy(input),
-        _to_numpy(rois),
+        host_array(input),
+        host_array(rois),
         spatial_scale,
         pooled_height,
         pooled_width,
@@ -69,7 +67,7 @@ def _forward(
         mode,
     )
     if argmax is not None:
-        argmax = torch.from_numpy(argmax).to(input.device)
+        argmax = argmax_from_reference(argmax, input.device)
     return torch.from_numpy(out).to(input.device), argmax
 
 
@@ -114,7 +112,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 @roi_align_max_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
 
 # --------------------------------------------------------------------------- backward
@@ -152,8 +150,8 @@ def _backward(
             cpu.roi_align_max_backward(G, A, rois.numpy(), order, start, *common)
         return grad_input
     ref = reference.roi_align_backward(
-        _to_numpy(grad),
-        _to_numpy(rois),
+        host_array(grad),
+        host_array(rois),
         spatial_scale,
         pooled_height,
         pooled_width,
@@ -161,7 +159,7 @@ def _backward(
         aligned,
         shape,
         mode,
-        None if argmax is None else _to_numpy(argmax),
+        None if argmax is None else argmax_to_reference(argmax),
     )
     grad_input.copy_(torch.from_numpy(ref))
     return grad_input

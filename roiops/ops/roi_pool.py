@@ -9,45 +9,44 @@ from roiops import _validate
 from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
+from roiops.ops import argmax_from_reference, argmax_shape, argmax_to_reference, host_array
 from roiops.reference import roi_pool as reference
 
 OP = "roi_pool"
-
-
-def _to_numpy(t: Tensor):
-    return t.detach().cpu().numpy()
 
 
 @torch.library.custom_op("roiops::roi_pool", mutates_args=())
 def roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> tuple[Tensor, Tensor]:
-    """RoIPool: ``(output, argmax)``, argmax = winning ``h * W + w`` per bin or -1."""
+    """RoIPool: ``(output, argmax)``; ``argmax[K, ph, pw, C]`` = winning ``h * W + w`` or -1."""
     _validate.check_roi_values(rois, input.shape[0], OP)
     _validate.check_plane_indexable(input.shape, OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or input.shape[1] == 0:
-        return input.new_zeros(shape), torch.full(shape, -1, dtype=torch.int32, device=input.device)
+        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
+        return input.new_zeros(shape), argmax
     backend = select_backend(input.device)
     if backend == "numba":
         # the kernel writes every output element: no zero-filling pass
         out = input.new_empty(shape)
-        argmax = torch.empty(shape, dtype=torch.int32)
+        argmax = torch.empty(arg_shape, dtype=torch.int32)
         X = layout.channels_last_array(input)
         cpu.roi_pool_forward(
             X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
         )
         return out, argmax
     out, argmax = reference.roi_pool_forward(
-        _to_numpy(input), _to_numpy(rois), spatial_scale, pooled_height, pooled_width
+        host_array(input), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
-    return torch.from_numpy(out).to(input.device), torch.from_numpy(argmax).to(input.device)
+    return torch.from_numpy(out).to(input.device), argmax_from_reference(argmax, input.device)
 
 
 @roi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
 
 @torch.library.custom_op("roiops::roi_pool_backward", mutates_args=())
@@ -79,7 +78,9 @@ def roi_pool_backward_op(
             layout.grad_array(grad_input),
         )
         return grad_input
-    ref = reference.roi_pool_backward(_to_numpy(grad), _to_numpy(rois), _to_numpy(argmax), shape)
+    ref = reference.roi_pool_backward(
+        host_array(grad), host_array(rois), argmax_to_reference(argmax), shape
+    )
     grad_input.copy_(torch.from_numpy(ref))
     return grad_input
 
