@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from roiops.cpu.sampling import axis_samples, roi_align_geometry
+from roiops.cpu.sampling import roi_sampling_tables, sample_corners, sample_is_inside
 
 # Forward: channels gathered per pass over a window (4 x 256 float32 = 4 KiB per sample).
 FORWARD_BLOCK = 256
@@ -42,11 +42,9 @@ def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     out_bins = out.reshape(K, C, P)
     for k in prange(K):
         n = int(rois[k, 0])
-        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        gh, gw, rows, cols = roi_sampling_tables(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
         )
-        y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
-        x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
         count = T(max(gh * gw, 1))
         bins = np.zeros((P, C), X.dtype)
         for c0 in range(0, C, FORWARD_BLOCK):
@@ -55,21 +53,14 @@ def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_r
                 for pw in range(pooled_w):
                     acc = bins[ph * pooled_w + pw, c0 : c0 + nc]
                     for iy in range(gh):
-                        if not y_ok[ph, iy]:
-                            continue
-                        row_lo = (n * H + y_lo[ph, iy]) * W
-                        row_hi = (n * H + y_hi[ph, iy]) * W
                         for ix in range(gw):
-                            if not x_ok[pw, ix]:
+                            if not sample_is_inside(rows, cols, ph, iy, pw, ix):
                                 continue
-                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
-                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
-                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
-                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
-                            o1 = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
-                            o2 = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
-                            o3 = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
-                            o4 = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                                rows, cols, ph, iy, pw, ix, n, H, W, C
+                            )
+                            o1, o2 = np.uint64(o1 + c0), np.uint64(o2 + c0)
+                            o3, o4 = np.uint64(o3 + c0), np.uint64(o4 + c0)
                             for cc in range(nc):
                                 u = np.uint64(cc)
                                 acc[cc] += (
@@ -103,11 +94,9 @@ def roi_align_max_forward(
     arg_bins = argmax.reshape(K, P, C)
     for k in prange(K):
         n = int(rois[k, 0])
-        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        gh, gw, rows, cols = roi_sampling_tables(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
         )
-        y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
-        x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
         bins = np.zeros((P, C), X.dtype)
         arg_bins[k] = -1
         for c0 in range(0, C, FORWARD_BLOCK):
@@ -117,24 +106,19 @@ def roi_align_max_forward(
                     best = bins[ph * pooled_w + pw, c0 : c0 + nc]
                     best_s = arg_bins[k, ph * pooled_w + pw, c0 : c0 + nc]
                     for iy in range(gh):
-                        row_lo = (n * H + y_lo[ph, iy]) * W
-                        row_hi = (n * H + y_hi[ph, iy]) * W
                         for ix in range(gw):
                             s = np.int32(iy * gw + ix)
-                            if not (y_ok[ph, iy] and x_ok[pw, ix]):
+                            if not sample_is_inside(rows, cols, ph, iy, pw, ix):
                                 for cc in range(nc):
                                     if s == 0 or best[cc] < 0:
                                         best[cc] = 0
                                         best_s[cc] = s
                                 continue
-                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
-                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
-                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
-                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
-                            o1 = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
-                            o2 = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
-                            o3 = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
-                            o4 = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                                rows, cols, ph, iy, pw, ix, n, H, W, C
+                            )
+                            o1, o2 = np.uint64(o1 + c0), np.uint64(o2 + c0)
+                            o3, o4 = np.uint64(o3 + c0), np.uint64(o4 + c0)
                             for cc in range(nc):
                                 u = np.uint64(cc)
                                 v = (
@@ -182,11 +166,9 @@ def roi_align_avg_backward(
         share = np.empty((P, nc), GX.dtype)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+            gh, gw, rows, cols = roi_sampling_tables(
+                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
             )
-            y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
-            x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
             count = T(max(gh * gw, 1))
             for cc in range(nc):
                 for b in range(P):
@@ -195,29 +177,24 @@ def roi_align_avg_backward(
                 for pw in range(pooled_w):
                     g = share[ph * pooled_w + pw]
                     for iy in range(gh):
-                        if not y_ok[ph, iy]:
-                            continue
-                        row_lo = (n * H + y_lo[ph, iy]) * W
-                        row_hi = (n * H + y_hi[ph, iy]) * W
                         for ix in range(gw):
-                            if not x_ok[pw, ix]:
+                            if not sample_is_inside(rows, cols, ph, iy, pw, ix):
                                 continue
-                            w1 = wy_lo[ph, iy] * wx_lo[pw, ix]
-                            w2 = wy_lo[ph, iy] * wx_hi[pw, ix]
-                            w3 = wy_hi[ph, iy] * wx_lo[pw, ix]
-                            w4 = wy_hi[ph, iy] * wx_hi[pw, ix]
+                            w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                                rows, cols, ph, iy, pw, ix, n, H, W, C
+                            )
                             # four separate passes: corners coincide at the border, and
                             # each must add in the reference's order
-                            o = np.uint64((row_lo + x_lo[pw, ix]) * C + c0)
+                            o = np.uint64(o1 + c0)
                             for cc in range(nc):
                                 GXf[o + np.uint64(cc)] += g[cc] * w1
-                            o = np.uint64((row_lo + x_hi[pw, ix]) * C + c0)
+                            o = np.uint64(o2 + c0)
                             for cc in range(nc):
                                 GXf[o + np.uint64(cc)] += g[cc] * w2
-                            o = np.uint64((row_hi + x_lo[pw, ix]) * C + c0)
+                            o = np.uint64(o3 + c0)
                             for cc in range(nc):
                                 GXf[o + np.uint64(cc)] += g[cc] * w3
-                            o = np.uint64((row_hi + x_hi[pw, ix]) * C + c0)
+                            o = np.uint64(o4 + c0)
                             for cc in range(nc):
                                 GXf[o + np.uint64(cc)] += g[cc] * w4
 
@@ -239,6 +216,7 @@ def roi_align_max_backward(
 ):
     """GX[N, H, W, C] (zeroed) += the max-mode gradient: only the winning sample passes."""
     N, H, W, C = GX.shape
+    GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
         n = task // n_blocks
@@ -246,11 +224,9 @@ def roi_align_max_backward(
         c1 = min(C, c0 + channel_block)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+            gh, gw, rows, cols = roi_sampling_tables(
+                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
             )
-            y_lo, y_hi, wy_lo, wy_hi, y_ok = axis_samples(start_h, bin_h, pooled_h, gh, H, rois)
-            x_lo, x_hi, wx_lo, wx_hi, x_ok = axis_samples(start_w, bin_w, pooled_w, gw, W, rois)
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     for c in range(c0, c1):
@@ -261,12 +237,13 @@ def roi_align_max_backward(
                             continue
                         iy = s // gw
                         ix = s - iy * gw
-                        if not (y_ok[ph, iy] and x_ok[pw, ix]):
+                        if not sample_is_inside(rows, cols, ph, iy, pw, ix):
                             continue
+                        w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                            rows, cols, ph, iy, pw, ix, n, H, W, C
+                        )
                         g = G[k, c, ph, pw]
-                        yl, yh = y_lo[ph, iy], y_hi[ph, iy]
-                        xl, xh = x_lo[pw, ix], x_hi[pw, ix]
-                        GX[n, yl, xl, c] += g * (wy_lo[ph, iy] * wx_lo[pw, ix])
-                        GX[n, yl, xh, c] += g * (wy_lo[ph, iy] * wx_hi[pw, ix])
-                        GX[n, yh, xl, c] += g * (wy_hi[ph, iy] * wx_lo[pw, ix])
-                        GX[n, yh, xh, c] += g * (wy_hi[ph, iy] * wx_hi[pw, ix])
+                        GXf[o1 + c] += g * w1
+                        GXf[o2 + c] += g * w2
+                        GXf[o3 + c] += g * w3
+                        GXf[o4 + c] += g * w4

@@ -82,3 +82,46 @@ def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
             w_low[p, i] = T(1) - frac
             w_high[p, i] = frac
     return low, high, w_low, w_high, valid
+
+
+@njit(cache=True)
+def roi_sampling_tables(
+    rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, height, width
+):
+    """``(grid_h, grid_w, rows, cols)``: RoI ``k``'s grid size and its two axis tables."""
+    start_h, start_w, bin_h, bin_w, grid_h, grid_w = roi_align_geometry(
+        rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+    )
+    rows = axis_samples(start_h, bin_h, pooled_height, grid_h, height, rois)
+    cols = axis_samples(start_w, bin_w, pooled_width, grid_w, width, rois)
+    return grid_h, grid_w, rows, cols
+
+
+@njit(cache=True)
+def sample_is_inside(rows, cols, ph, iy, pw, ix):
+    """False for a point more than one cell outside the map: it contributes zero."""
+    return rows[4][ph, iy] and cols[4][pw, ix]
+
+
+@njit(cache=True)
+def sample_corners(rows, cols, ph, iy, pw, ix, n, height, width, channels):
+    """``(w1, w2, w3, w4, o1, o2, o3, o4)`` of sampling point (iy, ix) of bin (ph, pw).
+
+    w1..w4 are the bilinear weights of its (low, low), (low, high), (high, low),
+    (high, high) neighbours (row, column), o1..o4 the flat offsets of those neighbours'
+    channel 0 in an ``[N, H, W, C]`` array of image ``n``.
+    """
+    y_lo, y_hi, wy_lo, wy_hi, _ = rows
+    x_lo, x_hi, wx_lo, wx_hi, _ = cols
+    row_lo = (n * height + y_lo[ph, iy]) * width
+    row_hi = (n * height + y_hi[ph, iy]) * width
+    return (
+        wy_lo[ph, iy] * wx_lo[pw, ix],
+        wy_lo[ph, iy] * wx_hi[pw, ix],
+        wy_hi[ph, iy] * wx_lo[pw, ix],
+        wy_hi[ph, iy] * wx_hi[pw, ix],
+        (row_lo + x_lo[pw, ix]) * channels,
+        (row_lo + x_hi[pw, ix]) * channels,
+        (row_hi + x_lo[pw, ix]) * channels,
+        (row_hi + x_hi[pw, ix]) * channels,
+    )
