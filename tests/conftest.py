@@ -1,5 +1,6 @@
 import os
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -45,3 +46,16 @@ def rng():
 
 def as_tensor(a, dtype):
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+def results_across_thread_counts(fn):
+    """fn() twice with 1 Numba thread and twice with all of them."""
+    threads = numba.get_num_threads()
+    results = []
+    try:
+        for t in sorted({1, threads}):
+            numba.set_num_threads(t)
+            results += [fn(), fn()]
+    finally:
+        numba.set_num_threads(threads)
+    return results

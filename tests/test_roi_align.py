@@ -1,11 +1,10 @@
 """roi_align: every backend vs the NumPy reference and vs torchvision, forward and backward."""
 
-import numba
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import as_tensor, random_rois
+from conftest import as_tensor, random_rois, results_across_thread_counts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -254,7 +253,7 @@ def test_opcheck(rng, mode):
         torch.library.opcheck(torch.ops.roiops.roi_align_backward, (grad, *args))
     else:
         _, argmax = op(x, rois, 0.5, 2, 3, 2, True)
-        torch.library.opcheck(torch.ops.roiops.roi_align_max_backward, (grad, argmax, *args))
+        torch.library.opcheck(torch.ops.roiops.roi_align_backward, (grad, *args, argmax))
 
 
 def test_torch_compile_fullgraph(rng):
@@ -277,15 +276,9 @@ def test_backward_bitwise_deterministic_across_runs_and_threads(rng, mode):
     # many overlapping boxes: many RoIs add into the same cells
     rois = as_tensor(random_rois(rng, 2, 64, 40, 40, min_size=4), torch.float32)
     grad = torch.randn(64, 48, 7, 7)
-    threads = numba.get_num_threads()
-    results = []
-    try:
-        for t in sorted({1, threads}):
-            numba.set_num_threads(t)
-            for _ in range(2):
-                results.append(run("numba", x, rois, 7, 0.5, 0, True, mode, grad)[1])
-    finally:
-        numba.set_num_threads(threads)
+    results = results_across_thread_counts(
+        lambda: run("numba", x, rois, 7, 0.5, 0, True, mode, grad)[1]
+    )
     for r in results[1:]:
         assert torch.equal(r, results[0])
 

@@ -1,11 +1,10 @@
 """roi_pool: every backend vs the NumPy reference and vs torchvision, forward and backward."""
 
-import numba
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import as_tensor, random_rois
+from conftest import as_tensor, random_rois, results_across_thread_counts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -144,15 +143,7 @@ def test_backward_bitwise_deterministic_across_threads(rng):
     x = as_tensor(rng.standard_normal((2, 48, 20, 20)), torch.float32)
     rois = as_tensor(random_rois(rng, 2, 64, 20, 20, min_size=4), torch.float32)
     grad = torch.randn(64, 48, 7, 7)
-    threads = numba.get_num_threads()
-    results = []
-    try:
-        for t in sorted({1, threads}):
-            numba.set_num_threads(t)
-            results.append(run("numba", x, rois, 7, 1.0, grad)[1])
-            results.append(run("numba", x, rois, 7, 1.0, grad)[1])
-    finally:
-        numba.set_num_threads(threads)
+    results = results_across_thread_counts(lambda: run("numba", x, rois, 7, 1.0, grad)[1])
     for r in results[1:]:
         assert torch.equal(r, results[0])
 

@@ -35,9 +35,19 @@ def new_input_grad(shape, dtype: torch.dtype) -> Tensor:
     return torch.zeros((n, h, w, c), dtype=dtype).permute(0, 3, 1, 2)
 
 
+def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):
+    """What ``new_input_grad`` returns, as an empty tensor like ``grad`` (fake impls)."""
+    return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)
+
+
 def grad_array(grad_input: Tensor) -> np.ndarray:
     """The ``ndarray[N, H, W, C]`` behind a tensor made by ``new_input_grad``."""
     return grad_input.permute(0, 2, 3, 1).numpy()
+
+
+def backward_tasks(rois: Tensor, batch_size: int, channels: int):
+    """``(order, start, channel_block)``: how the backward kernels split their work."""
+    return (*rois_by_image(rois, batch_size), backward_channel_block(batch_size, channels))
 
 
 def rois_by_image(rois: Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -116,30 +116,32 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 
 
 # --------------------------------------------------------------------------- backward
-def _backward(
-    grad,
-    argmax,
-    rois,
-    spatial_scale,
-    pooled_height,
-    pooled_width,
-    sampling_ratio,
-    aligned,
-    batch_size,
-    channels,
-    height,
-    width,
-    mode,
-):
+@torch.library.custom_op("roiops::roi_align_backward", mutates_args=())
+def roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+    argmax: Tensor | None = None,
+) -> Tensor:
+    """Gradient w.r.t. the input (deterministic) of ``roiops::roi_align`` or, given the
+    forward's ``argmax``, of ``roiops::roi_align_max``."""
     shape = (batch_size, channels, height, width)
     grad_input = layout.new_input_grad(shape, grad.dtype).to(grad.device)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad_input
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
+    mode = "avg" if argmax is None else "max"
     if backend == "numba":
-        order, start = layout.rois_by_image(rois, batch_size)
-        block = layout.backward_channel_block(batch_size, channels)
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
         G = grad.contiguous().numpy()
         GX = layout.grad_array(grad_input)
         common = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, block, GX)
@@ -165,133 +167,26 @@ def _backward(
     return grad_input
 
 
-@torch.library.custom_op("roiops::roi_align_backward", mutates_args=())
-def roi_align_backward_op(
-    grad: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    pooled_height: int,
-    pooled_width: int,
-    sampling_ratio: int,
-    aligned: bool,
-    batch_size: int,
-    channels: int,
-    height: int,
-    width: int,
-) -> Tensor:
-    """Gradient of ``roiops::roi_align`` w.r.t. its input (deterministic)."""
-    return _backward(
-        grad,
-        None,
-        rois,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        sampling_ratio,
-        aligned,
-        batch_size,
-        channels,
-        height,
-        width,
-        "avg",
-    )
-
-
-@torch.library.custom_op("roiops::roi_align_max_backward", mutates_args=())
-def roi_align_max_backward_op(
-    grad: Tensor,
-    argmax: Tensor,
-    rois: Tensor,
-    spatial_scale: float,
-    pooled_height: int,
-    pooled_width: int,
-    sampling_ratio: int,
-    aligned: bool,
-    batch_size: int,
-    channels: int,
-    height: int,
-    width: int,
-) -> Tensor:
-    """Gradient of ``roiops::roi_align_max`` w.r.t. its input (deterministic)."""
-    return _backward(
-        grad,
-        argmax,
-        rois,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        sampling_ratio,
-        aligned,
-        batch_size,
-        channels,
-        height,
-        width,
-        "max",
-    )
-
-
-def _fake_input_grad(grad, batch_size, channels, height, width):
-    shape = (batch_size, height, width, channels)
-    return grad.new_empty(shape).permute(0, 3, 1, 2)
-
-
 @roi_align_backward_op.register_fake
-def _(
-    grad,
-    rois,
-    spatial_scale,
-    pooled_height,
-    pooled_width,
-    sampling_ratio,
-    aligned,
-    batch_size,
-    channels,
-    height,
-    width,
-):
-    return _fake_input_grad(grad, batch_size, channels, height, width)
-
-
-@roi_align_max_backward_op.register_fake
-def _(
-    grad,
-    argmax,
-    rois,
-    spatial_scale,
-    pooled_height,
-    pooled_width,
-    sampling_ratio,
-    aligned,
-    batch_size,
-    channels,
-    height,
-    width,
-):
-    return _fake_input_grad(grad, batch_size, channels, height, width)
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+      batch_size, channels, height, width, argmax=None):  # fmt: skip
+    return layout.fake_input_grad(grad, batch_size, channels, height, width)
 
 
 # --------------------------------------------------------------------------- autograd
 def _setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
-    if isinstance(output, tuple):
-        ctx.save_for_backward(rois, output[1])
-    else:
-        ctx.save_for_backward(rois)
+    argmax = output[1] if isinstance(output, tuple) else None
+    ctx.save_for_backward(rois, argmax)
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     ctx.input_shape = tuple(input.shape)
 
 
-def _avg_backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
-    return grad_input, None, None, None, None, None, None
-
-
-def _max_backward(ctx, grad, _grad_argmax):
+def _backward(ctx, grad, _grad_argmax=None):
     rois, argmax = ctx.saved_tensors
-    grad_input = roi_align_max_backward_op(grad, argmax, rois, *ctx.params, *ctx.input_shape)
+    grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape, argmax)
     return grad_input, None, None, None, None, None, None
 
 
-roi_align_op.register_autograd(_avg_backward, setup_context=_setup_context)
-roi_align_max_op.register_autograd(_max_backward, setup_context=_setup_context)
+roi_align_op.register_autograd(_backward, setup_context=_setup_context)
+roi_align_max_op.register_autograd(_backward, setup_context=_setup_context)

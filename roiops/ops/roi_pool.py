@@ -67,8 +67,7 @@ def roi_pool_backward_op(
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
     if backend == "numba":
-        order, start = layout.rois_by_image(rois, batch_size)
-        block = layout.backward_channel_block(batch_size, channels)
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
         cpu.roi_pool_backward(
             grad.contiguous().numpy(),
             argmax.contiguous().numpy(),
@@ -87,7 +86,7 @@ def roi_pool_backward_op(
 
 @roi_pool_backward_op.register_fake
 def _(grad, argmax, rois, batch_size, channels, height, width):
-    return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)
+    return layout.fake_input_grad(grad, batch_size, channels, height, width)
 
 
 def _setup_context(ctx, inputs, output):
