@@ -1,0 +1,229 @@
+"""RoIAlign in Triton: forward (avg/max) and a deterministic backward.
+
+Forward: one program per (RoI, block of channels); the program holds all
+``pooled_h * pooled_w`` bins of its channels as a ``[BLOCK_C, BLOCK_P]`` tile, loops over
+the RoI's sampling grid and gathers the four neighbours of every point from NCHW input.
+
+Backward, deterministic by construction (a gather, no atomics): one program per
+(image, block of channels, tile of input cells). It owns its tile of the gradient and
+visits that image's RoIs in input order. Average mode is separable: the gradient a cell
+(y, x) receives from bin (ph, pw) is ``g[ph, pw] / count * Ay[ph, y] * Ax[pw, x]`` where
+``Ay[ph, y]`` is the summed bilinear row weight that the bin's sampling rows give row y
+(``Ax`` likewise for columns), so a RoI's contribution to a tile is ``Ay^T G Ax``. In max
+mode each channel's winning sample adds its four weights to the cells that are its
+neighbours. Either way every cell is summed by one program in one fixed order, so the
+gradient is bitwise reproducible; it is the formulation CUDA kernels avoid because it
+re-reads the RoI list per tile, and the price of not using atomicAdd.
+
+Arithmetic follows ``roiops.reference.roi_align`` (same conventions); compute is in
+float32 (float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _roi_geometry(rois_ptr, k, spatial_scale, sampling_ratio, PH: tl.constexpr, PW: tl.constexpr,
+                  ALIGNED: tl.constexpr):  # fmt: skip
+    """(n, start_h, start_w, bin_h, bin_w, grid_h, grid_w) of RoI k."""
+    roi = rois_ptr + k * 5
+    n = tl.load(roi).to(tl.int64)
+    x1 = tl.load(roi + 1)
+    y1 = tl.load(roi + 2)
+    x2 = tl.load(roi + 3)
+    y2 = tl.load(roi + 4)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = x1 * spatial_scale - offset
+    start_h = y1 * spatial_scale - offset
+    width = (x2 * spatial_scale - offset) - start_w
+    height = (y2 * spatial_scale - offset) - start_h
+    if not ALIGNED:
+        # legacy convention: malformed RoIs are forced to 1x1 cell
+        width = tl.maximum(width, 1.0)
+        height = tl.maximum(height, 1.0)
+    bin_h = height / PH
+    bin_w = width / PW
+    # adaptive sampling: ceil(bin size) points per axis; negative sizes -> empty grid
+    adaptive_h = tl.maximum(tl.ceil(bin_h), 0.0).to(tl.int32)
+    adaptive_w = tl.maximum(tl.ceil(bin_w), 0.0).to(tl.int32)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
+    return n, start_h, start_w, bin_h, bin_w, grid_h, grid_w
+
+
+@triton.jit
+def _axis_sample(start, bin_size, bin_index, i, grid, limit):
+    """(low, high, w_low, w_high, inside) of point i of the bins along one axis."""
+    v = (start + bin_index * bin_size) + (i + 0.5) * bin_size / grid
+    inside = (v >= -1.0) & (v <= limit)
+    v = tl.maximum(v, 0.0)
+    low = v.to(tl.int32)
+    at_end = low >= limit - 1
+    low = tl.where(at_end, limit - 1, low)
+    high = tl.where(at_end, limit - 1, low + 1)
+    v = tl.where(at_end, low.to(v.dtype), v)
+    frac = v - low.to(v.dtype)
+    return low, high, 1.0 - frac, frac, inside
+
+
+@triton.jit
+def roi_align_forward_kernel(
+    X, ROIS, OUT, ARGMAX,
+    C, H, W, spatial_scale, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]."""
+    k = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    c_ok = c < C
+    p_ok = p < PH * PW
+    ph = p // PW
+    pw = p % PW
+    n, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
+        ROIS, k, spatial_scale, sampling_ratio, PH, PW, ALIGNED
+    )
+    plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
+    acc = tl.zeros(
+        (BLOCK_C, BLOCK_P), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
+    )
+    best_s = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
+    for iy in range(0, gh):
+        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+        for ix in range(0, gw):
+            x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+            inside = y_in & x_in & p_ok
+            mask = c_ok[:, None] & inside[None, :]
+            o1 = (y_lo * W + x_lo)[None, :]
+            o2 = (y_lo * W + x_hi)[None, :]
+            o3 = (y_hi * W + x_lo)[None, :]
+            o4 = (y_hi * W + x_hi)[None, :]
+            v = (
+                (wy_lo * wx_lo)[None, :] * tl.load(plane + o1, mask=mask, other=0.0).to(acc.dtype)
+                + (wy_lo * wx_hi)[None, :] * tl.load(plane + o2, mask=mask, other=0.0).to(acc.dtype)
+                + (wy_hi * wx_lo)[None, :] * tl.load(plane + o3, mask=mask, other=0.0).to(acc.dtype)
+                + (wy_hi * wx_hi)[None, :] * tl.load(plane + o4, mask=mask, other=0.0).to(acc.dtype)
+            )
+            v = tl.where(inside[None, :], v, 0.0)
+            if MAX_MODE:
+                # first maximum wins; a sample outside the map takes part with value 0
+                s = iy * gw + ix
+                wins = (s == 0) | (v > acc)
+                acc = tl.where(wins, v, acc)
+                best_s = tl.where(wins, s, best_s)
+            else:
+                acc += v
+    if not MAX_MODE:
+        acc = acc / tl.maximum(gh * gw, 1).to(acc.dtype)
+    store_mask = c_ok[:, None] & p_ok[None, :]
+    out = OUT + (k * C + c.to(tl.int64))[:, None] * (PH * PW) + p[None, :]
+    tl.store(out, acc.to(OUT.dtype.element_ty), mask=store_mask)
+    if MAX_MODE:
+        arg = ARGMAX + (k * (PH * PW) + p.to(tl.int64))[None, :] * C + c[:, None]
+        tl.store(arg, best_s, mask=store_mask)
+
+
+@triton.jit
+def _axis_weights(start, bin_size, grid, limit, cells, POOLED: tl.constexpr,
+                  POOLED_BLOCK: tl.constexpr):  # fmt: skip
+    """A[POOLED_BLOCK, len(cells)]: summed bilinear weight that bin p's sampling points
+    along this axis give each cell (0 for points more than one cell outside the map)."""
+    p = tl.arange(0, POOLED_BLOCK)
+    weights = tl.zeros((POOLED_BLOCK, cells.shape[0]), dtype=start.dtype)
+    for i in range(0, grid):
+        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, p, i, grid, limit)
+        inside = inside & (p < POOLED)
+        hit_low = (low[:, None] == cells[None, :]) & inside[:, None]
+        hit_high = (high[:, None] == cells[None, :]) & inside[:, None]
+        weights += tl.where(hit_low, w_low[:, None], 0.0) + tl.where(hit_high, w_high[:, None], 0.0)
+    return weights
+
+
+@triton.jit
+def roi_align_backward_kernel(
+    G, ROIS, ARGMAX, ORDER, IMAGE_START, GX,
+    C, H, W, spatial_scale, sampling_ratio, n_channel_blocks, n_tiles_x,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
+    BLOCK_C: tl.constexpr, PH_BLOCK: tl.constexpr, PW_BLOCK: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+):  # fmt: skip
+    """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile).
+
+    G is [K, C, PH, PW]; ARGMAX (max mode) is [K, PH, PW, C]; ORDER[IMAGE_START[n]:
+    IMAGE_START[n + 1]] lists image n's RoIs in input order.
+    """
+    n = tl.program_id(0) // n_channel_blocks
+    c = (tl.program_id(0) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    y0 = (tl.program_id(1) // n_tiles_x) * TILE_H
+    x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
+    ys = y0 + tl.arange(0, TILE_H)
+    xs = x0 + tl.arange(0, TILE_W)
+    is_f64 = G.dtype.element_ty == tl.float64
+    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=tl.float64 if is_f64 else tl.float32)
+    for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
+        k = tl.load(ORDER + j)
+        _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
+            ROIS, k, spatial_scale, sampling_ratio, PH, PW, ALIGNED
+        )
+        # every cell a sampling point can touch lies within one cell of the RoI's span
+        # (an inverted aligned RoI with a fixed sampling_ratio spans backwards)
+        end_h = start_h + PH * bin_h
+        end_w = start_w + PW * bin_w
+        touches = (
+            (gh > 0) & (gw > 0)
+            & (tl.minimum(start_h, end_h) - 1.0 < y0 + TILE_H)
+            & (tl.maximum(start_h, end_h) + 2.0 > y0)
+            & (tl.minimum(start_w, end_w) - 1.0 < x0 + TILE_W)
+            & (tl.maximum(start_w, end_w) + 2.0 > x0)
+        )  # fmt: skip
+        if touches:
+            grad = G + (k * C + c.to(tl.int64)) * (PH * PW)
+            if MAX_MODE:
+                for p in range(0, PH * PW):
+                    s = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                    g = tl.load(grad + p, mask=c_ok, other=0.0).to(acc.dtype)
+                    iy = s // tl.maximum(gw, 1)
+                    ix = s % tl.maximum(gw, 1)
+                    y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(
+                        start_h, bin_h, p // PW, iy, gh, H
+                    )
+                    x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, p % PW, ix, gw, W)
+                    g = tl.where((s >= 0) & (s < gh * gw) & y_in & x_in, g, 0.0)
+                    row_lo = (ys[None, :] == y_lo[:, None])[:, :, None]
+                    row_hi = (ys[None, :] == y_hi[:, None])[:, :, None]
+                    col_lo = (xs[None, :] == x_lo[:, None])[:, None, :]
+                    col_hi = (xs[None, :] == x_hi[:, None])[:, None, :]
+                    acc += tl.where(row_lo & col_lo, (g * wy_lo * wx_lo)[:, None, None], 0.0)
+                    acc += tl.where(row_lo & col_hi, (g * wy_lo * wx_hi)[:, None, None], 0.0)
+                    acc += tl.where(row_hi & col_lo, (g * wy_hi * wx_lo)[:, None, None], 0.0)
+                    acc += tl.where(row_hi & col_hi, (g * wy_hi * wx_hi)[:, None, None], 0.0)
+            else:
+                # separable: tile += sum_ph Ay[ph, y] * sum_pw G[c, ph, pw] / count * Ax[pw, x]
+                count = tl.maximum(gh * gw, 1).to(acc.dtype)
+                a_x = _axis_weights(start_w, bin_w, gw, W, xs, PW, PW_BLOCK)
+                a_y = _axis_weights(start_h, bin_h, gh, H, ys, PH, PH_BLOCK)
+                pw = tl.arange(0, PW_BLOCK)
+                ph = tl.arange(0, PH_BLOCK)
+                g = (
+                    tl.load(
+                        grad[:, None, None] + ph[None, :, None] * PW + pw[None, None, :],
+                        mask=c_ok[:, None, None]
+                        & (ph < PH)[None, :, None]
+                        & (pw < PW)[None, None, :],
+                        other=0.0,
+                    ).to(acc.dtype)
+                    / count
+                )
+                # [C, PH, PW] x [PW, TILE_W] -> [C, PH, TILE_W]
+                t = tl.sum(g[:, :, :, None] * a_x[None, None, :, :], axis=2)
+                # [PH, TILE_H] x [C, PH, TILE_W] -> [C, TILE_H, TILE_W]
+                acc += tl.sum(a_y[None, :, :, None] * t[:, :, None, :], axis=1)
+    cells = (n * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
+    dst = GX + cells[None, :, :] * C + c[:, None, None]
+    ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
+    tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
