@@ -1,7 +1,8 @@
 """Which backend computes an op: ``ROIOPS_BACKEND`` or ``roiops.use_backend``.
 
-Values: ``auto`` (default: Numba on CPU), ``numba`` (CPU kernels), ``reference`` (the
-NumPy spec, any device, slow), ``triton`` (GPU kernels; not part of this release yet).
+Values: ``auto`` (default: Numba on CPU, Triton on CUDA), ``numba`` (CPU kernels),
+``triton`` (GPU kernels; CPU tensors too when ``TRITON_INTERPRET=1``, Triton's
+interpreter, which is how CI runs them), ``reference`` (the NumPy spec, any device, slow).
 The choice is read at call time. A backend that is asked for explicitly and cannot
 serve the tensors' device raises an error; it never falls back silently.
 """
@@ -18,7 +19,12 @@ ENV_VAR = "ROIOPS_BACKEND"
 CHOICES = ("auto", "numba", "triton", "reference")
 
 # backend -> device types it serves
-SERVES = {"numba": ("cpu",), "reference": ("cpu", "cuda", "mps", "xpu", "meta")}
+SERVES = {
+    "numba": ("cpu",),
+    "triton": ("cuda",),
+    "reference": ("cpu", "cuda", "mps", "xpu", "meta"),
+}
+AUTO = {"cpu": "numba", "cuda": "triton"}
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("roiops_backend", default=None)
 
@@ -47,18 +53,27 @@ def requested_backend() -> str:
     return name
 
 
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def select_backend(device: torch.device) -> str:
     """The backend that serves tensors on ``device``; raises if none can."""
     name = requested_backend()
     if name == "auto":
-        if device.type == "cpu":
-            return "numba"
-        raise NotImplementedError(
-            f"roiops has no kernels for {device.type} tensors yet (the Triton backend is "
-            f"still to come); {ENV_VAR}=reference runs the NumPy spec on them, slowly"
-        )
-    if name == "triton":
-        raise NotImplementedError(f"{ENV_VAR}=triton: the Triton backend is not available yet")
+        if device.type not in AUTO:
+            raise NotImplementedError(
+                f"roiops has no kernels for {device.type} tensors; "
+                f"{ENV_VAR}=reference runs the NumPy spec on them, slowly"
+            )
+        return AUTO[device.type]
+    if name == "triton" and device.type == "cpu":
+        if not triton_interpreted():
+            raise RuntimeError(
+                f"{ENV_VAR}=triton needs CUDA tensors, or TRITON_INTERPRET=1 to run the "
+                "Triton kernels on CPU tensors through Triton's interpreter"
+            )
+        return name
     if device.type not in SERVES[name]:
         raise RuntimeError(f"{ENV_VAR}={name} cannot serve {device.type} tensors")
     return name

@@ -115,7 +115,7 @@ def _callables(case: Case, x, rois, grad):
         ("torchvision", "backward"): lambda: tv._roi_pool_backward(
             grad, rois, tv_argmax, s, p, p, n, c, h, w
         ),
-        ("roiops", "backward"): lambda: ro.roi_pool_backward(grad, ro_argmax, rois, n, c, h, w),
+        ("roiops", "backward"): lambda: ro.roi_pool_backward(grad, ro_argmax, rois, s, n, c, h, w),
     }
 
 

@@ -1,10 +1,16 @@
 import os
 
-import numba
-import numpy as np
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
+
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter. Set
+# before anything imports triton: it reads the variable once, when kernels are defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Fixed-seed hypothesis profile: the same examples on every run and machine.
 settings.register_profile(

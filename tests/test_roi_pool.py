@@ -136,7 +136,7 @@ def test_opcheck(rng):
     torch.library.opcheck(torch.ops.roiops.roi_pool, (x, rois, 0.5, 2, 3))
     _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 3)
     grad = torch.randn(5, 3, 2, 3)
-    torch.library.opcheck(torch.ops.roiops.roi_pool_backward, (grad, argmax, rois, 2, 3, 6, 7))
+    torch.library.opcheck(torch.ops.roiops.roi_pool_backward, (grad, argmax, rois, 0.5, 2, 3, 6, 7))
 
 
 def test_backward_bitwise_deterministic_across_threads(rng):
@@ -152,5 +152,5 @@ def test_hand_made_argmax_never_writes_out_of_bounds():
     grad = torch.ones(1, 1, 1, 2)
     argmax = torch.tensor([[[[10**6], [-7]]]], dtype=torch.int32)  # [K, ph, pw, C]
     rois = torch.tensor([[0, 0.0, 0, 1, 1]])
-    out = torch.ops.roiops.roi_pool_backward(grad, argmax, rois, 1, 1, 2, 2)
+    out = torch.ops.roiops.roi_pool_backward(grad, argmax, rois, 1.0, 1, 1, 2, 2)
     assert torch.equal(out, torch.zeros(1, 1, 2, 2))

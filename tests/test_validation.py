@@ -100,7 +100,8 @@ def test_backend_switch(monkeypatch):
     with pytest.raises(ValueError, match="ROIOPS_BACKEND: unknown backend 'cuda-magic'"):
         align()
     monkeypatch.setenv("ROIOPS_BACKEND", "triton")
-    with pytest.raises(NotImplementedError, match="Triton backend is not available"):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="triton needs CUDA tensors, or TRITON_INTERPRET=1"):
         align()
     monkeypatch.delenv("ROIOPS_BACKEND")
     with pytest.raises(ValueError, match="unknown backend"), roiops.use_backend("fast"):

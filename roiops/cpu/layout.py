@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from roiops.cpu.transpose import nchw_to_nhwc
+from roiops.ops import rois_by_image
 
 
 def channels_last_array(input: Tensor) -> np.ndarray:
@@ -25,14 +26,14 @@ def channels_last_array(input: Tensor) -> np.ndarray:
     return nhwc.contiguous().numpy()
 
 
-def new_input_grad(shape, dtype: torch.dtype) -> Tensor:
+def new_input_grad(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
     """Zeroed ``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout.
 
     Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
     the leaf.
     """
     n, c, h, w = shape
-    return torch.zeros((n, h, w, c), dtype=dtype).permute(0, 3, 1, 2)
+    return torch.zeros((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
 
 
 def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):
@@ -47,16 +48,8 @@ def grad_array(grad_input: Tensor) -> np.ndarray:
 
 def backward_tasks(rois: Tensor, batch_size: int, channels: int):
     """``(order, start, channel_block)``: how the backward kernels split their work."""
-    return (*rois_by_image(rois, batch_size), backward_channel_block(batch_size, channels))
-
-
-def rois_by_image(rois: Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``order, start``: image n's RoIs are ``order[start[n]:start[n + 1]]``, in input order."""
-    batch = rois[:, 0].to(torch.int64)
-    order = torch.argsort(batch, stable=True)
-    start = torch.zeros(batch_size + 1, dtype=torch.int64)
-    start[1:] = torch.cumsum(torch.bincount(batch, minlength=batch_size), 0)
-    return order.numpy(), start.numpy()
+    order, start = rois_by_image(rois, batch_size)
+    return order.numpy(), start.numpy(), backward_channel_block(batch_size, channels)
 
 
 def backward_channel_block(batch_size: int, channels: int) -> int:

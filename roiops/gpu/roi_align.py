@@ -21,14 +21,18 @@ float32 (float64 for float64 inputs).
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from roiops.gpu import scale_tensor
+
 
 @triton.jit
-def _roi_geometry(rois_ptr, k, spatial_scale, sampling_ratio, PH: tl.constexpr, PW: tl.constexpr,
+def _roi_geometry(rois_ptr, k, scale_ptr, sampling_ratio, PH: tl.constexpr, PW: tl.constexpr,
                   ALIGNED: tl.constexpr):  # fmt: skip
     """(n, start_h, start_w, bin_h, bin_w, grid_h, grid_w) of RoI k."""
+    spatial_scale = tl.load(scale_ptr)  # in the rois' dtype, as the reference's T(scale)
     roi = rois_ptr + k * 5
     n = tl.load(roi).to(tl.int64)
     x1 = tl.load(roi + 1)
@@ -71,8 +75,8 @@ def _axis_sample(start, bin_size, bin_index, i, grid, limit):
 
 @triton.jit
 def roi_align_forward_kernel(
-    X, ROIS, OUT, ARGMAX,
-    C, H, W, spatial_scale, sampling_ratio,
+    X, ROIS, SCALE, OUT, ARGMAX,
+    C, H, W, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -85,7 +89,7 @@ def roi_align_forward_kernel(
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
-        ROIS, k, spatial_scale, sampling_ratio, PH, PW, ALIGNED
+        ROIS, k, SCALE, sampling_ratio, PH, PW, ALIGNED
     )
     plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
     acc = tl.zeros(
@@ -145,8 +149,8 @@ def _axis_weights(start, bin_size, grid, limit, cells, POOLED: tl.constexpr,
 
 @triton.jit
 def roi_align_backward_kernel(
-    G, ROIS, ARGMAX, ORDER, IMAGE_START, GX,
-    C, H, W, spatial_scale, sampling_ratio, n_channel_blocks, n_tiles_x,
+    G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
+    C, H, W, sampling_ratio, n_channel_blocks, n_tiles_x,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     BLOCK_C: tl.constexpr, PH_BLOCK: tl.constexpr, PW_BLOCK: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr,
@@ -168,7 +172,7 @@ def roi_align_backward_kernel(
     for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
         k = tl.load(ORDER + j)
         _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
-            ROIS, k, spatial_scale, sampling_ratio, PH, PW, ALIGNED
+            ROIS, k, SCALE, sampling_ratio, PH, PW, ALIGNED
         )
         # every cell a sampling point can touch lies within one cell of the RoI's span
         # (an inverted aligned RoI with a fixed sampling_ratio spans backwards)
@@ -227,3 +231,43 @@ def roi_align_backward_kernel(
     dst = GX + cells[None, :, :] * C + c[:, None, None]
     ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
     tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------- launchers
+def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+                      max_mode):  # fmt: skip
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)`` for NCHW ``input``."""
+    K, C = rois.shape[0], input.shape[1]
+    x = input.contiguous()
+    out = x.new_empty((K, C, pooled_h, pooled_w))
+    argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
+    block_c = min(32, triton.next_power_of_2(C))
+    block_p = triton.next_power_of_2(pooled_h * pooled_w)
+    grid = (K, triton.cdiv(C, block_c))
+    roi_align_forward_kernel[grid](
+        x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
+        sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
+        BLOCK_C=block_c, BLOCK_P=block_p,
+    )  # fmt: skip
+    return out, (argmax if max_mode else None)
+
+
+def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale,
+                       pooled_h, pooled_w, sampling_ratio, aligned):  # fmt: skip
+    """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
+    N, C, H, W = grad_input.shape
+    block_c = min(16, triton.next_power_of_2(C))
+    n_blocks = triton.cdiv(C, block_c)
+    tile = 8
+    n_tiles_x = triton.cdiv(W, tile)
+    grid = (N * n_blocks, triton.cdiv(H, tile) * n_tiles_x)
+    max_mode = argmax is not None
+    roi_align_backward_kernel[grid](
+        grad.contiguous(), rois, scale_tensor(spatial_scale, rois),
+        argmax if max_mode else rois, order, image_start, grad_input,
+        C, H, W, sampling_ratio, n_blocks, n_tiles_x,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, BLOCK_C=block_c,
+        PH_BLOCK=triton.next_power_of_2(pooled_h), PW_BLOCK=triton.next_power_of_2(pooled_w),
+        TILE_H=tile, TILE_W=tile,
+    )  # fmt: skip
+    return grad_input

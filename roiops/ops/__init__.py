@@ -32,3 +32,13 @@ def argmax_from_reference(argmax: np.ndarray, device: torch.device) -> Tensor:
 
 def argmax_to_reference(argmax: Tensor) -> np.ndarray:
     return host_array(argmax).transpose(0, 3, 1, 2)
+
+
+def rois_by_image(rois: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """``(order, start)`` on the rois' device: image n's RoIs are
+    ``order[start[n]:start[n + 1]]``, in input order (the backward kernels' visiting order)."""
+    batch = rois[:, 0].to(torch.int64)
+    order = torch.argsort(batch, stable=True)
+    start = torch.zeros(batch_size + 1, dtype=torch.int64, device=rois.device)
+    start[1:] = torch.cumsum(torch.bincount(batch, minlength=batch_size), 0)
+    return order, start

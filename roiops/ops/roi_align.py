@@ -14,7 +14,13 @@ from roiops import _validate
 from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
-from roiops.ops import argmax_from_reference, argmax_shape, argmax_to_reference, host_array
+from roiops.ops import (
+    argmax_from_reference,
+    argmax_shape,
+    argmax_to_reference,
+    host_array,
+    rois_by_image,
+)
 from roiops.reference import roi_align as reference
 
 OP = "roi_align"
@@ -56,6 +62,13 @@ def _forward(
         else:
             cpu.roi_align_max_forward(*args, out.numpy(), argmax.numpy())
         return out, argmax
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        return gpu.roi_align_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+            mode == "max",
+        )  # fmt: skip
     out, argmax = reference.roi_align_forward(
         host_array(input),
         host_array(rois),
@@ -134,7 +147,7 @@ def roi_align_backward_op(
     """Gradient w.r.t. the input (deterministic) of ``roiops::roi_align`` or, given the
     forward's ``argmax``, of ``roiops::roi_align_max``."""
     shape = (batch_size, channels, height, width)
-    grad_input = layout.new_input_grad(shape, grad.dtype).to(grad.device)
+    grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad_input
     _validate.check_roi_values(rois, batch_size, OP)
@@ -151,6 +164,14 @@ def roi_align_backward_op(
             A = argmax.contiguous().numpy()
             cpu.roi_align_max_backward(G, A, rois.numpy(), order, start, *common)
         return grad_input
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        order, start = rois_by_image(rois, batch_size)
+        return gpu.roi_align_backward(
+            grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
+            pooled_width, sampling_ratio, aligned,
+        )  # fmt: skip
     ref = reference.roi_align_backward(
         host_array(grad),
         host_array(rois),

@@ -9,7 +9,13 @@ from roiops import _validate
 from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
-from roiops.ops import argmax_from_reference, argmax_shape, argmax_to_reference, host_array
+from roiops.ops import (
+    argmax_from_reference,
+    argmax_shape,
+    argmax_to_reference,
+    host_array,
+    rois_by_image,
+)
 from roiops.reference import roi_pool as reference
 
 OP = "roi_pool"
@@ -37,6 +43,10 @@ def roi_pool_op(
             X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
         )
         return out, argmax
+    if backend == "triton":
+        from roiops.gpu import roi_pool as gpu
+
+        return gpu.roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
     out, argmax = reference.roi_pool_forward(
         host_array(input), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
@@ -54,6 +64,7 @@ def roi_pool_backward_op(
     grad: Tensor,
     argmax: Tensor,
     rois: Tensor,
+    spatial_scale: float,
     batch_size: int,
     channels: int,
     height: int,
@@ -61,7 +72,7 @@ def roi_pool_backward_op(
 ) -> Tensor:
     """Gradient of ``roiops::roi_pool`` w.r.t. its input: argmax routing, deterministic."""
     shape = (batch_size, channels, height, width)
-    grad_input = layout.new_input_grad(shape, grad.dtype).to(grad.device)
+    grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
     if grad.numel() == 0:
         return grad_input
     _validate.check_roi_values(rois, batch_size, OP)
@@ -77,6 +88,11 @@ def roi_pool_backward_op(
             layout.grad_array(grad_input),
         )
         return grad_input
+    if backend == "triton":
+        from roiops.gpu import roi_pool as gpu
+
+        order, start = rois_by_image(rois, batch_size)
+        return gpu.roi_pool_backward(grad, rois, argmax, order, start, grad_input, spatial_scale)
     ref = reference.roi_pool_backward(
         host_array(grad), host_array(rois), argmax_to_reference(argmax), shape
     )
@@ -85,19 +101,21 @@ def roi_pool_backward_op(
 
 
 @roi_pool_backward_op.register_fake
-def _(grad, argmax, rois, batch_size, channels, height, width):
+def _(grad, argmax, rois, spatial_scale, batch_size, channels, height, width):
     return layout.fake_input_grad(grad, batch_size, channels, height, width)
 
 
 def _setup_context(ctx, inputs, output):
-    input, rois, _, _, _ = inputs
+    input, rois, spatial_scale, _, _ = inputs
     ctx.save_for_backward(rois, output[1])
+    ctx.spatial_scale = spatial_scale
     ctx.input_shape = tuple(input.shape)
 
 
 def _backward(ctx, grad, _grad_argmax):
     rois, argmax = ctx.saved_tensors
-    return roi_pool_backward_op(grad, argmax, rois, *ctx.input_shape), None, None, None, None
+    grad_input = roi_pool_backward_op(grad, argmax, rois, ctx.spatial_scale, *ctx.input_shape)
+    return grad_input, None, None, None, None
 
 
 roi_pool_op.register_autograd(_backward, setup_context=_setup_context)

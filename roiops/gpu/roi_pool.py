@@ -1,0 +1,166 @@
+"""RoIPool in Triton: forward (max + argmax) and a deterministic backward.
+
+Same work split as ``roiops.gpu.roi_align``: the forward runs one program per (RoI,
+block of channels) over a ``[BLOCK_C, BLOCK_P]`` tile of bins; the backward is a
+gather, one program per (image, block of channels, tile of cells), visiting the image's
+RoIs in input order and adding each winning gradient to its argmax cell when that cell
+is in the tile. Quantization follows ``roiops.reference.roi_pool``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from roiops.gpu import scale_tensor
+
+FLT_LOWEST: tl.constexpr = -3.4028234663852886e38
+
+
+@triton.jit
+def _round_half_away(v):
+    """C's round(): halves away from zero."""
+    a = tl.abs(v)
+    r = tl.floor(a)
+    r = tl.where(a - r >= 0.5, r + 1.0, r)
+    return tl.where(v < 0, -r, r).to(tl.int32)
+
+
+@triton.jit
+def _quantized_roi(rois_ptr, k, scale_ptr):
+    """(n, start_h, start_w, height, width) in whole cells, end cell inclusive."""
+    spatial_scale = tl.load(scale_ptr)  # in the rois' dtype, as the reference's T(scale)
+    roi = rois_ptr + k * 5
+    n = tl.load(roi).to(tl.int64)
+    start_w = _round_half_away(tl.load(roi + 1) * spatial_scale)
+    start_h = _round_half_away(tl.load(roi + 2) * spatial_scale)
+    end_w = _round_half_away(tl.load(roi + 3) * spatial_scale)
+    end_h = _round_half_away(tl.load(roi + 4) * spatial_scale)
+    height = tl.maximum(end_h - start_h + 1, 1)
+    width = tl.maximum(end_w - start_w + 1, 1)
+    return n, start_h, start_w, height, width
+
+
+@triton.jit
+def _bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.constexpr):
+    """Cell range [start, end) of bins p along one axis, clipped to [0, limit]."""
+    bin_size = roi_size.to(DT) / POOLED
+    start = tl.floor(p.to(DT) * bin_size).to(tl.int32) + roi_start
+    end = tl.ceil((p + 1).to(DT) * bin_size).to(tl.int32) + roi_start
+    return tl.minimum(tl.maximum(start, 0), limit), tl.minimum(tl.maximum(end, 0), limit)
+
+
+@triton.jit
+def roi_pool_forward_kernel(
+    X, ROIS, SCALE, OUT, ARGMAX, C, H, W,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (cell h * W + w, or -1) from X[N, C, H, W]."""
+    k = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    c_ok = c < C
+    p_ok = p < PH * PW
+    n, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
+    h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
+    w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
+    plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
+    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, X.dtype.element_ty)
+    best_at = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
+    # the widest bin spans at most ceil(size / pooled) + 1 cells
+    span_h = tl.cdiv(roi_h, PH) + 1
+    span_w = tl.cdiv(roi_w, PW) + 1
+    for dh in range(0, span_h):
+        for dw in range(0, span_w):
+            h = h0 + dh
+            w = w0 + dw
+            inside = (h < h1) & (w < w1) & p_ok
+            cell = h * W + w
+            v = tl.load(plane + cell[None, :], mask=c_ok[:, None] & inside[None, :], other=0.0)
+            # row-major visit and strict >: the first maximum wins, as in the reference
+            wins = inside[None, :] & (v > best)
+            best = tl.where(wins, v, best)
+            best_at = tl.where(wins, cell[None, :], best_at)
+    empty = (h1 <= h0) | (w1 <= w0)
+    best = tl.where(empty[None, :], 0.0, best)
+    store_mask = c_ok[:, None] & p_ok[None, :]
+    out = OUT + (k * C + c.to(tl.int64))[:, None] * (PH * PW) + p[None, :]
+    tl.store(out, best, mask=store_mask)
+    arg = ARGMAX + (k * (PH * PW) + p.to(tl.int64))[None, :] * C + c[:, None]
+    tl.store(arg, best_at, mask=store_mask)
+
+
+@triton.jit
+def roi_pool_backward_kernel(
+    G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
+    C, H, W, n_channel_blocks, n_tiles_x,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+):  # fmt: skip
+    """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile)."""
+    n = tl.program_id(0) // n_channel_blocks
+    c = (tl.program_id(0) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    y0 = (tl.program_id(1) // n_tiles_x) * TILE_H
+    x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
+    ys = y0 + tl.arange(0, TILE_H)
+    xs = x0 + tl.arange(0, TILE_W)
+    is_f64 = G.dtype.element_ty == tl.float64
+    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=tl.float64 if is_f64 else tl.float32)
+    for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
+        k = tl.load(ORDER + j)
+        _, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
+        # bins stay inside the quantized box (one cell of slack for the ceil)
+        touches = (
+            (start_h <= y0 + TILE_H) & (start_h + roi_h + 1 >= y0)
+            & (start_w <= x0 + TILE_W) & (start_w + roi_w + 1 >= x0)
+        )  # fmt: skip
+        if touches:
+            for p in range(0, PH * PW):
+                cell = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                g = tl.load(G + (k * C + c.to(tl.int64)) * (PH * PW) + p, mask=c_ok, other=0.0)
+                # -1 (empty bin) and out-of-plane values route nothing
+                g = tl.where((cell >= 0) & (cell < H * W), g.to(acc.dtype), 0.0)
+                hit = (
+                    ((ys[None, :] == cell[:, None] // W)[:, :, None])
+                    & ((xs[None, :] == cell[:, None] % W)[:, None, :])
+                )
+                acc += tl.where(hit, g[:, None, None], 0.0)
+    cells = (n * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
+    dst = GX + cells[None, :, :] * C + c[:, None, None]
+    ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
+    tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------- launchers
+def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C])`` for NCHW ``input``."""
+    K, C = rois.shape[0], input.shape[1]
+    x = input.contiguous()
+    out = x.new_empty((K, C, pooled_h, pooled_w))
+    argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
+    block_c = min(32, triton.next_power_of_2(C))
+    grid = (K, triton.cdiv(C, block_c))
+    roi_pool_forward_kernel[grid](
+        x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
+        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
+        BLOCK_P=triton.next_power_of_2(pooled_h * pooled_w),
+    )  # fmt: skip
+    return out, argmax
+
+
+def roi_pool_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale):
+    """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
+    N, C, H, W = grad_input.shape
+    block_c = min(16, triton.next_power_of_2(C))
+    n_blocks = triton.cdiv(C, block_c)
+    tile = 8
+    n_tiles_x = triton.cdiv(W, tile)
+    grid = (N * n_blocks, triton.cdiv(H, tile) * n_tiles_x)
+    roi_pool_backward_kernel[grid](
+        grad.contiguous(), rois, scale_tensor(spatial_scale, rois), argmax.contiguous(), order,
+        image_start, grad_input, C, H, W, n_blocks, n_tiles_x,
+        PH=grad.shape[2], PW=grad.shape[3], BLOCK_C=block_c, TILE_H=tile, TILE_W=tile,
+    )  # fmt: skip
+    return grad_input

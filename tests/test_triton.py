@@ -1,0 +1,133 @@
+"""The Triton kernels, run on CPU tensors through Triton's interpreter, vs the reference.
+
+conftest.py sets TRITON_INTERPRET=1 on machines without CUDA, before triton is first
+imported. Shapes are small: the interpreter runs every program in NumPy.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import as_tensor, random_rois
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import roiops
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="CPU tensors reach the Triton kernels only through TRITON_INTERPRET=1",
+)
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def align(backend, x, rois, output_size, scale, ratio, aligned, mode, grad):
+    x = x.detach().clone().requires_grad_()
+    with roiops.use_backend(backend):
+        out = roiops.roi_align(x, rois, output_size, scale, ratio, aligned, mode)
+        out.backward(grad)
+    return out.detach(), x.grad
+
+
+def pool(backend, x, rois, output_size, scale, grad):
+    x = x.detach().clone().requires_grad_()
+    with roiops.use_backend(backend):
+        out = roiops.roi_pool(x, rois, output_size, scale)
+        out.backward(grad)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize(
+    "aligned,ratio,scale", [(False, 0, 0.5), (True, 2, 1 / 3), (True, -1, 0.25)]
+)
+def test_roi_align_matches_reference(rng, dtype, mode, aligned, ratio, scale):
+    x = as_tensor(rng.standard_normal((2, 5, 9, 11)), dtype)
+    rois = as_tensor(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
+    grad = as_tensor(rng.standard_normal((8, 5, 3, 4)), dtype)
+    out, gx = align("triton", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
+    ref_out, ref_gx = align("reference", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
+    # forward: the reference's arithmetic in the reference's order
+    assert torch.equal(out, ref_out)
+    # backward: the tiled gather sums a cell's contributions in another order
+    torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [0.5, 1 / 3])
+def test_roi_pool_matches_reference(rng, dtype, scale):
+    x = as_tensor(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), dtype)  # ties included
+    rois = as_tensor(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
+    grad = as_tensor(rng.standard_normal((8, 5, 3, 4)), dtype)
+    out, gx = pool("triton", x, rois, (3, 4), scale, grad)
+    ref_out, ref_gx = pool("reference", x, rois, (3, 4), scale, grad)
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
+
+
+@settings(max_examples=8)
+@given(
+    c=st.integers(1, 20),
+    h=st.integers(1, 10),
+    w=st.integers(1, 10),
+    k=st.integers(0, 5),
+    oh=st.integers(1, 3),
+    ow=st.integers(1, 3),
+    ratio=st.integers(-1, 2),
+    aligned=st.booleans(),
+    mode=st.sampled_from(["avg", "max", "pool"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mode, seed):
+    rng = np.random.default_rng(seed)
+    x = as_tensor(rng.standard_normal((2, c, h, w)), torch.float32)
+    rois = as_tensor(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
+    grad = as_tensor(rng.standard_normal((k, c, oh, ow)), torch.float32)
+    if mode == "pool":
+        fast, ref = (pool(b, x, rois, (oh, ow), 0.5, grad) for b in ("triton", "reference"))
+    else:
+        fast, ref = (
+            align(b, x, rois, (oh, ow), 0.5, ratio, aligned, mode, grad)
+            for b in ("triton", "reference")
+        )
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_backward_bitwise_deterministic(rng, mode):
+    x = as_tensor(rng.standard_normal((1, 4, 8, 8)), torch.float32)
+    # many RoIs over the same cells: where atomics would race
+    rois = as_tensor(random_rois(rng, 1, 12, 16, 16, min_size=6), torch.float32)
+    grad = as_tensor(rng.standard_normal((12, 4, 2, 2)), torch.float32)
+    runs = []
+    for _ in range(2):
+        if mode == "pool":
+            runs.append(pool("triton", x, rois, 2, 0.5, grad)[1])
+        else:
+            runs.append(align("triton", x, rois, 2, 0.5, 2, True, mode, grad)[1])
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_empty_and_half():
+    x = torch.randn(2, 3, 6, 6)
+    with roiops.use_backend("triton"):
+        assert roiops.roi_align(x, torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
+        assert roiops.roi_pool(x, torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
+        rois = torch.tensor([[1, 0.0, 0, 9, 9]])
+        half = roiops.roi_align(x.half(), rois, 2, 0.5, 2, True)
+        assert half.dtype == torch.float16
+        expected = roiops.roi_align(x.half().float(), rois, 2, 0.5, 2, True).half()
+        assert torch.equal(half, expected)
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_align_max", "roi_pool"])
+def test_opcheck_on_triton_backend(rng, op):
+    x = as_tensor(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
+    rois = as_tensor(random_rois(rng, 2, 4, 12, 14, min_size=1.0), torch.float32)
+    args = (x, rois, 0.5, 2, 3) if op == "roi_pool" else (x, rois, 0.5, 2, 3, 2, True)
+    with roiops.use_backend("triton"):
+        torch.library.opcheck(getattr(torch.ops.roiops, op), args)
