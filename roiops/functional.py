@@ -58,12 +58,10 @@ def roi_align(
     aligned = _validate.check_aligned(aligned, op)
     mode = _validate.check_mode(mode, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    x = input.to(_validate.compute_dtype(input.dtype))
     if mode == "avg":
-        out = roi_align_op(x, rois, scale, pooled_h, pooled_w, ratio, aligned)
-    else:
-        out, _ = roi_align_max_op(x, rois, scale, pooled_h, pooled_w, ratio, aligned)
-    return out.to(input.dtype)
+        return roi_align_op(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    out, _ = roi_align_max_op(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+    return out
 
 
 def roi_pool(
@@ -96,6 +94,5 @@ def roi_pool(
     pooled_h, pooled_w = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    x = input.to(_validate.compute_dtype(input.dtype))
-    out, _ = roi_pool_op(x, rois, scale, pooled_h, pooled_w)
-    return out.to(input.dtype)
+    out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
+    return out

@@ -15,10 +15,17 @@ from hypothesis import strategies as st
 
 import roiops
 
+# compiled kernels on a GPU, the interpreter on CPU tensors elsewhere
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
     reason="CPU tensors reach the Triton kernels only through TRITON_INTERPRET=1",
 )
+
+
+def on_device(array, dtype):
+    return as_tensor(array, dtype).to(DEVICE)
+
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
@@ -45,9 +52,9 @@ def pool(backend, x, rois, output_size, scale, grad):
     "aligned,ratio,scale", [(False, 0, 0.5), (True, 2, 1 / 3), (True, -1, 0.25)]
 )
 def test_roi_align_matches_reference(rng, dtype, mode, aligned, ratio, scale):
-    x = as_tensor(rng.standard_normal((2, 5, 9, 11)), dtype)
-    rois = as_tensor(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
-    grad = as_tensor(rng.standard_normal((8, 5, 3, 4)), dtype)
+    x = on_device(rng.standard_normal((2, 5, 9, 11)), dtype)
+    rois = on_device(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
+    grad = on_device(rng.standard_normal((8, 5, 3, 4)), dtype)
     out, gx = align("triton", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
     ref_out, ref_gx = align("reference", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
     # forward: the reference's arithmetic in the reference's order
@@ -59,9 +66,9 @@ def test_roi_align_matches_reference(rng, dtype, mode, aligned, ratio, scale):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [0.5, 1 / 3])
 def test_roi_pool_matches_reference(rng, dtype, scale):
-    x = as_tensor(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), dtype)  # ties included
-    rois = as_tensor(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
-    grad = as_tensor(rng.standard_normal((8, 5, 3, 4)), dtype)
+    x = on_device(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), dtype)  # ties included
+    rois = on_device(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
+    grad = on_device(rng.standard_normal((8, 5, 3, 4)), dtype)
     out, gx = pool("triton", x, rois, (3, 4), scale, grad)
     ref_out, ref_gx = pool("reference", x, rois, (3, 4), scale, grad)
     assert torch.equal(out, ref_out)
@@ -83,9 +90,9 @@ def test_roi_pool_matches_reference(rng, dtype, scale):
 )
 def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mode, seed):
     rng = np.random.default_rng(seed)
-    x = as_tensor(rng.standard_normal((2, c, h, w)), torch.float32)
-    rois = as_tensor(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
-    grad = as_tensor(rng.standard_normal((k, c, oh, ow)), torch.float32)
+    x = on_device(rng.standard_normal((2, c, h, w)), torch.float32)
+    rois = on_device(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
+    grad = on_device(rng.standard_normal((k, c, oh, ow)), torch.float32)
     if mode == "pool":
         fast, ref = (pool(b, x, rois, (oh, ow), 0.5, grad) for b in ("triton", "reference"))
     else:
@@ -99,10 +106,10 @@ def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mo
 
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_backward_bitwise_deterministic(rng, mode):
-    x = as_tensor(rng.standard_normal((1, 4, 8, 8)), torch.float32)
+    x = on_device(rng.standard_normal((1, 4, 8, 8)), torch.float32)
     # many RoIs over the same cells: where atomics would race
-    rois = as_tensor(random_rois(rng, 1, 12, 16, 16, min_size=6), torch.float32)
-    grad = as_tensor(rng.standard_normal((12, 4, 2, 2)), torch.float32)
+    rois = on_device(random_rois(rng, 1, 12, 16, 16, min_size=6), torch.float32)
+    grad = on_device(rng.standard_normal((12, 4, 2, 2)), torch.float32)
     runs = []
     for _ in range(2):
         if mode == "pool":
@@ -112,22 +119,36 @@ def test_backward_bitwise_deterministic(rng, mode):
     assert torch.equal(runs[0], runs[1])
 
 
-def test_empty_and_half():
-    x = torch.randn(2, 3, 6, 6)
+def test_empty_boxes():
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
     with roiops.use_backend("triton"):
-        assert roiops.roi_align(x, torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
-        assert roiops.roi_pool(x, torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
-        rois = torch.tensor([[1, 0.0, 0, 9, 9]])
-        half = roiops.roi_align(x.half(), rois, 2, 0.5, 2, True)
-        assert half.dtype == torch.float16
-        expected = roiops.roi_align(x.half().float(), rois, 2, 0.5, 2, True).half()
-        assert torch.equal(half, expected)
+        assert roiops.roi_align(x, torch.zeros(0, 5, device=DEVICE), 2).shape == (0, 3, 2, 2)
+        assert roiops.roi_pool(x, torch.zeros(0, 5, device=DEVICE), 2).shape == (0, 3, 2, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_half_precision_is_read_directly_and_accumulated_in_float32(rng, dtype, mode):
+    x = on_device(rng.standard_normal((2, 6, 8, 8)), dtype)
+    rois = on_device(random_rois(rng, 2, 5, 16, 16, min_size=2), torch.float32)
+    grad = on_device(rng.standard_normal((5, 6, 2, 2)), dtype)
+    if mode == "pool":
+        fast, ref = (pool(b, x, rois, 2, 0.5, grad) for b in ("triton", "reference"))
+    else:
+        fast, ref = (
+            align(b, x, rois, 2, 0.5, 2, True, mode, grad) for b in ("triton", "reference")
+        )
+    assert fast[0].dtype == dtype and fast[1].dtype == dtype
+    # both compute in float32 and round once at the end; Triton's interpreter rounds
+    # float32 -> bfloat16 by truncation, so allow one unit in the last place
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(fast[1], ref[1], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("op", ["roi_align", "roi_align_max", "roi_pool"])
 def test_opcheck_on_triton_backend(rng, op):
-    x = as_tensor(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
-    rois = as_tensor(random_rois(rng, 2, 4, 12, 14, min_size=1.0), torch.float32)
+    x = on_device(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
+    rois = on_device(random_rois(rng, 2, 4, 12, 14, min_size=1.0), torch.float32)
     args = (x, rois, 0.5, 2, 3) if op == "roi_pool" else (x, rois, 0.5, 2, 3, 2, True)
     with roiops.use_backend("triton"):
         torch.library.opcheck(getattr(torch.ops.roiops, op), args)

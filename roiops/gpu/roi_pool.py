@@ -66,7 +66,9 @@ def roi_pool_forward_kernel(
     h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
     w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
     plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
-    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, X.dtype.element_ty)
+    # compared in float32 (float64 for float64 maps), as the reference does for halves
+    is_f64 = X.dtype.element_ty == tl.float64
+    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, tl.float64 if is_f64 else tl.float32)
     best_at = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
     # the widest bin spans at most ceil(size / pooled) + 1 cells
     span_h = tl.cdiv(roi_h, PH) + 1
@@ -78,6 +80,7 @@ def roi_pool_forward_kernel(
             inside = (h < h1) & (w < w1) & p_ok
             cell = h * W + w
             v = tl.load(plane + cell[None, :], mask=c_ok[:, None] & inside[None, :], other=0.0)
+            v = v.to(best.dtype)
             # row-major visit and strict >: the first maximum wins, as in the reference
             wins = inside[None, :] & (v > best)
             best = tl.where(wins, v, best)
@@ -86,7 +89,7 @@ def roi_pool_forward_kernel(
     best = tl.where(empty[None, :], 0.0, best)
     store_mask = c_ok[:, None] & p_ok[None, :]
     out = OUT + (k * C + c.to(tl.int64))[:, None] * (PH * PW) + p[None, :]
-    tl.store(out, best, mask=store_mask)
+    tl.store(out, best.to(OUT.dtype.element_ty), mask=store_mask)
     arg = ARGMAX + (k * (PH * PW) + p.to(tl.int64))[None, :] * C + c[:, None]
     tl.store(arg, best_at, mask=store_mask)
 

@@ -43,11 +43,20 @@ def _forward(
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
         return input.new_zeros(shape), argmax if mode == "max" else None
     backend = select_backend(input.device)
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        # half precision is read as is and accumulated in float32 by the kernels
+        return gpu.roi_align_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+            mode == "max",
+        )  # fmt: skip
+    x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         # the kernels write every output element: no zero-filling pass
-        out = input.new_empty(shape)
+        out = x.new_empty(shape)
         argmax = torch.empty(arg_shape, dtype=torch.int32) if mode == "max" else None
-        X = layout.channels_last_array(input)
+        X = layout.channels_last_array(x)
         args = (
             X,
             rois.numpy(),
@@ -61,27 +70,14 @@ def _forward(
             cpu.roi_align_avg_forward(*args, out.numpy())
         else:
             cpu.roi_align_max_forward(*args, out.numpy(), argmax.numpy())
-        return out, argmax
-    if backend == "triton":
-        from roiops.gpu import roi_align as gpu
-
-        return gpu.roi_align_forward(
-            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-            mode == "max",
-        )  # fmt: skip
+        return out.to(input.dtype), argmax
     out, argmax = reference.roi_align_forward(
-        host_array(input),
-        host_array(rois),
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        sampling_ratio,
-        aligned,
-        mode,
-    )
+        host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width,
+        sampling_ratio, aligned, mode,
+    )  # fmt: skip
     if argmax is not None:
         argmax = argmax_from_reference(argmax, input.device)
-    return torch.from_numpy(out).to(input.device), argmax
+    return torch.from_numpy(out).to(input.device, input.dtype), argmax
 
 
 @torch.library.custom_op("roiops::roi_align", mutates_args=())
@@ -147,15 +143,25 @@ def roi_align_backward_op(
     """Gradient w.r.t. the input (deterministic) of ``roiops::roi_align`` or, given the
     forward's ``argmax``, of ``roiops::roi_align_max``."""
     shape = (batch_size, channels, height, width)
-    grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
     if grad.numel() == 0 or height == 0 or width == 0:
-        return grad_input
+        return layout.new_input_grad(shape, grad.dtype, grad.device)
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
     mode = "avg" if argmax is None else "max"
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        order, start = rois_by_image(rois, batch_size)
+        grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
+        return gpu.roi_align_backward(
+            grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
+            pooled_width, sampling_ratio, aligned,
+        )  # fmt: skip
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grad_input = layout.new_input_grad(shape, g.dtype, g.device)
     if backend == "numba":
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
-        G = grad.contiguous().numpy()
+        G = g.contiguous().numpy()
         GX = layout.grad_array(grad_input)
         common = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, block, GX)
         if mode == "avg":
@@ -163,29 +169,14 @@ def roi_align_backward_op(
         else:
             A = argmax.contiguous().numpy()
             cpu.roi_align_max_backward(G, A, rois.numpy(), order, start, *common)
-        return grad_input
-    if backend == "triton":
-        from roiops.gpu import roi_align as gpu
-
-        order, start = rois_by_image(rois, batch_size)
-        return gpu.roi_align_backward(
-            grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
-            pooled_width, sampling_ratio, aligned,
+    else:
+        ref = reference.roi_align_backward(
+            host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width,
+            sampling_ratio, aligned, shape, mode,
+            None if argmax is None else argmax_to_reference(argmax),
         )  # fmt: skip
-    ref = reference.roi_align_backward(
-        host_array(grad),
-        host_array(rois),
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        sampling_ratio,
-        aligned,
-        shape,
-        mode,
-        None if argmax is None else argmax_to_reference(argmax),
-    )
-    grad_input.copy_(torch.from_numpy(ref))
-    return grad_input
+        grad_input.copy_(torch.from_numpy(ref))
+    return grad_input.to(grad.dtype)
 
 
 @roi_align_backward_op.register_fake

@@ -34,23 +34,25 @@ def roi_pool_op(
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
         return input.new_zeros(shape), argmax
     backend = select_backend(input.device)
-    if backend == "numba":
-        # the kernel writes every output element: no zero-filling pass
-        out = input.new_empty(shape)
-        argmax = torch.empty(arg_shape, dtype=torch.int32)
-        X = layout.channels_last_array(input)
-        cpu.roi_pool_forward(
-            X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
-        )
-        return out, argmax
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
         return gpu.roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
+    x = input.to(_validate.compute_dtype(input.dtype))
+    if backend == "numba":
+        # the kernel writes every output element: no zero-filling pass
+        out = x.new_empty(shape)
+        argmax = torch.empty(arg_shape, dtype=torch.int32)
+        X = layout.channels_last_array(x)
+        cpu.roi_pool_forward(
+            X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
+        )
+        return out.to(input.dtype), argmax
     out, argmax = reference.roi_pool_forward(
-        host_array(input), host_array(rois), spatial_scale, pooled_height, pooled_width
+        host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
-    return torch.from_numpy(out).to(input.device), argmax_from_reference(argmax, input.device)
+    out = torch.from_numpy(out).to(input.device, input.dtype)
+    return out, argmax_from_reference(argmax, input.device)
 
 
 @roi_pool_op.register_fake
@@ -72,32 +74,30 @@ def roi_pool_backward_op(
 ) -> Tensor:
     """Gradient of ``roiops::roi_pool`` w.r.t. its input: argmax routing, deterministic."""
     shape = (batch_size, channels, height, width)
-    grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
     if grad.numel() == 0:
-        return grad_input
+        return layout.new_input_grad(shape, grad.dtype, grad.device)
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
-    if backend == "numba":
-        order, start, block = layout.backward_tasks(rois, batch_size, channels)
-        cpu.roi_pool_backward(
-            grad.contiguous().numpy(),
-            argmax.contiguous().numpy(),
-            order,
-            start,
-            block,
-            layout.grad_array(grad_input),
-        )
-        return grad_input
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
         order, start = rois_by_image(rois, batch_size)
+        grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
         return gpu.roi_pool_backward(grad, rois, argmax, order, start, grad_input, spatial_scale)
-    ref = reference.roi_pool_backward(
-        host_array(grad), host_array(rois), argmax_to_reference(argmax), shape
-    )
-    grad_input.copy_(torch.from_numpy(ref))
-    return grad_input
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grad_input = layout.new_input_grad(shape, g.dtype, g.device)
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        GX = layout.grad_array(grad_input)
+        cpu.roi_pool_backward(
+            g.contiguous().numpy(), argmax.contiguous().numpy(), order, start, block, GX
+        )
+    else:
+        ref = reference.roi_pool_backward(
+            host_array(g), host_array(rois), argmax_to_reference(argmax), shape
+        )
+        grad_input.copy_(torch.from_numpy(ref))
+    return grad_input.to(grad.dtype)
 
 
 @roi_pool_backward_op.register_fake
