@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -26,51 +27,99 @@ import roiops  # noqa: F401  (registers torch.ops.roiops)
 class Case:
     name: str
     op: str  # "roi_align" or "roi_pool"
-    shape: tuple[int, int, int, int]  # N, C, H, W
-    num_rois: int
+    shape: tuple[int, int, int, int]  # N, C, H, W of the finest (or only) level
+    num_rois: int  # in all
     box_px: tuple[float, float]  # min, max box side in image pixels
     spatial_scale: float = 1 / 8
     output_size: int = 7
     sampling_ratio: int = 2
     aligned: bool = True
+    levels: int = 1  # > 1: an FPN pyramid, each level half the size of the one before
 
 
-def cases(quick: bool = False) -> list[Case]:
-    a = (1, 256, 128, 128)
-    b = (2, 256, 100, 136)
-    full = [
-        Case("a small sr=0", "roi_align", a, 512, (8, 64), sampling_ratio=0),
-        Case("a small sr=2", "roi_align", a, 512, (8, 64), sampling_ratio=2),
-        Case("a large sr=0", "roi_align", a, 512, (128, 512), sampling_ratio=0),
-        Case("a large sr=2", "roi_align", a, 512, (128, 512), sampling_ratio=2),
-        Case("b sr=0", "roi_align", b, 1024, (16, 200), sampling_ratio=0),
-        Case("b sr=2", "roi_align", b, 1024, (16, 200), sampling_ratio=2),
-        Case("a small", "roi_pool", a, 512, (8, 64)),
-        Case("a large", "roi_pool", a, 512, (128, 512)),
-        Case("b", "roi_pool", b, 1024, (16, 200)),
-    ]
-    if quick:
-        return [c for c in full if c.name in ("a small sr=2", "b sr=2", "b")]
-    return full
+def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
+    if device.startswith("cuda"):
+        a = (1, 512, 256, 256)
+        b = (2, 256, 200, 272)
+        fpn = (8, 256, 200, 272)  # P2 of 800x1088 images; P3-P5 follow
+        full = [
+            Case("a small sr=0", "roi_align", a, 512, (8, 64), sampling_ratio=0),
+            Case("a small sr=2", "roi_align", a, 512, (8, 64), sampling_ratio=2),
+            Case("a large sr=0", "roi_align", a, 512, (256, 1024), sampling_ratio=0),
+            Case("a large sr=2", "roi_align", a, 512, (256, 1024), sampling_ratio=2),
+            Case("b sr=2", "roi_align", b, 1000, (16, 400), spatial_scale=1 / 4),
+            Case("fpn 8x512", "roi_align", fpn, 8 * 512, (16, 800), 1 / 4, levels=4),
+            Case("a small", "roi_pool", a, 512, (8, 64)),
+            Case("b", "roi_pool", b, 1000, (16, 400), spatial_scale=1 / 4),
+        ]
+        quick_names = ("a small sr=2", "fpn 8x512", "b")
+    else:
+        a = (1, 256, 128, 128)
+        b = (2, 256, 100, 136)
+        full = [
+            Case("a small sr=0", "roi_align", a, 512, (8, 64), sampling_ratio=0),
+            Case("a small sr=2", "roi_align", a, 512, (8, 64), sampling_ratio=2),
+            Case("a large sr=0", "roi_align", a, 512, (128, 512), sampling_ratio=0),
+            Case("a large sr=2", "roi_align", a, 512, (128, 512), sampling_ratio=2),
+            Case("b sr=0", "roi_align", b, 1024, (16, 200), sampling_ratio=0),
+            Case("b sr=2", "roi_align", b, 1024, (16, 200), sampling_ratio=2),
+            Case("a small", "roi_pool", a, 512, (8, 64)),
+            Case("a large", "roi_pool", a, 512, (128, 512)),
+            Case("b", "roi_pool", b, 1024, (16, 200)),
+        ]
+        quick_names = ("a small sr=2", "b sr=2", "b")
+    return [c for c in full if c.name in quick_names] if quick else full
 
 
-def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0):
+def fpn_level(boxes: np.ndarray, levels: int) -> np.ndarray:
+    """FPN's level mapper (Lin et al. eq. 1, as torchvision's LevelMapper): 0-based level
+    of each (x1, y1, x2, y2) box; level 0 is the finest (P2)."""
+    side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    k = np.floor(4 + np.log2(side / 224) + 1e-6)
+    return (np.clip(k, 2, 2 + levels - 1) - 2).astype(np.int64)
+
+
+@dataclass
+class Level:
+    """One pyramid level's tensors: input, rois for roiops (float32 for half inputs, as
+    roiops.roi_align passes them), rois for torchvision (in the input dtype, which it
+    requires), the output gradient and the level's spatial_scale."""
+
+    x: torch.Tensor
+    rois: torch.Tensor
+    tv_rois: torch.Tensor
+    grad: torch.Tensor
+    spatial_scale: float
+
+
+def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0) -> list[Level]:
     rng = np.random.default_rng(seed)
     n, c, h, w = case.shape
-    x = torch.from_numpy(rng.standard_normal(case.shape, dtype=np.float32))
     img_h, img_w = h / case.spatial_scale, w / case.spatial_scale
     sides = rng.uniform(*case.box_px, size=(case.num_rois, 2))
     x1 = rng.uniform(0, np.maximum(img_w - sides[:, 0], 1))
     y1 = rng.uniform(0, np.maximum(img_h - sides[:, 1], 1))
     batch = rng.integers(0, n, case.num_rois)
-    rois = np.stack([batch, x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
-    rois = torch.from_numpy(rois)
-    grad = torch.from_numpy(
-        rng.standard_normal(
-            (case.num_rois, c, case.output_size, case.output_size), dtype=np.float32
+    boxes = np.stack([x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
+    level = fpn_level(boxes, case.levels) if case.levels > 1 else np.zeros(len(boxes), int)
+    roi_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    out = []
+    for lv in range(case.levels):
+        shape = (n, c, -(-h // 2**lv), -(-w // 2**lv))
+        x = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        pick = level == lv
+        rois = torch.from_numpy(np.concatenate([batch[pick, None], boxes[pick]], axis=1))
+        grad = rng.standard_normal((int(pick.sum()), c, case.output_size, case.output_size))
+        out.append(
+            Level(
+                x.to(device, dtype),
+                rois.to(device, roi_dtype),
+                rois.to(device, dtype),
+                torch.from_numpy(grad.astype(np.float32)).to(device, dtype),
+                case.spatial_scale / 2**lv,
+            )
         )
-    )
-    return x.to(device, dtype), rois.to(device, dtype), grad.to(device, dtype)
+    return out
 
 
 def _sync(device: str) -> None:
@@ -90,33 +139,69 @@ def time_ms(fn: Callable[[], object], device: str, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def _callables(case: Case, x, rois, grad):
-    """{(library, direction): zero-argument callable} for one case."""
+def _level_callables(case: Case, lv: Level):
+    """{(library, direction): zero-argument callable} for one pyramid level."""
     tv = torch.ops.torchvision
     ro = torch.ops.roiops
+    x, rois, tv_rois, grad = lv.x, lv.rois, lv.tv_rois, lv.grad
     n, c, h, w = x.shape
-    s, p, r, a = case.spatial_scale, case.output_size, case.sampling_ratio, case.aligned
+    s, p, r, a = lv.spatial_scale, case.output_size, case.sampling_ratio, case.aligned
     if case.op == "roi_align":
         return {
-            ("torchvision", "forward"): lambda: tv.roi_align(x, rois, s, p, p, r, a),
+            ("torchvision", "forward"): lambda: tv.roi_align(x, tv_rois, s, p, p, r, a),
             ("roiops", "forward"): lambda: ro.roi_align(x, rois, s, p, p, r, a),
             ("torchvision", "backward"): lambda: tv._roi_align_backward(
-                grad, rois, s, p, p, n, c, h, w, r, a
+                grad, tv_rois, s, p, p, n, c, h, w, r, a
             ),
             ("roiops", "backward"): lambda: ro.roi_align_backward(
                 grad, rois, s, p, p, r, a, n, c, h, w
             ),
         }
-    _, tv_argmax = tv.roi_pool(x, rois, s, p, p)
+    _, tv_argmax = tv.roi_pool(x, tv_rois, s, p, p)
     _, ro_argmax = ro.roi_pool(x, rois, s, p, p)
     return {
-        ("torchvision", "forward"): lambda: tv.roi_pool(x, rois, s, p, p),
+        ("torchvision", "forward"): lambda: tv.roi_pool(x, tv_rois, s, p, p),
         ("roiops", "forward"): lambda: ro.roi_pool(x, rois, s, p, p),
         ("torchvision", "backward"): lambda: tv._roi_pool_backward(
-            grad, rois, tv_argmax, s, p, p, n, c, h, w
+            grad, tv_rois, tv_argmax, s, p, p, n, c, h, w
         ),
         ("roiops", "backward"): lambda: ro.roi_pool_backward(grad, ro_argmax, rois, s, n, c, h, w),
     }
+
+
+def _callables(case: Case, levels: list[Level]):
+    """Every level in turn, as torchvision's MultiScaleRoIAlign runs them."""
+    per_level = [_level_callables(case, lv) for lv in levels]
+
+    def run_all(key):
+        return lambda: [fns[key]() for fns in per_level]
+
+    return {key: run_all(key) for key in per_level[0]}
+
+
+def min_bytes(levels: list[Level]) -> int:
+    """Bytes an op must move at the least: the feature maps once and the pooled bins once
+    (forward reads the one and writes the other, backward the reverse)."""
+    return sum(
+        lv.x.numel() * lv.x.element_size() + lv.grad.numel() * lv.grad.element_size()
+        for lv in levels
+    )
+
+
+# GPU memory bandwidth peaks (bytes/s) by device-name fragment; ROIOPS_PEAK_GBPS overrides.
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12}
+
+
+def peak_bandwidth(device: str) -> float | None:
+    if os.environ.get("ROIOPS_PEAK_GBPS"):
+        return float(os.environ["ROIOPS_PEAK_GBPS"]) * 1e9
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for fragment, peak in PEAK_BANDWIDTH.items():
+        if fragment in name:
+            return peak
+    return None
 
 
 @dataclass
@@ -126,6 +211,7 @@ class Row:
     direction: str
     torchvision_ms: float
     roiops_ms: float
+    roiops_bandwidth: float | None = None  # fraction of the device's peak, GPU only
 
     @property
     def speedup(self) -> float:
@@ -146,17 +232,23 @@ def run(
     from tqdm import tqdm
 
     rows = []
-    todo = cases(quick)
+    todo = cases(quick, device)
+    peak = peak_bandwidth(device)
     bar = tqdm(total=len(todo) * 4, disable=not progress, desc="bench", leave=False)
     for case in todo:
-        x, rois, grad = make_inputs(case, device, dtype)
-        fns = _callables(case, x, rois, grad)
+        levels = make_inputs(case, device, dtype)
+        fns = _callables(case, levels)
         for direction in ("forward", "backward"):
             t = {}
             for lib in ("torchvision", "roiops"):
                 t[lib] = time_ms(fns[(lib, direction)], device, repeat)
                 bar.update()
-            rows.append(Row(case.name, case.op, direction, t["torchvision"], t["roiops"]))
+            row = Row(case.name, case.op, direction, t["torchvision"], t["roiops"])
+            if peak:
+                row.roiops_bandwidth = (
+                    min_bytes(case, levels, direction) / (t["roiops"] / 1e3) / peak
+                )
+            rows.append(row)
     bar.close()
     return rows
 
@@ -173,9 +265,10 @@ def format_table(rows: list[Row], title: str) -> str:
         f"{'roiops ms':>10} {'speed-up':>9}",
     ]
     for r in rows:
+        bandwidth = "" if r.roiops_bandwidth is None else f"  {r.roiops_bandwidth:6.1%} of peak BW"
         lines.append(
             f"{r.op:<10} {r.case:<14} {r.direction:<9} {r.torchvision_ms:>15.2f} "
-            f"{r.roiops_ms:>10.2f} {r.speedup:>8.1f}x"
+            f"{r.roiops_ms:>10.2f} {r.speedup:>8.1f}x{bandwidth}"
         )
     for direction in ("forward", "backward"):
         sel = [r.speedup for r in rows if r.direction == direction]

@@ -46,9 +46,23 @@ def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
 
 def test_bench_inputs_are_valid_boxes():
     for case in bench.cases():
-        x, rois, grad = bench.make_inputs(case, "cpu", bench.torch.float32)
+        (level,) = bench.make_inputs(case, "cpu", bench.torch.float32)
         n, c, h, w = case.shape
-        assert x.shape == case.shape and rois.shape == (case.num_rois, 5)
-        sides = rois[:, 3:] - rois[:, 1:3]
+        assert level.x.shape == case.shape and level.rois.shape == (case.num_rois, 5)
+        sides = level.rois[:, 3:] - level.rois[:, 1:3]
         assert float(sides.min()) >= case.box_px[0] and float(sides.max()) <= case.box_px[1]
-        assert grad.shape == (case.num_rois, c, case.output_size, case.output_size)
+        assert level.grad.shape == (case.num_rois, c, case.output_size, case.output_size)
+
+
+def test_gpu_cases_and_fpn_levels():
+    names = [c.name for c in bench.cases(device="cuda")]
+    assert "fpn 8x512" in names and "a large sr=0" in names
+    # the level mapper: 224 px boxes go to P4 (index 2), tiny ones to P2, huge ones to P5
+    boxes = bench.np.array([[0, 0, 224, 224], [0, 0, 16, 16], [0, 0, 2000, 2000.0]])
+    assert bench.fpn_level(boxes, 4).tolist() == [2, 0, 3]
+    small_fpn = bench.Case("fpn", "roi_align", (2, 4, 32, 32), 64, (16, 400), 1 / 4, levels=4)
+    levels = bench.make_inputs(small_fpn, "cpu", bench.torch.float16)
+    assert [lv.x.shape[-1] for lv in levels] == [32, 16, 8, 4]
+    assert sum(lv.rois.shape[0] for lv in levels) == 64
+    assert all(lv.rois.dtype == bench.torch.float32 for lv in levels)
+    assert all(lv.tv_rois.dtype == bench.torch.float16 for lv in levels)
