@@ -87,11 +87,10 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
                         cell = np.int32(h * W + w)
                         o = np.uint64(((n * H + h) * W + w) * C)
                         for c in range(C):
-                            # branch-free select, so that LLVM vectorises the channels
                             v = Xf[o + np.uint64(c)]
-                            wins = v > best[c]
-                            best[c] = v if wins else best[c]
-                            best_at[c] = cell if wins else best_at[c]
+                            if v > best[c]:
+                                best[c] = v
+                                best_at[c] = cell
         for c in range(C):
             for b in range(P):
                 out_bins[k, c, b] = bins[b, c]
