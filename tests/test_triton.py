@@ -5,6 +5,8 @@ imported. Shapes are small: the interpreter runs every program in NumPy.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +154,10 @@ def test_opcheck_on_triton_backend(rng, op):
     args = (x, rois, 0.5, 2, 3) if op == "roi_pool" else (x, rois, 0.5, 2, 3, 2, True)
     with roiops.use_backend("triton"):
         torch.library.opcheck(getattr(torch.ops.roiops, op), args)
+
+
+def test_kernels_compile_for_hopper():
+    # in a fresh process: this one has the kernels defined for the interpreter
+    script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

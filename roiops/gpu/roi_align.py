@@ -167,8 +167,8 @@ def roi_align_backward_kernel(
     x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
     ys = y0 + tl.arange(0, TILE_H)
     xs = x0 + tl.arange(0, TILE_W)
-    is_f64 = G.dtype.element_ty == tl.float64
-    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=tl.float64 if is_f64 else tl.float32)
+    acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
     for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
         k = tl.load(ORDER + j)
         _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(

@@ -15,7 +15,8 @@ import triton.language as tl
 
 from roiops.gpu import scale_tensor
 
-FLT_LOWEST: tl.constexpr = -3.4028234663852886e38
+# bins start from -FLT_MAX, as in torchvision and the reference
+FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
@@ -67,8 +68,8 @@ def roi_pool_forward_kernel(
     w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
     plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
     # compared in float32 (float64 for float64 maps), as the reference does for halves
-    is_f64 = X.dtype.element_ty == tl.float64
-    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, tl.float64 if is_f64 else tl.float32)
+    acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, acc_dtype)
     best_at = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
     # the widest bin spans at most ceil(size / pooled) + 1 cells
     span_h = tl.cdiv(roi_h, PH) + 1
@@ -109,8 +110,8 @@ def roi_pool_backward_kernel(
     x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
     ys = y0 + tl.arange(0, TILE_H)
     xs = x0 + tl.arange(0, TILE_W)
-    is_f64 = G.dtype.element_ty == tl.float64
-    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=tl.float64 if is_f64 else tl.float32)
+    acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
     for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
         k = tl.load(ORDER + j)
         _, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
