@@ -151,9 +151,11 @@ def check_mode(mode: object, op: str) -> str:
 
 
 def check_plane_indexable(input_shape: Sequence[int], op: str) -> None:
-    """Argmax indices are int32 within one [H, W] plane, as in torchvision."""
+    """Offsets within one [H, W] plane are int32: roi_pool's argmax (as in torchvision)
+    and the Triton kernels' in-plane arithmetic. Offsets across planes are int64."""
     height, width = input_shape[-2], input_shape[-1]
     if height * width >= 2**31:
         raise ValueError(
-            f"{op}: input's H * W = {height * width} is too large for int32 argmax indices"
+            f"{op}: input's H * W = {height * width} is too large: one [H, W] plane must "
+            "have fewer than 2**31 cells"
         )

@@ -108,3 +108,10 @@ def test_backend_switch(monkeypatch):
         pass
     with roiops.use_backend("reference"):
         assert torch.equal(align(), ref)
+
+
+def test_plane_too_large_for_int32_offsets():
+    # a [1, 1, 2**16, 2**15] map has 2**31 cells in one plane; an expanded view costs no memory
+    huge = torch.zeros(1, 1, 1, 1).expand(1, 1, 2**16, 2**15)
+    with pytest.raises(ValueError, match=r"H \* W = 2147483648 is too large"):
+        roiops.roi_pool(huge, torch.tensor([[0, 0.0, 0, 1, 1]]), 1)

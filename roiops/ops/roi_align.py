@@ -46,6 +46,7 @@ def _forward(
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
+        _validate.check_plane_indexable(input.shape, OP)
         # half precision is read as is and accumulated in float32 by the kernels
         return gpu.roi_align_forward(
             input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
