@@ -26,23 +26,8 @@ def channels_last_array(input: Tensor) -> np.ndarray:
     return nhwc.contiguous().numpy()
 
 
-def new_input_grad(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
-    """Zeroed ``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout.
-
-    Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
-    the leaf.
-    """
-    n, c, h, w = shape
-    return torch.zeros((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
-
-
-def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):
-    """What ``new_input_grad`` returns, as an empty tensor like ``grad`` (fake impls)."""
-    return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)
-
-
 def grad_array(grad_input: Tensor) -> np.ndarray:
-    """The ``ndarray[N, H, W, C]`` behind a tensor made by ``new_input_grad``."""
+    """The ``ndarray[N, H, W, C]`` behind a tensor made by ``roiops.ops.new_input_grad``."""
     return grad_input.permute(0, 2, 3, 1).numpy()
 
 

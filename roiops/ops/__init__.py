@@ -6,8 +6,8 @@ Shared conventions of the ops in this package:
   channels last, the layout the CPU kernels write without a transpose and read back a
   channel block at a time. The NumPy reference keeps the readable ``[K, C, ph, pw]``;
   the adapters below convert.
-* input gradients are ``Tensor[N, C, H, W]`` with channels_last strides (see
-  ``roiops.cpu.layout.new_input_grad``).
+* input gradients are ``Tensor[N, C, H, W]`` with channels_last strides
+  (``new_input_grad``): the layout every backend's backward kernel writes.
 """
 
 from __future__ import annotations
@@ -42,3 +42,18 @@ def rois_by_image(rois: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     start = torch.zeros(batch_size + 1, dtype=torch.int64, device=rois.device)
     start[1:] = torch.cumsum(torch.bincount(batch, minlength=batch_size), 0)
     return order, start
+
+
+def new_input_grad(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """Zeroed ``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout.
+
+    Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
+    the leaf.
+    """
+    n, c, h, w = shape
+    return torch.zeros((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+
+
+def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):
+    """What ``new_input_grad`` returns, as an empty tensor like ``grad`` (fake impls)."""
+    return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)

@@ -18,7 +18,9 @@ from roiops.ops import (
     argmax_from_reference,
     argmax_shape,
     argmax_to_reference,
+    fake_input_grad,
     host_array,
+    new_input_grad,
     rois_by_image,
 )
 from roiops.reference import roi_align as reference
@@ -145,7 +147,7 @@ def roi_align_backward_op(
     forward's ``argmax``, of ``roiops::roi_align_max``."""
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
-        return layout.new_input_grad(shape, grad.dtype, grad.device)
+        return new_input_grad(shape, grad.dtype, grad.device)
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
     mode = "avg" if argmax is None else "max"
@@ -153,13 +155,13 @@ def roi_align_backward_op(
         from roiops.gpu import roi_align as gpu
 
         order, start = rois_by_image(rois, batch_size)
-        grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
+        grad_input = new_input_grad(shape, grad.dtype, grad.device)
         return gpu.roi_align_backward(
             grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
             pooled_width, sampling_ratio, aligned,
         )  # fmt: skip
     g = grad.to(_validate.compute_dtype(grad.dtype))
-    grad_input = layout.new_input_grad(shape, g.dtype, g.device)
+    grad_input = new_input_grad(shape, g.dtype, g.device)
     if backend == "numba":
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         G = g.contiguous().numpy()
@@ -183,7 +185,7 @@ def roi_align_backward_op(
 @roi_align_backward_op.register_fake
 def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
       batch_size, channels, height, width, argmax=None):  # fmt: skip
-    return layout.fake_input_grad(grad, batch_size, channels, height, width)
+    return fake_input_grad(grad, batch_size, channels, height, width)
 
 
 # --------------------------------------------------------------------------- autograd

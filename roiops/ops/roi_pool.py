@@ -13,7 +13,9 @@ from roiops.ops import (
     argmax_from_reference,
     argmax_shape,
     argmax_to_reference,
+    fake_input_grad,
     host_array,
+    new_input_grad,
     rois_by_image,
 )
 from roiops.reference import roi_pool as reference
@@ -75,17 +77,17 @@ def roi_pool_backward_op(
     """Gradient of ``roiops::roi_pool`` w.r.t. its input: argmax routing, deterministic."""
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0:
-        return layout.new_input_grad(shape, grad.dtype, grad.device)
+        return new_input_grad(shape, grad.dtype, grad.device)
     _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
         order, start = rois_by_image(rois, batch_size)
-        grad_input = layout.new_input_grad(shape, grad.dtype, grad.device)
+        grad_input = new_input_grad(shape, grad.dtype, grad.device)
         return gpu.roi_pool_backward(grad, rois, argmax, order, start, grad_input, spatial_scale)
     g = grad.to(_validate.compute_dtype(grad.dtype))
-    grad_input = layout.new_input_grad(shape, g.dtype, g.device)
+    grad_input = new_input_grad(shape, g.dtype, g.device)
     if backend == "numba":
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         GX = layout.grad_array(grad_input)
@@ -102,7 +104,7 @@ def roi_pool_backward_op(
 
 @roi_pool_backward_op.register_fake
 def _(grad, argmax, rois, spatial_scale, batch_size, channels, height, width):
-    return layout.fake_input_grad(grad, batch_size, channels, height, width)
+    return fake_input_grad(grad, batch_size, channels, height, width)
 
 
 def _setup_context(ctx, inputs, output):
