@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/roiops explain
+	$(VENV)/bin/roiops explain --out roiops-explain
 	$(VENV)/bin/roiops bench --quick
 
 test: $(STAMP)

@@ -14,6 +14,12 @@ def _explain(args: argparse.Namespace) -> int:
 
     ex = Example(args.image_size, args.box_size, args.stride, args.output_size, args.sampling_ratio)
     print(explain_text(ex))
+    if args.out:
+        from roiops.figures import write_figures
+
+        print("\nFigures:")
+        for path in write_figures(ex, args.out):
+            print(f"  {path}")
     return 0
 
 
@@ -53,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--output-size", type=int, default=7)
     p.add_argument("--sampling-ratio", type=int, default=2)
+    p.add_argument(
+        "--out", default="roiops-explain", help="folder for the PNG figures ('' for none)"
+    )
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("bench", help="speed-up vs torchvision, forward and backward")

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from roiops import bench, cli
+from roiops import bench, cli, explain, figures
 
 
-def test_explain_reproduces_the_article(capsys):
-    assert cli.main(["explain"]) == 0
+def test_explain_reproduces_the_article(capsys, tmp_path):
+    assert cli.main(["explain", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "800 / 32 = 25 cells; box: 665 / 32 = 20.78 cells" in text
     assert "box 20.78 -> 20 cells" in text
@@ -18,11 +18,27 @@ def test_explain_reproduces_the_article(capsys):
     assert "sampling_ratio=2: 2x2 = 4 points per bin; bin 0 samples x at 0.74, 2.23" in text
     assert "3x3 = 9 points per bin" in text
     assert "Checked:" in text
+    figures = sorted(tmp_path.glob("*.png"))
+    assert [f.name for f in figures] == [
+        "1-roipool-quantization.png",
+        "2-roialign-sampling.png",
+        "3-backward-routing.png",
+    ]
+    for f in figures:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 10_000
+
+
+def test_backward_figure_data_comes_from_the_ops():
+    pool_grad, align_grad = figures.gradient_maps(explain.Example())
+    # RoIPool: one argmax cell takes the whole unit gradient
+    assert (pool_grad != 0).sum() == 1 and pool_grad.sum() == 1.0
+    # RoIAlign: 4 points x 4 bilinear neighbours, weights summing to one
+    assert 4 <= (align_grad != 0).sum() <= 16 and abs(align_grad.sum() - 1.0) < 1e-12
 
 
 def test_explain_follows_its_options(capsys):
     args = ["explain", "--image-size", "1024", "--box-size", "300", "--stride", "16"]
-    assert cli.main([*args, "--output-size", "5", "--sampling-ratio", "1"]) == 0
+    assert cli.main([*args, "--output-size", "5", "--sampling-ratio", "1", "--out", ""]) == 0
     text = capsys.readouterr().out
     assert "1024 / 16 = 64 cells; box: 300 / 16 = 18.75 cells" in text
     assert "box 18.75 -> 18 cells" in text
