@@ -49,6 +49,23 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from roiops import experiment
+
+    settings = experiment.Settings.quick() if args.quick else experiment.Settings()
+    if args.seeds:
+        settings = replace(settings, seeds=args.seeds)
+    if args.steps:
+        settings = replace(settings, steps=args.steps)
+    result = experiment.run_study(settings, args.out)
+    print(experiment.results_markdown(result))
+    print(f"Written to {args.out}/: results.md, results.json, box_ap_by_size.png, "
+          "mask_iou_by_size.png")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roiops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", help="also write the results as JSON to this path")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("experiment", help="RoIPool vs RoIAlign by object size (synthetic data)")
+    p.add_argument("--quick", action="store_true", help="a 1-minute smoke run")
+    p.add_argument("--out", default="roiops-experiment")
+    p.add_argument("--seeds", type=int, help="seeds per variant (default 3)")
+    p.add_argument("--steps", type=int, help="training steps per run")
+    p.set_defaults(func=_experiment)
 
     args = parser.parse_args(argv)
     return args.func(args)
