@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import scale_tensor
+from roiops.gpu.tiles import gradient_grid, gradient_tile, store_gradient_tile
 
 
 @triton.jit
@@ -160,13 +161,8 @@ def roi_align_backward_kernel(
     G is [K, C, PH, PW]; ARGMAX (max mode) is [K, PH, PW, C]; ORDER[IMAGE_START[n]:
     IMAGE_START[n + 1]] lists image n's RoIs in input order.
     """
-    n = tl.program_id(0) // n_channel_blocks
-    c = (tl.program_id(0) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    y0 = (tl.program_id(1) // n_tiles_x) * TILE_H
-    x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
-    ys = y0 + tl.arange(0, TILE_H)
-    xs = x0 + tl.arange(0, TILE_W)
+    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
+                                               TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
     for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
@@ -227,10 +223,7 @@ def roi_align_backward_kernel(
                 t = tl.sum(g[:, :, :, None] * a_x[None, None, :, :], axis=2)
                 # [PH, TILE_H] x [C, PH, TILE_W] -> [C, TILE_H, TILE_W]
                 acc += tl.sum(a_y[None, :, :, None] * t[:, :, None, :], axis=1)
-    cells = (n * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
-    dst = GX + cells[None, :, :] * C + c[:, None, None]
-    ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
-    tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
+    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -256,11 +249,7 @@ def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spati
                        pooled_h, pooled_w, sampling_ratio, aligned):  # fmt: skip
     """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
-    block_c = min(16, triton.next_power_of_2(C))
-    n_blocks = triton.cdiv(C, block_c)
-    tile = 8
-    n_tiles_x = triton.cdiv(W, tile)
-    grid = (N * n_blocks, triton.cdiv(H, tile) * n_tiles_x)
+    grid, block_c, n_blocks, n_tiles_x, tile = gradient_grid(N, C, H, W)
     max_mode = argmax is not None
     roi_align_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois),

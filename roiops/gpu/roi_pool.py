@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import scale_tensor
+from roiops.gpu.tiles import gradient_grid, gradient_tile, store_gradient_tile
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
@@ -103,13 +104,8 @@ def roi_pool_backward_kernel(
     TILE_H: tl.constexpr, TILE_W: tl.constexpr,
 ):  # fmt: skip
     """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile)."""
-    n = tl.program_id(0) // n_channel_blocks
-    c = (tl.program_id(0) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    y0 = (tl.program_id(1) // n_tiles_x) * TILE_H
-    x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
-    ys = y0 + tl.arange(0, TILE_H)
-    xs = x0 + tl.arange(0, TILE_W)
+    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
+                                               TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
     for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
@@ -131,10 +127,7 @@ def roi_pool_backward_kernel(
                     & ((xs[None, :] == cell[:, None] % W)[:, None, :])
                 )
                 acc += tl.where(hit, g[:, None, None], 0.0)
-    cells = (n * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
-    dst = GX + cells[None, :, :] * C + c[:, None, None]
-    ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
-    tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
+    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -157,11 +150,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 def roi_pool_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale):
     """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
-    block_c = min(16, triton.next_power_of_2(C))
-    n_blocks = triton.cdiv(C, block_c)
-    tile = 8
-    n_tiles_x = triton.cdiv(W, tile)
-    grid = (N * n_blocks, triton.cdiv(H, tile) * n_tiles_x)
+    grid, block_c, n_blocks, n_tiles_x, tile = gradient_grid(N, C, H, W)
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois), argmax.contiguous(), order,
         image_start, grad_input, C, H, W, n_blocks, n_tiles_x,
