@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/roiops bench
+
+# On a CUDA machine: the Triton kernels compiled (not interpreted) against the reference,
+# then the GPU benchmark in float32 and float16. Not part of CI (CI has no GPU).
+gpu: $(STAMP)
+	$(PY) -m pytest -q tests/test_triton.py
+	$(VENV)/bin/roiops bench --device cuda --json benchmarks/results/cuda-fp32.json
+	$(VENV)/bin/roiops bench --device cuda --dtype float16 --json benchmarks/results/cuda-fp16.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
