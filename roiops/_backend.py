@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import os
 
 import torch
@@ -57,8 +58,23 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _require_triton() -> None:
+    if importlib.util.find_spec("triton") is None:
+        raise RuntimeError(
+            f"{ENV_VAR}: the triton backend needs the 'triton' package (it comes with CUDA "
+            "builds of torch); it is not installed"
+        )
+
+
 def select_backend(device: torch.device) -> str:
     """The backend that serves tensors on ``device``; raises if none can."""
+    name = _select(device)
+    if name == "triton":
+        _require_triton()
+    return name
+
+
+def _select(device: torch.device) -> str:
     name = requested_backend()
     if name == "auto":
         if device.type not in AUTO:

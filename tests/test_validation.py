@@ -115,3 +115,16 @@ def test_plane_too_large_for_int32_offsets():
     huge = torch.zeros(1, 1, 1, 1).expand(1, 1, 2**16, 2**15)
     with pytest.raises(ValueError, match=r"H \* W = 2147483648 is too large"):
         roiops.roi_pool(huge, torch.tensor([[0, 0.0, 0, 1, 1]]), 1)
+
+
+def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
+    )
+    monkeypatch.setenv("ROIOPS_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="needs the 'triton' package"):
+        align()
