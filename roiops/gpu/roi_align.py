@@ -26,7 +26,14 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import scale_tensor
-from roiops.gpu.tiles import gradient_grid, gradient_tile, store_gradient_tile
+from roiops.gpu.tiles import (
+    bins_grid,
+    bins_tile,
+    gradient_grid,
+    gradient_tile,
+    store_bins,
+    store_gradient_tile,
+)
 
 
 @triton.jit
@@ -82,11 +89,7 @@ def roi_align_forward_kernel(
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]."""
-    k = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = tl.arange(0, BLOCK_P)
-    c_ok = c < C
-    p_ok = p < PH * PW
+    k, c, c_ok, p, p_ok = bins_tile(C, PH * PW, BLOCK_C, BLOCK_P)
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
@@ -124,12 +127,7 @@ def roi_align_forward_kernel(
                 acc += v
     if not MAX_MODE:
         acc = acc / tl.maximum(gh * gw, 1).to(acc.dtype)
-    store_mask = c_ok[:, None] & p_ok[None, :]
-    out = OUT + (k * C + c.to(tl.int64))[:, None] * (PH * PW) + p[None, :]
-    tl.store(out, acc.to(OUT.dtype.element_ty), mask=store_mask)
-    if MAX_MODE:
-        arg = ARGMAX + (k * (PH * PW) + p.to(tl.int64))[None, :] * C + c[:, None]
-        tl.store(arg, best_s, mask=store_mask)
+    store_bins(OUT, ARGMAX, acc, best_s, k, c, c_ok, p, p_ok, C, PH * PW, MAX_MODE)
 
 
 @triton.jit
@@ -234,9 +232,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     x = input.contiguous()
     out = x.new_empty((K, C, pooled_h, pooled_w))
     argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
-    block_c = min(32, triton.next_power_of_2(C))
-    block_p = triton.next_power_of_2(pooled_h * pooled_w)
-    grid = (K, triton.cdiv(C, block_c))
+    grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
     roi_align_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
         sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,

@@ -14,7 +14,14 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import scale_tensor
-from roiops.gpu.tiles import gradient_grid, gradient_tile, store_gradient_tile
+from roiops.gpu.tiles import (
+    bins_grid,
+    bins_tile,
+    gradient_grid,
+    gradient_tile,
+    store_bins,
+    store_gradient_tile,
+)
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
@@ -59,11 +66,7 @@ def roi_pool_forward_kernel(
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (cell h * W + w, or -1) from X[N, C, H, W]."""
-    k = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = tl.arange(0, BLOCK_P)
-    c_ok = c < C
-    p_ok = p < PH * PW
+    k, c, c_ok, p, p_ok = bins_tile(C, PH * PW, BLOCK_C, BLOCK_P)
     n, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
     h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
     w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
@@ -89,11 +92,7 @@ def roi_pool_forward_kernel(
             best_at = tl.where(wins, cell[None, :], best_at)
     empty = (h1 <= h0) | (w1 <= w0)
     best = tl.where(empty[None, :], 0.0, best)
-    store_mask = c_ok[:, None] & p_ok[None, :]
-    out = OUT + (k * C + c.to(tl.int64))[:, None] * (PH * PW) + p[None, :]
-    tl.store(out, best.to(OUT.dtype.element_ty), mask=store_mask)
-    arg = ARGMAX + (k * (PH * PW) + p.to(tl.int64))[None, :] * C + c[:, None]
-    tl.store(arg, best_at, mask=store_mask)
+    store_bins(OUT, ARGMAX, best, best_at, k, c, c_ok, p, p_ok, C, PH * PW, True)
 
 
 @triton.jit
@@ -137,12 +136,10 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     x = input.contiguous()
     out = x.new_empty((K, C, pooled_h, pooled_w))
     argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
-    block_c = min(32, triton.next_power_of_2(C))
-    grid = (K, triton.cdiv(C, block_c))
+    grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
     roi_pool_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
-        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
-        BLOCK_P=triton.next_power_of_2(pooled_h * pooled_w),
+        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, BLOCK_P=block_p,
     )  # fmt: skip
     return out, argmax
 
