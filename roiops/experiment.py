@@ -64,7 +64,7 @@ def make_image(rng: np.random.Generator, objects: int = 3):
     freq = rng.uniform(0.05, 0.3, 2)
     image = 0.3 * np.sin(xx * freq[0] + rng.uniform(0, 6)) * np.cos(yy * freq[1])
     image += rng.normal(0, 0.3, (IMAGE, IMAGE))
-    boxes, masks, buckets = [], [], []
+    shapes, buckets = [], []
     for i in range(objects):
         b = i % len(BUCKETS)
         lo, hi = list(BUCKETS.values())[b]
@@ -74,22 +74,25 @@ def make_image(rng: np.random.Generator, objects: int = 3):
             m = ((xx - x0 - w / 2) / (w / 2)) ** 2 + ((yy - y0 - h / 2) / (h / 2)) ** 2 <= 1
         else:  # rectangle
             m = (xx >= x0) & (xx <= x0 + w) & (yy >= y0) & (yy <= y0 + h)
-        if not m.any():
-            continue
         image[m] = rng.uniform(1.0, 2.0) * rng.choice([-1, 1])
-        ys, xs = np.nonzero(m)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        masks.append(m)
+        shapes.append(m)
         buckets.append(b)
-    # objects painted later occlude earlier ones: keep each mask's visible part
-    for i in range(len(masks)):
-        for j in range(i + 1, len(masks)):
-            masks[i] = masks[i] & ~masks[j]
+    # objects painted later occlude earlier ones: masks and boxes are of the visible part
+    # (as COCO's), and an object hidden entirely is no object
+    boxes, masks, kept = [], [], []
+    for i, m in enumerate(shapes):
+        visible = m & ~np.any(shapes[i + 1 :], axis=0) if i + 1 < len(shapes) else m
+        if not visible.any():
+            continue
+        ys, xs = np.nonzero(visible)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        masks.append(visible)
+        kept.append(buckets[i])
     return (
         torch.tensor(image, dtype=torch.float32)[None],
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         torch.tensor(np.stack(masks), dtype=torch.float32),
-        torch.tensor(buckets),
+        torch.tensor(kept),
     )
 
 
