@@ -34,6 +34,7 @@ from roiops.gpu.tiles import (
     store_bins,
     store_gradient_tile,
 )
+from roiops.ops import argmax_shape
 
 
 @triton.jit
@@ -230,15 +231,20 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)`` for NCHW ``input``."""
     K, C = rois.shape[0], input.shape[1]
     x = input.contiguous()
-    out = x.new_empty((K, C, pooled_h, pooled_w))
-    argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
+    shape = (K, C, pooled_h, pooled_w)
+    out = x.new_empty(shape)
+    # avg mode stores no argmax: the kernel gets ``out`` in its place and never writes it
+    argmax = (
+        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device) if max_mode else None
+    )
     grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
     roi_align_forward_kernel[grid](
-        x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
+        x, rois, scale_tensor(spatial_scale, rois), out, argmax if max_mode else out,
+        C, x.shape[2], x.shape[3],
         sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
         BLOCK_C=block_c, BLOCK_P=block_p,
     )  # fmt: skip
-    return out, (argmax if max_mode else None)
+    return out, argmax
 
 
 def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale,

@@ -22,6 +22,7 @@ from roiops.gpu.tiles import (
     store_bins,
     store_gradient_tile,
 )
+from roiops.ops import argmax_shape
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
@@ -134,8 +135,9 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C])`` for NCHW ``input``."""
     K, C = rois.shape[0], input.shape[1]
     x = input.contiguous()
-    out = x.new_empty((K, C, pooled_h, pooled_w))
-    argmax = torch.empty((K, pooled_h, pooled_w, C), dtype=torch.int32, device=x.device)
+    shape = (K, C, pooled_h, pooled_w)
+    out = x.new_empty(shape)
+    argmax = torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
     grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
     roi_pool_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],

@@ -42,8 +42,10 @@ def _forward(
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if _output_is_empty(input, rois):
+        if mode == "avg":
+            return input.new_zeros(shape), None
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
-        return input.new_zeros(shape), argmax if mode == "max" else None
+        return input.new_zeros(shape), argmax
     backend = select_backend(input.device)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
