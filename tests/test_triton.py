@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import roiops
+from roiops.gpu import roi_align as gpu_align
+from roiops.gpu import roi_pool as gpu_pool
 
 # compiled kernels on a GPU, the interpreter on CPU tensors elsewhere
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,6 +103,32 @@ def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mo
         fast, ref = (
             align(b, x, rois, (oh, ow), 0.5, ratio, aligned, mode, grad)
             for b in ("triton", "reference")
+        )
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "mode,aligned,ratio", [("avg", True, 2), ("avg", False, 0), ("max", True, 2), ("pool", 0, 0)]
+)
+def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned, ratio):
+    # maps of several 8x8 gradient tiles, several blocks of RoIs per image (blocks of 4
+    # here, to keep the interpreter quick), and 5x5 bins over boxes spanning many tiles:
+    # each tile visits only some RoIs and, within a RoI, only the bins near it
+    for module in (gpu_align, gpu_pool):
+        monkeypatch.setattr(module, "ROI_BLOCK", 4)
+    x = on_device(rng.standard_normal((2, 2, 21, 27)), torch.float32)
+    rois = random_rois(rng, 2, 16, 21 / 0.5, 27 / 0.5)
+    # boxes over the whole map and beyond, inverted, tiny, at the far corner
+    rois[:6, 1:] = [[-20, -20, 70, 60], [3, 3, 50, 30], [0, 0, 54, 42], [50, 40, 4, 6],
+                    [30, 10, 31, 11], [52, 40, 55, 43]]  # fmt: skip
+    rois = on_device(rois, torch.float32)
+    grad = on_device(rng.standard_normal((16, 2, 5, 5)), torch.float32)
+    if mode == "pool":
+        fast, ref = (pool(b, x, rois, 5, 0.5, grad) for b in ("triton", "reference"))
+    else:
+        fast, ref = (
+            align(b, x, rois, 5, 0.5, ratio, aligned, mode, grad) for b in ("triton", "reference")
         )
     assert torch.equal(fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])

@@ -6,14 +6,16 @@ the RoI's sampling grid and gathers the four neighbours of every point from NCHW
 
 Backward, deterministic by construction (a gather, no atomics): one program per
 (image, block of channels, tile of input cells). It owns its tile of the gradient and
-visits that image's RoIs in input order. Average mode is separable: the gradient a cell
-(y, x) receives from bin (ph, pw) is ``g[ph, pw] / count * Ay[ph, y] * Ax[pw, x]`` where
-``Ay[ph, y]`` is the summed bilinear row weight that the bin's sampling rows give row y
-(``Ax`` likewise for columns), so a RoI's contribution to a tile is ``Ay^T G Ax``. In max
-mode each channel's winning sample adds its four weights to the cells that are its
-neighbours. Either way every cell is summed by one program in one fixed order, so the
-gradient is bitwise reproducible; it is the formulation CUDA kernels avoid because it
-re-reads the RoI list per tile, and the price of not using atomicAdd.
+visits, in input order, those of the image's RoIs that can reach the tile (tested a block
+of RoIs at a time), and within a RoI only the bins near the tile. Average mode is
+separable: the gradient a cell (y, x) receives from bin (ph, pw) is
+``g[ph, pw] / count * Ay[ph, y] * Ax[pw, x]`` where ``Ay[ph, y]`` is the summed bilinear
+row weight that the bin's sampling rows give row y (``Ax`` likewise for columns), so a
+RoI's contribution to a tile is ``Ay^T G Ax``, added one bin row at a time. In max mode
+each channel's winning sample adds its four weights to the cells that are its neighbours.
+Either way every cell is summed by one program in one fixed order, so the gradient is
+bitwise reproducible; it is the formulation CUDA kernels avoid because every tile scans
+its image's RoI list, and that scan is the price of not using atomicAdd.
 
 Arithmetic follows ``roiops.reference.roi_align`` (same conventions); compute is in
 float32 (float64 for float64 inputs).
@@ -27,10 +29,14 @@ import triton.language as tl
 
 from roiops.gpu import scale_tensor
 from roiops.gpu.tiles import (
+    ROI_BLOCK,
     bins_grid,
+    bins_reaching,
     bins_tile,
     gradient_grid,
     gradient_tile,
+    next_lane,
+    roi_block,
     store_bins,
     store_gradient_tile,
 )
@@ -148,12 +154,33 @@ def _axis_weights(start, bin_size, grid, limit, cells, POOLED: tl.constexpr,
 
 
 @triton.jit
+def _reaches_tile(rois_ptr, k, scale_ptr, sampling_ratio, y0, x0, PH: tl.constexpr,
+                  PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
+                  TILE_W: tl.constexpr):  # fmt: skip
+    """Whether the sampling points of RoIs k can give gradient to the tile at (y0, x0):
+    every cell a point touches lies within one cell of the RoI's span (an inverted aligned
+    RoI with a fixed sampling_ratio spans backwards)."""
+    _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
+        rois_ptr, k, scale_ptr, sampling_ratio, PH, PW, ALIGNED
+    )
+    end_h = start_h + PH * bin_h
+    end_w = start_w + PW * bin_w
+    return (
+        (gh > 0) & (gw > 0)
+        & (tl.minimum(start_h, end_h) - 1.0 < y0 + TILE_H)
+        & (tl.maximum(start_h, end_h) + 2.0 > y0)
+        & (tl.minimum(start_w, end_w) - 1.0 < x0 + TILE_W)
+        & (tl.maximum(start_w, end_w) + 2.0 > x0)
+    )  # fmt: skip
+
+
+@triton.jit
 def roi_align_backward_kernel(
     G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
     C, H, W, sampling_ratio, n_channel_blocks, n_tiles_x,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     BLOCK_C: tl.constexpr, PH_BLOCK: tl.constexpr, PW_BLOCK: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile).
 
@@ -164,64 +191,55 @@ def roi_align_backward_kernel(
                                                TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
-    for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
-        k = tl.load(ORDER + j)
-        _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
-            ROIS, k, SCALE, sampling_ratio, PH, PW, ALIGNED
-        )
-        # every cell a sampling point can touch lies within one cell of the RoI's span
-        # (an inverted aligned RoI with a fixed sampling_ratio spans backwards)
-        end_h = start_h + PH * bin_h
-        end_w = start_w + PW * bin_w
-        touches = (
-            (gh > 0) & (gw > 0)
-            & (tl.minimum(start_h, end_h) - 1.0 < y0 + TILE_H)
-            & (tl.maximum(start_h, end_h) + 2.0 > y0)
-            & (tl.minimum(start_w, end_w) - 1.0 < x0 + TILE_W)
-            & (tl.maximum(start_w, end_w) + 2.0 > x0)
-        )  # fmt: skip
-        if touches:
+    last = tl.load(IMAGE_START + n + 1)
+    for j0 in range(tl.load(IMAGE_START + n), last, BLOCK_R):
+        ks, ok = roi_block(ORDER, j0, last, BLOCK_R)
+        reach = ok & _reaches_tile(ROIS, ks, SCALE, sampling_ratio, y0, x0, PH, PW, ALIGNED,
+                                   TILE_H, TILE_W)  # fmt: skip
+        lane = -1
+        for _ in range(tl.sum(reach.to(tl.int32), axis=0)):
+            lane = next_lane(reach, lane)
+            k = tl.load(ORDER + j0 + lane)
+            _, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
+                ROIS, k, SCALE, sampling_ratio, PH, PW, ALIGNED
+            )
             grad = G + (k * C + c.to(tl.int64)) * (PH * PW)
+            ph_lo, ph_hi = bins_reaching(start_h, bin_h, y0, TILE_H, PH)
             if MAX_MODE:
-                for p in range(0, PH * PW):
-                    s = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
-                    g = tl.load(grad + p, mask=c_ok, other=0.0).to(acc.dtype)
-                    iy = s // tl.maximum(gw, 1)
-                    ix = s % tl.maximum(gw, 1)
-                    y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(
-                        start_h, bin_h, p // PW, iy, gh, H
-                    )
-                    x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, p % PW, ix, gw, W)
-                    g = tl.where((s >= 0) & (s < gh * gw) & y_in & x_in, g, 0.0)
-                    row_lo = (ys[None, :] == y_lo[:, None])[:, :, None]
-                    row_hi = (ys[None, :] == y_hi[:, None])[:, :, None]
-                    col_lo = (xs[None, :] == x_lo[:, None])[:, None, :]
-                    col_hi = (xs[None, :] == x_hi[:, None])[:, None, :]
-                    acc += tl.where(row_lo & col_lo, (g * wy_lo * wx_lo)[:, None, None], 0.0)
-                    acc += tl.where(row_lo & col_hi, (g * wy_lo * wx_hi)[:, None, None], 0.0)
-                    acc += tl.where(row_hi & col_lo, (g * wy_hi * wx_lo)[:, None, None], 0.0)
-                    acc += tl.where(row_hi & col_hi, (g * wy_hi * wx_hi)[:, None, None], 0.0)
+                pw_lo, pw_hi = bins_reaching(start_w, bin_w, x0, TILE_W, PW)
+                for ph in range(ph_lo, ph_hi):
+                    for pw in range(pw_lo, pw_hi):
+                        p = ph * PW + pw
+                        s = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                        g = tl.load(grad + p, mask=c_ok, other=0.0).to(acc.dtype)
+                        iy = s // tl.maximum(gw, 1)
+                        ix = s % tl.maximum(gw, 1)
+                        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+                        x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+                        g = tl.where((s >= 0) & (s < gh * gw) & y_in & x_in, g, 0.0)
+                        row_lo = (ys[None, :] == y_lo[:, None])[:, :, None]
+                        row_hi = (ys[None, :] == y_hi[:, None])[:, :, None]
+                        col_lo = (xs[None, :] == x_lo[:, None])[:, None, :]
+                        col_hi = (xs[None, :] == x_hi[:, None])[:, None, :]
+                        acc += tl.where(row_lo & col_lo, (g * wy_lo * wx_lo)[:, None, None], 0.0)
+                        acc += tl.where(row_lo & col_hi, (g * wy_lo * wx_hi)[:, None, None], 0.0)
+                        acc += tl.where(row_hi & col_lo, (g * wy_hi * wx_lo)[:, None, None], 0.0)
+                        acc += tl.where(row_hi & col_hi, (g * wy_hi * wx_hi)[:, None, None], 0.0)
             else:
-                # separable: tile += sum_ph Ay[ph, y] * sum_pw G[c, ph, pw] / count * Ax[pw, x]
+                # separable: tile += sum_ph Ay[ph, y] * (sum_pw G[c, ph, pw] / count * Ax[pw, x]),
+                # one bin row at a time, over the rows that reach the tile
                 count = tl.maximum(gh * gw, 1).to(acc.dtype)
                 a_x = _axis_weights(start_w, bin_w, gw, W, xs, PW, PW_BLOCK)
                 a_y = _axis_weights(start_h, bin_h, gh, H, ys, PH, PH_BLOCK)
+                rows = tl.arange(0, PH_BLOCK)
                 pw = tl.arange(0, PW_BLOCK)
-                ph = tl.arange(0, PH_BLOCK)
-                g = (
-                    tl.load(
-                        grad[:, None, None] + ph[None, :, None] * PW + pw[None, None, :],
-                        mask=c_ok[:, None, None]
-                        & (ph < PH)[None, :, None]
-                        & (pw < PW)[None, None, :],
-                        other=0.0,
-                    ).to(acc.dtype)
-                    / count
-                )
-                # [C, PH, PW] x [PW, TILE_W] -> [C, PH, TILE_W]
-                t = tl.sum(g[:, :, :, None] * a_x[None, None, :, :], axis=2)
-                # [PH, TILE_H] x [C, PH, TILE_W] -> [C, TILE_H, TILE_W]
-                acc += tl.sum(a_y[None, :, :, None] * t[:, :, None, :], axis=1)
+                for ph in range(ph_lo, ph_hi):
+                    g = tl.load(grad[:, None] + ph * PW + pw[None, :],
+                                mask=c_ok[:, None] & (pw < PW)[None, :], other=0.0)  # fmt: skip
+                    # [C, PW] x [PW, TILE_W] -> [C, TILE_W]
+                    t = tl.sum((g.to(acc.dtype) / count)[:, :, None] * a_x[None, :, :], axis=1)
+                    a_row = tl.sum(tl.where(rows[:, None] == ph, a_y, 0.0), axis=0)
+                    acc += a_row[None, :, None] * t[:, None, :]
     store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
 
 
@@ -237,12 +255,12 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     argmax = (
         torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device) if max_mode else None
     )
-    grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
+    grid, block_c, block_p, num_warps = bins_grid(K, C, pooled_h, pooled_w)
     roi_align_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax if max_mode else out,
         C, x.shape[2], x.shape[3],
         sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-        BLOCK_C=block_c, BLOCK_P=block_p,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 
@@ -251,14 +269,16 @@ def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spati
                        pooled_h, pooled_w, sampling_ratio, aligned):  # fmt: skip
     """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
-    grid, block_c, n_blocks, n_tiles_x, tile = gradient_grid(N, C, H, W)
     max_mode = argmax is not None
+    grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(
+        N, C, H, W, "max" if max_mode else "avg"
+    )
     roi_align_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois),
         argmax if max_mode else rois, order, image_start, grad_input,
         C, H, W, sampling_ratio, n_blocks, n_tiles_x,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, BLOCK_C=block_c,
         PH_BLOCK=triton.next_power_of_2(pooled_h), PW_BLOCK=triton.next_power_of_2(pooled_w),
-        TILE_H=tile, TILE_W=tile,
+        TILE_H=tile, TILE_W=tile, BLOCK_R=ROI_BLOCK, num_warps=num_warps,
     )  # fmt: skip
     return grad_input

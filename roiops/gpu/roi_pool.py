@@ -3,8 +3,9 @@
 Same work split as ``roiops.gpu.roi_align``: the forward runs one program per (RoI,
 block of channels) over a ``[BLOCK_C, BLOCK_P]`` tile of bins; the backward is a
 gather, one program per (image, block of channels, tile of cells), visiting the image's
-RoIs in input order and adding each winning gradient to its argmax cell when that cell
-is in the tile. Quantization follows ``roiops.reference.roi_pool``.
+RoIs that reach the tile in input order and adding each winning gradient of the bins
+near the tile to its argmax cell when that cell is in the tile. Quantization follows
+``roiops.reference.roi_pool``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import triton.language as tl
 
 from roiops.gpu import scale_tensor
 from roiops.gpu.tiles import (
+    ROI_BLOCK,
     bins_grid,
+    bins_reaching,
     bins_tile,
     gradient_grid,
     gradient_tile,
+    next_lane,
+    roi_block,
     store_bins,
     store_gradient_tile,
 )
@@ -97,36 +102,52 @@ def roi_pool_forward_kernel(
 
 
 @triton.jit
+def _reaches_tile(rois_ptr, k, scale_ptr, y0, x0, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Whether the bins of RoIs k can hold cells of the tile at (y0, x0): bins stay inside
+    the quantized box (one cell of slack for the ceil)."""
+    _, start_h, start_w, roi_h, roi_w = _quantized_roi(rois_ptr, k, scale_ptr)
+    return (
+        (start_h <= y0 + TILE_H) & (start_h + roi_h + 1 >= y0)
+        & (start_w <= x0 + TILE_W) & (start_w + roi_w + 1 >= x0)
+    )  # fmt: skip
+
+
+@triton.jit
 def roi_pool_backward_kernel(
     G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
     C, H, W, n_channel_blocks, n_tiles_x,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile)."""
     n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
                                                TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)
-    for j in range(tl.load(IMAGE_START + n), tl.load(IMAGE_START + n + 1)):
-        k = tl.load(ORDER + j)
-        _, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
-        # bins stay inside the quantized box (one cell of slack for the ceil)
-        touches = (
-            (start_h <= y0 + TILE_H) & (start_h + roi_h + 1 >= y0)
-            & (start_w <= x0 + TILE_W) & (start_w + roi_w + 1 >= x0)
-        )  # fmt: skip
-        if touches:
-            for p in range(0, PH * PW):
-                cell = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
-                g = tl.load(G + (k * C + c.to(tl.int64)) * (PH * PW) + p, mask=c_ok, other=0.0)
-                # -1 (empty bin) and out-of-plane values route nothing
-                g = tl.where((cell >= 0) & (cell < H * W), g.to(acc.dtype), 0.0)
-                hit = (
-                    ((ys[None, :] == cell[:, None] // W)[:, :, None])
-                    & ((xs[None, :] == cell[:, None] % W)[:, None, :])
-                )
-                acc += tl.where(hit, g[:, None, None], 0.0)
+    last = tl.load(IMAGE_START + n + 1)
+    for j0 in range(tl.load(IMAGE_START + n), last, BLOCK_R):
+        ks, ok = roi_block(ORDER, j0, last, BLOCK_R)
+        reach = ok & _reaches_tile(ROIS, ks, SCALE, y0, x0, TILE_H, TILE_W)
+        lane = -1
+        for _ in range(tl.sum(reach.to(tl.int32), axis=0)):
+            lane = next_lane(reach, lane)
+            k = tl.load(ORDER + j0 + lane)
+            _, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
+            dt = ROIS.dtype.element_ty
+            ph_lo, ph_hi = bins_reaching(start_h.to(dt), roi_h.to(dt) / PH, y0, TILE_H, PH)
+            pw_lo, pw_hi = bins_reaching(start_w.to(dt), roi_w.to(dt) / PW, x0, TILE_W, PW)
+            for ph in range(ph_lo, ph_hi):
+                for pw in range(pw_lo, pw_hi):
+                    p = ph * PW + pw
+                    cell = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                    g = tl.load(G + (k * C + c.to(tl.int64)) * (PH * PW) + p, mask=c_ok, other=0.0)
+                    # -1 (empty bin) and out-of-plane values route nothing
+                    g = tl.where((cell >= 0) & (cell < H * W), g.to(acc.dtype), 0.0)
+                    hit = (
+                        ((ys[None, :] == cell[:, None] // W)[:, :, None])
+                        & ((xs[None, :] == cell[:, None] % W)[:, None, :])
+                    )
+                    acc += tl.where(hit, g[:, None, None], 0.0)
     store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
 
 
@@ -138,10 +159,10 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     shape = (K, C, pooled_h, pooled_w)
     out = x.new_empty(shape)
     argmax = torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
-    grid, block_c, block_p = bins_grid(K, C, pooled_h, pooled_w)
+    grid, block_c, block_p, num_warps = bins_grid(K, C, pooled_h, pooled_w)
     roi_pool_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
-        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, BLOCK_P=block_p,
+        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 
@@ -149,10 +170,11 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 def roi_pool_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale):
     """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
-    grid, block_c, n_blocks, n_tiles_x, tile = gradient_grid(N, C, H, W)
+    grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(N, C, H, W, "pool")
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois), argmax.contiguous(), order,
         image_start, grad_input, C, H, W, n_blocks, n_tiles_x,
         PH=grad.shape[2], PW=grad.shape[3], BLOCK_C=block_c, TILE_H=tile, TILE_W=tile,
+        BLOCK_R=ROI_BLOCK, num_warps=num_warps,
     )  # fmt: skip
     return grad_input

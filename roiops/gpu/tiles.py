@@ -6,7 +6,8 @@ those channels as a ``[BLOCK_C, BLOCK_P]`` tile, stored once into ``OUT[K, C, PH
 
 Backward: one program per (image, block of channels, TILE x TILE cells): it owns that
 tile of the channels-last gradient ``GX[N, H, W, C]``, accumulates into registers, and
-stores once.
+stores once. It finds the RoIs that reach its tile ROI_BLOCK at a time (one vector test
+per block instead of one scalar test per RoI) and visits those in input order.
 """
 
 from __future__ import annotations
@@ -16,14 +17,26 @@ import triton.language as tl
 
 TILE = 8
 BLOCK_C = 16  # backward
-FORWARD_BLOCK_C = 32
+# Backward warps per program, from ptxas's register counts for sm_90 (not from timings):
+# with [16, 8, 8] tiles the average-mode kernel uses 64 registers per thread on 4 warps;
+# the max-mode and roi_pool kernels (per-channel winners) use 109 and 64 on 8 warps,
+# against 145 and 121 on 4.
+BACKWARD_WARPS = {"avg": 4, "max": 8, "pool": 8}
+ROI_BLOCK = 32  # RoIs tested against a gradient tile at once
+# Forward tiles hold about this many (channel, bin) outputs, 4 per thread. Chosen from
+# ptxas's register counts for sm_90 (not from timings): [16, 64] tiles on 8 warps use
+# ~60 registers per thread, against ~180 for [32, 64] on 4 warps, which left room for
+# only 8 warps per SM on a kernel whose time goes into waiting for gathered loads.
+FORWARD_TILE = 1024
+FORWARD_PER_THREAD = 4
 
 
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
-    """``(grid, block_c, block_p)`` for a forward launch."""
-    block_c = min(FORWARD_BLOCK_C, triton.next_power_of_2(channels))
+    """``(grid, block_c, block_p, num_warps)`` for a forward launch."""
     block_p = triton.next_power_of_2(pooled_h * pooled_w)
-    return (num_rois, triton.cdiv(channels, block_c)), block_c, block_p
+    block_c = min(max(FORWARD_TILE // block_p, 1), triton.next_power_of_2(channels))
+    num_warps = min(max(block_c * block_p // (32 * FORWARD_PER_THREAD), 1), 8)
+    return (num_rois, triton.cdiv(channels, block_c)), block_c, block_p, num_warps
 
 
 @triton.jit
@@ -46,13 +59,16 @@ def store_bins(OUT, ARGMAX, values, argmax, k, c, c_ok, p, p_ok, C, P: tl.conste
         tl.store(arg, argmax, mask=mask)
 
 
-def gradient_grid(batch_size: int, channels: int, height: int, width: int):
-    """``(grid, block_c, n_channel_blocks, n_tiles_x, tile)`` for a backward launch."""
+def gradient_grid(batch_size: int, channels: int, height: int, width: int, mode: str):
+    """``(grid, block_c, n_channel_blocks, n_tiles_x, tile, num_warps)`` for a backward
+    launch; ``mode`` is "avg", "max" or "pool"."""
     block_c = min(BLOCK_C, triton.next_power_of_2(channels))
     n_blocks = triton.cdiv(channels, block_c)
     n_tiles_x = triton.cdiv(width, TILE)
     grid = (batch_size * n_blocks, triton.cdiv(height, TILE) * n_tiles_x)
-    return grid, block_c, n_blocks, n_tiles_x, TILE
+    # small channel blocks (few channels) need fewer threads
+    num_warps = max(1, BACKWARD_WARPS[mode] * block_c // BLOCK_C)
+    return grid, block_c, n_blocks, n_tiles_x, TILE, num_warps
 
 
 @triton.jit
@@ -73,3 +89,32 @@ def store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W):
     dst = GX + cells[None, :, :] * C + c[:, None, None]
     ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
     tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def roi_block(ORDER, j0, end, BLOCK_R: tl.constexpr):
+    """(ks, ok): RoI indices ``ORDER[j0:j0 + BLOCK_R]``; lanes at or past ``end`` hold RoI 0
+    (a valid index, so vector loads of their geometry stay in bounds) and are not ok."""
+    j = j0 + tl.arange(0, BLOCK_R)
+    ok = j < end
+    return tl.load(ORDER + j, mask=ok, other=0), ok
+
+
+@triton.jit
+def next_lane(mask, after):
+    """The first lane after ``after`` whose mask is set (the caller knows there is one)."""
+    lane = tl.arange(0, mask.shape[0])
+    return tl.min(tl.where(mask & (lane > after), lane, mask.shape[0]), axis=0)
+
+
+@triton.jit
+def bins_reaching(start, size, t0, T: tl.constexpr, POOLED: tl.constexpr):
+    """[lo, hi): a range of bins along one axis holding every bin whose cells can fall in
+    [t0, t0 + T). Bin p spans [start + p * size, start + (p + 1) * size] and its cells
+    (bilinear neighbours or pooled cells) lie within two cells of that span; one more bin
+    on either side absorbs rounding. Non-positive sizes give all bins."""
+    lo = tl.floor((t0 - 2.0 - start) / size) - 1.0
+    hi = tl.ceil((t0 + T + 2.0 - start) / size) + 1.0
+    lo = tl.where(size > 0, tl.minimum(tl.maximum(lo, 0.0), POOLED), 0.0)
+    hi = tl.where(size > 0, tl.minimum(tl.maximum(hi, 0.0), POOLED), POOLED)
+    return lo.to(tl.int32), hi.to(tl.int32)
