@@ -184,6 +184,25 @@ def test_opcheck_on_triton_backend(rng, op):
         torch.library.opcheck(getattr(torch.ops.roiops, op), args)
 
 
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_torch_compile_fullgraph_on_triton_backend(rng, mode):
+    x = on_device(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
+    rois = on_device(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float32)
+
+    def f(t):
+        if mode == "pool":
+            out = roiops.roi_pool(t, rois, 2, 0.5)
+        else:
+            out = roiops.roi_align(t, rois, 2, 0.5, 2, True, mode)
+        return out.square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    with roiops.use_backend("triton"):
+        (g_compiled,) = torch.autograd.grad(compiled(x), x)
+        (g_eager,) = torch.autograd.grad(f(x), x)
+    assert torch.equal(g_compiled, g_eager)
+
+
 def test_kernels_compile_for_hopper():
     # in a fresh process: this one has the kernels defined for the interpreter
     script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
