@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import roiops
 from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
+from roiops.gpu import tiles as gpu_tiles
 
 # compiled kernels on a GPU, the interpreter on CPU tensors elsewhere
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,6 +104,24 @@ def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mo
         fast, ref = (
             align(b, x, rois, (oh, ow), 0.5, ratio, aligned, mode, grad)
             for b in ("triton", "reference")
+        )
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_forward_blocks_start_inside_a_channel(rng, mode):
+    # 23 channels x 49 bins = 1127 outputs per RoI: several blocks of outputs per RoI,
+    # the later ones starting in the middle of a channel's bins
+    assert 23 * 49 > gpu_tiles.FORWARD_BLOCK and gpu_tiles.FORWARD_BLOCK % 49
+    x = on_device(rng.standard_normal((2, 23, 10, 12)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), torch.float32)
+    grad = on_device(rng.standard_normal((5, 23, 7, 7)), torch.float32)
+    if mode == "pool":
+        fast, ref = (pool(b, x, rois, 7, 0.5, grad) for b in ("triton", "reference"))
+    else:
+        fast, ref = (
+            align(b, x, rois, 7, 0.5, 2, True, mode, grad) for b in ("triton", "reference")
         )
     assert torch.equal(fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])

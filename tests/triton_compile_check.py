@@ -63,8 +63,8 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
 
 def main() -> int:
     # the launch configuration of 256 channels and 7x7 bins
-    _, block_c, block_p, fwd_warps = bins_grid(1, 256, 7, 7)
-    forward_tile = {"BLOCK_C": block_c, "BLOCK_P": block_p}
+    _, block, fwd_warps = bins_grid(1, 256, 7, 7)
+    forward_tile = {"BLOCK": block}
     _, block_c, _, _, tile, _ = gradient_grid(1, 256, 8, 8, "avg")
     tiles = {"BLOCK_C": block_c, "TILE_H": tile, "TILE_W": tile, "BLOCK_R": ROI_BLOCK}
     bwd_warps = {m: gradient_grid(1, 256, 8, 8, m)[-1] for m in ("avg", "max", "pool")}

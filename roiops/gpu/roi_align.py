@@ -1,8 +1,8 @@
 """RoIAlign in Triton: forward (avg/max) and a deterministic backward.
 
-Forward: one program per (RoI, block of channels); the program holds all
-``pooled_h * pooled_w`` bins of its channels as a ``[BLOCK_C, BLOCK_P]`` tile, loops over
-the RoI's sampling grid and gathers the four neighbours of every point from NCHW input.
+Forward: one program per (RoI, block of its outputs); it computes the RoI's geometry once,
+loops over the RoI's sampling grid and gathers the four neighbours of every point from
+NCHW input for each of its (channel, bin) outputs.
 
 Backward, deterministic by construction (a gather, no atomics): one program per
 (image, block of channels, tile of input cells). It owns its tile of the gradient and
@@ -93,37 +93,32 @@ def roi_align_forward_kernel(
     X, ROIS, SCALE, OUT, ARGMAX,
     C, H, W, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]."""
-    k, c, c_ok, p, p_ok = bins_tile(C, PH * PW, BLOCK_C, BLOCK_P)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(
         ROIS, k, SCALE, sampling_ratio, PH, PW, ALIGNED
     )
-    plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
-    acc = tl.zeros(
-        (BLOCK_C, BLOCK_P), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
-    )
-    best_s = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
+    plane = X + (n * C + c.to(tl.int64)) * H * W
+    acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
+    best_s = tl.full((BLOCK,), -1, tl.int32)
     for iy in range(0, gh):
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
-            inside = y_in & x_in & p_ok
-            mask = c_ok[:, None] & inside[None, :]
-            o1 = (y_lo * W + x_lo)[None, :]
-            o2 = (y_lo * W + x_hi)[None, :]
-            o3 = (y_hi * W + x_lo)[None, :]
-            o4 = (y_hi * W + x_hi)[None, :]
+            inside = y_in & x_in & ok
+            row_lo = plane + y_lo * W
+            row_hi = plane + y_hi * W
             v = (
-                (wy_lo * wx_lo)[None, :] * tl.load(plane + o1, mask=mask, other=0.0).to(acc.dtype)
-                + (wy_lo * wx_hi)[None, :] * tl.load(plane + o2, mask=mask, other=0.0).to(acc.dtype)
-                + (wy_hi * wx_lo)[None, :] * tl.load(plane + o3, mask=mask, other=0.0).to(acc.dtype)
-                + (wy_hi * wx_hi)[None, :] * tl.load(plane + o4, mask=mask, other=0.0).to(acc.dtype)
+                wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=inside, other=0.0).to(acc.dtype)
+                + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=inside, other=0.0).to(acc.dtype)
+                + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=inside, other=0.0).to(acc.dtype)
+                + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=inside, other=0.0).to(acc.dtype)
             )
-            v = tl.where(inside[None, :], v, 0.0)
+            v = tl.where(inside, v, 0.0)
             if MAX_MODE:
                 # first maximum wins; a sample outside the map takes part with value 0
                 s = iy * gw + ix
@@ -134,7 +129,7 @@ def roi_align_forward_kernel(
                 acc += v
     if not MAX_MODE:
         acc = acc / tl.maximum(gh * gw, 1).to(acc.dtype)
-    store_bins(OUT, ARGMAX, acc, best_s, k, c, c_ok, p, p_ok, C, PH * PW, MAX_MODE)
+    store_bins(OUT, ARGMAX, acc, best_s, k, c, p, ok, C, PH * PW, MAX_MODE)
 
 
 @triton.jit
@@ -255,12 +250,12 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     argmax = (
         torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device) if max_mode else None
     )
-    grid, block_c, block_p, num_warps = bins_grid(K, C, pooled_h, pooled_w)
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w)
     roi_align_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax if max_mode else out,
         C, x.shape[2], x.shape[3],
         sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps,
+        BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 

@@ -1,7 +1,7 @@
 """RoIPool in Triton: forward (max + argmax) and a deterministic backward.
 
 Same work split as ``roiops.gpu.roi_align``: the forward runs one program per (RoI,
-block of channels) over a ``[BLOCK_C, BLOCK_P]`` tile of bins; the backward is a
+block of its outputs); the backward is a
 gather, one program per (image, block of channels, tile of cells), visiting the image's
 RoIs that reach the tile in input order and adding each winning gradient of the bins
 near the tile to its argmax cell when that cell is in the tile. Quantization follows
@@ -69,18 +69,18 @@ def _bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.const
 @triton.jit
 def roi_pool_forward_kernel(
     X, ROIS, SCALE, OUT, ARGMAX, C, H, W,
-    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (cell h * W + w, or -1) from X[N, C, H, W]."""
-    k, c, c_ok, p, p_ok = bins_tile(C, PH * PW, BLOCK_C, BLOCK_P)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     n, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
     h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
     w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
-    plane = X + (n * C + c.to(tl.int64))[:, None] * H * W
+    plane = X + (n * C + c.to(tl.int64)) * H * W
     # compared in float32 (float64 for float64 maps), as the reference does for halves
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
-    best = tl.full((BLOCK_C, BLOCK_P), FLT_LOWEST, acc_dtype)
-    best_at = tl.full((BLOCK_C, BLOCK_P), -1, tl.int32)
+    best = tl.full((BLOCK,), FLT_LOWEST, acc_dtype)
+    best_at = tl.full((BLOCK,), -1, tl.int32)
     # the widest bin spans at most ceil(size / pooled) + 1 cells
     span_h = tl.cdiv(roi_h, PH) + 1
     span_w = tl.cdiv(roi_w, PW) + 1
@@ -88,17 +88,17 @@ def roi_pool_forward_kernel(
         for dw in range(0, span_w):
             h = h0 + dh
             w = w0 + dw
-            inside = (h < h1) & (w < w1) & p_ok
+            inside = (h < h1) & (w < w1) & ok
             cell = h * W + w
-            v = tl.load(plane + cell[None, :], mask=c_ok[:, None] & inside[None, :], other=0.0)
-            v = v.to(best.dtype)
+            v = tl.load(plane + cell, mask=inside, other=0.0).to(best.dtype)
             # row-major visit and strict >: the first maximum wins, as in the reference
-            wins = inside[None, :] & (v > best)
+            wins = inside & (v > best)
             best = tl.where(wins, v, best)
-            best_at = tl.where(wins, cell[None, :], best_at)
+            best_at = tl.where(wins, cell, best_at)
     empty = (h1 <= h0) | (w1 <= w0)
-    best = tl.where(empty[None, :], 0.0, best)
-    store_bins(OUT, ARGMAX, best, best_at, k, c, c_ok, p, p_ok, C, PH * PW, True)
+    # (lanes past the last channel are zeroed too: -FLT_MAX would overflow a half cast)
+    best = tl.where(empty | ~ok, 0.0, best)
+    store_bins(OUT, ARGMAX, best, best_at, k, c, p, ok, C, PH * PW, True)
 
 
 @triton.jit
@@ -159,10 +159,10 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     shape = (K, C, pooled_h, pooled_w)
     out = x.new_empty(shape)
     argmax = torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
-    grid, block_c, block_p, num_warps = bins_grid(K, C, pooled_h, pooled_w)
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w)
     roi_pool_forward_kernel[grid](
         x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
-        PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps,
+        PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 

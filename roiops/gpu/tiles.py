@@ -1,8 +1,9 @@
 """The work splits the Triton kernels share.
 
-Forward: one program per (RoI, block of channels) holding all of the RoI's bins for
-those channels as a ``[BLOCK_C, BLOCK_P]`` tile, stored once into ``OUT[K, C, PH, PW]``
-(and ``ARGMAX[K, PH, PW, C]``).
+Forward: one program per (RoI, block of BLOCK consecutive outputs of that RoI), outputs
+numbered ``q = c * PH * PW + p`` as they lie in ``OUT[K, C, PH, PW]``: no lane is padding
+(a [channels, bins] tile would pad 49 bins to 64), neighbouring lanes sample neighbouring
+bins of one channel, and the store is contiguous (``ARGMAX[K, PH, PW, C]`` is strided).
 
 Backward: one program per (image, block of channels, TILE x TILE cells): it owns that
 tile of the channels-last gradient ``GX[N, H, W, C]``, accumulates into registers, and
@@ -23,40 +24,41 @@ BLOCK_C = 16  # backward
 # against 145 and 121 on 4.
 BACKWARD_WARPS = {"avg": 4, "max": 8, "pool": 8}
 ROI_BLOCK = 32  # RoIs tested against a gradient tile at once
-# Forward tiles hold about this many (channel, bin) outputs, 4 per thread. Chosen from
-# ptxas's register counts for sm_90 (not from timings): [16, 64] tiles on 8 warps use
-# ~60 registers per thread, against ~180 for [32, 64] on 4 warps, which left room for
-# only 8 warps per SM on a kernel whose time goes into waiting for gathered loads.
-FORWARD_TILE = 1024
-FORWARD_PER_THREAD = 4
+# Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
+# register counts for sm_90 (not from timings): 2 outputs per thread take 48-54
+# registers (room for 32-40 warps per SM), 4 take 72-97, and the first version's
+# [32, 64] tiles on 4 warps (16 per thread) ~180, which left room for only 8 warps per SM
+# on a kernel whose time goes into waiting for gathered loads.
+FORWARD_BLOCK = 512
+FORWARD_PER_THREAD = 2
 
 
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
-    """``(grid, block_c, block_p, num_warps)`` for a forward launch."""
-    block_p = triton.next_power_of_2(pooled_h * pooled_w)
-    block_c = min(max(FORWARD_TILE // block_p, 1), triton.next_power_of_2(channels))
-    num_warps = min(max(block_c * block_p // (32 * FORWARD_PER_THREAD), 1), 8)
-    return (num_rois, triton.cdiv(channels, block_c)), block_c, block_p, num_warps
+    """``(grid, block, num_warps)`` for a forward launch."""
+    outputs = channels * pooled_h * pooled_w
+    block = min(FORWARD_BLOCK, triton.next_power_of_2(outputs))
+    num_warps = min(max(block // (32 * FORWARD_PER_THREAD), 1), 8)
+    return (num_rois, triton.cdiv(outputs, block)), block, num_warps
 
 
 @triton.jit
-def bins_tile(C, P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """(k, c, c_ok, p, p_ok): this program's RoI, channels and (flattened) bins."""
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p = tl.arange(0, BLOCK_P)
-    return tl.program_id(0), c, c < C, p, p < P
+def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr):
+    """(k, c, p, ok): this program's RoI and, per lane, channel and flattened bin.
+
+    Lanes count from the block's first channel, found in int64: C * P may pass 2**31."""
+    first = tl.program_id(1).to(tl.int64) * BLOCK
+    lane = (first % P).to(tl.int32) + tl.arange(0, BLOCK)
+    c = (first // P).to(tl.int32) + lane // P
+    return tl.program_id(0), c, lane % P, c < C
 
 
 @triton.jit
-def store_bins(OUT, ARGMAX, values, argmax, k, c, c_ok, p, p_ok, C, P: tl.constexpr,
+def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
                STORE_ARGMAX: tl.constexpr):  # fmt: skip
-    """OUT[k, c, p] = values[c, p]; ARGMAX[k, p, c] = argmax[c, p] (int64 offsets)."""
-    mask = c_ok[:, None] & p_ok[None, :]
-    out = OUT + (k * C + c.to(tl.int64))[:, None] * P + p[None, :]
-    tl.store(out, values.to(OUT.dtype.element_ty), mask=mask)
+    """OUT[k, c, p] = values; ARGMAX[k, p, c] = argmax (int64 offsets)."""
+    tl.store(OUT + (k * C + c.to(tl.int64)) * P + p, values.to(OUT.dtype.element_ty), mask=ok)
     if STORE_ARGMAX:
-        arg = ARGMAX + (k * P + p.to(tl.int64))[None, :] * C + c[:, None]
-        tl.store(arg, argmax, mask=mask)
+        tl.store(ARGMAX + (k.to(tl.int64) * P + p) * C + c, argmax, mask=ok)
 
 
 def gradient_grid(batch_size: int, channels: int, height: int, width: int, mode: str):
