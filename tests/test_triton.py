@@ -154,6 +154,31 @@ def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_backward_kernels_write_every_cell(rng, mode):
+    # the ops hand the kernels an uninitialised gradient: cells no RoI reaches (most of
+    # this map) must be written as zeros, whatever the memory held
+    x = on_device(rng.standard_normal((2, 3, 19, 21)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 3, 10, 10, min_size=1.0), torch.float32)
+    grad = on_device(rng.standard_normal((3, 3, 2, 2)), torch.float32)
+    order, start = roiops.ops.rois_by_image(rois, 2)
+    prefilled = roiops.ops.new_input_grad(x.shape, x.dtype, x.device).fill_(float("nan"))
+    if mode == "pool":
+        _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 2)
+        gx = gpu_pool.roi_pool_backward(grad, rois, argmax, order, start, prefilled, 0.5)
+        ref = pool("reference", x, rois, 2, 0.5, grad)[1]
+    else:
+        argmax = None
+        if mode == "max":
+            _, argmax = torch.ops.roiops.roi_align_max(x, rois, 0.5, 2, 2, 2, True)
+        gx = gpu_align.roi_align_backward(
+            grad, rois, argmax, order, start, prefilled, 0.5, 2, 2, 2, True
+        )
+        ref = align("reference", x, rois, 2, 0.5, 2, True, mode, grad)[1]
+    assert (ref == 0).float().mean() > 0.5
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_backward_bitwise_deterministic(rng, mode):
     x = on_device(rng.standard_normal((1, 4, 8, 8)), torch.float32)
     # many RoIs over the same cells: where atomics would race

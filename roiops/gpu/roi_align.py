@@ -262,7 +262,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
 def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale,
                        pooled_h, pooled_w, sampling_ratio, aligned):  # fmt: skip
-    """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
+    """Write every cell of ``grad_input`` (channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     max_mode = argmax is not None
     grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(

@@ -168,7 +168,7 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 
 def roi_pool_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale):
-    """Fill ``grad_input`` (zeroed, channels-last storage) for ``grad[K, C, ph, pw]``."""
+    """Write every cell of ``grad_input`` (channels-last storage) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(N, C, H, W, "pool")
     roi_pool_backward_kernel[grid](

@@ -44,14 +44,18 @@ def rois_by_image(rois: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     return order, start
 
 
-def new_input_grad(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
-    """Zeroed ``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout.
+def new_input_grad(
+    shape, dtype: torch.dtype, device: torch.device | str = "cpu", zeroed: bool = True
+) -> Tensor:
+    """``Tensor[N, C, H, W]`` with channels_last strides, the kernels' write layout; zeroed
+    unless the caller's kernel writes every cell (the Triton backward kernels do).
 
     Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
     the leaf.
     """
     n, c, h, w = shape
-    return torch.zeros((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+    new = torch.zeros if zeroed else torch.empty
+    return new((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
 
 
 def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):

@@ -157,7 +157,7 @@ def roi_align_backward_op(
         from roiops.gpu import roi_align as gpu
 
         order, start = rois_by_image(rois, batch_size)
-        grad_input = new_input_grad(shape, grad.dtype, grad.device)
+        grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
         return gpu.roi_align_backward(
             grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
             pooled_width, sampling_ratio, aligned,
