@@ -193,6 +193,25 @@ def test_backward_bitwise_deterministic(rng, mode):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_backward_runs_under_torch_deterministic_mode(rng, mode):
+    # torch.use_deterministic_algorithms(True) makes torch raise in ops that have only
+    # nondeterministic CUDA kernels; none of those may sit on the backward's path
+    x = on_device(rng.standard_normal((2, 3, 8, 8)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 6, 16, 16, min_size=1.0), torch.float32)
+    grad = on_device(rng.standard_normal((6, 3, 2, 2)), torch.float32)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        if mode == "pool":
+            gx = pool("triton", x, rois, 2, 0.5, grad)[1]
+        else:
+            gx = align("triton", x, rois, 2, 0.5, 2, True, mode, grad)[1]
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert gx.shape == x.shape and torch.isfinite(gx).all()
+
+
 def test_empty_boxes():
     x = torch.randn(2, 3, 6, 6, device=DEVICE)
     with roiops.use_backend("triton"):
