@@ -153,15 +153,18 @@ def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
-def test_backward_kernels_write_every_cell(rng, mode):
-    # the ops hand the kernels an uninitialised gradient: cells no RoI reaches (most of
-    # this map) must be written as zeros, whatever the memory held
+def test_backward_kernels_write_every_cell_in_either_layout(rng, mode, channels_last):
+    # the ops hand the kernels an uninitialised gradient (NCHW on CUDA, channels_last on
+    # CPU): cells no RoI reaches (most of this map) must be written as zeros, whatever
+    # the memory held, through the gradient's strides
     x = on_device(rng.standard_normal((2, 3, 19, 21)), torch.float32)
     rois = on_device(random_rois(rng, 2, 3, 10, 10, min_size=1.0), torch.float32)
     grad = on_device(rng.standard_normal((3, 3, 2, 2)), torch.float32)
     order, start = roiops.ops.rois_by_image(rois, 2)
-    prefilled = roiops.ops.new_input_grad(x.shape, x.dtype, x.device).fill_(float("nan"))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    prefilled = torch.full_like(x, float("nan"), memory_format=layout)
     if mode == "pool":
         _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 2)
         gx = gpu_pool.roi_pool_backward(grad, rois, argmax, order, start, prefilled, 0.5)
@@ -176,6 +179,21 @@ def test_backward_kernels_write_every_cell(rng, mode):
         ref = align("reference", x, rois, 2, 0.5, 2, True, mode, grad)[1]
     assert (ref == 0).float().mean() > 0.5
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_input_gradient_layout_by_device(rng, op):
+    # channels_last strides on CPU (the Numba kernels' layout), NCHW on CUDA (torchvision's)
+    grad = on_device(rng.standard_normal((3, 4, 2, 2)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 3, 10, 10, min_size=1.0), torch.float32)
+    with roiops.use_backend("triton"):
+        if op == "roi_pool":
+            argmax = torch.zeros((3, 2, 2, 4), dtype=torch.int32, device=DEVICE)
+            gx = torch.ops.roiops.roi_pool_backward(grad, argmax, rois, 0.5, 2, 4, 9, 11)
+        else:
+            gx = torch.ops.roiops.roi_align_backward(grad, rois, 0.5, 2, 2, 2, True, 2, 4, 9, 11)
+    layout = torch.channels_last if DEVICE == "cpu" else torch.contiguous_format
+    assert gx.shape == (2, 4, 9, 11) and gx.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])

@@ -172,12 +172,13 @@ def _reaches_tile(rois_ptr, k, scale_ptr, sampling_ratio, y0, x0, PH: tl.constex
 @triton.jit
 def roi_align_backward_kernel(
     G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
-    C, H, W, sampling_ratio, n_channel_blocks, n_tiles_x,
+    C, H, W, stride_n, stride_c, stride_h, stride_w, sampling_ratio, n_channel_blocks,
+    n_tiles_x,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     BLOCK_C: tl.constexpr, PH_BLOCK: tl.constexpr, PW_BLOCK: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile).
+    """GX[N, C, H, W] (any strides) for one (image, channel block, cell tile).
 
     G is [K, C, PH, PW]; ARGMAX (max mode) is [K, PH, PW, C]; ORDER[IMAGE_START[n]:
     IMAGE_START[n + 1]] lists image n's RoIs in input order.
@@ -235,7 +236,8 @@ def roi_align_backward_kernel(
                     t = tl.sum((g.to(acc.dtype) / count)[:, :, None] * a_x[None, :, :], axis=1)
                     a_row = tl.sum(tl.where(rows[:, None] == ph, a_y, 0.0), axis=0)
                     acc += a_row[None, :, None] * t[:, None, :]
-    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
+    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, H, W, stride_n, stride_c, stride_h,
+                        stride_w)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -262,7 +264,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
 def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale,
                        pooled_h, pooled_w, sampling_ratio, aligned):  # fmt: skip
-    """Write every cell of ``grad_input`` (channels-last storage) for ``grad[K, C, ph, pw]``."""
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     max_mode = argmax is not None
     grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(
@@ -271,7 +273,7 @@ def roi_align_backward(grad, rois, argmax, order, image_start, grad_input, spati
     roi_align_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois),
         argmax if max_mode else rois, order, image_start, grad_input,
-        C, H, W, sampling_ratio, n_blocks, n_tiles_x,
+        C, H, W, *grad_input.stride(), sampling_ratio, n_blocks, n_tiles_x,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, BLOCK_C=block_c,
         PH_BLOCK=triton.next_power_of_2(pooled_h), PW_BLOCK=triton.next_power_of_2(pooled_w),
         TILE_H=tile, TILE_W=tile, BLOCK_R=ROI_BLOCK, num_warps=num_warps,

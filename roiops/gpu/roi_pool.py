@@ -115,11 +115,11 @@ def _reaches_tile(rois_ptr, k, scale_ptr, y0, x0, TILE_H: tl.constexpr, TILE_W: 
 @triton.jit
 def roi_pool_backward_kernel(
     G, ROIS, SCALE, ARGMAX, ORDER, IMAGE_START, GX,
-    C, H, W, n_channel_blocks, n_tiles_x,
+    C, H, W, stride_n, stride_c, stride_h, stride_w, n_channel_blocks, n_tiles_x,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
-    """GX[N, H, W, C] (channels-last storage) for one (image, channel block, cell tile)."""
+    """GX[N, C, H, W] (any strides) for one (image, channel block, cell tile)."""
     n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
                                                TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
@@ -148,7 +148,8 @@ def roi_pool_backward_kernel(
                         & ((xs[None, :] == cell[:, None] % W)[:, None, :])
                     )
                     acc += tl.where(hit, g[:, None, None], 0.0)
-    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W)
+    store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, H, W, stride_n, stride_c, stride_h,
+                        stride_w)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -168,12 +169,12 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 
 def roi_pool_backward(grad, rois, argmax, order, image_start, grad_input, spatial_scale):
-    """Write every cell of ``grad_input`` (channels-last storage) for ``grad[K, C, ph, pw]``."""
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     grid, block_c, n_blocks, n_tiles_x, tile, num_warps = gradient_grid(N, C, H, W, "pool")
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, scale_tensor(spatial_scale, rois), argmax.contiguous(), order,
-        image_start, grad_input, C, H, W, n_blocks, n_tiles_x,
+        image_start, grad_input, C, H, W, *grad_input.stride(), n_blocks, n_tiles_x,
         PH=grad.shape[2], PW=grad.shape[3], BLOCK_C=block_c, TILE_H=tile, TILE_W=tile,
         BLOCK_R=ROI_BLOCK, num_warps=num_warps,
     )  # fmt: skip

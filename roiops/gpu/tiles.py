@@ -6,7 +6,7 @@ numbered ``q = c * PH * PW + p`` as they lie in ``OUT[K, C, PH, PW]``: no lane i
 bins of one channel, and the store is contiguous (``ARGMAX[K, PH, PW, C]`` is strided).
 
 Backward: one program per (image, block of channels, TILE x TILE cells): it owns that
-tile of the channels-last gradient ``GX[N, H, W, C]``, accumulates into registers, and
+tile of the gradient ``GX[N, C, H, W]`` (any strides), accumulates into registers, and
 stores once. It finds the RoIs that reach its tile ROI_BLOCK at a time (one vector test
 per block instead of one scalar test per RoI) and visits those in input order.
 """
@@ -85,10 +85,12 @@ def gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C: tl.constexpr,
 
 
 @triton.jit
-def store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, C, H, W):
-    """GX[n, ys, xs, c] = acc[c, ys, xs] (int64 offsets), inside the map only."""
-    cells = (n * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
-    dst = GX + cells[None, :, :] * C + c[:, None, None]
+def store_gradient_tile(GX, acc, n, c, c_ok, ys, xs, H, W, stride_n, stride_c, stride_h,
+                        stride_w):  # fmt: skip
+    """GX[n, c, ys, xs] = acc[c, ys, xs] by GX's strides (int64 offsets), inside the map."""
+    rows = n.to(tl.int64) * stride_n + ys.to(tl.int64) * stride_h
+    cells = rows[:, None] + xs.to(tl.int64)[None, :] * stride_w
+    dst = GX + cells[None, :, :] + c.to(tl.int64)[:, None, None] * stride_c
     ok = c_ok[:, None, None] & (ys < H)[None, :, None] & (xs < W)[None, None, :]
     tl.store(dst, acc.to(GX.dtype.element_ty), mask=ok)
 
