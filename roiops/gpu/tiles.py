@@ -20,8 +20,8 @@ TILE = 8
 BLOCK_C = 16  # backward
 # Backward warps per program, from ptxas's register counts for sm_90 (not from timings):
 # with [16, 8, 8] tiles the average-mode kernel uses 64 registers per thread on 4 warps;
-# the max-mode and roi_pool kernels (per-channel winners) use 109 and 64 on 8 warps,
-# against 145 and 121 on 4.
+# the max-mode and roi_pool kernels (per-channel winners) use ~110 and ~60 on 8 warps,
+# against ~145 and ~120 on 4.
 BACKWARD_WARPS = {"avg": 4, "max": 8, "pool": 8}
 ROI_BLOCK = 32  # RoIs tested against a gradient tile at once
 # Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
@@ -34,11 +34,12 @@ FORWARD_PER_THREAD = 2
 
 
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
-    """``(grid, block, num_warps)`` for a forward launch."""
+    """``(grid, block, num_warps)`` for a forward launch: a 1-D grid (CUDA caps the
+    second and third grid dimensions at 65535)."""
     outputs = channels * pooled_h * pooled_w
     block = min(FORWARD_BLOCK, triton.next_power_of_2(outputs))
     num_warps = min(max(block // (32 * FORWARD_PER_THREAD), 1), 8)
-    return (num_rois, triton.cdiv(outputs, block)), block, num_warps
+    return (num_rois * triton.cdiv(outputs, block),), block, num_warps
 
 
 @triton.jit
@@ -46,10 +47,12 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr):
     """(k, c, p, ok): this program's RoI and, per lane, channel and flattened bin.
 
     Lanes count from the block's first channel, found in int64: C * P may pass 2**31."""
-    first = tl.program_id(1).to(tl.int64) * BLOCK
+    blocks = tl.cdiv(C * P, BLOCK)
+    k = tl.program_id(0) // blocks
+    first = (tl.program_id(0) % blocks).to(tl.int64) * BLOCK
     lane = (first % P).to(tl.int32) + tl.arange(0, BLOCK)
     c = (first // P).to(tl.int32) + lane // P
-    return tl.program_id(0), c, lane % P, c < C
+    return k, c, lane % P, c < C
 
 
 @triton.jit
@@ -67,7 +70,9 @@ def gradient_grid(batch_size: int, channels: int, height: int, width: int, mode:
     block_c = min(BLOCK_C, triton.next_power_of_2(channels))
     n_blocks = triton.cdiv(channels, block_c)
     n_tiles_x = triton.cdiv(width, TILE)
-    grid = (batch_size * n_blocks, triton.cdiv(height, TILE) * n_tiles_x)
+    # tiles on the first grid axis: CUDA caps the second at 65535 (a 2048 x 2048 map has
+    # 65536 tiles)
+    grid = (triton.cdiv(height, TILE) * n_tiles_x, batch_size * n_blocks)
     # small channel blocks (few channels) need fewer threads
     num_warps = max(1, BACKWARD_WARPS[mode] * block_c // BLOCK_C)
     return grid, block_c, n_blocks, n_tiles_x, TILE, num_warps
@@ -77,10 +82,10 @@ def gradient_grid(batch_size: int, channels: int, height: int, width: int, mode:
 def gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C: tl.constexpr,
                   TILE_H: tl.constexpr, TILE_W: tl.constexpr):  # fmt: skip
     """(n, c, c_ok, y0, x0, ys, xs): this program's image, channels and cell tile."""
-    n = tl.program_id(0) // n_channel_blocks
-    c = (tl.program_id(0) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    y0 = (tl.program_id(1) // n_tiles_x) * TILE_H
-    x0 = (tl.program_id(1) % n_tiles_x) * TILE_W
+    n = tl.program_id(1) // n_channel_blocks
+    c = (tl.program_id(1) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    y0 = (tl.program_id(0) // n_tiles_x) * TILE_H
+    x0 = (tl.program_id(0) % n_tiles_x) * TILE_W
     return n, c, c < C, y0, x0, y0 + tl.arange(0, TILE_H), x0 + tl.arange(0, TILE_W)
 
 
