@@ -206,7 +206,8 @@ def roi_align_backward_kernel(
                 for ph in range(ph_lo, ph_hi):
                     for pw in range(pw_lo, pw_hi):
                         p = ph * PW + pw
-                        s = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                        winner = (k.to(tl.int64) * (PH * PW) + p) * C + c  # int64: K * P * C
+                        s = tl.load(ARGMAX + winner, mask=c_ok, other=-1)
                         g = tl.load(grad + p, mask=c_ok, other=0.0).to(acc.dtype)
                         iy = s // tl.maximum(gw, 1)
                         ix = s % tl.maximum(gw, 1)

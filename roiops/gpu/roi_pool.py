@@ -139,7 +139,8 @@ def roi_pool_backward_kernel(
             for ph in range(ph_lo, ph_hi):
                 for pw in range(pw_lo, pw_hi):
                     p = ph * PW + pw
-                    cell = tl.load(ARGMAX + (k * (PH * PW) + p) * C + c, mask=c_ok, other=-1)
+                    winner = (k.to(tl.int64) * (PH * PW) + p) * C + c  # int64: K * P * C
+                    cell = tl.load(ARGMAX + winner, mask=c_ok, other=-1)
                     g = tl.load(G + (k * C + c.to(tl.int64)) * (PH * PW) + p, mask=c_ok, other=0.0)
                     # -1 (empty bin) and out-of-plane values route nothing
                     g = tl.where((cell >= 0) & (cell < H * W), g.to(acc.dtype), 0.0)

@@ -20,8 +20,8 @@ TILE = 8
 BLOCK_C = 16  # backward
 # Backward warps per program, from ptxas's register counts for sm_90 (not from timings):
 # with [16, 8, 8] tiles the average-mode kernel uses 64 registers per thread on 4 warps;
-# the max-mode and roi_pool kernels (per-channel winners) use ~110 and ~60 on 8 warps,
-# against ~145 and ~120 on 4.
+# the max-mode and roi_pool kernels (per-channel winners) use ~128 and ~55 on 8 warps;
+# on 4 warps they reached 145 and 121, or spilled.
 BACKWARD_WARPS = {"avg": 4, "max": 8, "pool": 8}
 ROI_BLOCK = 32  # RoIs tested against a gradient tile at once
 # Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
