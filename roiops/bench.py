@@ -245,9 +245,7 @@ def run(
                 bar.update()
             row = Row(case.name, case.op, direction, t["torchvision"], t["roiops"])
             if peak:
-                row.roiops_bandwidth = (
-                    min_bytes(case, levels, direction) / (t["roiops"] / 1e3) / peak
-                )
+                row.roiops_bandwidth = min_bytes(levels) / (t["roiops"] / 1e3) / peak
             rows.append(row)
     bar.close()
     return rows

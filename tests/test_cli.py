@@ -47,17 +47,21 @@ def test_explain_follows_its_options(capsys):
 
 
 def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
-    # one repetition of the quick cases: checks the plumbing, not the speed
+    # one repetition of the quick cases: checks the plumbing, not the speed; a peak
+    # bandwidth by hand takes the GPU's bandwidth column through its paces on CPU
+    monkeypatch.setenv("ROIOPS_PEAK_GBPS", "100")
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--quick", "--repeat", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "geometric mean speed-up, forward" in text
     assert "geometric mean speed-up, backward" in text
+    assert "of peak BW" in text
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 2 * len(bench.cases(quick=True))
     for row in data["rows"]:
         assert row["torchvision_ms"] > 0 and row["roiops_ms"] > 0
         assert row["speedup"] == pytest.approx(row["torchvision_ms"] / row["roiops_ms"])
+        assert row["roiops_bandwidth"] > 0
 
 
 def test_bench_inputs_are_valid_boxes():
