@@ -30,8 +30,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
     rows = bench.run(args.device, dtype, quick=args.quick, repeat=args.repeat)
+    if args.device.startswith("cuda"):
+        machine = torch.cuda.get_device_name(torch.device(args.device))
+    else:
+        machine = platform.processor() or platform.machine()
     title = (
-        f"roiops vs torchvision on {args.device} ({platform.processor() or platform.machine()}, "
+        f"roiops vs torchvision on {args.device} ({machine}, "
         f"{numba.get_num_threads()} Numba threads, torch {torch.get_num_threads()} threads), "
         f"{args.dtype}, median of {args.repeat}"
     )
@@ -39,6 +43,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         meta = {
             "device": args.device,
+            "machine": machine,
             "dtype": args.dtype,
             "repeat": args.repeat,
             "torch": torch.__version__,

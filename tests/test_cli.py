@@ -86,3 +86,17 @@ def test_gpu_cases_and_fpn_levels():
     assert sum(lv.rois.shape[0] for lv in levels) == 64
     assert all(lv.rois.dtype == bench.torch.float32 for lv in levels)
     assert all(lv.tv_rois.dtype == bench.torch.float16 for lv in levels)
+
+
+def test_bench_callables_compare_like_for_like_over_pyramid_levels():
+    # the GPU table's FPN case, small and on CPU: every level runs, and both libraries
+    # compute the same numbers, forward and backward
+    small_fpn = bench.Case("fpn", "roi_align", (2, 4, 32, 32), 64, (16, 400), 1 / 4, levels=4)
+    levels = bench.make_inputs(small_fpn, "cpu", bench.torch.float32)
+    fns = bench._callables(small_fpn, levels)
+    for direction in ("forward", "backward"):
+        ours = fns[("roiops", direction)]()
+        theirs = fns[("torchvision", direction)]()
+        assert len(ours) == len(theirs) == 4
+        for a, b in zip(ours, theirs, strict=True):
+            bench.torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
