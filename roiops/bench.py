@@ -162,6 +162,9 @@ def _level_callables(case: Case, lv: Level):
     return {
         ("torchvision", "forward"): lambda: tv.roi_pool(x, tv_rois, s, p, p),
         ("roiops", "forward"): lambda: ro.roi_pool(x, rois, s, p, p),
+        # without autograd roiops.roi_pool stores no argmax; torchvision always does
+        ("torchvision", "inference"): lambda: tv.roi_pool(x, tv_rois, s, p, p),
+        ("roiops", "inference"): lambda: ro.roi_pool_inference(x, rois, s, p, p),
         ("torchvision", "backward"): lambda: tv._roi_pool_backward(
             grad, tv_rois, tv_argmax, s, p, p, n, c, h, w
         ),
@@ -218,6 +221,14 @@ class Row:
         return self.torchvision_ms / self.roiops_ms
 
 
+def directions(case: Case) -> tuple[str, ...]:
+    """What is timed: forward and backward; for roi_pool also the forward without
+    autograd ("inference"), which roiops runs without storing the argmax."""
+    return (
+        ("forward", "backward", "inference") if case.op == "roi_pool" else ("forward", "backward")
+    )
+
+
 def run(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -234,11 +245,12 @@ def run(
     rows = []
     todo = cases(quick, device)
     peak = peak_bandwidth(device)
-    bar = tqdm(total=len(todo) * 4, disable=not progress, desc="bench", leave=False)
+    total = sum(2 * len(directions(case)) for case in todo)
+    bar = tqdm(total=total, disable=not progress, desc="bench", leave=False)
     for case in todo:
         levels = make_inputs(case, device, dtype)
         fns = _callables(case, levels)
-        for direction in ("forward", "backward"):
+        for direction in directions(case):
             t = {}
             for lib in ("torchvision", "roiops"):
                 t[lib] = time_ms(fns[(lib, direction)], device, repeat)
@@ -268,7 +280,7 @@ def format_table(rows: list[Row], title: str) -> str:
             f"{r.op:<10} {r.case:<14} {r.direction:<9} {r.torchvision_ms:>15.2f} "
             f"{r.roiops_ms:>10.2f} {r.speedup:>8.1f}x{bandwidth}"
         )
-    for direction in ("forward", "backward"):
+    for direction in ("forward", "backward", "inference"):
         sel = [r.speedup for r in rows if r.direction == direction]
         if sel:
             lines.append(f"geometric mean speed-up, {direction}: {geometric_mean(sel):.1f}x")

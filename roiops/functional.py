@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from roiops import _validate
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
-from roiops.ops.roi_pool import roi_pool_op
+from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 
 BoxesArg = Tensor | list[Tensor] | tuple[Tensor, ...]
 
@@ -94,5 +95,8 @@ def roi_pool(
     pooled_h, pooled_w = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
-    return out
+    if torch.is_grad_enabled() and input.requires_grad:
+        out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
+        return out
+    # no gradient will be asked for: skip the argmax, as large as the output
+    return roi_pool_inference_op(input, rois, scale, pooled_h, pooled_w)

@@ -57,7 +57,8 @@ def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
     assert "geometric mean speed-up, backward" in text
     assert "of peak BW" in text
     data = json.loads(out.read_text())
-    assert len(data["rows"]) == 2 * len(bench.cases(quick=True))
+    assert len(data["rows"]) == sum(len(bench.directions(c)) for c in bench.cases(quick=True))
+    assert {r["direction"] for r in data["rows"]} == {"forward", "backward", "inference"}
     for row in data["rows"]:
         assert row["torchvision_ms"] > 0 and row["roiops_ms"] > 0
         assert row["speedup"] == pytest.approx(row["torchvision_ms"] / row["roiops_ms"])
@@ -94,7 +95,7 @@ def test_bench_callables_compare_like_for_like_over_pyramid_levels():
     small_fpn = bench.Case("fpn", "roi_align", (2, 4, 32, 32), 64, (16, 400), 1 / 4, levels=4)
     levels = bench.make_inputs(small_fpn, "cpu", bench.torch.float32)
     fns = bench._callables(small_fpn, levels)
-    for direction in ("forward", "backward"):
+    for direction in bench.directions(small_fpn):
         ours = fns[("roiops", direction)]()
         theirs = fns[("torchvision", direction)]()
         assert len(ours) == len(theirs) == 4

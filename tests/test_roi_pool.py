@@ -124,6 +124,40 @@ def test_empty_and_outside():
     assert torch.equal(out[:2], torch.zeros(2, 3, 2, 2))  # outside: empty bins give 0
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_inference_op_equals_the_training_op(rng, backend):
+    x = as_tensor(np.round(rng.standard_normal((2, 7, 9, 11)) * 2), torch.float32)  # ties
+    rois = random_rois(rng, 2, 12, 18, 22)
+    rois[:3, 1:] = [[50, 50, 60, 60], [-9, -9, -5, -5], [3, 3, 1, 1]]  # outside, inverted
+    rois = as_tensor(rois, torch.float32)
+    with roiops.use_backend(backend):
+        out, _ = torch.ops.roiops.roi_pool(x, rois, 0.5, 3, 4)
+        alone = torch.ops.roiops.roi_pool_inference(x, rois, 0.5, 3, 4)
+        assert torch.equal(alone, out)
+        empty = torch.ops.roiops.roi_pool_inference(x, rois[:0], 0.5, 3, 4)
+        assert empty.shape == (0, 7, 3, 4)
+
+
+def test_calls_without_autograd_skip_the_argmax(rng, monkeypatch):
+    import roiops.functional as functional
+
+    calls = []
+    for name in ("roi_pool_op", "roi_pool_inference_op"):
+        op = getattr(functional, name)
+        monkeypatch.setattr(
+            functional, name, lambda *a, op=op, name=name: calls.append(name) or op(*a)
+        )
+    x = as_tensor(rng.standard_normal((1, 3, 6, 6)), torch.float32)
+    rois = as_tensor(random_rois(rng, 1, 4, 12, 12, min_size=1.0), torch.float32)
+    plain = roiops.roi_pool(x, rois, 2, 0.5)
+    with torch.no_grad():
+        under_no_grad = roiops.roi_pool(x.requires_grad_(), rois, 2, 0.5)
+    trained = roiops.roi_pool(x, rois, 2, 0.5)
+    assert calls == ["roi_pool_inference_op", "roi_pool_inference_op", "roi_pool_op"]
+    assert torch.equal(plain, trained) and torch.equal(under_no_grad, trained)
+    assert trained.requires_grad and not under_no_grad.requires_grad
+
+
 def test_gradcheck(rng):
     x = as_tensor(rng.standard_normal((2, 2, 6, 7)), torch.float64).requires_grad_()
     rois = as_tensor(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float64)
@@ -134,6 +168,7 @@ def test_opcheck(rng):
     x = as_tensor(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
     rois = as_tensor(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float32)
     torch.library.opcheck(torch.ops.roiops.roi_pool, (x, rois, 0.5, 2, 3))
+    torch.library.opcheck(torch.ops.roiops.roi_pool_inference, (x.detach(), rois, 0.5, 2, 3))
     _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 3)
     grad = torch.randn(5, 3, 2, 3)
     torch.library.opcheck(torch.ops.roiops.roi_pool_backward, (grad, argmax, rois, 0.5, 2, 3, 6, 7))

@@ -237,6 +237,14 @@ def test_empty_boxes():
         assert roiops.roi_pool(x, torch.zeros(0, 5, device=DEVICE), 2).shape == (0, 3, 2, 2)
 
 
+def test_roi_pool_inference_equals_the_training_op(rng):
+    x = on_device(np.round(rng.standard_normal((2, 23, 9, 11)) * 2), torch.float32)  # ties
+    rois = on_device(random_rois(rng, 2, 6, 18, 22), torch.float32)
+    with roiops.use_backend("triton"):
+        out, _ = torch.ops.roiops.roi_pool(x, rois, 0.5, 7, 7)
+        assert torch.equal(torch.ops.roiops.roi_pool_inference(x, rois, 0.5, 7, 7), out)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_half_precision_is_read_directly_and_accumulated_in_float32(rng, dtype, mode):
@@ -256,11 +264,12 @@ def test_half_precision_is_read_directly_and_accumulated_in_float32(rng, dtype, 
     torch.testing.assert_close(fast[1], ref[1], rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("op", ["roi_align", "roi_align_max", "roi_pool"])
+@pytest.mark.parametrize("op", ["roi_align", "roi_align_max", "roi_pool", "roi_pool_inference"])
 def test_opcheck_on_triton_backend(rng, op):
-    x = on_device(rng.standard_normal((2, 3, 6, 7)), torch.float32).requires_grad_()
+    x = on_device(rng.standard_normal((2, 3, 6, 7)), torch.float32)
+    x.requires_grad_(op != "roi_pool_inference")
     rois = on_device(random_rois(rng, 2, 4, 12, 14, min_size=1.0), torch.float32)
-    args = (x, rois, 0.5, 2, 3) if op == "roi_pool" else (x, rois, 0.5, 2, 3, 2, True)
+    args = (x, rois, 0.5, 2, 3) if op.startswith("roi_pool") else (x, rois, 0.5, 2, 3, 2, True)
     with roiops.use_backend("triton"):
         torch.library.opcheck(getattr(torch.ops.roiops, op), args)
 

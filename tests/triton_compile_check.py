@@ -84,7 +84,13 @@ def main() -> int:
                     bwd_warps["max" if max_mode else "avg"],
                 )
         pool = {"PH": 7, "PW": 7}
-        compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, **forward_tile}, fwd_warps)
+        for store in (False, True):
+            compile_for_gpu(
+                roi_pool_forward_kernel,
+                fwd,
+                {**pool, **forward_tile, "STORE_ARGMAX": store},
+                fwd_warps,
+            )
         compile_for_gpu(roi_pool_backward_kernel, bwd, {**pool, **tiles}, bwd_warps["pool"])
     print("all Triton kernels compile for sm_90")
     return 0

@@ -58,21 +58,24 @@ def bin_edges(roi_start, roi_size, pooled, limit, dtype_probe):
 def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
     """out[K, C, ph, pw] = max of each bin's cells; argmax[K, ph, pw, C] = winning
     ``h * W + w`` or -1 (channels last: written without a transpose, and read by the
-    backward a whole channel block at a time)."""
+    backward a whole channel block at a time). An argmax with no rows (inference) is not
+    written: the winners go to a per-RoI scratch that stays in cache."""
     _, H, W, C = X.shape
     K = rois.shape[0]
     T = X.dtype.type
     P = pooled_h * pooled_w
     Xf = X.reshape(-1)
     out_bins = out.reshape(K, C, P)
-    arg_bins = argmax.reshape(K, P, C)
+    store_argmax = argmax.shape[0] > 0
+    arg_bins = argmax.reshape(argmax.shape[0], P, C)
     for k in prange(K):
         n = int(rois[k, 0])
         start_h, start_w, roi_h, roi_w = quantize_roi(rois, k, spatial_scale)
         rows = bin_edges(start_h, roi_h, pooled_h, H, rois)
         cols = bin_edges(start_w, roi_w, pooled_w, W, rois)
         bins = np.zeros((P, C), X.dtype)
-        arg_bins[k] = -1
+        winners = arg_bins[k] if store_argmax else np.empty((P, C), np.int32)
+        winners[:] = -1
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 h0, h1 = rows[ph, 0], rows[ph, 1]
@@ -80,7 +83,7 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
                 if h1 <= h0 or w1 <= w0:
                     continue  # an empty bin outputs 0 and routes no gradient
                 best = bins[ph * pooled_w + pw]
-                best_at = arg_bins[k, ph * pooled_w + pw]
+                best_at = winners[ph * pooled_w + pw]
                 best[:] = T(LOWEST)
                 for h in range(h0, h1):
                     for w in range(w0, w1):

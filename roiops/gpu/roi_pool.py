@@ -69,9 +69,10 @@ def _bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.const
 @triton.jit
 def roi_pool_forward_kernel(
     X, ROIS, SCALE, OUT, ARGMAX, C, H, W,
-    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, STORE_ARGMAX: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (cell h * W + w, or -1) from X[N, C, H, W]."""
+    """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1)
+    from X[N, C, H, W]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     n, start_h, start_w, roi_h, roi_w = _quantized_roi(ROIS, k, SCALE)
     h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
@@ -98,7 +99,7 @@ def roi_pool_forward_kernel(
     empty = (h1 <= h0) | (w1 <= w0)
     # (lanes past the last channel are zeroed too: -FLT_MAX would overflow a half cast)
     best = tl.where(empty | ~ok, 0.0, best)
-    store_bins(OUT, ARGMAX, best, best_at, k, c, p, ok, C, PH * PW, True)
+    store_bins(OUT, ARGMAX, best, best_at, k, c, p, ok, C, PH * PW, STORE_ARGMAX)
 
 
 @triton.jit
@@ -154,17 +155,22 @@ def roi_pool_backward_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
-    """``(out[K, C, ph, pw], argmax[K, ph, pw, C])`` for NCHW ``input``."""
+def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax=True):
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)`` for NCHW ``input``."""
     K, C = rois.shape[0], input.shape[1]
     x = input.contiguous()
     shape = (K, C, pooled_h, pooled_w)
     out = x.new_empty(shape)
-    argmax = torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
+    argmax = (
+        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
+        if with_argmax
+        else None
+    )
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w)
     roi_pool_forward_kernel[grid](
-        x, rois, scale_tensor(spatial_scale, rois), out, argmax, C, x.shape[2], x.shape[3],
-        PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+        x, rois, scale_tensor(spatial_scale, rois), out, argmax if with_argmax else out,
+        C, x.shape[2], x.shape[3], PH=pooled_h, PW=pooled_w, BLOCK=block,
+        STORE_ARGMAX=with_argmax, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 

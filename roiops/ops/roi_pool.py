@@ -1,4 +1,5 @@
-"""RoIPool as custom ops: ``roiops::roi_pool`` and ``roiops::roi_pool_backward``."""
+"""RoIPool as custom ops: ``roiops::roi_pool``, ``roiops::roi_pool_backward`` and
+``roiops::roi_pool_inference`` (the output alone, no argmax, for calls without autograd)."""
 
 from __future__ import annotations
 
@@ -23,44 +24,67 @@ from roiops.reference import roi_pool as reference
 OP = "roi_pool"
 
 
-@torch.library.custom_op("roiops::roi_pool", mutates_args=())
-def roi_pool_op(
-    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
-) -> tuple[Tensor, Tensor]:
-    """RoIPool: ``(output, argmax)``; ``argmax[K, ph, pw, C]`` = winning ``h * W + w`` or -1."""
+def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax):
+    """``(output, argmax or None)`` on the selected backend."""
     _validate.check_roi_values(rois, input.shape[0], OP)
     _validate.check_plane_indexable(input.shape, OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or input.shape[1] == 0:
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
-        return input.new_zeros(shape), argmax
+        return input.new_zeros(shape), argmax if with_argmax else None
     backend = select_backend(input.device)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
-        return gpu.roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
+        return gpu.roi_pool_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, with_argmax
+        )
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
-        # the kernel writes every output element: no zero-filling pass
+        # the kernel writes every output element: no zero-filling pass; an argmax with
+        # no rows tells it not to store the winners
         out = x.new_empty(shape)
-        argmax = torch.empty(arg_shape, dtype=torch.int32)
+        argmax = torch.empty(arg_shape if with_argmax else (0, *arg_shape[1:]), dtype=torch.int32)
         X = layout.channels_last_array(x)
         cpu.roi_pool_forward(
             X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
         )
-        return out.to(input.dtype), argmax
+        return out.to(input.dtype), argmax if with_argmax else None
     out, argmax = reference.roi_pool_forward(
         host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
     out = torch.from_numpy(out).to(input.device, input.dtype)
-    return out, argmax_from_reference(argmax, input.device)
+    return out, argmax_from_reference(argmax, input.device) if with_argmax else None
+
+
+@torch.library.custom_op("roiops::roi_pool", mutates_args=())
+def roi_pool_op(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> tuple[Tensor, Tensor]:
+    """RoIPool: ``(output, argmax)``; ``argmax[K, ph, pw, C]`` = winning ``h * W + w`` or -1."""
+    return _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax=True)
 
 
 @roi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+
+
+@torch.library.custom_op("roiops::roi_pool_inference", mutates_args=())
+def roi_pool_inference_op(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> Tensor:
+    """RoIPool's output alone, for calls that need no gradient: the argmax (as large as
+    the output) is neither stored nor returned. No autograd."""
+    out, _ = _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax=False)
+    return out
+
+
+@roi_pool_inference_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
 @torch.library.custom_op("roiops::roi_pool_backward", mutates_args=())
