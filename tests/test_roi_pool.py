@@ -158,6 +158,22 @@ def test_calls_without_autograd_skip_the_argmax(rng, monkeypatch):
     assert trained.requires_grad and not under_no_grad.requires_grad
 
 
+def test_torch_compile_fullgraph_with_and_without_autograd(rng):
+    x = as_tensor(rng.standard_normal((2, 3, 6, 7)), torch.float32)
+    rois = as_tensor(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float32)
+
+    def f(t):
+        return roiops.roi_pool(t, rois, 2, 0.5).square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), f(x))
+    x.requires_grad_()
+    (g_compiled,) = torch.autograd.grad(compiled(x), x)
+    (g_eager,) = torch.autograd.grad(f(x), x)
+    assert torch.equal(g_compiled, g_eager)
+
+
 def test_gradcheck(rng):
     x = as_tensor(rng.standard_normal((2, 2, 6, 7)), torch.float64).requires_grad_()
     rois = as_tensor(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float64)
