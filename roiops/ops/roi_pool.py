@@ -32,7 +32,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or input.shape[1] == 0:
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
-        return input.new_zeros(shape), argmax if with_argmax else None
+        return input.new_zeros(shape), (argmax if with_argmax else None)
     backend = select_backend(input.device)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
@@ -50,12 +50,12 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
         cpu.roi_pool_forward(
             X, rois.numpy(), spatial_scale, pooled_height, pooled_width, out.numpy(), argmax.numpy()
         )
-        return out.to(input.dtype), argmax if with_argmax else None
+        return out.to(input.dtype), (argmax if with_argmax else None)
     out, argmax = reference.roi_pool_forward(
         host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
     out = torch.from_numpy(out).to(input.device, input.dtype)
-    return out, argmax_from_reference(argmax, input.device) if with_argmax else None
+    return out, (argmax_from_reference(argmax, input.device) if with_argmax else None)
 
 
 @torch.library.custom_op("roiops::roi_pool", mutates_args=())
