@@ -51,6 +51,13 @@ def pool(backend, x, rois, output_size, scale, grad):
     return out.detach(), x.grad
 
 
+def run(backend, mode, x, rois, output_size, scale, grad, ratio=2, aligned=True):
+    """(output, input gradient): roi_align in mode "avg"/"max", or roi_pool ("pool")."""
+    if mode == "pool":
+        return pool(backend, x, rois, output_size, scale, grad)
+    return align(backend, x, rois, output_size, scale, ratio, aligned, mode, grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize(
@@ -98,13 +105,9 @@ def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mo
     x = on_device(rng.standard_normal((2, c, h, w)), torch.float32)
     rois = on_device(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
     grad = on_device(rng.standard_normal((k, c, oh, ow)), torch.float32)
-    if mode == "pool":
-        fast, ref = (pool(b, x, rois, (oh, ow), 0.5, grad) for b in ("triton", "reference"))
-    else:
-        fast, ref = (
-            align(b, x, rois, (oh, ow), 0.5, ratio, aligned, mode, grad)
-            for b in ("triton", "reference")
-        )
+    fast, ref = (
+        run(b, mode, x, rois, (oh, ow), 0.5, grad, ratio, aligned) for b in ("triton", "reference")
+    )
     assert torch.equal(fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
@@ -117,12 +120,7 @@ def test_forward_blocks_start_inside_a_channel(rng, mode):
     x = on_device(rng.standard_normal((2, 23, 10, 12)), torch.float32)
     rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), torch.float32)
     grad = on_device(rng.standard_normal((5, 23, 7, 7)), torch.float32)
-    if mode == "pool":
-        fast, ref = (pool(b, x, rois, 7, 0.5, grad) for b in ("triton", "reference"))
-    else:
-        fast, ref = (
-            align(b, x, rois, 7, 0.5, 2, True, mode, grad) for b in ("triton", "reference")
-        )
+    fast, ref = (run(b, mode, x, rois, 7, 0.5, grad) for b in ("triton", "reference"))
     assert torch.equal(fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
@@ -143,12 +141,9 @@ def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned
                     [30, 10, 31, 11], [52, 40, 55, 43]]  # fmt: skip
     rois = on_device(rois, torch.float32)
     grad = on_device(rng.standard_normal((16, 2, 5, 5)), torch.float32)
-    if mode == "pool":
-        fast, ref = (pool(b, x, rois, 5, 0.5, grad) for b in ("triton", "reference"))
-    else:
-        fast, ref = (
-            align(b, x, rois, 5, 0.5, ratio, aligned, mode, grad) for b in ("triton", "reference")
-        )
+    fast, ref = (
+        run(b, mode, x, rois, 5, 0.5, grad, ratio, aligned) for b in ("triton", "reference")
+    )
     assert torch.equal(fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
@@ -168,7 +163,6 @@ def test_backward_kernels_write_every_cell_in_either_layout(rng, mode, channels_
     if mode == "pool":
         _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 2)
         gx = gpu_pool.roi_pool_backward(grad, rois, argmax, order, start, prefilled, 0.5)
-        ref = pool("reference", x, rois, 2, 0.5, grad)[1]
     else:
         argmax = None
         if mode == "max":
@@ -176,7 +170,7 @@ def test_backward_kernels_write_every_cell_in_either_layout(rng, mode, channels_
         gx = gpu_align.roi_align_backward(
             grad, rois, argmax, order, start, prefilled, 0.5, 2, 2, 2, True
         )
-        ref = align("reference", x, rois, 2, 0.5, 2, True, mode, grad)[1]
+    ref = run("reference", mode, x, rois, 2, 0.5, grad)[1]
     assert (ref == 0).float().mean() > 0.5
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
 
@@ -204,10 +198,7 @@ def test_backward_bitwise_deterministic(rng, mode):
     grad = on_device(rng.standard_normal((12, 4, 2, 2)), torch.float32)
     runs = []
     for _ in range(2):
-        if mode == "pool":
-            runs.append(pool("triton", x, rois, 2, 0.5, grad)[1])
-        else:
-            runs.append(align("triton", x, rois, 2, 0.5, 2, True, mode, grad)[1])
+        runs.append(run("triton", mode, x, rois, 2, 0.5, grad)[1])
     assert torch.equal(runs[0], runs[1])
 
 
@@ -221,10 +212,7 @@ def test_backward_runs_under_torch_deterministic_mode(rng, mode):
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        if mode == "pool":
-            gx = pool("triton", x, rois, 2, 0.5, grad)[1]
-        else:
-            gx = align("triton", x, rois, 2, 0.5, 2, True, mode, grad)[1]
+        gx = run("triton", mode, x, rois, 2, 0.5, grad)[1]
     finally:
         torch.use_deterministic_algorithms(before)
     assert gx.shape == x.shape and torch.isfinite(gx).all()
@@ -251,12 +239,7 @@ def test_half_precision_is_read_directly_and_accumulated_in_float32(rng, dtype, 
     x = on_device(rng.standard_normal((2, 6, 8, 8)), dtype)
     rois = on_device(random_rois(rng, 2, 5, 16, 16, min_size=2), torch.float32)
     grad = on_device(rng.standard_normal((5, 6, 2, 2)), dtype)
-    if mode == "pool":
-        fast, ref = (pool(b, x, rois, 2, 0.5, grad) for b in ("triton", "reference"))
-    else:
-        fast, ref = (
-            align(b, x, rois, 2, 0.5, 2, True, mode, grad) for b in ("triton", "reference")
-        )
+    fast, ref = (run(b, mode, x, rois, 2, 0.5, grad) for b in ("triton", "reference"))
     assert fast[0].dtype == dtype and fast[1].dtype == dtype
     # both compute in float32 and round once at the end; Triton's interpreter rounds
     # float32 -> bfloat16 by truncation, so allow one unit in the last place
