@@ -183,7 +183,7 @@ def roi_align_backward_kernel(
     G is [K, C, PH, PW]; ARGMAX (max mode) is [K, PH, PW, C]; ORDER[IMAGE_START[n]:
     IMAGE_START[n + 1]] lists image n's RoIs in input order.
     """
-    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
+    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, H, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
                                                TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)

@@ -121,7 +121,7 @@ def roi_pool_backward_kernel(
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """GX[N, C, H, W] (any strides) for one (image, channel block, cell tile)."""
-    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
+    n, c, c_ok, y0, x0, ys, xs = gradient_tile(C, H, n_channel_blocks, n_tiles_x, BLOCK_C, TILE_H,
                                                TILE_W)  # fmt: skip
     acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK_C, TILE_H, TILE_W), dtype=acc_dtype)

@@ -20,8 +20,9 @@ TILE = 8
 BLOCK_C = 16  # backward
 # Backward warps per program, from ptxas's register counts for sm_90 (not from timings):
 # with [16, 8, 8] tiles the average-mode kernel uses 64 registers per thread on 4 warps;
-# the max-mode and roi_pool kernels (per-channel winners) use ~128 and ~55 on 8 warps;
-# on 4 warps they reached 145 and 121, or spilled.
+# the max-mode and roi_pool kernels (per-channel winners) use ~108 and ~64 on 8 warps;
+# on 4 warps they reached 145 and 121, or spilled. (These counts move by 20 with small
+# changes: a 2-D grid put the max-mode kernel at 128.)
 BACKWARD_WARPS = {"avg": 4, "max": 8, "pool": 8}
 ROI_BLOCK = 32  # RoIs tested against a gradient tile at once
 # Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
@@ -70,22 +71,24 @@ def gradient_grid(batch_size: int, channels: int, height: int, width: int, mode:
     block_c = min(BLOCK_C, triton.next_power_of_2(channels))
     n_blocks = triton.cdiv(channels, block_c)
     n_tiles_x = triton.cdiv(width, TILE)
-    # tiles on the first grid axis: CUDA caps the second at 65535 (a 2048 x 2048 map has
-    # 65536 tiles)
-    grid = (triton.cdiv(height, TILE) * n_tiles_x, batch_size * n_blocks)
+    # a 1-D grid: CUDA caps the second and third grid dimensions at 65535 (a 2048 x 2048
+    # map has 65536 tiles)
+    grid = (triton.cdiv(height, TILE) * n_tiles_x * batch_size * n_blocks,)
     # small channel blocks (few channels) need fewer threads
     num_warps = max(1, BACKWARD_WARPS[mode] * block_c // BLOCK_C)
     return grid, block_c, n_blocks, n_tiles_x, TILE, num_warps
 
 
 @triton.jit
-def gradient_tile(C, n_channel_blocks, n_tiles_x, BLOCK_C: tl.constexpr,
+def gradient_tile(C, H, n_channel_blocks, n_tiles_x, BLOCK_C: tl.constexpr,
                   TILE_H: tl.constexpr, TILE_W: tl.constexpr):  # fmt: skip
     """(n, c, c_ok, y0, x0, ys, xs): this program's image, channels and cell tile."""
-    n = tl.program_id(1) // n_channel_blocks
-    c = (tl.program_id(1) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    y0 = (tl.program_id(0) // n_tiles_x) * TILE_H
-    x0 = (tl.program_id(0) % n_tiles_x) * TILE_W
+    n_tiles = tl.cdiv(H, TILE_H) * n_tiles_x
+    tile = tl.program_id(0) % n_tiles
+    n = (tl.program_id(0) // n_tiles) // n_channel_blocks
+    c = ((tl.program_id(0) // n_tiles) % n_channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    y0 = (tile // n_tiles_x) * TILE_H
+    x0 = (tile % n_tiles_x) * TILE_W
     return n, c, c < C, y0, x0, y0 + tl.arange(0, TILE_H), x0 + tl.arange(0, TILE_W)
 
 
