@@ -3,13 +3,19 @@
 Everything is checked in Python before a kernel runs, and every error names the
 argument. Checks that need the boxes' values (finite coordinates, batch indices in
 range) run inside the custom ops' real implementations, so they also guard calls made
-under ``torch.compile``, where the values are unknown while tracing.
+under ``torch.compile``, where the values are unknown while tracing. They run where
+reading the values costs nothing: on CPU tensors, and for the reference backend (which
+reads them on the host anyway). On CUDA they would synchronise the host with the device
+three times a call and break CUDA graph capture, so there the Triton kernels take any
+value instead (a RoI with a bad batch index or a non-finite coordinate gives NaN outputs
+and no gradient); ``ROIOPS_CHECK_VALUES=1`` checks them there too, for debugging.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 
 import torch
@@ -86,6 +92,19 @@ def _check_box_tensor(b: Tensor, input: Tensor, op: str, name: str) -> None:
             f"{op}: {name} is on {b.device} but input is on {input.device}; "
             "put both on the same device"
         )
+
+
+CHECK_VALUES_VAR = "ROIOPS_CHECK_VALUES"
+
+
+def roi_values_checked(device: torch.device, backend: str) -> bool:
+    """Whether the ops check the boxes' values before running ``backend`` on ``device``
+    (read at every call)."""
+    return (
+        device.type == "cpu"
+        or backend == "reference"
+        or os.environ.get(CHECK_VALUES_VAR, "0") == "1"
+    )
 
 
 def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:

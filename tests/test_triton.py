@@ -126,17 +126,16 @@ def test_forward_blocks_start_inside_a_channel(rng, mode):
 
 
 @pytest.mark.parametrize(
-    "mode,aligned,ratio", [("avg", True, 2), ("avg", False, 0), ("max", True, 2), ("pool", 0, 0)]
+    "mode,aligned,ratio,span",
+    [("avg", True, 2, 8), ("avg", False, 0, 2), ("max", True, 2, 8), ("pool", 0, 0, 8)],
 )
-def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned, ratio):
-    # maps of several 8x8 gradient tiles, several blocks of RoIs per image (blocks of 4
-    # here, to keep the interpreter quick), and 5x5 bins over boxes spanning many tiles:
-    # each tile visits only some RoIs and, within a RoI, only the bins near it
-    for module in (gpu_align, gpu_pool):
-        monkeypatch.setattr(module, "ROI_BLOCK", 4)
+def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned, ratio, span):
+    # 5x5 bins over boxes spanning the map and beyond, inverted, tiny, at the far corner;
+    # with adaptive sampling the bins cover several cells, and with windows of 2 cells
+    # the average-mode backward sums a bin's weights over several windows
+    monkeypatch.setattr(gpu_align, "SPAN", span)
     x = on_device(rng.standard_normal((2, 2, 21, 27)), torch.float32)
     rois = random_rois(rng, 2, 16, 21 / 0.5, 27 / 0.5)
-    # boxes over the whole map and beyond, inverted, tiny, at the far corner
     rois[:6, 1:] = [[-20, -20, 70, 60], [3, 3, 50, 30], [0, 0, 54, 42], [50, 40, 4, 6],
                     [30, 10, 31, 11], [52, 40, 55, 43]]  # fmt: skip
     rois = on_device(rois, torch.float32)
@@ -148,6 +147,22 @@ def test_backward_over_many_tiles_and_roi_blocks(rng, monkeypatch, mode, aligned
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
+def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, aligned=True):
+    """The Triton backward launcher of ``mode`` with the forward's argmax, writing into
+    ``grad_input``; the forward runs on the Triton kernels."""
+    if mode == "pool":
+        _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, output_size, output_size)
+        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input)
+    argmax = None
+    if mode == "max":
+        _, argmax = gpu_align.roi_align_forward(
+            x, rois, 0.5, output_size, output_size, ratio, aligned, True
+        )
+    return gpu_align.roi_align_backward(
+        grad, rois, argmax, grad_input, 0.5, output_size, output_size, ratio, aligned
+    )
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_backward_kernels_write_every_cell_in_either_layout(rng, mode, channels_last):
@@ -157,19 +172,9 @@ def test_backward_kernels_write_every_cell_in_either_layout(rng, mode, channels_
     x = on_device(rng.standard_normal((2, 3, 19, 21)), torch.float32)
     rois = on_device(random_rois(rng, 2, 3, 10, 10, min_size=1.0), torch.float32)
     grad = on_device(rng.standard_normal((3, 3, 2, 2)), torch.float32)
-    order, start = roiops.ops.rois_by_image(rois, 2)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     prefilled = torch.full_like(x, float("nan"), memory_format=layout)
-    if mode == "pool":
-        _, argmax = torch.ops.roiops.roi_pool(x, rois, 0.5, 2, 2)
-        gx = gpu_pool.roi_pool_backward(grad, rois, argmax, order, start, prefilled, 0.5)
-    else:
-        argmax = None
-        if mode == "max":
-            _, argmax = torch.ops.roiops.roi_align_max(x, rois, 0.5, 2, 2, 2, True)
-        gx = gpu_align.roi_align_backward(
-            grad, rois, argmax, order, start, prefilled, 0.5, 2, 2, 2, True
-        )
+    gx = backward_launch(mode, x, rois, grad, prefilled)
     ref = run("reference", mode, x, rois, 2, 0.5, grad)[1]
     assert (ref == 0).float().mean() > 0.5
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
@@ -281,3 +286,91 @@ def test_kernels_compile_for_hopper():
     script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# A RoI with a batch index that is not a whole number in [0, N), or with a coordinate
+# that is not finite: on CUDA the ops do not look at the values (that would synchronise),
+# so the kernels must take any value: no read outside the input, NaN outputs, no gradient.
+BAD_ROIS = [
+    [2.0, 1.0, 1.0, 8.0, 8.0],  # batch index == N
+    [-1.0, 1.0, 1.0, 8.0, 8.0],
+    [0.5, 1.0, 1.0, 8.0, 8.0],
+    [float("nan"), 1.0, 1.0, 8.0, 8.0],
+    [1e9, 1.0, 1.0, 8.0, 8.0],
+    [0.0, float("nan"), 1.0, 8.0, 8.0],
+    [1.0, 1.0, float("inf"), 8.0, 8.0],
+    [1.0, 1.0, 1.0, -float("inf"), 8.0],
+    [0.0, 1.0, 1.0, 8.0, float("nan")],
+]
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_kernels_take_any_roi_value(rng, mode):
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    good = random_rois(rng, 2, 4, 18, 22, min_size=1.0)
+    rois = np.concatenate([good[:2], BAD_ROIS, good[2:]])
+    is_bad = np.zeros(len(rois), bool)
+    is_bad[2 : 2 + len(BAD_ROIS)] = True
+    rois_t = on_device(rois, torch.float32)
+    grad = on_device(rng.standard_normal((len(rois), 3, 2, 2)), torch.float32)
+    if mode == "pool":
+        out, _ = gpu_pool.roi_pool_forward(x, rois_t, 0.5, 2, 2)
+    else:
+        out, _ = gpu_align.roi_align_forward(x, rois_t, 0.5, 2, 2, 2, True, mode == "max")
+    gx = backward_launch(mode, x, rois_t, grad, torch.empty_like(x))
+    assert torch.isnan(out[torch.from_numpy(is_bad)]).all()
+    # the good RoIs' outputs, and a gradient from them alone
+    good_t = on_device(rois[~is_bad], torch.float32)
+    ref_out, ref_gx = run("reference", mode, x, good_t, 2, 0.5, grad[torch.from_numpy(~is_bad)])
+    assert torch.equal(out[torch.from_numpy(~is_bad)], ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_non_finite_output_gradient_gives_nan_input_gradient(rng, mode):
+    # fixed point cannot carry NaN or inf to the cells they reach: the whole input
+    # gradient is NaN (visible; what AMP's GradScaler checks for to skip a step)
+    x = on_device(rng.standard_normal((2, 3, 8, 8)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 4, 16, 16, min_size=2.0), torch.float32)
+    for bad in (float("nan"), float("inf")):
+        grad = on_device(rng.standard_normal((4, 3, 2, 2)), torch.float32)
+        grad[1, 2, 0, 1] = bad
+        gx = backward_launch(mode, x, rois, grad, torch.empty_like(x))
+        assert torch.isnan(gx).all()
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_fixed_point_scale_follows_the_gradient(rng, mode):
+    # the fixed-point scale is a power of two chosen from max |grad|: gradients 2**100
+    # times larger or smaller give the same integers, so exactly scaled results
+    x = on_device(rng.standard_normal((2, 3, 8, 8)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 6, 16, 16, min_size=2.0), torch.float32)
+    grad = on_device(rng.standard_normal((6, 3, 2, 2)), torch.float32)
+    base = backward_launch(mode, x, rois, grad, torch.empty_like(x))
+    for factor in (2.0**100, 2.0**-100):
+        scaled = backward_launch(mode, x, rois, grad * factor, torch.empty_like(x))
+        assert torch.equal(scaled, base * factor)
+    zero = backward_launch(mode, x, rois, torch.zeros_like(grad), torch.empty_like(x))
+    assert torch.equal(zero, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_whole_cell_boxes(rng, mode, output_size):
+    # integer boxes whose sides are multiples of the bin count (ground-truth boxes often
+    # are; roi_pool counts the end cell, so for it side + 1 is the multiple): bin edges
+    # and adaptive sample counts are exact quotients, which an approximate division
+    # would round to the next cell or sample
+    sides = np.array([output_size, 2 * output_size, output_size - 1, 2 * output_size - 1])
+    x1 = rng.integers(0, 4, len(sides)).astype(float)
+    y1 = rng.integers(0, 4, len(sides)).astype(float)
+    batch = np.array([0.0, 1.0, 0.0, 1.0])
+    boxes = np.stack([batch, x1, y1, x1 + sides, y1 + sides], axis=1)
+    rois = on_device(boxes, torch.float32)
+    x = on_device(np.round(rng.standard_normal((2, 2, 32, 32)) * 2), torch.float32)
+    grad = on_device(rng.standard_normal((len(sides), 2, output_size, output_size)), torch.float32)
+    fast, ref = (
+        run(b, mode, x, rois, output_size, 1.0, grad, 0, True) for b in ("triton", "reference")
+    )
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])

@@ -2,9 +2,13 @@
 
 Triton's interpreter (how the other tests run the kernels here) accepts code that the
 compiler rejects, e.g. a non-constexpr global; this catches it on CPU-only machines.
-Each kernel is compiled at its launch configuration, and Triton's own ptxas reports its
-registers per thread: the fp32/fp16/bf16 kernels must not spill (a regression guard for
-speed that needs no GPU; fp64 may).
+Each kernel is compiled at its launch configuration, and checked in its PTX and in what
+Triton's own ptxas reports:
+- no approximate float32 division (``div.full.f32``, ``div.approx.f32``): compiled Triton
+  divides float32 approximately unless told otherwise, and a quotient that is floored
+  or ceiled would then pick other cells than torchvision's IEEE division;
+- registers per thread, and the fp32/fp16/bf16 kernels must not spill (a regression
+  guard for speed that needs no GPU; fp64 may).
 """
 
 import os
@@ -19,12 +23,24 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from roiops.gpu.roi_align import roi_align_backward_kernel, roi_align_forward_kernel  # noqa: E402
+from roiops.gpu.fixed_point import (  # noqa: E402
+    CONVERT_CELLS,
+    CONVERT_CHANNELS,
+    fixed_point_to_float_kernel,
+)
+from roiops.gpu.roi_align import (  # noqa: E402
+    SPAN,
+    roi_align_backward_kernel,
+    roi_align_forward_kernel,
+)
 from roiops.gpu.roi_pool import roi_pool_backward_kernel, roi_pool_forward_kernel  # noqa: E402
-from roiops.gpu.tiles import ROI_BLOCK, bins_grid, gradient_grid  # noqa: E402
+from roiops.gpu.tiles import bin_channels_grid, bins_grid  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
+# integer arguments that hold 64-bit values
+INT64_ARGS = ("scale_bits",)
 
 
 def registers_and_spills(ptx: str) -> tuple[int, int]:
@@ -46,53 +62,60 @@ def registers_and_spills(ptx: str) -> tuple[int, int]:
 
 def compile_for_gpu(fn, pointers, constexprs, num_warps):
     signature = {
-        name: pointers.get(name, "constexpr" if name in constexprs else "i32")
+        name: pointers.get(
+            name,
+            "constexpr" if name in constexprs else ("i64" if name in INT64_ARGS else "i32"),
+        )
         for name in fn.arg_names
     }
     source = ASTSource(fn, signature, constexprs)
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
-    assert "ptx" in kernel.asm, fn.__name__
+    ptx = kernel.asm["ptx"]
+    dtype = next(pointers[a] for a in ("X", "G", "GX") if a in pointers)
+    mode = "max" if constexprs.get("MAX_MODE") else ""
+    name = f"{fn.__name__} {dtype} {mode}"
+    approximate = APPROXIMATE_DIVISION.findall(ptx)
+    assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
-    registers, spilled = registers_and_spills(kernel.asm["ptx"])
-    dtype = pointers.get("X", pointers.get("G"))
-    mode = "max" if constexprs.get("MAX_MODE") else ""
-    print(f"{fn.__name__:26s} {dtype:6s} {mode:3s} {num_warps} warps {registers:3d} registers")
-    assert spilled == 0 or dtype == "*fp64", f"{fn.__name__} {dtype} spills {spilled} bytes"
+    registers, spilled = registers_and_spills(ptx)
+    print(f"{fn.__name__:30s} {dtype:6s} {mode:3s} {num_warps} warps {registers:3d} registers")
+    assert spilled == 0 or dtype == "*fp64", f"{name} spills {spilled} bytes"
 
 
 def main() -> int:
     # the launch configuration of 256 channels and 7x7 bins
     _, block, fwd_warps = bins_grid(1, 256, 7, 7)
-    forward_tile = {"BLOCK": block}
-    _, block_c, _, _, tile, _ = gradient_grid(1, 256, 8, 8, "avg")
-    tiles = {"BLOCK_C": block_c, "TILE_H": tile, "TILE_W": tile, "BLOCK_R": ROI_BLOCK}
-    bwd_warps = {m: gradient_grid(1, 256, 8, 8, m)[-1] for m in ("avg", "max", "pool")}
+    _, block_c, bwd_warps = bin_channels_grid(1, 256, 7, 7)
     for dt in ("fp32", "fp16", "bf16", "fp64"):
-        rois = "*fp64" if dt == "fp64" else "*fp32"
-        common = {"ROIS": rois, "SCALE": rois, "ARGMAX": "*i32"}
-        fwd = {**common, "X": f"*{dt}", "OUT": f"*{dt}"}
-        bwd = {**common, "G": f"*{dt}", "GX": f"*{dt}", "ORDER": "*i64", "IMAGE_START": "*i64"}
+        rois = amax = "*fp64" if dt == "fp64" else "*fp32"
+        fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
+        bwd = {"ROIS": rois, "ARGMAX": "*i32", "G": f"*{dt}", "AMAX": amax, "ACC": "*i64"}
         for aligned in (False, True):
             for max_mode in (False, True):
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode}
-                compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, **forward_tile}, fwd_warps)
+                compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
                     roi_align_backward_kernel,
                     bwd,
-                    {**mode, **tiles, "PH_BLOCK": 8, "PW_BLOCK": 8},
-                    bwd_warps["max" if max_mode else "avg"],
+                    {**mode, "BLOCK_C": block_c, "SPAN": SPAN},
+                    bwd_warps,
                 )
-        pool = {"PH": 7, "PW": 7}
         for store in (False, True):
             compile_for_gpu(
                 roi_pool_forward_kernel,
                 fwd,
-                {**pool, **forward_tile, "STORE_ARGMAX": store},
+                {"PH": 7, "PW": 7, "BLOCK": block, "STORE_ARGMAX": store},
                 fwd_warps,
             )
-        compile_for_gpu(roi_pool_backward_kernel, bwd, {**pool, **tiles}, bwd_warps["pool"])
-    print("all Triton kernels compile for sm_90")
+        compile_for_gpu(roi_pool_backward_kernel, bwd, {"P": 49, "BLOCK_C": block_c}, bwd_warps)
+        compile_for_gpu(
+            fixed_point_to_float_kernel,
+            {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
+            {"BLOCK_CELLS": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
+            4,
+        )
+    print("all Triton kernels compile for sm_90, with IEEE float32 division only")
     return 0
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from roiops._layout import rois_by_image
 from roiops.cpu.transpose import nchw_to_nhwc
-from roiops.ops import rois_by_image
 
 
 def channels_last_array(input: Tensor) -> np.ndarray:
@@ -27,7 +27,7 @@ def channels_last_array(input: Tensor) -> np.ndarray:
 
 
 def grad_array(grad_input: Tensor) -> np.ndarray:
-    """The ``ndarray[N, H, W, C]`` behind a tensor made by ``roiops.ops.new_input_grad``."""
+    """The ``ndarray[N, H, W, C]`` behind a tensor made by ``roiops._layout.new_input_grad``."""
     return grad_input.permute(0, 2, 3, 1).numpy()
 
 

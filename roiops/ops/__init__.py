@@ -1,16 +1,7 @@
 """The ops as ``torch.library`` custom ops: schema, fake impl, autograd, backend dispatch.
 
-Shared conventions of the ops in this package:
-
-* ``argmax`` (roi_pool, roi_align max mode) is an int32 ``Tensor[K, ph, pw, C]``:
-  channels last, the layout the CPU kernels write without a transpose and read back a
-  channel block at a time. The NumPy reference keeps the readable ``[K, C, ph, pw]``;
-  the adapters below convert.
-* input gradients are ``Tensor[N, C, H, W]`` laid out by device (``new_input_grad``):
-  channels_last strides on CPU, the layout the Numba kernels write a channel block at a
-  time; contiguous NCHW on CUDA, as torchvision returns it, so that autograd need not
-  re-lay out a large gradient for the usual NCHW feature maps (the Triton kernels write
-  either, by strides).
+The layouts every backend shares (argmax, input gradient) are in ``roiops._layout``;
+this module adapts the NumPy reference's readable ``[K, C, ph, pw]`` argmax to them.
 """
 
 from __future__ import annotations
@@ -25,52 +16,9 @@ def host_array(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def argmax_shape(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
-    return (num_rois, pooled_h, pooled_w, channels)
-
-
 def argmax_from_reference(argmax: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(argmax.transpose(0, 2, 3, 1))).to(device)
 
 
 def argmax_to_reference(argmax: Tensor) -> np.ndarray:
     return host_array(argmax).transpose(0, 3, 1, 2)
-
-
-def rois_by_image(rois: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """``(order, start)`` on the rois' device: image n's RoIs are
-    ``order[start[n]:start[n + 1]]``, in input order (the backward kernels' visiting order)."""
-    batch = rois[:, 0].to(torch.int64)
-    order = torch.argsort(batch, stable=True)
-    start = torch.zeros(batch_size + 1, dtype=torch.int64, device=rois.device)
-    start[1:] = torch.cumsum(torch.bincount(batch, minlength=batch_size), 0)
-    return order, start
-
-
-def input_grad_channels_last(device: torch.device | str) -> bool:
-    """Whether input gradients on ``device`` have channels_last strides (CPU) or are
-    contiguous NCHW (elsewhere)."""
-    return torch.device(device).type == "cpu"
-
-
-def new_input_grad(
-    shape, dtype: torch.dtype, device: torch.device | str = "cpu", zeroed: bool = True
-) -> Tensor:
-    """``Tensor[N, C, H, W]`` in the device's gradient layout; zeroed unless the caller's
-    kernel writes every cell (the Triton backward kernels do).
-
-    Autograd accepts it as is; a leaf's ``.grad`` is re-laid out by autograd to match
-    the leaf.
-    """
-    n, c, h, w = shape
-    new = torch.zeros if zeroed else torch.empty
-    if input_grad_channels_last(device):
-        return new((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
-    return new((n, c, h, w), dtype=dtype, device=device)
-
-
-def fake_input_grad(grad: Tensor, batch_size: int, channels: int, height: int, width: int):
-    """What ``new_input_grad`` returns, as an empty tensor like ``grad`` (fake impls)."""
-    if input_grad_channels_last(grad.device):
-        return grad.new_empty((batch_size, height, width, channels)).permute(0, 3, 1, 2)
-    return grad.new_empty((batch_size, channels, height, width))

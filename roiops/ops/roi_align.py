@@ -2,7 +2,8 @@
 
 Each op has its backward as a custom op too, a fake (meta) implementation for
 torch.compile/export, and its autograd registration. The real implementations check
-the boxes' values, then dispatch to the backend chosen at call time.
+the boxes' values where that is free (``_validate.roi_values_checked``), then dispatch
+to the backend chosen at call time.
 """
 
 from __future__ import annotations
@@ -12,17 +13,10 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
+from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
-from roiops.ops import (
-    argmax_from_reference,
-    argmax_shape,
-    argmax_to_reference,
-    fake_input_grad,
-    host_array,
-    new_input_grad,
-    rois_by_image,
-)
+from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
 from roiops.reference import roi_align as reference
 
 OP = "roi_align"
@@ -38,7 +32,9 @@ def _forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
 ):
     """``(output, argmax)``; argmax is None in avg mode."""
-    _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = select_backend(input.device)
+    if _validate.roi_values_checked(input.device, backend):
+        _validate.check_roi_values(rois, input.shape[0], OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if _output_is_empty(input, rois):
@@ -46,7 +42,6 @@ def _forward(
             return input.new_zeros(shape), None
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
         return input.new_zeros(shape), argmax
-    backend = select_backend(input.device)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
@@ -150,17 +145,17 @@ def roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
+    if _validate.roi_values_checked(grad.device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
     mode = "avg" if argmax is None else "max"
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
-        order, start = rois_by_image(rois, batch_size)
         grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
         return gpu.roi_align_backward(
-            grad, rois, argmax, order, start, grad_input, spatial_scale, pooled_height,
-            pooled_width, sampling_ratio, aligned,
+            grad, rois, argmax, grad_input, spatial_scale, pooled_height, pooled_width,
+            sampling_ratio, aligned,
         )  # fmt: skip
     g = grad.to(_validate.compute_dtype(grad.dtype))
     grad_input = new_input_grad(shape, g.dtype, g.device)

@@ -8,17 +8,10 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
+from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
-from roiops.ops import (
-    argmax_from_reference,
-    argmax_shape,
-    argmax_to_reference,
-    fake_input_grad,
-    host_array,
-    new_input_grad,
-    rois_by_image,
-)
+from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
 from roiops.reference import roi_pool as reference
 
 OP = "roi_pool"
@@ -26,14 +19,15 @@ OP = "roi_pool"
 
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax):
     """``(output, argmax or None)`` on the selected backend."""
-    _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = select_backend(input.device)
+    if _validate.roi_values_checked(input.device, backend):
+        _validate.check_roi_values(rois, input.shape[0], OP)
     _validate.check_plane_indexable(input.shape, OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or input.shape[1] == 0:
         argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
         return input.new_zeros(shape), (argmax if with_argmax else None)
-    backend = select_backend(input.device)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
@@ -102,14 +96,14 @@ def roi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    _validate.check_roi_values(rois, batch_size, OP)
     backend = select_backend(grad.device)
+    if _validate.roi_values_checked(grad.device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
-        order, start = rois_by_image(rois, batch_size)
         grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
-        return gpu.roi_pool_backward(grad, rois, argmax, order, start, grad_input, spatial_scale)
+        return gpu.roi_pool_backward(grad, rois, argmax, grad_input)
     g = grad.to(_validate.compute_dtype(grad.dtype))
     grad_input = new_input_grad(shape, g.dtype, g.device)
     if backend == "numba":

@@ -1,0 +1,127 @@
+"""The backward's deterministic accumulator: 64-bit fixed point, summed by integer atomics.
+
+A RoI op's backward scatters: many outputs (bins of overlapping RoIs, neighbouring bins
+of one RoI) add into the same input cell. Float atomics add in whatever order the
+threads arrive, and float addition is not associative, so the gradient changes from run
+to run (torchvision's CUDA kernels do this). Integer addition is associative: every
+contribution is converted to a 64-bit integer ``round_toward_zero(v * 2**e)`` and added
+with ``atomic_add`` on int64, so the sum is the same whatever the order, and a final pass
+converts ``acc * 2**-e`` to the gradient's dtype. This is how molecular dynamics codes
+such as OpenMM make their force sums reproducible.
+
+Choosing ``e`` (on the device, no host synchronisation): a cell of channel c receives
+contributions only from the ``count = K * PH * PW`` outputs of channel c, and each output
+gives its cells at most ``|g|`` in all (one output's bilinear weights, or its one argmax,
+sum to at most 1). With ``amax = max |g| < 2**E`` (read off the float's exponent bits) and
+``count <= 2**L``, every partial sum stays under ``2**(E + L + e)``; ``e = 62 - E - L``
+keeps it under ``2**62``, half of int64's range, so no sum can overflow. The resolution is
+then ``2**-e = 2**(E + L - 62)``: with 1000 RoIs of 7x7 bins (L = 16) a contribution is
+exact to ``2**-46`` of the largest gradient, far below float32's rounding for any cell
+within ``2**-22`` of the largest. A non-finite gradient (NaN or inf anywhere) makes the
+whole input gradient NaN: fixed point cannot carry it to the cells it reaches, and a
+NaN gradient is what AMP's GradScaler looks for to skip a step.
+
+The accumulator is NHWC, ``int64[N, H, W, C]``: the backward kernels' lanes are channels,
+so the atomics of a warp land on consecutive addresses.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CONVERT_CELLS = 32
+CONVERT_CHANNELS = 32
+
+
+@triton.jit
+def _exponent_bound(AMAX):
+    """(E, finite): ``amax < 2**E`` exactly, from the exponent bits of ``AMAX[0]`` (>= 0,
+    float32 or float64)."""
+    a = tl.load(AMAX)
+    if a.dtype == tl.float64:
+        field = ((a.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32)
+        bound = field - 1022
+        finite = field != 0x7FF
+    else:
+        field = (a.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        bound = field - 126
+        finite = field != 0xFF
+    return bound, finite
+
+
+@triton.jit
+def _power_of_two(e):
+    """2**e as a float64, exactly (-1022 <= e <= 1023), built from its bits."""
+    return ((e.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def fixed_point_scale(AMAX, log2_count):
+    """(2**e, 2**-e, finite) for gradients bounded by ``AMAX[0]`` and summed over at most
+    ``2**log2_count`` outputs per cell."""
+    bound, finite = _exponent_bound(AMAX)
+    e = tl.minimum(tl.maximum(62 - bound - log2_count, -1000), 1000)
+    return _power_of_two(e), _power_of_two(-e), finite
+
+
+@triton.jit
+def to_fixed(v, scale):
+    """``v * scale`` rounded toward zero to int64 (the product is exact in float64)."""
+    return (v.to(tl.float64) * scale).to(tl.int64)
+
+
+@triton.jit
+def fixed_point_to_float_kernel(
+    ACC, AMAX, GX, HW, W, C, log2_count, stride_n, stride_c, stride_h, stride_w, num_cells,
+    BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """GX[n, c, h, w] (any strides) = ACC[n, h, w, c] * 2**-e, or NaN if a gradient was
+    not finite. One program per (block of cells, block of channels)."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    m = (tl.program_id(0) // c_blocks).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (m < num_cells)[:, None] & (c < C)[None, :]
+    acc = tl.load(ACC + m[:, None] * C + c[None, :], mask=ok, other=0)
+    _, inverse, finite = fixed_point_scale(AMAX, log2_count)
+    value = acc.to(tl.float64) * tl.where(finite, inverse, float("nan"))
+    if GX.dtype.element_ty != tl.float64:
+        # half precision is rounded from float32, as the other backends round it
+        value = value.to(tl.float32)
+    n = m // HW
+    h = (m % HW) // W
+    w = m % W
+    cell = n * stride_n + h * stride_h + w * stride_w
+    tl.store(GX + cell[:, None] + c.to(tl.int64)[None, :] * stride_c,
+             value.to(GX.dtype.element_ty), mask=ok)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- launchers
+class Accumulator:
+    """One backward's fixed-point sum: ``acc`` (zeroed int64 NHWC), ``amax`` (a 0-d tensor
+    on the device, ``max |grad|``) and ``log2_count``, as the scatter kernels take them."""
+
+    def __init__(self, grad: torch.Tensor, input_shape) -> None:
+        n, c, h, w = input_shape
+        k, _, ph, pw = grad.shape
+        self.acc = torch.zeros((n, h, w, c), dtype=torch.int64, device=grad.device)
+        # max is exact in any order: the scale does not depend on how threads are scheduled
+        wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        self.amax = torch.linalg.vector_norm(grad, float("inf"), dtype=wide)
+        self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
+
+    def write_to(self, grad_input: torch.Tensor) -> torch.Tensor:
+        """Convert the sum into ``grad_input[N, C, H, W]`` (any strides); every cell is
+        written."""
+        n, c, h, w = grad_input.shape
+        num_cells = n * h * w
+        if num_cells == 0 or c == 0:
+            return grad_input
+        grid = (triton.cdiv(num_cells, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
+        fixed_point_to_float_kernel[grid](
+            self.acc, self.amax, grad_input, h * w, w, c, self.log2_count,
+            *grad_input.stride(), num_cells,
+            BLOCK_CELLS=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS, num_warps=4,
+        )  # fmt: skip
+        return grad_input

@@ -1,0 +1,68 @@
+"""Reading RoIs in the kernels: spatial_scale, exact division, and the RoI's validity.
+
+Two things compiled Triton does differently from its interpreter (and from C++ compiled
+for the CPU) matter here. Float32 ``/`` becomes an approximate division (``div.full.f32``,
+up to 2 ulp), so a quotient that is floored or ceiled to choose cells or sample counts
+(roi_pool's bin edges, roi_align's adaptive grid) would differ from torchvision's CUDA
+kernels, which divide in IEEE: every division in the kernels goes through ``div_rn``.
+And ``a * b + c`` may become one fused multiply-add; where that only moves the last bit
+of a weight it is left alone, and the GPU tests compare roi_align with tolerances.
+
+The kernels must be safe for any RoI value, because on CUDA the ops do not look at the
+values on the host (that would synchronise): ``load_roi`` flags a RoI whose batch index
+is not a whole number in ``[0, N)`` or whose coordinates are not finite. Such a RoI reads
+nothing (its batch index is replaced by 0), its outputs are NaN and it sends no gradient.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import triton
+import triton.language as tl
+
+
+def scale_bits(spatial_scale: float) -> int:
+    """spatial_scale as the bits of a float64, the way it reaches the kernels: a Python
+    float argument would reach them as float32, and float64 RoIs would not be scaled as
+    the reference scales them. (A tensor would cost an allocation and a copy per call.)"""
+    return struct.unpack("<q", struct.pack("<d", float(spatial_scale)))[0]
+
+
+@triton.jit
+def div_rn(a, b):
+    """a / b rounded to nearest, in a's dtype (IEEE, as C++ and torchvision divide)."""
+    if a.dtype == tl.float64:
+        # float64 division is always IEEE (div.rn.f64); Triton's precise division is
+        # float32 only
+        q = a / tl.cast(b, tl.float64)
+    else:
+        q = tl.math.fdiv(a, tl.cast(b, a.dtype), ieee_rounding=True)
+    return q
+
+
+@triton.jit
+def batch_index(ROIS, k, N):
+    """(n, ok): RoI k's image, and whether its batch index is a whole number in [0, N)
+    (NaN fails every comparison). n is 0 where it is not."""
+    b = tl.load(ROIS + k.to(tl.int64) * 5)
+    ok = (b >= 0) & (b < N) & (b == tl.floor(b))
+    return tl.where(ok, b, 0).to(tl.int64), ok
+
+
+@triton.jit
+def load_roi(ROIS, k, N, SCALE_BITS):
+    """(n, x1, y1, x2, y2, valid) of RoI k, coordinates times spatial_scale in the RoIs'
+    dtype (the reference's ``T(x) * T(scale)``). n is 0 where the RoI is not valid."""
+    dt = ROIS.dtype.element_ty
+    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    n, valid = batch_index(ROIS, k, N)
+    roi = ROIS + k.to(tl.int64) * 5
+    x1 = tl.load(roi + 1)
+    y1 = tl.load(roi + 2)
+    x2 = tl.load(roi + 3)
+    y2 = tl.load(roi + 4)
+    valid = valid & (tl.abs(x1) < float("inf")) & (tl.abs(y1) < float("inf"))
+    valid = valid & (tl.abs(x2) < float("inf")) & (tl.abs(y2) < float("inf"))
+    n = tl.where(valid, n, 0)
+    return n, x1 * spatial_scale, y1 * spatial_scale, x2 * spatial_scale, y2 * spatial_scale, valid
