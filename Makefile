@@ -25,12 +25,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/roiops bench
 
-# On a CUDA machine: the Triton kernels compiled (not interpreted) against the reference,
-# then the GPU benchmark in float32 and float16. Not part of CI (CI has no GPU).
-gpu: $(STAMP)
-	$(PY) -m pytest -q tests/test_triton.py
-	$(VENV)/bin/roiops bench --device cuda --json benchmarks/results/cuda-fp32.json
-	$(VENV)/bin/roiops bench --device cuda --dtype float16 --json benchmarks/results/cuda-fp16.json
+# On a CUDA machine: the Triton kernels compiled (not interpreted) and the CUDA tests,
+# the benchmark in float32 and float16, latency, determinism; one table at the end. Not
+# part of CI (CI has no GPU). `make gpu PY=python3` uses that interpreter's preinstalled
+# torch/Triton/torchvision/pytest from the source tree and installs nothing (GPU
+# machines may have no package registry).
+ifeq ($(origin PY),command line)
+GPU_SETUP :=
+else
+GPU_SETUP := $(STAMP)
+endif
+
+gpu: $(GPU_SETUP)
+	PYTHONPATH=. $(PY) benchmarks/gpu_report.py --json benchmarks/results/cuda.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -35,6 +35,17 @@ def on_device(array, dtype):
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
 
+def assert_forward_matches(mode, out, ref):
+    """The reference's outputs: bit for bit in the interpreter (the reference's
+    arithmetic in its order) and for roi_pool anywhere (no multiply-add to contract, IEEE
+    division); roi_align compiled for a GPU within float rounding, because the compiler
+    fuses ``a * b + c`` into FMA (as nvcc does for torchvision)."""
+    if DEVICE == "cpu" or mode == "pool":
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref, **TOL[out.dtype])
+
+
 def align(backend, x, rois, output_size, scale, ratio, aligned, mode, grad):
     x = x.detach().clone().requires_grad_()
     with roiops.use_backend(backend):
@@ -69,9 +80,8 @@ def test_roi_align_matches_reference(rng, dtype, mode, aligned, ratio, scale):
     grad = on_device(rng.standard_normal((8, 5, 3, 4)), dtype)
     out, gx = align("triton", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
     ref_out, ref_gx = align("reference", x, rois, (3, 4), scale, ratio, aligned, mode, grad)
-    # forward: the reference's arithmetic in the reference's order
-    assert torch.equal(out, ref_out)
-    # backward: the tiled gather sums a cell's contributions in another order
+    assert_forward_matches(mode, out, ref_out)
+    # backward: fixed-point sums, exact to far below float rounding, not the same bits
     torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
 
 
@@ -83,7 +93,7 @@ def test_roi_pool_matches_reference(rng, dtype, scale):
     grad = on_device(rng.standard_normal((8, 5, 3, 4)), dtype)
     out, gx = pool("triton", x, rois, (3, 4), scale, grad)
     ref_out, ref_gx = pool("reference", x, rois, (3, 4), scale, grad)
-    assert torch.equal(out, ref_out)
+    assert_forward_matches("pool", out, ref_out)
     torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
 
 
@@ -108,7 +118,7 @@ def test_property_triton_equals_reference(c, h, w, k, oh, ow, ratio, aligned, mo
     fast, ref = (
         run(b, mode, x, rois, (oh, ow), 0.5, grad, ratio, aligned) for b in ("triton", "reference")
     )
-    assert torch.equal(fast[0], ref[0])
+    assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
@@ -121,7 +131,7 @@ def test_forward_blocks_start_inside_a_channel(rng, mode):
     rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), torch.float32)
     grad = on_device(rng.standard_normal((5, 23, 7, 7)), torch.float32)
     fast, ref = (run(b, mode, x, rois, 7, 0.5, grad) for b in ("triton", "reference"))
-    assert torch.equal(fast[0], ref[0])
+    assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
@@ -143,7 +153,7 @@ def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned,
     fast, ref = (
         run(b, mode, x, rois, 5, 0.5, grad, ratio, aligned) for b in ("triton", "reference")
     )
-    assert torch.equal(fast[0], ref[0])
+    assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
@@ -322,7 +332,7 @@ def test_kernels_take_any_roi_value(rng, mode):
     # the good RoIs' outputs, and a gradient from them alone
     good_t = on_device(rois[~is_bad], torch.float32)
     ref_out, ref_gx = run("reference", mode, x, good_t, 2, 0.5, grad[torch.from_numpy(~is_bad)])
-    assert torch.equal(out[torch.from_numpy(~is_bad)], ref_out)
+    assert_forward_matches(mode, out[torch.from_numpy(~is_bad)], ref_out)
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
@@ -372,5 +382,5 @@ def test_whole_cell_boxes(rng, mode, output_size):
     fast, ref = (
         run(b, mode, x, rois, output_size, 1.0, grad, 0, True) for b in ("triton", "reference")
     )
-    assert torch.equal(fast[0], ref[0])
+    assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])

@@ -128,3 +128,25 @@ def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match="needs the 'triton' package"):
         align()
+
+
+def test_where_box_values_are_checked(monkeypatch):
+    # free on CPU and for the reference backend; on CUDA the Triton kernels take any
+    # value (checking would synchronise), unless ROIOPS_CHECK_VALUES=1 asks for it
+    from roiops._validate import roi_values_checked
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.delenv("ROIOPS_CHECK_VALUES", raising=False)
+    assert roi_values_checked(cpu, "numba") and roi_values_checked(cpu, "triton")
+    assert roi_values_checked(cuda, "reference")
+    assert not roi_values_checked(cuda, "triton")
+    monkeypatch.setenv("ROIOPS_CHECK_VALUES", "1")
+    assert roi_values_checked(cuda, "triton")
+
+
+def test_triton_backend_on_cpu_tensors_checks_values(monkeypatch):
+    # the interpreter path keeps the CPU contract: a clear error, not NaN outputs
+    monkeypatch.setenv("ROIOPS_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="batch indices must lie"):
+        align(boxes=torch.tensor([[2, 0.0, 0, 1, 1]]))

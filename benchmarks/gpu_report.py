@@ -1,0 +1,206 @@
+"""Everything `make gpu` checks on a CUDA machine, in one run, ending in one table.
+
+1. the Triton tests compiled (tests/test_triton.py) and the CUDA tests (tests/test_cuda.py:
+   torchvision equality, no host synchronisation, CUDA graph capture, determinism, bad
+   values), run by pytest in a subprocess;
+2. `roiops bench --device cuda` in float32 and float16 (ratios against torchvision in the
+   same run);
+3. the latency of a 16-RoI call, roiops against torchvision;
+4. forward+backward against torchvision under torch.use_deterministic_algorithms(True);
+5. how many distinct input gradients 5 identical backward calls give, for both libraries.
+
+Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
+``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import roiops  # noqa: E402
+from roiops import bench  # noqa: E402
+
+
+def run_tests() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+         "tests/test_triton.py", "tests/test_cuda.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    tail = done.stdout.strip().splitlines()[-25:]
+    print("\n".join(tail), flush=True)
+    counts = {
+        word: int(n)
+        for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1])
+    }
+    return {"counts": counts, "seconds": time.perf_counter() - started, "ok": done.returncode == 0}
+
+
+def host_us_per_call(fn, calls: int = 200) -> float:
+    """Median over 5 rounds of the host time per call of ``calls`` back-to-back calls."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float) -> torch.Tensor:
+    sides = rng.uniform(16, 400, (count, 2))
+    x1 = rng.uniform(0, np.maximum(image_w - sides[:, 0], 1))
+    y1 = rng.uniform(0, np.maximum(image_h - sides[:, 1], 1))
+    batch = rng.integers(0, batch_size, count)
+    rois = np.stack([batch, x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
+    return torch.tensor(rois, dtype=torch.float32, device="cuda")
+
+
+def latency(rng) -> dict:
+    import torchvision
+
+    x = torch.randn(2, 256, 50, 68, device="cuda")
+    rois = box_rows(rng, 2, 16, 200, 272)
+    return {
+        "roiops_us": host_us_per_call(lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True)),
+        "torchvision_us": host_us_per_call(
+            lambda: torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True)
+        ),
+    }
+
+
+def forward_backward_ms(fn, x, grad) -> float:
+    def step():
+        (g,) = torch.autograd.grad(fn(x), x, grad)
+        return g
+
+    return bench.time_ms(step, "cuda", 5)
+
+
+def deterministic_mode(rng) -> dict:
+    """roiops forward+backward vs torchvision's under use_deterministic_algorithms(True)
+    (its pure-PyTorch fallback), and distinct gradients in 5 runs without it."""
+    import torchvision
+
+    x = torch.randn(2, 256, 200, 272, device="cuda", requires_grad=True)
+    rois = box_rows(rng, 2, 1000, 800, 1088)
+    grad = torch.randn(1000, 256, 7, 7, device="cuda")
+
+    def ours(t):
+        return roiops.roi_align(t, rois, 7, 0.25, 2, True)
+
+    def theirs(t):
+        return torchvision.ops.roi_align(t, rois, 7, 0.25, 2, True)
+
+    def digest(fn):
+        (g,) = torch.autograd.grad(fn(x), x, grad)
+        return hashlib.sha1(g.cpu().numpy().tobytes()).hexdigest()
+
+    result = {
+        "distinct_gradients_of_5": {
+            "roiops": len({digest(ours) for _ in range(5)}),
+            "torchvision": len({digest(theirs) for _ in range(5)}),
+        },
+        "roiops_ms": forward_backward_ms(ours, x, grad),
+    }
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        result["torchvision_deterministic_ms"] = forward_backward_ms(theirs, x, grad)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    return result
+
+
+def summary(report: dict) -> str:
+    lines = [f"roiops on {report['gpu']} (torch {report['torch']}, triton {report['triton']})"]
+    lines.append(f"{'what':<58} {'measured':>14} {'target':>10}")
+
+    def row(what, value, target=""):
+        lines.append(f"{what:<58} {value:>14} {target:>10}")
+
+    t = report["tests"]
+    row("compiled Triton + CUDA tests", " ".join(f"{v} {k}" for k, v in t["counts"].items()),
+        "all pass")  # fmt: skip
+    for dtype in ("float32", "float16"):
+        rows = report["bench"][dtype]
+        for direction, target in (("forward", ">= 1.5x"), ("backward", ">= 1.0x"),
+                                  ("inference", "")):  # fmt: skip
+            sel = [r for r in rows if r["direction"] == direction]
+            if not sel:
+                continue
+            gm = bench.geometric_mean(r["speedup"] for r in sel)
+            worst = min(sel, key=lambda r: r["speedup"])
+            row(f"{dtype} {direction}: geometric mean vs torchvision", f"{gm:.2f}x", target)
+            floor = {"forward": ">= 1.0x", "backward": ">= 0.7x"}.get(direction, "")
+            row(f"{dtype} {direction}: lowest ({worst['op']} {worst['case']})",
+                f"{worst['speedup']:.2f}x", floor)  # fmt: skip
+        fpn = [r for r in rows if r["case"].startswith("fpn") and r["direction"] == "forward"]
+        if fpn:
+            row(f"{dtype} forward: FPN case", f"{fpn[0]['speedup']:.2f}x", ">= 1.2x")
+    lat = report["latency"]
+    row("16-RoI roi_align call, host us: roiops / torchvision",
+        f"{lat['roiops_us']:.0f} / {lat['torchvision_us']:.0f}", "<= 2x")  # fmt: skip
+    det = report["deterministic"]
+    row("fwd+bwd vs torchvision deterministic mode",
+        f"{det['torchvision_deterministic_ms'] / det['roiops_ms']:.1f}x", ">= 20x")  # fmt: skip
+    d = det["distinct_gradients_of_5"]
+    row("distinct gradients in 5 runs: roiops / torchvision",
+        f"{d['roiops']} / {d['torchvision']}", "1 / any")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the whole report as JSON to this path")
+    parser.add_argument("--quick", action="store_true", help="the quick benchmark cases")
+    parser.add_argument("--skip-tests", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_report needs a CUDA GPU")
+    import triton
+
+    rng = np.random.default_rng(0)
+    report = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "tests": {"counts": {}, "ok": None} if args.skip_tests else run_tests(),
+        "bench": {},
+    }
+    for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+        rows = bench.run("cuda", dtype, quick=args.quick, progress=False)
+        print(bench.format_table(rows, f"roiops vs torchvision, {name}"), flush=True)
+        report["bench"][name] = [{**r.__dict__, "speedup": r.speedup} for r in rows]
+    report["latency"] = latency(rng)
+    report["deterministic"] = deterministic_mode(rng)
+    if args.json:
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+    print()
+    print(summary(report))
+    return 0 if report["tests"]["ok"] in (True, None) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The Triton kernels compiled on a CUDA GPU: against torchvision's CUDA kernels, no host
+synchronisation, CUDA graph capture, determinism, bad values. Skipped without CUDA.
+
+Compiled Triton contracts ``a * b + c`` into FMA (so does nvcc for torchvision), so
+roi_align is compared with tolerances; roi_pool's forward and argmax compare bit for bit
+(its arithmetic has no contraction and divides in IEEE).
+"""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_rois
+
+import roiops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+tv_ops = pytest.importorskip("torchvision.ops")
+
+
+def cuda(a, dtype=torch.float32):
+    return torch.as_tensor(np.asarray(a), dtype=dtype).cuda()
+
+
+def detection_rois(rng, batch_size, count, image_h, image_w, integer=False):
+    """Boxes of 4 to 200 px inside the image, some with whole-pixel corners."""
+    sides = rng.uniform(4, 200, (count, 2))
+    x1 = rng.uniform(0, np.maximum(image_w - sides[:, 0], 1))
+    y1 = rng.uniform(0, np.maximum(image_h - sides[:, 1], 1))
+    boxes = np.stack([x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
+    if integer:
+        boxes = np.round(boxes)
+    batch = rng.integers(0, batch_size, count)
+    return np.concatenate([batch[:, None], boxes], axis=1)
+
+
+def whole_cell_rois(output_size, scale):
+    """Integer boxes whose feature-map sides are 1-4 times the bin count (roi_align) or
+    that times minus one (roi_pool counts the end cell)."""
+    rows = []
+    for m in range(1, 5):
+        for side in (m * output_size, m * output_size - 1):
+            for x in (0, 3, 10):
+                rows.append(
+                    [x % 2, x / scale, 2 * x / scale, (x + side) / scale, (2 * x + side) / scale]
+                )
+    return np.array(rows)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(2026)
+
+
+@pytest.mark.parametrize("output_size", [7, 14])
+@pytest.mark.parametrize("integer", [False, True])
+def test_roi_pool_equals_torchvision_bitwise(rng, output_size, integer):
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = np.concatenate(
+        [detection_rois(rng, 2, 300, 200, 272, integer), whole_cell_rois(output_size, 0.25)]
+    )
+    rois = cuda(rois)
+    out = roiops.roi_pool(x, rois, output_size, 0.25)
+    expected = tv_ops.roi_pool(x, rois, output_size, 0.25)
+    assert torch.equal(out, expected)
+    # the input gradient: where each cell is the argmax of one output (random inputs make
+    # maxima unique) sums of a few values, equal up to the order of float additions
+    xr = x.clone().requires_grad_()
+    xt = x.clone().requires_grad_()
+    grad = torch.randn_like(out)
+    roiops.roi_pool(xr, rois, output_size, 0.25).backward(grad)
+    tv_ops.roi_pool(xt, rois, output_size, 0.25).backward(grad)
+    torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 0, 2, 3])
+@pytest.mark.parametrize("output_size", [(7, 7), (5, 3), (14, 14)])
+def test_roi_align_matches_torchvision(rng, aligned, ratio, output_size):
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = np.concatenate(
+        [detection_rois(rng, 2, 300, 200, 272, True), whole_cell_rois(output_size[0], 0.25)]
+    )
+    rois = cuda(rois)
+    xr = x.clone().requires_grad_()
+    xt = x.clone().requires_grad_()
+    out = roiops.roi_align(xr, rois, output_size, 0.25, ratio, aligned)
+    expected = tv_ops.roi_align(xt, rois, output_size, 0.25, ratio, aligned)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_grid_of_whole_cell_boxes_is_torchvision_s(rng):
+    # sides that are exact multiples of the bin count: an approximate division gives
+    # ceil(size / bins) one more sample per axis, which changes the mean visibly
+    x = torch.randn(2, 8, 64, 64, device="cuda")
+    rois = cuda(whole_cell_rois(7, 1.0))
+    out = roiops.roi_align(x, rois, 7, 1.0, 0, True)
+    expected = tv_ops.roi_align(x, rois, 7, 1.0, 0, True)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def run_all_ops(x, rois, grad7):
+    """Forward and backward of every op and mode; returns the input gradients."""
+    grads = []
+    for call in (
+        lambda t: roiops.roi_align(t, rois, 7, 0.25, 2, True),
+        lambda t: roiops.roi_align(t, rois, 7, 0.25, 0, False, "max"),
+        lambda t: roiops.roi_pool(t, rois, 7, 0.25),
+    ):
+        out = call(x)
+        (g,) = torch.autograd.grad(out, x, grad7)
+        grads.append(g)
+    return grads
+
+
+def test_no_host_synchronisation(rng):
+    x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]  # (built before the check)
+    grad7 = torch.randn(64, 16, 7, 7, device="cuda")
+    run_all_ops(x, rois, grad7)  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_all_ops(x, rois, grad7)
+        roiops.roi_align(x, boxes, 7, 0.25, 2, True)
+        with torch.no_grad():
+            roiops.roi_pool(x, rois, 7, 0.25)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_graph_capture_and_replay(rng):
+    x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+    grad7 = torch.randn(64, 16, 7, 7, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run_all_ops(x, rois, grad7)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run_all_ops(x, rois, grad7)
+    # new values in the same buffers
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+        rois.copy_(cuda(detection_rois(rng, 2, 64, 200, 272)))
+        grad7.copy_(torch.randn_like(grad7))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, expected in zip(captured, run_all_ops(x, rois, grad7), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_backward_bitwise_reproducible_where_torchvision_is_not(rng):
+    x = torch.randn(2, 64, 100, 136, device="cuda", requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 2000, 400, 544))
+    grad7 = torch.randn(2000, 64, 7, 7, device="cuda")
+
+    def digest(t):
+        return hashlib.sha1(t.cpu().numpy().tobytes()).hexdigest()
+
+    for i in range(3):
+        hashes = {digest(run_all_ops(x, rois, grad7)[i]) for _ in range(5)}
+        assert len(hashes) == 1
+
+
+def test_bad_box_values_give_nan_not_an_error(rng, monkeypatch):
+    x = torch.randn(2, 4, 20, 20, device="cuda", requires_grad=True)
+    rois = cuda([[0, 1.0, 1, 30, 30], [2, 1.0, 1, 30, 30], [0.5, 1, 1, 9, 9],
+                 [0, float("nan"), 1, 9, 9], [1, 0.0, 0, 40, 40]])  # fmt: skip
+    monkeypatch.delenv("ROIOPS_CHECK_VALUES", raising=False)
+    for mode in ("avg", "max"):
+        out = roiops.roi_align(x, rois, 2, 0.5, 2, True, mode)
+        assert torch.isnan(out[1:4]).all() and torch.isfinite(out[[0, 4]]).all()
+        (g,) = torch.autograd.grad(out, x, torch.ones_like(out).nan_to_num())
+        good = roiops.roi_align(x, rois[[0, 4]], 2, 0.5, 2, True, mode)
+        (g_good,) = torch.autograd.grad(good, x, torch.ones_like(good))
+        torch.testing.assert_close(g, g_good)
+    out = roiops.roi_pool(x, rois, 2, 0.5)
+    assert torch.isnan(out[1:4]).all() and torch.isfinite(out[[0, 4]]).all()
+    monkeypatch.setenv("ROIOPS_CHECK_VALUES", "1")
+    with pytest.raises(ValueError, match="batch indices"):
+        roiops.roi_align(x, rois, 2, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(rng, dtype):
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 200, 200, 272))
+    xh = x.to(dtype).requires_grad_()
+    out = roiops.roi_align(xh, rois, 7, 0.25, 2, True)
+    ref = roiops.roi_align(xh.detach().float(), rois, 7, 0.25, 2, True)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+    out.backward(torch.ones_like(out))
+    assert xh.grad.dtype == dtype and torch.isfinite(xh.grad).all()
+
+
+def test_random_boxes_with_degenerate_ones(rng):
+    # boxes partly outside the map, inverted and tiny, against the NumPy reference
+    x = torch.randn(2, 5, 9, 11, device="cuda", dtype=torch.float64)
+    rois = cuda(random_rois(rng, 2, 40, 18, 22), torch.float64)
+    for mode in ("avg", "max"):
+        out = roiops.roi_align(x, rois, 3, 0.5, 0, False, mode)
+        with roiops.use_backend("reference"):
+            ref = roiops.roi_align(x, rois, 3, 0.5, 0, False, mode)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,49 @@
+"""`make gpu`'s report: its summary table from a report's numbers (the GPU part runs only
+on a CUDA machine; this checks the table it ends with)."""
+
+import importlib.util
+import pathlib
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_report.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("gpu_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_table():
+    gpu_report = load()
+
+    def row(case, op, direction, tv, ro):
+        return dict(case=case, op=op, direction=direction, torchvision_ms=tv, roiops_ms=ro,
+                    speedup=tv / ro)  # fmt: skip
+
+    rows = [
+        row("a small sr=2", "roi_align", "forward", 0.3, 0.2),
+        row("fpn 8x512", "roi_align", "forward", 1.2, 1.0),
+        row("a small sr=2", "roi_align", "backward", 1.0, 2.0),
+        row("b", "roi_pool", "inference", 1.0, 0.5),
+    ]
+    report = {
+        "gpu": "NVIDIA H200",
+        "torch": "2.11",
+        "triton": "3.6",
+        "tests": {"counts": {"passed": 80, "failed": 1}, "ok": False},
+        "bench": {"float32": rows, "float16": rows},
+        "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
+        "deterministic": {
+            "roiops_ms": 1.0,
+            "torchvision_deterministic_ms": 25.0,
+            "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5},
+        },
+    }
+    table = gpu_report.summary(report)
+    assert "80 passed 1 failed" in table
+    assert "float32 forward: geometric mean vs torchvision" in table
+    assert "1.34x" in table  # sqrt(1.5 * 1.2)
+    assert "float32 backward: lowest (roi_align a small sr=2)" in table and "0.50x" in table
+    assert "FPN case" in table and "1.20x" in table
+    assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
