@@ -37,7 +37,9 @@ def div_rn(a, b):
         # float32 only
         q = a / tl.cast(b, tl.float64)
     else:
-        q = tl.math.fdiv(a, tl.cast(b, a.dtype), ieee_rounding=True)
+        # div_rn, not fdiv(..., ieee_rounding=True): Triton 3.6 ignores that flag and
+        # emits div.full.f32 (seen in its PTX; 3.8 honours it)
+        q = tl.math.div_rn(a, tl.cast(b, a.dtype))
     return q
 
 

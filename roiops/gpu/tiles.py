@@ -12,6 +12,8 @@ NHWC fixed-point accumulator (``roiops.gpu.fixed_point``) covers consecutive add
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -39,6 +41,7 @@ def _check_grid(programs: int, op: str) -> tuple[int]:
     return (programs,)
 
 
+@functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: str = "forward"):
     """``(grid, block, num_warps)`` for a forward launch, on a 1-D grid."""
     outputs = channels * pooled_h * pooled_w
@@ -70,6 +73,7 @@ def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
         tl.store(ARGMAX + argmax_at, argmax, mask=ok)
 
 
+@functools.lru_cache(maxsize=256)
 def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int,
                       op: str = "backward"):  # fmt: skip
     """``(grid, block_c, num_warps)`` for a backward launch, on a 1-D grid."""
