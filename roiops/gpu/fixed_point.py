@@ -73,6 +73,14 @@ def to_fixed(v, scale):
 
 
 @triton.jit
+def add_to_cell(CHANNELS, cell, C, value, scale, mask):
+    """ACC[n, cell, c] += value in fixed point, with ``CHANNELS = ACC + n * H * W * C + c``
+    (a block of channels of image n in the NHWC accumulator); zeros add nothing."""
+    tl.atomic_add(CHANNELS + cell * C, to_fixed(value, scale), mask=mask & (value != 0),
+                  sem="relaxed")  # fmt: skip
+
+
+@triton.jit
 def fixed_point_to_float_kernel(
     ACC, AMAX, GX, HW, W, C, log2_count, stride_n, stride_c, stride_h, stride_w, num_cells,
     BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr,

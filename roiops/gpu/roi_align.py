@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from roiops._layout import argmax_shape
-from roiops.gpu.fixed_point import Accumulator, fixed_point_scale, to_fixed
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -184,18 +184,10 @@ def roi_align_backward_kernel(
         ok = c_ok & (s >= 0) & (s < gh * gw) & y_in & x_in
         row_lo = y_lo.to(tl.int64) * W
         row_hi = y_hi.to(tl.int64) * W
-        w = wy_lo * wx_lo
-        tl.atomic_add(channel + (row_lo + x_lo) * C, to_fixed(g * w, scale), mask=ok & (w != 0),
-                      sem="relaxed")  # fmt: skip
-        w = wy_lo * wx_hi
-        tl.atomic_add(channel + (row_lo + x_hi) * C, to_fixed(g * w, scale), mask=ok & (w != 0),
-                      sem="relaxed")  # fmt: skip
-        w = wy_hi * wx_lo
-        tl.atomic_add(channel + (row_hi + x_lo) * C, to_fixed(g * w, scale), mask=ok & (w != 0),
-                      sem="relaxed")  # fmt: skip
-        w = wy_hi * wx_hi
-        tl.atomic_add(channel + (row_hi + x_hi) * C, to_fixed(g * w, scale), mask=ok & (w != 0),
-                      sem="relaxed")  # fmt: skip
+        add_to_cell(channel, row_lo + x_lo, C, g * (wy_lo * wx_lo), scale, ok)
+        add_to_cell(channel, row_lo + x_hi, C, g * (wy_lo * wx_hi), scale, ok)
+        add_to_cell(channel, row_hi + x_lo, C, g * (wy_hi * wx_lo), scale, ok)
+        add_to_cell(channel, row_hi + x_hi, C, g * (wy_hi * wx_hi), scale, ok)
     else:
         if (gh > 0) & (gw > 0):
             g = div_rn(g, (gh * gw).to(dt))
@@ -213,9 +205,7 @@ def roi_align_backward_kernel(
                             for dx in range(0, tl.minimum(SPAN, x_last + 1 - x0)):
                                 w = w_row * _pick(a_x, dx)
                                 if w != 0:
-                                    at = channel + (row + x0 + dx) * C
-                                    tl.atomic_add(at, to_fixed(g * w, scale), mask=c_ok,
-                                                  sem="relaxed")  # fmt: skip
+                                    add_to_cell(channel, row + x0 + dx, C, g * w, scale, c_ok)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from roiops._layout import argmax_shape
-from roiops.gpu.fixed_point import Accumulator, fixed_point_scale, to_fixed
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -119,8 +119,7 @@ def roi_pool_backward_kernel(
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     # -1 (empty bin, invalid RoI) and cells outside the plane route nothing
     ok = c_ok & (cell >= 0) & (cell < H * W)
-    at = ACC + (n * H * W + cell) * C + c
-    tl.atomic_add(at, to_fixed(g, scale), mask=ok, sem="relaxed")
+    add_to_cell(ACC + n * H * W * C + c, cell.to(tl.int64), C, g, scale, ok)
 
 
 # ----------------------------------------------------------------------------- launchers
