@@ -35,6 +35,7 @@ class Case:
     sampling_ratio: int = 2
     aligned: bool = True
     levels: int = 1  # > 1: an FPN pyramid, each level half the size of the one before
+    channels_last: bool = False  # the feature maps lie NHWC in memory
 
 
 def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
@@ -51,6 +52,8 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("fpn 8x512", "roi_align", fpn, 8 * 512, (16, 800), 1 / 4, levels=4),
             Case("a small", "roi_pool", a, 512, (8, 64)),
             Case("b", "roi_pool", b, 1000, (16, 400), spatial_scale=1 / 4),
+            Case("b sr=2 NHWC", "roi_align", b, 1000, (16, 400), 1 / 4, channels_last=True),
+            Case("b NHWC", "roi_pool", b, 1000, (16, 400), 1 / 4, channels_last=True),
         ]
         quick_names = ("a small sr=2", "fpn 8x512", "b")
     else:
@@ -107,12 +110,13 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0) -> l
     for lv in range(case.levels):
         shape = (n, c, -(-h // 2**lv), -(-w // 2**lv))
         x = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+        layout = torch.channels_last if case.channels_last else torch.contiguous_format
         pick = level == lv
         rois = torch.from_numpy(np.concatenate([batch[pick, None], boxes[pick]], axis=1))
         grad = rng.standard_normal((int(pick.sum()), c, case.output_size, case.output_size))
         out.append(
             Level(
-                x.to(device, dtype),
+                x.to(device, dtype).contiguous(memory_format=layout),
                 rois.to(device, roi_dtype),
                 rois.to(device, dtype),
                 torch.from_numpy(grad.astype(np.float32)).to(device, dtype),

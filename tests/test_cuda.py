@@ -104,6 +104,23 @@ def test_adaptive_grid_of_whole_cell_boxes_is_torchvision_s(rng):
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_channels_last_input_matches_torchvision(rng, op):
+    # read NHWC as it lies (torchvision copies it to NCHW first)
+    x = torch.randn(2, 64, 50, 68, device="cuda").contiguous(memory_format=torch.channels_last)
+    rois = cuda(detection_rois(rng, 2, 300, 200, 272, True))
+    if op == "roi_pool":
+        assert torch.equal(roiops.roi_pool(x, rois, 7, 0.25), tv_ops.roi_pool(x, rois, 7, 0.25))
+    else:
+        for mode_args in ((0, True), (2, False)):
+            torch.testing.assert_close(
+                roiops.roi_align(x, rois, 7, 0.25, *mode_args),
+                tv_ops.roi_align(x, rois, 7, 0.25, *mode_args),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+
+
 def run_all_ops(x, rois, grad7):
     """Forward and backward of every op and mode; returns the input gradients."""
     grads = []

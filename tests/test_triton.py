@@ -384,3 +384,23 @@ def test_whole_cell_boxes(rng, mode, output_size):
     )
     assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
+def test_channels_last_input_read_as_it_lies(rng, mode, dtype):
+    # channels_last feature maps go to the NHWC forward kernels (lanes over channels),
+    # with no copy to NCHW: the same outputs as the reference
+    x = on_device(np.round(rng.standard_normal((2, 37, 9, 11)) * 2), dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert gpu_tiles.is_channels_last(x)
+    rois = on_device(random_rois(rng, 2, 7, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((7, 37, 3, 2)), dtype)
+    fast, ref = (
+        run(b, mode, x, rois, (3, 2), 0.5, grad, 0, False) for b in ("triton", "reference")
+    )
+    if dtype == torch.bfloat16:  # the interpreter rounds float32 -> bfloat16 by truncation
+        torch.testing.assert_close(fast[0], ref[0], rtol=1e-2, atol=1e-2)
+        return
+    assert_forward_matches(mode, fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[dtype])

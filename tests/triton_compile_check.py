@@ -32,8 +32,13 @@ from roiops.gpu.roi_align import (  # noqa: E402
     SPAN,
     roi_align_backward_kernel,
     roi_align_forward_kernel,
+    roi_align_forward_nhwc_kernel,
 )
-from roiops.gpu.roi_pool import roi_pool_backward_kernel, roi_pool_forward_kernel  # noqa: E402
+from roiops.gpu.roi_pool import (  # noqa: E402
+    roi_pool_backward_kernel,
+    roi_pool_forward_kernel,
+    roi_pool_forward_nhwc_kernel,
+)
 from roiops.gpu.tiles import bin_channels_grid, bins_grid  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -96,17 +101,19 @@ def main() -> int:
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode}
                 compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
+                    roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": block_c}, bwd_warps
+                )
+                compile_for_gpu(
                     roi_align_backward_kernel,
                     bwd,
                     {**mode, "BLOCK_C": block_c, "SPAN": SPAN},
                     bwd_warps,
                 )
         for store in (False, True):
+            pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
+            compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, "BLOCK": block}, fwd_warps)
             compile_for_gpu(
-                roi_pool_forward_kernel,
-                fwd,
-                {"PH": 7, "PW": 7, "BLOCK": block, "STORE_ARGMAX": store},
-                fwd_warps,
+                roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": block_c}, bwd_warps
             )
         compile_for_gpu(roi_pool_backward_kernel, bwd, {"P": 49, "BLOCK_C": block_c}, bwd_warps)
         compile_for_gpu(

@@ -31,6 +31,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    is_channels_last,
     output_offsets,
     store_bins,
 )
@@ -126,6 +127,52 @@ def roi_align_forward_kernel(
 
 
 @triton.jit
+def roi_align_forward_nhwc_kernel(
+    X, ROIS, OUT, ARGMAX,
+    N, C, H, W, scale_bits, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from channels-last
+    X[N, H, W, C]: one program per (RoI, bin, block of channels), the bin's sampling grid
+    in scalars and the lanes over channels, so each neighbour's load is contiguous."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    ph = p // PW
+    pw = p % PW
+    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
+    )
+    image = X + n * H * W * C + c
+    acc = tl.zeros((BLOCK_C,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
+    best_s = tl.full((BLOCK_C,), -1, tl.int32)
+    for iy in range(0, gh):
+        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+        for ix in range(0, gw):
+            x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+            v = tl.zeros((BLOCK_C,), dtype=acc.dtype)
+            if y_in & x_in:
+                row_lo = image + y_lo.to(tl.int64) * W * C
+                row_hi = image + y_hi.to(tl.int64) * W * C
+                v = (
+                    wy_lo * wx_lo * tl.load(row_lo + x_lo * C, mask=c_ok, other=0.0).to(acc.dtype)
+                    + wy_lo * wx_hi * tl.load(row_lo + x_hi * C, mask=c_ok, other=0.0).to(acc.dtype)
+                    + wy_hi * wx_lo * tl.load(row_hi + x_lo * C, mask=c_ok, other=0.0).to(acc.dtype)
+                    + wy_hi * wx_hi * tl.load(row_hi + x_hi * C, mask=c_ok, other=0.0).to(acc.dtype)
+                )  # fmt: skip
+            if MAX_MODE:
+                s = iy * gw + ix
+                wins = (s == 0) | (v > acc)
+                acc = tl.where(wins, v, acc)
+                best_s = tl.where(wins, s, best_s)
+            else:
+                acc += v
+    if not MAX_MODE:
+        acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
+    acc = tl.where(valid, acc, float("nan"))
+    store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE)
+
+
+@triton.jit
 def _cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.constexpr):
     """[SPAN]: the summed bilinear weights that the ``grid`` points of bin ``bin_index``
     along one axis give cells ``first .. first + SPAN - 1`` (a point more than one cell
@@ -211,23 +258,31 @@ def roi_align_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode):  # fmt: skip
-    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)`` for NCHW ``input``."""
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; a channels_last ``input``
+    is read as it lies (NHWC kernel), any other is made NCHW-contiguous."""
     K = rois.shape[0]
     N, C, H, W = input.shape
-    x = input.contiguous()
     shape = (K, C, pooled_h, pooled_w)
-    out = x.new_empty(shape)
+    out = input.new_empty(shape)
     # avg mode stores no argmax: the kernel gets ``out`` in its place and never writes it
     argmax = (
-        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device) if max_mode else None
+        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=input.device)
+        if max_mode
+        else None
     )
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align")
-    roi_align_forward_kernel[grid](
-        x, rois, out, argmax if max_mode else out,
-        N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-        BLOCK=block, num_warps=num_warps,
-    )  # fmt: skip
+    args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
+            sampling_ratio)  # fmt: skip
+    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode)
+    if is_channels_last(input):
+        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
+        roi_align_forward_nhwc_kernel[grid](
+            input, *args, **mode, BLOCK_C=block_c, num_warps=num_warps
+        )
+    else:
+        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align")
+        roi_align_forward_kernel[grid](
+            input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
+        )
     return out, argmax
 
 

@@ -24,6 +24,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    is_channels_last,
     output_offsets,
     store_bins,
 )
@@ -103,6 +104,37 @@ def roi_pool_forward_kernel(
 
 
 @triton.jit
+def roi_pool_forward_nhwc_kernel(
+    X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, STORE_ARGMAX: tl.constexpr,
+):  # fmt: skip
+    """As ``roi_pool_forward_kernel`` from channels-last X[N, H, W, C]: one program per
+    (RoI, bin, block of channels) visits the bin's cells in scalars, each cell one
+    contiguous load of the channels."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
+    h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
+    w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
+    h1 = tl.where(valid, h1, h0)  # an invalid RoI visits no cell
+    image = X + n * H * W * C + c
+    acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    best = tl.full((BLOCK_C,), FLT_LOWEST, acc_dtype)
+    best_at = tl.full((BLOCK_C,), -1, tl.int32)
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            cell = h * W + w
+            v = tl.load(image + tl.cast(cell, tl.int64) * C, mask=c_ok, other=0.0).to(best.dtype)
+            # row-major visit and strict >: the first maximum wins, as in the reference
+            wins = v > best
+            best = tl.where(wins, v, best)
+            best_at = tl.where(wins, cell, best_at)
+    empty = (h1 <= h0) | (w1 <= w0)
+    best = tl.where(empty, 0.0, best)
+    best = tl.where(valid, best, float("nan"))
+    store_bins(OUT, ARGMAX, best, best_at, k, c, p, c_ok, C, PH * PW, STORE_ARGMAX)
+
+
+@triton.jit
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
     P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -124,22 +156,29 @@ def roi_pool_backward_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax=True):
-    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)`` for NCHW ``input``."""
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; a channels_last ``input``
+    is read as it lies (NHWC kernel), any other is made NCHW-contiguous."""
     K = rois.shape[0]
     N, C, H, W = input.shape
-    x = input.contiguous()
     shape = (K, C, pooled_h, pooled_w)
-    out = x.new_empty(shape)
+    out = input.new_empty(shape)
     argmax = (
-        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=x.device)
+        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=input.device)
         if with_argmax
         else None
     )
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_pool")
-    roi_pool_forward_kernel[grid](
-        x, rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale),
-        PH=pooled_h, PW=pooled_w, BLOCK=block, STORE_ARGMAX=with_argmax, num_warps=num_warps,
-    )  # fmt: skip
+    args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
+    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
+    if is_channels_last(input):
+        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool")
+        roi_pool_forward_nhwc_kernel[grid](
+            input, *args, **mode, BLOCK_C=block_c, num_warps=num_warps
+        )
+    else:
+        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_pool")
+        roi_pool_forward_kernel[grid](
+            input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
+        )
     return out, argmax
 
 

@@ -5,15 +5,17 @@ numbered ``q = c * PH * PW + p`` as they lie in ``OUT[K, C, PH, PW]``: no lane i
 (a [channels, bins] tile would pad 49 bins to 64), neighbouring lanes sample neighbouring
 bins of one channel, and the store is contiguous (``ARGMAX[K, PH, PW, C]`` is strided).
 
-Backward: one program per (RoI, bin, block of channels): the bin's geometry is computed
-once, in scalars, and the lanes are channels, so each of the program's atomics into the
-NHWC fixed-point accumulator (``roiops.gpu.fixed_point``) covers consecutive addresses.
+Backward, and the forward of channels_last inputs: one program per (RoI, bin, block of
+channels): the bin's geometry is computed once, in scalars, and the lanes are channels,
+so each load from an NHWC input, and each atomic into the NHWC fixed-point accumulator
+(``roiops.gpu.fixed_point``), covers consecutive addresses.
 """
 
 from __future__ import annotations
 
 import functools
 
+import torch
 import triton
 import triton.language as tl
 
@@ -39,6 +41,13 @@ def _check_grid(programs: int, op: str) -> tuple[int]:
             "split the boxes into several calls"
         )
     return (programs,)
+
+
+def is_channels_last(input: torch.Tensor) -> bool:
+    """Whether ``input[N, C, H, W]`` lies NHWC in memory (and not also NCHW, as it does
+    for one channel or a 1x1 map): the forward then reads it as it is, with lanes over
+    channels, instead of copying it to NCHW."""
+    return not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
 
 
 @functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
