@@ -81,6 +81,40 @@ def _axis_sample(start, bin_size, bin_index, i, grid, limit):
 
 
 @triton.jit
+def _bilinear(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT: tl.constexpr):
+    """A sampling point's value from its four neighbours (``row_*`` point at the two rows,
+    ``x_*`` are the columns' offsets in them), in the reference's order of operations."""
+    return (
+        wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0).to(DT)
+        + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=mask, other=0.0).to(DT)
+        + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0).to(DT)
+        + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=mask, other=0.0).to(DT)
+    )
+
+
+@triton.jit
+def _pool_sample(acc, best_s, v, s, MAX_MODE: tl.constexpr):
+    """Fold sample s's value v into the bin: a sum, or the maximum and its sample (the
+    first maximum wins; a sample outside the map takes part with value 0)."""
+    if MAX_MODE:
+        wins = (s == 0) | (v > acc)
+        acc = tl.where(wins, v, acc)
+        best_s = tl.where(wins, s, best_s)
+    else:
+        acc += v
+    return acc, best_s
+
+
+@triton.jit
+def _bin_value(acc, count, valid, MAX_MODE: tl.constexpr):
+    """The bin's output: the mean of its samples (an empty grid gives 0) or their maximum;
+    NaN for an invalid RoI (visible, not silently zero)."""
+    if not MAX_MODE:
+        acc = div_rn(acc, tl.maximum(count, 1).to(acc.dtype))
+    return tl.where(valid, acc, float("nan"))
+
+
+@triton.jit
 def roi_align_forward_kernel(
     X, ROIS, OUT, ARGMAX,
     N, C, H, W, scale_bits, sampling_ratio,
@@ -102,27 +136,11 @@ def roi_align_forward_kernel(
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
             inside = y_in & x_in & ok
-            row_lo = plane + y_lo * W
-            row_hi = plane + y_hi * W
-            v = (
-                wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=inside, other=0.0).to(acc.dtype)
-                + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=inside, other=0.0).to(acc.dtype)
-                + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=inside, other=0.0).to(acc.dtype)
-                + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=inside, other=0.0).to(acc.dtype)
-            )
-            v = tl.where(inside, v, 0.0)
-            if MAX_MODE:
-                # first maximum wins; a sample outside the map takes part with value 0
-                s = iy * gw + ix
-                wins = (s == 0) | (v > acc)
-                acc = tl.where(wins, v, acc)
-                best_s = tl.where(wins, s, best_s)
-            else:
-                acc += v
-    if not MAX_MODE:
-        acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
-    # an invalid RoI's outputs are NaN: visible, not silently zero
-    acc = tl.where(valid, acc, float("nan"))
+            v = _bilinear(plane + y_lo * W, plane + y_hi * W, x_lo, x_hi, wy_lo, wy_hi, wx_lo,
+                          wx_hi, inside, acc.dtype)  # fmt: skip
+            acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), iy * gw + ix,
+                                       MAX_MODE)  # fmt: skip
+    acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, ok, C, PH * PW, MAX_MODE)
 
 
@@ -153,22 +171,10 @@ def roi_align_forward_nhwc_kernel(
             if y_in & x_in:
                 row_lo = image + y_lo.to(tl.int64) * W * C
                 row_hi = image + y_hi.to(tl.int64) * W * C
-                v = (
-                    wy_lo * wx_lo * tl.load(row_lo + x_lo * C, mask=c_ok, other=0.0).to(acc.dtype)
-                    + wy_lo * wx_hi * tl.load(row_lo + x_hi * C, mask=c_ok, other=0.0).to(acc.dtype)
-                    + wy_hi * wx_lo * tl.load(row_hi + x_lo * C, mask=c_ok, other=0.0).to(acc.dtype)
-                    + wy_hi * wx_hi * tl.load(row_hi + x_hi * C, mask=c_ok, other=0.0).to(acc.dtype)
-                )  # fmt: skip
-            if MAX_MODE:
-                s = iy * gw + ix
-                wins = (s == 0) | (v > acc)
-                acc = tl.where(wins, v, acc)
-                best_s = tl.where(wins, s, best_s)
-            else:
-                acc += v
-    if not MAX_MODE:
-        acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
-    acc = tl.where(valid, acc, float("nan"))
+                v = _bilinear(row_lo, row_hi, x_lo * C, x_hi * C, wy_lo, wy_hi, wx_lo, wx_hi,
+                              c_ok, acc.dtype)  # fmt: skip
+            acc, best_s = _pool_sample(acc, best_s, v, iy * gw + ix, MAX_MODE)
+    acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE)
 
 
