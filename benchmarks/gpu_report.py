@@ -7,7 +7,9 @@
    same run);
 3. the latency of a 16-RoI call, roiops against torchvision;
 4. forward+backward against torchvision under torch.use_deterministic_algorithms(True);
-5. how many distinct input gradients 5 identical backward calls give, for both libraries.
+5. how many distinct input gradients 5 identical backward calls give, for both libraries;
+6. for NCHW maps, the NCHW forward kernel against a copy to channels_last followed by the
+   NHWC kernel (which is faster decides whether NCHW maps should be transposed first).
 
 Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
 ``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick]``.
@@ -132,6 +134,32 @@ def deterministic_mode(rng) -> dict:
     return result
 
 
+def forward_layouts(rng) -> dict:
+    """Forward launcher time (ms) on NCHW maps: the NCHW kernel, and a copy to
+    channels_last plus the NHWC kernel; float32, 7x7, sampling_ratio 2."""
+    from roiops.gpu.roi_align import roi_align_forward
+    from roiops.gpu.roi_pool import roi_pool_forward
+
+    out = {}
+    for name, shape, count, image in (
+        ("b", (2, 256, 200, 272), 1000, (800, 1088)),
+        ("fpn P2", (8, 256, 200, 272), 2500, (800, 1088)),
+    ):
+        x = torch.randn(shape, device="cuda")
+        rois = box_rows(rng, shape[0], count, *image)
+        ops = {
+            "roi_align": lambda t, r=rois: roi_align_forward(t, r, 0.25, 7, 7, 2, True, False),
+            "roi_pool": lambda t, r=rois: roi_pool_forward(t, r, 0.25, 7, 7, False),
+        }
+        for op, fn in ops.items():
+            nchw = bench.time_ms(lambda fn=fn, x=x: fn(x), "cuda", 5)
+            nhwc = bench.time_ms(
+                lambda fn=fn, x=x: fn(x.contiguous(memory_format=torch.channels_last)), "cuda", 5
+            )
+            out[f"{op} {name}"] = {"nchw_ms": nchw, "copy_then_nhwc_ms": nhwc}
+    return out
+
+
 def summary(report: dict) -> str:
     lines = [f"roiops on {report['gpu']} (torch {report['torch']}, triton {report['triton']})"]
     lines.append(f"{'what':<58} {'measured':>14} {'target':>10}")
@@ -167,6 +195,9 @@ def summary(report: dict) -> str:
     d = det["distinct_gradients_of_5"]
     row("distinct gradients in 5 runs: roiops / torchvision",
         f"{d['roiops']} / {d['torchvision']}", "1 / any")  # fmt: skip
+    for case, t in report.get("forward_layouts", {}).items():
+        row(f"NCHW map, {case}: NCHW kernel / copy + NHWC kernel, ms",
+            f"{t['nchw_ms']:.2f} / {t['copy_then_nhwc_ms']:.2f}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -194,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         report["bench"][name] = [{**r.__dict__, "speedup": r.speedup} for r in rows]
     report["latency"] = latency(rng)
     report["deterministic"] = deterministic_mode(rng)
+    report["forward_layouts"] = forward_layouts(rng)
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps(report, indent=2))

@@ -39,6 +39,7 @@ def test_summary_table():
             "torchvision_deterministic_ms": 25.0,
             "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5},
         },
+        "forward_layouts": {"roi_align b": {"nchw_ms": 0.5, "copy_then_nhwc_ms": 0.75}},
     }
     table = gpu_report.summary(report)
     assert "80 passed 1 failed" in table
@@ -46,4 +47,5 @@ def test_summary_table():
     assert "1.34x" in table  # sqrt(1.5 * 1.2)
     assert "float32 backward: lowest (roi_align a small sr=2)" in table and "0.50x" in table
     assert "FPN case" in table and "1.20x" in table
+    assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
