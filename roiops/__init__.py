@@ -5,8 +5,16 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 """
 
 from roiops._backend import use_backend
-from roiops.functional import roi_align, roi_pool
-from roiops.nn import RoIAlign, RoIPool
+from roiops.functional import ps_roi_align, roi_align, roi_pool
+from roiops.nn import PSRoIAlign, RoIAlign, RoIPool
 
-__all__ = ["RoIAlign", "RoIPool", "roi_align", "roi_pool", "use_backend"]
+__all__ = [
+    "PSRoIAlign",
+    "RoIAlign",
+    "RoIPool",
+    "ps_roi_align",
+    "roi_align",
+    "roi_pool",
+    "use_backend",
+]
 __version__ = "0.1.0"

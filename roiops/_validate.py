@@ -169,6 +169,18 @@ def check_mode(mode: object, op: str) -> str:
     return mode
 
 
+def check_position_sensitive_channels(channels: int, pooled: tuple[int, int], op: str) -> int:
+    """The output channels of a position-sensitive op: the input's channels must be a
+    multiple of the output area, one group of maps per bin."""
+    area = pooled[0] * pooled[1]
+    if channels % area:
+        raise ValueError(
+            f"{op}: input has {channels} channels, not a multiple of the output area "
+            f"{pooled[0]} x {pooled[1]} = {area} (one channel per bin and output channel)"
+        )
+    return channels // area
+
+
 def check_plane_indexable(input_shape: Sequence[int], op: str) -> None:
     """Offsets within one [H, W] plane are int32: roi_pool's argmax (as in torchvision)
     and the Triton kernels' in-plane arithmetic. Offsets across planes are int64."""

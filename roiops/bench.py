@@ -54,6 +54,8 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("b", "roi_pool", b, 1000, (16, 400), spatial_scale=1 / 4),
             Case("b sr=2 NHWC", "roi_align", b, 1000, (16, 400), 1 / 4, channels_last=True),
             Case("b NHWC", "roi_pool", b, 1000, (16, 400), 1 / 4, channels_last=True),
+            # R-FCN's class scores: 21 classes x 7 x 7 maps at stride 16, 800x1088 images
+            Case("rfcn sr=2", "ps_roi_align", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
         ]
         quick_names = ("a small sr=2", "fpn 8x512", "b")
     else:
@@ -69,6 +71,9 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("a small", "roi_pool", a, 512, (8, 64)),
             Case("a large", "roi_pool", a, 512, (128, 512)),
             Case("b", "roi_pool", b, 1024, (16, 200)),
+            # R-FCN's class scores: 21 classes x 7 x 7 maps at stride 16, a 600x800 image
+            Case("rfcn sr=2", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
+            Case("rfcn sr=0", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16, 7, 0),
         ]
         quick_names = ("a small sr=2", "b sr=2", "b")
     return [c for c in full if c.name in quick_names] if quick else full
@@ -113,7 +118,9 @@ def make_inputs(case: Case, device: str, dtype: torch.dtype, seed: int = 0) -> l
         layout = torch.channels_last if case.channels_last else torch.contiguous_format
         pick = level == lv
         rois = torch.from_numpy(np.concatenate([batch[pick, None], boxes[pick]], axis=1))
-        grad = rng.standard_normal((int(pick.sum()), c, case.output_size, case.output_size))
+        # position-sensitive ops have one output channel per output_size**2 input channels
+        grad_c = c // case.output_size**2 if case.op.startswith("ps_") else c
+        grad = rng.standard_normal((int(pick.sum()), grad_c, case.output_size, case.output_size))
         out.append(
             Level(
                 x.to(device, dtype).contiguous(memory_format=layout),
@@ -150,6 +157,18 @@ def _level_callables(case: Case, lv: Level):
     x, rois, tv_rois, grad = lv.x, lv.rois, lv.tv_rois, lv.grad
     n, c, h, w = x.shape
     s, p, r, a = lv.spatial_scale, case.output_size, case.sampling_ratio, case.aligned
+    if case.op == "ps_roi_align":
+        _, mapping = tv.ps_roi_align(x, tv_rois, s, p, p, r)
+        return {
+            ("torchvision", "forward"): lambda: tv.ps_roi_align(x, tv_rois, s, p, p, r),
+            ("roiops", "forward"): lambda: ro.ps_roi_align(x, rois, s, p, p, r),
+            ("torchvision", "backward"): lambda: tv._ps_roi_align_backward(
+                grad, tv_rois, mapping, s, p, p, r, n, c, h, w
+            ),
+            ("roiops", "backward"): lambda: ro.ps_roi_align_backward(
+                grad, rois, s, p, p, r, n, c, h, w
+            ),
+        }
     if case.op == "roi_align":
         return {
             ("torchvision", "forward"): lambda: tv.roi_align(x, tv_rois, s, p, p, r, a),

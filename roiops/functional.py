@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
+from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 
@@ -100,3 +101,36 @@ def roi_pool(
         return out
     # no gradient will be asked for: skip the argmax, as large as the output
     return roi_pool_inference_op(input, rois, scale, pooled_h, pooled_w)
+
+
+def ps_roi_align(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+) -> Tensor:
+    """Position-sensitive RoIAlign (R-FCN), as ``torchvision.ops.ps_roi_align``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` with ``C = C_out * h * w``: one group of ``C_out``
+            maps per bin (float32/float64; float16/bfloat16 computed in float32).
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: sampling points per bin and axis; ``<= 0`` adaptive.
+
+    Returns:
+        ``Tensor[K, C_out, h, w]``: bin ``(i, j)`` of output channel ``c`` is RoIAlign's
+        average (half-pixel aligned, as torchvision's) over input channel
+        ``(c * h + i) * w + j``. A bin with an empty adaptive grid (a zero-size box) gives
+        0, where torchvision gives NaN (0 / 0). Backward is deterministic.
+    """
+    op = "ps_roi_align"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    _validate.check_position_sensitive_channels(input.shape[1], pooled, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    return ps_roi_align_op(input, rois, scale, *pooled, ratio)

@@ -72,7 +72,9 @@ def test_bench_inputs_are_valid_boxes():
         assert level.x.shape == case.shape and level.rois.shape == (case.num_rois, 5)
         sides = level.rois[:, 3:] - level.rois[:, 1:3]
         assert float(sides.min()) >= case.box_px[0] and float(sides.max()) <= case.box_px[1]
-        assert level.grad.shape == (case.num_rois, c, case.output_size, case.output_size)
+        # position-sensitive ops: one output channel per output_size**2 input channels
+        out_c = c // case.output_size**2 if case.op.startswith("ps_") else c
+        assert level.grad.shape == (case.num_rois, out_c, case.output_size, case.output_size)
 
 
 def test_gpu_cases_and_fpn_levels():

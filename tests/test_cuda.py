@@ -121,6 +121,21 @@ def test_channels_last_input_matches_torchvision(rng, op):
             )
 
 
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_ps_roi_align_matches_torchvision(rng, ratio):
+    x = torch.randn(2, 4 * 49, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 300, 200, 272, True))
+    xr = x.clone().requires_grad_()
+    xt = x.clone().requires_grad_()
+    out = roiops.ps_roi_align(xr, rois, 7, 0.25, ratio)
+    expected = tv_ops.ps_roi_align(xt, rois, 7, 0.25, ratio)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-5, atol=1e-5)
+
+
 def run_all_ops(x, rois, grad7):
     """Forward and backward of every op and mode; returns the input gradients."""
     grads = []

@@ -404,3 +404,25 @@ def test_channels_last_input_read_as_it_lies(rng, mode, dtype):
         return
     assert_forward_matches(mode, fast[0], ref[0])
     torch.testing.assert_close(fast[1], ref[1], **TOL[dtype])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ratio,output_size", [(0, (3, 2)), (2, 2)])
+def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
+    # position-sensitive: the roi_align kernels with each bin reading its own channel
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    x = on_device(rng.standard_normal((2, 3 * oh * ow, 9, 11)), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((8, 3, oh, ow)), torch.float32)
+    results = []
+    for backend in ("triton", "reference"):
+        xb = x.detach().clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.ps_roi_align(xb, rois, output_size, 0.5, ratio)
+            out.backward(grad)
+        results.append((out.detach(), xb.grad))
+    (out, gx), (ref_out, ref_gx) = results
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])

@@ -98,7 +98,7 @@ def main() -> int:
         bwd = {"ROIS": rois, "ARGMAX": "*i32", "G": f"*{dt}", "AMAX": amax, "ACC": "*i64"}
         for aligned in (False, True):
             for max_mode in (False, True):
-                mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode}
+                mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": block_c}, bwd_warps
@@ -109,6 +109,13 @@ def main() -> int:
                     {**mode, "BLOCK_C": block_c, "SPAN": SPAN},
                     bwd_warps,
                 )
+        # position-sensitive (ps_roi_align): aligned, average
+        ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
+        compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": block}, fwd_warps)
+        compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": block_c}, bwd_warps)
+        compile_for_gpu(
+            roi_align_backward_kernel, bwd, {**ps, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps
+        )
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
             compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, "BLOCK": block}, fwd_warps)

@@ -115,20 +115,37 @@ def _bin_value(acc, count, valid, MAX_MODE: tl.constexpr):
 
 
 @triton.jit
+def input_channel(c, p, C, P: tl.constexpr, PS: tl.constexpr):
+    """(c_in, C_in): the input channel that output channel c's bin p reads, and the
+    input's channel count; position-sensitive (PS) pooling gives every bin its own
+    channel, ``c * P + p`` (R-FCN)."""
+    if PS:
+        c_in = c * P + p
+        C_in = C * P
+    else:
+        c_in = c
+        C_in = C
+    return c_in, C_in
+
+
+@triton.jit
 def roi_align_forward_kernel(
     X, ROIS, OUT, ARGMAX,
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    PS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]."""
+    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]; with
+    PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of channel c reading
+    input channel c * PH * PW + p."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
     )
-    plane = X + (n * C + c.to(tl.int64)) * H * W
+    c_in, C_in = input_channel(c, p, C, PH * PW, PS)
+    plane = X + (n * C_in + c_in.to(tl.int64)) * H * W
     acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
     best_s = tl.full((BLOCK,), -1, tl.int32)
     for iy in range(0, gh):
@@ -149,18 +166,20 @@ def roi_align_forward_nhwc_kernel(
     X, ROIS, OUT, ARGMAX,
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    PS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from channels-last
-    X[N, H, W, C]: one program per (RoI, bin, block of channels), the bin's sampling grid
-    in scalars and the lanes over channels, so each neighbour's load is contiguous."""
+    X[N, H, W, C] (PS: as for ``roi_align_forward_kernel``): one program per (RoI, bin,
+    block of channels), the bin's sampling grid in scalars and the lanes over channels,
+    so each neighbour's load is contiguous."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
     )
-    image = X + n * H * W * C + c
+    c_in, C_in = input_channel(c, p, C, PH * PW, PS)
+    image = X + n * H * W * C_in + c_in
     acc = tl.zeros((BLOCK_C,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
     best_s = tl.full((BLOCK_C,), -1, tl.int32)
     for iy in range(0, gh):
@@ -169,10 +188,10 @@ def roi_align_forward_nhwc_kernel(
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
             v = tl.zeros((BLOCK_C,), dtype=acc.dtype)
             if y_in & x_in:
-                row_lo = image + y_lo.to(tl.int64) * W * C
-                row_hi = image + y_hi.to(tl.int64) * W * C
-                v = _bilinear(row_lo, row_hi, x_lo * C, x_hi * C, wy_lo, wy_hi, wx_lo, wx_hi,
-                              c_ok, acc.dtype)  # fmt: skip
+                row_lo = image + y_lo.to(tl.int64) * W * C_in
+                row_hi = image + y_hi.to(tl.int64) * W * C_in
+                v = _bilinear(row_lo, row_hi, x_lo * C_in, x_hi * C_in, wy_lo, wy_hi, wx_lo,
+                              wx_hi, c_ok, acc.dtype)  # fmt: skip
             acc, best_s = _pool_sample(acc, best_s, v, iy * gw + ix, MAX_MODE)
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE)
@@ -212,10 +231,11 @@ def roi_align_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC,
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+    PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the input gradient of one (RoI, bin, block
-    of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode)."""
+    of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode); with PS,
+    ACC[N, H, W, C * PH * PW] and bin p of channel c feeds channel c * PH * PW + p."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     ph = p // PW
     pw = p % PW
@@ -226,7 +246,8 @@ def roi_align_backward_kernel(
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    channel = ACC + n * H * W * C + c  # + cell * C
+    c_in, C_in = input_channel(c, p, C, PH * PW, PS)
+    channel = ACC + n * H * W * C_in + c_in  # + cell * C_in
     if MAX_MODE:
         s = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
         iy = s // tl.maximum(gw, 1)
@@ -237,10 +258,10 @@ def roi_align_backward_kernel(
         ok = c_ok & (s >= 0) & (s < gh * gw) & y_in & x_in
         row_lo = y_lo.to(tl.int64) * W
         row_hi = y_hi.to(tl.int64) * W
-        add_to_cell(channel, row_lo + x_lo, C, g * (wy_lo * wx_lo), scale, ok)
-        add_to_cell(channel, row_lo + x_hi, C, g * (wy_lo * wx_hi), scale, ok)
-        add_to_cell(channel, row_hi + x_lo, C, g * (wy_hi * wx_lo), scale, ok)
-        add_to_cell(channel, row_hi + x_hi, C, g * (wy_hi * wx_hi), scale, ok)
+        add_to_cell(channel, row_lo + x_lo, C_in, g * (wy_lo * wx_lo), scale, ok)
+        add_to_cell(channel, row_lo + x_hi, C_in, g * (wy_lo * wx_hi), scale, ok)
+        add_to_cell(channel, row_hi + x_lo, C_in, g * (wy_hi * wx_lo), scale, ok)
+        add_to_cell(channel, row_hi + x_hi, C_in, g * (wy_hi * wx_hi), scale, ok)
     else:
         if (gh > 0) & (gw > 0):
             g = div_rn(g, (gh * gw).to(dt))
@@ -258,16 +279,20 @@ def roi_align_backward_kernel(
                             for dx in range(0, tl.minimum(SPAN, x_last + 1 - x0)):
                                 w = w_row * _pick(a_x, dx)
                                 if w != 0:
-                                    add_to_cell(channel, row + x0 + dx, C, g * w, scale, c_ok)
+                                    add_to_cell(channel, row + x0 + dx, C_in, g * w, scale,
+                                                c_ok)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
-                      max_mode):  # fmt: skip
+                      max_mode, position_sensitive=False):  # fmt: skip
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; a channels_last ``input``
-    is read as it lies (NHWC kernel), any other is made NCHW-contiguous."""
+    is read as it lies (NHWC kernel), any other is made NCHW-contiguous. With
+    ``position_sensitive``, ``out`` is ``[K, C // (ph * pw), ph, pw]`` (ps_roi_align)."""
     K = rois.shape[0]
     N, C, H, W = input.shape
+    if position_sensitive:
+        C //= pooled_h * pooled_w
     shape = (K, C, pooled_h, pooled_w)
     out = input.new_empty(shape)
     # avg mode stores no argmax: the kernel gets ``out`` in its place and never writes it
@@ -278,7 +303,8 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     )
     args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
             sampling_ratio)  # fmt: skip
-    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode)
+    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
+                PS=position_sensitive)  # fmt: skip
     if is_channels_last(input):
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
         roi_align_forward_nhwc_kernel[grid](
@@ -293,17 +319,18 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,
-                       sampling_ratio, aligned):  # fmt: skip
-    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    N, C, H, W = grad_input.shape
-    K = rois.shape[0]
+                       sampling_ratio, aligned, position_sensitive=False):  # fmt: skip
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
+    ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels)."""
+    N, _, H, W = grad_input.shape
+    K, C = grad.shape[:2]
     max_mode = argmax is not None
     sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
         grad.contiguous(), rois, argmax if max_mode else rois, sums.amax, sums.acc,
         N, C, H, W, scale_bits(spatial_scale), sampling_ratio, sums.log2_count,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
         BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
     )  # fmt: skip
     return sums.write_to(grad_input)

@@ -136,7 +136,8 @@ def bilinear_weights(y, x, height, width, dtype=np.float64) -> BilinearWeights |
     return BilinearWeights(y_low, x_low, y_high, x_high, hy * hx, hy * lx, ly * hx, ly * lx)
 
 
-def _geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T):
+def geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T):
+    """``(k, n, RoIAlignGeometry)`` of every RoI: its index, its image, its geometry."""
     for k in range(rois.shape[0]):
         yield (
             k,
@@ -147,7 +148,7 @@ def _geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio
         )
 
 
-def _bin_samples(g: RoIAlignGeometry, ph, pw, height, width, T):
+def bin_samples(g: RoIAlignGeometry, ph, pw, height, width, T):
     """(sample_index, BilinearWeights or None) for every sampling point of bin (ph, pw)."""
     for iy in range(g.grid_h):
         y = sample_coordinate(g.start_h, g.bin_size_h, ph, iy, g.grid_h, T)
@@ -156,7 +157,8 @@ def _bin_samples(g: RoIAlignGeometry, ph, pw, height, width, T):
             yield iy * g.grid_w + ix, bilinear_weights(y, x, height, width, T)
 
 
-def _interpolate(plane, bw: BilinearWeights | None, T):
+def interpolate(plane, bw: BilinearWeights | None, T):
+    """The value of ``plane[H, W]`` at a sampling point (0 for a point outside)."""
     if bw is None:
         return T(0)
     # Summation order as in torchvision, so float32 results agree to the last bit.
@@ -187,17 +189,15 @@ def roi_align_forward(
     argmax = None
     if mode == "max":
         argmax = np.full((K, channels, pooled_height, pooled_width), -1, dtype=np.int32)
-    geoms = _geometries(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T
-    )
+    geoms = geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T)
     for k, n, g in geoms:
         for c in range(channels):
             plane = input[n, c]
             for ph in range(pooled_height):
                 for pw in range(pooled_width):
                     values = [
-                        (s, _interpolate(plane, bw, T))
-                        for s, bw in _bin_samples(g, ph, pw, height, width, T)
+                        (s, interpolate(plane, bw, T))
+                        for s, bw in bin_samples(g, ph, pw, height, width, T)
                     ]
                     if mode == "avg":
                         acc = T(0)
@@ -237,15 +237,13 @@ def roi_align_backward(
     T = grad_output.dtype.type
     _, channels, height, width = input_shape
     grad_input = np.zeros(input_shape, dtype=grad_output.dtype)
-    geoms = _geometries(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T
-    )
+    geoms = geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T)
     for k, n, g in geoms:
         for c in range(channels):
             for ph in range(pooled_height):
                 for pw in range(pooled_width):
                     grad = grad_output[k, c, ph, pw]
-                    for s, bw in _bin_samples(g, ph, pw, height, width, T):
+                    for s, bw in bin_samples(g, ph, pw, height, width, T):
                         if bw is None:
                             continue
                         if mode == "avg":

@@ -1,0 +1,140 @@
+"""Position-sensitive RoIAlign as custom ops: ``roiops::ps_roi_align`` and its backward.
+
+No channel mapping is stored (torchvision returns one as large as the output): bin
+(ph, pw) of output channel c reads input channel ``(c * PH + ph) * PW + pw``, a function
+of the indices that every backend computes.
+"""
+
+from __future__ import annotations
+
+import numba
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops._layout import rois_by_image
+from roiops.cpu import ps_roi_align as cpu
+from roiops.ops import host_array
+from roiops.reference import ps_roi_align as reference
+
+OP = "ps_roi_align"
+
+
+@torch.library.custom_op("roiops::ps_roi_align", mutates_args=())
+def ps_roi_align_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+) -> Tensor:
+    """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
+    backend = select_backend(input.device)
+    if _validate.roi_values_checked(input.device, backend):
+        _validate.check_roi_values(rois, input.shape[0], OP)
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
+    if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
+        return input.new_zeros(shape)
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        _validate.check_plane_indexable(input.shape, OP)
+        out, _ = gpu.roi_align_forward(
+            input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True,
+            False, position_sensitive=True,
+        )  # fmt: skip
+        return out
+    x = input.to(_validate.compute_dtype(input.dtype))
+    if backend == "numba":
+        out = x.new_empty(shape)
+        cpu.ps_roi_align_forward(
+            x.contiguous().numpy(), rois.numpy(), spatial_scale, pooled_height, pooled_width,
+            sampling_ratio, out.numpy(),
+        )  # fmt: skip
+        return out.to(input.dtype)
+    out = reference.ps_roi_align_forward(
+        host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width,
+        sampling_ratio,
+    )  # fmt: skip
+    return torch.from_numpy(out).to(input.device, input.dtype)
+
+
+@ps_roi_align_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
+
+
+@torch.library.custom_op("roiops::ps_roi_align_backward", mutates_args=())
+def ps_roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::ps_roi_align`` w.r.t. its input (deterministic), contiguous
+    NCHW on every device: a bin's gradient lands in one plane, near itself (the
+    channels_last layout of roi_align's CPU gradient would put its four corners C
+    values apart)."""
+    shape = (batch_size, channels, height, width)
+    if grad.numel() == 0 or height == 0 or width == 0:
+        return grad.new_zeros(shape)
+    backend = select_backend(grad.device)
+    if _validate.roi_values_checked(grad.device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        grad_input = grad.new_empty(shape)
+        return gpu.roi_align_backward(
+            grad, rois, None, grad_input, spatial_scale, pooled_height, pooled_width,
+            sampling_ratio, True, position_sensitive=True,
+        )  # fmt: skip
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    if backend == "numba":
+        # the kernel zeroes the gradient, in parallel. One task per thread and image:
+        # each task resolves every RoI's sampling points once.
+        grad_input = torch.empty(shape, dtype=g.dtype)
+        order, start = rois_by_image(rois, batch_size)
+        block = -(-channels // max(1, -(-numba.get_num_threads() // batch_size)))
+        cpu.ps_roi_align_backward(
+            g.contiguous().numpy(), rois.numpy(), order.numpy(), start.numpy(), spatial_scale,
+            pooled_height, pooled_width, sampling_ratio, block, grad_input.numpy(),
+        )  # fmt: skip
+        return grad_input.to(grad.dtype)
+    ref = reference.ps_roi_align_backward(
+        host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width,
+        sampling_ratio, shape,
+    )  # fmt: skip
+    return torch.from_numpy(ref).to(grad.device, grad.dtype)
+
+
+@ps_roi_align_backward_op.register_fake
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size,
+      channels, height, width):  # fmt: skip
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = ps_roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None
+
+
+ps_roi_align_op.register_autograd(_backward, setup_context=_setup_context)
