@@ -5,14 +5,16 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 """
 
 from roiops._backend import use_backend
-from roiops.functional import ps_roi_align, roi_align, roi_pool
-from roiops.nn import PSRoIAlign, RoIAlign, RoIPool
+from roiops.functional import ps_roi_align, ps_roi_pool, roi_align, roi_pool
+from roiops.nn import PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
 
 __all__ = [
     "PSRoIAlign",
+    "PSRoIPool",
     "RoIAlign",
     "RoIPool",
     "ps_roi_align",
+    "ps_roi_pool",
     "roi_align",
     "roi_pool",
     "use_backend",

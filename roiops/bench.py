@@ -56,6 +56,7 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("b NHWC", "roi_pool", b, 1000, (16, 400), 1 / 4, channels_last=True),
             # R-FCN's class scores: 21 classes x 7 x 7 maps at stride 16, 800x1088 images
             Case("rfcn sr=2", "ps_roi_align", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
+            Case("rfcn", "ps_roi_pool", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
         ]
         quick_names = ("a small sr=2", "fpn 8x512", "b")
     else:
@@ -74,6 +75,7 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             # R-FCN's class scores: 21 classes x 7 x 7 maps at stride 16, a 600x800 image
             Case("rfcn sr=2", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
             Case("rfcn sr=0", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16, 7, 0),
+            Case("rfcn", "ps_roi_pool", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
         ]
         quick_names = ("a small sr=2", "b sr=2", "b")
     return [c for c in full if c.name in quick_names] if quick else full
@@ -167,6 +169,18 @@ def _level_callables(case: Case, lv: Level):
             ),
             ("roiops", "backward"): lambda: ro.ps_roi_align_backward(
                 grad, rois, s, p, p, r, n, c, h, w
+            ),
+        }
+    if case.op == "ps_roi_pool":
+        _, mapping = tv.ps_roi_pool(x, tv_rois, s, p, p)
+        return {
+            ("torchvision", "forward"): lambda: tv.ps_roi_pool(x, tv_rois, s, p, p),
+            ("roiops", "forward"): lambda: ro.ps_roi_pool(x, rois, s, p, p),
+            ("torchvision", "backward"): lambda: tv._ps_roi_pool_backward(
+                grad, tv_rois, mapping, s, p, p, n, c, h, w
+            ),
+            ("roiops", "backward"): lambda: ro.ps_roi_pool_backward(
+                grad, rois, s, p, p, n, c, h, w
             ),
         }
     if case.op == "roi_align":

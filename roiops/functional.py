@@ -9,6 +9,7 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops.ops.ps_roi_align import ps_roi_align_op
+from roiops.ops.ps_roi_pool import ps_roi_pool_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 
@@ -134,3 +135,36 @@ def ps_roi_align(
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
     return ps_roi_align_op(input, rois, scale, *pooled, ratio)
+
+
+def ps_roi_pool(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """Position-sensitive RoIPool (R-FCN), as ``torchvision.ops.ps_roi_pool``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` with ``C = C_out * h * w`` (float32/float64;
+            float16/bfloat16 computed in float32).
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+
+    Returns:
+        ``Tensor[K, C_out, h, w]``: bin ``(i, j)`` of output channel ``c`` is the
+        **average** of its cells in input channel ``(c * h + i) * w + j``. Quantization
+        as torchvision's: box edges rounded half away from zero, end exclusive; bins
+        ``floor``/``ceil`` of ``p * size / h``, clipped to ``[0, H - 1]`` (torchvision's
+        forward never pools the map's last row and column; kept, for its numbers).
+        Backward is the exact, deterministic gradient of this forward (torchvision's
+        differs from it where a bin reaches the last row or column).
+    """
+    op = "ps_roi_pool"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    _validate.check_position_sensitive_channels(input.shape[1], pooled, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    return ps_roi_pool_op(input, rois, scale, *pooled)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from roiops.functional import BoxesArg, ps_roi_align, roi_align, roi_pool
+from roiops.functional import BoxesArg, ps_roi_align, ps_roi_pool, roi_align, roi_pool
 
 
 class RoIAlign(nn.Module):
@@ -81,4 +81,22 @@ class PSRoIAlign(nn.Module):
         return (
             f"{self.__class__.__name__}(output_size={self.output_size}, "
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio})"
+        )
+
+
+class PSRoIPool(nn.Module):
+    """See :func:`roiops.ps_roi_pool`."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
+        return ps_roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, "
+            f"spatial_scale={self.spatial_scale})"
         )

@@ -136,6 +136,12 @@ def test_ps_roi_align_matches_torchvision(rng, ratio):
     torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_ps_roi_pool_equals_torchvision(rng):
+    x = torch.randn(2, 4 * 49, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 300, 200, 272, True))
+    assert torch.equal(roiops.ps_roi_pool(x, rois, 7, 0.25), tv_ops.ps_roi_pool(x, rois, 7, 0.25))
+
+
 def run_all_ops(x, rois, grad7):
     """Forward and backward of every op and mode; returns the input gradients."""
     grads = []

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import roiops
+from roiops.gpu import ps_roi_pool as gpu_ps_pool
 from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
 from roiops.gpu import tiles as gpu_tiles
@@ -426,3 +427,34 @@ def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
     (out, gx), (ref_out, ref_gx) = results
     assert_forward_matches("avg", out, ref_out)
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("output_size", [(3, 2), 2])
+def test_ps_roi_pool_matches_reference(rng, output_size):
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    x = on_device(rng.standard_normal((2, 3 * oh * ow, 9, 11)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((8, 3, oh, ow)), torch.float32)
+    results = []
+    for backend in ("triton", "reference"):
+        xb = x.detach().clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.ps_roi_pool(xb, rois, output_size, 0.5)
+            out.backward(grad)
+        results.append((out.detach(), xb.grad))
+    (out, gx), (ref_out, ref_gx) = results
+    # sums of cells and one IEEE division: no multiply-add to contract
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+def test_ps_roi_pool_kernels_take_any_roi_value(rng):
+    x = on_device(rng.standard_normal((2, 8, 9, 11)), torch.float32)
+    rois = on_device(np.concatenate([random_rois(rng, 2, 2, 18, 22), BAD_ROIS]), torch.float32)
+    out = gpu_ps_pool.ps_roi_pool_forward(x, rois, 0.5, 2, 2)
+    assert torch.isnan(out[2:]).all() and torch.isfinite(out[:2]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_ps_pool.ps_roi_pool_backward(grad, rois, torch.empty_like(x), 0.5)
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.ps_roi_pool_backward(grad[:2], rois[:2], 0.5, 2, 2, 2, 8, 9, 11)
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])

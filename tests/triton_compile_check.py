@@ -28,6 +28,10 @@ from roiops.gpu.fixed_point import (  # noqa: E402
     CONVERT_CHANNELS,
     fixed_point_to_float_kernel,
 )
+from roiops.gpu.ps_roi_pool import (  # noqa: E402
+    ps_roi_pool_backward_kernel,
+    ps_roi_pool_forward_kernel,
+)
 from roiops.gpu.roi_align import (  # noqa: E402
     SPAN,
     roi_align_backward_kernel,
@@ -115,6 +119,11 @@ def main() -> int:
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": block_c}, bwd_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd, {**ps, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps
+        )
+        ps_pool = {"PH": 7, "PW": 7}
+        compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
+        compile_for_gpu(
+            ps_roi_pool_backward_kernel, bwd, {**ps_pool, "BLOCK_C": block_c}, bwd_warps
         )
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}

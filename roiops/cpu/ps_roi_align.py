@@ -120,12 +120,13 @@ def ps_roi_align_backward(
             # (both round the same real number) without a division per cell
             inverse = T(1) / count
             exact = (int(count) & (int(count) - 1)) == 0
-            for c_in in range(c0, c1):
-                p = c_in % P
-                g = G_bins[k, c_in // P, p]
-                plane = np.uint64((n * C + c_in) * H * W)
-                for i in range(points[p]):
-                    for corner in range(4):
-                        v = g * weights[p, i, corner]
-                        v = v * inverse if exact else v / count
-                        GXf[plane + np.uint64(offsets[p, i, corner])] += v
+            # bin by bin, its channels in [c0, c1) P apart: no division per channel
+            for p in range(P):
+                for c_out in range((c0 - p + P - 1) // P, (c1 - p + P - 1) // P):
+                    g = G_bins[k, c_out, p]
+                    plane = np.uint64((n * C + c_out * P + p) * H * W)
+                    for i in range(points[p]):
+                        for corner in range(4):
+                            v = g * weights[p, i, corner]
+                            v = v * inverse if exact else v / count
+                            GXf[plane + np.uint64(offsets[p, i, corner])] += v

@@ -34,7 +34,7 @@ FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def _round_half_away(v):
+def round_half_away(v):
     """C's round(): halves away from zero."""
     a = tl.abs(v)
     r = tl.floor(a)
@@ -46,17 +46,17 @@ def _round_half_away(v):
 def _quantized_roi(ROIS, k, N, SCALE_BITS):
     """(n, start_h, start_w, height, width, valid) in whole cells, end cell inclusive."""
     n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
-    start_w = _round_half_away(x1)
-    start_h = _round_half_away(y1)
-    end_w = _round_half_away(x2)
-    end_h = _round_half_away(y2)
+    start_w = round_half_away(x1)
+    start_h = round_half_away(y1)
+    end_w = round_half_away(x2)
+    end_h = round_half_away(y2)
     height = tl.maximum(end_h - start_h + 1, 1)
     width = tl.maximum(end_w - start_w + 1, 1)
     return n, start_h, start_w, height, width, valid
 
 
 @triton.jit
-def _bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.constexpr):
+def bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.constexpr):
     """Cell range [start, end) of bins p along one axis, clipped to [0, limit]."""
     bin_size = div_rn(roi_size.to(DT), POOLED)
     start = tl.floor(p.to(DT) * bin_size).to(tl.int32) + roi_start
@@ -73,8 +73,8 @@ def roi_pool_forward_kernel(
     from X[N, C, H, W]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
-    h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
-    w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
+    h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
+    w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
     plane = X + (n * C + c.to(tl.int64)) * H * W
     # compared in float32 (float64 for float64 maps), as the reference does for halves
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
@@ -113,8 +113,8 @@ def roi_pool_forward_nhwc_kernel(
     contiguous load of the channels."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
-    h0, h1 = _bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
-    w0, w1 = _bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
+    h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
+    w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
     h1 = tl.where(valid, h1, h0)  # an invalid RoI visits no cell
     image = X + n * H * W * C + c
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32

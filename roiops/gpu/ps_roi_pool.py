@@ -1,0 +1,121 @@
+"""Position-sensitive RoIPool in Triton: forward and a deterministic backward.
+
+Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, bins clipped to
+the last row and column), with roi_pool's rounding and bin edges
+(``roiops.gpu.roi_pool``), dividing in IEEE. Forward: one program per (RoI, block of its
+outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward: one
+program per (RoI, bin, block of output channels) adds ``grad / area`` to each cell of
+the bin in the fixed-point accumulator (``roiops.gpu.fixed_point``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.roi_align import input_channel
+from roiops.gpu.roi_pool import bin_edges, round_half_away
+from roiops.gpu.rois import div_rn, load_roi, scale_bits
+from roiops.gpu.tiles import (
+    bin_channels_grid,
+    bin_channels_tile,
+    bins_grid,
+    bins_tile,
+    output_offsets,
+    store_bins,
+)
+
+
+@triton.jit
+def _ps_quantized_roi(ROIS, k, N, SCALE_BITS):
+    """(n, start_h, start_w, height, width, valid) in whole cells, end exclusive."""
+    n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
+    start_w = round_half_away(x1)
+    start_h = round_half_away(y1)
+    height = tl.maximum(round_half_away(y2) - start_h, 1)
+    width = tl.maximum(round_half_away(x2) - start_w, 1)
+    return n, start_h, start_w, height, width, valid
+
+
+@triton.jit
+def ps_roi_pool_forward_kernel(
+    X, ROIS, OUT, N, C, H, W, scale_bits,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] from X[N, C * PH * PW, H, W]."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
+    dt = ROIS.dtype.element_ty
+    # torchvision's forward clips to the last index
+    h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
+    w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
+    c_in, C_in = input_channel(c, p, C, PH * PW, True)
+    plane = X + (n * C_in + c_in.to(tl.int64)) * H * W
+    acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK,), acc_dtype)
+    span_h = tl.where(valid, tl.minimum(tl.cdiv(roi_h, PH) + 1, H), 0)
+    span_w = tl.where(valid, tl.minimum(tl.cdiv(roi_w, PW) + 1, W), 0)
+    for dh in range(0, span_h):
+        for dw in range(0, span_w):
+            h = h0 + dh
+            w = w0 + dw
+            inside = (h < h1) & (w < w1) & ok
+            acc += tl.load(plane + h * W + w, mask=inside, other=0.0).to(acc_dtype)
+    empty = (h1 <= h0) | (w1 <= w0)
+    area = tl.maximum((h1 - h0) * (w1 - w0), 1).to(acc_dtype)
+    value = tl.where(empty, 0.0, div_rn(acc, area))
+    value = tl.where(valid, value, float("nan"))
+    store_bins(OUT, OUT, value, value, k, c, p, ok, C, PH * PW, False)
+
+
+@triton.jit
+def ps_roi_pool_backward_kernel(
+    G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """ACC[N, H, W, C * PH * PW] (int64 fixed point) += grad / area over the cells of
+    one (RoI, bin), for a block of output channels."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
+    dt = ROIS.dtype.element_ty
+    h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
+    w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
+    h1 = tl.where(valid, h1, h0)  # an invalid RoI sends nothing
+    g_at, _ = output_offsets(k, c, p, C, PH * PW)
+    g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
+    share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))
+    scale, _, _ = fixed_point_scale(AMAX, log2_count)
+    c_in, C_in = input_channel(c, p, C, PH * PW, True)
+    channel = ACC + n * H * W * C_in + c_in
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_in, share, scale, c_ok)
+
+
+# ----------------------------------------------------------------------------- launchers
+def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
+    """``out[K, C // (ph * pw), ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW)."""
+    K = rois.shape[0]
+    N, C_in, H, W = input.shape
+    C = C_in // (pooled_h * pooled_w)
+    out = input.new_empty((K, C, pooled_h, pooled_w))
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
+    ps_roi_pool_forward_kernel[grid](
+        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale),
+        PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
+    N, _, H, W = grad_input.shape
+    K, C, pooled_h, pooled_w = grad.shape
+    sums = Accumulator(grad, grad_input.shape)
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
+    ps_roi_pool_backward_kernel[grid](
+        grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
+        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, num_warps=num_warps,
+    )  # fmt: skip
+    return sums.write_to(grad_input)

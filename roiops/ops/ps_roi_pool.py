@@ -1,0 +1,119 @@
+"""Position-sensitive RoIPool as custom ops: ``roiops::ps_roi_pool`` and its backward.
+
+As ``roiops.ops.ps_roi_align``: no channel mapping is stored, and the input gradient is
+contiguous NCHW on every device.
+"""
+
+from __future__ import annotations
+
+import numba
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops._layout import rois_by_image
+from roiops.cpu import ps_roi_pool as cpu
+from roiops.ops import host_array
+from roiops.reference import ps_roi_pool as reference
+
+OP = "ps_roi_pool"
+
+
+@torch.library.custom_op("roiops::ps_roi_pool", mutates_args=())
+def ps_roi_pool_op(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> Tensor:
+    """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
+    backend = select_backend(input.device)
+    if _validate.roi_values_checked(input.device, backend):
+        _validate.check_roi_values(rois, input.shape[0], OP)
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
+    if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
+        return input.new_zeros(shape)
+    if backend == "triton":
+        from roiops.gpu import ps_roi_pool as gpu
+
+        _validate.check_plane_indexable(input.shape, OP)
+        return gpu.ps_roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
+    x = input.to(_validate.compute_dtype(input.dtype))
+    if backend == "numba":
+        out = x.new_empty(shape)
+        cpu.ps_roi_pool_forward(
+            x.contiguous().numpy(), rois.numpy(), spatial_scale, pooled_height, pooled_width,
+            out.numpy(),
+        )  # fmt: skip
+        return out.to(input.dtype)
+    out = reference.ps_roi_pool_forward(
+        host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
+    )
+    return torch.from_numpy(out).to(input.device, input.dtype)
+
+
+@ps_roi_pool_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width):
+    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
+
+
+@torch.library.custom_op("roiops::ps_roi_pool_backward", mutates_args=())
+def ps_roi_pool_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::ps_roi_pool`` w.r.t. its input (deterministic, NCHW): the
+    exact derivative of the forward, ``grad / area`` to each cell of a bin."""
+    shape = (batch_size, channels, height, width)
+    if grad.numel() == 0 or height == 0 or width == 0:
+        return grad.new_zeros(shape)
+    backend = select_backend(grad.device)
+    if _validate.roi_values_checked(grad.device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
+    if backend == "triton":
+        from roiops.gpu import ps_roi_pool as gpu
+
+        return gpu.ps_roi_pool_backward(grad, rois, grad.new_empty(shape), spatial_scale)
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    if backend == "numba":
+        grad_input = torch.empty(shape, dtype=g.dtype)  # zeroed by the kernel, in parallel
+        order, start = rois_by_image(rois, batch_size)
+        block = -(-channels // max(1, -(-numba.get_num_threads() // batch_size)))
+        cpu.ps_roi_pool_backward(
+            g.contiguous().numpy(), rois.numpy(), order.numpy(), start.numpy(), spatial_scale,
+            pooled_height, pooled_width, block, grad_input.numpy(),
+        )  # fmt: skip
+        return grad_input.to(grad.dtype)
+    ref = reference.ps_roi_pool_backward(
+        host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width, shape
+    )
+    return torch.from_numpy(ref).to(grad.device, grad.dtype)
+
+
+@ps_roi_pool_backward_op.register_fake
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height,
+      width):  # fmt: skip
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, spatial_scale, pooled_height, pooled_width = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, pooled_height, pooled_width)
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = ps_roi_pool_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None
+
+
+ps_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
