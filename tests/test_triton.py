@@ -407,42 +407,46 @@ def test_channels_last_input_read_as_it_lies(rng, mode, dtype):
     torch.testing.assert_close(fast[1], ref[1], **TOL[dtype])
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("ratio,output_size", [(0, (3, 2)), (2, 2)])
-def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
-    # position-sensitive: the roi_align kernels with each bin reading its own channel
+def position_sensitive_case(rng, output_size, channels_last=False):
+    """(x, rois, grad) for a position-sensitive op: 3 output channels, 8 RoIs."""
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     x = on_device(rng.standard_normal((2, 3 * oh * ow, 9, 11)), torch.float32)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
-    grad = on_device(rng.standard_normal((8, 3, oh, ow)), torch.float32)
+    return x, rois, on_device(rng.standard_normal((8, 3, oh, ow)), torch.float32)
+
+
+def triton_and_reference(fn, x, grad):
+    """[(output, input gradient)] of ``fn(x)`` on the triton, then the reference backend."""
     results = []
     for backend in ("triton", "reference"):
         xb = x.detach().clone().requires_grad_()
         with roiops.use_backend(backend):
-            out = roiops.ps_roi_align(xb, rois, output_size, 0.5, ratio)
+            out = fn(xb)
             out.backward(grad)
         results.append((out.detach(), xb.grad))
-    (out, gx), (ref_out, ref_gx) = results
+    return results
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ratio,output_size", [(0, (3, 2)), (2, 2)])
+def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
+    # position-sensitive: the roi_align kernels with each bin reading its own channel
+    x, rois, grad = position_sensitive_case(rng, output_size, channels_last)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.ps_roi_align(t, rois, output_size, 0.5, ratio), x, grad
+    )
     assert_forward_matches("avg", out, ref_out)
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("output_size", [(3, 2), 2])
 def test_ps_roi_pool_matches_reference(rng, output_size):
-    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
-    x = on_device(rng.standard_normal((2, 3 * oh * ow, 9, 11)), torch.float32)
-    rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
-    grad = on_device(rng.standard_normal((8, 3, oh, ow)), torch.float32)
-    results = []
-    for backend in ("triton", "reference"):
-        xb = x.detach().clone().requires_grad_()
-        with roiops.use_backend(backend):
-            out = roiops.ps_roi_pool(xb, rois, output_size, 0.5)
-            out.backward(grad)
-        results.append((out.detach(), xb.grad))
-    (out, gx), (ref_out, ref_gx) = results
+    x, rois, grad = position_sensitive_case(rng, output_size)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.ps_roi_pool(t, rois, output_size, 0.5), x, grad
+    )
     # sums of cells and one IEEE division: no multiply-add to contract
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
