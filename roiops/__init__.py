@@ -5,14 +5,24 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 """
 
 from roiops._backend import use_backend
-from roiops.functional import ps_roi_align, ps_roi_pool, roi_align, roi_pool
-from roiops.nn import PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
+from roiops.functional import (
+    map_levels,
+    multi_scale_roi_align,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+    roi_pool,
+)
+from roiops.nn import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
 
 __all__ = [
+    "MultiScaleRoIAlign",
     "PSRoIAlign",
     "PSRoIPool",
     "RoIAlign",
     "RoIPool",
+    "map_levels",
+    "multi_scale_roi_align",
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",

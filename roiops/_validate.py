@@ -124,6 +124,38 @@ def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
         )
 
 
+MAX_LEVELS = 5  # the GPU kernels take the levels side by side (P2-P6)
+
+
+def check_pyramid(features: object, op: str) -> list[Tensor]:
+    """A feature pyramid: 1 to MAX_LEVELS maps [N, C, H_l, W_l] with the same N, C, dtype
+    and device."""
+    if isinstance(features, Tensor) or not isinstance(features, Sequence):
+        raise TypeError(f"{op}: features must be a list of Tensor[N, C, H, W], got {features!r}")
+    features = list(features)
+    if not 1 <= len(features) <= MAX_LEVELS:
+        raise ValueError(f"{op}: features must hold 1 to {MAX_LEVELS} maps, got {len(features)}")
+    for i, f in enumerate(features):
+        check_input(f, f"{op}: features[{i}]")
+        first = features[0]
+        if (f.shape[:2], f.dtype, f.device) != (first.shape[:2], first.dtype, first.device):
+            raise ValueError(
+                f"{op}: features[{i}] is {tuple(f.shape)} {f.dtype} on {f.device}, but "
+                f"features[0] is {tuple(first.shape)} {first.dtype} on {first.device}: "
+                "every level needs the same N, C, dtype and device"
+            )
+    return features
+
+
+def check_levels(levels: Tensor, num_levels: int, op: str) -> None:
+    """Pyramid levels of the RoIs: whole numbers in [0, num_levels)."""
+    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= num_levels):
+        raise ValueError(
+            f"{op}: levels must lie in [0, {num_levels}) for {num_levels} feature maps, "
+            f"got values in [{int(levels.min())}, {int(levels.max())}]"
+        )
+
+
 def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         pair = (int(output_size), int(output_size))

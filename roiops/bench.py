@@ -57,6 +57,8 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             # R-FCN's class scores: 21 classes x 7 x 7 maps at stride 16, 800x1088 images
             Case("rfcn sr=2", "ps_roi_align", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
             Case("rfcn", "ps_roi_pool", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
+            # the FPN pooler module against torchvision's (which loops over the levels)
+            Case("fpn module", "multi_scale_roi_align", fpn, 8 * 512, (16, 800), 1 / 4, levels=4),
         ]
         quick_names = ("a small sr=2", "fpn 8x512", "b")
     else:
@@ -76,6 +78,8 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("rfcn sr=2", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
             Case("rfcn sr=0", "ps_roi_align", (1, 1029, 38, 50), 300, (32, 400), 1 / 16, 7, 0),
             Case("rfcn", "ps_roi_pool", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
+            # the FPN pooler module: P2-P5 of 2 images of 400x544, 1024 RoIs
+            Case("fpn 2x512", "multi_scale_roi_align", b, 1024, (16, 400), 1 / 4, levels=4),
         ]
         quick_names = ("a small sr=2", "b sr=2", "b")
     return [c for c in full if c.name in quick_names] if quick else full
@@ -260,10 +264,44 @@ class Row:
 
 def directions(case: Case) -> tuple[str, ...]:
     """What is timed: forward and backward; for roi_pool also the forward without
-    autograd ("inference"), which roiops runs without storing the argmax."""
-    return (
-        ("forward", "backward", "inference") if case.op == "roi_pool" else ("forward", "backward")
-    )
+    autograd ("inference"), which roiops runs without storing the argmax; for the FPN
+    pooler module the forward and forward+backward through autograd ("train")."""
+    if case.op == "roi_pool":
+        return ("forward", "backward", "inference")
+    if case.op == "multi_scale_roi_align":
+        return ("forward", "train")
+    return ("forward", "backward")
+
+
+def _module_callables(case: Case, levels: list[Level]):
+    """torchvision's MultiScaleRoIAlign module against roiops', on the same pyramid."""
+    import torchvision
+
+    names = [f"p{i + 2}" for i in range(len(levels))]
+    features = {name: lv.x for name, lv in zip(names, levels, strict=True)}
+    rois = torch.cat([lv.rois for lv in levels])
+    n = case.shape[0]
+    boxes = [rois[rois[:, 0] == i, 1:].to(levels[0].x.dtype) for i in range(n)]
+    image = (round(case.shape[2] / case.spatial_scale), round(case.shape[3] / case.spatial_scale))
+    shapes = [image] * n
+    grad = torch.randn((rois.shape[0], case.shape[1], case.output_size, case.output_size),
+                       dtype=levels[0].x.dtype, device=levels[0].x.device)  # fmt: skip
+    modules = {
+        "torchvision": torchvision.ops.MultiScaleRoIAlign(
+            names, case.output_size, case.sampling_ratio
+        ),
+        "roiops": roiops.MultiScaleRoIAlign(names, case.output_size, case.sampling_ratio),
+    }
+
+    def train(module):
+        leaves = {k: v.detach().requires_grad_() for k, v in features.items()}
+        torch.autograd.grad(module(leaves, boxes, shapes), list(leaves.values()), grad)
+
+    fns = {}
+    for lib, module in modules.items():
+        fns[(lib, "forward")] = lambda m=module: m(features, boxes, shapes)
+        fns[(lib, "train")] = lambda m=module: train(m)
+    return fns
 
 
 def run(
@@ -286,7 +324,10 @@ def run(
     bar = tqdm(total=total, disable=not progress, desc="bench", leave=False)
     for case in todo:
         levels = make_inputs(case, device, dtype)
-        fns = _callables(case, levels)
+        if case.op == "multi_scale_roi_align":
+            fns = _module_callables(case, levels)
+        else:
+            fns = _callables(case, levels)
         for direction in directions(case):
             t = {}
             for lib in ("torchvision", "roiops"):
@@ -306,18 +347,19 @@ def geometric_mean(values) -> float:
 
 
 def format_table(rows: list[Row], title: str) -> str:
+    op_width = max([10, *(len(r.op) for r in rows)])
     lines = [
         title,
-        f"{'op':<10} {'case':<14} {'direction':<9} {'torchvision ms':>15} "
+        f"{'op':<{op_width}} {'case':<14} {'direction':<9} {'torchvision ms':>15} "
         f"{'roiops ms':>10} {'speed-up':>9}",
     ]
     for r in rows:
         bandwidth = "" if r.roiops_bandwidth is None else f"  {r.roiops_bandwidth:6.1%} of peak BW"
         lines.append(
-            f"{r.op:<10} {r.case:<14} {r.direction:<9} {r.torchvision_ms:>15.2f} "
+            f"{r.op:<{op_width}} {r.case:<14} {r.direction:<9} {r.torchvision_ms:>15.2f} "
             f"{r.roiops_ms:>10.2f} {r.speedup:>8.1f}x{bandwidth}"
         )
-    for direction in ("forward", "backward", "inference"):
+    for direction in ("forward", "backward", "inference", "train"):
         sel = [r.speedup for r in rows if r.direction == direction]
         if sel:
             lines.append(f"geometric mean speed-up, {direction}: {geometric_mean(sel):.1f}x")

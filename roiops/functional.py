@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from roiops import _validate
+from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
@@ -168,3 +171,114 @@ def ps_roi_pool(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
     return ps_roi_pool_op(input, rois, scale, *pooled)
+
+
+LEVEL_MAPPERS = ("torchvision", "detectron2")
+
+
+def map_levels(
+    boxes: Tensor | Sequence[Tensor],
+    k_min: int,
+    k_max: int,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+    convention: Literal["torchvision", "detectron2"] = "torchvision",
+) -> Tensor:
+    """FPN's level mapper (Lin et al. 2017, eq. 1): the pyramid level of each box,
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale))`` clamped to
+    ``[k_min, k_max]``, returned as ``level - k_min`` (int64, on the boxes' device).
+
+    Args:
+        boxes: ``Tensor[K, 4]`` ``(x1, y1, x2, y2)`` or a list of them (one per image).
+        k_min, k_max: the finest and coarsest levels (2 and 5 for P2-P5).
+        canonical_scale, canonical_level: a box of ``canonical_scale`` pixels a side maps
+            to ``canonical_level`` (224 and 4, ImageNet's size on ResNet's C4).
+        eps: torchvision adds ``eps`` (1e-6) after the log; detectron2 adds it inside the
+            log (``log2(size / canonical + eps)``, its ``1e-8``).
+        convention: ``"torchvision"`` (``MultiScaleRoIAlign``'s ``LevelMapper``) or
+            ``"detectron2"`` (``ROIPooler``'s ``assign_boxes_to_levels``).
+
+    Computed with the same torch operations as each library, so the levels are theirs;
+    an inverted box (negative area) maps to ``k_min``, where both give a NaN level.
+    """
+    if convention not in LEVEL_MAPPERS:
+        raise ValueError(
+            f"map_levels: convention must be one of {LEVEL_MAPPERS}, got {convention!r}"
+        )
+    if not isinstance(boxes, Tensor):
+        boxes = torch.cat(list(boxes), dim=0)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"map_levels: boxes must be Tensor[K, 4], got {tuple(boxes.shape)}")
+    # an inverted box's negative area counts as 0 (the finest level), not as a NaN level
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    size = torch.sqrt(torch.clamp(area, min=0))
+    if convention == "torchvision":
+        level = torch.floor(
+            canonical_level
+            + torch.log2(size / canonical_scale)
+            + torch.tensor(eps, dtype=size.dtype)
+        )
+    else:
+        level = torch.floor(canonical_level + torch.log2(size / canonical_scale + eps))
+    level = torch.clamp(level, min=k_min, max=k_max)
+    return level.to(torch.int64) - k_min
+
+
+def multi_scale_roi_align(
+    features: Sequence[Tensor],
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    levels: Tensor | None = None,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+    level_mapper: Literal["torchvision", "detectron2"] = "torchvision",
+) -> Tensor:
+    """RoIAlign over a feature pyramid (the FPN pooler), every level in one kernel launch.
+
+    Args:
+        features: the levels, finest first: ``Tensor[N, C, H_l, W_l]`` each (at most 5),
+            same N, C, dtype and device.
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+        output_size: ``h`` or ``(h, w)``.
+        scales: each level's spatial_scale (e.g. 1/4, 1/8, 1/16, 1/32); powers of two,
+            the finest first, when the levels are mapped here.
+        sampling_ratio, aligned: as for :func:`roi_align` (torchvision's
+            ``MultiScaleRoIAlign`` and detectron2's ``ROIAlign`` pooler use
+            ``aligned=False``; detectron2's ``ROIAlignV2``, ``aligned=True``).
+        levels: ``Tensor[K]`` int64 level of each RoI (0 = ``features[0]``); by default
+            :func:`map_levels` of the boxes with ``k_min = -log2(scales[0])``,
+            ``k_max = -log2(scales[-1])`` and the mapper arguments below.
+        canonical_scale, canonical_level, eps, level_mapper: see :func:`map_levels`.
+
+    Returns:
+        ``Tensor[K, C, h, w]``: RoI k is ``roi_align`` of ``features[levels[k]]`` at
+        ``scales[levels[k]]`` (average mode); backward is deterministic.
+    """
+    op = "multi_scale_roi_align"
+    features = _validate.check_pyramid(features, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"{op}: scales must be a sequence of floats, got {scales!r}")
+    if len(scales) != len(features):
+        raise ValueError(f"{op}: {len(features)} feature maps but {len(scales)} scales")
+    scale_list = [_validate.check_spatial_scale(s, op) for s in scales]
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    aligned = _validate.check_aligned(aligned, op)
+    rois = _validate.boxes_to_rois(boxes, features[0], op)
+    if levels is None:
+        k_min = int(-math.log2(scale_list[0]))
+        k_max = int(-math.log2(scale_list[-1]))
+        levels = map_levels(
+            rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper
+        )
+    elif not isinstance(levels, Tensor) or levels.shape != (rois.shape[0],):
+        raise ValueError(f"{op}: levels must be a Tensor[{rois.shape[0]}] of level indices")
+    levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
+    return multi_scale_roi_align_op(
+        list(features), rois, levels, scale_list, *pooled, ratio, aligned
+    )

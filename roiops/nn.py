@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from roiops.functional import BoxesArg, ps_roi_align, ps_roi_pool, roi_align, roi_pool
+from roiops.functional import (
+    BoxesArg,
+    map_levels,
+    multi_scale_roi_align,
+    ps_roi_align,
+    ps_roi_pool,
+    roi_align,
+    roi_pool,
+)
 
 
 class RoIAlign(nn.Module):
@@ -99,4 +108,78 @@ class PSRoIPool(nn.Module):
         return (
             f"{self.__class__.__name__}(output_size={self.output_size}, "
             f"spatial_scale={self.spatial_scale})"
+        )
+
+
+def infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
+    """A feature map's spatial_scale: ``feature size / image size`` rounded to a power of
+    two, as torchvision's ``MultiScaleRoIAlign`` infers it (float32 log2, half to even)."""
+    approx = float(feature.shape[-2]) / float(image_size[0])
+    return 2 ** float(torch.tensor(approx).log2().round())
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """The FPN pooler, as ``torchvision.ops.MultiScaleRoIAlign``: same constructor,
+    forward and numbers, every level in one kernel launch (torchvision loops over levels
+    and scatters each level's RoIs back).
+
+    Beyond torchvision's arguments: ``aligned`` (False as torchvision; True is detectron2's
+    ``ROIAlignV2``), ``eps`` and ``level_mapper`` (``"detectron2"`` for ``ROIPooler``'s
+    assignment), see :func:`roiops.map_levels`.
+    """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int | tuple[int, int] | list[int],
+        sampling_ratio: int,
+        *,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+        aligned: bool = False,
+        eps: float = 1e-6,
+        level_mapper: str = "torchvision",
+    ) -> None:
+        super().__init__()
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.featmap_names = featmap_names
+        self.sampling_ratio = sampling_ratio
+        self.output_size = tuple(output_size)
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.aligned = aligned
+        self.eps = eps
+        self.level_mapper = level_mapper
+
+    def forward(
+        self,
+        x: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> Tensor:
+        """``x``: named feature maps (those in ``featmap_names`` are used, finest
+        first); ``boxes``: one ``Tensor[L, 4]`` per image; ``image_shapes``: each image's
+        ``(height, width)`` before padding. Returns ``Tensor[K, C, h, w]``."""
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+        scales = [infer_scale(f, size) for f in features]
+        if len(features) == 1:
+            return roi_align(
+                features[0], boxes, self.output_size, scales[0], self.sampling_ratio, self.aligned
+            )
+        k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
+        k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
+        levels = map_levels(
+            boxes, k_min, k_max, self.canonical_scale, self.canonical_level, self.eps,
+            self.level_mapper,
+        )  # fmt: skip
+        return multi_scale_roi_align(
+            features, boxes, self.output_size, scales, self.sampling_ratio, self.aligned, levels
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
+            f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
         )

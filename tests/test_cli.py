@@ -67,6 +67,8 @@ def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
 
 def test_bench_inputs_are_valid_boxes():
     for case in bench.cases():
+        if case.levels > 1:
+            continue  # pyramids: test_gpu_cases_and_fpn_levels
         (level,) = bench.make_inputs(case, "cpu", bench.torch.float32)
         n, c, h, w = case.shape
         assert level.x.shape == case.shape and level.rois.shape == (case.num_rois, 5)
@@ -103,3 +105,15 @@ def test_bench_callables_compare_like_for_like_over_pyramid_levels():
         assert len(ours) == len(theirs) == 4
         for a, b in zip(ours, theirs, strict=True):
             bench.torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_fpn_module_callables_run_and_agree():
+    # the FPN pooler module case, small: both modules run forward and train, and give
+    # the same forward numbers
+    case = bench.Case("fpn", "multi_scale_roi_align", (2, 4, 32, 32), 64, (16, 400), 1 / 4,
+                      levels=4)  # fmt: skip
+    fns = bench._module_callables(case, bench.make_inputs(case, "cpu", bench.torch.float32))
+    assert bench.directions(case) == ("forward", "train")
+    assert bench.torch.equal(fns[("roiops", "forward")](), fns[("torchvision", "forward")]())
+    for lib in ("roiops", "torchvision"):
+        fns[(lib, "train")]()

@@ -142,6 +142,22 @@ def test_ps_roi_pool_equals_torchvision(rng):
     assert torch.equal(roiops.ps_roi_pool(x, rois, 7, 0.25), tv_ops.ps_roi_pool(x, rois, 7, 0.25))
 
 
+def test_multi_scale_roi_align_module_matches_torchvision(rng):
+    from collections import OrderedDict
+
+    names = ["p2", "p3", "p4", "p5"]
+    x = OrderedDict(
+        (name, torch.randn(2, 64, 200 >> i, 272 >> i, device="cuda"))
+        for i, name in enumerate(names)
+    )
+    rois = cuda(detection_rois(rng, 2, 1000, 800, 1088))
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    shapes = [(800, 1088), (800, 1088)]
+    ours = roiops.MultiScaleRoIAlign(names, 7, 2)(x, boxes, shapes)
+    theirs = tv_ops.MultiScaleRoIAlign(names, 7, 2)(x, boxes, shapes)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def run_all_ops(x, rois, grad7):
     """Forward and backward of every op and mode; returns the input gradients."""
     grads = []

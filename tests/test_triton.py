@@ -462,3 +462,38 @@ def test_ps_roi_pool_kernels_take_any_roi_value(rng):
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.ps_roi_pool_backward(grad[:2], rois[:2], 0.5, 2, 2, 2, 8, 9, 11)
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("aligned,ratio", [(False, 2), (True, 0)])
+def test_multi_scale_roi_align_matches_reference(rng, aligned, ratio):
+    # every level in one launch: each program picks its RoI's level
+    scales = [1 / 2, 1 / 4, 1 / 8]
+    features = [
+        on_device(rng.standard_normal((2, 3, 16 >> i, 20 >> i)), torch.float32) for i in range(3)
+    ]
+    rois = on_device(random_rois(rng, 2, 12, 32, 40), torch.float32)
+    levels = torch.from_numpy(rng.integers(0, 3, 12)).to(DEVICE)
+    grad = on_device(rng.standard_normal((12, 3, 2, 2)), torch.float32)
+    results = []
+    for backend in ("triton", "reference"):
+        leaves = [f.detach().clone().requires_grad_() for f in features]
+        with roiops.use_backend(backend):
+            out = roiops.multi_scale_roi_align(leaves, rois, 2, scales, ratio, aligned, levels)
+            out.backward(grad)
+        results.append((out.detach(), [f.grad for f in leaves]))
+    (out, grads), (ref_out, ref_grads) = results
+    assert_forward_matches("avg", out, ref_out)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **TOL[torch.float32])
+
+
+def test_multi_scale_kernel_takes_any_level(rng):
+    from roiops.gpu import multi_scale_roi_align as gpu_fpn
+
+    features = [
+        on_device(rng.standard_normal((1, 2, 8 >> i, 8 >> i)), torch.float32) for i in range(2)
+    ]
+    rois = on_device(random_rois(rng, 1, 4, 16, 16, min_size=2), torch.float32)
+    levels = torch.tensor([0, 5, -1, 1], device=DEVICE)
+    out = gpu_fpn.multi_scale_roi_align_forward(features, rois, levels, [0.5, 0.25], 2, 2, 2, True)
+    assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()

@@ -28,6 +28,10 @@ from roiops.gpu.fixed_point import (  # noqa: E402
     CONVERT_CHANNELS,
     fixed_point_to_float_kernel,
 )
+from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
+    multi_scale_roi_align_backward_kernel,
+    multi_scale_roi_align_forward_kernel,
+)
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
@@ -49,7 +53,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
 # integer arguments that hold 64-bit values
-INT64_ARGS = ("scale_bits",)
+INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
 
 
 def registers_and_spills(ptx: str) -> tuple[int, int]:
@@ -120,6 +124,16 @@ def main() -> int:
         compile_for_gpu(
             roi_align_backward_kernel, bwd, {**ps, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps
         )
+        levels = {f"X{i}": f"*{dt}" for i in range(5)} | {"LEVELS": "*i64"}
+        fpn = {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "ALIGNED": False}
+        compile_for_gpu(
+            multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": block},
+            fwd_warps,
+        )  # fmt: skip
+        compile_for_gpu(
+            multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
+            {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,
+        )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
         compile_for_gpu(

@@ -34,46 +34,57 @@ FORWARD_BLOCK = 256
 @njit(parallel=True, cache=True)
 def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out):
     """out[K, C, pooled_h, pooled_w] = mean of the bilinear samples of each bin."""
-    _, H, W, C = X.shape
     K = rois.shape[0]
+    C = X.shape[3]
+    out_bins = out.reshape(K, C, pooled_h * pooled_w)
+    for k in prange(K):
+        roi_align_avg_forward_roi(
+            X, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out_bins[k]
+        )
+
+
+@njit(cache=True)
+def roi_align_avg_forward_roi(
+    X, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out_k
+):
+    """One RoI's output ``out_k[C, pooled_h * pooled_w]`` (the forward task's work)."""
+    _, H, W, C = X.shape
     T = X.dtype.type
     P = pooled_h * pooled_w
     Xf = X.reshape(-1)
-    out_bins = out.reshape(K, C, P)
-    for k in prange(K):
-        n = int(rois[k, 0])
-        gh, gw, rows, cols = roi_sampling_tables(
-            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
-        )
-        count = T(max(gh * gw, 1))
-        bins = np.zeros((P, C), X.dtype)
-        for c0 in range(0, C, FORWARD_BLOCK):
-            nc = min(C - c0, FORWARD_BLOCK)
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    acc = bins[ph * pooled_w + pw, c0 : c0 + nc]
-                    for iy in range(gh):
-                        for ix in range(gw):
-                            if not sample_is_inside(rows, cols, ph, iy, pw, ix):
-                                continue
-                            w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
-                                rows, cols, ph, iy, pw, ix, n, H, W, C
+    n = int(rois[k, 0])
+    gh, gw, rows, cols = roi_sampling_tables(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
+    )
+    count = T(max(gh * gw, 1))
+    bins = np.zeros((P, C), X.dtype)
+    for c0 in range(0, C, FORWARD_BLOCK):
+        nc = min(C - c0, FORWARD_BLOCK)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                acc = bins[ph * pooled_w + pw, c0 : c0 + nc]
+                for iy in range(gh):
+                    for ix in range(gw):
+                        if not sample_is_inside(rows, cols, ph, iy, pw, ix):
+                            continue
+                        w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                            rows, cols, ph, iy, pw, ix, n, H, W, C
+                        )
+                        o1, o2 = np.uint64(o1 + c0), np.uint64(o2 + c0)
+                        o3, o4 = np.uint64(o3 + c0), np.uint64(o4 + c0)
+                        for cc in range(nc):
+                            u = np.uint64(cc)
+                            acc[cc] += (
+                                w1 * Xf[o1 + u]
+                                + w2 * Xf[o2 + u]
+                                + w3 * Xf[o3 + u]
+                                + w4 * Xf[o4 + u]
                             )
-                            o1, o2 = np.uint64(o1 + c0), np.uint64(o2 + c0)
-                            o3, o4 = np.uint64(o3 + c0), np.uint64(o4 + c0)
-                            for cc in range(nc):
-                                u = np.uint64(cc)
-                                acc[cc] += (
-                                    w1 * Xf[o1 + u]
-                                    + w2 * Xf[o2 + u]
-                                    + w3 * Xf[o3 + u]
-                                    + w4 * Xf[o4 + u]
-                                )
-                    for cc in range(nc):
-                        acc[cc] = acc[cc] / count
-        for c in range(C):
-            for b in range(P):
-                out_bins[k, c, b] = bins[b, c]
+                for cc in range(nc):
+                    acc[cc] = acc[cc] / count
+    for c in range(C):
+        for b in range(P):
+            out_k[c, b] = bins[b, c]
 
 
 @njit(parallel=True, cache=True)
@@ -153,11 +164,9 @@ def roi_align_avg_backward(
 
     ``order[image_start[n]:image_start[n + 1]]`` lists image n's RoIs in input order.
     """
-    N, H, W, C = GX.shape
-    T = GX.dtype.type
+    N, C = GX.shape[0], GX.shape[3]
     P = pooled_h * pooled_w
     G_bins = G.reshape(G.shape[0], C, P)
-    GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
         n = task // n_blocks
@@ -165,38 +174,55 @@ def roi_align_avg_backward(
         nc = min(C - c0, channel_block)
         share = np.empty((P, nc), GX.dtype)
         for j in range(image_start[n], image_start[n + 1]):
-            k = order[j]
-            gh, gw, rows, cols = roi_sampling_tables(
-                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
-            )
-            count = T(max(gh * gw, 1))
-            for cc in range(nc):
-                for b in range(P):
-                    share[b, cc] = G_bins[k, c0 + cc, b] / count
-            for ph in range(pooled_h):
-                for pw in range(pooled_w):
-                    g = share[ph * pooled_w + pw]
-                    for iy in range(gh):
-                        for ix in range(gw):
-                            if not sample_is_inside(rows, cols, ph, iy, pw, ix):
-                                continue
-                            w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
-                                rows, cols, ph, iy, pw, ix, n, H, W, C
-                            )
-                            # four separate passes: corners coincide at the border, and
-                            # each must add in the reference's order
-                            o = np.uint64(o1 + c0)
-                            for cc in range(nc):
-                                GXf[o + np.uint64(cc)] += g[cc] * w1
-                            o = np.uint64(o2 + c0)
-                            for cc in range(nc):
-                                GXf[o + np.uint64(cc)] += g[cc] * w2
-                            o = np.uint64(o3 + c0)
-                            for cc in range(nc):
-                                GXf[o + np.uint64(cc)] += g[cc] * w3
-                            o = np.uint64(o4 + c0)
-                            for cc in range(nc):
-                                GXf[o + np.uint64(cc)] += g[cc] * w4
+            roi_align_avg_backward_roi(
+                G_bins[order[j]], rois, order[j], spatial_scale, pooled_h, pooled_w,
+                sampling_ratio, aligned, c0, share, GX,
+            )  # fmt: skip
+
+
+@njit(cache=True)
+def roi_align_avg_backward_roi(
+    G_k, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, c0, share, GX
+):
+    """GX[n, :, :, c0:c0 + nc] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``
+    (one RoI's share of a backward task; ``share[P, nc]`` is the task's scratch)."""
+    _, H, W, C = GX.shape
+    T = GX.dtype.type
+    P = pooled_h * pooled_w
+    nc = share.shape[1]
+    GXf = GX.reshape(-1)
+    n = int(rois[k, 0])
+    gh, gw, rows, cols = roi_sampling_tables(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
+    )
+    count = T(max(gh * gw, 1))
+    for cc in range(nc):
+        for b in range(P):
+            share[b, cc] = G_k[c0 + cc, b] / count
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            g = share[ph * pooled_w + pw]
+            for iy in range(gh):
+                for ix in range(gw):
+                    if not sample_is_inside(rows, cols, ph, iy, pw, ix):
+                        continue
+                    w1, w2, w3, w4, o1, o2, o3, o4 = sample_corners(
+                        rows, cols, ph, iy, pw, ix, n, H, W, C
+                    )
+                    # four separate passes: corners coincide at the border, and each
+                    # must add in the reference's order
+                    o = np.uint64(o1 + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w1
+                    o = np.uint64(o2 + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w2
+                    o = np.uint64(o3 + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w3
+                    o = np.uint64(o4 + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w4
 
 
 @njit(parallel=True, cache=True)

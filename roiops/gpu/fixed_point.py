@@ -107,28 +107,36 @@ def fixed_point_to_float_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 class Accumulator:
-    """One backward's fixed-point sum: ``acc`` (zeroed int64 NHWC), ``amax`` (a 0-d tensor
-    on the device, ``max |grad|``) and ``log2_count``, as the scatter kernels take them."""
+    """One backward's fixed-point sums, for one input or several (the levels of a feature
+    pyramid): ``parts[i]`` (zeroed int64 NHWC views of one buffer ``flat``, part i at
+    element ``offsets[i]``), ``amax`` (a 0-d tensor on the device, ``max |grad|``) and
+    ``log2_count``, as the scatter kernels take them; ``acc`` is ``parts[0]``."""
 
-    def __init__(self, grad: torch.Tensor, input_shape) -> None:
-        n, c, h, w = input_shape
+    def __init__(self, grad: torch.Tensor, *input_shapes) -> None:
         k, _, ph, pw = grad.shape
-        self.acc = torch.zeros((n, h, w, c), dtype=torch.int64, device=grad.device)
+        sizes = [n * h * w * c for n, c, h, w in input_shapes]
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.flat = torch.zeros(sum(sizes), dtype=torch.int64, device=grad.device)
+        self.parts = [
+            self.flat[o : o + size].view(n, h, w, c)
+            for o, size, (n, c, h, w) in zip(self.offsets, sizes, input_shapes, strict=True)
+        ]
+        self.acc = self.parts[0]
         # max is exact in any order: the scale does not depend on how threads are scheduled
         wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
         self.amax = torch.linalg.vector_norm(grad, float("inf"), dtype=wide)
         self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
 
-    def write_to(self, grad_input: torch.Tensor) -> torch.Tensor:
-        """Convert the sum into ``grad_input[N, C, H, W]`` (any strides); every cell is
-        written."""
+    def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
+        """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
+        is written."""
         n, c, h, w = grad_input.shape
         num_cells = n * h * w
         if num_cells == 0 or c == 0:
             return grad_input
         grid = (triton.cdiv(num_cells, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
         fixed_point_to_float_kernel[grid](
-            self.acc, self.amax, grad_input, h * w, w, c, self.log2_count,
+            self.parts[part], self.amax, grad_input, h * w, w, c, self.log2_count,
             *grad_input.stride(), num_cells,
             BLOCK_CELLS=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS, num_warps=4,
         )  # fmt: skip

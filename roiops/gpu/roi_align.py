@@ -41,11 +41,13 @@ SPAN = 8
 
 
 @triton.jit
-def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr, PW: tl.constexpr,
-                  ALIGNED: tl.constexpr):  # fmt: skip
+def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constexpr,
+                  PW: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
     """(n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid) of RoI k; an invalid
-    RoI (see ``load_roi``) has an empty sampling grid."""
+    RoI (see ``load_roi``; or not ``usable``, e.g. its pyramid level is out of range) has
+    an empty sampling grid."""
     n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
+    valid = valid & usable
     offset = 0.5 if ALIGNED else 0.0
     start_w = x1 - offset
     start_h = y1 - offset
@@ -139,10 +141,20 @@ def roi_align_forward_kernel(
     PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of channel c reading
     input channel c * PH * PW + p."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
+                 True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK)  # fmt: skip
+
+
+@triton.jit
+def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
+                 usable, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+                 MAX_MODE: tl.constexpr, PS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """The forward of RoI k's outputs (c, p) from NCHW X: the body of
+    ``roi_align_forward_kernel``, shared with the FPN pooler's kernel."""
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
+        ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED
     )
     c_in, C_in = input_channel(c, p, C, PH * PW, PS)
     plane = X + (n * C_in + c_in.to(tl.int64)) * H * W
@@ -176,7 +188,7 @@ def roi_align_forward_nhwc_kernel(
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
+        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
     )
     c_in, C_in = input_channel(c, p, C, PH * PW, PS)
     image = X + n * H * W * C_in + c_in
@@ -237,10 +249,22 @@ def roi_align_backward_kernel(
     of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode); with PS,
     ACC[N, H, W, C * PH * PW] and bin p of channel c feeds channel c * PH * PW + p."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
+                 sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
+                 SPAN)  # fmt: skip
+
+
+@triton.jit
+def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
+                 sampling_ratio, log2_count, usable, PH: tl.constexpr, PW: tl.constexpr,
+                 ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr, PS: tl.constexpr,
+                 SPAN: tl.constexpr):  # fmt: skip
+    """The backward of RoI k's bin p for channels c into the NHWC accumulator ACC: the
+    body of ``roi_align_backward_kernel``, shared with the FPN pooler's kernel."""
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED
+        ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED
     )
     g_at, argmax_at = output_offsets(k, c, p, C, PH * PW)
     dt = start_h.dtype

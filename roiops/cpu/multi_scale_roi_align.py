@@ -1,0 +1,55 @@
+"""Multi-scale RoIAlign (FPN pooler) on CPU: every level in one Numba launch.
+
+The levels arrive as a tuple of channels-last arrays (``X_l[N, H_l, W_l, C]``); each
+RoI is pooled from its own level by RoIAlign's per-RoI forward
+(``roiops.cpu.roi_align.roi_align_avg_forward_roi``): one task per RoI, whatever its
+level. Backward: one task per (image, channel block) owns that slice of *every* level's
+gradient and visits the image's RoIs in input order, each adding into its level
+(``roi_align_avg_backward_roi``): bitwise reproducible, as for one level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from roiops.cpu.roi_align import roi_align_avg_backward_roi, roi_align_avg_forward_roi
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_align_forward(
+    features, rois, levels, scales, pooled_h, pooled_w, sampling_ratio, aligned, out
+):
+    """out[K, C, pooled_h, pooled_w]: RoI k pooled from ``features[levels[k]]``."""
+    K, C = out.shape[0], out.shape[1]
+    out_bins = out.reshape(K, C, pooled_h * pooled_w)
+    for k in prange(K):
+        level = levels[k]
+        roi_align_avg_forward_roi(
+            features[level], rois, k, scales[level], pooled_h, pooled_w, sampling_ratio,
+            aligned, out_bins[k],
+        )  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_align_backward(
+    G, rois, levels, order, image_start, scales, pooled_h, pooled_w, sampling_ratio, aligned,
+    channel_block, grads,
+):  # fmt: skip
+    """grads[l][N, H_l, W_l, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
+    N = image_start.shape[0] - 1
+    C = G.shape[1]
+    P = pooled_h * pooled_w
+    G_bins = G.reshape(G.shape[0], C, P)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n = task // n_blocks
+        c0 = (task - n * n_blocks) * channel_block
+        share = np.empty((P, min(C - c0, channel_block)), G.dtype)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            level = levels[k]
+            roi_align_avg_backward_roi(
+                G_bins[k], rois, k, scales[level], pooled_h, pooled_w, sampling_ratio,
+                aligned, c0, share, grads[level],
+            )  # fmt: skip

@@ -1,0 +1,114 @@
+"""Multi-scale RoIAlign (FPN pooler) in Triton: every pyramid level in one launch.
+
+The forward is ``roi_align_forward_kernel``'s work split (one program per RoI and block
+of its outputs); a program first picks its RoI's level (pointer, size, spatial_scale) out
+of up to MAX_LEVELS passed side by side, then runs RoIAlign's body (``forward_bins``).
+The backward scatters every RoI into its level's part of one fixed-point accumulator
+(``backward_bin``; one launch), then converts each level's part into that level's
+gradient. A RoI whose level is not in ``[0, L)`` is invalid: NaN outputs, no gradient.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from roiops._validate import MAX_LEVELS
+from roiops.gpu.fixed_point import Accumulator
+from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
+from roiops.gpu.rois import scale_bits
+from roiops.gpu.tiles import bin_channels_grid, bin_channels_tile, bins_grid, bins_tile
+
+
+@triton.jit
+def _pick_level(LEVELS, k, NUM_LEVELS: tl.constexpr, A0, A1, A2, A3, A4):
+    """(level, usable, A): RoI k's level, whether it is in range, and the level's entry
+    of A0..A4 (level 0's where it is out of range)."""
+    level = tl.load(LEVELS + k)
+    usable = (level >= 0) & (level < NUM_LEVELS)
+    a = tl.where(level == 1, A1, A0)
+    a = tl.where(level == 2, A2, a)
+    a = tl.where(level == 3, A3, a)
+    a = tl.where(level == 4, A4, a)
+    return usable, a
+
+
+@triton.jit
+def multi_scale_roi_align_forward_kernel(
+    X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, sampling_ratio,
+    NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
+    sizes are H_l x W_l and spatial_scale the float64 with bits S_l."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    usable, X = _pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
+    _, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    forward_bins(X, ROIS, OUT, OUT, k, c, p, ok, N, C, H, W, bits, sampling_ratio, usable,
+                 PH, PW, ALIGNED, False, False, BLOCK)  # fmt: skip
+
+
+@triton.jit
+def multi_scale_roi_align_backward_kernel(
+    G, ROIS, LEVELS, AMAX, ACC, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, O0, O1, O2, O3, O4,
+    sampling_ratio, log2_count,
+    NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+):  # fmt: skip
+    """ACC (int64; level l's NHWC part starts at element O_l) += the gradient of one
+    (RoI, bin, block of channels) from G[K, C, PH, PW]."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    usable, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    _, offset = _pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
+    backward_bin(G, ROIS, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
+                 sampling_ratio, log2_count, usable, PH, PW, ALIGNED, False, False,
+                 SPAN)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- launchers
+def _per_level(values, fill):
+    """``values`` padded to MAX_LEVELS entries with ``fill``."""
+    return [*values, *([fill] * (MAX_LEVELS - len(values)))]
+
+
+def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pooled_w,
+                                  sampling_ratio, aligned):  # fmt: skip
+    """``out[K, C, ph, pw]`` for ``features[l][N, C, H_l, W_l]`` (read as NCHW)."""
+    K = rois.shape[0]
+    N, C = features[0].shape[:2]
+    xs = [f.contiguous() for f in features]
+    out = xs[0].new_empty((K, C, pooled_h, pooled_w))
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align")
+    multi_scale_roi_align_forward_kernel[grid](
+        *_per_level(xs, xs[0]), rois, levels, out, N, C,
+        *_per_level([f.shape[2] for f in xs], 0), *_per_level([f.shape[3] for f in xs], 0),
+        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
+        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, sampling_ratio,
+                                   aligned):  # fmt: skip
+    """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
+    K, C, pooled_h, pooled_w = grad.shape
+    N = grad_inputs[0].shape[0]
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
+    multi_scale_roi_align_backward_kernel[grid](
+        grad.contiguous(), rois, levels, sums.amax, sums.flat, N, C,
+        *_per_level([g.shape[2] for g in grad_inputs], 0),
+        *_per_level([g.shape[3] for g in grad_inputs], 0),
+        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
+        *_per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
+        NUM_LEVELS=len(grad_inputs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
+        BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
+    )  # fmt: skip
+    return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]

@@ -1,0 +1,152 @@
+"""Multi-scale RoIAlign (FPN pooler) as custom ops: ``roiops::multi_scale_roi_align`` and
+its backward, every pyramid level in one kernel launch.
+
+``features`` is the list of levels ``[N, C, H_l, W_l]``, ``levels[K]`` (int64) the level
+of each RoI and ``scales[l]`` each level's spatial_scale. The input gradients follow
+``roiops._layout`` (channels_last on CPU, NCHW on CUDA), one per level.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops._layout import fake_input_grad, new_input_grad
+from roiops.cpu import layout
+from roiops.cpu import multi_scale_roi_align as cpu
+from roiops.ops import host_array
+from roiops.reference import multi_scale_roi_align as reference
+
+OP = "multi_scale_roi_align"
+
+
+def _check_values(rois, levels, batch_size, num_levels, device, backend):
+    if _validate.roi_values_checked(device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
+        _validate.check_levels(levels, num_levels, OP)
+
+
+@torch.library.custom_op("roiops::multi_scale_roi_align", mutates_args=())
+def multi_scale_roi_align_op(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``Tensor[K, C, pooled_height, pooled_width]``, RoI k from ``features[levels[k]]``."""
+    first = features[0]
+    backend = select_backend(first.device)
+    _check_values(rois, levels, first.shape[0], len(features), first.device, backend)
+    shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
+    if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
+        return first.new_zeros(shape)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        for f in features:
+            _validate.check_plane_indexable(f.shape, OP)
+        return gpu.multi_scale_roi_align_forward(
+            features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned
+        )
+    xs = [f.to(_validate.compute_dtype(f.dtype)) for f in features]
+    if backend == "numba":
+        out = xs[0].new_empty(shape)
+        cpu.multi_scale_roi_align_forward(
+            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
+            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            sampling_ratio, aligned, out.numpy(),
+        )  # fmt: skip
+        return out.to(first.dtype)
+    out = reference.multi_scale_roi_align_forward(
+        [host_array(x) for x in xs], host_array(rois), host_array(levels), scales,
+        pooled_height, pooled_width, sampling_ratio, aligned,
+    )  # fmt: skip
+    return torch.from_numpy(out).to(first.device, first.dtype)
+
+
+@multi_scale_roi_align_op.register_fake
+def _(features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned):
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+@torch.library.custom_op("roiops::multi_scale_roi_align_backward", mutates_args=())
+def multi_scale_roi_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    levels: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
+) -> list[Tensor]:
+    """The gradient w.r.t. every level (deterministic)."""
+    shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
+    if grad.numel() == 0:
+        return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
+    backend = select_backend(grad.device)
+    _check_values(rois, levels, batch_size, len(shapes), grad.device, backend)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
+        return gpu.multi_scale_roi_align_backward(
+            grad, rois, levels, scales, grads, sampling_ratio, aligned
+        )
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        cpu.multi_scale_roi_align_backward(
+            g.contiguous().numpy(), rois.numpy(), levels.numpy(), order, start,
+            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            sampling_ratio, aligned, block, tuple(layout.grad_array(gx) for gx in grads),
+        )  # fmt: skip
+    else:
+        refs = reference.multi_scale_roi_align_backward(
+            host_array(g), host_array(rois), host_array(levels), scales, pooled_height,
+            pooled_width, sampling_ratio, aligned, shapes,
+        )  # fmt: skip
+        for gx, ref in zip(grads, refs, strict=True):
+            gx.copy_(torch.from_numpy(ref))
+    return [gx.to(grad.dtype) for gx in grads]
+
+
+@multi_scale_roi_align_backward_op.register_fake
+def _(grad, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned,
+      batch_size, channels, heights, widths):  # fmt: skip
+    return [
+        fake_input_grad(grad, batch_size, channels, h, w)
+        for h, w in zip(heights, widths, strict=True)
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.params = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
+    ctx.sizes = (
+        features[0].shape[0],
+        features[0].shape[1],
+        [f.shape[2] for f in features],
+        [f.shape[3] for f in features],
+    )
+
+
+def _backward(ctx, grad):
+    rois, levels = ctx.saved_tensors
+    grads = multi_scale_roi_align_backward_op(grad, rois, levels, *ctx.params, *ctx.sizes)
+    return list(grads), None, None, None, None, None, None, None
+
+
+multi_scale_roi_align_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,153 @@
+"""multi_scale_roi_align / MultiScaleRoIAlign (the FPN pooler) and map_levels: every
+backend vs the reference and vs torchvision's MultiScaleRoIAlign and LevelMapper."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import as_tensor, random_rois, results_across_thread_counts
+from torchvision.ops.poolers import LevelMapper
+
+import roiops
+
+SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+
+def pyramid(rng, dtype=torch.float32, channels=5, batch=2, size=64):
+    return [
+        as_tensor(rng.standard_normal((batch, channels, size >> i, size >> i)), dtype)
+        for i in range(len(SCALES))
+    ]
+
+
+def boxes_over(rng, count, image=256):
+    """Boxes of 4 to 256 px over an image: every level gets some."""
+    side = np.exp(rng.uniform(np.log(4), np.log(image), (count, 2)))
+    x1 = rng.uniform(0, image - side[:, 0])
+    y1 = rng.uniform(0, image - side[:, 1])
+    return np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], axis=1)
+
+
+def run(backend, features, rois, output_size, ratio, aligned, grad=None):
+    features = [f.detach().clone().requires_grad_(grad is not None) for f in features]
+    with roiops.use_backend(backend):
+        out = roiops.multi_scale_roi_align(features, rois, output_size, SCALES, ratio, aligned)
+        if grad is None:
+            return out.detach(), None
+        out.backward(grad)
+    return out.detach(), [f.grad for f in features]
+
+
+def test_map_levels_by_hand_and_as_torchvision():
+    # sqrt(area) 112 -> level 3, 224 -> 4, 448 -> 5, 10 -> clamped to 2, 2000 -> 5
+    sides = torch.tensor([112.0, 224, 448, 10, 2000])
+    boxes = torch.stack([torch.zeros(5), torch.zeros(5), sides, sides], dim=1)
+    assert roiops.map_levels(boxes, 2, 5).tolist() == [1, 2, 3, 0, 3]
+    mapper = LevelMapper(2, 5)
+    rng = np.random.default_rng(0)
+    many = [as_tensor(boxes_over(rng, 500, 1333), torch.float32) for _ in range(2)]
+    assert torch.equal(roiops.map_levels(many, 2, 5), mapper(many))
+
+
+def test_map_levels_of_degenerate_boxes():
+    # an inverted box has a negative area: its size counts as 0, the finest level
+    # (torchvision's mapper gives it a NaN level, and its pooler an all-zero output)
+    boxes = torch.tensor([[10.0, 10, 5, 30], [0, 0, 0, 0], [0, 0, 1e9, 1e9]])
+    assert roiops.map_levels(boxes, 2, 5).tolist() == [0, 0, 3]
+
+
+def test_map_levels_detectron2_convention():
+    # detectron2 adds its eps inside the log: a box just under 224 px is level 3 there,
+    # where torchvision's eps, added after the log, lifts it to level 4
+    side = torch.tensor([224.0 * (1 - 3e-7)])
+    box = torch.stack([torch.zeros(1), torch.zeros(1), side, side], dim=1)
+    assert roiops.map_levels(box, 2, 5, eps=1e-8, convention="detectron2").item() == 1
+    assert roiops.map_levels(box, 2, 5).item() == 2
+    with pytest.raises(ValueError, match="convention must be one of"):
+        roiops.map_levels(box, 2, 5, convention="mmdet")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_module_equals_torchvision_s(rng, dtype):
+    names = ["p2", "p3", "p4", "p5"]
+    x = OrderedDict(zip(names, pyramid(rng, dtype, size=64), strict=True))
+    boxes = [as_tensor(boxes_over(rng, n), dtype) for n in (40, 25)]
+    shapes = [(256, 256), (250, 240)]
+    ours = roiops.MultiScaleRoIAlign(names, 7, 2)
+    theirs = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)
+    assert repr(ours) == repr(theirs)
+    out = ours(x, boxes, shapes)
+    # the forward is roi_align's, which equals torchvision's bit for bit on CPU
+    assert torch.equal(out, theirs(x, boxes, shapes))
+    grad = torch.randn_like(out)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    ours(leaves, boxes, shapes).backward(grad)
+    tv_leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    theirs(tv_leaves, boxes, shapes).backward(grad)
+    for k in names:  # roi_align's backward divides before weighting: a last-bit difference
+        torch.testing.assert_close(leaves[k].grad, tv_leaves[k].grad)
+
+
+@pytest.mark.parametrize("aligned,ratio", [(False, 2), (True, 0), (True, 1)])
+def test_numba_equals_reference_bitwise(rng, aligned, ratio):
+    features = pyramid(rng, torch.float64, size=32)
+    rois = as_tensor(random_rois(rng, 2, 24, 128, 128), torch.float64)
+    grad = as_tensor(rng.standard_normal((24, 5, 3, 3)), torch.float64)
+    fast = run("numba", features, rois, 3, ratio, aligned, grad)
+    ref = run("reference", features, rois, 3, ratio, aligned, grad)
+    assert torch.equal(fast[0], ref[0])
+    for a, b in zip(fast[1], ref[1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_equals_roi_align_level_by_level(rng):
+    features = pyramid(rng, size=32)
+    rois = as_tensor(random_rois(rng, 2, 30, 128, 128, min_size=1), torch.float32)
+    levels = torch.from_numpy(rng.integers(0, 4, 30))
+    out = roiops.multi_scale_roi_align(features, rois, 2, SCALES, 2, True, levels=levels)
+    for level in range(4):
+        pick = levels == level
+        expected = roiops.roi_align(features[level], rois[pick], 2, SCALES[level], 2, True)
+        assert torch.equal(out[pick], expected)
+
+
+def test_backward_deterministic_across_thread_counts(rng):
+    features = pyramid(rng, size=32, channels=40)
+    rois = as_tensor(random_rois(rng, 2, 60, 128, 128, min_size=4), torch.float32)
+    grad = as_tensor(rng.standard_normal((60, 40, 3, 3)), torch.float32)
+    runs = results_across_thread_counts(
+        lambda: torch.cat([g.flatten() for g in run("numba", features, rois, 3, 2, False, grad)[1]])
+    )
+    assert all(torch.equal(r, runs[0]) for r in runs)
+
+
+def test_gradcheck_and_opcheck(rng):
+    features = [f.requires_grad_() for f in pyramid(rng, torch.float64, channels=2, size=16)]
+    rois = as_tensor(random_rois(rng, 2, 8, 64, 64, min_size=2), torch.float64)
+    levels = torch.from_numpy(rng.integers(0, 4, 8))
+
+    def f(*fs):
+        return roiops.multi_scale_roi_align(list(fs), rois, 2, SCALES, 2, True, levels=levels)
+
+    assert torch.autograd.gradcheck(f, tuple(features))
+    args = (features, rois, levels, SCALES, 2, 2, 2, True)
+    torch.library.opcheck(torch.ops.roiops.multi_scale_roi_align, args)
+
+
+def test_bad_arguments(rng):
+    features = pyramid(rng, size=16)
+    rois = torch.tensor([[0, 1.0, 1, 30, 30]])
+    with pytest.raises(ValueError, match=r"levels must lie in \[0, 4\)"):
+        roiops.multi_scale_roi_align(features, rois, 2, SCALES, levels=torch.tensor([4]))
+    with pytest.raises(ValueError, match="4 feature maps but 3 scales"):
+        roiops.multi_scale_roi_align(features, rois, 2, SCALES[:3])
+    with pytest.raises(ValueError, match="1 to 5 maps"):
+        roiops.multi_scale_roi_align(features * 2, rois, 2, SCALES * 2)
+    with pytest.raises(ValueError, match="every level needs the same N, C"):
+        roiops.multi_scale_roi_align([features[0], features[1][:, :3]], rois, 2, SCALES[:2])
+    with pytest.raises(TypeError, match="features must be a list"):
+        roiops.multi_scale_roi_align(features[0], rois, 2, SCALES)
+    empty = roiops.multi_scale_roi_align(features, torch.zeros(0, 5), 2, SCALES)
+    assert empty.shape == (0, 5, 2, 2)
