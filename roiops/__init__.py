@@ -11,6 +11,7 @@ from roiops.functional import (
     ps_roi_align,
     ps_roi_pool,
     roi_align,
+    roi_align_rotated,
     roi_pool,
 )
 from roiops.nn import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
@@ -26,6 +27,7 @@ __all__ = [
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",
+    "roi_align_rotated",
     "roi_pool",
     "use_backend",
 ]

@@ -46,16 +46,20 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return COMPUTE_DTYPES[dtype]
 
 
-def boxes_to_rois(boxes: object, input: Tensor, op: str) -> Tensor:
-    """``Tensor[K, 5]`` or a list/tuple of ``Tensor[L, 4]`` -> ``Tensor[K, 5]`` rois.
+def boxes_to_rois(boxes: object, input: Tensor, op: str, rotated: bool = False) -> Tensor:
+    """``Tensor[K, 5]`` or a list/tuple of ``Tensor[L, 4]`` -> ``Tensor[K, 5]`` rois (with
+    ``rotated``: ``Tensor[K, 6]`` or a list of ``Tensor[L, 5]``, boxes ``(cx, cy, w, h,
+    angle)``).
 
     The result is contiguous, on the input's device and in the input's compute dtype.
     """
+    columns = 5 if rotated else 4
+    fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
     if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
+        if boxes.dim() != 2 or boxes.shape[1] != columns + 1:
             raise ValueError(
-                f"{op}: boxes as a Tensor must have shape [K, 5] "
-                f"(batch_index, x1, y1, x2, y2), got {tuple(boxes.shape)}"
+                f"{op}: boxes as a Tensor must have shape [K, {columns + 1}] "
+                f"(batch_index, {fields}), got {tuple(boxes.shape)}"
             )
         _check_box_tensor(boxes, input, op, "boxes")
         rois = boxes
@@ -64,10 +68,12 @@ def boxes_to_rois(boxes: object, input: Tensor, op: str) -> Tensor:
         for i, b in enumerate(boxes):
             name = f"boxes[{i}]"
             if not isinstance(b, Tensor):
-                raise TypeError(f"{op}: {name} must be a Tensor[L, 4], got {type(b).__name__}")
-            if b.dim() != 2 or b.shape[1] != 4:
+                raise TypeError(
+                    f"{op}: {name} must be a Tensor[L, {columns}], got {type(b).__name__}"
+                )
+            if b.dim() != 2 or b.shape[1] != columns:
                 raise ValueError(
-                    f"{op}: {name} must have shape [L, 4] (x1, y1, x2, y2), got {tuple(b.shape)}"
+                    f"{op}: {name} must have shape [L, {columns}] ({fields}), got {tuple(b.shape)}"
                 )
             _check_box_tensor(b, input, op, name)
             index = torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device)
@@ -75,10 +81,10 @@ def boxes_to_rois(boxes: object, input: Tensor, op: str) -> Tensor:
         if parts:
             rois = torch.cat([p.to(parts[0].dtype) for p in parts], dim=0)
         else:
-            rois = input.new_zeros((0, 5))
+            rois = input.new_zeros((0, columns + 1))
     else:
         raise TypeError(
-            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], "
+            f"{op}: boxes must be a Tensor[K, {columns + 1}] or a list of Tensor[L, {columns}], "
             f"got {type(boxes).__name__}"
         )
     return rois.to(dtype=compute_dtype(input.dtype)).contiguous()
@@ -154,6 +160,12 @@ def check_levels(levels: Tensor, num_levels: int, op: str) -> None:
             f"{op}: levels must lie in [0, {num_levels}) for {num_levels} feature maps, "
             f"got values in [{int(levels.min())}, {int(levels.max())}]"
         )
+
+
+def check_rotated_sizes(rois: Tensor, op: str) -> None:
+    """Rotated boxes' widths and heights (columns 3 and 4) must not be negative."""
+    if rois.shape[0] and bool((rois[:, 3:5] < 0).any()):
+        raise ValueError(f"{op}: boxes must not have a negative width or height")
 
 
 def output_size_pair(output_size: object, op: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
+from roiops.ops.roi_align_rotated import roi_align_rotated_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 
 BoxesArg = Tensor | list[Tensor] | tuple[Tensor, ...]
@@ -281,4 +282,52 @@ def multi_scale_roi_align(
     levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
     return multi_scale_roi_align_op(
         list(features), rois, levels, scale_list, *pooled, ratio, aligned
+    )
+
+
+def roi_align_rotated(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+    angle_unit: Literal["degrees", "radians"] = "degrees",
+    clockwise: bool = False,
+) -> Tensor:
+    """RoIAlign of rotated boxes (detectron2's ``ROIAlignRotated``, mmcv's
+    ``roi_align_rotated``).
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` (float32/float64; float16/bfloat16 computed in
+            float32), NCHW or channels_last.
+        boxes: ``Tensor[K, 6]`` rows of ``(batch_index, cx, cy, w, h, angle)``, or a list
+            of ``Tensor[L, 5]`` ``(cx, cy, w, h, angle)``, one per image.
+        output_size: ``h`` or ``(h, w)``; bins are laid out in the box's own frame.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: points per bin and axis; ``<= 0`` adaptive (``ceil(bin size)``).
+        aligned: the half-pixel offset (True: detectron2, mmcv's default); False is mmcv's
+            legacy mode (no offset, boxes under one cell forced to 1x1).
+        angle_unit: ``"degrees"`` (detectron2) or ``"radians"`` (mmcv).
+        clockwise: read the angle clockwise (mmcv's flag); by default counter-clockwise.
+
+    Returns:
+        ``Tensor[K, C, h, w]``. At angle 0, ``roi_align(..., aligned=True)`` of
+        ``(cx - w/2, cy - h/2, cx + w/2, cy + h/2)``, up to float rounding. Non-finite
+        values (angle included) and, when aligned, negative sizes are errors on CPU and
+        give NaN outputs on CUDA. Backward is deterministic.
+    """
+    op = "roi_align_rotated"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    aligned = _validate.check_aligned(aligned, op)
+    if angle_unit not in ("degrees", "radians"):
+        raise ValueError(f"{op}: angle_unit must be 'degrees' or 'radians', got {angle_unit!r}")
+    if not isinstance(clockwise, bool):
+        raise TypeError(f"{op}: clockwise must be a bool, got {clockwise!r}")
+    rois = _validate.boxes_to_rois(boxes, input, op, rotated=True)
+    return roi_align_rotated_op(
+        input, rois, scale, *pooled, ratio, aligned, angle_unit == "degrees", clockwise
     )

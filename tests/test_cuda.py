@@ -158,6 +158,31 @@ def test_multi_scale_roi_align_module_matches_torchvision(rng):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_roi_align_rotated_against_reference_and_roi_align(rng):
+    from test_roi_align_rotated import rotated_rois
+
+    x = torch.randn(2, 8, 30, 34, device="cuda", dtype=torch.float64)
+    rois = cuda(rotated_rois(rng, 2, 60, 120, 136), torch.float64)
+    out = roiops.roi_align_rotated(x, rois, 7, 0.25, 2)
+    with roiops.use_backend("reference"):
+        ref = roiops.roi_align_rotated(x, rois, 7, 0.25, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    # angle 0: aligned roi_align of the corner box
+    zero = rois.clone()
+    zero[:, 5] = 0
+    c = zero[:, 1:5]
+    corners = torch.stack(
+        [zero[:, 0], c[:, 0] - c[:, 2] / 2, c[:, 1] - c[:, 3] / 2, c[:, 0] + c[:, 2] / 2,
+         c[:, 1] + c[:, 3] / 2], dim=1,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        roiops.roi_align_rotated(x, zero, 7, 0.25, 2),
+        roiops.roi_align(x, corners, 7, 0.25, 2, True),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+
+
 def run_all_ops(x, rois, grad7):
     """Forward and backward of every op and mode; returns the input gradients."""
     grads = []

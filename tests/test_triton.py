@@ -497,3 +497,44 @@ def test_multi_scale_kernel_takes_any_level(rng):
     levels = torch.tensor([0, 5, -1, 1], device=DEVICE)
     out = gpu_fpn.multi_scale_roi_align_forward(features, rois, levels, [0.5, 0.25], 2, 2, 2, True)
     assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()
+
+
+@pytest.mark.parametrize(
+    "ratio,kw",
+    [(2, {}), (0, {}), (1, {"aligned": False, "angle_unit": "radians", "clockwise": True})],
+)
+def test_roi_align_rotated_matches_reference(rng, ratio, kw):
+    from test_roi_align_rotated import rotated_rois
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    degrees = kw.get("angle_unit", "degrees") == "degrees"
+    rois = on_device(rotated_rois(rng, 2, 8, 18, 22, degrees), torch.float32)
+    grad = on_device(rng.standard_normal((8, 3, 2, 3)), torch.float32)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.roi_align_rotated(t, rois, (2, 3), 0.5, ratio, **kw), x, grad
+    )
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+def test_roi_align_rotated_kernels_take_any_roi_value(rng):
+    from roiops.gpu import roi_align_rotated as gpu_rotated
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    rois = on_device(
+        [[0, 5.0, 5, 4, 4, 30], [2, 5, 5, 4, 4, 0], [0, 5, 5, -1, 4, 0], [0, 5, 5, 4, 4, np.inf],
+         [1, np.nan, 5, 4, 4, 0], [1, 6, 4, 6, 2, -45]],
+        torch.float32,
+    )  # fmt: skip
+    out = gpu_rotated.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 2, True, True, False)
+    assert torch.isnan(out[1:5]).all() and torch.isfinite(out[[0, 5]]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_rotated.roi_align_rotated_backward(
+        grad, rois, torch.empty_like(x), 1.0, 2, 2, 2, True, True, False
+    )
+    good = rois[[0, 5]]
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.roi_align_rotated_backward(
+            grad[[0, 5]], good, 1.0, 2, 2, 2, True, True, False, 2, 3, 9, 11
+        )
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])

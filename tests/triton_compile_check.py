@@ -42,6 +42,10 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
 )
+from roiops.gpu.roi_align_rotated import (  # noqa: E402
+    roi_align_rotated_backward_kernel,
+    roi_align_rotated_forward_kernel,
+)
 from roiops.gpu.roi_pool import (  # noqa: E402
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
@@ -134,6 +138,14 @@ def main() -> int:
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
             {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,
         )  # fmt: skip
+        for aligned, degrees, clockwise in ((True, True, False), (False, False, True)):
+            rot = {"PH": 7, "PW": 7, "ALIGNED": aligned, "DEGREES": degrees, "CLOCKWISE": clockwise}
+            compile_for_gpu(
+                roi_align_rotated_forward_kernel, fwd, {**rot, "BLOCK": block}, fwd_warps
+            )
+            compile_for_gpu(
+                roi_align_rotated_backward_kernel, bwd, {**rot, "BLOCK_C": block_c}, bwd_warps
+            )
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
         compile_for_gpu(

@@ -71,7 +71,15 @@ def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constex
 def _axis_sample(start, bin_size, bin_index, i, grid, limit):
     """(low, high, w_low, w_high, inside) of point i of the bins along one axis."""
     v = (start + bin_index * bin_size) + div_rn((i + 0.5) * bin_size, grid)
-    inside = (v >= -1.0) & (v <= limit)
+    low, high, w_low, w_high = bilinear_axis(v, limit)
+    return low, high, w_low, w_high, (v >= -1.0) & (v <= limit)
+
+
+@triton.jit
+def bilinear_axis(v, limit):
+    """(low, high, w_low, w_high): the two cells around coordinate v along one axis and
+    their bilinear weights, v clamped into the map (the reference's
+    ``bilinear_weights``; whether v is within a cell of the map is the caller's test)."""
     v = tl.maximum(v, 0.0)
     low = v.to(tl.int32)
     at_end = low >= limit - 1
@@ -79,7 +87,7 @@ def _axis_sample(start, bin_size, bin_index, i, grid, limit):
     high = tl.where(at_end, limit - 1, low + 1)
     v = tl.where(at_end, low.to(v.dtype), v)
     frac = v - low.to(v.dtype)
-    return low, high, 1.0 - frac, frac, inside
+    return low, high, 1.0 - frac, frac
 
 
 @triton.jit

@@ -144,7 +144,7 @@ def roi_pool_backward_kernel(
     k, p, c, c_ok = bin_channels_tile(C, P, BLOCK_C)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
-    n, valid = batch_index(ROIS, k, N)
+    n, valid = batch_index(ROIS, k, N, 5)
     g_at, argmax_at = output_offsets(k, c, p, C, P)
     cell = tl.where(valid, tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1), -1)
     g = tl.load(G + g_at, mask=c_ok, other=0.0)

@@ -44,10 +44,11 @@ def div_rn(a, b):
 
 
 @triton.jit
-def batch_index(ROIS, k, N):
-    """(n, ok): RoI k's image, and whether its batch index is a whole number in [0, N)
-    (NaN fails every comparison). n is 0 where it is not."""
-    b = tl.load(ROIS + k.to(tl.int64) * 5)
+def batch_index(ROIS, k, N, COLUMNS: tl.constexpr):
+    """(n, ok): RoI k's image (rows of COLUMNS values, the batch index first), and
+    whether its batch index is a whole number in [0, N) (NaN fails every comparison).
+    n is 0 where it is not."""
+    b = tl.load(ROIS + k.to(tl.int64) * COLUMNS)
     ok = (b >= 0) & (b < N) & (b == tl.floor(b))
     return tl.where(ok, b, 0).to(tl.int64), ok
 
@@ -58,7 +59,7 @@ def load_roi(ROIS, k, N, SCALE_BITS):
     dtype (the reference's ``T(x) * T(scale)``). n is 0 where the RoI is not valid."""
     dt = ROIS.dtype.element_ty
     spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
-    n, valid = batch_index(ROIS, k, N)
+    n, valid = batch_index(ROIS, k, N, 5)
     roi = ROIS + k.to(tl.int64) * 5
     x1 = tl.load(roi + 1)
     y1 = tl.load(roi + 2)

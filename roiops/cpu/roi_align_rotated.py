@@ -1,0 +1,168 @@
+"""Rotated RoIAlign on CPU: Numba kernels, forward and deterministic backward.
+
+Channels-last input (``X[N, H, W, C]``) as ``roiops.cpu.roi_align``: a sampling point's
+four neighbours are four contiguous channel vectors. Rotation couples a point's row and
+column, so instead of RoIAlign's per-axis tables each RoI's points are resolved once
+(``rotated_points``: the neighbours' offsets and weights of every point of every bin),
+following ``roiops.reference.roi_align_rotated``'s arithmetic.
+
+* forward: one task per RoI.
+* backward: one task per (image, channel block), visiting the image's RoIs in input
+  order: every gradient cell is summed by one thread in one fixed order (the
+  reference's), bitwise reproducible for any number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _corner(v, limit, T):
+    """(low, high, weight of low, weight of high, v clamped) along one axis, inside."""
+    if v < 0:
+        v = T(0)
+    low = int(v)
+    if low >= limit - 1:
+        low = limit - 1
+        high = low
+        v = T(low)
+    else:
+        high = low + 1
+    frac = v - T(low)
+    return low, high, T(1) - frac, frac
+
+
+@njit(cache=True)
+def rotated_points(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+                   degrees, clockwise, height, width, channels):  # fmt: skip
+    """``(count, points, offsets, weights)`` of RoI k: ``points[p]`` sampling points of
+    bin p fall inside the map (one cell of slack); ``offsets[p, i, :]`` are the flat
+    ``[N, H, W, C]`` offsets of point i's four neighbours (channel 0), ``weights[p, i, :]``
+    their bilinear weights; ``count`` is the bin's number of points, inside or not."""
+    T = rois.dtype.type
+    scale = T(spatial_scale)
+    offset = T(0.5) if aligned else T(0.0)
+    n = int(rois[k, 0])
+    center_w = rois[k, 1] * scale - offset
+    center_h = rois[k, 2] * scale - offset
+    roi_w = rois[k, 3] * scale
+    roi_h = rois[k, 4] * scale
+    if not aligned:
+        roi_w = max(roi_w, T(1.0))
+        roi_h = max(roi_h, T(1.0))
+    theta = float(rois[k, 5]) * math.pi / 180.0 if degrees else float(rois[k, 5])
+    theta = T(-theta if clockwise else theta)
+    cos_t = T(math.cos(float(theta)))
+    sin_t = T(math.sin(float(theta)))
+    bin_h = roi_h / T(pooled_h)
+    bin_w = roi_w / T(pooled_w)
+    if sampling_ratio > 0:
+        gh = sampling_ratio
+        gw = sampling_ratio
+    else:
+        gh = max(math.ceil(roi_h / T(pooled_h)), 0)
+        gw = max(math.ceil(roi_w / T(pooled_w)), 0)
+    start_h = -roi_h / T(2)
+    start_w = -roi_w / T(2)
+    P = pooled_h * pooled_w
+    points = np.zeros(P, np.int64)
+    offsets = np.zeros((P, max(gh * gw, 1), 4), np.int64)
+    weights = np.zeros((P, max(gh * gw, 1), 4), rois.dtype)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            p = ph * pooled_w + pw
+            for iy in range(gh):
+                yy = (start_h + T(ph) * bin_h) + T(iy + 0.5) * bin_h / T(gh)
+                for ix in range(gw):
+                    xx = (start_w + T(pw) * bin_w) + T(ix + 0.5) * bin_w / T(gw)
+                    y = yy * cos_t - xx * sin_t + center_h
+                    x = yy * sin_t + xx * cos_t + center_w
+                    if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):
+                        continue
+                    y_lo, y_hi, hy, ly = _corner(y, height, T)
+                    x_lo, x_hi, hx, lx = _corner(x, width, T)
+                    i = points[p]
+                    row_lo = (n * height + y_lo) * width
+                    row_hi = (n * height + y_hi) * width
+                    offsets[p, i, 0] = (row_lo + x_lo) * channels
+                    offsets[p, i, 1] = (row_lo + x_hi) * channels
+                    offsets[p, i, 2] = (row_hi + x_lo) * channels
+                    offsets[p, i, 3] = (row_hi + x_hi) * channels
+                    weights[p, i, 0] = hy * hx
+                    weights[p, i, 1] = hy * lx
+                    weights[p, i, 2] = ly * hx
+                    weights[p, i, 3] = ly * lx
+                    points[p] = i + 1
+    return T(max(gh * gw, 1)), points, offsets, weights
+
+
+@njit(parallel=True, cache=True)
+def roi_align_rotated_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                              aligned, degrees, clockwise, out):  # fmt: skip
+    """out[K, C, pooled_h, pooled_w] = the mean of each bin's rotated sampling points."""
+    _, H, W, C = X.shape
+    K = rois.shape[0]
+    P = pooled_h * pooled_w
+    Xf = X.reshape(-1)
+    out_bins = out.reshape(K, C, P)
+    for k in prange(K):
+        count, points, offsets, weights = rotated_points(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+            clockwise, H, W, C,
+        )  # fmt: skip
+        acc = np.zeros(C, X.dtype)
+        for p in range(P):
+            acc[:] = 0
+            for i in range(points[p]):
+                o1, o2 = np.uint64(offsets[p, i, 0]), np.uint64(offsets[p, i, 1])
+                o3, o4 = np.uint64(offsets[p, i, 2]), np.uint64(offsets[p, i, 3])
+                w1, w2, w3, w4 = (
+                    weights[p, i, 0],
+                    weights[p, i, 1],
+                    weights[p, i, 2],
+                    weights[p, i, 3],
+                )
+                for c in range(C):
+                    u = np.uint64(c)
+                    acc[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+            for c in range(C):
+                out_bins[k, c, p] = acc[c] / count
+
+
+@njit(parallel=True, cache=True)
+def roi_align_rotated_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
+                               sampling_ratio, aligned, degrees, clockwise, channel_block,
+                               GX):  # fmt: skip
+    """GX[N, H, W, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
+    N, H, W, C = GX.shape
+    T = GX.dtype.type
+    P = pooled_h * pooled_w
+    G_bins = G.reshape(G.shape[0], C, P)
+    GXf = GX.reshape(-1)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n = task // n_blocks
+        c0 = (task - n * n_blocks) * channel_block
+        c1 = min(C, c0 + channel_block)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            count, points, offsets, weights = rotated_points(
+                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+                clockwise, H, W, C,
+            )  # fmt: skip
+            # (g * w) / count as the reference; times 1 / count where that is exact
+            inverse = T(1) / count
+            exact = (int(count) & (int(count) - 1)) == 0
+            for p in range(P):
+                for i in range(points[p]):
+                    for corner in range(4):
+                        w = weights[p, i, corner]
+                        o = np.uint64(offsets[p, i, corner])
+                        for c in range(c0, c1):
+                            v = G_bins[k, c, p] * w
+                            v = v * inverse if exact else v / count
+                            GXf[o + np.uint64(c)] += v

@@ -1,0 +1,192 @@
+"""Rotated RoIAlign in Triton: forward and a deterministic backward.
+
+Work split as ``roiops.gpu.roi_align``: forward, one program per (RoI, block of its
+outputs), each lane rotating its bin's sampling points; backward, one program per (RoI,
+bin, block of channels) adding each point's four bilinear shares into the fixed-point
+accumulator (``roiops.gpu.fixed_point``). Rotation couples rows and columns, so there
+is no separable per-cell sum here: four atomics per point. Arithmetic follows
+``roiops.reference.roi_align_rotated`` (cos and sin in float64, IEEE division).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.roi_align import bilinear_axis
+from roiops.gpu.rois import batch_index, div_rn, scale_bits
+from roiops.gpu.tiles import (
+    bin_channels_grid,
+    bin_channels_tile,
+    bins_grid,
+    bins_tile,
+    output_offsets,
+    store_bins,
+)
+
+PI = tl.constexpr(3.141592653589793)
+
+
+@triton.jit
+def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
+                      PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
+                      CLOCKWISE: tl.constexpr):  # fmt: skip
+    """(n, center_h, center_w, start_h, start_w, bin_h, bin_w, cos, sin, grid_h, grid_w,
+    valid) of rotated RoI k (rows of 6: batch, cx, cy, w, h, angle). Not valid: a bad
+    batch index, a non-finite value, or (aligned) a negative size; its grid is empty."""
+    dt = ROIS.dtype.element_ty
+    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    n, valid = batch_index(ROIS, k, N, 6)
+    roi = ROIS + k.to(tl.int64) * 6
+    cx = tl.load(roi + 1)
+    cy = tl.load(roi + 2)
+    w = tl.load(roi + 3)
+    h = tl.load(roi + 4)
+    angle = tl.load(roi + 5)
+    valid = valid & (tl.abs(cx) < float("inf")) & (tl.abs(cy) < float("inf"))
+    valid = valid & (tl.abs(w) < float("inf")) & (tl.abs(h) < float("inf"))
+    valid = valid & (tl.abs(angle) < float("inf"))
+    offset = 0.5 if ALIGNED else 0.0
+    center_w = cx * spatial_scale - offset
+    center_h = cy * spatial_scale - offset
+    roi_w = w * spatial_scale
+    roi_h = h * spatial_scale
+    if ALIGNED:
+        valid = valid & (roi_w >= 0) & (roi_h >= 0)
+    else:
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    theta = angle.to(tl.float64)
+    if DEGREES:
+        theta = theta * PI / 180.0
+    if CLOCKWISE:
+        theta = -theta
+    # the angle rounded to the RoIs' dtype, then cos and sin in float64, rounded once
+    theta = theta.to(dt).to(tl.float64)
+    cos_t = tl.cos(theta).to(dt)
+    sin_t = tl.sin(theta).to(dt)
+    bin_h = div_rn(roi_h, PH)
+    bin_w = div_rn(roi_w, PW)
+    adaptive_h = tl.maximum(tl.ceil(bin_h), 0.0).to(tl.int32)
+    adaptive_w = tl.maximum(tl.ceil(bin_w), 0.0).to(tl.int32)
+    grid_h = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h), 0)
+    grid_w = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w), 0)
+    n = tl.where(valid, n, 0)
+    return (n, center_h, center_w, -roi_h * 0.5, -roi_w * 0.5, bin_h, bin_w, cos_t, sin_t,
+            grid_h, grid_w, valid)  # fmt: skip
+
+
+@triton.jit
+def _rotated_point(center_h, center_w, start_h, start_w, bin_h, bin_w, cos_t, sin_t, ph, pw,
+                   iy, ix, gh, gw, H, W):  # fmt: skip
+    """(y_lo, y_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, inside) of point (iy, ix) of
+    bin (ph, pw): laid out in the box's frame, rotated about its centre."""
+    yy = (start_h + ph * bin_h) + div_rn((iy + 0.5) * bin_h, gh)
+    xx = (start_w + pw * bin_w) + div_rn((ix + 0.5) * bin_w, gw)
+    y = yy * cos_t - xx * sin_t + center_h
+    x = yy * sin_t + xx * cos_t + center_w
+    inside = (y >= -1.0) & (y <= H) & (x >= -1.0) & (x <= W)
+    y_lo, y_hi, wy_lo, wy_hi = bilinear_axis(y, H)
+    x_lo, x_hi, wx_lo, wx_hi = bilinear_axis(x, W)
+    return y_lo, y_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, inside
+
+
+@triton.jit
+def roi_align_rotated_forward_kernel(
+    X, ROIS, OUT, N, C, H, W, scale_bits, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
+    CLOCKWISE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] from X[N, C, H, W] (NCHW) and rotated ROIS[K, 6]."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    ph = p // PW
+    pw = p % PW
+    n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED, DEGREES, CLOCKWISE
+    )
+    plane = X + (n * C + c.to(tl.int64)) * H * W
+    acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
+    for iy in range(0, gh):
+        for ix in range(0, gw):
+            y_lo, y_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, inside = _rotated_point(
+                ch, cw, sh, sw, bh, bw, cos_t, sin_t, ph, pw, iy, ix, gh, gw, H, W
+            )
+            m = inside & ok
+            v = (
+                wy_lo * wx_lo * tl.load(plane + y_lo * W + x_lo, mask=m, other=0.0).to(acc.dtype)
+                + wy_lo * wx_hi * tl.load(plane + y_lo * W + x_hi, mask=m, other=0.0).to(acc.dtype)
+                + wy_hi * wx_lo * tl.load(plane + y_hi * W + x_lo, mask=m, other=0.0).to(acc.dtype)
+                + wy_hi * wx_hi * tl.load(plane + y_hi * W + x_hi, mask=m, other=0.0).to(acc.dtype)
+            )
+            acc += tl.where(m, v, 0.0)
+    acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
+    acc = tl.where(valid, acc, float("nan"))
+    store_bins(OUT, OUT, acc, acc, k, c, p, ok, C, PH * PW, False)
+
+
+@triton.jit
+def roi_align_rotated_backward_kernel(
+    G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, sampling_ratio, log2_count,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
+    CLOCKWISE: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """ACC[N, H, W, C] (int64 fixed point) += the gradient of one (RoI, bin, block of
+    channels) from G[K, C, PH, PW]: ``g * w / count`` to each neighbour of each point."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED, DEGREES, CLOCKWISE
+    )
+    g_at, _ = output_offsets(k, c, p, C, PH * PW)
+    dt = ch.dtype
+    g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
+    count = tl.maximum(gh * gw, 1).to(dt)
+    scale, _, _ = fixed_point_scale(AMAX, log2_count)
+    channel = ACC + n * H * W * C + c
+    for iy in range(0, gh):
+        for ix in range(0, gw):
+            y_lo, y_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, inside = _rotated_point(
+                ch, cw, sh, sw, bh, bw, cos_t, sin_t, p // PW, p % PW, iy, ix, gh, gw, H, W
+            )
+            if inside:
+                row_lo = y_lo.to(tl.int64) * W
+                row_hi = y_hi.to(tl.int64) * W
+                add_to_cell(channel, row_lo + x_lo, C, div_rn(g * (wy_lo * wx_lo), count),
+                            scale, c_ok)  # fmt: skip
+                add_to_cell(channel, row_lo + x_hi, C, div_rn(g * (wy_lo * wx_hi), count),
+                            scale, c_ok)  # fmt: skip
+                add_to_cell(channel, row_hi + x_lo, C, div_rn(g * (wy_hi * wx_lo), count),
+                            scale, c_ok)  # fmt: skip
+                add_to_cell(channel, row_hi + x_hi, C, div_rn(g * (wy_hi * wx_hi), count),
+                            scale, c_ok)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- launchers
+def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                              aligned, degrees, clockwise):  # fmt: skip
+    """``out[K, C, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW), ``rois[K, 6]``."""
+    K = rois.shape[0]
+    N, C, H, W = input.shape
+    out = input.new_empty((K, C, pooled_h, pooled_w))
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
+    roi_align_rotated_forward_kernel[grid](
+        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,
+        BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def roi_align_rotated_backward(grad, rois, grad_input, spatial_scale, pooled_h, pooled_w,
+                               sampling_ratio, aligned, degrees, clockwise):  # fmt: skip
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
+    N, C, H, W = grad_input.shape
+    K = rois.shape[0]
+    sums = Accumulator(grad, grad_input.shape)
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
+    roi_align_rotated_backward_kernel[grid](
+        grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
+        sampling_ratio, sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
+        DEGREES=degrees, CLOCKWISE=clockwise, BLOCK_C=block_c, num_warps=num_warps,
+    )  # fmt: skip
+    return sums.write_to(grad_input)

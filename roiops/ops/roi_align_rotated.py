@@ -1,0 +1,142 @@
+"""Rotated RoIAlign as custom ops: ``roiops::roi_align_rotated`` and its backward.
+
+``rois`` is ``Tensor[K, 6]``: ``(batch_index, cx, cy, w, h, angle)``; ``degrees`` and
+``clockwise`` say how the angle is read (detectron2: degrees, counter-clockwise; mmcv:
+radians, either), ``aligned`` whether the half-pixel offset applies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._backend import select_backend
+from roiops._layout import fake_input_grad, new_input_grad
+from roiops.cpu import layout
+from roiops.cpu import roi_align_rotated as cpu
+from roiops.ops import host_array
+from roiops.reference import roi_align_rotated as reference
+
+OP = "roi_align_rotated"
+
+
+def _check_values(rois, batch_size, aligned, device, backend):
+    if _validate.roi_values_checked(device, backend):
+        _validate.check_roi_values(rois, batch_size, OP)
+        if aligned:  # detectron2 refuses negative sizes; mmcv's legacy mode makes them 1x1
+            _validate.check_rotated_sizes(rois, OP)
+
+
+def _unit(degrees: bool) -> str:
+    return "degrees" if degrees else "radians"
+
+
+@torch.library.custom_op("roiops::roi_align_rotated", mutates_args=())
+def roi_align_rotated_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    degrees: bool,
+    clockwise: bool,
+) -> Tensor:
+    """``Tensor[K, C, pooled_height, pooled_width]``."""
+    backend = select_backend(input.device)
+    _check_values(rois, input.shape[0], aligned, input.device, backend)
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    if rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0:
+        return input.new_zeros(shape)
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    if backend == "triton":
+        from roiops.gpu import roi_align_rotated as gpu
+
+        _validate.check_plane_indexable(input.shape, OP)
+        return gpu.roi_align_rotated_forward(input, rois, *args, degrees, clockwise)
+    x = input.to(_validate.compute_dtype(input.dtype))
+    if backend == "numba":
+        out = x.new_empty(shape)
+        cpu.roi_align_rotated_forward(
+            layout.channels_last_array(x), rois.numpy(), *args, degrees, clockwise, out.numpy()
+        )
+        return out.to(input.dtype)
+    out = reference.roi_align_rotated_forward(
+        host_array(x), host_array(rois), *args, _unit(degrees), clockwise
+    )
+    return torch.from_numpy(out).to(input.device, input.dtype)
+
+
+@roi_align_rotated_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, degrees,
+      clockwise):  # fmt: skip
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.custom_op("roiops::roi_align_rotated_backward", mutates_args=())
+def roi_align_rotated_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    degrees: bool,
+    clockwise: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::roi_align_rotated`` w.r.t. its input (deterministic)."""
+    shape = (batch_size, channels, height, width)
+    if grad.numel() == 0 or height == 0 or width == 0:
+        return new_input_grad(shape, grad.dtype, grad.device)
+    backend = select_backend(grad.device)
+    _check_values(rois, batch_size, aligned, grad.device, backend)
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    if backend == "triton":
+        from roiops.gpu import roi_align_rotated as gpu
+
+        grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
+        return gpu.roi_align_rotated_backward(grad, rois, grad_input, *args, degrees, clockwise)
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grad_input = new_input_grad(shape, g.dtype, g.device)
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        cpu.roi_align_rotated_backward(
+            g.contiguous().numpy(), rois.numpy(), order, start, *args, degrees, clockwise,
+            block, layout.grad_array(grad_input),
+        )  # fmt: skip
+    else:
+        ref = reference.roi_align_rotated_backward(
+            host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width,
+            sampling_ratio, shape, aligned, _unit(degrees), clockwise,
+        )  # fmt: skip
+        grad_input.copy_(torch.from_numpy(ref))
+    return grad_input.to(grad.dtype)
+
+
+@roi_align_rotated_backward_op.register_fake
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, degrees,
+      clockwise, batch_size, channels, height, width):  # fmt: skip
+    return fake_input_grad(grad, batch_size, channels, height, width)
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, *params = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = params
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = roi_align_rotated_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None, None, None, None
+
+
+roi_align_rotated_op.register_autograd(_backward, setup_context=_setup_context)
