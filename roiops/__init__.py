@@ -14,13 +14,21 @@ from roiops.functional import (
     roi_align_rotated,
     roi_pool,
 )
-from roiops.nn import MultiScaleRoIAlign, PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
+from roiops.nn import (
+    MultiScaleRoIAlign,
+    PSRoIAlign,
+    PSRoIPool,
+    RoIAlign,
+    RoIAlignRotated,
+    RoIPool,
+)
 
 __all__ = [
     "MultiScaleRoIAlign",
     "PSRoIAlign",
     "PSRoIPool",
     "RoIAlign",
+    "RoIAlignRotated",
     "RoIPool",
     "map_levels",
     "multi_scale_roi_align",

@@ -12,6 +12,7 @@ from roiops.functional import (
     ps_roi_align,
     ps_roi_pool,
     roi_align,
+    roi_align_rotated,
     roi_pool,
 )
 
@@ -182,4 +183,41 @@ class MultiScaleRoIAlign(nn.Module):
         return (
             f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
             f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})"
+        )
+
+
+class RoIAlignRotated(nn.Module):
+    """See :func:`roiops.roi_align_rotated`; detectron2's ``ROIAlignRotated(output_size,
+    spatial_scale, sampling_ratio)``, with mmcv's options as keywords."""
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        spatial_scale: float,
+        sampling_ratio: int,
+        *,
+        aligned: bool = True,
+        angle_unit: str = "degrees",
+        clockwise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.angle_unit = angle_unit
+        self.clockwise = clockwise
+
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
+        return roi_align_rotated(
+            input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+            self.aligned, self.angle_unit, self.clockwise,
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, "
+            f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
+            f"aligned={self.aligned}, angle_unit={self.angle_unit!r}, "
+            f"clockwise={self.clockwise})"
         )

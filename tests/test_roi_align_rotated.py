@@ -138,3 +138,11 @@ def test_half_precision(rng, dtype):
     assert torch.equal(out, roiops.roi_align_rotated(x.detach().float(), rois, 2, 0.5, 2).to(dtype))
     out.sum().backward()
     assert x.grad.dtype == dtype
+
+
+def test_module():
+    layer = roiops.RoIAlignRotated(2, 0.5, 2)
+    x = torch.randn(1, 3, 8, 8)
+    rois = torch.tensor([[0, 6.0, 6, 4, 3, 20]])
+    assert torch.equal(layer(x, rois), roiops.roi_align_rotated(x, rois, 2, 0.5, 2))
+    assert "RoIAlignRotated(output_size=2, spatial_scale=0.5, sampling_ratio=2" in repr(layer)
