@@ -299,3 +299,54 @@ def test_channels_last_conversion_paths_agree(shape):
     assert np.array_equal(channels_last_array(x), x.permute(0, 2, 3, 1).numpy())
     strided = torch.randn(shape[0], shape[1], shape[2], shape[3] * 2)[..., ::2]
     assert np.array_equal(channels_last_array(strided), strided.permute(0, 2, 3, 1).numpy())
+
+
+# --------------------------------------------------------------------------- box gradients
+BOX_CASES = [(True, 2, "avg"), (False, 0, "avg"), (True, 0, "max"), (False, 1, "max")]
+
+
+def box_lists(dtype=torch.float64):
+    """Two images' boxes: large, small, a legacy sub-cell box (at scale 0.5), one
+    reaching past the map."""
+    b0 = torch.tensor([[3.3, 2.7, 17.9, 15.2], [0.4, 1.1, 4.3, 3.9], [6.31, 6.17, 7.13, 7.43]])
+    b1 = torch.tensor([[5.1, 6.2, 9.9, 12.8], [14.2, 12.3, 27.7, 25.1]])
+    return [b0.to(dtype), b1.to(dtype)]
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("aligned,ratio,mode", BOX_CASES)
+def test_box_gradient_gradcheck(backend, aligned, ratio, mode):
+    # d(loss)/d(x1, y1, x2, y2): the sample count of adaptive sampling is held fixed (the
+    # gradient of the piece the box is in), as are the sizes of legacy sub-cell boxes
+    x = torch.randn(2, 3, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    boxes = tuple(b.requires_grad_() for b in box_lists())
+    with roiops.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda *bs: roiops.roi_align(x, list(bs), (3, 2), 0.5, ratio, aligned, mode), boxes
+        )
+
+
+def test_box_gradient_numba_matches_reference_and_input_gradient_unchanged(rng):
+    x = as_tensor(rng.standard_normal((2, 19, 10, 12)), torch.float32)
+    grads = {}
+    for backend in ("numba", "reference"):
+        boxes = [b.requires_grad_() for b in box_lists(torch.float32)]
+        xb = x.clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.roi_align(xb, boxes, 3, 0.5, 2, True)
+            out.backward(torch.ones_like(out))
+        grads[backend] = (torch.cat([b.grad for b in boxes]), xb.grad)
+    torch.testing.assert_close(grads["numba"][0], grads["reference"][0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(grads["numba"][1], grads["reference"][1])
+
+
+def test_no_box_gradient_unless_asked(rng):
+    # the feature map is kept for backward only when the boxes require grad
+    x = as_tensor(rng.standard_normal((1, 2, 6, 6)), torch.float32).requires_grad_()
+    boxes = torch.tensor([[0, 1.0, 1, 8, 8]], requires_grad=False)
+    roiops.roi_align(x, boxes, 2, 0.5).sum().backward()
+    assert boxes.grad is None and x.grad is not None
+    boxes.requires_grad_()
+    out = roiops.roi_align(x.detach(), boxes, 2, 0.5)
+    (g,) = torch.autograd.grad(out.sum(), boxes)
+    assert g[:, 0].eq(0).all() and g[:, 1:].abs().sum() > 0

@@ -39,6 +39,7 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
 from roiops.gpu.roi_align import (  # noqa: E402
     SPAN,
     roi_align_backward_kernel,
+    roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
 )
@@ -114,6 +115,13 @@ def main() -> int:
                 compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": block_c}, bwd_warps
+                )
+                box = {k: v for k, v in mode.items() if k != "PS"}
+                compile_for_gpu(
+                    roi_align_box_backward_kernel,
+                    {**bwd, "X": f"*{dt}", "PARTIAL": rois},
+                    {**box, "BLOCK_C": block_c},
+                    bwd_warps,
                 )
                 compile_for_gpu(
                     roi_align_backward_kernel,

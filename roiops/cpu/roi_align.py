@@ -25,7 +25,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from roiops.cpu.sampling import roi_sampling_tables, sample_corners, sample_is_inside
+from roiops.cpu.sampling import (
+    roi_align_geometry,
+    roi_sampling_tables,
+    sample_corners,
+    sample_is_inside,
+)
 
 # Forward: channels gathered per pass over a window (4 x 256 float32 = 4 KiB per sample).
 FORWARD_BLOCK = 256
@@ -273,3 +278,80 @@ def roi_align_max_backward(
                         GXf[o2 + c] += g * w2
                         GXf[o3 + c] += g * w3
                         GXf[o4 + c] += g * w4
+
+
+@njit(parallel=True, cache=True)
+def roi_align_box_backward(
+    G, X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, max_mode, argmax,
+    grad_boxes,
+):  # fmt: skip
+    """grad_boxes[K, 5] = the gradient w.r.t. the boxes (column 0 stays 0): the output
+    gradient times the bilinear surface's slope at each sampling point times how the
+    point moves with each edge (``roiops.reference.roi_align.roi_align_box_backward``).
+    One task per RoI, its own row: deterministic. argmax[K, ph, pw, C] in max mode."""
+    _, H, W, C = X.shape
+    K = rois.shape[0]
+    T = X.dtype.type
+    Xf = X.reshape(-1)
+    for k in prange(K):
+        n = int(rois[k, 0])
+        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
+        )
+        scale = T(spatial_scale)
+        count = T(max(gh * gw, 1))
+        # legacy boxes under one cell are forced to 1x1: their size does not move
+        moves_h = aligned or rois[k, 4] * scale - rois[k, 2] * scale > 1
+        moves_w = aligned or rois[k, 3] * scale - rois[k, 1] * scale > 1
+        gx1 = gy1 = gx2 = gy2 = T(0)
+        for ph in range(pooled_h):
+            for iy in range(gh):
+                y = (start_h + T(ph) * bin_h) + T(iy + 0.5) * bin_h / T(gh)
+                t_y = (T(ph) + T(iy + 0.5) / T(gh)) / T(pooled_h)
+                for pw in range(pooled_w):
+                    for ix in range(gw):
+                        x = (start_w + T(pw) * bin_w) + T(ix + 0.5) * bin_w / T(gw)
+                        if not (y >= -1.0 and y <= H and x >= -1.0 and x <= W):
+                            continue
+                        t_x = (T(pw) + T(ix + 0.5) / T(gw)) / T(pooled_w)
+                        yc = max(y, T(0))
+                        xc = max(x, T(0))
+                        y_lo = min(int(yc), H - 1)
+                        x_lo = min(int(xc), W - 1)
+                        flat_y = y <= 0 or y_lo >= H - 1
+                        flat_x = x <= 0 or x_lo >= W - 1
+                        y_hi = y_lo if flat_y and y_lo >= H - 1 else y_lo + 1
+                        x_hi = x_lo if flat_x and x_lo >= W - 1 else x_lo + 1
+                        ly = T(0) if y_lo >= H - 1 else yc - T(y_lo)
+                        lx = T(0) if x_lo >= W - 1 else xc - T(x_lo)
+                        o1 = ((n * H + y_lo) * W + x_lo) * C
+                        o2 = ((n * H + y_lo) * W + x_hi) * C
+                        o3 = ((n * H + y_hi) * W + x_lo) * C
+                        o4 = ((n * H + y_hi) * W + x_hi) * C
+                        s = iy * gw + ix
+                        gy = T(0)
+                        gx = T(0)
+                        for c in range(C):
+                            if max_mode:
+                                if argmax[k, ph, pw, c] != s:
+                                    continue
+                                share = G[k, c, ph, pw]
+                            else:
+                                share = G[k, c, ph, pw] / count
+                            v1, v2 = Xf[o1 + c], Xf[o2 + c]
+                            v3, v4 = Xf[o3 + c], Xf[o4 + c]
+                            if not flat_y:
+                                gy += share * ((T(1) - lx) * (v3 - v1) + lx * (v4 - v2))
+                            if not flat_x:
+                                gx += share * ((T(1) - ly) * (v2 - v1) + ly * (v4 - v3))
+                        gy *= scale
+                        gx *= scale
+                        gy1 += gy * (T(1) - t_y) if moves_h else gy
+                        gy2 += gy * t_y if moves_h else T(0)
+                        gx1 += gx * (T(1) - t_x) if moves_w else gx
+                        gx2 += gx * t_x if moves_w else T(0)
+        grad_boxes[k, 0] = 0
+        grad_boxes[k, 1] = gx1
+        grad_boxes[k, 2] = gy1
+        grad_boxes[k, 3] = gx2
+        grad_boxes[k, 4] = gy2

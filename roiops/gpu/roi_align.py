@@ -366,3 +366,96 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
         BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
     )  # fmt: skip
     return sums.write_to(grad_input)
+
+
+@triton.jit
+def _edge_slope(v, limit):
+    """(low, high, frac, flat) of coordinate v along one axis, as ``bilinear_axis``
+    places it, and whether the value is flat in v there (clamped to the map's start or
+    end, where the bilinear surface does not move with v)."""
+    low, high, _, frac = bilinear_axis(v, limit)
+    return low, high, frac, (v <= 0) | (low == high)
+
+
+@triton.jit
+def roi_align_box_backward_kernel(
+    G, X, ROIS, ARGMAX, PARTIAL, N, C, H, W, scale_bits, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """PARTIAL[program, 4] = one (RoI, bin, block of channels)'s share of the gradient
+    w.r.t. (x1, y1, x2, y2) (``roiops.reference.roi_align.roi_align_box_backward``); the
+    launcher sums the programs of a RoI in a fixed order (no atomics)."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    ph = p // PW
+    pw = p % PW
+    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+    )
+    dt = start_h.dtype
+    spatial_scale = scale_bits.to(tl.float64, bitcast=True).to(dt)
+    g_at, argmax_at = output_offsets(k, c, p, C, PH * PW)
+    g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
+    if MAX_MODE:
+        winner = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
+    else:
+        g = div_rn(g, tl.maximum(gh * gw, 1).to(dt))
+        winner = tl.zeros_like(c) - 1
+    roi = ROIS + k.to(tl.int64) * 5
+    # legacy boxes under one cell are forced to 1x1: their size does not move
+    moves_h = (tl.load(roi + 4) * spatial_scale - tl.load(roi + 2) * spatial_scale > 1) | ALIGNED
+    moves_w = (tl.load(roi + 3) * spatial_scale - tl.load(roi + 1) * spatial_scale > 1) | ALIGNED
+    plane = X + (n * C + c.to(tl.int64)) * H * W
+    gx1 = tl.zeros((), dt)
+    gy1 = tl.zeros((), dt)
+    gx2 = tl.zeros((), dt)
+    gy2 = tl.zeros((), dt)
+    for iy in range(0, gh):
+        y = (start_h + ph * bin_h) + div_rn((iy + 0.5) * bin_h, gh)
+        t_y = div_rn(ph + div_rn(tl.cast(iy + 0.5, dt), gh), PH * 1.0)
+        y_lo, y_hi, ly, flat_y = _edge_slope(y, H)
+        for ix in range(0, gw):
+            x = (start_w + pw * bin_w) + div_rn((ix + 0.5) * bin_w, gw)
+            t_x = div_rn(pw + div_rn(tl.cast(ix + 0.5, dt), gw), PW * 1.0)
+            x_lo, x_hi, lx, flat_x = _edge_slope(x, W)
+            inside = (y >= -1.0) & (y <= H) & (x >= -1.0) & (x <= W)
+            m = tl.where(inside, c_ok, False)  # (a scalar & a vector trips the interpreter)
+            if MAX_MODE:
+                m = m & (winner == iy * gw + ix)
+            v1 = tl.load(plane + y_lo * W + x_lo, mask=m, other=0.0).to(dt)
+            v2 = tl.load(plane + y_lo * W + x_hi, mask=m, other=0.0).to(dt)
+            v3 = tl.load(plane + y_hi * W + x_lo, mask=m, other=0.0).to(dt)
+            v4 = tl.load(plane + y_hi * W + x_hi, mask=m, other=0.0).to(dt)
+            share = tl.where(m, g, 0.0)
+            dy = tl.where(flat_y, 0.0, (1.0 - lx) * (v3 - v1) + lx * (v4 - v2))
+            dx = tl.where(flat_x, 0.0, (1.0 - ly) * (v2 - v1) + ly * (v4 - v3))
+            gy = tl.sum(share * dy, axis=0) * spatial_scale
+            gx = tl.sum(share * dx, axis=0) * spatial_scale
+            gy1 += tl.where(moves_h, gy * (1.0 - t_y), gy)
+            gy2 += tl.where(moves_h, gy * t_y, 0.0)
+            gx1 += tl.where(moves_w, gx * (1.0 - t_x), gx)
+            gx2 += tl.where(moves_w, gx * t_x, 0.0)
+    out = PARTIAL + tl.program_id(0).to(tl.int64) * 4
+    tl.store(out, gx1)
+    tl.store(out + 1, gy1)
+    tl.store(out + 2, gx2)
+    tl.store(out + 3, gy2)
+
+
+def roi_align_box_backward(grad, input, rois, argmax, spatial_scale, pooled_h, pooled_w,
+                           sampling_ratio, aligned):  # fmt: skip
+    """``Tensor[K, 5]``: the gradient w.r.t. ``rois`` (column 0 is 0), deterministic."""
+    K = rois.shape[0]
+    N, C, H, W = input.shape
+    max_mode = argmax is not None
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
+    partial = rois.new_empty((grid[0], 4))
+    roi_align_box_backward_kernel[grid](
+        grad.contiguous(), input.contiguous(), rois, argmax if max_mode else rois, partial,
+        N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, BLOCK_C=block_c,
+        num_warps=num_warps,
+    )  # fmt: skip
+    # each RoI's programs are consecutive: a plain sum over them, in a fixed order
+    sums = partial.view(K, -1, 4).sum(dim=1)
+    return torch.cat([torch.zeros_like(sums[:, :1]), sums], dim=1)

@@ -8,6 +8,7 @@ to the backend chosen at call time.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -185,19 +186,73 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, al
     return fake_input_grad(grad, batch_size, channels, height, width)
 
 
+@torch.library.custom_op("roiops::roi_align_box_backward", mutates_args=())
+def roi_align_box_backward_op(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    argmax: Tensor | None = None,
+) -> Tensor:
+    """Gradient w.r.t. the rois, ``Tensor[K, 5]`` (column 0, the batch index, gets 0), of
+    ``roiops::roi_align`` or, given its ``argmax``, ``roiops::roi_align_max``
+    (``roiops.reference.roi_align.roi_align_box_backward``); deterministic."""
+    if grad.numel() == 0 or _output_is_empty(input, rois):
+        return rois.new_zeros((rois.shape[0], 5))
+    backend = select_backend(grad.device)
+    if _validate.roi_values_checked(grad.device, backend):
+        _validate.check_roi_values(rois, input.shape[0], OP)
+    params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    if backend == "triton":
+        from roiops.gpu import roi_align as gpu
+
+        return gpu.roi_align_box_backward(grad, input, rois, argmax, *params)
+    dtype = _validate.compute_dtype(input.dtype)
+    g, x = grad.to(dtype), input.to(dtype)
+    if backend == "numba":
+        out = rois.new_empty((rois.shape[0], 5))
+        A = argmax.contiguous().numpy() if argmax is not None else np.zeros((0, 1, 1, 1), np.int32)
+        cpu.roi_align_box_backward(
+            g.contiguous().numpy(), layout.channels_last_array(x), rois.numpy(), *params,
+            argmax is not None, A, out.numpy(),
+        )  # fmt: skip
+        return out
+    ref = reference.roi_align_box_backward(
+        host_array(g), host_array(x), host_array(rois), *params,
+        "avg" if argmax is None else "max",
+        None if argmax is None else argmax_to_reference(argmax),
+    )  # fmt: skip
+    return torch.from_numpy(ref).to(rois.device, rois.dtype)
+
+
+@roi_align_box_backward_op.register_fake
+def _(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+      argmax=None):  # fmt: skip
+    return rois.new_empty((rois.shape[0], 5))
+
+
 # --------------------------------------------------------------------------- autograd
 def _setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     argmax = output[1] if isinstance(output, tuple) else None
-    ctx.save_for_backward(rois, argmax)
+    # the box gradient reads the feature map: keep it only when the boxes want one
+    ctx.save_for_backward(rois, argmax, input if rois.requires_grad else None)
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     ctx.input_shape = tuple(input.shape)
 
 
 def _backward(ctx, grad, _grad_argmax=None):
-    rois, argmax = ctx.saved_tensors
-    grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape, argmax)
-    return grad_input, None, None, None, None, None, None
+    rois, argmax, input = ctx.saved_tensors
+    grad_input = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape, argmax)
+    if ctx.needs_input_grad[1]:
+        grad_rois = roi_align_box_backward_op(grad, input, rois, *ctx.params, argmax)
+    return grad_input, grad_rois, None, None, None, None, None
 
 
 roi_align_op.register_autograd(_backward, setup_context=_setup_context)

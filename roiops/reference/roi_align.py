@@ -255,3 +255,91 @@ def roi_align_backward(
                         for yy, xx, w in bw.corners():
                             grad_input[n, c, yy, xx] += share * w
     return grad_input
+
+
+def _value_slopes(plane, y, x, height, width, T):
+    """(d value / dy, d value / dx) of the bilinear interpolation at (y, x): zero outside
+    the map's one-cell band and where the point is clamped to the border (the value is
+    flat there), else the slopes of the bilinear surface in the point's cell."""
+    y, x = T(y), T(x)
+    if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):
+        return T(0), T(0)
+    bw = bilinear_weights(y, x, height, width, T)
+    v1 = plane[bw.y_low, bw.x_low]
+    v2 = plane[bw.y_low, bw.x_high]
+    v3 = plane[bw.y_high, bw.x_low]
+    v4 = plane[bw.y_high, bw.x_high]
+    # the point's fractional position in its cell (0 where it is clamped to the end)
+    flat_y = y <= 0 or bw.y_low == bw.y_high
+    flat_x = x <= 0 or bw.x_low == bw.x_high
+    ly = T(0) if bw.y_low == bw.y_high else max(y, T(0)) - T(bw.y_low)
+    lx = T(0) if bw.x_low == bw.x_high else max(x, T(0)) - T(bw.x_low)
+    dy = T(0) if flat_y else (T(1) - lx) * (v3 - v1) + lx * (v4 - v2)
+    dx = T(0) if flat_x else (T(1) - ly) * (v2 - v1) + ly * (v4 - v3)
+    return dy, dx
+
+
+def roi_align_box_backward(
+    grad_output,
+    input,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    aligned,
+    mode="avg",
+    argmax=None,
+):
+    """Gradient w.r.t. the boxes, ``[K, 5]`` (column 0, the batch index, gets 0).
+
+    A sampling point of bin ``ph`` sits at ``y = y1' + (ph + (iy + 0.5) / grid_h) * h' /
+    PH`` with ``y1' = y1 * scale - offset`` and ``h' = (y2 - y1) * scale``, so it moves
+    with the box edges by ``dy/dy1 = scale * (1 - t)``, ``dy/dy2 = scale * t``
+    (``t = (ph + (iy + 0.5) / grid_h) / PH``); the gradient is the output gradient times
+    the slope of the bilinear surface there (``_value_slopes``) times those factors,
+    summed over channels, bins and points (avg: divided by the count; max: the winning
+    point only). Conventions: the sample count ``ceil(bin size)`` of adaptive sampling is
+    piecewise constant in the box size and is held fixed (the gradient is that of the
+    piece the box is in); a legacy (``aligned=False``) box forced to one cell has a
+    fixed size, so only its start moves; the bilinear surface is piecewise linear, and at
+    a cell edge the slope of the cell the point falls in (``floor``) is used.
+    """
+    T = input.dtype.type
+    _, channels, height, width = input.shape
+    grad_boxes = np.zeros((rois.shape[0], 5), dtype=input.dtype)
+    scale = T(spatial_scale)
+    for k, n, g in geometries(
+        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T
+    ):
+        # legacy boxes under one cell are forced to 1x1: their size does not move
+        moves_h = aligned or T(rois[k, 4]) * scale - T(rois[k, 2]) * scale > 1
+        moves_w = aligned or T(rois[k, 3]) * scale - T(rois[k, 1]) * scale > 1
+        gx1 = gy1 = gx2 = gy2 = T(0)
+        for c in range(channels):
+            plane = input[n, c]
+            for ph in range(pooled_height):
+                for pw in range(pooled_width):
+                    grad = grad_output[k, c, ph, pw]
+                    for iy in range(g.grid_h):
+                        y = sample_coordinate(g.start_h, g.bin_size_h, ph, iy, g.grid_h, T)
+                        t_y = (T(ph) + T(iy + 0.5) / T(g.grid_h)) / T(pooled_height)
+                        for ix in range(g.grid_w):
+                            s = iy * g.grid_w + ix
+                            if mode == "avg":
+                                share = grad / T(g.count)
+                            elif s == argmax[k, c, ph, pw]:
+                                share = grad
+                            else:
+                                continue
+                            x = sample_coordinate(g.start_w, g.bin_size_w, pw, ix, g.grid_w, T)
+                            t_x = (T(pw) + T(ix + 0.5) / T(g.grid_w)) / T(pooled_width)
+                            dy, dx = _value_slopes(plane, y, x, height, width, T)
+                            gy = share * dy * scale
+                            gx = share * dx * scale
+                            gy1 += gy * (T(1) - t_y) if moves_h else gy
+                            gy2 += gy * t_y if moves_h else T(0)
+                            gx1 += gx * (T(1) - t_x) if moves_w else gx
+                            gx2 += gx * t_x if moves_w else T(0)
+        grad_boxes[k, 1:] = (gx1, gy1, gx2, gy2)
+    return grad_boxes
