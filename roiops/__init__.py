@@ -8,6 +8,7 @@ from roiops._backend import use_backend
 from roiops.functional import (
     map_levels,
     multi_scale_roi_align,
+    prroi_pool,
     ps_roi_align,
     ps_roi_pool,
     roi_align,
@@ -16,6 +17,7 @@ from roiops.functional import (
 )
 from roiops.nn import (
     MultiScaleRoIAlign,
+    PrRoIPool2D,
     PSRoIAlign,
     PSRoIPool,
     RoIAlign,
@@ -25,6 +27,7 @@ from roiops.nn import (
 
 __all__ = [
     "MultiScaleRoIAlign",
+    "PrRoIPool2D",
     "PSRoIAlign",
     "PSRoIPool",
     "RoIAlign",
@@ -32,6 +35,7 @@ __all__ = [
     "RoIPool",
     "map_levels",
     "multi_scale_roi_align",
+    "prroi_pool",
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op
+from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_op
@@ -331,3 +332,35 @@ def roi_align_rotated(
     return roi_align_rotated_op(
         input, rois, scale, *pooled, ratio, aligned, angle_unit == "degrees", clockwise
     )
+
+
+def prroi_pool(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """Precise RoI Pooling (Jiang et al. 2018): each bin is the exact integral of the
+    feature map's bilinear interpolant over the bin, divided by its area.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` (float32/float64; float16/bfloat16 computed in
+            float32).
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+            When they require grad, backward also returns the gradient w.r.t. the box
+            coordinates (exact: the output is differentiable in them).
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+
+    Returns:
+        ``Tensor[K, C, h, w]``. Conventions of the reference implementation (PreciseRoIPooling):
+        no half-pixel offset, the map padded with zeros outside (not its border
+        replicated), a bin of zero area gives 0. Backward is deterministic; the input
+        gradient is contiguous NCHW.
+    """
+    op = "prroi_pool"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    return prroi_pool_op(input, rois, scale, *pooled)

@@ -9,6 +9,7 @@ from roiops.functional import (
     BoxesArg,
     map_levels,
     multi_scale_roi_align,
+    prroi_pool,
     ps_roi_align,
     ps_roi_pool,
     roi_align,
@@ -220,4 +221,26 @@ class RoIAlignRotated(nn.Module):
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
             f"aligned={self.aligned}, angle_unit={self.angle_unit!r}, "
             f"clockwise={self.clockwise})"
+        )
+
+
+class PrRoIPool2D(nn.Module):
+    """See :func:`roiops.prroi_pool`; PreciseRoIPooling's
+    ``PrRoIPool2D(pooled_height, pooled_width, spatial_scale)``."""
+
+    def __init__(self, pooled_height: int, pooled_width: int, spatial_scale: float) -> None:
+        super().__init__()
+        self.pooled_height = int(pooled_height)
+        self.pooled_width = int(pooled_width)
+        self.spatial_scale = float(spatial_scale)
+
+    def forward(self, features: Tensor, rois: BoxesArg) -> Tensor:
+        return prroi_pool(
+            features, rois, (self.pooled_height, self.pooled_width), self.spatial_scale
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size=({self.pooled_height}, {self.pooled_width}), "
+            f"spatial_scale={self.spatial_scale}"
         )

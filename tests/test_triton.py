@@ -555,3 +555,35 @@ def test_box_gradient_matches_reference(rng, aligned, ratio, mode):
             grads = torch.autograd.grad(out, boxes, torch.ones_like(out))
         results.append(torch.cat(grads))
     torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-9)
+
+
+def test_prroi_pool_matches_reference(rng):
+    from test_prroi_pool import box_lists
+
+    x = on_device(rng.standard_normal((2, 3, 8, 9)), torch.float64)
+    grad = on_device(rng.standard_normal((5, 3, 2, 3)), torch.float64)
+    results = []
+    for backend in ("triton", "reference"):
+        xb = x.clone().requires_grad_()
+        boxes = [b.to(DEVICE).requires_grad_() for b in box_lists()]
+        with roiops.use_backend(backend):
+            out = roiops.prroi_pool(xb, boxes, (2, 3), 0.5)
+            out.backward(grad)
+        results.append((out.detach(), xb.grad, torch.cat([b.grad for b in boxes])))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, **TOL[torch.float64])
+
+
+def test_prroi_pool_kernels_take_any_roi_value(rng):
+    from roiops.gpu import prroi_pool as gpu_prroi
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    rois = on_device(np.concatenate([random_rois(rng, 2, 2, 18, 22, min_size=2), BAD_ROIS]),
+                     torch.float32)  # fmt: skip
+    out = gpu_prroi.prroi_pool_forward(x, rois, 0.5, 2, 2)
+    assert torch.isnan(out[2:]).all() and torch.isfinite(out[:2]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_prroi.prroi_pool_backward(grad, rois, torch.empty_like(x), 0.5)
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.prroi_pool_backward(grad[:2], rois[:2], 0.5, 2, 2, 2, 3, 9, 11)
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])

@@ -32,6 +32,11 @@ from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
     multi_scale_roi_align_forward_kernel,
 )
+from roiops.gpu.prroi_pool import (  # noqa: E402
+    prroi_pool_backward_kernel,
+    prroi_pool_box_backward_kernel,
+    prroi_pool_forward_kernel,
+)
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
@@ -154,6 +159,15 @@ def main() -> int:
             compile_for_gpu(
                 roi_align_rotated_backward_kernel, bwd, {**rot, "BLOCK_C": block_c}, bwd_warps
             )
+        pr = {"PH": 7, "PW": 7}
+        compile_for_gpu(prroi_pool_forward_kernel, fwd, {**pr, "BLOCK": block}, fwd_warps)
+        compile_for_gpu(prroi_pool_backward_kernel, bwd, {**pr, "BLOCK_C": block_c}, bwd_warps)
+        compile_for_gpu(
+            prroi_pool_box_backward_kernel,
+            {**bwd, "X": f"*{dt}", "OUT": f"*{dt}", "PARTIAL": rois},
+            {**pr, "BLOCK_C": block_c},
+            bwd_warps,
+        )
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
         compile_for_gpu(
