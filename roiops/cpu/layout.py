@@ -37,6 +37,15 @@ def backward_tasks(rois: Tensor, batch_size: int, channels: int):
     return order.numpy(), start.numpy(), backward_channel_block(batch_size, channels)
 
 
+def plane_backward_tasks(rois: Tensor, batch_size: int, channels: int):
+    """``(order, start, channel_block)`` for backward kernels that own whole NCHW planes
+    (the position-sensitive ops, prroi_pool): one task per thread and image, so that each
+    task resolves every RoI of its image once."""
+    order, start = rois_by_image(rois, batch_size)
+    tasks_per_image = max(1, -(-numba.get_num_threads() // max(batch_size, 1)))
+    return order.numpy(), start.numpy(), -(-channels // tasks_per_image)
+
+
 def backward_channel_block(batch_size: int, channels: int) -> int:
     """Channels per backward task: enough tasks to keep every thread busy (about two
     per thread), blocks as wide as possible (>= 64 lets LLVM's vector loop engage)."""

@@ -4,13 +4,12 @@ lands in one plane)."""
 
 from __future__ import annotations
 
-import numba
 import torch
 from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
-from roiops._layout import rois_by_image
+from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
 from roiops.ops import host_array
 from roiops.reference import prroi_pool as reference
@@ -82,10 +81,9 @@ def prroi_pool_backward_op(
     g = grad.to(_validate.compute_dtype(grad.dtype))
     if backend == "numba":
         grad_input = torch.empty(shape, dtype=g.dtype)  # zeroed by the kernel, in parallel
-        order, start = rois_by_image(rois, batch_size)
-        block = -(-channels // max(1, -(-numba.get_num_threads() // batch_size)))
+        order, start, block = layout.plane_backward_tasks(rois, batch_size, channels)
         cpu.prroi_pool_backward(
-            g.contiguous().numpy(), rois.numpy(), order.numpy(), start.numpy(), spatial_scale,
+            g.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, block, grad_input.numpy(),
         )  # fmt: skip
         return grad_input.to(grad.dtype)

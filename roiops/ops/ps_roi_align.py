@@ -7,13 +7,12 @@ of the indices that every backend computes.
 
 from __future__ import annotations
 
-import numba
 import torch
 from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
-from roiops._layout import rois_by_image
+from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
 from roiops.ops import host_array
 from roiops.reference import ps_roi_align as reference
@@ -104,10 +103,9 @@ def ps_roi_align_backward_op(
         # the kernel zeroes the gradient, in parallel. One task per thread and image:
         # each task resolves every RoI's sampling points once.
         grad_input = torch.empty(shape, dtype=g.dtype)
-        order, start = rois_by_image(rois, batch_size)
-        block = -(-channels // max(1, -(-numba.get_num_threads() // batch_size)))
+        order, start, block = layout.plane_backward_tasks(rois, batch_size, channels)
         cpu.ps_roi_align_backward(
-            g.contiguous().numpy(), rois.numpy(), order.numpy(), start.numpy(), spatial_scale,
+            g.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, sampling_ratio, block, grad_input.numpy(),
         )  # fmt: skip
         return grad_input.to(grad.dtype)
