@@ -46,6 +46,6 @@ def test_summary_table():
     assert "float32 forward: geometric mean vs torchvision" in table
     assert "1.34x" in table  # sqrt(1.5 * 1.2)
     assert "float32 backward: lowest (roi_align a small sr=2)" in table and "0.50x" in table
-    assert "FPN case" in table and "1.20x" in table
+    assert "float32 forward: fpn 8x512" in table and "1.20x" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
