@@ -8,6 +8,7 @@ from roiops._backend import use_backend
 from roiops.functional import (
     map_levels,
     multi_scale_roi_align,
+    multi_scale_roi_pool,
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
@@ -23,6 +24,7 @@ from roiops.nn import (
     RoIAlign,
     RoIAlignRotated,
     RoIPool,
+    ROIPooler,
 )
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "PSRoIPool",
     "RoIAlign",
     "RoIAlignRotated",
+    "ROIPooler",
     "RoIPool",
     "map_levels",
     "multi_scale_roi_align",
+    "multi_scale_roi_pool",
     "prroi_pool",
     "ps_roi_align",
     "ps_roi_pool",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op
+from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op, multi_scale_roi_pool_op
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
@@ -227,6 +227,30 @@ def map_levels(
     return level.to(torch.int64) - k_min
 
 
+def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonical_scale,
+                       canonical_level, eps, level_mapper):  # fmt: skip
+    """Checked ``(features, (h, w), scales, rois, levels)`` of a pyramid pooler call; the
+    levels from :func:`map_levels` unless given."""
+    features = _validate.check_pyramid(features, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"{op}: scales must be a sequence of floats, got {scales!r}")
+    if len(scales) != len(features):
+        raise ValueError(f"{op}: {len(features)} feature maps but {len(scales)} scales")
+    scale_list = [_validate.check_spatial_scale(s, op) for s in scales]
+    rois = _validate.boxes_to_rois(boxes, features[0], op)
+    if levels is None:
+        k_min = int(-math.log2(scale_list[0]))
+        k_max = int(-math.log2(scale_list[-1]))
+        levels = map_levels(
+            rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper
+        )
+    elif not isinstance(levels, Tensor) or levels.shape != (rois.shape[0],):
+        raise ValueError(f"{op}: levels must be a Tensor[{rois.shape[0]}] of level indices")
+    levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
+    return features, pooled, scale_list, rois, levels
+
+
 def multi_scale_roi_align(
     features: Sequence[Tensor],
     boxes: BoxesArg,
@@ -262,25 +286,12 @@ def multi_scale_roi_align(
         ``scales[levels[k]]`` (average mode); backward is deterministic.
     """
     op = "multi_scale_roi_align"
-    features = _validate.check_pyramid(features, op)
-    pooled = _validate.output_size_pair(output_size, op)
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
-        raise TypeError(f"{op}: scales must be a sequence of floats, got {scales!r}")
-    if len(scales) != len(features):
-        raise ValueError(f"{op}: {len(features)} feature maps but {len(scales)} scales")
-    scale_list = [_validate.check_spatial_scale(s, op) for s in scales]
+    features, pooled, scale_list, rois, levels = _pyramid_arguments(
+        op, features, boxes, output_size, scales, levels, canonical_scale, canonical_level, eps,
+        level_mapper,
+    )  # fmt: skip
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     aligned = _validate.check_aligned(aligned, op)
-    rois = _validate.boxes_to_rois(boxes, features[0], op)
-    if levels is None:
-        k_min = int(-math.log2(scale_list[0]))
-        k_max = int(-math.log2(scale_list[-1]))
-        levels = map_levels(
-            rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper
-        )
-    elif not isinstance(levels, Tensor) or levels.shape != (rois.shape[0],):
-        raise ValueError(f"{op}: levels must be a Tensor[{rois.shape[0]}] of level indices")
-    levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
     return multi_scale_roi_align_op(
         list(features), rois, levels, scale_list, *pooled, ratio, aligned
     )
@@ -364,3 +375,27 @@ def prroi_pool(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
     return prroi_pool_op(input, rois, scale, *pooled)
+
+
+def multi_scale_roi_pool(
+    features: Sequence[Tensor],
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    scales: Sequence[float],
+    levels: Tensor | None = None,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+    level_mapper: Literal["torchvision", "detectron2"] = "torchvision",
+) -> Tensor:
+    """RoIPool over a feature pyramid (detectron2's ``ROIPool`` pooler type), every level
+    in one kernel launch: RoI k is :func:`roi_pool` of ``features[levels[k]]`` at
+    ``scales[levels[k]]``. Arguments as :func:`multi_scale_roi_align`. Backward routes
+    each output's gradient to its argmax cell of its level, deterministically."""
+    op = "multi_scale_roi_pool"
+    features, pooled, scale_list, rois, levels = _pyramid_arguments(
+        op, features, boxes, output_size, scales, levels, canonical_scale, canonical_level, eps,
+        level_mapper,
+    )  # fmt: skip
+    out, _ = multi_scale_roi_pool_op(list(features), rois, levels, scale_list, *pooled)
+    return out

@@ -9,6 +9,7 @@ from roiops.functional import (
     BoxesArg,
     map_levels,
     multi_scale_roi_align,
+    multi_scale_roi_pool,
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
@@ -244,3 +245,56 @@ class PrRoIPool2D(nn.Module):
             f"kernel_size=({self.pooled_height}, {self.pooled_width}), "
             f"spatial_scale={self.spatial_scale}"
         )
+
+
+POOLER_TYPES = ("ROIAlign", "ROIAlignV2", "ROIPool")
+
+
+class ROIPooler(nn.Module):
+    """detectron2's ``ROIPooler``: pools each box from its FPN level with detectron2's
+    level assignment (``map_levels(..., convention="detectron2")``), every level in one
+    kernel launch. ``pooler_type``: ``"ROIAlign"`` (``aligned=False``), ``"ROIAlignV2"``
+    (``aligned=True``) or ``"ROIPool"``.
+
+    ``forward(x, box_lists)``: ``x`` the levels (finest first, scales as given), and one
+    ``Tensor[L, 4]`` of boxes per image. Returns ``Tensor[K, C, h, w]``.
+    """
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        scales: list[float],
+        sampling_ratio: int,
+        pooler_type: str,
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if pooler_type not in POOLER_TYPES:
+            raise ValueError(
+                f"ROIPooler: pooler_type must be one of {POOLER_TYPES}, got {pooler_type!r}"
+            )
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        self.output_size = tuple(output_size)
+        self.scales = [float(s) for s in scales]
+        self.sampling_ratio = sampling_ratio
+        self.pooler_type = pooler_type
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+
+    def forward(self, x: list[Tensor], box_lists: list[Tensor]) -> Tensor:
+        if len(x) != len(self.scales):
+            raise ValueError(f"ROIPooler: {len(self.scales)} scales but {len(x)} feature maps")
+        mapper = dict(
+            canonical_scale=self.canonical_box_size,
+            canonical_level=self.canonical_level,
+            eps=1e-8,
+            level_mapper="detectron2",
+        )
+        if self.pooler_type == "ROIPool":
+            return multi_scale_roi_pool(x, box_lists, self.output_size, self.scales, **mapper)
+        return multi_scale_roi_align(
+            x, box_lists, self.output_size, self.scales, self.sampling_ratio,
+            self.pooler_type == "ROIAlignV2", **mapper,
+        )  # fmt: skip

@@ -151,3 +151,58 @@ def test_bad_arguments(rng):
         roiops.multi_scale_roi_align(features[0], rois, 2, SCALES)
     empty = roiops.multi_scale_roi_align(features, torch.zeros(0, 5), 2, SCALES)
     assert empty.shape == (0, 5, 2, 2)
+
+
+# ------------------------------------------------------------------ RoIPool over a pyramid
+def test_multi_scale_roi_pool_equals_roi_pool_level_by_level(rng):
+    features = pyramid(rng, size=32)
+    rois = as_tensor(random_rois(rng, 2, 30, 128, 128, min_size=1), torch.float32)
+    levels = torch.from_numpy(rng.integers(0, 4, 30))
+    out = roiops.multi_scale_roi_pool(features, rois, 3, SCALES, levels=levels)
+    for level in range(4):
+        pick = levels == level
+        assert torch.equal(
+            out[pick], roiops.roi_pool(features[level], rois[pick], 3, SCALES[level])
+        )
+
+
+def test_multi_scale_roi_pool_numba_equals_reference_and_opcheck(rng):
+    features = pyramid(rng, torch.float64, size=32)
+    rois = as_tensor(random_rois(rng, 2, 24, 128, 128), torch.float64)
+    levels = torch.from_numpy(rng.integers(0, 4, 24))
+    grad = as_tensor(rng.standard_normal((24, 5, 2, 3)), torch.float64)
+    results = []
+    for backend in ("numba", "reference"):
+        leaves = [f.clone().requires_grad_() for f in features]
+        with roiops.use_backend(backend):
+            out = roiops.multi_scale_roi_pool(leaves, rois, (2, 3), SCALES, levels=levels)
+            out.backward(grad)
+        results.append((out.detach(), [f.grad for f in leaves]))
+    (out, grads), (ref_out, ref_grads) = results
+    assert torch.equal(out, ref_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads, strict=True))
+    leaves = [f.clone().requires_grad_() for f in features]
+    args = (leaves, rois, levels, SCALES, 2, 3)
+    torch.library.opcheck(torch.ops.roiops.multi_scale_roi_pool, args)
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIPool"])
+def test_roi_pooler_is_detectron2_s_composition(rng, pooler_type):
+    # detectron2's ROIPooler: levels by its assign_boxes_to_levels, then one pooler per level
+    features = pyramid(rng, size=64)
+    boxes = [as_tensor(boxes_over(rng, n), torch.float32) for n in (30, 20)]
+    out = roiops.ROIPooler(7, SCALES, 2, pooler_type)(features, boxes)
+    levels = roiops.map_levels(boxes, 2, 5, eps=1e-8, convention="detectron2")
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)]
+    )
+    for level in range(4):
+        pick = levels == level
+        if pooler_type == "ROIPool":
+            expected = roiops.roi_pool(features[level], rois[pick], 7, SCALES[level])
+        else:
+            aligned = pooler_type == "ROIAlignV2"
+            expected = roiops.roi_align(features[level], rois[pick], 7, SCALES[level], 2, aligned)
+        assert torch.equal(out[pick], expected)
+    with pytest.raises(ValueError, match="pooler_type must be one of"):
+        roiops.ROIPooler(7, SCALES, 2, "ROIAlignV3")

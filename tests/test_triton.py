@@ -587,3 +587,25 @@ def test_prroi_pool_kernels_take_any_roi_value(rng):
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.prroi_pool_backward(grad[:2], rois[:2], 0.5, 2, 2, 2, 3, 9, 11)
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+def test_multi_scale_roi_pool_matches_reference(rng):
+    scales = [1 / 2, 1 / 4, 1 / 8]
+    features = [
+        on_device(np.round(rng.standard_normal((2, 3, 16 >> i, 20 >> i)) * 2), torch.float32)
+        for i in range(3)
+    ]
+    rois = on_device(random_rois(rng, 2, 12, 32, 40), torch.float32)
+    levels = torch.from_numpy(rng.integers(0, 3, 12)).to(DEVICE)
+    grad = on_device(rng.standard_normal((12, 3, 2, 2)), torch.float32)
+    results = []
+    for backend in ("triton", "reference"):
+        leaves = [f.detach().clone().requires_grad_() for f in features]
+        with roiops.use_backend(backend):
+            out = roiops.multi_scale_roi_pool(leaves, rois, 2, scales, levels=levels)
+            out.backward(grad)
+        results.append((out.detach(), [f.grad for f in leaves]))
+    (out, grads), (ref_out, ref_grads) = results
+    assert torch.equal(out, ref_out)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **TOL[torch.float32])

@@ -31,6 +31,8 @@ from roiops.gpu.fixed_point import (  # noqa: E402
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
     multi_scale_roi_align_forward_kernel,
+    multi_scale_roi_pool_backward_kernel,
+    multi_scale_roi_pool_forward_kernel,
 )
 from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_backward_kernel,
@@ -168,6 +170,14 @@ def main() -> int:
             {**pr, "BLOCK_C": block_c},
             bwd_warps,
         )
+        compile_for_gpu(
+            multi_scale_roi_pool_forward_kernel, {**fwd, **levels},
+            {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "BLOCK": block}, fwd_warps,
+        )  # fmt: skip
+        compile_for_gpu(
+            multi_scale_roi_pool_backward_kernel, {**bwd, "LEVELS": "*i64"},
+            {"NUM_LEVELS": 4, "P": 49, "BLOCK_C": block_c}, bwd_warps,
+        )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
         compile_for_gpu(

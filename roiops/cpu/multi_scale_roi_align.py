@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.roi_align import roi_align_avg_backward_roi, roi_align_avg_forward_roi
+from roiops.cpu.roi_pool import roi_pool_backward_roi, roi_pool_forward_roi
 
 
 @njit(parallel=True, cache=True)
@@ -53,3 +54,40 @@ def multi_scale_roi_align_backward(
                 G_bins[k], rois, k, scales[level], pooled_h, pooled_w, sampling_ratio,
                 aligned, c0, share, grads[level],
             )  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, pooled_w, out, argmax):
+    """out[K, C, pooled_h, pooled_w] and argmax[K, pooled_h, pooled_w, C] (cells of each
+    RoI's level): RoI k max-pooled from ``features[levels[k]]``."""
+    K, C = out.shape[0], out.shape[1]
+    P = pooled_h * pooled_w
+    out_bins = out.reshape(K, C, P)
+    arg_bins = argmax.reshape(K, P, C)
+    for k in prange(K):
+        level = levels[k]
+        roi_pool_forward_roi(
+            features[level], rois, k, scales[level], pooled_h, pooled_w, out_bins[k], arg_bins[k]
+        )
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_pool_backward(G, argmax, rois, levels, order, image_start, channel_block,
+                                  grads):  # fmt: skip
+    """grads[l][N, H_l, W_l, C] (zeroed) += each output's gradient at its argmax cell."""
+    N = image_start.shape[0] - 1
+    K, C = G.shape[0], G.shape[1]
+    P = G.shape[2] * G.shape[3]
+    G_bins = G.reshape(K, C, P)
+    arg_bins = argmax.reshape(K, P, C)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n = task // n_blocks
+        c0 = (task - n * n_blocks) * channel_block
+        c1 = min(C, c0 + channel_block)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            GX = grads[levels[k]]
+            roi_pool_backward_roi(
+                G_bins[k], arg_bins[k], n, c0, c1, GX.reshape(-1), GX.shape[1] * GX.shape[2], C
+            )

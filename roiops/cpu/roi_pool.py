@@ -60,43 +60,50 @@ def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
     ``h * W + w`` or -1 (channels last: written without a transpose, and read by the
     backward a whole channel block at a time). An argmax with no rows (inference) is not
     written: the winners go to a per-RoI scratch that stays in cache."""
-    _, H, W, C = X.shape
-    K = rois.shape[0]
-    T = X.dtype.type
+    K, C = rois.shape[0], X.shape[3]
     P = pooled_h * pooled_w
-    Xf = X.reshape(-1)
     out_bins = out.reshape(K, C, P)
     store_argmax = argmax.shape[0] > 0
     arg_bins = argmax.reshape(argmax.shape[0], P, C)
     for k in prange(K):
-        n = int(rois[k, 0])
-        start_h, start_w, roi_h, roi_w = quantize_roi(rois, k, spatial_scale)
-        rows = bin_edges(start_h, roi_h, pooled_h, H, rois)
-        cols = bin_edges(start_w, roi_w, pooled_w, W, rois)
-        bins = np.zeros((P, C), X.dtype)
         winners = arg_bins[k] if store_argmax else np.empty((P, C), np.int32)
-        winners[:] = -1
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                h0, h1 = rows[ph, 0], rows[ph, 1]
-                w0, w1 = cols[pw, 0], cols[pw, 1]
-                if h1 <= h0 or w1 <= w0:
-                    continue  # an empty bin outputs 0 and routes no gradient
-                best = bins[ph * pooled_w + pw]
-                best_at = winners[ph * pooled_w + pw]
-                best[:] = T(LOWEST)
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        cell = np.int32(h * W + w)
-                        o = np.uint64(((n * H + h) * W + w) * C)
-                        for c in range(C):
-                            v = Xf[o + np.uint64(c)]
-                            if v > best[c]:
-                                best[c] = v
-                                best_at[c] = cell
-        for c in range(C):
-            for b in range(P):
-                out_bins[k, c, b] = bins[b, c]
+        roi_pool_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w, out_bins[k], winners)
+
+
+@njit(cache=True)
+def roi_pool_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w, out_k, winners):
+    """One RoI's output ``out_k[C, P]`` and winners ``winners[P, C]`` (the forward task)."""
+    _, H, W, C = X.shape
+    T = X.dtype.type
+    P = pooled_h * pooled_w
+    Xf = X.reshape(-1)
+    n = int(rois[k, 0])
+    start_h, start_w, roi_h, roi_w = quantize_roi(rois, k, spatial_scale)
+    rows = bin_edges(start_h, roi_h, pooled_h, H, rois)
+    cols = bin_edges(start_w, roi_w, pooled_w, W, rois)
+    bins = np.zeros((P, C), X.dtype)
+    winners[:] = -1
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            h0, h1 = rows[ph, 0], rows[ph, 1]
+            w0, w1 = cols[pw, 0], cols[pw, 1]
+            if h1 <= h0 or w1 <= w0:
+                continue  # an empty bin outputs 0 and routes no gradient
+            best = bins[ph * pooled_w + pw]
+            best_at = winners[ph * pooled_w + pw]
+            best[:] = T(LOWEST)
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    cell = np.int32(h * W + w)
+                    o = np.uint64(((n * H + h) * W + w) * C)
+                    for c in range(C):
+                        v = Xf[o + np.uint64(c)]
+                        if v > best[c]:
+                            best[c] = v
+                            best_at[c] = cell
+    for c in range(C):
+        for b in range(P):
+            out_k[c, b] = bins[b, c]
 
 
 @njit(parallel=True, cache=True)
@@ -115,11 +122,18 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
         c1 = min(C, c0 + channel_block)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            for c in range(c0, c1):
-                for b in range(P):
-                    cell = arg_bins[k, b, c]
-                    # -1 = empty bin; out-of-plane values (only reachable by calling the
-                    # backward op by hand) are ignored, never written out of bounds
-                    if cell < 0 or cell >= plane:
-                        continue
-                    GXf[np.uint64((n * plane + cell) * C + c)] += G_bins[k, c, b]
+            roi_pool_backward_roi(G_bins[k], arg_bins[k], n, c0, c1, GXf, plane, C)
+
+
+@njit(cache=True)
+def roi_pool_backward_roi(G_k, winners, n, c0, c1, GXf, plane, C):
+    """GX[n, cells, c0:c1] += one RoI's output gradient ``G_k[C, P]`` at its winners
+    ``winners[P, C]`` (flat NHWC ``GXf``, ``plane = H * W``)."""
+    for c in range(c0, c1):
+        for b in range(G_k.shape[1]):
+            cell = winners[b, c]
+            # -1 = empty bin; out-of-plane values (only reachable by calling the
+            # backward op by hand) are ignored, never written out of bounds
+            if cell < 0 or cell >= plane:
+                continue
+            GXf[np.uint64((n * plane + cell) * C + c)] += G_k[c, b]

@@ -10,14 +10,23 @@ gradient. A RoI whose level is not in ``[0, L)`` is invalid: NaN outputs, no gra
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from roiops._layout import argmax_shape
 from roiops._validate import MAX_LEVELS
-from roiops.gpu.fixed_point import Accumulator
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
-from roiops.gpu.rois import scale_bits
-from roiops.gpu.tiles import bin_channels_grid, bin_channels_tile, bins_grid, bins_tile
+from roiops.gpu.roi_pool import pool_bins
+from roiops.gpu.rois import batch_index, scale_bits
+from roiops.gpu.tiles import (
+    bin_channels_grid,
+    bin_channels_tile,
+    bins_grid,
+    bins_tile,
+    output_offsets,
+)
 
 
 @triton.jit
@@ -71,6 +80,42 @@ def multi_scale_roi_align_backward_kernel(
                  SPAN)  # fmt: skip
 
 
+@triton.jit
+def multi_scale_roi_pool_forward_kernel(
+    X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, ARGMAX, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4,
+    NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C]: RoI k max-pooled from its level."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    usable, X = _pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
+    _, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, bits, usable, PH, PW, BLOCK, True)
+
+
+@triton.jit
+def multi_scale_roi_pool_backward_kernel(
+    G, ROIS, LEVELS, ARGMAX, AMAX, ACC, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, O0, O1, O2, O3, O4, log2_count,
+    NUM_LEVELS: tl.constexpr, P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """ACC (int64; level l's NHWC part at element O_l) += G[k, c, p] at each channel's
+    argmax cell of RoI k's level."""
+    k, p, c, c_ok = bin_channels_tile(C, P, BLOCK_C)
+    usable, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, offset = _pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
+    n, valid = batch_index(ROIS, k, N, 5)
+    g_at, argmax_at = output_offsets(k, c, p, C, P)
+    cell = tl.where(valid & usable, tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1), -1)
+    g = tl.load(G + g_at, mask=c_ok, other=0.0)
+    scale, _, _ = fixed_point_scale(AMAX, log2_count)
+    ok = c_ok & (cell >= 0) & (cell < H * W)
+    add_to_cell(ACC + offset + n * H * W * C + c, cell.to(tl.int64), C, g, scale, ok)
+
+
 # ----------------------------------------------------------------------------- launchers
 def _per_level(values, fill):
     """``values`` padded to MAX_LEVELS entries with ``fill``."""
@@ -110,5 +155,40 @@ def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, samp
         *_per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
         NUM_LEVELS=len(grad_inputs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
         BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
+    )  # fmt: skip
+    return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
+
+
+def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, pooled_w):
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C])`` for ``features[l]`` (read as NCHW)."""
+    K = rois.shape[0]
+    N, C = features[0].shape[:2]
+    xs = [f.contiguous() for f in features]
+    out = xs[0].new_empty((K, C, pooled_h, pooled_w))
+    argmax = torch.empty(argmax_shape(K, C, pooled_h, pooled_w), dtype=torch.int32,
+                         device=out.device)  # fmt: skip
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_pool")
+    multi_scale_roi_pool_forward_kernel[grid](
+        *_per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
+        *_per_level([f.shape[2] for f in xs], 0), *_per_level([f.shape[3] for f in xs], 0),
+        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
+        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return out, argmax
+
+
+def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
+    """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
+    K, C, pooled_h, pooled_w = grad.shape
+    N = grad_inputs[0].shape[0]
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
+    multi_scale_roi_pool_backward_kernel[grid](
+        grad.contiguous(), rois, levels, argmax.contiguous(), sums.amax, sums.flat, N, C,
+        *_per_level([g.shape[2] for g in grad_inputs], 0),
+        *_per_level([g.shape[3] for g in grad_inputs], 0),
+        *_per_level(sums.offsets, 0), sums.log2_count,
+        NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_C=block_c,
+        num_warps=num_warps,
     )  # fmt: skip
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]

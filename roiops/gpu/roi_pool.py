@@ -72,7 +72,18 @@ def roi_pool_forward_kernel(
     """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1)
     from X[N, C, H, W]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, True, PH, PW, BLOCK,
+              STORE_ARGMAX)  # fmt: skip
+
+
+@triton.jit
+def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
+              PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+              STORE_ARGMAX: tl.constexpr):  # fmt: skip
+    """RoI k's outputs (c, p) from NCHW X: the body of ``roi_pool_forward_kernel``,
+    shared with the FPN pooler's; a RoI that is not ``usable`` is invalid."""
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
+    valid = valid & usable
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
     w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
     plane = X + (n * C + c.to(tl.int64)) * H * W

@@ -13,10 +13,10 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
-from roiops._layout import fake_input_grad, new_input_grad
+from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
-from roiops.ops import host_array
+from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
 from roiops.reference import multi_scale_roi_align as reference
 
 OP = "multi_scale_roi_align"
@@ -150,3 +150,124 @@ def _backward(ctx, grad):
 
 
 multi_scale_roi_align_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ RoIPool over a pyramid
+@torch.library.custom_op("roiops::multi_scale_roi_pool", mutates_args=())
+def multi_scale_roi_pool_op(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+) -> tuple[Tensor, Tensor]:
+    """``(output, argmax)``: RoI k max-pooled (RoIPool) from ``features[levels[k]]``;
+    ``argmax[K, ph, pw, C]`` holds cells of each RoI's level (``roiops._layout``)."""
+    first = features[0]
+    backend = select_backend(first.device)
+    _check_values(rois, levels, first.shape[0], len(features), first.device, backend)
+    shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
+    arg_shape = argmax_shape(*shape)
+    if rois.shape[0] == 0 or first.shape[1] == 0:
+        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=first.device)
+        return first.new_zeros(shape), argmax
+    for f in features:
+        _validate.check_plane_indexable(f.shape, OP)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        return gpu.multi_scale_roi_pool_forward(
+            features, rois, levels, scales, pooled_height, pooled_width
+        )
+    xs = [f.to(_validate.compute_dtype(f.dtype)) for f in features]
+    if backend == "numba":
+        out = xs[0].new_empty(shape)
+        argmax = torch.empty(arg_shape, dtype=torch.int32)
+        cpu.multi_scale_roi_pool_forward(
+            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
+            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            out.numpy(), argmax.numpy(),
+        )  # fmt: skip
+        return out.to(first.dtype), argmax
+    out, argmax = reference.multi_scale_roi_pool_forward(
+        [host_array(x) for x in xs], host_array(rois), host_array(levels), scales,
+        pooled_height, pooled_width,
+    )  # fmt: skip
+    out = torch.from_numpy(out).to(first.device, first.dtype)
+    return out, argmax_from_reference(argmax, first.device)
+
+
+@multi_scale_roi_pool_op.register_fake
+def _(features, rois, levels, scales, pooled_height, pooled_width):
+    shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
+    argmax = features[0].new_empty(argmax_shape(*shape), dtype=torch.int32)
+    return features[0].new_empty(shape), argmax
+
+
+@torch.library.custom_op("roiops::multi_scale_roi_pool_backward", mutates_args=())
+def multi_scale_roi_pool_backward_op(
+    grad: Tensor,
+    argmax: Tensor,
+    rois: Tensor,
+    levels: Tensor,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
+) -> list[Tensor]:
+    """The gradient w.r.t. every level: argmax routing, deterministic."""
+    shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
+    if grad.numel() == 0:
+        return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
+    backend = select_backend(grad.device)
+    _check_values(rois, levels, batch_size, len(shapes), grad.device, backend)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
+        return gpu.multi_scale_roi_pool_backward(grad, argmax, rois, levels, grads)
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        cpu.multi_scale_roi_pool_backward(
+            g.contiguous().numpy(), argmax.contiguous().numpy(), rois.numpy(), levels.numpy(),
+            order, start, block, tuple(layout.grad_array(gx) for gx in grads),
+        )  # fmt: skip
+    else:
+        refs = reference.multi_scale_roi_pool_backward(
+            host_array(g), host_array(rois), host_array(levels), argmax_to_reference(argmax),
+            shapes,
+        )  # fmt: skip
+        for gx, ref in zip(grads, refs, strict=True):
+            gx.copy_(torch.from_numpy(ref))
+    return [gx.to(grad.dtype) for gx in grads]
+
+
+@multi_scale_roi_pool_backward_op.register_fake
+def _(grad, argmax, rois, levels, batch_size, channels, heights, widths):
+    return [
+        fake_input_grad(grad, batch_size, channels, h, w)
+        for h, w in zip(heights, widths, strict=True)
+    ]
+
+
+def _pool_setup_context(ctx, inputs, output):
+    features, rois, levels, scales, pooled_height, pooled_width = inputs
+    ctx.save_for_backward(output[1], rois, levels)
+    ctx.sizes = (
+        features[0].shape[0],
+        features[0].shape[1],
+        [f.shape[2] for f in features],
+        [f.shape[3] for f in features],
+    )
+
+
+def _pool_backward(ctx, grad, _grad_argmax):
+    argmax, rois, levels = ctx.saved_tensors
+    grads = multi_scale_roi_pool_backward_op(grad, argmax, rois, levels, *ctx.sizes)
+    return list(grads), None, None, None, None, None
+
+
+multi_scale_roi_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)

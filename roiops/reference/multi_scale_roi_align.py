@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from roiops.reference.roi_align import bin_samples, roi_align_forward, roi_geometry
+from roiops.reference.roi_pool import roi_pool_forward
 
 
 def multi_scale_roi_align_forward(
@@ -55,4 +56,37 @@ def multi_scale_roi_align_backward(
                             continue
                         for yy, xx, w in bw.corners():
                             grads[level][n, c, yy, xx] += share * w
+    return grads
+
+
+def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_height, pooled_width):
+    """``(output[K, C, PH, PW], argmax[K, C, PH, PW])``: RoI k is RoIPool
+    (``roiops.reference.roi_pool``) of ``features[levels[k]]`` at its scale; argmax cells
+    are in the RoI's level's plane."""
+    channels = features[0].shape[1]
+    shape = (rois.shape[0], channels, pooled_height, pooled_width)
+    output = np.zeros(shape, features[0].dtype)
+    argmax = np.full(shape, -1, np.int32)
+    for k in range(rois.shape[0]):
+        level = int(levels[k])
+        out, arg = roi_pool_forward(
+            features[level], rois[k : k + 1], scales[level], pooled_height, pooled_width
+        )
+        output[k], argmax[k] = out[0], arg[0]
+    return output, argmax
+
+
+def multi_scale_roi_pool_backward(grad_output, rois, levels, argmax, shapes):
+    """One gradient per level: each output's gradient at its argmax cell of its level,
+    RoIs in input order."""
+    grads = [np.zeros(shape, grad_output.dtype) for shape in shapes]
+    for k in range(rois.shape[0]):
+        level, n = int(levels[k]), int(rois[k, 0])
+        width = shapes[level][3]
+        for c in range(grad_output.shape[1]):
+            for ph in range(grad_output.shape[2]):
+                for pw in range(grad_output.shape[3]):
+                    cell = argmax[k, c, ph, pw]
+                    if cell >= 0:
+                        grads[level][n, c, cell // width, cell % width] += grad_output[k, c, ph, pw]
     return grads
