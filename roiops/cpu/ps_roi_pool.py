@@ -42,23 +42,29 @@ def ps_roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out):
     for k in prange(K):
         n = int(rois[k, 0])
         rows, cols = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, H, W)
+        acc = np.empty(C_out, X.dtype)
         for ph in range(pooled_h):
             h0, h1 = rows[ph, 0], rows[ph, 1]
             for pw in range(pooled_w):
                 w0, w1 = cols[pw, 0], cols[pw, 1]
-                empty = h1 <= h0 or w1 <= w0
+                p = ph * pooled_w + pw
+                if h1 <= h0 or w1 <= w0:
+                    for c_out in range(C_out):
+                        out[k, c_out, ph, pw] = 0
+                    continue
+                # cell by cell, all output channels at once: their loads are independent
+                # (each output still sums its cells in row-major order)
+                acc[:] = 0
+                first = np.uint64((n * C + p) * H * W)
+                step = np.uint64(P * H * W)  # from one output channel's plane to the next
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        at = first + np.uint64(h * W + w)
+                        for c_out in range(C_out):
+                            acc[c_out] += Xf[at + np.uint64(c_out) * step]
                 area = T((h1 - h0) * (w1 - w0))
                 for c_out in range(C_out):
-                    if empty:
-                        out[k, c_out, ph, pw] = 0
-                        continue
-                    plane = np.uint64((n * C + c_out * P + ph * pooled_w + pw) * H * W)
-                    acc = T(0)
-                    for h in range(h0, h1):
-                        row = plane + np.uint64(h * W)
-                        for w in range(w0, w1):
-                            acc += Xf[row + np.uint64(w)]
-                    out[k, c_out, ph, pw] = acc / area
+                    out[k, c_out, ph, pw] = acc[c_out] / area
 
 
 @njit(parallel=True, cache=True)
