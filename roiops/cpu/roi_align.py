@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.sampling import (
+    bilinear_axis,
     roi_align_geometry,
     roi_sampling_tables,
     sample_corners,
@@ -314,16 +315,11 @@ def roi_align_box_backward(
                         if not (y >= -1.0 and y <= H and x >= -1.0 and x <= W):
                             continue
                         t_x = (T(pw) + T(ix + 0.5) / T(gw)) / T(pooled_w)
-                        yc = max(y, T(0))
-                        xc = max(x, T(0))
-                        y_lo = min(int(yc), H - 1)
-                        x_lo = min(int(xc), W - 1)
-                        flat_y = y <= 0 or y_lo >= H - 1
-                        flat_x = x <= 0 or x_lo >= W - 1
-                        y_hi = y_lo if flat_y and y_lo >= H - 1 else y_lo + 1
-                        x_hi = x_lo if flat_x and x_lo >= W - 1 else x_lo + 1
-                        ly = T(0) if y_lo >= H - 1 else yc - T(y_lo)
-                        lx = T(0) if x_lo >= W - 1 else xc - T(x_lo)
+                        y_lo, y_hi, _, ly = bilinear_axis(y, H, T)
+                        x_lo, x_hi, _, lx = bilinear_axis(x, W, T)
+                        # the value is flat in y where y is clamped (start or end of the map)
+                        flat_y = y <= 0 or y_lo == y_hi
+                        flat_x = x <= 0 or x_lo == x_hi
                         o1 = ((n * H + y_lo) * W + x_lo) * C
                         o2 = ((n * H + y_lo) * W + x_hi) * C
                         o3 = ((n * H + y_hi) * W + x_lo) * C

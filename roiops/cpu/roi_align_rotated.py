@@ -19,21 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-
-@njit(cache=True)
-def _corner(v, limit, T):
-    """(low, high, weight of low, weight of high, v clamped) along one axis, inside."""
-    if v < 0:
-        v = T(0)
-    low = int(v)
-    if low >= limit - 1:
-        low = limit - 1
-        high = low
-        v = T(low)
-    else:
-        high = low + 1
-    frac = v - T(low)
-    return low, high, T(1) - frac, frac
+from roiops.cpu.sampling import bilinear_axis
 
 
 @njit(cache=True)
@@ -83,8 +69,8 @@ def rotated_points(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, a
                     x = yy * sin_t + xx * cos_t + center_w
                     if not (y >= -1.0 and y <= height and x >= -1.0 and x <= width):
                         continue
-                    y_lo, y_hi, hy, ly = _corner(y, height, T)
-                    x_lo, x_hi, hx, lx = _corner(x, width, T)
+                    y_lo, y_hi, hy, ly = bilinear_axis(y, height, T)
+                    x_lo, x_hi, hx, lx = bilinear_axis(x, width, T)
                     i = points[p]
                     row_lo = (n * height + y_lo) * width
                     row_hi = (n * height + y_hi) * width

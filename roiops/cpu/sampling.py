@@ -47,6 +47,25 @@ def roi_align_geometry(
 
 
 @njit(cache=True)
+def bilinear_axis(v, limit, T):
+    """(low, high, w_low, w_high) of coordinate v along one axis: the two cells around it
+    and their bilinear weights, v first clamped into the map (``roiops.reference.
+    roi_align.bilinear_weights``; whether v is within a cell of the map is the caller's
+    test). At the map's end both cells are the last one, with weights (1, 0)."""
+    if v <= 0:
+        v = T(0)
+    low = int(v)
+    if low >= limit - 1:
+        low = limit - 1
+        high = low
+        v = T(low)
+    else:
+        high = low + 1
+    frac = v - T(low)
+    return low, high, T(1) - frac, frac
+
+
+@njit(cache=True)
 def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
     """Per-axis bilinear table for ``pooled`` bins x ``grid`` points along one axis.
 
@@ -67,20 +86,7 @@ def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
             if not (v >= -1.0 and v <= limit):
                 continue
             valid[p, i] = True
-            if v <= 0:
-                v = T(0)
-            lo = int(v)
-            if lo >= limit - 1:
-                lo = limit - 1
-                hi = lo
-                v = T(lo)
-            else:
-                hi = lo + 1
-            frac = v - T(lo)
-            low[p, i] = lo
-            high[p, i] = hi
-            w_low[p, i] = T(1) - frac
-            w_high[p, i] = frac
+            low[p, i], high[p, i], w_low[p, i], w_high[p, i] = bilinear_axis(v, limit, T)
     return low, high, w_low, w_high, valid
 
 
