@@ -10,6 +10,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from roiops import _validate
+from roiops._backend import select_backend
+
+
+def checked_backend(device: torch.device, rois: Tensor, batch_size: int, op: str, *checks) -> str:
+    """The backend that serves ``device``, after checking the boxes' values (and running
+    the op's further value ``checks``, zero-argument callables) where reading the values
+    is free (``_validate.roi_values_checked``: CPU, the reference backend, or
+    ``ROIOPS_CHECK_VALUES=1``); on CUDA the kernels take any value instead."""
+    backend = select_backend(device)
+    if _validate.roi_values_checked(device, backend):
+        _validate.check_roi_values(rois, batch_size, op)
+        for check in checks:
+            check()
+    return backend
+
 
 def host_array(t: Tensor) -> np.ndarray:
     """A tensor's values as a NumPy array on the host (for the reference backend)."""

@@ -12,20 +12,20 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
-from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
+from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import multi_scale_roi_align as reference
 
 OP = "multi_scale_roi_align"
 
 
-def _check_values(rois, levels, batch_size, num_levels, device, backend):
-    if _validate.roi_values_checked(device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
-        _validate.check_levels(levels, num_levels, OP)
+def _checked_backend(device, rois, levels, batch_size, num_levels):
+    """``checked_backend``, the RoIs' pyramid levels checked too (where that is free)."""
+    return checked_backend(
+        device, rois, batch_size, OP, lambda: _validate.check_levels(levels, num_levels, OP)
+    )
 
 
 @torch.library.custom_op("roiops::multi_scale_roi_align", mutates_args=())
@@ -41,8 +41,7 @@ def multi_scale_roi_align_op(
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``, RoI k from ``features[levels[k]]``."""
     first = features[0]
-    backend = select_backend(first.device)
-    _check_values(rois, levels, first.shape[0], len(features), first.device, backend)
+    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features))
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
         return first.new_zeros(shape)
@@ -94,8 +93,7 @@ def multi_scale_roi_align_backward_op(
     shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
     if grad.numel() == 0:
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
-    backend = select_backend(grad.device)
-    _check_values(rois, levels, batch_size, len(shapes), grad.device, backend)
+    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes))
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
@@ -165,8 +163,7 @@ def multi_scale_roi_pool_op(
     """``(output, argmax)``: RoI k max-pooled (RoIPool) from ``features[levels[k]]``;
     ``argmax[K, ph, pw, C]`` holds cells of each RoI's level (``roiops._layout``)."""
     first = features[0]
-    backend = select_backend(first.device)
-    _check_values(rois, levels, first.shape[0], len(features), first.device, backend)
+    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features))
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or first.shape[1] == 0:
@@ -220,8 +217,7 @@ def multi_scale_roi_pool_backward_op(
     shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
     if grad.numel() == 0:
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
-    backend = select_backend(grad.device)
-    _check_values(rois, levels, batch_size, len(shapes), grad.device, backend)
+    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes))
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 

@@ -8,20 +8,12 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
-from roiops.ops import host_array
+from roiops.ops import checked_backend, host_array
 from roiops.reference import prroi_pool as reference
 
 OP = "prroi_pool"
-
-
-def _backend_for(t: Tensor, rois: Tensor, batch_size: int) -> str:
-    backend = select_backend(t.device)
-    if _validate.roi_values_checked(t.device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
-    return backend
 
 
 @torch.library.custom_op("roiops::prroi_pool", mutates_args=())
@@ -29,7 +21,7 @@ def prroi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``."""
-    backend = _backend_for(input, rois, input.shape[0])
+    backend = checked_backend(input.device, rois, input.shape[0], OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0:
         return input.new_zeros(shape)
@@ -73,7 +65,7 @@ def prroi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = _backend_for(grad, rois, batch_size)
+    backend = checked_backend(grad.device, rois, batch_size, OP)
     if backend == "triton":
         from roiops.gpu import prroi_pool as gpu
 
@@ -112,7 +104,7 @@ def prroi_pool_box_backward_op(
     """Gradient w.r.t. the rois, ``Tensor[K, 5]`` (column 0 gets 0), deterministic."""
     if grad.numel() == 0:
         return rois.new_zeros((rois.shape[0], 5))
-    backend = _backend_for(grad, rois, input.shape[0])
+    backend = checked_backend(grad.device, rois, input.shape[0], OP)
     if backend == "triton":
         from roiops.gpu import prroi_pool as gpu
 

@@ -11,10 +11,9 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
-from roiops.ops import host_array
+from roiops.ops import checked_backend, host_array
 from roiops.reference import ps_roi_align as reference
 
 OP = "ps_roi_align"
@@ -30,9 +29,7 @@ def ps_roi_align_op(
     sampling_ratio: int,
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
-    backend = select_backend(input.device)
-    if _validate.roi_values_checked(input.device, backend):
-        _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = checked_backend(input.device, rois, input.shape[0], OP)
     channels_out = input.shape[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
     if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
@@ -87,9 +84,7 @@ def ps_roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = select_backend(grad.device)
-    if _validate.roi_values_checked(grad.device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 

@@ -10,10 +10,9 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_pool as cpu
-from roiops.ops import host_array
+from roiops.ops import checked_backend, host_array
 from roiops.reference import ps_roi_pool as reference
 
 OP = "ps_roi_pool"
@@ -24,9 +23,7 @@ def ps_roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
-    backend = select_backend(input.device)
-    if _validate.roi_values_checked(input.device, backend):
-        _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = checked_backend(input.device, rois, input.shape[0], OP)
     channels_out = input.shape[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
     if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
@@ -73,9 +70,7 @@ def ps_roi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = select_backend(grad.device)
-    if _validate.roi_values_checked(grad.device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP)
     if backend == "triton":
         from roiops.gpu import ps_roi_pool as gpu
 

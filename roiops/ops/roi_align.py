@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
-from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
+from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import roi_align as reference
 
 OP = "roi_align"
@@ -33,9 +32,7 @@ def _forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
 ):
     """``(output, argmax)``; argmax is None in avg mode."""
-    backend = select_backend(input.device)
-    if _validate.roi_values_checked(input.device, backend):
-        _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = checked_backend(input.device, rois, input.shape[0], OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if _output_is_empty(input, rois):
@@ -146,9 +143,7 @@ def roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = select_backend(grad.device)
-    if _validate.roi_values_checked(grad.device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP)
     mode = "avg" if argmax is None else "max"
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
@@ -203,9 +198,7 @@ def roi_align_box_backward_op(
     (``roiops.reference.roi_align.roi_align_box_backward``); deterministic."""
     if grad.numel() == 0 or _output_is_empty(input, rois):
         return rois.new_zeros((rois.shape[0], 5))
-    backend = select_backend(grad.device)
-    if _validate.roi_values_checked(grad.device, backend):
-        _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = checked_backend(grad.device, rois, input.shape[0], OP)
     params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu

@@ -11,21 +11,20 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
-from roiops.ops import host_array
+from roiops.ops import checked_backend, host_array
 from roiops.reference import roi_align_rotated as reference
 
 OP = "roi_align_rotated"
 
 
-def _check_values(rois, batch_size, aligned, device, backend):
-    if _validate.roi_values_checked(device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
-        if aligned:  # detectron2 refuses negative sizes; mmcv's legacy mode makes them 1x1
-            _validate.check_rotated_sizes(rois, OP)
+def _checked_backend(device, rois, batch_size, aligned):
+    """``checked_backend``; aligned boxes must not have negative sizes (detectron2
+    refuses them; mmcv's legacy mode makes them 1x1)."""
+    sizes = [lambda: _validate.check_rotated_sizes(rois, OP)] if aligned else []
+    return checked_backend(device, rois, batch_size, OP, *sizes)
 
 
 def _unit(degrees: bool) -> str:
@@ -45,8 +44,7 @@ def roi_align_rotated_op(
     clockwise: bool,
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``."""
-    backend = select_backend(input.device)
-    _check_values(rois, input.shape[0], aligned, input.device, backend)
+    backend = _checked_backend(input.device, rois, input.shape[0], aligned)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0:
         return input.new_zeros(shape)
@@ -95,8 +93,7 @@ def roi_align_rotated_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = select_backend(grad.device)
-    _check_values(rois, batch_size, aligned, grad.device, backend)
+    backend = _checked_backend(grad.device, rois, batch_size, aligned)
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align_rotated as gpu

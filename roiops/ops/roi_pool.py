@@ -7,11 +7,10 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
-from roiops.ops import argmax_from_reference, argmax_to_reference, host_array
+from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import roi_pool as reference
 
 OP = "roi_pool"
@@ -19,9 +18,7 @@ OP = "roi_pool"
 
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax):
     """``(output, argmax or None)`` on the selected backend."""
-    backend = select_backend(input.device)
-    if _validate.roi_values_checked(input.device, backend):
-        _validate.check_roi_values(rois, input.shape[0], OP)
+    backend = checked_backend(input.device, rois, input.shape[0], OP)
     _validate.check_plane_indexable(input.shape, OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
@@ -96,9 +93,7 @@ def roi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = select_backend(grad.device)
-    if _validate.roi_values_checked(grad.device, backend):
-        _validate.check_roi_values(rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
