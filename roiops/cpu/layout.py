@@ -37,6 +37,16 @@ def backward_tasks(rois: Tensor, batch_size: int, channels: int):
     return order.numpy(), start.numpy(), backward_channel_block(batch_size, channels)
 
 
+@numba.njit(cache=True)
+def channel_task(task, n_blocks, channel_block, channels):
+    """(n, c0, c1): the image and the channels [c0, c1) of backward task ``task`` (the
+    backward kernels' tasks run over (image, block of channels), blocks fastest; each
+    owns its slice of the gradient)."""
+    n = task // n_blocks
+    c0 = (task - n * n_blocks) * channel_block
+    return n, c0, min(channels, c0 + channel_block)
+
+
 def plane_backward_tasks(rois: Tensor, batch_size: int, channels: int):
     """``(order, start, channel_block)`` for backward kernels that own whole NCHW planes
     (the position-sensitive ops, prroi_pool): one task per thread and image, so that each

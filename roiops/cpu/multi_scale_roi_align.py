@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
 from roiops.cpu.roi_align import roi_align_avg_backward_roi, roi_align_avg_forward_roi
 from roiops.cpu.roi_pool import roi_pool_backward_roi, roi_pool_forward_roi
 
@@ -44,9 +45,8 @@ def multi_scale_roi_align_backward(
     G_bins = G.reshape(G.shape[0], C, P)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        share = np.empty((P, min(C - c0, channel_block)), G.dtype)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        share = np.empty((P, c1 - c0), G.dtype)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             level = levels[k]
@@ -82,9 +82,7 @@ def multi_scale_roi_pool_backward(G, argmax, rois, levels, order, image_start, c
     arg_bins = argmax.reshape(K, P, C)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             GX = grads[levels[k]]

@@ -14,6 +14,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
+
 
 @njit(cache=True)
 def _value(plane, h, w):
@@ -94,9 +96,7 @@ def prroi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, po
     T = GX.dtype.type
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         GX[n, c0:c1] = 0
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]

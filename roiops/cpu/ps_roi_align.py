@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
 from roiops.cpu.sampling import roi_sampling_tables
 
 
@@ -106,9 +107,7 @@ def ps_roi_align_backward(
     GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         GXf[(n * C + c0) * H * W : (n * C + c1) * H * W] = 0
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]

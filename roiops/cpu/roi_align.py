@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
 from roiops.cpu.sampling import (
     bilinear_axis,
     roi_align_geometry,
@@ -175,9 +176,8 @@ def roi_align_avg_backward(
     G_bins = G.reshape(G.shape[0], C, P)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        nc = min(C - c0, channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        nc = c1 - c0
         share = np.empty((P, nc), GX.dtype)
         for j in range(image_start[n], image_start[n + 1]):
             roi_align_avg_backward_roi(
@@ -251,9 +251,7 @@ def roi_align_max_backward(
     GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             gh, gw, rows, cols = roi_sampling_tables(

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
 from roiops.cpu.sampling import bilinear_axis
 
 
@@ -131,9 +132,7 @@ def roi_align_rotated_backward(G, rois, order, image_start, spatial_scale, poole
     GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             count, points, offsets, weights = rotated_points(

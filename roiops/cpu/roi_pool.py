@@ -14,6 +14,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.layout import channel_task
+
 # Empty bins aside, a bin starts from -FLT_MAX, as in torchvision, in every dtype.
 LOWEST = -float(np.finfo(np.float32).max)
 
@@ -117,9 +119,7 @@ def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
     n_blocks = (C + channel_block - 1) // channel_block
     plane = H * W
     for task in prange(N * n_blocks):
-        n = task // n_blocks
-        c0 = (task - n * n_blocks) * channel_block
-        c1 = min(C, c0 + channel_block)
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             roi_pool_backward_roi(G_bins[k], arg_bins[k], n, c0, c1, GXf, plane, C)
