@@ -15,7 +15,7 @@ import triton.language as tl
 
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.roi_align import bilinear_axis
-from roiops.gpu.rois import batch_index, div_rn, scale_bits
+from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -44,9 +44,8 @@ def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
     w = tl.load(roi + 3)
     h = tl.load(roi + 4)
     angle = tl.load(roi + 5)
-    valid = valid & (tl.abs(cx) < float("inf")) & (tl.abs(cy) < float("inf"))
-    valid = valid & (tl.abs(w) < float("inf")) & (tl.abs(h) < float("inf"))
-    valid = valid & (tl.abs(angle) < float("inf"))
+    valid = valid & is_finite(cx) & is_finite(cy) & is_finite(w) & is_finite(h)
+    valid = valid & is_finite(angle)
     offset = 0.5 if ALIGNED else 0.0
     center_w = cx * spatial_scale - offset
     center_h = cy * spatial_scale - offset

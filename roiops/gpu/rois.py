@@ -44,6 +44,12 @@ def div_rn(a, b):
 
 
 @triton.jit
+def is_finite(v):
+    """Neither NaN nor infinite (NaN fails every comparison)."""
+    return tl.abs(v) < float("inf")
+
+
+@triton.jit
 def batch_index(ROIS, k, N, COLUMNS: tl.constexpr):
     """(n, ok): RoI k's image (rows of COLUMNS values, the batch index first), and
     whether its batch index is a whole number in [0, N) (NaN fails every comparison).
@@ -65,7 +71,6 @@ def load_roi(ROIS, k, N, SCALE_BITS):
     y1 = tl.load(roi + 2)
     x2 = tl.load(roi + 3)
     y2 = tl.load(roi + 4)
-    valid = valid & (tl.abs(x1) < float("inf")) & (tl.abs(y1) < float("inf"))
-    valid = valid & (tl.abs(x2) < float("inf")) & (tl.abs(y2) < float("inf"))
+    valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
     n = tl.where(valid, n, 0)
     return n, x1 * spatial_scale, y1 * spatial_scale, x2 * spatial_scale, y2 * spatial_scale, valid
