@@ -56,6 +56,19 @@ def plane_backward_tasks(rois: Tensor, batch_size: int, channels: int):
     return order.numpy(), start.numpy(), -(-channels // tasks_per_image)
 
 
+def bin_plane_tasks(rois: Tensor, batch_size: int, bins: int, channels_out: int, plane_bytes: int):
+    """``(order, start, channel_block)`` for kernels that run over (image, bin, block of
+    output channels) and keep the block's planes in cache (ps_roi_pool): blocks of at
+    most ~256 KiB of planes, and at least about two tasks per thread."""
+    order, start = rois_by_image(rois, batch_size)
+    block = max(1, min(channels_out, (256 << 10) // max(plane_bytes, 1)))
+    wanted_tasks = 2 * numba.get_num_threads()
+    tasks = max(batch_size, 1) * bins
+    if tasks < wanted_tasks:
+        block = min(block, -(-channels_out * tasks // wanted_tasks))
+    return order.numpy(), start.numpy(), max(block, 1)
+
+
 def backward_channel_block(batch_size: int, channels: int) -> int:
     """Channels per backward task: enough tasks to keep every thread busy (about two
     per thread), blocks as wide as possible (>= 64 lets LLVM's vector loop engage)."""

@@ -1,11 +1,15 @@
 """Position-sensitive RoIPool on CPU: Numba kernels, forward and deterministic backward.
 
 Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, clipped to the
-last row and column), the bins' cell ranges from ``roiops.cpu.roi_pool.bin_edges``. Work
-split as ``roiops.cpu.ps_roi_align``: NCHW input, one forward task per RoI; one backward
-task per (image, block of input channels) visiting the image's RoIs in input order, the
-only writer of its channels' planes (which it zeroes first): bitwise reproducible, and
-equal to the reference bit for bit.
+last row and column), the bins' cell ranges from ``roiops.cpu.roi_pool.bin_edges``.
+
+Bin p of output channel c_out reads input plane ``c_out * P + p``; the planes are read
+as they lie (NCHW). Forward and backward run one task per (image, bin p, block of output
+channels): the task's planes (one per output channel of the block) stay in cache while
+it visits the image's RoIs in input order, so each plane is read (forward) or written
+(backward) from memory once, not once per RoI. In the backward the task is the only
+writer of its planes (which it zeroes first) and adds to each cell in RoI order: bitwise
+reproducible for any number of threads, and equal to the reference bit for bit.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from roiops.cpu.layout import channel_task
 from roiops.cpu.roi_pool import bin_edges, round_half_away
 
 
@@ -33,39 +36,63 @@ def ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, height, width):
 
 
 @njit(parallel=True, cache=True)
-def ps_roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out):
-    """out[K, C_out, pooled_h, pooled_w] from X[N, C, H, W] (C = C_out * pooled_h * pooled_w)."""
-    _, C, H, W = X.shape
-    K, C_out = out.shape[0], out.shape[1]
-    P = pooled_h * pooled_w
-    T = X.dtype.type
-    Xf = X.reshape(-1)
+def bin_tables(rois, spatial_scale, pooled_h, pooled_w, height, width):
+    """``(rows[K, pooled_h, 2], cols[K, pooled_w, 2])``: every RoI's ``ps_bins``."""
+    K = rois.shape[0]
+    rows = np.empty((K, pooled_h, 2), np.int64)
+    cols = np.empty((K, pooled_w, 2), np.int64)
     for k in prange(K):
-        n = int(rois[k, 0])
-        rows, cols = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, H, W)
-        acc = np.empty(C_out, X.dtype)
-        for ph in range(pooled_h):
-            h0, h1 = rows[ph, 0], rows[ph, 1]
-            for pw in range(pooled_w):
-                w0, w1 = cols[pw, 0], cols[pw, 1]
-                p = ph * pooled_w + pw
-                if h1 <= h0 or w1 <= w0:
-                    for c_out in range(C_out):
-                        out[k, c_out, ph, pw] = 0
-                    continue
-                # cell by cell, all output channels at once: their loads are independent
-                # (each output still sums its cells in row-major order)
-                acc[:] = 0
-                first = np.uint64((n * C + p) * H * W)
-                step = np.uint64(P * H * W)  # from one output channel's plane to the next
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        at = first + np.uint64(h * W + w)
-                        for c_out in range(C_out):
-                            acc[c_out] += Xf[at + np.uint64(c_out) * step]
-                area = T((h1 - h0) * (w1 - w0))
-                for c_out in range(C_out):
-                    out[k, c_out, ph, pw] = acc[c_out] / area
+        rows[k], cols[k] = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, height, width)
+    return rows, cols
+
+
+@njit(cache=True)
+def bin_task(task, pooled_w, P, n_blocks, channel_block, C_out):
+    """(n, p, ph, pw, c0, c1): the image, bin and output channels [c0, c1) of ``task``
+    (tasks run over (image, bin, block of output channels), blocks fastest)."""
+    n = task // (P * n_blocks)
+    rest = task - n * P * n_blocks
+    p = rest // n_blocks
+    c0 = (rest - p * n_blocks) * channel_block
+    ph = p // pooled_w
+    return n, p, ph, p - ph * pooled_w, c0, min(C_out, c0 + channel_block)
+
+
+@njit(parallel=True, cache=True)
+def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
+                        channel_block, out):  # fmt: skip
+    """out[K, C_out, pooled_h, pooled_w] from X[N, C, H, W] (C = C_out * pooled_h * pooled_w)."""
+    N, C, H, W = X.shape
+    K, C_out = out.shape[0], out.shape[1]
+    T = X.dtype.type
+    P = pooled_h * pooled_w
+    rows, cols = bin_tables(rois, spatial_scale, pooled_h, pooled_w, H, W)
+    out_bins = out.reshape(K, C_out, P)
+    Xf = X.reshape(-1)
+    step = np.uint64(P * H * W)  # from one output channel's plane to the next
+    n_blocks = (C_out + channel_block - 1) // channel_block
+    for task in prange(N * P * n_blocks):
+        n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
+        first = np.uint64((n * C + c0 * P + p) * H * W)
+        acc = np.empty(c1 - c0, T)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            h0, h1 = rows[k, ph, 0], rows[k, ph, 1]
+            w0, w1 = cols[k, pw, 0], cols[k, pw, 1]
+            if h1 <= h0 or w1 <= w0:
+                out_bins[k, c0:c1, p] = 0
+                continue
+            # cell by cell, all the block's output channels at once: their loads are
+            # independent (each output still sums its cells in row-major order)
+            acc[:] = 0
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    at = first + np.uint64(h * W + w)
+                    for c in range(c1 - c0):
+                        acc[c] += Xf[at + np.uint64(c) * step]
+            area = T((h1 - h0) * (w1 - w0))
+            for c in range(c1 - c0):
+                out_bins[k, c0 + c, p] = acc[c] / area
 
 
 @njit(parallel=True, cache=True)
@@ -74,29 +101,32 @@ def ps_roi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, p
     """GX[N, C, H, W] (NCHW, uninitialised: each task zeroes its planes first) = the
     gradient of G[K, C_out, pooled_h, pooled_w]."""
     N, C, H, W = GX.shape
+    K, C_out = G.shape[0], G.shape[1]
     T = GX.dtype.type
     P = pooled_h * pooled_w
+    rows, cols = bin_tables(rois, spatial_scale, pooled_h, pooled_w, H, W)
+    G_bins = G.reshape(K, C_out, P)
     GXf = GX.reshape(-1)
-    n_blocks = (C + channel_block - 1) // channel_block
-    for task in prange(N * n_blocks):
-        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
-        GXf[(n * C + c0) * H * W : (n * C + c1) * H * W] = 0
+    plane = np.uint64(H * W)
+    step = np.uint64(P * H * W)
+    n_blocks = (C_out + channel_block - 1) // channel_block
+    for task in prange(N * P * n_blocks):
+        n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
+        first = np.uint64((n * C + c0 * P + p) * H * W)
+        for c in range(c1 - c0):
+            at = first + np.uint64(c) * step
+            GXf[at : at + plane] = 0
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            rows, cols = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, H, W)
-            # bin by bin, its channels in [c0, c1) P apart: no division per channel
-            for ph in range(pooled_h):
-                h0, h1 = rows[ph, 0], rows[ph, 1]
-                for pw in range(pooled_w):
-                    w0, w1 = cols[pw, 0], cols[pw, 1]
-                    if h1 <= h0 or w1 <= w0:
-                        continue
-                    area = T((h1 - h0) * (w1 - w0))
-                    p = ph * pooled_w + pw
-                    for c_out in range((c0 - p + P - 1) // P, (c1 - p + P - 1) // P):
-                        share = G[k, c_out, ph, pw] / area
-                        plane = np.uint64((n * C + c_out * P + p) * H * W)
-                        for h in range(h0, h1):
-                            row = plane + np.uint64(h * W)
-                            for w in range(w0, w1):
-                                GXf[row + np.uint64(w)] += share
+            h0, h1 = rows[k, ph, 0], rows[k, ph, 1]
+            w0, w1 = cols[k, pw, 0], cols[k, pw, 1]
+            if h1 <= h0 or w1 <= w0:
+                continue
+            area = T((h1 - h0) * (w1 - w0))
+            for c in range(c1 - c0):
+                share = G_bins[k, c0 + c, p] / area
+                at = first + np.uint64(c) * step
+                for h in range(h0, h1):
+                    row = at + np.uint64(h * W)
+                    for w in range(w0, w1):
+                        GXf[row + np.uint64(w)] += share

@@ -36,15 +36,24 @@ def ps_roi_pool_op(
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         out = x.new_empty(shape)
+        order, start, block = _tasks(rois, input.shape, pooled_height, pooled_width, x.dtype)
         cpu.ps_roi_pool_forward(
-            x.contiguous().numpy(), rois.numpy(), spatial_scale, pooled_height, pooled_width,
-            out.numpy(),
+            x.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
+            pooled_height, pooled_width, block, out.numpy(),
         )  # fmt: skip
         return out.to(input.dtype)
     out = reference.ps_roi_pool_forward(
         host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
     return torch.from_numpy(out).to(input.device, input.dtype)
+
+
+def _tasks(rois: Tensor, input_shape, pooled_height: int, pooled_width: int, dtype):
+    """The CPU kernels' work split: ``roiops.cpu.layout.bin_plane_tasks``."""
+    n, c, h, w = input_shape
+    bins = pooled_height * pooled_width
+    plane_bytes = h * w * torch.finfo(dtype).bits // 8
+    return layout.bin_plane_tasks(rois, n, bins, c // bins, plane_bytes)
 
 
 @ps_roi_pool_op.register_fake
@@ -68,6 +77,7 @@ def ps_roi_pool_backward_op(
     """Gradient of ``roiops::ps_roi_pool`` w.r.t. its input (deterministic, NCHW): the
     exact derivative of the forward, ``grad / area`` to each cell of a bin."""
     shape = (batch_size, channels, height, width)
+    _validate.check_position_sensitive_channels(channels, (pooled_height, pooled_width), OP)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
     backend = checked_backend(grad.device, rois, batch_size, OP)
@@ -78,7 +88,7 @@ def ps_roi_pool_backward_op(
     g = grad.to(_validate.compute_dtype(grad.dtype))
     if backend == "numba":
         grad_input = torch.empty(shape, dtype=g.dtype)  # zeroed by the kernel, in parallel
-        order, start, block = layout.plane_backward_tasks(rois, batch_size, channels)
+        order, start, block = _tasks(rois, shape, pooled_height, pooled_width, g.dtype)
         cpu.ps_roi_pool_backward(
             g.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, block, grad_input.numpy(),
