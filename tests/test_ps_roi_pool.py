@@ -68,6 +68,28 @@ def test_numba_equals_reference_bitwise(rng, dtype, scale, output_size):
     assert torch.equal(fast[1], ref[1])
 
 
+@pytest.mark.parametrize("channel_block", [1, 2, 5])
+def test_numba_kernels_equal_reference_for_any_channel_block(rng, channel_block):
+    # the CPU kernels split each (image, bin) into blocks of output channels (whole
+    # when the planes fit in cache, as in the tests above); partial blocks too
+    from roiops._layout import rois_by_image
+    from roiops.cpu import ps_roi_pool as cpu
+
+    x = as_tensor(rng.standard_normal((2, 5 * 6, 9, 11)), torch.float32)
+    rois = as_tensor(random_rois(rng, 2, 12, 18, 22), torch.float32)
+    grad = as_tensor(rng.standard_normal((12, 5, 2, 3)), torch.float32)
+    ref = run("reference", x, rois, (2, 3), 0.5, grad)
+    order, start = (t.numpy() for t in rois_by_image(rois, 2))
+    out = torch.empty(12, 5, 2, 3)
+    cpu.ps_roi_pool_forward(x.numpy(), rois.numpy(), order, start, 0.5, 2, 3, channel_block,
+                            out.numpy())  # fmt: skip
+    gx = torch.full_like(x, float("nan"))  # every cell must be written
+    cpu.ps_roi_pool_backward(grad.numpy(), rois.numpy(), order, start, 0.5, 2, 3,
+                             channel_block, gx.numpy())  # fmt: skip
+    assert torch.equal(out, ref[0])
+    assert torch.equal(gx, ref[1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale,output_size", CASES)
 def test_matches_torchvision_bitwise(rng, dtype, scale, output_size):
