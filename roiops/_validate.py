@@ -188,7 +188,9 @@ def check_spatial_scale(spatial_scale: object, op: str) -> float:
     if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"{op}: spatial_scale must be a real number, got {spatial_scale!r}")
     value = float(spatial_scale)
-    if not math.isfinite(value) or value <= 0:
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) a module's float
+    # attribute arrives as a SymFloat, which compares (and guards) but has no isfinite
+    if not 0 < value < math.inf:  # NaN fails both
         raise ValueError(f"{op}: spatial_scale must be positive and finite, got {spatial_scale!r}")
     return value
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
+from roiops._trace import fx_leaf
 from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op, multi_scale_roi_pool_op
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
@@ -21,6 +22,7 @@ from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 BoxesArg = Tensor | list[Tensor] | tuple[Tensor, ...]
 
 
+@fx_leaf
 def roi_align(
     input: Tensor,
     boxes: BoxesArg,
@@ -72,6 +74,7 @@ def roi_align(
     return out
 
 
+@fx_leaf
 def roi_pool(
     input: Tensor,
     boxes: BoxesArg,
@@ -109,6 +112,7 @@ def roi_pool(
     return roi_pool_inference_op(input, rois, scale, pooled_h, pooled_w)
 
 
+@fx_leaf
 def ps_roi_align(
     input: Tensor,
     boxes: BoxesArg,
@@ -142,6 +146,7 @@ def ps_roi_align(
     return ps_roi_align_op(input, rois, scale, *pooled, ratio)
 
 
+@fx_leaf
 def ps_roi_pool(
     input: Tensor,
     boxes: BoxesArg,
@@ -178,6 +183,7 @@ def ps_roi_pool(
 LEVEL_MAPPERS = ("torchvision", "detectron2")
 
 
+@fx_leaf
 def map_levels(
     boxes: Tensor | Sequence[Tensor],
     k_min: int,
@@ -251,6 +257,7 @@ def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonic
     return features, pooled, scale_list, rois, levels
 
 
+@fx_leaf
 def multi_scale_roi_align(
     features: Sequence[Tensor],
     boxes: BoxesArg,
@@ -297,6 +304,7 @@ def multi_scale_roi_align(
     )
 
 
+@fx_leaf
 def roi_align_rotated(
     input: Tensor,
     boxes: BoxesArg,
@@ -345,6 +353,7 @@ def roi_align_rotated(
     )
 
 
+@fx_leaf
 def prroi_pool(
     input: Tensor,
     boxes: BoxesArg,
@@ -377,6 +386,7 @@ def prroi_pool(
     return prroi_pool_op(input, rois, scale, *pooled)
 
 
+@fx_leaf
 def multi_scale_roi_pool(
     features: Sequence[Tensor],
     boxes: BoxesArg,

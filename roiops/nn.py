@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import torch
+import math
+
 from torch import Tensor, nn
 
+from roiops._trace import fx_leaf
 from roiops.functional import (
     BoxesArg,
     map_levels,
@@ -116,9 +118,40 @@ class PSRoIPool(nn.Module):
 
 def infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
     """A feature map's spatial_scale: ``feature size / image size`` rounded to a power of
-    two, as torchvision's ``MultiScaleRoIAlign`` infers it (float32 log2, half to even)."""
+    two, as torchvision's ``MultiScaleRoIAlign`` infers it (the nearest power in log2,
+    halves to even). Plain Python arithmetic, so that ``torch.compile`` keeps it out of
+    the graph; torchvision rounds a float32 log2, which could differ only for a ratio
+    within 1e-7 of an odd power of sqrt(2), not a ratio of two feature and image sizes."""
     approx = float(feature.shape[-2]) / float(image_size[0])
-    return 2 ** float(torch.tensor(approx).log2().round())
+    return 2.0 ** round(math.log2(approx))
+
+
+@fx_leaf
+def pool_pyramid(
+    x: dict[str, Tensor],
+    boxes: list[Tensor],
+    image_shapes: list[tuple[int, int]],
+    featmap_names: list[str],
+    output_size: tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool = False,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+    level_mapper: str = "torchvision",
+) -> Tensor:
+    """``MultiScaleRoIAlign.forward`` as a function (one leaf node under ``torch.fx``)."""
+    features = [v for k, v in x.items() if k in featmap_names]
+    size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    scales = [infer_scale(f, size) for f in features]
+    if len(features) == 1:
+        return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio, aligned)
+    k_min = round(-math.log2(scales[0]))
+    k_max = round(-math.log2(scales[-1]))
+    levels = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level, eps, level_mapper)
+    return multi_scale_roi_align(
+        features, boxes, output_size, scales, sampling_ratio, aligned, levels
+    )
 
 
 class MultiScaleRoIAlign(nn.Module):
@@ -164,22 +197,11 @@ class MultiScaleRoIAlign(nn.Module):
         """``x``: named feature maps (those in ``featmap_names`` are used, finest
         first); ``boxes``: one ``Tensor[L, 4]`` per image; ``image_shapes``: each image's
         ``(height, width)`` before padding. Returns ``Tensor[K, C, h, w]``."""
-        features = [v for k, v in x.items() if k in self.featmap_names]
-        size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        scales = [infer_scale(f, size) for f in features]
-        if len(features) == 1:
-            return roi_align(
-                features[0], boxes, self.output_size, scales[0], self.sampling_ratio, self.aligned
-            )
-        k_min = int(-torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item())
-        k_max = int(-torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item())
-        levels = map_levels(
-            boxes, k_min, k_max, self.canonical_scale, self.canonical_level, self.eps,
-            self.level_mapper,
+        return pool_pyramid(
+            x, boxes, image_shapes, self.featmap_names, self.output_size,
+            self.sampling_ratio, self.aligned, self.canonical_scale, self.canonical_level,
+            self.eps, self.level_mapper,
         )  # fmt: skip
-        return multi_scale_roi_align(
-            features, boxes, self.output_size, scales, self.sampling_ratio, self.aligned, levels
-        )
 
     def __repr__(self) -> str:
         return (
@@ -284,17 +306,35 @@ class ROIPooler(nn.Module):
         self.canonical_level = canonical_level
 
     def forward(self, x: list[Tensor], box_lists: list[Tensor]) -> Tensor:
-        if len(x) != len(self.scales):
-            raise ValueError(f"ROIPooler: {len(self.scales)} scales but {len(x)} feature maps")
-        mapper = dict(
-            canonical_scale=self.canonical_box_size,
-            canonical_level=self.canonical_level,
-            eps=1e-8,
-            level_mapper="detectron2",
-        )
-        if self.pooler_type == "ROIPool":
-            return multi_scale_roi_pool(x, box_lists, self.output_size, self.scales, **mapper)
-        return multi_scale_roi_align(
+        return pool_detectron2(
             x, box_lists, self.output_size, self.scales, self.sampling_ratio,
-            self.pooler_type == "ROIAlignV2", **mapper,
+            self.pooler_type, self.canonical_box_size, self.canonical_level,
         )  # fmt: skip
+
+
+@fx_leaf
+def pool_detectron2(
+    x: list[Tensor],
+    box_lists: list[Tensor],
+    output_size: tuple[int, int],
+    scales: list[float],
+    sampling_ratio: int,
+    pooler_type: str,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+) -> Tensor:
+    """``ROIPooler.forward`` as a function (one leaf node under ``torch.fx``)."""
+    if len(x) != len(scales):
+        raise ValueError(f"ROIPooler: {len(scales)} scales but {len(x)} feature maps")
+    mapper = dict(
+        canonical_scale=canonical_box_size,
+        canonical_level=canonical_level,
+        eps=1e-8,
+        level_mapper="detectron2",
+    )
+    if pooler_type == "ROIPool":
+        return multi_scale_roi_pool(x, box_lists, output_size, scales, **mapper)
+    return multi_scale_roi_align(
+        x, box_lists, output_size, scales, sampling_ratio, pooler_type == "ROIAlignV2",
+        **mapper,
+    )  # fmt: skip

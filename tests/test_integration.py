@@ -1,0 +1,201 @@
+"""roiops inside other machinery: torch.fx, torch.compile, autocast (issue 11).
+
+ONNX export, DDP and the torchvision drop-in have their own files.
+"""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import roiops
+
+SCALES = [0.25, 0.125]
+
+
+class EveryOp(nn.Module):
+    """Every public function and module of roiops, called the ways users call them."""
+
+    def __init__(self):
+        super().__init__()
+        self.align = roiops.RoIAlign((3, 2), 0.5, 2, True)
+        self.pool = roiops.RoIPool(3, 0.5)
+        self.ps_align = roiops.PSRoIAlign(2, 0.5, 2)
+        self.ps_pool = roiops.PSRoIPool(2, 0.5)
+        self.rotated = roiops.RoIAlignRotated(3, 0.5, 2)
+        self.prroi = roiops.PrRoIPool2D(2, 2, 0.5)
+        self.fpn = roiops.MultiScaleRoIAlign(["p2", "p3"], 3, 2)
+        self.pooler = roiops.ROIPooler(3, SCALES, 2, "ROIAlignV2")
+        self.pooler_max = roiops.ROIPooler(2, SCALES, 0, "ROIPool")
+
+    def forward(self, x, rois, boxes, rotated, pyramid, image_shapes):
+        levels = [pyramid["p2"], pyramid["p3"]]
+        outs = [
+            roiops.roi_align(x, rois, 3, 0.5, 2, True),
+            roiops.roi_align(x, rois, 2, 0.5, 0, False, mode="max"),
+            roiops.roi_pool(x, boxes, 2, 0.5),
+            roiops.ps_roi_align(x, rois, 2, 0.5, 2),
+            roiops.ps_roi_pool(x, rois, 2, 0.5),
+            roiops.roi_align_rotated(x, rotated, 2, 0.5, 2, angle_unit="degrees"),
+            roiops.prroi_pool(x, rois, 2, 0.5),
+            roiops.multi_scale_roi_align(levels, boxes, 2, SCALES, 2),
+            roiops.multi_scale_roi_pool(levels, boxes, 2, SCALES),
+            roiops.map_levels(boxes, 2, 3)[:, None].to(x.dtype),
+            self.align(x, rois),
+            self.pool(x, rois),
+            self.ps_align(x, rois),
+            self.ps_pool(x, rois),
+            self.rotated(x, rotated),
+            self.prroi(x, rois),
+            self.fpn(pyramid, boxes, image_shapes),
+            self.pooler(levels, boxes),
+            self.pooler_max(levels, boxes),
+        ]
+        return torch.cat([o.flatten(1) for o in outs], 1)
+
+
+PUBLIC_CALLS = {
+    "roi_align": 2 + 1,  # two direct calls, one through RoIAlign
+    "roi_pool": 1 + 1,
+    "ps_roi_align": 1 + 1,
+    "ps_roi_pool": 1 + 1,
+    "roi_align_rotated": 1 + 1,
+    "prroi_pool": 1 + 1,
+    "multi_scale_roi_align": 1,
+    "multi_scale_roi_pool": 1,
+    "map_levels": 1,
+    "pool_pyramid": 1,  # MultiScaleRoIAlign
+    "pool_detectron2": 2,  # ROIPooler
+}
+
+
+def every_op_inputs(k, seed=0, dtype=torch.float32):
+    """Inputs of EveryOp with k RoIs over 2 images (8 channels: 2 x 2 bins x 2 outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 8, 12, 14, generator=g, dtype=dtype)
+    xy = torch.rand(k, 2, generator=g, dtype=dtype) * 16
+    wh = torch.rand(k, 2, generator=g, dtype=dtype) * 10 + 1
+    batch = torch.arange(k) % 2
+    corners = torch.cat([xy, xy + wh], 1)
+    rois = torch.cat([batch[:, None].to(dtype), corners], 1)
+    boxes = [corners[batch == 0], corners[batch == 1]]
+    angle = torch.rand(k, 1, generator=g, dtype=dtype) * 90
+    rotated = torch.cat([batch[:, None].to(dtype), xy + wh / 2, wh, angle], 1)
+    pyramid = {
+        "p2": torch.randn(2, 8, 24, 28, generator=g, dtype=dtype),
+        "p3": torch.randn(2, 8, 12, 14, generator=g, dtype=dtype),
+    }
+    return x, rois, boxes, rotated, pyramid, [(96, 112), (90, 100)]
+
+
+def test_fx_symbolic_trace_keeps_every_call_a_leaf():
+    model = EveryOp()
+    args = every_op_inputs(9)
+    traced = torch.fx.symbolic_trace(model)
+    called = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__module__", "").startswith(
+            "roiops"
+        ):
+            called[node.target.__name__] = called.get(node.target.__name__, 0) + 1
+    assert called == PUBLIC_CALLS
+    assert torch.equal(traced(*args), model(*args))
+    # the traced module is ordinary Python: it runs on new inputs, with other RoI counts
+    other = every_op_inputs(13, seed=1)
+    assert torch.equal(traced(*other), model(*other))
+
+
+def test_fx_leaf_costs_nothing_on_real_tensors():
+    # the leaf wrapper passes real calls straight through (same result object semantics)
+    x, rois = every_op_inputs(5)[:2]
+    assert roiops.roi_align.__wrapped__ is not roiops.roi_align
+    assert torch.equal(
+        roiops.roi_align(x, rois, 3, 0.5, 2), roiops.roi_align.__wrapped__(x, rois, 3, 0.5, 2)
+    )
+
+
+def test_torch_compile_fullgraph_matches_eager_forward_and_backward():
+    model = EveryOp()
+    compiled = torch.compile(model, fullgraph=True)
+    x, *rest = every_op_inputs(9)
+    x = x.requires_grad_()
+    out = compiled(x, *rest)
+    expected = model(x, *rest)
+    assert torch.equal(out, expected)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (grad_eager,) = torch.autograd.grad(expected.square().sum(), x)
+    assert torch.equal(grad, grad_eager)
+
+
+def test_torch_compile_dynamic_does_not_recompile_for_new_roi_counts():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(EveryOp(), fullgraph=True, dynamic=True, backend=counter)
+    model = EveryOp()
+    # RoI counts (and per-image counts) unlike any fixed size of the inputs: dynamo's
+    # duck sizing gives equal sizes one symbol, so a count equal to, say, the 4 box
+    # columns would be specialised by the shape check of the boxes
+    for k in (31, 35, 41):
+        args = every_op_inputs(k, seed=k)
+        assert torch.equal(compiled(*args), model(*args))
+        frames = counter.frame_count
+        if k == 31:
+            first = frames
+    assert frames == first
+
+
+OPS_UNDER_AUTOCAST = {
+    "roi_align": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True),
+    "roi_align max": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True, mode="max"),
+    "roi_pool": lambda x, r: roiops.roi_pool(x, r, 3, 0.5),
+    "ps_roi_align": lambda x, r: roiops.ps_roi_align(x, r, 2, 0.5, 2),
+    "ps_roi_pool": lambda x, r: roiops.ps_roi_pool(x, r, 2, 0.5),
+    "prroi_pool": lambda x, r: roiops.prroi_pool(x, r, 2, 0.5),
+    "multi_scale_roi_align": lambda x, r: roiops.multi_scale_roi_align(
+        [x, x[:, :, ::2, ::2]], r, 2, SCALES, 2
+    ),
+}
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(OPS_UNDER_AUTOCAST))
+def test_autocast_cpu_runs_in_float32_and_returns_the_input_dtype(name, autocast_dtype):
+    # torchvision's autocast rule: inputs and boxes cast to float32, the op run, the
+    # result cast back to the input's dtype. roiops computes half inputs in float32 and
+    # takes boxes of any floating dtype, so the ops follow the rule as they are.
+    op = OPS_UNDER_AUTOCAST[name]
+    x, rois = every_op_inputs(9)[:2]
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        # float32 features, boxes from a layer that ran in half precision
+        out = op(x, rois.to(autocast_dtype))
+        assert out.dtype == torch.float32
+        assert torch.equal(out, op(x, rois.to(autocast_dtype).float()))
+        half = op(x.to(autocast_dtype), rois)
+    assert half.dtype == autocast_dtype
+    assert torch.equal(half, op(x.to(autocast_dtype).float(), rois).to(autocast_dtype))
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_cpu_roi_align_dtypes_and_numbers_as_torchvision(autocast_dtype):
+    x, rois = every_op_inputs(9)[:2]
+    for xin, rin in [(x, rois), (x.to(autocast_dtype), rois), (x, rois.to(autocast_dtype))]:
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            ours = roiops.roi_align(xin, rin, 3, 0.5, 2, True)
+            theirs = torchvision.ops.roi_align(xin, rin, 3, 0.5, 2, True)
+        assert ours.dtype == theirs.dtype
+        assert torch.equal(ours, theirs)
+
+
+def test_autocast_backward_and_bad_dtype():
+    x, rois = every_op_inputs(9)[:2]
+    x = x.to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roiops.roi_align(x, rois, 3, 0.5, 2, True)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="roi_align: input must be float32"):
+            roiops.roi_align(x.detach().to(torch.int32), rois, 3)
+        with pytest.raises(TypeError, match="boxes must be a floating point"):
+            roiops.roi_align(x.detach(), rois.to(torch.int64), 3)
