@@ -5,6 +5,7 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 """
 
 from roiops._backend import use_backend
+from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
     map_levels,
     multi_scale_roi_align,
@@ -36,15 +37,18 @@ __all__ = [
     "RoIAlignRotated",
     "ROIPooler",
     "RoIPool",
+    "is_patched",
     "map_levels",
     "multi_scale_roi_align",
     "multi_scale_roi_pool",
+    "patch",
     "prroi_pool",
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",
     "roi_align_rotated",
     "roi_pool",
+    "unpatch",
     "use_backend",
 ]
 __version__ = "0.1.0"
