@@ -52,3 +52,7 @@ __all__ = [
     "use_backend",
 ]
 __version__ = "0.1.0"
+
+from roiops import onnx as _onnx  # noqa: E402  (after the ops it refers to)
+
+_onnx.register()

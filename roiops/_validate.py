@@ -209,9 +209,10 @@ def check_aligned(aligned: object, op: str) -> bool:
     return aligned
 
 
-def check_mode(mode: object, op: str) -> str:
-    if mode not in ("avg", "max"):
-        raise ValueError(f"{op}: mode must be 'avg' or 'max', got {mode!r}")
+def check_mode(mode: object, op: str, modes: tuple[str, ...] = ("avg", "max")) -> str:
+    if mode not in modes:
+        names = ", ".join(repr(m) for m in modes)
+        raise ValueError(f"{op}: mode must be one of {names}, got {mode!r}")
     return mode
 
 

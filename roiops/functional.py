@@ -10,12 +10,13 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
+from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op, multi_scale_roi_pool_op
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
-from roiops.ops.roi_align import roi_align_max_op, roi_align_op
+from roiops.ops.roi_align import roi_align_max_op, roi_align_onnx_max_op, roi_align_op
 from roiops.ops.roi_align_rotated import roi_align_rotated_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
 
@@ -30,7 +31,7 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
-    mode: Literal["avg", "max"] = "avg",
+    mode: Literal["avg", "max", "onnx_max"] = "avg",
 ) -> Tensor:
     """RoIAlign (Mask R-CNN): pool every box into a fixed grid without quantization.
 
@@ -52,7 +53,12 @@ def roi_align(
         mode: ``"avg"`` averages the bilinearly interpolated sampling points of a bin
             (what torchvision/Detectron2/mmcv ship); ``"max"`` takes their maximum (the
             article's variant; gradient flows to the four neighbours of the winning
-            point, with their bilinear weights).
+            point, with their bilinear weights). ``"onnx_max"`` is ONNX RoiAlign's
+            ``max``: the largest weighted corner term ``w_i * v_i`` over the points and
+            their four neighbours (not the largest interpolated value; zero-weight
+            corners and points outside the map count as 0), what an ONNX runtime
+            computes for an exported model (see ``roiops.onnx``); gradient to the
+            winning corner only, none to the boxes.
 
     Returns:
         ``Tensor[K, C, h, w]``.
@@ -66,11 +72,29 @@ def roi_align(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     aligned = _validate.check_aligned(aligned, op)
-    mode = _validate.check_mode(mode, op)
+    mode = _validate.check_mode(mode, op, ("avg", "max", "onnx_max"))
     rois = _validate.boxes_to_rois(boxes, input, op)
+    if mode == "onnx_max" and rois.requires_grad:
+        raise ValueError(
+            "roi_align: mode='onnx_max' gives no gradient w.r.t. the boxes; detach them "
+            "(boxes that require grad are supported by mode='avg' and mode='max')"
+        )
+    params = (scale, pooled_h, pooled_w, ratio, aligned)
+    if _onnx.exporting():
+        return _onnx.roi_align(
+            input, rois, *params, mode, lambda x, r: _roi_align_mode(x, r, params, mode)
+        )
+    return _roi_align_mode(input, rois, params, mode)
+
+
+def _roi_align_mode(input: Tensor, rois: Tensor, params: tuple, mode: str) -> Tensor:
+    """The custom op of ``mode``, its output."""
     if mode == "avg":
-        return roi_align_op(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
-    out, _ = roi_align_max_op(input, rois, scale, pooled_h, pooled_w, ratio, aligned)
+        return roi_align_op(input, rois, *params)
+    if mode == "onnx_max":
+        out, _ = roi_align_onnx_max_op(input, rois, *params)
+        return out
+    out, _ = roi_align_max_op(input, rois, *params)
     return out
 
 
@@ -105,6 +129,11 @@ def roi_pool(
     pooled_h, pooled_w = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
+    if _onnx.exporting():
+        return _onnx.roi_pool(
+            input, rois, scale, pooled_h, pooled_w,
+            lambda x, r: roi_pool_inference_op(x, r, scale, pooled_h, pooled_w),
+        )  # fmt: skip
     if torch.is_grad_enabled() and input.requires_grad:
         out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
         return out
@@ -137,6 +166,7 @@ def ps_roi_align(
         0, where torchvision gives NaN (0 / 0). Backward is deterministic.
     """
     op = "ps_roi_align"
+    _onnx.not_exportable(op)
     _validate.check_input(input, op)
     pooled = _validate.output_size_pair(output_size, op)
     _validate.check_position_sensitive_channels(input.shape[1], pooled, op)
@@ -172,6 +202,7 @@ def ps_roi_pool(
         differs from it where a bin reaches the last row or column).
     """
     op = "ps_roi_pool"
+    _onnx.not_exportable(op)
     _validate.check_input(input, op)
     pooled = _validate.output_size_pair(output_size, op)
     _validate.check_position_sensitive_channels(input.shape[1], pooled, op)
@@ -299,6 +330,12 @@ def multi_scale_roi_align(
     )  # fmt: skip
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     aligned = _validate.check_aligned(aligned, op)
+    if _onnx.exporting():
+        per_level = [
+            roi_align(f, rois, pooled, s, ratio, aligned)
+            for f, s in zip(features, scale_list, strict=True)
+        ]
+        return _onnx.select_levels(per_level, levels)
     return multi_scale_roi_align_op(
         list(features), rois, levels, scale_list, *pooled, ratio, aligned
     )
@@ -338,6 +375,7 @@ def roi_align_rotated(
         give NaN outputs on CUDA. Backward is deterministic.
     """
     op = "roi_align_rotated"
+    _onnx.not_exportable(op)
     _validate.check_input(input, op)
     pooled = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
@@ -379,6 +417,7 @@ def prroi_pool(
         gradient is contiguous NCHW.
     """
     op = "prroi_pool"
+    _onnx.not_exportable(op)
     _validate.check_input(input, op)
     pooled = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
@@ -407,5 +446,10 @@ def multi_scale_roi_pool(
         op, features, boxes, output_size, scales, levels, canonical_scale, canonical_level, eps,
         level_mapper,
     )  # fmt: skip
+    if _onnx.exporting():
+        per_level = [
+            roi_pool(f, rois, pooled, s) for f, s in zip(features, scale_list, strict=True)
+        ]
+        return _onnx.select_levels(per_level, levels)
     out, _ = multi_scale_roi_pool_op(list(features), rois, levels, scale_list, *pooled)
     return out

@@ -75,7 +75,7 @@ def test_bad_argument(op, kw, error, match):
         (dict(sampling_ratio=1.5), TypeError, "sampling_ratio must be an integer"),
         (dict(sampling_ratio=True), TypeError, "sampling_ratio must be an integer"),
         (dict(aligned=1), TypeError, "aligned must be a bool"),
-        (dict(mode="mean"), ValueError, "mode must be 'avg' or 'max'"),
+        (dict(mode="mean"), ValueError, "mode must be one of 'avg', 'max', 'onnx_max'"),
     ],
 )
 def test_bad_roi_align_argument(kw, error, match):

@@ -44,6 +44,7 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_forward_kernel,
 )
 from roiops.gpu.roi_align import (  # noqa: E402
+    ONNX_MAX_MODE,
     SPAN,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
@@ -97,14 +98,14 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]
     dtype = next(pointers[a] for a in ("X", "G", "GX") if a in pointers)
-    mode = "max" if constexprs.get("MAX_MODE") else ""
+    mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     name = f"{fn.__name__} {dtype} {mode}"
     approximate = APPROXIMATE_DIVISION.findall(ptx)
     assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
-    print(f"{fn.__name__:30s} {dtype:6s} {mode:3s} {num_warps} warps {registers:3d} registers")
+    print(f"{fn.__name__:30s} {dtype:6s} {mode:4s} {num_warps} warps {registers:3d} registers")
     assert spilled == 0 or dtype == "*fp64", f"{name} spills {spilled} bytes"
 
 
@@ -117,19 +118,20 @@ def main() -> int:
         fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
         bwd = {"ROIS": rois, "ARGMAX": "*i32", "G": f"*{dt}", "AMAX": amax, "ACC": "*i64"}
         for aligned in (False, True):
-            for max_mode in (False, True):
+            for max_mode in (False, True, ONNX_MAX_MODE):
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": block_c}, bwd_warps
                 )
                 box = {k: v for k, v in mode.items() if k != "PS"}
-                compile_for_gpu(
-                    roi_align_box_backward_kernel,
-                    {**bwd, "X": f"*{dt}", "PARTIAL": rois},
-                    {**box, "BLOCK_C": block_c},
-                    bwd_warps,
-                )
+                if max_mode != ONNX_MAX_MODE:  # onnx_max has no box gradient
+                    compile_for_gpu(
+                        roi_align_box_backward_kernel,
+                        {**bwd, "X": f"*{dt}", "PARTIAL": rois},
+                        {**box, "BLOCK_C": block_c},
+                        bwd_warps,
+                    )
                 compile_for_gpu(
                     roi_align_backward_kernel,
                     bwd,

@@ -96,13 +96,14 @@ def roi_align_avg_forward_roi(
 
 @njit(parallel=True, cache=True)
 def roi_align_max_forward(
-    X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out, argmax
+    X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, onnx_max, out, argmax
 ):
     """out = max over the bilinear samples of each bin; argmax[K, ph, pw, C] = winning
     sample index ``iy * grid_w + ix`` (channels last, like roi_pool's argmax).
 
     A sample outside the map has value 0 and takes part in the max; the first maximum
-    wins; a bin without samples gives 0 and argmax -1.
+    wins; a bin without samples gives 0 and argmax -1. With ``onnx_max``, ONNX's max: of
+    the four weighted corner terms of every sample, argmax ``4 * sample + corner``.
     """
     _, H, W, C = X.shape
     K = rois.shape[0]
@@ -126,9 +127,12 @@ def roi_align_max_forward(
                     for iy in range(gh):
                         for ix in range(gw):
                             s = np.int32(iy * gw + ix)
+                            first = s == 0
+                            if onnx_max:
+                                s = np.int32(4) * s
                             if not sample_is_inside(rows, cols, ph, iy, pw, ix):
                                 for cc in range(nc):
-                                    if s == 0 or best[cc] < 0:
+                                    if first or best[cc] < 0:
                                         best[cc] = 0
                                         best_s[cc] = s
                                 continue
@@ -137,6 +141,17 @@ def roi_align_max_forward(
                             )
                             o1, o2 = np.uint64(o1 + c0), np.uint64(o2 + c0)
                             o3, o4 = np.uint64(o3 + c0), np.uint64(o4 + c0)
+                            if onnx_max:
+                                for cc in range(nc):
+                                    u = np.uint64(cc)
+                                    v, corner = corner_max(
+                                        w1 * Xf[o1 + u], w2 * Xf[o2 + u],
+                                        w3 * Xf[o3 + u], w4 * Xf[o4 + u],
+                                    )  # fmt: skip
+                                    if first or v > best[cc]:
+                                        best[cc] = v
+                                        best_s[cc] = s + corner
+                                continue
                             for cc in range(nc):
                                 u = np.uint64(cc)
                                 v = (
@@ -145,12 +160,25 @@ def roi_align_max_forward(
                                     + w3 * Xf[o3 + u]
                                     + w4 * Xf[o4 + u]
                                 )
-                                if s == 0 or v > best[cc]:
+                                if first or v > best[cc]:
                                     best[cc] = v
                                     best_s[cc] = s
         for c in range(C):
             for b in range(P):
                 out_bins[k, c, b] = bins[b, c]
+
+
+@njit(cache=True)
+def corner_max(t1, t2, t3, t4):
+    """(largest term, its index 0-3), the first of equal ones (ONNX RoiAlign's max)."""
+    best, corner = t1, np.int32(0)
+    if t2 > best:
+        best, corner = t2, np.int32(1)
+    if t3 > best:
+        best, corner = t3, np.int32(2)
+    if t4 > best:
+        best, corner = t4, np.int32(3)
+    return best, corner
 
 
 @njit(parallel=True, cache=True)
@@ -243,10 +271,12 @@ def roi_align_max_backward(
     pooled_w,
     sampling_ratio,
     aligned,
+    onnx_max,
     channel_block,
     GX,
 ):
-    """GX[N, H, W, C] (zeroed) += the max-mode gradient: only the winning sample passes."""
+    """GX[N, H, W, C] (zeroed) += the max-mode gradient: only the winning sample passes
+    (with ``onnx_max``, only the winning corner of the winning sample)."""
     N, H, W, C = GX.shape
     GXf = GX.reshape(-1)
     n_blocks = (C + channel_block - 1) // channel_block
@@ -261,6 +291,10 @@ def roi_align_max_backward(
                 for pw in range(pooled_w):
                     for c in range(c0, c1):
                         s = argmax[k, ph, pw, c]
+                        corner = -1  # all four
+                        if onnx_max and s >= 0:
+                            corner = s % 4
+                            s = s // 4
                         # an index no forward could produce (reachable only by calling
                         # the backward op by hand) is ignored, never read out of bounds
                         if s < 0 or s >= gh * gw:
@@ -273,10 +307,14 @@ def roi_align_max_backward(
                             rows, cols, ph, iy, pw, ix, n, H, W, C
                         )
                         g = G[k, c, ph, pw]
-                        GXf[o1 + c] += g * w1
-                        GXf[o2 + c] += g * w2
-                        GXf[o3 + c] += g * w3
-                        GXf[o4 + c] += g * w4
+                        if corner < 0 or corner == 0:
+                            GXf[o1 + c] += g * w1
+                        if corner < 0 or corner == 1:
+                            GXf[o2 + c] += g * w2
+                        if corner < 0 or corner == 2:
+                            GXf[o3 + c] += g * w3
+                        if corner < 0 or corner == 3:
+                            GXf[o4 + c] += g * w4
 
 
 @njit(parallel=True, cache=True)

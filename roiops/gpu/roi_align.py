@@ -38,6 +38,9 @@ from roiops.gpu.tiles import (
 
 # cells per side of the window over which the backward sums a bin's weights at once
 SPAN = 8
+# MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
+ONNX_MAX_MODE = 2
+ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
 
 
 @triton.jit
@@ -103,13 +106,45 @@ def _bilinear(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT: 
 
 
 @triton.jit
-def _pool_sample(acc, best_s, v, s, MAX_MODE: tl.constexpr):
-    """Fold sample s's value v into the bin: a sum, or the maximum and its sample (the
-    first maximum wins; a sample outside the map takes part with value 0)."""
+def _corner_max(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT: tl.constexpr):
+    """ONNX RoiAlign's max of a sampling point: ``(largest w_i * v_i, its corner 0-3)``,
+    the first of equal ones, corners in ``_bilinear``'s order (all 0 where masked)."""
+    best = wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0).to(DT)
+    corner = tl.zeros(best.shape, tl.int32)
+    term = wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=mask, other=0.0).to(DT)
+    corner = tl.where(term > best, 1, corner)
+    best = tl.maximum(best, term)
+    term = wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0).to(DT)
+    corner = tl.where(term > best, 2, corner)
+    best = tl.maximum(best, term)
+    term = wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=mask, other=0.0).to(DT)
+    corner = tl.where(term > best, 3, corner)
+    best = tl.maximum(best, term)
+    return best, corner
+
+
+@triton.jit
+def _sample_value(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, s,
+                  DT: tl.constexpr, MAX_MODE: tl.constexpr):  # fmt: skip
+    """(value, argmax candidate) of sample s: its interpolated value and s, or (ONNX max,
+    ``MAX_MODE == ONNX_MAX``) its largest weighted corner term and ``4 * s + corner``."""
+    if MAX_MODE == ONNX_MAX:
+        v, corner = _corner_max(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT)
+        candidate = 4 * s + corner
+    else:
+        v = _bilinear(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT)
+        candidate = tl.zeros(v.shape, tl.int32) + s
+    return v, candidate
+
+
+@triton.jit
+def _pool_sample(acc, best_s, v, candidate, first, MAX_MODE: tl.constexpr):
+    """Fold a sample's value v into the bin: a sum, or the maximum and its argmax
+    candidate (the first maximum wins; a sample outside the map takes part with value 0)."""
     if MAX_MODE:
-        wins = (s == 0) | (v > acc)
+        wins = first | (v > acc)
         acc = tl.where(wins, v, acc)
-        best_s = tl.where(wins, s, best_s)
+        best_s = tl.where(wins, candidate, best_s)
     else:
         acc += v
     return acc, best_s
@@ -173,9 +208,11 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
             inside = y_in & x_in & ok
-            v = _bilinear(plane + y_lo * W, plane + y_hi * W, x_lo, x_hi, wy_lo, wy_hi, wx_lo,
-                          wx_hi, inside, acc.dtype)  # fmt: skip
-            acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), iy * gw + ix,
+            s = iy * gw + ix
+            v, candidate = _sample_value(plane + y_lo * W, plane + y_hi * W, x_lo, x_hi,
+                                         wy_lo, wy_hi, wx_lo, wx_hi, inside, s, acc.dtype,
+                                         MAX_MODE)  # fmt: skip
+            acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), candidate, s == 0,
                                        MAX_MODE)  # fmt: skip
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, ok, C, PH * PW, MAX_MODE)
@@ -206,13 +243,16 @@ def roi_align_forward_nhwc_kernel(
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+            s = iy * gw + ix
             v = tl.zeros((BLOCK_C,), dtype=acc.dtype)
+            candidate = tl.zeros((BLOCK_C,), tl.int32) + s * (4 if MAX_MODE == ONNX_MAX else 1)
             if y_in & x_in:
                 row_lo = image + y_lo.to(tl.int64) * W * C_in
                 row_hi = image + y_hi.to(tl.int64) * W * C_in
-                v = _bilinear(row_lo, row_hi, x_lo * C_in, x_hi * C_in, wy_lo, wy_hi, wx_lo,
-                              wx_hi, c_ok, acc.dtype)  # fmt: skip
-            acc, best_s = _pool_sample(acc, best_s, v, iy * gw + ix, MAX_MODE)
+                v, candidate = _sample_value(row_lo, row_hi, x_lo * C_in, x_hi * C_in,
+                                             wy_lo, wy_hi, wx_lo, wx_hi, c_ok, s, acc.dtype,
+                                             MAX_MODE)  # fmt: skip
+            acc, best_s = _pool_sample(acc, best_s, v, candidate, s == 0, MAX_MODE)
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE)
 
@@ -282,6 +322,10 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     channel = ACC + n * H * W * C_in + c_in  # + cell * C_in
     if MAX_MODE:
         s = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
+        corner = tl.full(s.shape, -1, tl.int32)  # -1: all four corners
+        if MAX_MODE == ONNX_MAX:
+            corner = tl.where(s >= 0, s % 4, -1)
+            s = tl.where(s >= 0, s // 4, -1)  # (// truncates: -1 // 4 would be 0)
         iy = s // tl.maximum(gw, 1)
         ix = s % tl.maximum(gw, 1)
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
@@ -290,10 +334,15 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
         ok = c_ok & (s >= 0) & (s < gh * gw) & y_in & x_in
         row_lo = y_lo.to(tl.int64) * W
         row_hi = y_hi.to(tl.int64) * W
-        add_to_cell(channel, row_lo + x_lo, C_in, g * (wy_lo * wx_lo), scale, ok)
-        add_to_cell(channel, row_lo + x_hi, C_in, g * (wy_lo * wx_hi), scale, ok)
-        add_to_cell(channel, row_hi + x_lo, C_in, g * (wy_hi * wx_lo), scale, ok)
-        add_to_cell(channel, row_hi + x_hi, C_in, g * (wy_hi * wx_hi), scale, ok)
+        all_four = corner < 0
+        add_to_cell(channel, row_lo + x_lo, C_in, g * (wy_lo * wx_lo), scale,
+                    ok & (all_four | (corner == 0)))  # fmt: skip
+        add_to_cell(channel, row_lo + x_hi, C_in, g * (wy_lo * wx_hi), scale,
+                    ok & (all_four | (corner == 1)))  # fmt: skip
+        add_to_cell(channel, row_hi + x_lo, C_in, g * (wy_hi * wx_lo), scale,
+                    ok & (all_four | (corner == 2)))  # fmt: skip
+        add_to_cell(channel, row_hi + x_hi, C_in, g * (wy_hi * wx_hi), scale,
+                    ok & (all_four | (corner == 3)))  # fmt: skip
     else:
         if (gh > 0) & (gw > 0):
             g = div_rn(g, (gh * gw).to(dt))
@@ -318,7 +367,8 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode, position_sensitive=False):  # fmt: skip
-    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; a channels_last ``input``
+    """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; ``max_mode``: AVG (False),
+    MAX (True) or ONNX_MAX; a channels_last ``input``
     is read as it lies (NHWC kernel), any other is made NCHW-contiguous. With
     ``position_sensitive``, ``out`` is ``[K, C // (ph * pw), ph, pw]`` (ps_roi_align)."""
     K = rois.shape[0]
@@ -351,12 +401,14 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,
-                       sampling_ratio, aligned, position_sensitive=False):  # fmt: skip
+                       sampling_ratio, aligned, position_sensitive=False,
+                       onnx_max=False):  # fmt: skip
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
-    ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels)."""
+    ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
+    selects max mode, ``onnx_max`` ONNX's max)."""
     N, _, H, W = grad_input.shape
     K, C = grad.shape[:2]
-    max_mode = argmax is not None
+    max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
     sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](

@@ -1,4 +1,5 @@
-"""RoIAlign as custom ops: ``roiops::roi_align`` (avg) and ``roiops::roi_align_max``.
+"""RoIAlign as custom ops: ``roiops::roi_align`` (avg), ``roiops::roi_align_max`` (the
+article's max) and ``roiops::roi_align_onnx_max`` (ONNX RoiAlign's max).
 
 Each op has its backward as a custom op too, a fake (meta) implementation for
 torch.compile/export, and its autograd registration. The real implementations check
@@ -16,6 +17,7 @@ from roiops import _validate
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
+from roiops.onnx import check_roi_align_mode, exporting
 from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import roi_align as reference
 
@@ -31,7 +33,7 @@ def _output_is_empty(input: Tensor, rois: Tensor) -> bool:
 def _forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
 ):
-    """``(output, argmax)``; argmax is None in avg mode."""
+    """``(output, argmax)``; argmax is None in avg mode. ``mode``: avg, max, onnx_max."""
     backend = checked_backend(input.device, rois, input.shape[0], OP)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
@@ -45,15 +47,16 @@ def _forward(
 
         _validate.check_plane_indexable(input.shape, OP)
         # half precision is read as is and accumulated in float32 by the kernels
+        max_mode = gpu.ONNX_MAX_MODE if mode == "onnx_max" else mode == "max"
         return gpu.roi_align_forward(
             input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-            mode == "max",
+            max_mode,
         )  # fmt: skip
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         # the kernels write every output element: no zero-filling pass
         out = x.new_empty(shape)
-        argmax = torch.empty(arg_shape, dtype=torch.int32) if mode == "max" else None
+        argmax = torch.empty(arg_shape, dtype=torch.int32) if mode != "avg" else None
         X = layout.channels_last_array(x)
         args = (
             X,
@@ -67,7 +70,8 @@ def _forward(
         if mode == "avg":
             cpu.roi_align_avg_forward(*args, out.numpy())
         else:
-            cpu.roi_align_max_forward(*args, out.numpy(), argmax.numpy())
+            onnx_max = mode == "onnx_max"
+            cpu.roi_align_max_forward(*args, onnx_max, out.numpy(), argmax.numpy())
         return out.to(input.dtype), argmax
     out, argmax = reference.roi_align_forward(
         host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width,
@@ -111,13 +115,38 @@ def roi_align_max_op(
     )
 
 
+@torch.library.custom_op("roiops::roi_align_onnx_max", mutates_args=())
+def roi_align_onnx_max_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[Tensor, Tensor]:
+    """ONNX RoiAlign's max: ``(output, argmax)``, argmax ``4 * sample + corner``."""
+    return _forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+        "onnx_max",
+    )  # fmt: skip
+
+
 @roi_align_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
+@roi_align_onnx_max_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+
+
 @roi_align_max_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    if exporting():  # torch.export's strict capture never runs the public function
+        check_roi_align_mode("max")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
@@ -137,21 +166,23 @@ def roi_align_backward_op(
     height: int,
     width: int,
     argmax: Tensor | None = None,
+    onnx_max: bool = False,
 ) -> Tensor:
     """Gradient w.r.t. the input (deterministic) of ``roiops::roi_align`` or, given the
-    forward's ``argmax``, of ``roiops::roi_align_max``."""
+    forward's ``argmax``, of ``roiops::roi_align_max`` (``roiops::roi_align_onnx_max``
+    with ``onnx_max``)."""
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
     backend = checked_backend(grad.device, rois, batch_size, OP)
-    mode = "avg" if argmax is None else "max"
+    mode = "avg" if argmax is None else "onnx_max" if onnx_max else "max"
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
         grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
         return gpu.roi_align_backward(
             grad, rois, argmax, grad_input, spatial_scale, pooled_height, pooled_width,
-            sampling_ratio, aligned,
+            sampling_ratio, aligned, onnx_max=mode == "onnx_max",
         )  # fmt: skip
     g = grad.to(_validate.compute_dtype(grad.dtype))
     grad_input = new_input_grad(shape, g.dtype, g.device)
@@ -159,12 +190,14 @@ def roi_align_backward_op(
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         G = g.contiguous().numpy()
         GX = layout.grad_array(grad_input)
-        common = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, block, GX)
+        params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
         if mode == "avg":
-            cpu.roi_align_avg_backward(G, rois.numpy(), order, start, *common)
+            cpu.roi_align_avg_backward(G, rois.numpy(), order, start, *params, block, GX)
         else:
             A = argmax.contiguous().numpy()
-            cpu.roi_align_max_backward(G, A, rois.numpy(), order, start, *common)
+            cpu.roi_align_max_backward(
+                G, A, rois.numpy(), order, start, *params, mode == "onnx_max", block, GX
+            )
     else:
         ref = reference.roi_align_backward(
             host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width,
@@ -177,7 +210,7 @@ def roi_align_backward_op(
 
 @roi_align_backward_op.register_fake
 def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-      batch_size, channels, height, width, argmax=None):  # fmt: skip
+      batch_size, channels, height, width, argmax=None, onnx_max=False):  # fmt: skip
     return fake_input_grad(grad, batch_size, channels, height, width)
 
 
@@ -248,5 +281,18 @@ def _backward(ctx, grad, _grad_argmax=None):
     return grad_input, grad_rois, None, None, None, None, None
 
 
+def _onnx_max_backward(ctx, grad, _grad_argmax=None):
+    rois, argmax, _ = ctx.saved_tensors
+    if ctx.needs_input_grad[1]:  # roiops.roi_align refuses this before the forward
+        raise NotImplementedError("roi_align: mode='onnx_max' has no gradient w.r.t. the boxes")
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = roi_align_backward_op(
+            grad, rois, *ctx.params, *ctx.input_shape, argmax, onnx_max=True
+        )
+    return grad_input, None, None, None, None, None, None
+
+
 roi_align_op.register_autograd(_backward, setup_context=_setup_context)
 roi_align_max_op.register_autograd(_backward, setup_context=_setup_context)
+roi_align_onnx_max_op.register_autograd(_onnx_max_backward, setup_context=_setup_context)

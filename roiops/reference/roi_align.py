@@ -170,6 +170,15 @@ def interpolate(plane, bw: BilinearWeights | None, T):
     )
 
 
+def corner_terms(plane, bw: BilinearWeights | None, T):
+    """The four weighted corner terms ``w_i * v_i`` of a sampling point, in the order
+    (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high); all 0 for a point
+    outside (ONNX RoiAlign's ``max`` mode compares these terms)."""
+    if bw is None:
+        return [T(0)] * 4
+    return [w * plane[yy, xx] for yy, xx, w in bw.corners()]
+
+
 def roi_align_forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode="avg"
 ):
@@ -181,13 +190,19 @@ def roi_align_forward(
     value 0; the first maximum wins ties). ``argmax[k, c, ph, pw]`` is the winning
     sample's index ``iy * grid_w + ix``, or -1 for a bin with no sampling point, whose
     output is 0.
+    ``mode="onnx_max"``: ONNX RoiAlign's ``max``: the maximum, over the sampling points
+    and their four neighbours, of the weighted terms ``w_i * v_i`` (not of the
+    interpolated values; a point outside the map contributes four zeros, as do the
+    zero-weight corners of a point on a cell edge, so a bin's value is never below 0
+    where any weight is 0). ``argmax`` is ``4 * sample + corner`` of the first maximum
+    (corners ordered as ``corner_terms``), -1 for an empty grid.
     """
     T = input.dtype.type
     _, channels, height, width = input.shape
     K = rois.shape[0]
     output = np.zeros((K, channels, pooled_height, pooled_width), dtype=input.dtype)
     argmax = None
-    if mode == "max":
+    if mode != "avg":
         argmax = np.full((K, channels, pooled_height, pooled_width), -1, dtype=np.int32)
     geoms = geometries(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, T)
     for k, n, g in geoms:
@@ -195,10 +210,15 @@ def roi_align_forward(
             plane = input[n, c]
             for ph in range(pooled_height):
                 for pw in range(pooled_width):
-                    values = [
-                        (s, interpolate(plane, bw, T))
-                        for s, bw in bin_samples(g, ph, pw, height, width, T)
-                    ]
+                    samples = list(bin_samples(g, ph, pw, height, width, T))
+                    if mode == "onnx_max":
+                        values = [
+                            (4 * s + i, term)
+                            for s, bw in samples
+                            for i, term in enumerate(corner_terms(plane, bw, T))
+                        ]
+                    else:
+                        values = [(s, interpolate(plane, bw, T)) for s, bw in samples]
                     if mode == "avg":
                         acc = T(0)
                         for _, v in values:
@@ -231,7 +251,8 @@ def roi_align_backward(
     Each sampling point at real-valued (y, x) passes the output's gradient to the (up
     to) four input cells around it, each scaled by its bilinear weight
     ``(1 - |dy|) * (1 - |dx|)``; in avg mode also divided by the number of points. In max
-    mode only the winning point (``argmax``) passes gradient. RoIs are visited in order,
+    mode only the winning point (``argmax``) passes gradient; in onnx_max mode only the
+    winning corner of the winning point, with its weight. RoIs are visited in order,
     so the accumulation order, and therefore every bit of the result, is fixed.
     """
     T = grad_output.dtype.type
@@ -248,8 +269,12 @@ def roi_align_backward(
                             continue
                         if mode == "avg":
                             share = grad / T(g.count)
-                        elif s == argmax[k, c, ph, pw]:
+                        elif mode == "max" and s == argmax[k, c, ph, pw]:
                             share = grad
+                        elif mode == "onnx_max" and s == argmax[k, c, ph, pw] // 4:
+                            yy, xx, w = bw.corners()[argmax[k, c, ph, pw] % 4]
+                            grad_input[n, c, yy, xx] += grad * w
+                            continue
                         else:
                             continue
                         for yy, xx, w in bw.corners():
