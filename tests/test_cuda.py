@@ -189,6 +189,7 @@ def run_all_ops(x, rois, grad7):
     for call in (
         lambda t: roiops.roi_align(t, rois, 7, 0.25, 2, True),
         lambda t: roiops.roi_align(t, rois, 7, 0.25, 0, False, "max"),
+        lambda t: roiops.roi_align(t, rois, 7, 0.25, 2, True, "onnx_max"),
         lambda t: roiops.roi_pool(t, rois, 7, 0.25),
     ):
         out = call(x)
@@ -287,8 +288,45 @@ def test_random_boxes_with_degenerate_ones(rng):
     # boxes partly outside the map, inverted and tiny, against the NumPy reference
     x = torch.randn(2, 5, 9, 11, device="cuda", dtype=torch.float64)
     rois = cuda(random_rois(rng, 2, 40, 18, 22), torch.float64)
-    for mode in ("avg", "max"):
+    for mode in ("avg", "max", "onnx_max"):
         out = roiops.roi_align(x, rois, 3, 0.5, 0, False, mode)
         with roiops.use_backend("reference"):
             ref = roiops.roi_align(x, rois, 3, 0.5, 0, False, mode)
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_autocast_cuda_dtypes_as_torchvision(rng):
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+    for dtype in (torch.float16, torch.bfloat16):
+        for xin, rin in [(x, rois), (x.to(dtype), rois), (x, rois.to(dtype))]:
+            with torch.autocast("cuda", dtype=dtype):
+                ours = roiops.roi_align(xin, rin, 7, 0.25, 2, True)
+                theirs = tv_ops.roi_align(xin, rin, 7, 0.25, 2, True)
+                pooled = roiops.roi_pool(xin, rin, 7, 0.25)
+            assert ours.dtype == theirs.dtype == pooled.dtype == xin.dtype
+            torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+def test_torch_compile_on_cuda_matches_eager(rng):
+    x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+
+    def pool(t):
+        return torch.cat(
+            [
+                roiops.roi_align(t, rois, 7, 0.25, 2, True).flatten(1),
+                roiops.roi_align(t, rois, 7, 0.25, 0, False, "max").flatten(1),
+                roiops.roi_pool(t, rois, 7, 0.25).flatten(1),
+                roiops.ps_roi_align(t, rois, 2, 0.25, 2).flatten(1),
+            ],
+            1,
+        )
+
+    compiled = torch.compile(pool, fullgraph=True)
+    out, eager = compiled(x), pool(x)
+    assert torch.equal(out, eager)  # the same kernels, deterministic
+    grad = torch.randn_like(out)
+    (ours,) = torch.autograd.grad(out, x, grad)
+    (theirs,) = torch.autograd.grad(eager, x, grad)
+    assert torch.equal(ours, theirs)
