@@ -57,6 +57,22 @@ def not_exportable(op: str) -> None:
         )
 
 
+def refuse_custom_op(op: str) -> None:
+    """Called by the forward custom ops' fake implementations: while exporting to ONNX a
+    fake runs only when the custom op itself is being captured, which ONNX cannot express:
+    ``torch.onnx.export(dynamo=True)`` falling back to torch.export's strict capture
+    after its first (non-strict) attempt failed, or a direct ``torch.ops.roiops`` call.
+    Failing here lets the exporter report that first error (it reports the first one
+    when every capture fails), instead of a missing translation for the custom op."""
+    if exporting():
+        raise RuntimeError(
+            f"roiops::{op} cannot be written to ONNX as a custom op: roiops writes ONNX "
+            "operators from its public functions (roiops.roi_align, roiops.roi_pool, ...), "
+            "in torch.export's non-strict capture; see the error of that first capture, "
+            "and call the public functions rather than torch.ops.roiops"
+        )
+
+
 def check_roi_align_mode(mode: str) -> str:
     """ONNX RoiAlign's ``mode`` attribute for roiops' ``mode`` (an error for the article's max)."""
     if mode == "max":
@@ -80,6 +96,17 @@ def _roi_align_attributes(spatial_scale, pooled_h, pooled_w, sampling_ratio, ali
     }
 
 
+def _check_scale(spatial_scale: float, input: Tensor, op: str) -> None:
+    """ONNX stores spatial_scale as a float32 attribute; float64 features would be pooled
+    at the float64 scale in eager: refuse a scale that float32 would change."""
+    if input.dtype == torch.float64 and float(torch.tensor(spatial_scale).float()) != spatial_scale:
+        raise ValueError(
+            f"{op}: spatial_scale={spatial_scale!r} is not a float32 number, and ONNX stores "
+            "it as one: the exported model would pool float64 features at another scale "
+            "than eager roiops; use a scale float32 represents exactly (e.g. a power of two)"
+        )
+
+
 def _compute(input: Tensor) -> Tensor:
     """``input`` in the dtype roiops computes it in (no traced cast when it already is)."""
     dtype = _validate.compute_dtype(input.dtype)
@@ -98,6 +125,7 @@ def roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, al
     attributes = _roi_align_attributes(
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, mode
     )
+    _check_scale(spatial_scale, input, "roi_align")
     x = _compute(input)
     if not _with_dynamo():
         return _as(eager(x, rois), input)
@@ -113,6 +141,7 @@ def roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, al
 
 def roi_pool(input, rois, spatial_scale, pooled_h, pooled_w, eager) -> Tensor:
     """``roi_pool`` while exporting (see :func:`roi_align`): MaxRoiPool."""
+    _check_scale(spatial_scale, input, "roi_pool")
     x = _compute(input)
     if not _with_dynamo():
         return _as(eager(x, rois), input)

@@ -171,6 +171,19 @@ def test_pyramid_pooler_exports_as_roi_align_per_level(dynamo):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_float64_exports_and_runs_in_float64(data, dynamo):
+    x, rois = data
+
+    def fn(a, b):
+        return roiops.roi_align(a, b, 3, 0.25, 0, True)
+
+    model = export(fn, x.double(), rois[0].double(), 16, dynamo)
+    out = run_onnxruntime(model, x.double(), rois[1].double())
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, fn(x.double(), rois[1].double()).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_half_precision_exports_as_roiops_computes_it(data, dynamo):
     x, rois = data
     half = x.to(torch.float16)
@@ -191,6 +204,9 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     x, rois = data
     with pytest.raises(Exception, match="mode='max'.*has no ONNX operator"):
         export(lambda a, b: roiops.roi_align(a, b, 3, mode="max"), x, rois[0], 16, dynamo)
+    with pytest.raises(Exception, match="spatial_scale=0.1 is not a float32 number"):
+        export(lambda a, b: roiops.roi_pool(a, b, 3, 0.1), x.double(), rois[0].double(), 16,
+               dynamo)  # fmt: skip
     ps = x.repeat(1, 3, 1, 1)[:, :8]
     with pytest.raises(Exception, match="ps_roi_align: no ONNX operator"):
         export(lambda a, b: roiops.ps_roi_align(a, b, 2), ps, rois[0], 16, dynamo)

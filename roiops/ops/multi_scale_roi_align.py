@@ -15,6 +15,7 @@ from roiops import _validate
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
+from roiops.onnx import refuse_custom_op
 from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import multi_scale_roi_align as reference
 
@@ -71,6 +72,7 @@ def multi_scale_roi_align_op(
 
 @multi_scale_roi_align_op.register_fake
 def _(features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned):
+    refuse_custom_op("multi_scale_roi_align")
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
 
 
@@ -197,6 +199,7 @@ def multi_scale_roi_pool_op(
 
 @multi_scale_roi_pool_op.register_fake
 def _(features, rois, levels, scales, pooled_height, pooled_width):
+    refuse_custom_op("multi_scale_roi_pool")
     shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
     argmax = features[0].new_empty(argmax_shape(*shape), dtype=torch.int32)
     return features[0].new_empty(shape), argmax

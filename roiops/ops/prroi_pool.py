@@ -10,7 +10,7 @@ from torch import Tensor
 from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
-from roiops.onnx import not_exportable
+from roiops.onnx import refuse_custom_op
 from roiops.ops import checked_backend, host_array
 from roiops.reference import prroi_pool as reference
 
@@ -47,7 +47,7 @@ def prroi_pool_op(
 
 @prroi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
-    not_exportable(OP)  # torch.export's strict capture never runs the public function
+    refuse_custom_op("prroi_pool")
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
-from roiops.onnx import not_exportable
+from roiops.onnx import refuse_custom_op
 from roiops.ops import checked_backend, host_array
 from roiops.reference import ps_roi_align as reference
 
@@ -61,7 +61,7 @@ def ps_roi_align_op(
 
 @ps_roi_align_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
-    not_exportable(OP)  # torch.export's strict capture never runs the public function
+    refuse_custom_op("ps_roi_align")
     channels_out = input.shape[1] // (pooled_height * pooled_width)
     return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
 

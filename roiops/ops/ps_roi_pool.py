@@ -12,7 +12,7 @@ from torch import Tensor
 from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_pool as cpu
-from roiops.onnx import not_exportable
+from roiops.onnx import refuse_custom_op
 from roiops.ops import checked_backend, host_array
 from roiops.reference import ps_roi_pool as reference
 
@@ -59,7 +59,7 @@ def _tasks(rois: Tensor, input_shape, pooled_height: int, pooled_width: int, dty
 
 @ps_roi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
-    not_exportable(OP)  # torch.export's strict capture never runs the public function
+    refuse_custom_op("ps_roi_pool")
     channels_out = input.shape[1] // (pooled_height * pooled_width)
     return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
 

@@ -17,7 +17,7 @@ from roiops import _validate
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
-from roiops.onnx import check_roi_align_mode, exporting
+from roiops.onnx import refuse_custom_op
 from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import roi_align as reference
 
@@ -134,19 +134,20 @@ def roi_align_onnx_max_op(
 
 @roi_align_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    refuse_custom_op("roi_align")
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
 @roi_align_onnx_max_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    refuse_custom_op("roi_align_onnx_max")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
 
 @roi_align_max_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    if exporting():  # torch.export's strict capture never runs the public function
-        check_roi_align_mode("max")
+    refuse_custom_op("roi_align_max")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 

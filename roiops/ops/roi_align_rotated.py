@@ -14,7 +14,7 @@ from roiops import _validate
 from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
-from roiops.onnx import not_exportable
+from roiops.onnx import refuse_custom_op
 from roiops.ops import checked_backend, host_array
 from roiops.reference import roi_align_rotated as reference
 
@@ -71,7 +71,7 @@ def roi_align_rotated_op(
 @roi_align_rotated_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, degrees,
       clockwise):  # fmt: skip
-    not_exportable(OP)  # torch.export's strict capture never runs the public function
+    refuse_custom_op("roi_align_rotated")
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 

@@ -10,6 +10,7 @@ from roiops import _validate
 from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
+from roiops.onnx import refuse_custom_op
 from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
 from roiops.reference import roi_pool as reference
 
@@ -59,6 +60,7 @@ def roi_pool_op(
 
 @roi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
+    refuse_custom_op("roi_pool")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
@@ -75,6 +77,7 @@ def roi_pool_inference_op(
 
 @roi_pool_inference_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
+    refuse_custom_op("roi_pool_inference")
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
