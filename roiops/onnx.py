@@ -117,42 +117,44 @@ def _as(out: Tensor, like: Tensor) -> Tensor:
     return out if out.dtype == like.dtype else out.to(like.dtype)
 
 
+def _node(op, op_type, inputs, attributes, input, rois, spatial_scale, pooled, eager):
+    """``op`` while exporting: ``eager(x, rois)`` (a custom op, which the TorchScript
+    exporter's symbolic function turns into ``op_type``) or, for torch.export, an
+    ``op_type`` node on ``inputs(x, rois)``; ``x`` is the input in its compute dtype, the
+    result is cast back."""
+    _check_scale(spatial_scale, input, op)
+    x = _compute(input)
+    if not _with_dynamo():
+        return _as(eager(x, rois), input)
+    out = torch.onnx.ops.symbolic(
+        op_type,
+        inputs(x, rois),
+        attributes,
+        dtype=x.dtype,
+        shape=(rois.shape[0], x.shape[1], *pooled),
+    )
+    return _as(out, input)
+
+
 def roi_align(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, mode,
               eager) -> Tensor:  # fmt: skip
-    """``roi_align`` while exporting: ``eager(x, rois)`` (a custom op, which the TorchScript
-    exporter's symbolic turns into RoiAlign) or a RoiAlign node for torch.export; ``x``
-    is the input in its compute dtype, the result is cast back."""
+    """``roi_align`` while exporting: RoiAlign (see ``_node``)."""
     attributes = _roi_align_attributes(
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, mode
     )
-    _check_scale(spatial_scale, input, "roi_align")
-    x = _compute(input)
-    if not _with_dynamo():
-        return _as(eager(x, rois), input)
-    out = torch.onnx.ops.symbolic(
-        "RoiAlign",
-        (x, rois[:, 1:5], rois[:, 0].to(torch.int64)),
-        attributes,
-        dtype=x.dtype,
-        shape=(rois.shape[0], x.shape[1], pooled_h, pooled_w),
-    )
-    return _as(out, input)
+
+    def inputs(x, rois):
+        return (x, rois[:, 1:5], rois[:, 0].to(torch.int64))
+
+    return _node("roi_align", "RoiAlign", inputs, attributes, input, rois, spatial_scale,
+                 (pooled_h, pooled_w), eager)  # fmt: skip
 
 
 def roi_pool(input, rois, spatial_scale, pooled_h, pooled_w, eager) -> Tensor:
-    """``roi_pool`` while exporting (see :func:`roi_align`): MaxRoiPool."""
-    _check_scale(spatial_scale, input, "roi_pool")
-    x = _compute(input)
-    if not _with_dynamo():
-        return _as(eager(x, rois), input)
-    out = torch.onnx.ops.symbolic(
-        "MaxRoiPool",
-        (x, rois),
-        {"pooled_shape": [pooled_h, pooled_w], "spatial_scale": float(spatial_scale)},
-        dtype=x.dtype,
-        shape=(rois.shape[0], x.shape[1], pooled_h, pooled_w),
-    )
-    return _as(out, input)
+    """``roi_pool`` while exporting: MaxRoiPool (see ``_node``)."""
+    attributes = {"pooled_shape": [pooled_h, pooled_w], "spatial_scale": float(spatial_scale)}
+    return _node("roi_pool", "MaxRoiPool", lambda x, rois: (x, rois), attributes, input, rois,
+                 spatial_scale, (pooled_h, pooled_w), eager)  # fmt: skip
 
 
 def select_levels(per_level: list[Tensor], levels: Tensor) -> Tensor:
