@@ -308,23 +308,23 @@ def test_autocast_cuda_dtypes_as_torchvision(rng):
             torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
-def test_torch_compile_on_cuda_matches_eager(rng):
-    x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
-    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+def test_torch_compile_every_op_on_cuda_matches_eager():
+    from test_integration import EveryOp, every_op_inputs
 
-    def pool(t):
-        return torch.cat(
-            [
-                roiops.roi_align(t, rois, 7, 0.25, 2, True).flatten(1),
-                roiops.roi_align(t, rois, 7, 0.25, 0, False, "max").flatten(1),
-                roiops.roi_pool(t, rois, 7, 0.25).flatten(1),
-                roiops.ps_roi_align(t, rois, 2, 0.25, 2).flatten(1),
-            ],
-            1,
-        )
+    def to_cuda(value):
+        if isinstance(value, torch.Tensor):
+            return value.cuda()
+        if isinstance(value, dict):
+            return {k: to_cuda(v) for k, v in value.items()}
+        if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            return [to_cuda(v) for v in value]
+        return value
 
-    compiled = torch.compile(pool, fullgraph=True)
-    out, eager = compiled(x), pool(x)
+    x, *rest = (to_cuda(v) for v in every_op_inputs(31))
+    x.requires_grad_()
+    model = EveryOp()
+    out = torch.compile(model, fullgraph=True)(x, *rest)
+    eager = model(x, *rest)
     assert torch.equal(out, eager)  # the same kernels, deterministic
     grad = torch.randn_like(out)
     (ours,) = torch.autograd.grad(out, x, grad)
