@@ -74,7 +74,7 @@ def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, po
     for task in prange(N * P * n_blocks):
         n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
         first = np.uint64((n * C + c0 * P + p) * H * W)
-        acc = np.empty(c1 - c0, T)
+        nc = c1 - c0
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             h0, h1 = rows[k, ph, 0], rows[k, ph, 1]
@@ -82,17 +82,37 @@ def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, po
             if h1 <= h0 or w1 <= w0:
                 out_bins[k, c0:c1, p] = 0
                 continue
-            # cell by cell, all the block's output channels at once: their loads are
-            # independent (each output still sums its cells in row-major order)
-            acc[:] = 0
-            for h in range(h0, h1):
-                for w in range(w0, w1):
-                    at = first + np.uint64(h * W + w)
-                    for c in range(c1 - c0):
-                        acc[c] += Xf[at + np.uint64(c) * step]
             area = T((h1 - h0) * (w1 - w0))
-            for c in range(c1 - c0):
-                out_bins[k, c0 + c, p] = acc[c] / area
+            # four output channels at a time, each summed in a register in row-major
+            # cell order: four independent chains and no accumulator traffic through
+            # memory (a quarter faster than a channel vector in memory)
+            quads = nc - nc % 4
+            for c in range(0, quads, 4):
+                b0 = first + np.uint64(c) * step
+                b1 = b0 + step
+                b2 = b1 + step
+                b3 = b2 + step
+                a0 = a1 = a2 = a3 = T(0)
+                for h in range(h0, h1):
+                    row = np.uint64(h * W)
+                    for w in range(w0, w1):
+                        at = row + np.uint64(w)
+                        a0 += Xf[b0 + at]
+                        a1 += Xf[b1 + at]
+                        a2 += Xf[b2 + at]
+                        a3 += Xf[b3 + at]
+                out_bins[k, c0 + c, p] = a0 / area
+                out_bins[k, c0 + c + 1, p] = a1 / area
+                out_bins[k, c0 + c + 2, p] = a2 / area
+                out_bins[k, c0 + c + 3, p] = a3 / area
+            for c in range(quads, nc):
+                b0 = first + np.uint64(c) * step
+                a0 = T(0)
+                for h in range(h0, h1):
+                    row = np.uint64(h * W)
+                    for w in range(w0, w1):
+                        a0 += Xf[b0 + row + np.uint64(w)]
+                out_bins[k, c0 + c, p] = a0 / area
 
 
 @njit(parallel=True, cache=True)
