@@ -145,6 +145,13 @@ def test_torch_compile_dynamic_does_not_recompile_for_new_roi_counts():
     assert frames == first
 
 
+def test_torch_export_runs_every_op():
+    model = EveryOp()
+    program = torch.export.export(model, every_op_inputs(31))
+    other = every_op_inputs(31, seed=3)  # new values, same shapes
+    assert torch.equal(program.module()(*other), model(*other))
+
+
 OPS_UNDER_AUTOCAST = {
     "roi_align": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True),
     "roi_align max": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True, mode="max"),
