@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -141,3 +142,42 @@ def test_unmodified_mask_rcnn_same_detections_and_losses(monkeypatch):
         torch.testing.assert_close(
             roiops_grads[name], torchvision_grads[name], rtol=1e-4, atol=1e-5, msg=name
         )
+
+
+def test_patched_mask_rcnn_exports_to_onnx_as_torchvision_s_does():
+    # torchvision's detection models export with the TorchScript exporter; patched, the
+    # FPN poolers export through roiops (RoiAlign per level, a gather) and onnxruntime
+    # gives the same detections as torchvision's own export of the same model
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=5, min_size=224, max_size=320
+    ).eval()
+    image = _mask_rcnn_inputs()[0][0]
+
+    def run_exported(patched):
+        buffer = io.BytesIO()
+        if patched:
+            roiops.patch()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, ([image],), buffer, dynamo=False, opset_version=16)
+        finally:
+            roiops.unpatch()
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # torchvision's graph trips a shape warning per mask
+        session = onnxruntime.InferenceSession(buffer.getvalue(), options)
+        graph = onnx.load_from_string(buffer.getvalue()).graph
+        assert sum(n.op_type == "RoiAlign" for n in graph.node) == 8  # 4 levels x 2 poolers
+        return session.run(None, {session.get_inputs()[0].name: image.numpy()})
+
+    theirs = run_exported(False)
+    ours = run_exported(True)
+    assert len(ours) == len(theirs) == 4  # boxes, labels, scores, masks
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
