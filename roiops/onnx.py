@@ -29,6 +29,7 @@ float attribute (float32): exact for the usual powers of two.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,7 +74,7 @@ def refuse_custom_op(op: str) -> None:
         )
 
 
-def check_roi_align_mode(mode: str) -> str:
+def _onnx_mode(mode: str) -> str:
     """ONNX RoiAlign's ``mode`` attribute for roiops' ``mode`` (an error for the article's max)."""
     if mode == "max":
         raise ValueError(
@@ -88,7 +89,7 @@ def check_roi_align_mode(mode: str) -> str:
 def _roi_align_attributes(spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, mode):
     return {
         "coordinate_transformation_mode": "half_pixel" if aligned else "output_half_pixel",
-        "mode": check_roi_align_mode(mode),
+        "mode": _onnx_mode(mode),
         "output_height": pooled_h,
         "output_width": pooled_w,
         "sampling_ratio": max(sampling_ratio, 0),
@@ -99,7 +100,7 @@ def _roi_align_attributes(spatial_scale, pooled_h, pooled_w, sampling_ratio, ali
 def _check_scale(spatial_scale: float, input: Tensor, op: str) -> None:
     """ONNX stores spatial_scale as a float32 attribute; float64 features would be pooled
     at the float64 scale in eager: refuse a scale that float32 would change."""
-    if input.dtype == torch.float64 and float(torch.tensor(spatial_scale).float()) != spatial_scale:
+    if input.dtype == torch.float64 and float(np.float32(spatial_scale)) != spatial_scale:
         raise ValueError(
             f"{op}: spatial_scale={spatial_scale!r} is not a float32 number, and ONNX stores "
             "it as one: the exported model would pool float64 features at another scale "
