@@ -141,3 +141,10 @@ def test_bad_arguments_and_empty_boxes():
     with pytest.raises(ValueError, match="NaN or infinite"):
         roiops.ps_roi_pool(x[:, :8], torch.tensor([[0, float("nan"), 0, 4, 4]]), 2)
     assert roiops.ps_roi_pool(x[:, :8], torch.zeros(0, 5), 2).shape == (0, 2, 2, 2)
+    # the backward op, called by hand with a channel count its kernel cannot tile (it
+    # would leave the 2 extra planes of the gradient unwritten)
+    grad = torch.ones(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="10 channels, not a multiple of the output area"):
+        torch.ops.roiops.ps_roi_pool_backward(
+            grad, torch.tensor([[0, 0.0, 0, 4, 4]]), 1.0, 2, 2, 1, 10, 6, 6
+        )
