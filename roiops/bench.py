@@ -4,7 +4,9 @@ Forward and backward are timed separately, each as the op alone: the forward op,
 the backward op given a fixed output gradient (torchvision's ``_roi_align_backward`` /
 ``_roi_pool_backward`` vs ours). Both sides allocate their outputs. The figure is the
 median of ``repeat`` timed calls after one warm-up call (which also pays Numba's
-one-off JIT/cache load).
+one-off JIT/cache load). The two libraries' calls alternate (torchvision, roiops,
+torchvision, ...), so a slow phase of a shared machine slows both sides of a ratio
+rather than one.
 """
 
 from __future__ import annotations
@@ -145,15 +147,23 @@ def _sync(device: str) -> None:
 
 
 def time_ms(fn: Callable[[], object], device: str, repeat: int) -> float:
-    fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    return time_interleaved({"fn": fn}, device, repeat)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: int):
+    """``{name: median ms}``: one warm-up call each, then ``repeat`` rounds that call
+    every function once in turn."""
+    samples = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
         _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def _level_callables(case: Case, lv: Level):
@@ -329,10 +339,9 @@ def run(
         else:
             fns = _callables(case, levels)
         for direction in directions(case):
-            t = {}
-            for lib in ("torchvision", "roiops"):
-                t[lib] = time_ms(fns[(lib, direction)], device, repeat)
-                bar.update()
+            libs = ("torchvision", "roiops")
+            t = time_interleaved({lib: fns[(lib, direction)] for lib in libs}, device, repeat)
+            bar.update(len(libs))
             row = Row(case.name, case.op, direction, t["torchvision"], t["roiops"])
             if peak:
                 row.roiops_bandwidth = min_bytes(levels) / (t["roiops"] / 1e3) / peak

@@ -117,3 +117,14 @@ def test_bench_fpn_module_callables_run_and_agree():
     assert bench.torch.equal(fns[("roiops", "forward")](), fns[("torchvision", "forward")]())
     for lib in ("roiops", "torchvision"):
         fns[(lib, "train")]()
+
+
+def test_bench_timing_alternates_the_libraries():
+    # a warm-up call each, then rounds in which each library is called once in turn, so
+    # a slow phase of a shared machine lands on both sides of a ratio
+    calls = []
+    fns = {"torchvision": lambda: calls.append("tv"), "roiops": lambda: calls.append("ro")}
+    medians = bench.time_interleaved(fns, "cpu", 3)
+    assert calls == ["tv", "ro"] * 4
+    assert set(medians) == {"torchvision", "roiops"}
+    assert all(ms >= 0 for ms in medians.values())
