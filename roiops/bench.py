@@ -3,10 +3,10 @@
 Forward and backward are timed separately, each as the op alone: the forward op, and
 the backward op given a fixed output gradient (torchvision's ``_roi_align_backward`` /
 ``_roi_pool_backward`` vs ours). Both sides allocate their outputs. The figure is the
-median of ``repeat`` timed calls after one warm-up call (which also pays Numba's
-one-off JIT/cache load). The two libraries' calls alternate (torchvision, roiops,
-torchvision, ...), so a slow phase of a shared machine slows both sides of a ratio
-rather than one.
+median of at least ``repeat`` timed calls (more for short calls, see
+``time_interleaved``) after one warm-up call (which also pays Numba's one-off JIT/cache
+load). The two libraries' calls alternate (torchvision, roiops, torchvision, ...), so a
+slow phase of a shared machine slows both sides of a ratio rather than one.
 """
 
 from __future__ import annotations
@@ -150,19 +150,27 @@ def time_ms(fn: Callable[[], object], device: str, repeat: int) -> float:
     return time_interleaved({"fn": fn}, device, repeat)["fn"]
 
 
+MIN_TIMED_S = 0.2  # short calls get more rounds: a median of 5 sub-ms calls is noise
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: int):
-    """``{name: median ms}``: one warm-up call each, then ``repeat`` rounds that call
-    every function once in turn."""
+    """``{name: median ms}``: one warm-up call each, then rounds that call every function
+    once in turn: at least ``repeat`` rounds, and more (up to 100) until the timed calls
+    add up to ``MIN_TIMED_S`` when they are short."""
     samples = {name: [] for name in fns}
     for fn in fns.values():
         fn()
         _sync(device)
-    for _ in range(repeat):
+    rounds, timed_s = 0, 0.0
+    while rounds < repeat or (timed_s < MIN_TIMED_S and rounds < 100):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
+            dt = time.perf_counter() - t0
+            samples[name].append(dt * 1e3)
+            timed_s += dt
+        rounds += 1
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

@@ -37,7 +37,7 @@ def _bench(args: argparse.Namespace) -> int:
     title = (
         f"roiops vs torchvision on {args.device} ({machine}, "
         f"{numba.get_num_threads()} Numba threads, torch {torch.get_num_threads()} threads), "
-        f"{args.dtype}, median of {args.repeat}"
+        f"{args.dtype}, median of >= {args.repeat}"
     )
     print(bench.format_table(rows, title))
     if args.json:

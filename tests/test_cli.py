@@ -119,12 +119,18 @@ def test_bench_fpn_module_callables_run_and_agree():
         fns[(lib, "train")]()
 
 
-def test_bench_timing_alternates_the_libraries():
+def test_bench_timing_alternates_the_libraries(monkeypatch):
     # a warm-up call each, then rounds in which each library is called once in turn, so
-    # a slow phase of a shared machine lands on both sides of a ratio
+    # a slow phase of a shared machine lands on both sides of a ratio; short calls get
+    # more rounds (up to 100) until they add up to MIN_TIMED_S
     calls = []
     fns = {"torchvision": lambda: calls.append("tv"), "roiops": lambda: calls.append("ro")}
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
     medians = bench.time_interleaved(fns, "cpu", 3)
     assert calls == ["tv", "ro"] * 4
+    calls.clear()
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 60.0)
+    bench.time_interleaved(fns, "cpu", 3)
+    assert calls == ["tv", "ro"] * 101
     assert set(medians) == {"torchvision", "roiops"}
     assert all(ms >= 0 for ms in medians.values())
