@@ -83,6 +83,32 @@ def test_matches_torchvision_bitwise(rng, dtype, ratio, scale, output_size):
     assert torch.equal(gx, xt.grad)
 
 
+@pytest.mark.parametrize("channel_block", [1, 2, 5])
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_numba_kernels_equal_reference_for_any_channel_block(rng, channel_block, ratio):
+    # the CPU kernels split each (image, bin) into blocks of output channels (whole
+    # when the planes fit in cache, as in the tests above); partial blocks too, and
+    # boxes reaching past the map (points outside it count as zeros)
+    from roiops._layout import rois_by_image
+    from roiops.cpu import ps_roi_align as cpu
+
+    x = as_tensor(rng.standard_normal((2, 5 * 6, 9, 11)), torch.float32)
+    rois = random_rois(rng, 2, 12, 18, 22)
+    rois[::3, 1:] += 6.0  # past the right and bottom edges
+    rois = as_tensor(rois, torch.float32)
+    grad = as_tensor(rng.standard_normal((12, 5, 2, 3)), torch.float32)
+    ref = run("reference", x, rois, (2, 3), 0.5, ratio, grad)
+    order, start = (t.numpy() for t in rois_by_image(rois, 2))
+    out = torch.empty(12, 5, 2, 3)
+    cpu.ps_roi_align_forward(x.numpy(), rois.numpy(), order, start, 0.5, 2, 3, ratio,
+                             channel_block, out.numpy())  # fmt: skip
+    gx = torch.full_like(x, float("nan"))  # every cell must be written
+    cpu.ps_roi_align_backward(grad.numpy(), rois.numpy(), order, start, 0.5, 2, 3, ratio,
+                              channel_block, gx.numpy())  # fmt: skip
+    assert torch.equal(out, ref[0])
+    assert torch.equal(gx, ref[1])
+
+
 def test_empty_adaptive_grid_gives_zero_where_torchvision_gives_nan():
     x = torch.randn(1, 4, 6, 6)
     rois = torch.tensor([[0, 2.0, 2, 2, 2]])  # zero size: ceil(0 / 2) = 0 samples

@@ -56,10 +56,14 @@ def plane_backward_tasks(rois: Tensor, batch_size: int, channels: int):
     return order.numpy(), start.numpy(), -(-channels // tasks_per_image)
 
 
-def bin_plane_tasks(rois: Tensor, batch_size: int, bins: int, channels_out: int, plane_bytes: int):
-    """``(order, start, channel_block)`` for kernels that run over (image, bin, block of
-    output channels) and keep the block's planes in cache (ps_roi_pool): blocks of at
-    most ~256 KiB of planes, and at least about two tasks per thread."""
+def bin_plane_tasks(rois: Tensor, input_shape, pooled_height: int, pooled_width: int, dtype):
+    """``(order, start, channel_block)`` for the position-sensitive kernels, which run over
+    (image, bin, block of output channels) and keep the block's planes in cache: blocks
+    of at most ~256 KiB of planes, and at least about two tasks per thread."""
+    batch_size, channels, height, width = input_shape
+    bins = pooled_height * pooled_width
+    channels_out = channels // bins
+    plane_bytes = height * width * torch.finfo(dtype).bits // 8
     order, start = rois_by_image(rois, batch_size)
     block = max(1, min(channels_out, (256 << 10) // max(plane_bytes, 1)))
     wanted_tasks = 2 * numba.get_num_threads()

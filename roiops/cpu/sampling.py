@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True)
@@ -66,6 +66,21 @@ def bilinear_axis(v, limit, T):
 
 
 @njit(cache=True)
+def fill_axis(start, bin_size, pooled, grid, limit, T, low, high, w_low, w_high, valid):
+    """Write one axis' bilinear table into the flat arrays ``low[pooled * grid]``, ...:
+    entry ``p * grid + i`` is point i of bin p (see ``axis_samples``)."""
+    for p in range(pooled):
+        for i in range(grid):
+            at = p * grid + i
+            v = (start + T(p) * bin_size) + T(i + 0.5) * bin_size / T(grid)
+            if not (v >= -1.0 and v <= limit):
+                low[at], high[at], w_low[at], w_high[at], valid[at] = 0, 0, 0, 0, False
+                continue
+            valid[at] = True
+            low[at], high[at], w_low[at], w_high[at] = bilinear_axis(v, limit, T)
+
+
+@njit(cache=True)
 def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
     """Per-axis bilinear table for ``pooled`` bins x ``grid`` points along one axis.
 
@@ -75,19 +90,58 @@ def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
     zero. Inside, the point is clamped to [0, limit - 1].
     """
     T = dtype_probe.dtype.type
-    low = np.zeros((pooled, grid), np.int64)
-    high = np.zeros((pooled, grid), np.int64)
-    w_low = np.zeros((pooled, grid), dtype_probe.dtype)
-    w_high = np.zeros((pooled, grid), dtype_probe.dtype)
-    valid = np.zeros((pooled, grid), np.bool_)
-    for p in range(pooled):
-        for i in range(grid):
-            v = (start + T(p) * bin_size) + T(i + 0.5) * bin_size / T(grid)
-            if not (v >= -1.0 and v <= limit):
-                continue
-            valid[p, i] = True
-            low[p, i], high[p, i], w_low[p, i], w_high[p, i] = bilinear_axis(v, limit, T)
-    return low, high, w_low, w_high, valid
+    size = pooled * grid
+    low = np.empty(size, np.int64)
+    high = np.empty(size, np.int64)
+    w_low = np.empty(size, dtype_probe.dtype)
+    w_high = np.empty(size, dtype_probe.dtype)
+    valid = np.empty(size, np.bool_)
+    fill_axis(start, bin_size, pooled, grid, limit, T, low, high, w_low, w_high, valid)
+    shape = (pooled, grid)
+    return (low.reshape(shape), high.reshape(shape), w_low.reshape(shape),
+            w_high.reshape(shape), valid.reshape(shape))  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def all_axis_tables(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                    height, width, dtype_probe):  # fmt: skip
+    """Every RoI's two axis tables (aligned=True), computed once for kernels whose tasks
+    visit every RoI (the position-sensitive ops' per-bin tasks).
+
+    Returns ``(grid, start, low, high, w_low, w_high, valid)``: ``grid[k] = (grid_h,
+    grid_w)``; axis ``a`` (0 rows, 1 columns) of RoI k is ``[start[k, a], start[k + 1,
+    a])`` of ``low[a]``, ... laid out as ``axis_samples``' ``[pooled, grid]`` tables.
+    """
+    T = dtype_probe.dtype.type
+    K = rois.shape[0]
+    grid = np.empty((K, 2), np.int64)
+    for k in prange(K):
+        geometry = roi_align_geometry(
+            rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, True
+        )
+        grid[k, 0], grid[k, 1] = geometry[4], geometry[5]
+    start = np.zeros((K + 1, 2), np.int64)
+    for k in range(K):
+        start[k + 1, 0] = start[k, 0] + pooled_height * grid[k, 0]
+        start[k + 1, 1] = start[k, 1] + pooled_width * grid[k, 1]
+    size = max(start[K, 0], start[K, 1])
+    low = np.empty((2, size), np.int64)
+    high = np.empty((2, size), np.int64)
+    w_low = np.empty((2, size), dtype_probe.dtype)
+    w_high = np.empty((2, size), dtype_probe.dtype)
+    valid = np.empty((2, size), np.bool_)
+    for k in prange(K):
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = roi_align_geometry(
+            rois, k, spatial_scale, pooled_height, pooled_width, sampling_ratio, True
+        )
+        for a, (begin, bin_size, pooled, g, limit) in enumerate(
+            ((start_h, bin_h, pooled_height, grid_h, height),
+             (start_w, bin_w, pooled_width, grid_w, width))
+        ):  # fmt: skip
+            lo, hi = start[k, a], start[k + 1, a]
+            fill_axis(begin, bin_size, pooled, g, limit, T, low[a, lo:hi], high[a, lo:hi],
+                      w_low[a, lo:hi], w_high[a, lo:hi], valid[a, lo:hi])  # fmt: skip
+    return grid, start, low, high, w_low, w_high, valid
 
 
 @njit(cache=True)

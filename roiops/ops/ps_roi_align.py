@@ -47,9 +47,12 @@ def ps_roi_align_op(
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         out = x.new_empty(shape)
+        order, start, block = layout.bin_plane_tasks(
+            rois, input.shape, pooled_height, pooled_width, x.dtype
+        )
         cpu.ps_roi_align_forward(
-            x.contiguous().numpy(), rois.numpy(), spatial_scale, pooled_height, pooled_width,
-            sampling_ratio, out.numpy(),
+            x.contiguous().numpy(), rois.numpy(), order, start, spatial_scale, pooled_height,
+            pooled_width, sampling_ratio, block, out.numpy(),
         )  # fmt: skip
         return out.to(input.dtype)
     out = reference.ps_roi_align_forward(
@@ -97,10 +100,10 @@ def ps_roi_align_backward_op(
         )  # fmt: skip
     g = grad.to(_validate.compute_dtype(grad.dtype))
     if backend == "numba":
-        # the kernel zeroes the gradient, in parallel. One task per thread and image:
-        # each task resolves every RoI's sampling points once.
-        grad_input = torch.empty(shape, dtype=g.dtype)
-        order, start, block = layout.plane_backward_tasks(rois, batch_size, channels)
+        grad_input = torch.empty(shape, dtype=g.dtype)  # zeroed by the kernel, in parallel
+        order, start, block = layout.bin_plane_tasks(
+            rois, shape, pooled_height, pooled_width, g.dtype
+        )
         cpu.ps_roi_align_backward(
             g.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, sampling_ratio, block, grad_input.numpy(),

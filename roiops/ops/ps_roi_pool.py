@@ -37,7 +37,9 @@ def ps_roi_pool_op(
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         out = x.new_empty(shape)
-        order, start, block = _tasks(rois, input.shape, pooled_height, pooled_width, x.dtype)
+        order, start, block = layout.bin_plane_tasks(
+            rois, input.shape, pooled_height, pooled_width, x.dtype
+        )
         cpu.ps_roi_pool_forward(
             x.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, block, out.numpy(),
@@ -47,14 +49,6 @@ def ps_roi_pool_op(
         host_array(x), host_array(rois), spatial_scale, pooled_height, pooled_width
     )
     return torch.from_numpy(out).to(input.device, input.dtype)
-
-
-def _tasks(rois: Tensor, input_shape, pooled_height: int, pooled_width: int, dtype):
-    """The CPU kernels' work split: ``roiops.cpu.layout.bin_plane_tasks``."""
-    n, c, h, w = input_shape
-    bins = pooled_height * pooled_width
-    plane_bytes = h * w * torch.finfo(dtype).bits // 8
-    return layout.bin_plane_tasks(rois, n, bins, c // bins, plane_bytes)
 
 
 @ps_roi_pool_op.register_fake
@@ -90,7 +84,9 @@ def ps_roi_pool_backward_op(
     g = grad.to(_validate.compute_dtype(grad.dtype))
     if backend == "numba":
         grad_input = torch.empty(shape, dtype=g.dtype)  # zeroed by the kernel, in parallel
-        order, start, block = _tasks(rois, shape, pooled_height, pooled_width, g.dtype)
+        order, start, block = layout.bin_plane_tasks(
+            rois, shape, pooled_height, pooled_width, g.dtype
+        )
         cpu.ps_roi_pool_backward(
             g.contiguous().numpy(), rois.numpy(), order, start, spatial_scale,
             pooled_height, pooled_width, block, grad_input.numpy(),
