@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.roi_pool import bin_edges, round_half_away
+from roiops.cpu.runs import add_to_run4, add_to_run8
 
 
 @njit(cache=True)
@@ -115,6 +116,25 @@ def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, po
                 out_bins[k, c0 + c, p] = a0 / area
 
 
+@njit(inline="always", cache=True)
+def add_to_rectangle(flat, corner, row_length, height, width, value):
+    """``value`` added to ``height`` rows of ``width`` cells from ``flat[corner]``, rows
+    ``row_length`` apart: a masked vector access per row where rows are short
+    (``roiops.cpu.runs``), else cell by cell; the same sums either way."""
+    stride = np.uint64(row_length)
+    if width <= 4:
+        for h in range(height):
+            add_to_run4(flat, corner + np.uint64(h) * stride, width, value)
+    elif width <= 8:
+        for h in range(height):
+            add_to_run8(flat, corner + np.uint64(h) * stride, width, value)
+    else:
+        for h in range(height):
+            row = corner + np.uint64(h) * stride
+            for w in range(width):
+                flat[row + np.uint64(w)] += value
+
+
 @njit(parallel=True, cache=True)
 def ps_roi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                          channel_block, GX):  # fmt: skip
@@ -143,10 +163,7 @@ def ps_roi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, p
             if h1 <= h0 or w1 <= w0:
                 continue
             area = T((h1 - h0) * (w1 - w0))
+            corner = first + np.uint64(h0 * W + w0)
             for c in range(c1 - c0):
                 share = G_bins[k, c0 + c, p] / area
-                at = first + np.uint64(c) * step
-                for h in range(h0, h1):
-                    row = at + np.uint64(h * W)
-                    for w in range(w0, w1):
-                        GXf[row + np.uint64(w)] += share
+                add_to_rectangle(GXf, corner + np.uint64(c) * step, W, h1 - h0, w1 - w0, share)
