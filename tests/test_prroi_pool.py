@@ -102,3 +102,37 @@ def test_zero_area_bins_and_module():
     assert torch.equal(layer(x, rois), roiops.prroi_pool(x, rois, (2, 3), 0.5))
     with pytest.raises(ValueError, match="batch indices must lie"):
         roiops.prroi_pool(x, torch.tensor([[1, 1.0, 1, 9, 7]]), 2)
+
+
+# mmcv's own expected values (tests/test_ops/test_prroi_pool.py of open-mmlab/mmcv,
+# printed there in float32: 2x2 bins, scale 1): input, box, output, input gradient and
+# box gradient for an all-ones output gradient. No other library gives box gradients.
+_C = [[1.0, 2.0, 5.0, 6.0], [3.0, 4.0, 7.0, 8.0], [9.0, 10.0, 13.0, 14.0], [11.0, 12.0, 15.0, 16.0]]
+_NINTHS = [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+MMCV_CASES = [
+    ([[[1.0, 2.0], [3.0, 4.0]]], [0, 0, 0, 1, 1], [[[1.75, 2.25], [2.75, 3.25]]],
+     [[[1.0, 1.0], [1.0, 1.0]]], [0, 2, 4, 2, 4]),
+    ([[[1.0, 2.0], [3.0, 4.0]], [[4.0, 3.0], [2.0, 1.0]]], [0, 0, 0, 1, 1],
+     [[[1.75, 2.25], [2.75, 3.25]], [[3.25, 2.75], [2.25, 1.75]]],
+     [[[1.0, 1.0], [1.0, 1.0]]] * 2, [0, 0, 0, 0, 0]),
+    ([_C], [0, 0, 0, 3, 3], [[[3.75, 6.91666651], [10.08333302, 13.25]]],
+     [[[v / 9 for v in row] for row in _NINTHS]], [0, 3.33333302, 6.66666603, 3.33333349,
+                                                   6.66666698]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(MMCV_CASES)))
+def test_matches_mmcv_expected_values(backend, dtype, case):
+    planes, box, expected, expected_grad, expected_box_grad = MMCV_CASES[case]
+    x = torch.tensor([planes], dtype=dtype, requires_grad=True)
+    rois = torch.tensor([box], dtype=dtype, requires_grad=True)
+    with roiops.use_backend(backend):
+        out = roiops.prroi_pool(x, rois, 2, 1.0)
+        out.backward(torch.ones_like(out))
+    close = dict(rtol=1e-6, atol=1e-6)  # mmcv's values are float32 results
+    torch.testing.assert_close(out.detach(), torch.tensor([expected], dtype=dtype), **close)
+    torch.testing.assert_close(x.grad, torch.tensor([expected_grad], dtype=dtype), **close)
+    torch.testing.assert_close(rois.grad, torch.tensor([expected_box_grad], dtype=dtype),
+                               **close)  # fmt: skip

@@ -146,3 +146,43 @@ def test_module():
     rois = torch.tensor([[0, 6.0, 6, 4, 3, 20]])
     assert torch.equal(layer(x, rois), roiops.roi_align_rotated(x, rois, 2, 0.5, 2))
     assert "RoIAlignRotated(output_size=2, spatial_scale=0.5, sampling_ratio=2" in repr(layer)
+
+
+# mmcv's own expected values (tests/test_ops/test_roi_align_rotated.py of open-mmlab/mmcv:
+# radians, counter-clockwise, aligned, 2x2 bins, sampling_ratio 2, scale 1): input,
+# box, output, input gradient for an all-ones output gradient
+_A = [[1.0, 2.0], [3.0, 4.0]]
+_B = [[1.0, 2.0, 5.0, 6.0], [3.0, 4.0, 7.0, 8.0], [9.0, 10.0, 13.0, 14.0], [11.0, 12.0, 15.0, 16.0]]
+_GRAD_A = [[3.0625, 0.4375], [0.4375, 0.0625]]
+_GRAD_B = [
+    [0.47265625, 0.4296875, 0.4296875, 0.04296875],
+    [0.4296875, 0.390625, 0.390625, 0.0390625],
+    [0.4296875, 0.390625, 0.390625, 0.0390625],
+    [0.04296875, 0.0390625, 0.0390625, 0.00390625],
+]
+MMCV_CASES = [
+    ([_A], [0, 0.5, 0.5, 1, 1, 0], [[[1.0, 1.25], [1.5, 1.75]]], [_GRAD_A]),
+    ([_A], [0, 0.5, 0.5, 1, 1, np.pi / 2], [[[1.5, 1.0], [1.75, 1.25]]], [_GRAD_A]),
+    (
+        [_A, [[4.0, 3.0], [2.0, 1.0]]],
+        [0, 0.5, 0.5, 1, 1, 0],
+        [[[1.0, 1.25], [1.5, 1.75]], [[4.0, 3.75], [3.5, 3.25]]],
+        [_GRAD_A, _GRAD_A],
+    ),
+    ([_B], [0, 1.5, 1.5, 3, 3, 0], [[[1.9375, 4.75], [7.5625, 10.375]]], [_GRAD_B]),
+    ([_B], [0, 1.5, 1.5, 3, 3, np.pi / 2], [[[7.5625, 1.9375], [10.375, 4.75]]], [_GRAD_B]),
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", range(len(MMCV_CASES)))
+def test_matches_mmcv_expected_values(backend, dtype, case):
+    planes, box, expected, expected_grad = MMCV_CASES[case]
+    x = torch.tensor([planes], dtype=dtype)
+    rois = torch.tensor([box], dtype=dtype)
+    grad = torch.ones(1, len(planes), 2, 2, dtype=dtype)
+    out, gx = run(backend, x, rois, 2, 1.0, 2, grad, angle_unit="radians")
+    close = dict(rtol=1e-6, atol=1e-6)  # cos(pi / 2) is not exactly 0
+    torch.testing.assert_close(out, torch.tensor([expected], dtype=dtype), **close)
+    torch.testing.assert_close(gx, torch.tensor([expected_grad], dtype=dtype), **close)
