@@ -186,3 +186,24 @@ def test_matches_mmcv_expected_values(backend, dtype, case):
     close = dict(rtol=1e-6, atol=1e-6)  # cos(pi / 2) is not exactly 0
     torch.testing.assert_close(out, torch.tensor([expected], dtype=dtype), **close)
     torch.testing.assert_close(gx, torch.tensor([expected_grad], dtype=dtype), **close)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("quarter_turns", range(4))
+def test_matches_detectron2_expected_values(backend, quarter_turns):
+    # detectron2's own case (tests/layers/test_roi_align_rotated.py of
+    # facebookresearch/detectron2): a 5x5 arange image, box [1, 3] x [1, 3] as
+    # (cx, cy, w, h) = (2, 2, 2, 2), 4x4 bins, adaptive sampling, degrees; bin (0, 0)'s
+    # centre (1.25, 1.25) interpolates cells 0, 1, 5, 6: 4.5. Turning the box 90 degrees
+    # counter-clockwise turns the output 90 degrees clockwise.
+    x = torch.arange(25, dtype=torch.float32).reshape(1, 1, 5, 5)
+    box = torch.tensor([[0, 2.0, 2.0, 2.0, 2.0, 90.0 * quarter_turns]])
+    with roiops.use_backend(backend):
+        out = roiops.roi_align_rotated(x, box, 4, 1.0, 0)[0, 0]
+    upright = torch.tensor([
+        [4.5, 5.0, 5.5, 6.0],
+        [7.0, 7.5, 8.0, 8.5],
+        [9.5, 10.0, 10.5, 11.0],
+        [12.0, 12.5, 13.0, 13.5],
+    ])  # fmt: skip
+    torch.testing.assert_close(out, torch.rot90(upright, -quarter_turns), rtol=1e-6, atol=1e-5)
