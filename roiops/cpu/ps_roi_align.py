@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from roiops.cpu.ps_roi_pool import bin_task
+from roiops.cpu.ps_roi_pool import bin_task, zero_planes
 from roiops.cpu.sampling import all_axis_tables
 
 
@@ -65,6 +65,12 @@ def most_points(grid):
 
 
 @njit(cache=True)
+def point_buffers(most, dtype_probe):
+    """A task's ``(offsets, weights)`` buffers for ``bin_points``: ``most`` points."""
+    return np.empty((most, 4), np.uint64), np.empty((most, 4), dtype_probe.dtype)
+
+
+@njit(cache=True)
 def bin_mean(Xf, base, offsets, weights, m, count):
     """One output: the mean over the bin's m points of the bilinear interpolation of
     the plane at ``base`` (the points outside the map count as zeros)."""
@@ -102,8 +108,7 @@ def ps_roi_align_forward(X, rois, order, image_start, spatial_scale, pooled_h, p
         n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
         first = np.uint64((n * C + c0 * P + p) * H * W)
         nc = c1 - c0
-        offsets = np.empty((most, 4), np.uint64)
-        weights = np.empty((most, 4), T)
+        offsets, weights = point_buffers(most, X)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             m = bin_points(tables, k, ph, pw, W, offsets, weights)
@@ -157,11 +162,8 @@ def ps_roi_align_backward(G, rois, order, image_start, spatial_scale, pooled_h, 
     for task in prange(N * P * n_blocks):
         n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
         first = np.uint64((n * C + c0 * P + p) * H * W)
-        for c in range(c1 - c0):
-            at = first + np.uint64(c) * step
-            GXf[at : at + plane] = 0
-        offsets = np.empty((most, 4), np.uint64)
-        weights = np.empty((most, 4), T)
+        zero_planes(GXf, first, step, c1 - c0, plane)
+        offsets, weights = point_buffers(most, GX)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             m = bin_points(tables, k, ph, pw, W, offsets, weights)

@@ -59,6 +59,15 @@ def bin_task(task, pooled_w, P, n_blocks, channel_block, C_out):
     return n, p, ph, p - ph * pooled_w, c0, min(C_out, c0 + channel_block)
 
 
+@njit(cache=True)
+def zero_planes(flat, first, step, count, plane):
+    """Zero ``count`` planes of ``plane`` cells, ``step`` apart from ``flat[first]`` on
+    (a backward task's planes, before it adds to them)."""
+    for c in range(count):
+        at = first + np.uint64(c) * step
+        flat[at : at + plane] = 0
+
+
 @njit(parallel=True, cache=True)
 def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                         channel_block, out):  # fmt: skip
@@ -153,9 +162,7 @@ def ps_roi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, p
     for task in prange(N * P * n_blocks):
         n, p, ph, pw, c0, c1 = bin_task(task, pooled_w, P, n_blocks, channel_block, C_out)
         first = np.uint64((n * C + c0 * P + p) * H * W)
-        for c in range(c1 - c0):
-            at = first + np.uint64(c) * step
-            GXf[at : at + plane] = 0
+        zero_planes(GXf, first, step, c1 - c0, plane)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             h0, h1 = rows[k, ph, 0], rows[k, ph, 1]
