@@ -41,3 +41,13 @@ def test_lanes_past_the_run_are_untouched():
         backing[3:].view(np.uint32),
         np.array([np.nan, -0.0, np.nan, np.nan, np.nan], np.float32).view(np.uint32),
     )
+
+
+def test_strided_arrays_are_refused_at_compile_time():
+    # the run is addressed from the array's data pointer: a strided view would be
+    # written in the wrong cells, so it does not type
+    import numba
+
+    flat = np.zeros(16, np.float32)[::2]
+    with pytest.raises(numba.core.errors.TypingError):
+        _add(flat, np.uint64(0), 2, np.float32(1.0), 4)

@@ -2,11 +2,13 @@
 
 Numba's scalar loops cost about one cycle per cell; the position-sensitive RoIPool
 backward adds a bin's share to every cell of a rectangle, row by row, and its rows are
-short (a bin of a box of 2-25 cells is 1-4 cells wide). ``add_to_run`` does a row in
-one masked vector load, one add and one masked store (LLVM's ``llvm.masked.load`` /
-``llvm.masked.store``: AVX-512 or AVX masked moves on x86, scalarised where a target has
-none). Lanes past the run are neither read nor written, so a run may end at the
-array's end; each cell gets exactly the IEEE sum ``cell + value`` of the scalar loop.
+short (a bin of a box of 2-25 cells is 1-4 cells wide). ``add_to_run4`` /
+``add_to_run8`` do a row of up to 4 / 8 cells in one masked vector load, one add and
+one masked store (LLVM's ``llvm.masked.load`` / ``llvm.masked.store``: AVX-512 or AVX
+masked moves on x86, scalarised where a target has none). Lanes past the run are neither
+read nor written, so a run may end at the array's end; each cell gets exactly the IEEE
+sum ``cell + value`` of the scalar loop. Like any Numba kernel code without bounds
+checks, the caller keeps the run inside the array.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def _masked_run_adder(lanes: int):
         if not (
             isinstance(flat, types.Array)
             and flat.ndim == 1
+            and flat.layout == "C"  # the run is addressed from the data pointer
             and flat.dtype in (types.float32, types.float64)
             and isinstance(start, types.Integer)
             and isinstance(count, types.Integer)
