@@ -290,7 +290,9 @@ def test_reference_geometry_is_what_the_kernels_use():
     assert (g.grid_h, g.grid_w, g.count) == (2, 2, 4)
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (2, 24, 16, 64), (1, 17, 8, 8), (2, 3, 32, 32)])
+@pytest.mark.parametrize(
+    "shape", [(1, 16, 32, 32), (2, 24, 16, 64), (1, 20, 8, 128), (1, 17, 8, 8), (2, 3, 32, 32)]
+)
 def test_channels_last_conversion_paths_agree(shape):
     # 4 KiB-strided planes take the tiled Numba transpose, others torch's copy
     from roiops.cpu.layout import channels_last_array
