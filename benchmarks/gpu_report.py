@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -38,21 +39,29 @@ import roiops  # noqa: E402
 from roiops import bench  # noqa: E402
 
 
-def run_tests() -> dict:
+def run_tests(timeout_s: float) -> dict:
+    """pytest in a subprocess, stopped after ``timeout_s`` (what it printed is kept)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-         "tests/test_triton.py", "tests/test_cuda.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    tail = done.stdout.strip().splitlines()[-25:]
+    command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+               "tests/test_triton.py", "tests/test_cuda.py"]  # fmt: skip
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+        stdout, ok = done.stdout, done.returncode == 0
+    except subprocess.TimeoutExpired as stopped:
+        stdout, ok = stopped.stdout or "", False
+        if isinstance(stdout, bytes):
+            stdout = stdout.decode(errors="replace")
+        stdout += f"\npytest stopped after {timeout_s:.0f} s"
+    tail = stdout.strip().splitlines()[-25:] or [""]
     print("\n".join(tail), flush=True)
     counts = {
         word: int(n)
         for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1])
     }
-    return {"counts": counts, "seconds": time.perf_counter() - started, "ok": done.returncode == 0}
+    return {"counts": counts, "seconds": time.perf_counter() - started, "ok": ok}
 
 
 def host_us_per_call(fn, calls: int = 200) -> float:
@@ -161,6 +170,7 @@ def forward_layouts(rng) -> dict:
 
 
 def summary(report: dict) -> str:
+    """The one table `make gpu` ends with; a part that failed or did not run says so."""
     lines = [f"roiops on {report['gpu']} (torch {report['torch']}, triton {report['triton']})"]
     lines.append(f"{'what':<58} {'measured':>14} {'target':>10}")
 
@@ -171,7 +181,10 @@ def summary(report: dict) -> str:
     row("compiled Triton + CUDA tests", " ".join(f"{v} {k}" for k, v in t["counts"].items()),
         "all pass")  # fmt: skip
     for dtype in ("float32", "float16"):
-        rows = report["bench"][dtype]
+        rows = report["bench"].get(dtype)
+        if rows is None:
+            row(f"{dtype} bench", "not measured")
+            continue
         for direction, target in (("forward", ">= 1.5x"), ("backward", ">= 1.0x"),
                                   ("inference", "")):  # fmt: skip
             sel = [r for r in rows if r["direction"] == direction]
@@ -186,19 +199,50 @@ def summary(report: dict) -> str:
         for r in rows:
             if r["case"].startswith("fpn") and r["direction"] == "forward":
                 row(f"{dtype} forward: {r['case']}", f"{r['speedup']:.2f}x", ">= 1.2x")
-    lat = report["latency"]
-    row("16-RoI roi_align call, host us: roiops / torchvision",
-        f"{lat['roiops_us']:.0f} / {lat['torchvision_us']:.0f}", "<= 2x")  # fmt: skip
-    det = report["deterministic"]
-    row("fwd+bwd vs torchvision deterministic mode",
-        f"{det['torchvision_deterministic_ms'] / det['roiops_ms']:.1f}x", ">= 20x")  # fmt: skip
-    d = det["distinct_gradients_of_5"]
-    row("distinct gradients in 5 runs: roiops / torchvision",
-        f"{d['roiops']} / {d['torchvision']}", "1 / any")  # fmt: skip
+    lat = report.get("latency")
+    if lat is None:
+        row("16-RoI roi_align call latency", "not measured")
+    else:
+        row("16-RoI roi_align call, host us: roiops / torchvision",
+            f"{lat['roiops_us']:.0f} / {lat['torchvision_us']:.0f}", "<= 2x")  # fmt: skip
+    det = report.get("deterministic")
+    if det is None:
+        row("deterministic mode and distinct gradients", "not measured")
+    else:
+        row("fwd+bwd vs torchvision deterministic mode",
+            f"{det['torchvision_deterministic_ms'] / det['roiops_ms']:.1f}x", ">= 20x")  # fmt: skip
+        d = det["distinct_gradients_of_5"]
+        row("distinct gradients in 5 runs: roiops / torchvision",
+            f"{d['roiops']} / {d['torchvision']}", "1 / any")  # fmt: skip
     for case, t in report.get("forward_layouts", {}).items():
         row(f"NCHW map, {case}: NCHW kernel / copy + NHWC kernel, ms",
             f"{t['nchw_ms']:.2f} / {t['copy_then_nhwc_ms']:.2f}")  # fmt: skip
+    for key in report.get("errors", {}):
+        row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)
+
+
+def section(report: dict, key: str, measure, path: str | None, into: dict | None = None):
+    """``(into or report)[key] = measure()``; an exception is recorded in
+    ``report["errors"]`` (and printed), not raised, so one failing part does not cost the
+    rest of a GPU run. The report so far is written to ``path`` after every part, so a run
+    stopped by a time limit keeps what it measured."""
+    started = time.perf_counter()
+    try:
+        (report if into is None else into)[key] = measure()
+    except Exception:  # noqa: BLE001 -- a GPU run reports every part it can
+        report.setdefault("errors", {})[key] = traceback.format_exc()
+        print(f"{key} failed:\n{report['errors'][key]}", flush=True)
+    print(f"[{key}: {time.perf_counter() - started:.0f} s]", flush=True)
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(json.dumps(report, indent=2))
+
+
+def bench_rows(dtype: torch.dtype, name: str, quick: bool) -> list[dict]:
+    rows = bench.run("cuda", dtype, quick=quick, progress=False)
+    print(bench.format_table(rows, f"roiops vs torchvision, {name}"), flush=True)
+    return [{**r.__dict__, "speedup": r.speedup} for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the whole report as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="the quick benchmark cases")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--tests-timeout", type=float, default=300.0,
+                        help="stop the test run after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_report needs a CUDA GPU")
@@ -216,22 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": triton.__version__,
-        "tests": {"counts": {}, "ok": None} if args.skip_tests else run_tests(),
+        "tests": {"counts": {}, "ok": None},
         "bench": {},
     }
+    if not args.skip_tests:
+        section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
     for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
-        rows = bench.run("cuda", dtype, quick=args.quick, progress=False)
-        print(bench.format_table(rows, f"roiops vs torchvision, {name}"), flush=True)
-        report["bench"][name] = [{**r.__dict__, "speedup": r.speedup} for r in rows]
-    report["latency"] = latency(rng)
-    report["deterministic"] = deterministic_mode(rng)
-    report["forward_layouts"] = forward_layouts(rng)
-    if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+        measure = lambda d=dtype, n=name: bench_rows(d, n, args.quick)  # noqa: E731
+        section(report, name, measure, args.json, into=report["bench"])
+    section(report, "latency", lambda: latency(rng), args.json)
+    section(report, "deterministic", lambda: deterministic_mode(rng), args.json)
+    section(report, "forward_layouts", lambda: forward_layouts(rng), args.json)
     print()
     print(summary(report))
-    return 0 if report["tests"]["ok"] in (True, None) else 1
+    return 0 if report["tests"]["ok"] in (True, None) and "errors" not in report else 1
 
 
 if __name__ == "__main__":

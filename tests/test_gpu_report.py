@@ -2,6 +2,7 @@
 on a CUDA machine; this checks the table it ends with)."""
 
 import importlib.util
+import json
 import pathlib
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_report.py"
@@ -49,3 +50,33 @@ def test_summary_table():
     assert "float32 forward: fpn 8x512" in table and "1.20x" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
+
+
+def test_a_failing_part_is_recorded_and_the_rest_still_runs(tmp_path):
+    gpu_report = load()
+    path = tmp_path / "cuda.json"
+    report = {"gpu": "NVIDIA H100", "torch": "2.11", "triton": "3.6",
+              "tests": {"counts": {}, "ok": None}, "bench": {}}  # fmt: skip
+
+    def broken():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    gpu_report.section(report, "latency", broken, str(path))
+    gpu_report.section(report, "deterministic", lambda: {"roiops_ms": 1.0,
+                       "torchvision_deterministic_ms": 30.0,
+                       "distinct_gradients_of_5": {"roiops": 1, "torchvision": 4}},
+                       str(path))  # fmt: skip
+    assert "illegal memory access" in report["errors"]["latency"]
+    assert "latency" not in report
+    saved = json.loads(path.read_text())  # written after every part
+    assert saved["deterministic"]["roiops_ms"] == 1.0 and "latency" in saved["errors"]
+    table = gpu_report.summary(report)
+    assert "float32 bench" in table and "not measured" in table
+    assert "30.0x" in table and "1 / 4" in table
+    assert "FAILED: latency" in table
+
+
+def test_a_test_run_past_its_time_is_stopped():
+    gpu_report = load()
+    result = gpu_report.run_tests(timeout_s=0.5)
+    assert result["ok"] is False and result["seconds"] < 30
