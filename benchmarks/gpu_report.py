@@ -9,7 +9,9 @@
 4. forward+backward against torchvision under torch.use_deterministic_algorithms(True);
 5. how many distinct input gradients 5 identical backward calls give, for both libraries;
 6. for NCHW maps, the NCHW forward kernel against a copy to channels_last followed by the
-   NHWC kernel (which is faster decides whether NCHW maps should be transposed first).
+   NHWC kernel (which is faster decides whether NCHW maps should be transposed first);
+7. where the deterministic backward's time goes: the int64 zero-fill, max |grad|, the
+   scatter and the conversion, each timed alone, beside torchvision's whole backward.
 
 Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
 ``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick]``.
@@ -169,6 +171,71 @@ def forward_layouts(rng) -> dict:
     return out
 
 
+BACKWARD_PASS_CASES = ("a small sr=0", "b sr=2", "a small", "b")
+
+
+def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
+    """Where the deterministic backward's time goes (ms, float32, the bench's inputs):
+    zero-filling the int64 accumulator, ``max |grad|``, the scatter kernel and the
+    conversion to float, each timed alone, beside torchvision's whole (float-atomic)
+    backward."""
+    if cases is None:
+        cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
+    return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
+
+
+def _pass_times(case, device: str) -> dict:
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    from roiops.gpu import roi_align as ga
+    from roiops.gpu import roi_pool as gp
+    from roiops.gpu.fixed_point import Accumulator
+    from roiops.gpu.rois import scale_bits
+    from roiops.gpu.tiles import bin_channels_grid
+
+    tv = torch.ops.torchvision
+    (lv,) = bench.make_inputs(case, device, torch.float32)
+    x, rois, grad = lv.x, lv.rois, lv.grad
+    n, c, h, w = x.shape
+    k, _, p, _ = grad.shape
+    s, r, a = lv.spatial_scale, case.sampling_ratio, case.aligned
+    sums = Accumulator(grad, x.shape)
+    grid, block_c, warps = bin_channels_grid(k, c, p, p, case.op)
+    gx = torch.empty_like(x)
+    if case.op == "roi_pool":
+        _, argmax = gp.roi_pool_forward(x, rois, s, p, p)
+        _, tv_argmax = tv.roi_pool(x, rois, s, p, p)
+
+        def scatter():
+            gp.roi_pool_backward_kernel[grid](
+                grad, rois, argmax, sums.amax, sums.acc, n, c, h, w, sums.log2_count,
+                P=p * p, BLOCK_C=block_c, num_warps=warps,
+            )  # fmt: skip
+
+        def whole():
+            return tv._roi_pool_backward(grad, rois, tv_argmax, s, p, p, n, c, h, w)
+    else:
+
+        def scatter():
+            ga.roi_align_backward_kernel[grid](
+                grad, rois, rois, sums.amax, sums.acc, n, c, h, w, scale_bits(s), r,
+                sums.log2_count, PH=p, PW=p, ALIGNED=a, MAX_MODE=False, PS=False,
+                BLOCK_C=block_c, SPAN=ga.SPAN, num_warps=warps,
+            )  # fmt: skip
+
+        def whole():
+            return tv._roi_align_backward(grad, rois, s, p, p, n, c, h, w, r, a)
+
+    fns = {
+        "zero_int64": sums.flat.zero_,
+        "max_abs_grad": lambda: torch.linalg.vector_norm(grad, float("inf")),
+        "scatter": scatter,
+        "convert": lambda: sums.write_to(gx),
+        "torchvision_backward": whole,
+    }
+    return bench.time_interleaved(fns, device, 5)
+
+
 def summary(report: dict) -> str:
     """The one table `make gpu` ends with; a part that failed or did not run says so."""
     lines = [f"roiops on {report['gpu']} (torch {report['torch']}, triton {report['triton']})"]
@@ -217,6 +284,11 @@ def summary(report: dict) -> str:
     for case, t in report.get("forward_layouts", {}).items():
         row(f"NCHW map, {case}: NCHW kernel / copy + NHWC kernel, ms",
             f"{t['nchw_ms']:.2f} / {t['copy_then_nhwc_ms']:.2f}")  # fmt: skip
+    for case, t in report.get("backward_passes", {}).items():
+        ours = " + ".join(f"{t[k]:.2f}" for k in ("zero_int64", "max_abs_grad", "scatter",
+                                                   "convert"))  # fmt: skip
+        row(f"{case} bwd ms: zero + max|g| + scatter + convert / tv",
+            f"{ours} / {t['torchvision_backward']:.2f}")  # fmt: skip
     for key in report.get("errors", {}):
         row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)
@@ -273,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     section(report, "latency", lambda: latency(rng), args.json)
     section(report, "deterministic", lambda: deterministic_mode(rng), args.json)
     section(report, "forward_layouts", lambda: forward_layouts(rng), args.json)
+    section(report, "backward_passes", backward_passes, args.json)
     print()
     print(summary(report))
     return 0 if report["tests"]["ok"] in (True, None) and "errors" not in report else 1

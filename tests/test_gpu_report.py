@@ -80,3 +80,30 @@ def test_a_test_run_past_its_time_is_stopped():
     gpu_report = load()
     result = gpu_report.run_tests(timeout_s=0.5)
     assert result["ok"] is False and result["seconds"] < 30
+
+
+def test_backward_passes_times_every_pass_on_a_small_case():
+    # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
+    import torch
+
+    from roiops import bench
+
+    gpu_report = load()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = [
+        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
+        bench.Case("tiny sr=0", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2, sampling_ratio=0),
+    ]  # fmt: skip
+    times = gpu_report.backward_passes(device, cases)
+    assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0"}
+    for t in times.values():
+        assert set(t) == {"zero_int64", "max_abs_grad", "scatter", "convert",
+                          "torchvision_backward"}  # fmt: skip
+        assert all(ms > 0 for ms in t.values())
+    report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
+              "backward_passes": times}  # fmt: skip
+    assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / tv" in gpu_report.summary(
+        report
+    )
