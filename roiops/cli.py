@@ -1,4 +1,4 @@
-"""The ``roiops`` command: ``roiops explain`` and ``roiops bench``."""
+"""The ``roiops`` command: ``explain``, ``bench``, ``experiment`` and ``warmup``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,15 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warmup(args: argparse.Namespace) -> int:
+    from roiops.warmup import warm_up
+
+    dtypes = [getattr(torch, name) for name in args.dtype]
+    total = warm_up(dtypes, lambda what, seconds: print(f"  {what:<44} {seconds:6.2f} s"))
+    print(f"every CPU kernel compiled or loaded from Numba's cache in {total:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roiops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="seeds per variant (default 3)")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.set_defaults(func=_experiment)
+
+    p = sub.add_parser(
+        "warmup", help="compile every CPU kernel into Numba's cache now, not at first use"
+    )
+    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"],
+                   default=["float32", "float64"])  # fmt: skip
+    p.set_defaults(func=_warmup)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,87 @@
+"""Compile every CPU kernel before it is needed: ``roiops warmup``.
+
+The CPU kernels are Numba functions, compiled on their first call and cached on disk
+(``cache=True``: beside the package, or in Numba's per-user cache where the package
+folder is not writable; ``NUMBA_CACHE_DIR`` chooses another place). A fresh install
+therefore pays a few seconds on the first call of each op, for each dtype and layout of
+its inputs; later processes load the cache. ``warm_up`` pays all of it at once, e.g.
+while a container image is built, by running every op forward and backward (input and,
+where the op has one, box gradients) on tiny inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+import roiops
+
+SCALES = (0.5, 0.25)
+
+
+def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: list):
+    """(name, output) of every op and mode; the boxes require grad where the op sends
+    them one."""
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(x.shape[0])]
+    plain = rois.detach()
+    return [
+        ("roi_align avg", lambda: roiops.roi_align(x, rois, 2, 0.5, 2, True)),
+        ("roi_align max", lambda: roiops.roi_align(x, rois, 2, 0.5, 0, False, "max")),
+        ("roi_align onnx_max", lambda: roiops.roi_align(x, plain, 2, 0.5, 2, True, "onnx_max")),
+        ("roi_pool", lambda: roiops.roi_pool(x, plain, 2, 0.5)),
+        ("ps_roi_align", lambda: roiops.ps_roi_align(x, plain, 2, 0.5, 2)),
+        ("ps_roi_pool", lambda: roiops.ps_roi_pool(x, plain, 2, 0.5)),
+        ("prroi_pool", lambda: roiops.prroi_pool(x, rois, 2, 0.5)),
+        ("roi_align_rotated", lambda: roiops.roi_align_rotated(x, rotated, 2, 0.5, 2)),
+        ("multi_scale_roi_align",
+         lambda: roiops.multi_scale_roi_align(pyramid, [b.detach() for b in boxes], 2, SCALES,
+                                              2)),
+        ("multi_scale_roi_pool",
+         lambda: roiops.multi_scale_roi_pool(pyramid, [b.detach() for b in boxes], 2, SCALES)),
+    ]  # fmt: skip
+
+
+def _inputs(dtype: torch.dtype, channels_last: bool):
+    g = torch.Generator().manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def feature(h, w):
+        # 16 channels of 32 x 32 cells: NCHW planes of 4 KiB multiples take the CPU
+        # kernels' own transpose (``roiops.cpu.layout.channels_last_array``)
+        x = torch.randn(2, 16, h, w, generator=g).to(dtype).contiguous(memory_format=layout)
+        return x.requires_grad_()
+
+    corners = torch.tensor([[1.0, 1, 9, 7], [2, 3, 13, 11], [0, 0, 5, 5], [4, 2, 15, 14]])
+    batch = torch.tensor([[0.0], [1], [0], [1]])
+    rois = torch.cat([batch, corners], 1).to(dtype).requires_grad_()
+    centre = (corners[:, :2] + corners[:, 2:]) / 2
+    size = corners[:, 2:] - corners[:, :2]
+    rotated = torch.cat([batch, centre, size, torch.tensor([[0.0], [30], [-45], [90]])], 1)
+    return feature(32, 32), rois, rotated.to(dtype), [feature(32, 32), feature(16, 16)]
+
+
+def warm_up(
+    dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
+    report: Callable[[str, float], None] | None = None,
+) -> float:
+    """Run every op forward and backward on CPU, for each of ``dtypes`` (half precision
+    runs the float32 kernels) and for NCHW and channels_last inputs; ``report(what,
+    seconds)`` after each op. Returns the seconds it took in all."""
+    started = time.perf_counter()
+    with roiops.use_backend("numba"):
+        for dtype in dtypes:
+            for channels_last in (False, True):
+                x, rois, rotated, pyramid = _inputs(dtype, channels_last)
+                leaves = [x, rois, *pyramid]
+                for name, call in _calls(x, rois, rotated, pyramid):
+                    t0 = time.perf_counter()
+                    out = call()
+                    used = [t for t in leaves if t.requires_grad]
+                    torch.autograd.grad(out.sum(), used, allow_unused=True)
+                    if report is not None:
+                        layout = "channels_last" if channels_last else "NCHW"
+                        report(f"{name} {str(dtype).removeprefix('torch.')} {layout}",
+                               time.perf_counter() - t0)  # fmt: skip
+    return time.perf_counter() - started
