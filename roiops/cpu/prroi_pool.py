@@ -182,4 +182,5 @@ def prroi_pool_box_backward(G, X, rois, out, spatial_scale, pooled_h, pooled_w, 
                     gb[2] += (d_y1 * (T(1) - t0_h) + d_y2 * (T(1) - t1_h)) * g
                     gb[3] += (d_x2 * t1_w + d_x1 * t0_w) * g
                     gb[4] += (d_y2 * t1_h + d_y1 * t0_h) * g
-        grad_boxes[k] = gb
+        for i in range(5):  # (not ``grad_boxes[k] = gb``: see ps_roi_pool.bin_tables)
+            grad_boxes[k, i] = gb[i]

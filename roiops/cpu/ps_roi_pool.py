@@ -43,7 +43,13 @@ def bin_tables(rois, spatial_scale, pooled_h, pooled_w, height, width):
     rows = np.empty((K, pooled_h, 2), np.int64)
     cols = np.empty((K, pooled_w, 2), np.int64)
     for k in prange(K):
-        rows[k], cols[k] = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, height, width)
+        r, c = ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, height, width)
+        # element by element: an array-to-array slice assignment would pull in Numba's
+        # shape-mismatch error formatting, seconds of compile time on first use
+        for i in range(pooled_h):
+            rows[k, i, 0], rows[k, i, 1] = r[i, 0], r[i, 1]
+        for i in range(pooled_w):
+            cols[k, i, 0], cols[k, i, 1] = c[i, 0], c[i, 1]
     return rows, cols
 
 
