@@ -7,6 +7,8 @@ Triton's own ptxas reports:
 - no approximate float32 division (``div.full.f32``, ``div.approx.f32``): compiled Triton
   divides float32 approximately unless told otherwise, and a quotient that is floored
   or ceiled would then pick other cells than torchvision's IEEE division;
+- half-precision outputs rounded from float32 to nearest (``cvt.rn``), as torch rounds
+  (Triton's interpreter truncates to bfloat16, so only the compiled code can show it);
 - registers per thread, and the fp32/fp16/bf16 kernels must not spill (a regression
   guard for speed that needs no GPU; fp64 may).
 """
@@ -65,6 +67,9 @@ from roiops.gpu.tiles import bin_channels_grid, bins_grid  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
+# float32 -> half conversions other than round-to-nearest-even (torch's rounding)
+INEXACT_HALF_ROUNDING = re.compile(r"\bcvt\.r[zmp]\.(bf16|f16)(x2)?\.f32\b")
+NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 # integer arguments that hold 64-bit values
 INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
 
@@ -102,6 +107,11 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     name = f"{fn.__name__} {dtype} {mode}"
     approximate = APPROXIMATE_DIVISION.findall(ptx)
     assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
+    # (Triton's interpreter truncates float32 -> bfloat16; compiled code must round)
+    assert not INEXACT_HALF_ROUNDING.findall(ptx), f"{name}: half conversion not rounded"
+    written = ("OUT", "GX") if "forward" in fn.__name__ else ("GX",)  # (box grads read OUT)
+    if any(pointers.get(out) in ("*fp16", "*bf16") for out in written):
+        assert NEAREST_HALF_ROUNDING.search(ptx), f"{name}: half output not rounded to nearest"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
@@ -198,7 +208,7 @@ def main() -> int:
             {"BLOCK_CELLS": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
             4,
         )
-    print("all Triton kernels compile for sm_90, with IEEE float32 division only")
+    print("all Triton kernels compile for sm_90, with IEEE float32 division and round-to-nearest half outputs only")
     return 0
 
 
