@@ -208,7 +208,10 @@ def main() -> int:
             {"BLOCK_CELLS": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
             4,
         )
-    print("all Triton kernels compile for sm_90, with IEEE float32 division and round-to-nearest half outputs only")
+    print(
+        "all Triton kernels compile for sm_90, with IEEE float32 division and "
+        "round-to-nearest half outputs only"
+    )
     return 0
 
 
