@@ -22,8 +22,8 @@ SCALES = (0.5, 0.25)
 
 
 def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: list):
-    """(name, output) of every op and mode; the boxes require grad where the op sends
-    them one."""
+    """(name, call) of every op and mode, ``call()`` its output; the boxes require grad
+    where the op sends them one."""
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(x.shape[0])]
     plain = rois.detach()
     return [
