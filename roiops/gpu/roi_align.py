@@ -406,10 +406,20 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
-    N, _, H, W = grad_input.shape
+    sums = Accumulator(grad, grad_input.shape)
+    roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
+                      sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
+    return sums.write_to(grad_input)
+
+
+def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pooled_h,
+                      pooled_w, sampling_ratio, aligned, position_sensitive=False,
+                      onnx_max=False):  # fmt: skip
+    """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc`` (the arguments
+    as for ``roi_align_backward``)."""
+    N, H, W = sums.acc.shape[:3]
     K, C = grad.shape[:2]
     max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
-    sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
         grad.contiguous(), rois, argmax if max_mode else rois, sums.amax, sums.acc,
@@ -417,7 +427,6 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
         BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
     )  # fmt: skip
-    return sums.write_to(grad_input)
 
 
 @triton.jit

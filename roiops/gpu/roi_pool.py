@@ -195,12 +195,17 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
 
 def roi_pool_backward(grad, rois, argmax, grad_input):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    N, C, H, W = grad_input.shape
-    K, _, pooled_h, pooled_w = grad.shape
     sums = Accumulator(grad, grad_input.shape)
+    roi_pool_scatter(sums, grad, rois, argmax)
+    return sums.write_to(grad_input)
+
+
+def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
+    """Add ``grad[K, C, ph, pw]`` at the forward's argmax cells into ``sums.acc``."""
+    N, H, W, C = sums.acc.shape
+    K, _, pooled_h, pooled_w = grad.shape
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool")
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, argmax.contiguous(), sums.amax, sums.acc, N, C, H, W,
         sums.log2_count, P=pooled_h * pooled_w, BLOCK_C=block_c, num_warps=num_warps,
     )  # fmt: skip
-    return sums.write_to(grad_input)
