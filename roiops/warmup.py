@@ -24,8 +24,8 @@ SCALES = (0.5, 0.25)
 def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: list):
     """(name, call) of every op and mode, ``call()`` its output; the boxes require grad
     where the op sends them one."""
-    boxes = [rois[rois[:, 0] == i, 1:] for i in range(x.shape[0])]
     plain = rois.detach()
+    boxes = [plain[plain[:, 0] == i, 1:] for i in range(x.shape[0])]
     return [
         ("roi_align avg", lambda: roiops.roi_align(x, rois, 2, 0.5, 2, True)),
         ("roi_align max", lambda: roiops.roi_align(x, rois, 2, 0.5, 0, False, "max")),
@@ -36,10 +36,9 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         ("prroi_pool", lambda: roiops.prroi_pool(x, rois, 2, 0.5)),
         ("roi_align_rotated", lambda: roiops.roi_align_rotated(x, rotated, 2, 0.5, 2)),
         ("multi_scale_roi_align",
-         lambda: roiops.multi_scale_roi_align(pyramid, [b.detach() for b in boxes], 2, SCALES,
-                                              2)),
+         lambda: roiops.multi_scale_roi_align(pyramid, boxes, 2, SCALES, 2)),
         ("multi_scale_roi_pool",
-         lambda: roiops.multi_scale_roi_pool(pyramid, [b.detach() for b in boxes], 2, SCALES)),
+         lambda: roiops.multi_scale_roi_pool(pyramid, boxes, 2, SCALES)),
     ]  # fmt: skip
 
 
@@ -77,9 +76,7 @@ def warm_up(
                 leaves = [x, rois, *pyramid]
                 for name, call in _calls(x, rois, rotated, pyramid):
                     t0 = time.perf_counter()
-                    out = call()
-                    used = [t for t in leaves if t.requires_grad]
-                    torch.autograd.grad(out.sum(), used, allow_unused=True)
+                    torch.autograd.grad(call().sum(), leaves, allow_unused=True)
                     if report is not None:
                         layout = "channels_last" if channels_last else "NCHW"
                         report(f"{name} {str(dtype).removeprefix('torch.')} {layout}",
