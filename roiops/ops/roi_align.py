@@ -138,18 +138,19 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-@roi_align_onnx_max_op.register_fake
-def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    refuse_custom_op("roi_align_onnx_max")
-    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+def _fake_with_argmax(op: str):
+    """The fake of an op returning ``(output, argmax)`` (max and ONNX max modes)."""
+
+    def fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+        refuse_custom_op(op)
+        shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+        return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+
+    return fake
 
 
-@roi_align_max_op.register_fake
-def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    refuse_custom_op("roi_align_max")
-    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+roi_align_max_op.register_fake(_fake_with_argmax("roi_align_max"))
+roi_align_onnx_max_op.register_fake(_fake_with_argmax("roi_align_onnx_max"))
 
 
 # --------------------------------------------------------------------------- backward
