@@ -92,12 +92,23 @@ def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float) -
 def latency(rng) -> dict:
     import torchvision
 
+    from roiops.gpu.roi_align import roi_align_forward
+
     x = torch.randn(2, 256, 50, 68, device="cuda")
+    leaf = x.clone().requires_grad_()
     rois = box_rows(rng, 2, 16, 200, 272)
     return {
         "roiops_us": host_us_per_call(lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True)),
         "torchvision_us": host_us_per_call(
             lambda: torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True)
+        ),
+        # where the time goes: the Triton launcher alone (allocation + launch), and the
+        # call through the custom op and its autograd wrapper (an input that requires grad)
+        "launcher_us": host_us_per_call(
+            lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False)
+        ),
+        "recording_autograd_us": host_us_per_call(
+            lambda: roiops.roi_align(leaf, rois, 7, 0.25, 2, True)
         ),
     }
 
@@ -254,6 +265,9 @@ def summary(report: dict) -> str:
     else:
         row("16-RoI roi_align call, host us: roiops / torchvision",
             f"{lat['roiops_us']:.0f} / {lat['torchvision_us']:.0f}", "<= 2x")  # fmt: skip
+        if "launcher_us" in lat:
+            row("16-RoI call, host us: launcher alone / recording autograd",
+                f"{lat['launcher_us']:.0f} / {lat['recording_autograd_us']:.0f}")  # fmt: skip
     det = report.get("deterministic")
     if det is None:
         row("deterministic mode and distinct gradients", "not measured")

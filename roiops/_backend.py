@@ -76,20 +76,22 @@ def select_backend(device: torch.device) -> str:
 
 def _select(device: torch.device) -> str:
     name = requested_backend()
+    kind = device.type  # a new string at every read
     if name == "auto":
-        if device.type not in AUTO:
+        backend = AUTO.get(kind)
+        if backend is None:
             raise NotImplementedError(
-                f"roiops has no kernels for {device.type} tensors; "
+                f"roiops has no kernels for {kind} tensors; "
                 f"{ENV_VAR}=reference runs the NumPy spec on them, slowly"
             )
-        return AUTO[device.type]
-    if name == "triton" and device.type == "cpu":
+        return backend
+    if name == "triton" and kind == "cpu":
         if not triton_interpreted():
             raise RuntimeError(
                 f"{ENV_VAR}=triton needs CUDA tensors, or TRITON_INTERPRET=1 to run the "
                 "Triton kernels on CPU tensors through Triton's interpreter"
             )
         return name
-    if device.type not in SERVES[name]:
-        raise RuntimeError(f"{ENV_VAR}={name} cannot serve {device.type} tensors")
+    if kind not in SERVES[name]:
+        raise RuntimeError(f"{ENV_VAR}={name} cannot serve {kind} tensors")
     return name

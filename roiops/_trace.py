@@ -15,14 +15,21 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from torch import Tensor
 from torch.fx import Proxy
 
 F = TypeVar("F", bound=Callable)
 
 
+# argument types that are never a Proxy nor hold one: skipped at the cost of a lookup
+_LEAVES = frozenset((Tensor, int, float, bool, str, type(None)))
+
+
 def _first_proxy(values: Iterable[object]) -> Proxy | None:
     """A ``Proxy`` among ``values`` or one level inside a list, tuple or dict of them."""
     for value in values:
+        if type(value) in _LEAVES:
+            continue
         if isinstance(value, Proxy):
             return value
         if isinstance(value, dict):
@@ -41,7 +48,7 @@ def fx_leaf(fn: F) -> F:
     @functools.wraps(fn)
     def call(*args, **kwargs):
         proxy = _first_proxy(args)
-        if proxy is None:
+        if proxy is None and kwargs:
             proxy = _first_proxy(kwargs.values())
         if proxy is not None:
             return proxy.tracer.create_proxy("call_function", call, args, kwargs)

@@ -169,6 +169,8 @@ def check_rotated_sizes(rois: Tensor, op: str) -> None:
 
 
 def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
+    if type(output_size) is int and output_size > 0:  # the common case, without ABC checks
+        return output_size, output_size
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         pair = (int(output_size), int(output_size))
     elif isinstance(output_size, Sequence) and len(output_size) == 2:
@@ -185,6 +187,8 @@ def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
 
 
 def check_spatial_scale(spatial_scale: object, op: str) -> float:
+    if type(spatial_scale) is float and 0 < spatial_scale < math.inf:  # the common case
+        return spatial_scale
     if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"{op}: spatial_scale must be a real number, got {spatial_scale!r}")
     value = float(spatial_scale)
@@ -196,6 +200,8 @@ def check_spatial_scale(spatial_scale: object, op: str) -> float:
 
 
 def check_sampling_ratio(sampling_ratio: object, op: str) -> int:
+    if type(sampling_ratio) is int:  # the common case, without ABC checks
+        return sampling_ratio
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
         raise TypeError(
             f"{op}: sampling_ratio must be an integer (<= 0 for adaptive), got {sampling_ratio!r}"

@@ -12,6 +12,7 @@ from torch import Tensor
 from roiops import _validate
 from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
+from roiops.ops import call
 from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op, multi_scale_roi_pool_op
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
@@ -90,11 +91,11 @@ def roi_align(
 def _roi_align_mode(input: Tensor, rois: Tensor, params: tuple, mode: str) -> Tensor:
     """The custom op of ``mode``, its output."""
     if mode == "avg":
-        return roi_align_op(input, rois, *params)
+        return call(roi_align_op, input, rois, *params)
     if mode == "onnx_max":
-        out, _ = roi_align_onnx_max_op(input, rois, *params)
+        out, _ = call(roi_align_onnx_max_op, input, rois, *params)
         return out
-    out, _ = roi_align_max_op(input, rois, *params)
+    out, _ = call(roi_align_max_op, input, rois, *params)
     return out
 
 
@@ -138,7 +139,7 @@ def roi_pool(
         out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
         return out
     # no gradient will be asked for: skip the argmax, as large as the output
-    return roi_pool_inference_op(input, rois, scale, pooled_h, pooled_w)
+    return call(roi_pool_inference_op, input, rois, scale, pooled_h, pooled_w)
 
 
 @fx_leaf
@@ -173,7 +174,7 @@ def ps_roi_align(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    return ps_roi_align_op(input, rois, scale, *pooled, ratio)
+    return call(ps_roi_align_op, input, rois, scale, *pooled, ratio)
 
 
 @fx_leaf
@@ -208,7 +209,7 @@ def ps_roi_pool(
     _validate.check_position_sensitive_channels(input.shape[1], pooled, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    return ps_roi_pool_op(input, rois, scale, *pooled)
+    return call(ps_roi_pool_op, input, rois, scale, *pooled)
 
 
 LEVEL_MAPPERS = ("torchvision", "detectron2")
@@ -336,9 +337,10 @@ def multi_scale_roi_align(
             for f, s in zip(features, scale_list, strict=True)
         ]
         return _onnx.select_levels(per_level, levels)
-    return multi_scale_roi_align_op(
-        list(features), rois, levels, scale_list, *pooled, ratio, aligned
-    )
+    return call(
+        multi_scale_roi_align_op, list(features), rois, levels, scale_list, *pooled, ratio,
+        aligned,
+    )  # fmt: skip
 
 
 @fx_leaf
@@ -386,9 +388,10 @@ def roi_align_rotated(
     if not isinstance(clockwise, bool):
         raise TypeError(f"{op}: clockwise must be a bool, got {clockwise!r}")
     rois = _validate.boxes_to_rois(boxes, input, op, rotated=True)
-    return roi_align_rotated_op(
-        input, rois, scale, *pooled, ratio, aligned, angle_unit == "degrees", clockwise
-    )
+    return call(
+        roi_align_rotated_op, input, rois, scale, *pooled, ratio, aligned,
+        angle_unit == "degrees", clockwise,
+    )  # fmt: skip
 
 
 @fx_leaf
@@ -422,7 +425,7 @@ def prroi_pool(
     pooled = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
-    return prroi_pool_op(input, rois, scale, *pooled)
+    return call(prroi_pool_op, input, rois, scale, *pooled)
 
 
 @fx_leaf
@@ -451,5 +454,5 @@ def multi_scale_roi_pool(
             roi_pool(f, rois, pooled, s) for f, s in zip(features, scale_list, strict=True)
         ]
         return _onnx.select_levels(per_level, levels)
-    out, _ = multi_scale_roi_pool_op(list(features), rois, levels, scale_list, *pooled)
+    out, _ = call(multi_scale_roi_pool_op, list(features), rois, levels, scale_list, *pooled)
     return out

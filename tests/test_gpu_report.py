@@ -34,7 +34,12 @@ def test_summary_table():
         "triton": "3.6",
         "tests": {"counts": {"passed": 80, "failed": 1}, "ok": False},
         "bench": {"float32": rows, "float16": rows},
-        "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
+        "latency": {
+            "roiops_us": 30.0,
+            "torchvision_us": 20.0,
+            "launcher_us": 12.0,
+            "recording_autograd_us": 41.0,
+        },
         "deterministic": {
             "roiops_ms": 1.0,
             "torchvision_deterministic_ms": 25.0,
@@ -48,6 +53,7 @@ def test_summary_table():
     assert "1.34x" in table  # sqrt(1.5 * 1.2)
     assert "float32 backward: lowest (roi_align a small sr=2)" in table and "0.50x" in table
     assert "float32 forward: fpn 8x512" in table and "1.20x" in table
+    assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
 

@@ -142,18 +142,19 @@ def test_calls_without_autograd_skip_the_argmax(rng, monkeypatch):
     import roiops.functional as functional
 
     calls = []
-    for name in ("roi_pool_op", "roi_pool_inference_op"):
-        op = getattr(functional, name)
-        monkeypatch.setattr(
-            functional, name, lambda *a, op=op, name=name: calls.append(name) or op(*a)
-        )
+    call, with_argmax = functional.call, functional.roi_pool_op
+    monkeypatch.setattr(functional, "call", lambda op, *a: calls.append(op) or call(op, *a))
+    monkeypatch.setattr(
+        functional, "roi_pool_op", lambda *a: calls.append(with_argmax) or with_argmax(*a)
+    )
     x = as_tensor(rng.standard_normal((1, 3, 6, 6)), torch.float32)
     rois = as_tensor(random_rois(rng, 1, 4, 12, 12, min_size=1.0), torch.float32)
     plain = roiops.roi_pool(x, rois, 2, 0.5)
     with torch.no_grad():
         under_no_grad = roiops.roi_pool(x.requires_grad_(), rois, 2, 0.5)
     trained = roiops.roi_pool(x, rois, 2, 0.5)
-    assert calls == ["roi_pool_inference_op", "roi_pool_inference_op", "roi_pool_op"]
+    inference = functional.roi_pool_inference_op
+    assert calls == [inference, inference, with_argmax]
     assert torch.equal(plain, trained) and torch.equal(under_no_grad, trained)
     assert trained.requires_grad and not under_no_grad.requires_grad
 

@@ -2,9 +2,14 @@
 
 The layouts every backend shares (argmax, input gradient) are in ``roiops._layout``;
 this module adapts the NumPy reference's readable ``[K, C, ph, pw]`` argmax to them.
+
+The public functions call an op's forward through :func:`call`, which skips torch's
+dispatcher in plain eager inference (see :func:`dispatcher_free`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,6 +17,69 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
+
+# forward custom op -> the function it was made from
+_IMPLEMENTATIONS: dict[object, Callable] = {}
+
+
+def forward_op(name: str):
+    """``torch.library.custom_op(name, mutates_args=())``, for an op that the public
+    functions call through :func:`call`."""
+
+    def register(fn: Callable):
+        op = torch.library.custom_op(name, mutates_args=())(fn)
+        _IMPLEMENTATIONS[op] = fn
+        return op
+
+    return register
+
+
+def call(op, *args):
+    """``op(*args)``; where :func:`dispatcher_free` holds, the function it was made from,
+    called directly: the same kernels and result without the ~6 us that a trip through
+    torch's dispatcher and the custom op's Python wrappers costs a call (of ~15 us in
+    all; it is most of an op's host time on CUDA, where the kernel runs asynchronously)."""
+    if dispatcher_free(args):
+        return _IMPLEMENTATIONS[op](*args)
+    return op(*args)
+
+
+def dispatcher_free(args) -> bool:
+    """Whether calling an op's implementation directly with ``args`` is the same as
+    calling the op: eager mode, plain tensors (or lists of them) that autograd will not
+    record, and nothing that acts inside torch's dispatcher (dispatch or function modes
+    such as FakeTensorMode or FlopCounterMode, functorch transforms, the profiler,
+    torch.jit tracing). Otherwise the op is called, which all of those see."""
+    # first: torch.compile traces this function, and records the op
+    if torch.compiler.is_compiling():
+        return False
+    C = torch._C
+    if (
+        C._is_tracing()
+        or C._len_torch_dispatch_stack()
+        or C._is_torch_function_mode_enabled()
+        or C._are_functorch_transforms_active()
+        or C._autograd._profiler_enabled()
+    ):
+        return False
+    grad = C.is_grad_enabled()
+    for arg in args:
+        if type(arg) is Tensor:
+            if grad and arg.requires_grad:
+                return False
+        elif type(arg) is list:
+            if not all(_plain(t, grad) for t in arg):
+                return False
+        elif not _plain(arg, grad):
+            return False
+    return True
+
+
+def _plain(value: object, grad: bool) -> bool:
+    """Not a tensor, or a plain ``Tensor`` (no subclass) that autograd will not record."""
+    if type(value) is Tensor:
+        return not (grad and value.requires_grad)
+    return type(value) in (int, float, bool) or not isinstance(value, Tensor)
 
 
 def checked_backend(device: torch.device, rois: Tensor, batch_size: int, op: str, *checks) -> str:

@@ -16,7 +16,13 @@ from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
+from roiops.ops import (
+    argmax_from_reference,
+    argmax_to_reference,
+    checked_backend,
+    forward_op,
+    host_array,
+)
 from roiops.reference import multi_scale_roi_align as reference
 
 OP = "multi_scale_roi_align"
@@ -29,7 +35,7 @@ def _checked_backend(device, rois, levels, batch_size, num_levels):
     )
 
 
-@torch.library.custom_op("roiops::multi_scale_roi_align", mutates_args=())
+@forward_op("roiops::multi_scale_roi_align")
 def multi_scale_roi_align_op(
     features: list[Tensor],
     rois: Tensor,
@@ -153,7 +159,7 @@ multi_scale_roi_align_op.register_autograd(_backward, setup_context=_setup_conte
 
 
 # ------------------------------------------------------------------ RoIPool over a pyramid
-@torch.library.custom_op("roiops::multi_scale_roi_pool", mutates_args=())
+@forward_op("roiops::multi_scale_roi_pool")
 def multi_scale_roi_pool_op(
     features: list[Tensor],
     rois: Tensor,

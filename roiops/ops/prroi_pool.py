@@ -11,13 +11,13 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, host_array
+from roiops.ops import checked_backend, forward_op, host_array
 from roiops.reference import prroi_pool as reference
 
 OP = "prroi_pool"
 
 
-@torch.library.custom_op("roiops::prroi_pool", mutates_args=())
+@forward_op("roiops::prroi_pool")
 def prroi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:

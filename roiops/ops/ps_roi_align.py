@@ -14,13 +14,13 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, host_array
+from roiops.ops import checked_backend, forward_op, host_array
 from roiops.reference import ps_roi_align as reference
 
 OP = "ps_roi_align"
 
 
-@torch.library.custom_op("roiops::ps_roi_align", mutates_args=())
+@forward_op("roiops::ps_roi_align")
 def ps_roi_align_op(
     input: Tensor,
     rois: Tensor,

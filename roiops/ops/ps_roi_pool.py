@@ -13,13 +13,13 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, host_array
+from roiops.ops import checked_backend, forward_op, host_array
 from roiops.reference import ps_roi_pool as reference
 
 OP = "ps_roi_pool"
 
 
-@torch.library.custom_op("roiops::ps_roi_pool", mutates_args=())
+@forward_op("roiops::ps_roi_pool")
 def ps_roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:

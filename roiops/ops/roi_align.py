@@ -18,7 +18,13 @@ from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
+from roiops.ops import (
+    argmax_from_reference,
+    argmax_to_reference,
+    checked_backend,
+    forward_op,
+    host_array,
+)
 from roiops.reference import roi_align as reference
 
 OP = "roi_align"
@@ -82,7 +88,7 @@ def _forward(
     return torch.from_numpy(out).to(input.device, input.dtype), argmax
 
 
-@torch.library.custom_op("roiops::roi_align", mutates_args=())
+@forward_op("roiops::roi_align")
 def roi_align_op(
     input: Tensor,
     rois: Tensor,
@@ -99,7 +105,7 @@ def roi_align_op(
     return out
 
 
-@torch.library.custom_op("roiops::roi_align_max", mutates_args=())
+@forward_op("roiops::roi_align_max")
 def roi_align_max_op(
     input: Tensor,
     rois: Tensor,
@@ -115,7 +121,7 @@ def roi_align_max_op(
     )
 
 
-@torch.library.custom_op("roiops::roi_align_onnx_max", mutates_args=())
+@forward_op("roiops::roi_align_onnx_max")
 def roi_align_onnx_max_op(
     input: Tensor,
     rois: Tensor,

@@ -15,7 +15,7 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, host_array
+from roiops.ops import checked_backend, forward_op, host_array
 from roiops.reference import roi_align_rotated as reference
 
 OP = "roi_align_rotated"
@@ -32,7 +32,7 @@ def _unit(degrees: bool) -> str:
     return "degrees" if degrees else "radians"
 
 
-@torch.library.custom_op("roiops::roi_align_rotated", mutates_args=())
+@forward_op("roiops::roi_align_rotated")
 def roi_align_rotated_op(
     input: Tensor,
     rois: Tensor,

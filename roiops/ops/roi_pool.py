@@ -11,7 +11,13 @@ from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import argmax_from_reference, argmax_to_reference, checked_backend, host_array
+from roiops.ops import (
+    argmax_from_reference,
+    argmax_to_reference,
+    checked_backend,
+    forward_op,
+    host_array,
+)
 from roiops.reference import roi_pool as reference
 
 OP = "roi_pool"
@@ -65,7 +71,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
     return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
 
 
-@torch.library.custom_op("roiops::roi_pool_inference", mutates_args=())
+@forward_op("roiops::roi_pool_inference")
 def roi_pool_inference_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:

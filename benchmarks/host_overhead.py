@@ -1,0 +1,96 @@
+"""Host time per call of the CUDA path, measured on CPU: a proxy for small-call latency.
+
+On CUDA the kernels run asynchronously, so a call with few RoIs costs what its Python
+costs. This runs the Triton backend on CPU tensors with every Triton kernel launch
+replaced by a no-op (and the CPU-only box-value check off, as on CUDA), so that only the
+Python around the kernels is timed: validation, backend choice, the custom op's
+dispatch, allocation and the launch arguments. A real launch adds Triton's own launch
+cost (~10 us on the H200 host of ``../shared/gpu/H200-baseline.md``), and a GPU host may
+run Python at another speed: compare rows within one run. ``make gpu`` measures the
+real thing on a GPU (``gpu_report.latency``).
+
+    python benchmarks/host_overhead.py [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pkgutil
+import statistics
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"  # the Triton backend accepts CPU tensors
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+import roiops  # noqa: E402
+import roiops.gpu  # noqa: E402
+from roiops import _validate  # noqa: E402
+
+
+class NoLaunch:
+    """Stands for a ``@triton.jit`` kernel: ``kernel[grid](*args)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def disable_kernels() -> None:
+    """Every Triton kernel of ``roiops.gpu`` becomes a no-op, and the box values are not
+    read (as on CUDA)."""
+    for info in pkgutil.iter_modules(roiops.gpu.__path__):
+        module = __import__(f"roiops.gpu.{info.name}", fromlist=["_"])
+        for name, value in vars(module).items():
+            if isinstance(value, triton.runtime.KernelInterface) and name.endswith("_kernel"):
+                setattr(module, name, NoLaunch())
+    _validate.roi_values_checked = lambda device, backend: False
+
+
+def us_per_call(fn, calls: int) -> float:
+    """Median over 7 rounds of the time per call of ``calls`` back-to-back calls."""
+    fn()
+    rounds = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    disable_kernels()
+    from roiops.gpu.roi_align import roi_align_forward
+
+    x = torch.randn(2, 256, 50, 68)  # the shapes of gpu_report.latency
+    leaf = x.clone().requires_grad_()
+    rois = torch.tensor([[i % 2, 10.0 + i, 10.0, 100.0 + i, 120.0] for i in range(16)])
+
+    @torch.library.custom_op("roiops_bench::empty", mutates_args=())
+    def empty_op(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((rois.shape[0], x.shape[1], 7, 7))
+
+    rows = {
+        "roiops.roi_align, 16 RoIs": lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True),
+        "roiops.roi_align, recording autograd": (
+            lambda: roiops.roi_align(leaf, rois, 7, 0.25, 2, True)
+        ),
+        "roiops.roi_pool, 16 RoIs": lambda: roiops.roi_pool(x, rois, 7, 0.25),
+        "the launcher alone": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
+        "an empty custom op (new_empty)": lambda: empty_op(x, rois),
+        "new_empty": lambda: x.new_empty((16, 256, 7, 7)),
+    }
+    print(f"host us per call, kernels not launched ({args.calls} calls x 7 rounds, median)")
+    with roiops.use_backend("triton"):
+        for name, fn in rows.items():
+            print(f"{name:40s} {us_per_call(fn, args.calls):7.1f}")
+
+
+if __name__ == "__main__":
+    main()

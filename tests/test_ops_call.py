@@ -1,0 +1,123 @@
+"""The public functions call an op's implementation directly (``roiops.ops.call``) only
+where nothing could tell the difference from calling the custom op: plain eager tensors
+that autograd will not record, and nothing that acts inside torch's dispatcher."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import roiops
+from roiops import ops
+from roiops.ops.roi_align import roi_align_op
+
+X = torch.randn(2, 3, 8, 8)
+ROIS = torch.tensor([[0, 1.0, 1, 6, 6], [1, 0.0, 0, 4, 4]])
+ARGS = (X, ROIS, 1.0, 2, 2, 2, True)
+
+
+class OpLog(TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def inside(context_manager, fn):
+    with context_manager:
+        return fn()
+
+
+def test_plain_eager_calls_are_dispatcher_free():
+    assert ops.dispatcher_free(ARGS)
+    assert ops.dispatcher_free(([X, X], ROIS, torch.zeros(2, dtype=torch.int64), [0.5, 0.25], 2))
+    leaf = X.clone().requires_grad_()
+    with torch.no_grad():
+        assert ops.dispatcher_free((leaf, ROIS))
+    with torch.inference_mode():
+        assert ops.dispatcher_free(ARGS)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "input requires grad",
+        "boxes require grad",
+        "a pyramid level requires grad",
+        "parameter",
+        "dispatch mode",
+        "function mode",
+        "profiler",
+    ],
+)
+def test_what_needs_the_dispatcher(case):
+    grad = X.clone().requires_grad_()
+    checks = {
+        "input requires grad": lambda: ops.dispatcher_free((grad, ROIS)),
+        "boxes require grad": lambda: ops.dispatcher_free((X, ROIS.clone().requires_grad_())),
+        "a pyramid level requires grad": lambda: ops.dispatcher_free(([X, grad], ROIS)),
+        "parameter": lambda: ops.dispatcher_free((torch.nn.Parameter(X, False), ROIS)),
+        "dispatch mode": lambda: inside(OpLog(), lambda: ops.dispatcher_free(ARGS)),
+        "function mode": lambda: inside(torch.device("cpu"), lambda: ops.dispatcher_free(ARGS)),
+        "profiler": lambda: inside(torch.profiler.profile(), lambda: ops.dispatcher_free(ARGS)),
+    }
+    assert checks[case]() is False
+
+
+def test_transforms_and_tracing_need_the_dispatcher():
+    seen = []
+
+    def probe(x):
+        seen.append(ops.dispatcher_free((x,)))
+        return x * 2
+
+    torch.vmap(probe)(torch.randn(3, 2))
+    torch.jit.trace(probe, torch.randn(3), check_trace=False)
+    torch.compile(probe, backend="eager", fullgraph=True)(torch.randn(4))
+    assert seen == [False, False, False]
+
+
+def test_the_direct_call_is_taken_only_where_it_is_free(monkeypatch):
+    calls = []
+    real = ops._IMPLEMENTATIONS[roi_align_op]
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setitem(ops._IMPLEMENTATIONS, roi_align_op, counted)
+    direct = roiops.roi_align(X, ROIS, 2, 1.0, 2, True)
+    assert len(calls) == 1
+    leaf = X.clone().requires_grad_()
+    through_op = roiops.roi_align(leaf, ROIS, 2, 1.0, 2, True)
+    assert len(calls) == 1 and through_op.grad_fn is not None
+    assert torch.equal(direct, through_op.detach())
+
+
+def test_dispatch_modes_and_the_profiler_still_see_the_ops():
+    log = OpLog()
+    with log:
+        roiops.roi_align(X, ROIS, 2, 1.0, 2, True)
+        roiops.roi_pool(X, ROIS, 2, 1.0)
+    assert "roiops.roi_align.default" in log.names
+    assert "roiops.roi_pool_inference.default" in log.names
+    with torch.profiler.profile() as profile:
+        roiops.roi_align(X, ROIS, 2, 1.0, 2, True)
+    assert "roiops::roi_align" in {event.key for event in profile.key_averages()}
+
+
+def test_every_public_forward_goes_through_call():
+    """Each forward custom op of a public function is registered for the direct call."""
+    names = {op._qualname for op in ops._IMPLEMENTATIONS}
+    assert names == {
+        f"roiops::{name}"
+        for name in (
+            "roi_align", "roi_align_max", "roi_align_onnx_max", "roi_pool_inference",
+            "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align", "multi_scale_roi_pool",
+            "roi_align_rotated", "prroi_pool",
+        )
+    }  # fmt: skip
