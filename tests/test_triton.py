@@ -365,6 +365,32 @@ def test_fixed_point_scale_follows_the_gradient(rng, mode):
     assert torch.equal(zero, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided view"])
+def test_fixed_point_conversion_writes_every_cell(rng, layout):
+    # the conversion's tiles (a row's cells x channels) end inside the map on both axes:
+    # 45 cells a row and 37 channels are not multiples of the 32 x 32 tile; any strides
+    from roiops.gpu.fixed_point import Accumulator
+
+    n, c, h, w = 2, 37, 3, 45
+    grad = on_device(rng.standard_normal((5, 3, 2, 2)), torch.float32)
+    sums = Accumulator(grad, (n, c, h, w))
+    sums.acc.copy_(torch.from_numpy(rng.integers(-(2**40), 2**40, (n, h, w, c))))
+    # what the kernel computes: acc * 2**-e with e from max |grad| (< 2**E) and the count
+    bound = int(np.frexp(float(sums.amax))[1])
+    expected = (sums.acc.double() * 2.0 ** -(62 - bound - sums.log2_count)).float()
+    expected = expected.permute(0, 3, 1, 2)
+    if layout == "nchw":
+        out = torch.full((n, c, h, w), float("nan"), device=DEVICE)
+    elif layout == "channels_last":
+        out = torch.full((n, c, h, w), float("nan"), device=DEVICE)
+        out = out.contiguous(memory_format=torch.channels_last)
+    else:
+        out = torch.full((n, c + 3, h, w + 5), float("nan"), device=DEVICE)[:, 1:-2, :, 2:-3]
+    written = sums.write_to(out)
+    assert written is out
+    assert torch.equal(out, expected.to(DEVICE))
+
+
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 @pytest.mark.parametrize("output_size", [7, 14])
 def test_whole_cell_boxes(rng, mode, output_size):

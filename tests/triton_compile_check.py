@@ -91,6 +91,21 @@ def registers_and_spills(ptx: str) -> tuple[int, int]:
     return int(registers.group(1)), int(spilled.group(1))
 
 
+BLOCKED_LAYOUT = re.compile(r"^#(blocked\d*) = #ttg\.blocked<\{.*threadsPerWarp = \[(\d+), (\d+)\]")
+STORE_2D = re.compile(r"tt\.store .*: tensor<\d+x\d+x!tt\.ptr<\w+>, #(blocked\d*)>")
+
+
+def stores_lanes_along_cells(ttgir: str) -> bool:
+    """Whether every 2-D store of the fixed-point conversion has a warp's lanes along the
+    tile's first axis (the cells of a row, contiguous in NCHW): coalesced writes, where
+    lanes along channels would write one element into each of 32 planes."""
+    lanes = {
+        m.group(1): int(m.group(2)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m
+    }
+    stores = STORE_2D.findall(ttgir)
+    return bool(stores) and all(lanes[layout] >= 8 for layout in stores)
+
+
 def compile_for_gpu(fn, pointers, constexprs, num_warps):
     signature = {
         name: pointers.get(
@@ -112,6 +127,8 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     written = ("OUT", "GX") if "forward" in fn.__name__ else ("GX",)  # (box grads read OUT)
     if any(pointers.get(out) in ("*fp16", "*bf16") for out in written):
         assert NEAREST_HALF_ROUNDING.search(ptx), f"{name}: half output not rounded to nearest"
+    if fn is fixed_point_to_float_kernel:
+        assert stores_lanes_along_cells(kernel.asm["ttgir"]), f"{name}: uncoalesced stores"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
@@ -202,10 +219,11 @@ def main() -> int:
                 roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": block_c}, bwd_warps
             )
         compile_for_gpu(roi_pool_backward_kernel, bwd, {"P": 49, "BLOCK_C": block_c}, bwd_warps)
+        # NCHW output: stride_w is 1, which Triton specialises as a constant
         compile_for_gpu(
             fixed_point_to_float_kernel,
             {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
-            {"BLOCK_CELLS": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
+            {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
             4,
         )
     print(

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+# the conversion's tile: cells of one row x channels
 CONVERT_CELLS = 32
 CONVERT_CHANNELS = 32
 
@@ -82,26 +83,34 @@ def add_to_cell(CHANNELS, cell, C, value, scale, mask):
 
 @triton.jit
 def fixed_point_to_float_kernel(
-    ACC, AMAX, GX, HW, W, C, log2_count, stride_n, stride_c, stride_h, stride_w, num_cells,
-    BLOCK_CELLS: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC, AMAX, GX, H, W, C, log2_count, stride_n, stride_c, stride_h, stride_w,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """GX[n, c, h, w] (any strides) = ACC[n, h, w, c] * 2**-e, or NaN if a gradient was
-    not finite. One program per (block of cells, block of channels)."""
+    not finite. One program per (row (n, h), block of BLOCK_W cells of it, block of
+    BLOCK_C channels): the tile is read along channels and written along the row, so
+    that with NCHW strides (``stride_w`` 1, which Triton specialises on) both sides are
+    coalesced and Triton transposes the tile through shared memory. (A tile of cells
+    numbered across rows hides the row's contiguity behind a ``% W``: each warp then
+    stored one cell's 32 channels into 32 planes, a sector each.)"""
+    w_blocks = tl.cdiv(W, BLOCK_W)
     c_blocks = tl.cdiv(C, BLOCK_C)
-    m = (tl.program_id(0) // c_blocks).to(tl.int64) * BLOCK_CELLS + tl.arange(0, BLOCK_CELLS)
-    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (m < num_cells)[:, None] & (c < C)[None, :]
-    acc = tl.load(ACC + m[:, None] * C + c[None, :], mask=ok, other=0)
+    row = tl.program_id(0) // (w_blocks * c_blocks)  # n * H + h
+    rest = tl.program_id(0) % (w_blocks * c_blocks)
+    w = (rest // c_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
+    c = (rest % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (w < W)[:, None] & (c < C)[None, :]
+    cells = row.to(tl.int64) * W + w
+    acc = tl.load(ACC + cells[:, None] * C + c[None, :], mask=ok, other=0)
     _, inverse, finite = fixed_point_scale(AMAX, log2_count)
     value = acc.to(tl.float64) * tl.where(finite, inverse, float("nan"))
     if GX.dtype.element_ty != tl.float64:
         # half precision is rounded from float32, as the other backends round it
         value = value.to(tl.float32)
-    n = m // HW
-    h = (m % HW) // W
-    w = m % W
-    cell = n * stride_n + h * stride_h + w * stride_w
-    tl.store(GX + cell[:, None] + c.to(tl.int64)[None, :] * stride_c,
+    n = row // H
+    h = row % H
+    start = n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h
+    tl.store(GX + start + w[:, None] * stride_w + c.to(tl.int64)[None, :] * stride_c,
              value.to(GX.dtype.element_ty), mask=ok)  # fmt: skip
 
 
@@ -131,13 +140,11 @@ class Accumulator:
         """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
         is written."""
         n, c, h, w = grad_input.shape
-        num_cells = n * h * w
-        if num_cells == 0 or c == 0:
+        if n * h * w == 0 or c == 0:
             return grad_input
-        grid = (triton.cdiv(num_cells, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
+        grid = (n * h * triton.cdiv(w, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
         fixed_point_to_float_kernel[grid](
-            self.parts[part], self.amax, grad_input, h * w, w, c, self.log2_count,
-            *grad_input.stride(), num_cells,
-            BLOCK_CELLS=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS, num_warps=4,
+            self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
+            *grad_input.stride(), BLOCK_W=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS, num_warps=4,
         )  # fmt: skip
         return grad_input
