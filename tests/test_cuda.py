@@ -239,6 +239,37 @@ def test_cuda_graph_capture_and_replay(rng):
         assert torch.equal(got, expected)
 
 
+def test_cuda_graph_of_inference_calls(rng):
+    # plain inference calls skip torch's dispatcher (roiops.ops.call): the same kernels,
+    # capturable as a deployed detector's graph captures them
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+
+    def infer():
+        with torch.no_grad():
+            return (
+                roiops.roi_align(x, rois, 7, 0.25, 2, True),
+                roiops.roi_align(x, rois, 7, 0.25, 0, False, "max"),
+                roiops.roi_pool(x, rois, 7, 0.25),
+            )
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            infer()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = infer()
+    x.copy_(torch.randn_like(x))
+    rois.copy_(cuda(detection_rois(rng, 2, 64, 200, 272)))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, expected in zip(captured, infer(), strict=True):
+        assert torch.equal(got, expected)
+
+
 def test_backward_bitwise_reproducible_where_torchvision_is_not(rng):
     x = torch.randn(2, 64, 100, 136, device="cuda", requires_grad=True)
     rois = cuda(detection_rois(rng, 2, 2000, 400, 544))
