@@ -313,11 +313,19 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool) -> list[dict]:
     return [{**r.__dict__, "speedup": r.speedup} for r in rows]
 
 
+# what a run measures, in this order
+PARTS = ("tests", "float32", "float16", "latency", "deterministic", "forward_layouts",
+         "backward_passes")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the whole report as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="the quick benchmark cases")
-    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-tests", action="store_true", help="all parts but the tests")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, metavar="PART",
+                        help=f"run only these parts (default all: {' '.join(PARTS)}), e.g. "
+                             "a second run within a device's time limit")  # fmt: skip
     parser.add_argument("--tests-timeout", type=float, default=300.0,
                         help="stop the test run after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
@@ -333,15 +341,22 @@ def main(argv: list[str] | None = None) -> int:
         "tests": {"counts": {}, "ok": None},
         "bench": {},
     }
-    if not args.skip_tests:
+    parts = [p for p in args.parts if not (args.skip_tests and p == "tests")]
+    if "tests" in parts:
         section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
     for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
-        measure = lambda d=dtype, n=name: bench_rows(d, n, args.quick)  # noqa: E731
-        section(report, name, measure, args.json, into=report["bench"])
-    section(report, "latency", lambda: latency(rng), args.json)
-    section(report, "deterministic", lambda: deterministic_mode(rng), args.json)
-    section(report, "forward_layouts", lambda: forward_layouts(rng), args.json)
-    section(report, "backward_passes", backward_passes, args.json)
+        if name in parts:
+            measure = lambda d=dtype, n=name: bench_rows(d, n, args.quick)  # noqa: E731
+            section(report, name, measure, args.json, into=report["bench"])
+    measures = {
+        "latency": lambda: latency(rng),
+        "deterministic": lambda: deterministic_mode(rng),
+        "forward_layouts": lambda: forward_layouts(rng),
+        "backward_passes": backward_passes,
+    }
+    for key, measure in measures.items():
+        if key in parts:
+            section(report, key, measure, args.json)
     print()
     print(summary(report))
     return 0 if report["tests"]["ok"] in (True, None) and "errors" not in report else 1

@@ -113,3 +113,30 @@ def test_backward_passes_times_every_pass_on_a_small_case():
     assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / tv" in gpu_report.summary(
         report
     )
+
+
+def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
+    gpu_report = load()
+    measured = []
+    monkeypatch.setattr(gpu_report.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_report.torch.cuda, "get_device_name", lambda: "a GPU")
+    results = {
+        "run_tests": {"counts": {"passed": 1}, "ok": True},
+        "bench_rows": [],
+        "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
+        "deterministic_mode": {"roiops_ms": 1.0, "torchvision_deterministic_ms": 25.0,
+                               "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5}},
+        "forward_layouts": {},
+        "backward_passes": {},
+    }  # fmt: skip
+    for name, result in results.items():
+        monkeypatch.setattr(
+            gpu_report, name, lambda *args, name=name, r=result: measured.append(name) or r
+        )
+    path = tmp_path / "cuda.json"
+    gpu_report.main(["--parts", "float16", "backward_passes", "--json", str(path)])
+    assert measured == ["bench_rows", "backward_passes"]
+    assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
+    measured.clear()
+    gpu_report.main(["--skip-tests"])
+    assert "run_tests" not in measured and len(measured) == 6
