@@ -239,6 +239,26 @@ def test_cuda_graph_capture_and_replay(rng):
         assert torch.equal(got, expected)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_another_gpu_than_the_current_one(rng):
+    # Triton launches on the current device; the ops make it the tensors' own
+    x = torch.randn(2, 16, 50, 68, device="cuda")
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+    grad7 = torch.randn(64, 16, 7, 7, device="cuda")
+    expected = run_all_ops(x.clone().requires_grad_(), rois, grad7)
+    with torch.no_grad():
+        inference = roiops.roi_align(x, rois, 7, 0.25, 2, True)
+    assert torch.cuda.current_device() == 0
+    on_1 = [t.to("cuda:1") for t in (x, rois, grad7)]
+    got = run_all_ops(on_1[0].requires_grad_(), *on_1[1:])
+    with torch.no_grad():
+        got_inference = roiops.roi_align(on_1[0], on_1[1], 7, 0.25, 2, True)
+    assert torch.cuda.current_device() == 0
+    for a, b in zip([*got, got_inference], [*expected, inference], strict=True):
+        assert a.device == torch.device("cuda:1")
+        assert torch.equal(a.cpu(), b.cpu())
+
+
 def test_cuda_graph_of_inference_calls(rng):
     # plain inference calls skip torch's dispatcher (roiops.ops.call): the same kernels,
     # capturable as a deployed detector's graph captures them

@@ -2,6 +2,8 @@
 where nothing could tell the difference from calling the custom op: plain eager tensors
 that autograd will not record, and nothing that acts inside torch's dispatcher."""
 
+import contextlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -49,6 +51,8 @@ def test_plain_eager_calls_are_dispatcher_free():
         "boxes require grad",
         "a pyramid level requires grad",
         "parameter",
+        "meta tensor",
+        "a meta pyramid level",
         "dispatch mode",
         "function mode",
         "profiler",
@@ -61,6 +65,8 @@ def test_what_needs_the_dispatcher(case):
         "boxes require grad": lambda: ops.dispatcher_free((X, ROIS.clone().requires_grad_())),
         "a pyramid level requires grad": lambda: ops.dispatcher_free(([X, grad], ROIS)),
         "parameter": lambda: ops.dispatcher_free((torch.nn.Parameter(X, False), ROIS)),
+        "meta tensor": lambda: ops.dispatcher_free((X.to("meta"), ROIS.to("meta"))),
+        "a meta pyramid level": lambda: ops.dispatcher_free(([X, X.to("meta")], ROIS)),
         "dispatch mode": lambda: inside(OpLog(), lambda: ops.dispatcher_free(ARGS)),
         "function mode": lambda: inside(torch.device("cpu"), lambda: ops.dispatcher_free(ARGS)),
         "profiler": lambda: inside(torch.profiler.profile(), lambda: ops.dispatcher_free(ARGS)),
@@ -121,3 +127,48 @@ def test_every_public_forward_goes_through_call():
             "roi_align_rotated", "prroi_pool",
         )
     }  # fmt: skip
+
+
+def test_meta_tensors_get_the_fake_implementations_shapes():
+    # shape inference on the meta device (e.g. a model built there) goes through the ops
+    x, rois = X.to("meta"), ROIS.to("meta")
+    pyramid = [torch.zeros(2, 3, 8, 8, device="meta"), torch.zeros(2, 3, 4, 4, device="meta")]
+    levels = torch.zeros(2, dtype=torch.int64, device="meta")
+    outputs = [
+        roiops.roi_align(x, rois, 2, 1.0, 2, True),
+        roiops.roi_align(x, rois, (3, 2), 1.0, 0, False, "max"),
+        roiops.roi_pool(x, rois, 2),
+        roiops.multi_scale_roi_align(pyramid, rois, 2, [0.5, 0.25], levels=levels),
+    ]
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 2, 2), (2, 3, 3, 2), (2, 3, 2, 2)] + [
+        (2, 3, 2, 2)
+    ]
+    assert all(o.device.type == "meta" for o in outputs)
+
+
+def test_the_ops_run_on_their_tensors_gpu(monkeypatch):
+    # Triton launches on the current CUDA device: an op whose tensors are on another
+    # GPU makes theirs the current one while it runs (a stand-in for a cuda:1 tensor here)
+    class OnGpu1:
+        is_cuda = True
+        device = "cuda:1"
+
+        def get_device(self):
+            return 1
+
+    entered = []
+
+    @contextlib.contextmanager
+    def device(where):
+        entered.append(where)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    run = ops.on_tensors_device(lambda *args: "ran")
+    assert run([OnGpu1()], X) == "ran" and entered == ["cuda:1"]
+    assert run(X, ROIS) == "ran" and entered == ["cuda:1"]  # CPU tensors: no device
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert run([OnGpu1()]) == "ran" and entered == ["cuda:1"]  # already current
+    # every custom op's implementation is wrapped (the forward ones as ``call`` runs them)
+    assert all(fn.__wrapped__ for fn in ops._IMPLEMENTATIONS.values())

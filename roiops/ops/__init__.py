@@ -9,6 +9,7 @@ dispatcher in plain eager inference (see :func:`dispatcher_free`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -22,16 +23,45 @@ from roiops._backend import select_backend
 _IMPLEMENTATIONS: dict[object, Callable] = {}
 
 
-def forward_op(name: str):
-    """``torch.library.custom_op(name, mutates_args=())``, for an op that the public
-    functions call through :func:`call`."""
+def custom_op(name: str):
+    """``torch.library.custom_op(name, mutates_args=())`` of an implementation that runs
+    on its tensors' GPU (:func:`on_tensors_device`)."""
 
     def register(fn: Callable):
-        op = torch.library.custom_op(name, mutates_args=())(fn)
-        _IMPLEMENTATIONS[op] = fn
+        return torch.library.custom_op(name, mutates_args=())(on_tensors_device(fn))
+
+    return register
+
+
+def forward_op(name: str):
+    """:func:`custom_op`, for an op that the public functions call through :func:`call`."""
+
+    def register(fn: Callable):
+        implementation = on_tensors_device(fn)
+        op = torch.library.custom_op(name, mutates_args=())(implementation)
+        _IMPLEMENTATIONS[op] = implementation
         return op
 
     return register
+
+
+def on_tensors_device(fn: Callable) -> Callable:
+    """``fn``, run with its tensors' CUDA device as the current one. Triton launches its
+    kernels on the current device (as torchvision's C++ kernels take a device guard, and
+    the dispatcher sets none for Python kernels): a model on ``cuda:1`` in a process
+    whose current device is ``cuda:0`` would otherwise fail or launch on the wrong GPU.
+    The first argument is a tensor, or a list of them (a pyramid); an op's tensors share
+    one device (``_validate``)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = args[0] if isinstance(args[0], Tensor) else args[0][0]
+        if first.is_cuda and first.get_device() != torch.cuda.current_device():
+            with torch.cuda.device(first.device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def call(op, *args):
@@ -46,8 +76,8 @@ def call(op, *args):
 
 def dispatcher_free(args) -> bool:
     """Whether calling an op's implementation directly with ``args`` is the same as
-    calling the op: eager mode, plain tensors (or lists of them) that autograd will not
-    record, and nothing that acts inside torch's dispatcher (dispatch or function modes
+    calling the op: eager mode, plain tensors with data (or lists of them) that autograd
+    will not record, and nothing that acts inside torch's dispatcher (dispatch or function modes
     such as FakeTensorMode or FlopCounterMode, functorch transforms, the profiler,
     torch.jit tracing). Otherwise the op is called, which all of those see."""
     # first: torch.compile traces this function, and records the op
@@ -65,7 +95,7 @@ def dispatcher_free(args) -> bool:
     grad = C.is_grad_enabled()
     for arg in args:
         if type(arg) is Tensor:
-            if grad and arg.requires_grad:
+            if arg.is_meta or (grad and arg.requires_grad):
                 return False
         elif type(arg) is list:
             if not all(_plain(t, grad) for t in arg):
@@ -76,9 +106,10 @@ def dispatcher_free(args) -> bool:
 
 
 def _plain(value: object, grad: bool) -> bool:
-    """Not a tensor, or a plain ``Tensor`` (no subclass) that autograd will not record."""
+    """Not a tensor, or a plain ``Tensor`` (no subclass) that autograd will not record,
+    with data (a meta tensor is answered by the op's fake implementation, a shape)."""
     if type(value) is Tensor:
-        return not (grad and value.requires_grad)
+        return not (value.is_meta or (grad and value.requires_grad))
     return type(value) in (int, float, bool) or not isinstance(value, Tensor)
 
 

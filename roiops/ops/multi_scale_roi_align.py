@@ -20,6 +20,7 @@ from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
     checked_backend,
+    custom_op,
     forward_op,
     host_array,
 )
@@ -82,7 +83,7 @@ def _(features, rois, levels, scales, pooled_height, pooled_width, sampling_rati
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
 
 
-@torch.library.custom_op("roiops::multi_scale_roi_align_backward", mutates_args=())
+@custom_op("roiops::multi_scale_roi_align_backward")
 def multi_scale_roi_align_backward_op(
     grad: Tensor,
     rois: Tensor,
@@ -211,7 +212,7 @@ def _(features, rois, levels, scales, pooled_height, pooled_width):
     return features[0].new_empty(shape), argmax
 
 
-@torch.library.custom_op("roiops::multi_scale_roi_pool_backward", mutates_args=())
+@custom_op("roiops::multi_scale_roi_pool_backward")
 def multi_scale_roi_pool_backward_op(
     grad: Tensor,
     argmax: Tensor,

@@ -11,7 +11,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array
 from roiops.reference import prroi_pool as reference
 
 OP = "prroi_pool"
@@ -51,7 +51,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-@torch.library.custom_op("roiops::prroi_pool_backward", mutates_args=())
+@custom_op("roiops::prroi_pool_backward")
 def prroi_pool_backward_op(
     grad: Tensor,
     rois: Tensor,
@@ -93,7 +93,7 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channe
     return grad.new_empty((batch_size, channels, height, width))
 
 
-@torch.library.custom_op("roiops::prroi_pool_box_backward", mutates_args=())
+@custom_op("roiops::prroi_pool_box_backward")
 def prroi_pool_box_backward_op(
     grad: Tensor,
     input: Tensor,

@@ -14,7 +14,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array
 from roiops.reference import ps_roi_align as reference
 
 OP = "ps_roi_align"
@@ -69,7 +69,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
     return input.new_empty((rois.shape[0], channels_out, pooled_height, pooled_width))
 
 
-@torch.library.custom_op("roiops::ps_roi_align_backward", mutates_args=())
+@custom_op("roiops::ps_roi_align_backward")
 def ps_roi_align_backward_op(
     grad: Tensor,
     rois: Tensor,

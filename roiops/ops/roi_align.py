@@ -22,6 +22,7 @@ from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
     checked_backend,
+    custom_op,
     forward_op,
     host_array,
 )
@@ -160,7 +161,7 @@ roi_align_onnx_max_op.register_fake(_fake_with_argmax("roi_align_onnx_max"))
 
 
 # --------------------------------------------------------------------------- backward
-@torch.library.custom_op("roiops::roi_align_backward", mutates_args=())
+@custom_op("roiops::roi_align_backward")
 def roi_align_backward_op(
     grad: Tensor,
     rois: Tensor,
@@ -222,7 +223,7 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, al
     return fake_input_grad(grad, batch_size, channels, height, width)
 
 
-@torch.library.custom_op("roiops::roi_align_box_backward", mutates_args=())
+@custom_op("roiops::roi_align_box_backward")
 def roi_align_box_backward_op(
     grad: Tensor,
     input: Tensor,

@@ -15,7 +15,7 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array
 from roiops.reference import roi_align_rotated as reference
 
 OP = "roi_align_rotated"
@@ -75,7 +75,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-@torch.library.custom_op("roiops::roi_align_rotated_backward", mutates_args=())
+@custom_op("roiops::roi_align_rotated_backward")
 def roi_align_rotated_backward_op(
     grad: Tensor,
     rois: Tensor,

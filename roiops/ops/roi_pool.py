@@ -15,6 +15,7 @@ from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
     checked_backend,
+    custom_op,
     forward_op,
     host_array,
 )
@@ -56,7 +57,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
     return out, (argmax_from_reference(argmax, input.device) if with_argmax else None)
 
 
-@torch.library.custom_op("roiops::roi_pool", mutates_args=())
+@custom_op("roiops::roi_pool")
 def roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> tuple[Tensor, Tensor]:
@@ -87,7 +88,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-@torch.library.custom_op("roiops::roi_pool_backward", mutates_args=())
+@custom_op("roiops::roi_pool_backward")
 def roi_pool_backward_op(
     grad: Tensor,
     argmax: Tensor,
