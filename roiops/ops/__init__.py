@@ -19,7 +19,8 @@ from torch import Tensor
 from roiops import _validate
 from roiops._backend import select_backend
 
-# forward custom op -> the function it was made from
+# forward custom op -> its implementation (the function it was made from, run on its
+# tensors' device), which :func:`call` runs directly
 _IMPLEMENTATIONS: dict[object, Callable] = {}
 
 
