@@ -87,7 +87,10 @@ def boxes_to_rois(boxes: object, input: Tensor, op: str, rotated: bool = False) 
             f"{op}: boxes must be a Tensor[K, {columns + 1}] or a list of Tensor[L, {columns}], "
             f"got {type(boxes).__name__}"
         )
-    return rois.to(dtype=compute_dtype(input.dtype)).contiguous()
+    dtype = compute_dtype(input.dtype)
+    if rois.dtype != dtype:  # (``to`` would return rois itself, after parsing its arguments)
+        rois = rois.to(dtype)
+    return rois.contiguous()
 
 
 def _check_box_tensor(b: Tensor, input: Tensor, op: str, name: str) -> None:
