@@ -62,7 +62,7 @@ from roiops.gpu.roi_pool import (  # noqa: E402
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
 )
-from roiops.gpu.tiles import bin_channels_grid, bins_grid  # noqa: E402
+from roiops.gpu.tiles import UNSPECIALISED, bin_channels_grid, bins_grid  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -114,6 +114,10 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         )
         for name in fn.arg_names
     }
+    # size-like arguments are not specialised (one variant for every image size); the
+    # channel count and a unit stride are
+    unspecialised = {p.name for p in fn.params if p.do_not_specialize}
+    assert unspecialised == UNSPECIALISED.intersection(fn.arg_names), fn.__name__
     source = ASTSource(fn, signature, constexprs)
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]

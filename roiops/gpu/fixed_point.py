@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from roiops.gpu.tiles import kernel
+
 # the conversion's tile: cells of one row x channels
 CONVERT_CELLS = 32
 CONVERT_CHANNELS = 32
@@ -81,7 +83,7 @@ def add_to_cell(CHANNELS, cell, C, value, scale, mask):
                   sem="relaxed")  # fmt: skip
 
 
-@triton.jit
+@kernel
 def fixed_point_to_float_kernel(
     ACC, AMAX, GX, H, W, C, log2_count, stride_n, stride_c, stride_h, stride_w,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,

@@ -25,6 +25,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    kernel,
     output_offsets,
 )
 
@@ -42,7 +43,7 @@ def _pick_level(LEVELS, k, NUM_LEVELS: tl.constexpr, A0, A1, A2, A3, A4):
     return usable, a
 
 
-@triton.jit
+@kernel
 def multi_scale_roi_align_forward_kernel(
     X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, sampling_ratio,
@@ -60,7 +61,7 @@ def multi_scale_roi_align_forward_kernel(
                  PH, PW, ALIGNED, False, False, BLOCK)  # fmt: skip
 
 
-@triton.jit
+@kernel
 def multi_scale_roi_align_backward_kernel(
     G, ROIS, LEVELS, AMAX, ACC, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, O0, O1, O2, O3, O4,
@@ -80,7 +81,7 @@ def multi_scale_roi_align_backward_kernel(
                  SPAN)  # fmt: skip
 
 
-@triton.jit
+@kernel
 def multi_scale_roi_pool_forward_kernel(
     X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, ARGMAX, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4,
@@ -95,7 +96,7 @@ def multi_scale_roi_pool_forward_kernel(
     pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, bits, usable, PH, PW, BLOCK, True)
 
 
-@triton.jit
+@kernel
 def multi_scale_roi_pool_backward_kernel(
     G, ROIS, LEVELS, ARGMAX, AMAX, ACC, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, O0, O1, O2, O3, O4, log2_count,

@@ -20,6 +20,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    kernel,
     output_offsets,
     store_bins,
 )
@@ -66,7 +67,7 @@ def _value(plane, h, w, H, W, mask):
     return tl.load(plane + h * W + w, mask=inside, other=0.0)
 
 
-@triton.jit
+@kernel
 def prroi_pool_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
@@ -102,7 +103,7 @@ def prroi_pool_forward_kernel(
     store_bins(OUT, OUT, value, value, k, c, p, ok, C, PH * PW, False)
 
 
-@triton.jit
+@kernel
 def prroi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -163,7 +164,7 @@ def _edge(s, t, c1, c2):
     return 0.5 * (t * t - s * s) * c2 + (t - 0.5 * t * t - s + 0.5 * s * s) * c1
 
 
-@triton.jit
+@kernel
 def prroi_pool_box_backward_kernel(
     G, X, ROIS, OUT, PARTIAL, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,

@@ -22,6 +22,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    kernel,
     output_offsets,
     store_bins,
 )
@@ -38,7 +39,7 @@ def _ps_quantized_roi(ROIS, k, N, SCALE_BITS):
     return n, start_h, start_w, height, width, valid
 
 
-@triton.jit
+@kernel
 def ps_roi_pool_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
@@ -69,7 +70,7 @@ def ps_roi_pool_forward_kernel(
     store_bins(OUT, OUT, value, value, k, c, p, ok, C, PH * PW, False)
 
 
-@triton.jit
+@kernel
 def ps_roi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,

@@ -32,6 +32,7 @@ from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
     is_channels_last,
+    kernel,
     output_offsets,
     store_bins,
 )
@@ -173,7 +174,7 @@ def input_channel(c, p, C, P: tl.constexpr, PS: tl.constexpr):
     return c_in, C_in
 
 
-@triton.jit
+@kernel
 def roi_align_forward_kernel(
     X, ROIS, OUT, ARGMAX,
     N, C, H, W, scale_bits, sampling_ratio,
@@ -218,7 +219,7 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, ok, C, PH * PW, MAX_MODE)
 
 
-@triton.jit
+@kernel
 def roi_align_forward_nhwc_kernel(
     X, ROIS, OUT, ARGMAX,
     N, C, H, W, scale_bits, sampling_ratio,
@@ -286,7 +287,7 @@ def _pick(values, i):
     return tl.sum(tl.where(tl.arange(0, values.shape[0]) == i, values, 0.0), axis=0)
 
 
-@triton.jit
+@kernel
 def roi_align_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC,
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
@@ -438,7 +439,7 @@ def _edge_slope(v, limit):
     return low, high, frac, (v <= 0) | (low == high)
 
 
-@triton.jit
+@kernel
 def roi_align_box_backward_kernel(
     G, X, ROIS, ARGMAX, PARTIAL, N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,

@@ -21,6 +21,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    kernel,
     output_offsets,
     store_bins,
 )
@@ -91,7 +92,7 @@ def _rotated_point(center_h, center_w, start_h, start_w, bin_h, bin_w, cos_t, si
     return y_lo, y_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, inside
 
 
-@triton.jit
+@kernel
 def roi_align_rotated_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
@@ -124,7 +125,7 @@ def roi_align_rotated_forward_kernel(
     store_bins(OUT, OUT, acc, acc, k, c, p, ok, C, PH * PW, False)
 
 
-@triton.jit
+@kernel
 def roi_align_rotated_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,

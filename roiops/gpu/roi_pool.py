@@ -25,6 +25,7 @@ from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
     is_channels_last,
+    kernel,
     output_offsets,
     store_bins,
 )
@@ -64,7 +65,7 @@ def bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.conste
     return tl.minimum(tl.maximum(start, 0), limit), tl.minimum(tl.maximum(end, 0), limit)
 
 
-@triton.jit
+@kernel
 def roi_pool_forward_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, STORE_ARGMAX: tl.constexpr,
@@ -114,7 +115,7 @@ def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
     store_bins(OUT, ARGMAX, best, best_at, k, c, p, ok, C, PH * PW, STORE_ARGMAX)
 
 
-@triton.jit
+@kernel
 def roi_pool_forward_nhwc_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, STORE_ARGMAX: tl.constexpr,
@@ -145,7 +146,7 @@ def roi_pool_forward_nhwc_kernel(
     store_bins(OUT, ARGMAX, best, best_at, k, c, p, c_ok, C, PH * PW, STORE_ARGMAX)
 
 
-@triton.jit
+@kernel
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
     P: tl.constexpr, BLOCK_C: tl.constexpr,

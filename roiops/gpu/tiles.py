@@ -14,6 +14,7 @@ so each load from an NHWC input, and each atomic into the NHWC fixed-point accum
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 import triton
@@ -32,6 +33,23 @@ BACKWARD_CHANNELS = 256
 BACKWARD_PER_THREAD = 2
 # CUDA's first grid dimension holds at most 2**31 - 1 programs (the others 65535)
 MAX_PROGRAMS = 2**31 - 1
+# Kernel arguments that change with the feature maps' sizes and with the call (sizes,
+# pyramid offsets, strides, scales, counts). Triton specialises integer arguments on
+# their value (== 1, divisible by 16) and compiles a variant per pattern: every new
+# image size of a multi-scale training run could compile the kernels again (ten such
+# arguments in the FPN kernels), for no speed, as these index gathers and atomics. The
+# channel count and a unit stride stay specialised: they make accesses contiguous.
+UNSPECIALISED = frozenset(
+    ["N", "H", "W", "HW", "scale_bits", "sampling_ratio", "log2_count", "num_cells",
+     "stride_n", "stride_c", "stride_h"]
+    + [f"{name}{level}" for name in "HWOS" for level in range(5)]
+)  # fmt: skip
+
+
+def kernel(fn):
+    """``triton.jit`` of a kernel whose ``UNSPECIALISED`` arguments are not specialised."""
+    names = [name for name in inspect.signature(fn).parameters if name in UNSPECIALISED]
+    return triton.jit(do_not_specialize=names)(fn)
 
 
 def _check_grid(programs: int, op: str) -> tuple[int]:
