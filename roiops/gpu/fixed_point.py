@@ -112,8 +112,9 @@ def fixed_point_to_float_kernel(
     n = row // H
     h = row % H
     start = n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h
-    tl.store(GX + start + w[:, None] * stride_w + c.to(tl.int64)[None, :] * stride_c,
-             value.to(GX.dtype.element_ty), mask=ok)  # fmt: skip
+    # int64 throughout: a channels_last gradient's w * stride_w is w * C
+    at = start + w.to(tl.int64)[:, None] * stride_w + c.to(tl.int64)[None, :] * stride_c
+    tl.store(GX + at, value.to(GX.dtype.element_ty), mask=ok)
 
 
 # ----------------------------------------------------------------------------- launchers
