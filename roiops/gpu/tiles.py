@@ -9,6 +9,9 @@ Backward, and the forward of channels_last inputs: one program per (RoI, bin, bl
 channels): the bin's geometry is computed once, in scalars, and the lanes are channels,
 so each load from an NHWC input, and each atomic into the NHWC fixed-point accumulator
 (``roiops.gpu.fixed_point``), covers consecutive addresses.
+
+Every kernel is declared with ``kernel``: ``triton.jit`` without specialising on
+feature-map sizes (``UNSPECIALISED``).
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ MAX_PROGRAMS = 2**31 - 1
 # arguments in the FPN kernels), for no speed, as these index gathers and atomics. The
 # channel count and a unit stride stay specialised: they make accesses contiguous.
 UNSPECIALISED = frozenset(
-    ["N", "H", "W", "HW", "scale_bits", "sampling_ratio", "log2_count", "num_cells",
-     "stride_n", "stride_c", "stride_h"]
+    ["N", "H", "W", "scale_bits", "sampling_ratio", "log2_count", "stride_n", "stride_c",
+     "stride_h"]
     + [f"{name}{level}" for name in "HWOS" for level in range(5)]
 )  # fmt: skip
 
