@@ -118,6 +118,14 @@ def fixed_point_to_float_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
+def max_abs(grad: torch.Tensor) -> torch.Tensor:
+    """``max |grad|`` as a 0-d float32 tensor (float64 for float64), on the device: the
+    bound the fixed-point scale is chosen from. A max is exact in any order, so the scale
+    does not depend on how threads are scheduled."""
+    wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(grad, float("inf"), dtype=wide)
+
+
 class Accumulator:
     """One backward's fixed-point sums, for one input or several (the levels of a feature
     pyramid): ``parts[i]`` (zeroed int64 NHWC views of one buffer ``flat``, part i at
@@ -134,9 +142,7 @@ class Accumulator:
             for o, size, (n, c, h, w) in zip(self.offsets, sizes, input_shapes, strict=True)
         ]
         self.acc = self.parts[0]
-        # max is exact in any order: the scale does not depend on how threads are scheduled
-        wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        self.amax = torch.linalg.vector_norm(grad, float("inf"), dtype=wide)
+        self.amax = max_abs(grad)
         self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
 
     def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
