@@ -11,11 +11,9 @@ gradient. A RoI whose level is not in ``[0, L)`` is invalid: NaN outputs, no gra
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from roiops._layout import argmax_shape
-from roiops._validate import MAX_LEVELS
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
 from roiops.gpu.roi_pool import pool_bins
@@ -27,20 +25,9 @@ from roiops.gpu.tiles import (
     bins_tile,
     kernel,
     output_offsets,
+    per_level,
+    pick_level,
 )
-
-
-@triton.jit
-def _pick_level(LEVELS, k, NUM_LEVELS: tl.constexpr, A0, A1, A2, A3, A4):
-    """(level, usable, A): RoI k's level, whether it is in range, and the level's entry
-    of A0..A4 (level 0's where it is out of range)."""
-    level = tl.load(LEVELS + k)
-    usable = (level >= 0) & (level < NUM_LEVELS)
-    a = tl.where(level == 1, A1, A0)
-    a = tl.where(level == 2, A2, a)
-    a = tl.where(level == 3, A3, a)
-    a = tl.where(level == 4, A4, a)
-    return usable, a
 
 
 @kernel
@@ -53,10 +40,10 @@ def multi_scale_roi_align_forward_kernel(
     """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
     sizes are H_l x W_l and spatial_scale the float64 with bits S_l."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
-    usable, X = _pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
-    _, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
-    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
-    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
+    _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
     forward_bins(X, ROIS, OUT, OUT, k, c, p, ok, N, C, H, W, bits, sampling_ratio, usable,
                  PH, PW, ALIGNED, False, False, BLOCK)  # fmt: skip
 
@@ -72,10 +59,10 @@ def multi_scale_roi_align_backward_kernel(
     """ACC (int64; level l's NHWC part starts at element O_l) += the gradient of one
     (RoI, bin, block of channels) from G[K, C, PH, PW]."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
-    usable, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
-    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
-    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
-    _, offset = _pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
+    usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
     backward_bin(G, ROIS, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
                  sampling_ratio, log2_count, usable, PH, PW, ALIGNED, False, False,
                  SPAN)  # fmt: skip
@@ -89,10 +76,10 @@ def multi_scale_roi_pool_forward_kernel(
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C]: RoI k max-pooled from its level."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
-    usable, X = _pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
-    _, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
-    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
-    _, bits = _pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
+    _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
     pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, bits, usable, PH, PW, BLOCK, True)
 
 
@@ -105,9 +92,9 @@ def multi_scale_roi_pool_backward_kernel(
     """ACC (int64; level l's NHWC part at element O_l) += G[k, c, p] at each channel's
     argmax cell of RoI k's level."""
     k, p, c, c_ok = bin_channels_tile(C, P, BLOCK_C)
-    usable, H = _pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
-    _, W = _pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
-    _, offset = _pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
+    usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
     n, valid = batch_index(ROIS, k, N, 5)
     g_at, argmax_at = output_offsets(k, c, p, C, P)
     cell = tl.where(valid & usable, tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1), -1)
@@ -118,11 +105,6 @@ def multi_scale_roi_pool_backward_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _per_level(values, fill):
-    """``values`` padded to MAX_LEVELS entries with ``fill``."""
-    return [*values, *([fill] * (MAX_LEVELS - len(values)))]
-
-
 def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pooled_w,
                                   sampling_ratio, aligned):  # fmt: skip
     """``out[K, C, ph, pw]`` for ``features[l][N, C, H_l, W_l]`` (read as NCHW)."""
@@ -132,9 +114,9 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
     out = xs[0].new_empty((K, C, pooled_h, pooled_w))
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align")
     multi_scale_roi_align_forward_kernel[grid](
-        *_per_level(xs, xs[0]), rois, levels, out, N, C,
-        *_per_level([f.shape[2] for f in xs], 0), *_per_level([f.shape[3] for f in xs], 0),
-        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
+        *per_level(xs, xs[0]), rois, levels, out, N, C,
+        *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
+        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
         num_warps=num_warps,
     )  # fmt: skip
@@ -146,14 +128,15 @@ def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, samp
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
     K, C, pooled_h, pooled_w = grad.shape
     N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs), rois=rois, scales=scales,
+                       levels=levels)  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
     multi_scale_roi_align_backward_kernel[grid](
         grad.contiguous(), rois, levels, sums.amax, sums.flat, N, C,
-        *_per_level([g.shape[2] for g in grad_inputs], 0),
-        *_per_level([g.shape[3] for g in grad_inputs], 0),
-        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
-        *_per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
+        *per_level([g.shape[2] for g in grad_inputs], 0),
+        *per_level([g.shape[3] for g in grad_inputs], 0),
+        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
+        *per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
         NUM_LEVELS=len(grad_inputs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
         BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
     )  # fmt: skip
@@ -170,25 +153,26 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
                          device=out.device)  # fmt: skip
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_pool")
     multi_scale_roi_pool_forward_kernel[grid](
-        *_per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
-        *_per_level([f.shape[2] for f in xs], 0), *_per_level([f.shape[3] for f in xs], 0),
-        *_per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
+        *per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
+        *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
+        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 
 
-def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
+def multi_scale_roi_pool_backward(grad, argmax, rois, levels, scales, grad_inputs):
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
     K, C, pooled_h, pooled_w = grad.shape
     N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs), rois=rois, scales=scales,
+                       levels=levels)  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
     multi_scale_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, levels, argmax.contiguous(), sums.amax, sums.flat, N, C,
-        *_per_level([g.shape[2] for g in grad_inputs], 0),
-        *_per_level([g.shape[3] for g in grad_inputs], 0),
-        *_per_level(sums.offsets, 0), sums.log2_count,
+        *per_level([g.shape[2] for g in grad_inputs], 0),
+        *per_level([g.shape[3] for g in grad_inputs], 0),
+        *per_level(sums.offsets, 0), sums.log2_count,
         NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_C=block_c,
         num_warps=num_warps,
     )  # fmt: skip

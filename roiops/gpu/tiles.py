@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from roiops._validate import MAX_LEVELS
+
 # Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
 # register counts for sm_90 (not from timings): 2 outputs per thread take 48-54
 # registers (room for 32-40 warps per SM), 4 take 72-97, and the first version's
@@ -43,9 +45,9 @@ MAX_PROGRAMS = 2**31 - 1
 # arguments in the FPN kernels), for no speed, as these index gathers and atomics. The
 # channel count and a unit stride stay specialised: they make accesses contiguous.
 UNSPECIALISED = frozenset(
-    ["N", "H", "W", "scale_bits", "sampling_ratio", "log2_count", "stride_n", "stride_c",
-     "stride_h"]
-    + [f"{name}{level}" for name in "HWOS" for level in range(5)]
+    ["N", "H", "W", "cells", "scale_bits", "sampling_ratio", "log2_count", "stride_n",
+     "stride_c", "stride_h"]
+    + [f"{name}{level}" for name in "HWOSF" for level in range(5)]
 )  # fmt: skip
 
 
@@ -55,7 +57,13 @@ def kernel(fn):
     return triton.jit(do_not_specialize=names)(fn)
 
 
-def _check_grid(programs: int, op: str) -> tuple[int]:
+def per_level(values, fill) -> list:
+    """``values`` (one per pyramid level) padded with ``fill`` to the MAX_LEVELS arguments
+    of a kernel that takes every level side by side."""
+    return [*values, *([fill] * (MAX_LEVELS - len(values)))]
+
+
+def check_grid(programs: int, op: str) -> tuple[int]:
     if programs > MAX_PROGRAMS:
         raise ValueError(
             f"{op}: {programs} GPU programs exceed CUDA's grid limit of {MAX_PROGRAMS}; "
@@ -77,7 +85,7 @@ def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: st
     outputs = channels * pooled_h * pooled_w
     block = min(FORWARD_BLOCK, triton.next_power_of_2(outputs))
     num_warps = min(max(block // (32 * FORWARD_PER_THREAD), 1), 8)
-    return _check_grid(num_rois * triton.cdiv(outputs, block), op), block, num_warps
+    return check_grid(num_rois * triton.cdiv(outputs, block), op), block, num_warps
 
 
 @triton.jit
@@ -110,7 +118,7 @@ def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int
     block_c = min(BACKWARD_CHANNELS, triton.next_power_of_2(channels))
     num_warps = max(1, block_c // (32 * BACKWARD_PER_THREAD))
     programs = num_rois * pooled_h * pooled_w * triton.cdiv(channels, block_c)
-    return _check_grid(programs, op), block_c, num_warps
+    return check_grid(programs, op), block_c, num_warps
 
 
 @triton.jit
@@ -129,3 +137,16 @@ def output_offsets(k, c, p, C, P: tl.constexpr):
     ``ARGMAX[K, P, C]`` entries of RoI k, bin(s) p, channel(s) c, in int64."""
     k = k.to(tl.int64)
     return (k * C + c) * P + p, (k * P + p) * C + c
+
+
+@triton.jit
+def pick_level(LEVELS, k, NUM_LEVELS: tl.constexpr, A0, A1, A2, A3, A4):
+    """(usable, A): whether RoI k's level ``LEVELS[k]`` is in ``[0, NUM_LEVELS)``, and the
+    level's entry of A0..A4 (level 0's where it is out of range)."""
+    level = tl.load(LEVELS + k)
+    usable = (level >= 0) & (level < NUM_LEVELS)
+    a = tl.where(level == 1, A1, A0)
+    a = tl.where(level == 2, A2, a)
+    a = tl.where(level == 3, A3, a)
+    a = tl.where(level == 4, A4, a)
+    return usable, a
