@@ -147,14 +147,27 @@ def marked(rois, shape, scale=1.0, levels=None, shapes=None):
     return sums.flags
 
 
-def test_reach_is_the_box_widened_by_a_cell_and_its_neighbour():
-    # x from floor(x1 * s - 0.5 - 1) to floor(x2 * s + 1) + 1, likewise y; other images
+def slack(lo, hi):
+    return (abs(lo) + abs(hi)) * 2.0**-18 + 2.0**-10
+
+
+@pytest.mark.parametrize(
+    "box", [(8.0, 4.0, 13.0, 9.0), (9.0, 3.0, 14.0, 6.0), (11.0, 9.0, 7.0, 9.5)]
+)
+def test_reach_is_the_box_with_half_a_cell_before_and_a_cell_after(box):
+    # x from floor(min(x1s, x2s) - 0.5) to floor(max(x1s, x2s, x1s + 1)) + 1 (the
+    # bilinear neighbour), each end moved out by the rounding slack (which takes an end
+    # on a whole cell one cell further: the second box); likewise y; other images
     # untouched
-    rois = tensor([[1, 8.0, 4.0, 13.0, 9.0]])
+    rois = tensor([[1, *box]])
     flags = marked(rois, (2, 1, 12, 14), scale=0.5).view(2, 12, 14)
+    x1, y1, x2, y2 = (v * 0.5 for v in box)
+    ends = []
+    for a, b in ((x1, x2), (y1, y2)):
+        lo, hi = min(a, b) - 0.5, max(a, b, a + 1)
+        ends.append((math.floor(lo - slack(lo, hi)), math.floor(hi + slack(lo, hi)) + 1))
+    (x0, x1), (y0, y1) = ends
     expected = torch.zeros(2, 12, 14, dtype=torch.int8, device=DEVICE)
-    x0, x1 = math.floor(4 - 0.5 - 1), math.floor(6.5 + 1) + 1
-    y0, y1 = math.floor(2 - 0.5 - 1), math.floor(4.5 + 1) + 1
     expected[1, y0 : y1 + 1, x0 : x1 + 1] = 1
     assert torch.equal(flags, expected)
 
@@ -189,13 +202,13 @@ def test_reach_of_levels_and_rotated_rows():
     levels = tensor([0, 1, 2], torch.int64)
     flags = marked(rois, None, [0.5, 0.25], levels, [(2, 1, 8, 8), (2, 1, 4, 4)])
     p2, p3 = flags[: 2 * 64].view(2, 8, 8), flags[2 * 64 :].view(2, 4, 4)
-    assert torch.equal(p2[0] != 0, region(8, 8, 0, 6)) and not p2[1].any()
+    assert torch.equal(p2[0] != 0, region(8, 8, 1, 5)) and not p2[1].any()
     assert torch.equal(p3[1] != 0, region(4, 4, 0, 3)) and not p3[0].any()
     for angle in (0.0, 30.0, 90.0, -135.0):
         rotated = tensor([[0, 10.0, 10.0, 4.0, 2.0, angle]])
         flags = marked(rotated, (1, 1, 20, 20)).view(20, 20)
-        # centre 10, half-extent (4 + 2) / 2 = 3: [10 - 0.5 - 3 - 1, 10 + 3 + 1] + 1
-        assert torch.equal(flags != 0, region(20, 20, 5, 15))
+        # centre 10, half-extent (4 + 2) / 2 = 3: cells [floor(10 - 0.5 - 3), 10 + 3 + 1]
+        assert torch.equal(flags != 0, region(20, 20, 6, 14))
 
 
 def region(h, w, first, last):

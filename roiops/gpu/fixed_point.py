@@ -29,12 +29,12 @@ channel), then the conversion (8 read, 4 written), against the 4 bytes of a floa
 gradient's zero fill. Where the RoIs cover a small part of the maps (small boxes on a
 large map, the finest level of a feature pyramid) that dominated the backward. So a
 backward given the RoIs first marks, one byte per cell, every cell that any RoI's
-gradient can reach (``mark_reach_kernel``: the box scaled to its map, widened by a
-cell on each side and one more for the bilinear neighbour, a bound that holds for every
-op here), zeroes the accumulator at the marked cells only, and the conversion reads it
-only there, writing zeros elsewhere: ``4 + 16 f`` bytes a cell and channel for a marked
-fraction ``f``, instead of 20. A cell outside the mark is never added to, so the result
-is the same bits as with the whole accumulator zeroed (tested).
+gradient can reach (``mark_reach_kernel``: the box scaled to its map, with half a cell
+before it, a cell after it for the bilinear neighbour, and a little rounding slack: a
+bound that holds for every op here), zeroes the accumulator at the marked cells only,
+and the conversion reads it only there, writing zeros elsewhere: ``4 + 16 f`` bytes a
+cell and channel for a marked fraction ``f``, instead of 20. A cell outside the mark is
+never added to, so the result is the same bits as with the whole accumulator zeroed (tested).
 """
 
 from __future__ import annotations
@@ -103,11 +103,14 @@ def add_to_cell(CHANNELS, cell, C, value, scale, mask):
 
 @triton.jit
 def _reach(lo, hi, limit):
-    """[first, last]: cells ``floor(lo - 1)`` to ``floor(hi + 1) + 1`` of an axis of
-    ``limit`` cells, clipped to it (first > last: none). Clamped in floats first, so that
-    any finite coordinate converts to int32 safely."""
-    lo = tl.minimum(tl.maximum(lo - 1.0, -1.0), limit + 1.0)
-    hi = tl.minimum(tl.maximum(hi + 1.0, -2.0), limit + 1.0)
+    """[first, last]: the cells ``floor(lo)`` to ``floor(hi) + 1`` (a point's cell and
+    its bilinear neighbour) of an axis of ``limit`` cells, clipped to it (first > last:
+    none), with ``lo`` and ``hi`` moved out by more than the float rounding of the
+    kernels' own coordinate arithmetic (a few ulps of the larger end). Clamped in floats
+    first, so that any finite coordinate converts to int32 safely."""
+    slack = (tl.abs(lo) + tl.abs(hi)) * (2.0**-18) + 2.0**-10
+    lo = tl.minimum(tl.maximum(lo - slack, -1.0), limit + 1.0)
+    hi = tl.minimum(tl.maximum(hi + slack, -2.0), limit + 1.0)
     first = tl.maximum(tl.floor(lo).to(tl.int32), 0)
     last = tl.minimum(tl.floor(hi).to(tl.int32) + 1, limit - 1)
     return first, last
@@ -126,16 +129,17 @@ def mark_reach_kernel(
     RoI k's map is ``LEVELS[k]`` (else map 0), whose spatial_scale is the float64 with
     bits S_l.
 
-    The bound, in cells of the map, with ``x1s = x1 * spatial_scale`` as the kernels
-    compute it: the sampling points of roi_align lie in ``[min(x1s, x2s) - 0.5,
-    max(x1s, x2s) + 1]`` (aligned shifts by half a cell; the legacy mode makes a box at
-    least a cell wide), and each point reaches its cell and the next; roi_pool's and
-    ps_roi_pool's rounded bins and prroi_pool's integrals stay within a cell of the box;
-    a rotated box lies within ``max(w, 1) / 2 + max(h, 1) / 2`` of its centre along
-    either axis, whatever the angle. ``_reach`` widens every box by a cell on each side
-    and one more for the neighbour. A RoI whose batch index is invalid or whose level is
-    out of range sends no gradient and marks nothing; one with non-finite coordinates
-    also sends none, but marks its whole map (the bound needs no such promise)."""
+    The bound along x (y likewise), with ``x1s = x1 * spatial_scale`` as the kernels
+    compute it: every point or cell a backward uses lies in ``[min(x1s, x2s) - 0.5,
+    max(x1s, x2s, x1s + 1)]``: roi_align's sampling points (aligned shifts them by half
+    a cell; the legacy mode makes a box at least a cell wide from x1), roi_pool's and
+    ps_roi_pool's bins (corners rounded half away from zero; ps_roi_pool's at least a
+    cell wide) and prroi_pool's integration windows; a rotated box lies within
+    ``max(|w|, 1) / 2 + max(|h|, 1) / 2`` of its (shifted) centre along either axis,
+    whatever its angle. ``_reach`` adds the bilinear neighbour and the rounding slack.
+    A RoI whose batch index is invalid or whose level is out of range sends no gradient
+    and marks nothing; one with non-finite coordinates sends none either, but marks its
+    whole map (the bound needs no such promise)."""
     k = tl.program_id(0)
     n, ok = batch_index(ROIS, k, N, COLUMNS)
     if LEVELED:
@@ -164,9 +168,9 @@ def mark_reach_kernel(
         y_hi = b + half
     else:  # corners (a, b), (c, d)
         x_lo = tl.minimum(a, c) - 0.5
-        x_hi = tl.maximum(a, c)
+        x_hi = tl.maximum(tl.maximum(a, c), a + 1.0)
         y_lo = tl.minimum(b, d) - 0.5
-        y_hi = tl.maximum(b, d)
+        y_hi = tl.maximum(tl.maximum(b, d), b + 1.0)
     finite = finite & is_finite(x_lo) & is_finite(x_hi) & is_finite(y_lo) & is_finite(y_hi)
     first_w, last_w = _reach(tl.where(finite, x_lo, -1.0), tl.where(finite, x_hi, W + 1.0), W)
     first_h, last_h = _reach(tl.where(finite, y_lo, -1.0), tl.where(finite, y_hi, H + 1.0), H)
