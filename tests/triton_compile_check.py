@@ -10,7 +10,9 @@ Triton's own ptxas reports:
 - half-precision outputs rounded from float32 to nearest (``cvt.rn``), as torch rounds
   (Triton's interpreter truncates to bfloat16, so only the compiled code can show it);
 - registers per thread, and the fp32/fp16/bf16 kernels must not spill (a regression
-  guard for speed that needs no GPU; fp64 may).
+  guard for speed that needs no GPU; fp64 may);
+- where a kernel's point is coalesced memory access, the layouts Triton chose for it
+  (the fixed-point conversion's stores, the argmax backward's loads).
 """
 
 import os
@@ -68,7 +70,12 @@ from roiops.gpu.roi_pool import (  # noqa: E402
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
 )
-from roiops.gpu.tiles import UNSPECIALISED, bin_channels_grid, bins_grid  # noqa: E402
+from roiops.gpu.tiles import (  # noqa: E402
+    UNSPECIALISED,
+    bin_channels_grid,
+    bins_grid,
+    roi_channels_grid,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -99,15 +106,35 @@ def registers_and_spills(ptx: str) -> tuple[int, int]:
 
 BLOCKED_LAYOUT = re.compile(r"^#(blocked\d*) = #ttg\.blocked<\{.*threadsPerWarp = \[(\d+), (\d+)\]")
 STORE_2D = re.compile(r"tt\.store .*: tensor<\d+x\d+x!tt\.ptr<\w+>, #(blocked\d*)>")
+LOAD_2D = re.compile(r"tt\.load .*: tensor<\d+x\d+x!tt\.ptr<(\w+)>, #(blocked\d*)>")
+
+
+def warp_lanes(ttgir: str) -> dict:
+    """{blocked layout: lanes of a warp along the first axis}"""
+    return {m.group(1): int(m.group(2)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m}
+
+
+def loads_lanes_along_bins(ttgir: str) -> bool:
+    """Whether the argmax backward's [bins, channels] loads are coalesced: the output
+    gradient (floats, contiguous along bins) with a warp's lanes along bins, the argmax
+    (int32, contiguous along channels) with runs of at least 8 lanes (a 32-byte sector)
+    along channels."""
+    lanes = warp_lanes(ttgir)
+    loads = LOAD_2D.findall(ttgir)
+    floats = [layout for element, layout in loads if element.startswith(("f", "bf"))]
+    ints = [layout for element, layout in loads if element == "i32"]
+    return (
+        bool(floats and ints)
+        and all(lanes[x] >= 8 for x in floats)
+        and all(32 // lanes[x] >= 8 for x in ints)
+    )
 
 
 def stores_lanes_along_cells(ttgir: str) -> bool:
     """Whether every 2-D store of the fixed-point conversion has a warp's lanes along the
     tile's first axis (the cells of a row, contiguous in NCHW): coalesced writes, where
     lanes along channels would write one element into each of 32 planes."""
-    lanes = {
-        m.group(1): int(m.group(2)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m
-    }
+    lanes = warp_lanes(ttgir)
     stores = STORE_2D.findall(ttgir)
     return bool(stores) and all(lanes[layout] >= 8 for layout in stores)
 
@@ -139,6 +166,8 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         assert NEAREST_HALF_ROUNDING.search(ptx), f"{name}: half output not rounded to nearest"
     if fn is fixed_point_to_float_kernel:
         assert stores_lanes_along_cells(kernel.asm["ttgir"]), f"{name}: uncoalesced stores"
+    if fn in (roi_pool_backward_kernel, multi_scale_roi_pool_backward_kernel):
+        assert loads_lanes_along_bins(kernel.asm["ttgir"]), f"{name}: uncoalesced loads"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
@@ -150,6 +179,8 @@ def main() -> int:
     # the launch configuration of 256 channels and 7x7 bins
     _, block, fwd_warps = bins_grid(1, 256, 7, 7)
     _, block_c, bwd_warps = bin_channels_grid(1, 256, 7, 7)
+    _, block_p, argmax_c, argmax_warps = roi_channels_grid(1, 256, 49)
+    argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
     for dt in ("fp32", "fp16", "bf16", "fp64"):
         rois = amax = "*fp64" if dt == "fp64" else "*fp32"
         fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
@@ -215,7 +246,7 @@ def main() -> int:
         )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_pool_backward_kernel, {**bwd, "LEVELS": "*i64"},
-            {"NUM_LEVELS": 4, "P": 49, "BLOCK_C": block_c}, bwd_warps,
+            {"NUM_LEVELS": 4, **argmax_tile}, argmax_warps,
         )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
@@ -228,7 +259,7 @@ def main() -> int:
             compile_for_gpu(
                 roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": block_c}, bwd_warps
             )
-        compile_for_gpu(roi_pool_backward_kernel, bwd, {"P": 49, "BLOCK_C": block_c}, bwd_warps)
+        compile_for_gpu(roi_pool_backward_kernel, bwd, argmax_tile, argmax_warps)
         # NCHW output: stride_w is 1, which Triton specialises as a constant
         for marked in (False, True):
             compile_for_gpu(

@@ -14,9 +14,9 @@ import torch
 import triton.language as tl
 
 from roiops._layout import argmax_shape
-from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
-from roiops.gpu.roi_pool import pool_bins
+from roiops.gpu.roi_pool import pool_bins, scatter_to_argmax
 from roiops.gpu.rois import batch_index, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -24,9 +24,10 @@ from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
     kernel,
-    output_offsets,
     per_level,
     pick_level,
+    roi_channels_grid,
+    roi_channels_tile,
 )
 
 
@@ -87,21 +88,18 @@ def multi_scale_roi_pool_forward_kernel(
 def multi_scale_roi_pool_backward_kernel(
     G, ROIS, LEVELS, ARGMAX, AMAX, ACC, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, O0, O1, O2, O3, O4, log2_count,
-    NUM_LEVELS: tl.constexpr, P: tl.constexpr, BLOCK_C: tl.constexpr,
+    NUM_LEVELS: tl.constexpr, P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """ACC (int64; level l's NHWC part at element O_l) += G[k, c, p] at each channel's
-    argmax cell of RoI k's level."""
-    k, p, c, c_ok = bin_channels_tile(C, P, BLOCK_C)
+    argmax cell of RoI k's level, for one RoI and block of channels, all of its bins."""
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
     usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
     n, valid = batch_index(ROIS, k, N, 5)
-    g_at, argmax_at = output_offsets(k, c, p, C, P)
-    cell = tl.where(valid & usable, tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1), -1)
-    g = tl.load(G + g_at, mask=c_ok, other=0.0)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    ok = c_ok & (cell >= 0) & (cell < H * W)
-    add_to_cell(ACC + offset + n * H * W * C + c, cell.to(tl.int64), C, g, scale, ok)
+    scatter_to_argmax(G, ARGMAX, ACC + offset + n * H * W * C, k, c, c_ok, valid & usable, C,
+                      H * W, scale, P, BLOCK_P)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -167,13 +165,14 @@ def multi_scale_roi_pool_backward(grad, argmax, rois, levels, scales, grad_input
     N = grad_inputs[0].shape[0]
     sums = Accumulator(grad, *(g.shape for g in grad_inputs), rois=rois, scales=scales,
                        levels=levels)  # fmt: skip
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
+    grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w,
+                                                          "multi_scale")  # fmt: skip
     multi_scale_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, levels, argmax.contiguous(), sums.amax, sums.flat, N, C,
         *per_level([g.shape[2] for g in grad_inputs], 0),
         *per_level([g.shape[3] for g in grad_inputs], 0),
         *per_level(sums.offsets, 0), sums.log2_count,
-        NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_C=block_c,
+        NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
         num_warps=num_warps,
     )  # fmt: skip
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]

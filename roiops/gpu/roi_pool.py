@@ -1,13 +1,13 @@
 """RoIPool in Triton: forward (max + argmax) and a deterministic backward.
 
-Same work split as ``roiops.gpu.roi_align``: the forward runs one program per (RoI,
-block of its outputs); the backward one program per (RoI, bin, block of channels), each
-channel adding its gradient to its argmax cell in the fixed-point accumulator of
-``roiops.gpu.fixed_point`` (one int64 atomic per output), so the sum is the same bits on
-every run. Quantization follows ``roiops.reference.roi_pool``; the bin edges
-``floor(p * size / pooled)`` and ``ceil((p + 1) * size / pooled)`` divide in IEEE, as
-torchvision's CUDA kernel does, so the bins, the forward and the argmax are
-torchvision's bit for bit.
+The forward runs one program per (RoI, block of its outputs), as
+``roiops.gpu.roi_align``'s; the backward one program per (RoI, block of channels) over
+all of the RoI's bins (``roiops.gpu.tiles``), each output adding its gradient to its
+argmax cell in the fixed-point accumulator of ``roiops.gpu.fixed_point`` (one int64
+atomic per output), so the sum is the same bits on every run. Quantization follows
+``roiops.reference.roi_pool``; the bin edges ``floor(p * size / pooled)`` and
+``ceil((p + 1) * size / pooled)`` divide in IEEE, as torchvision's CUDA kernel does, so
+the bins, the forward and the argmax are torchvision's bit for bit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from roiops.gpu.tiles import (
     bins_tile,
     is_channels_last,
     kernel,
-    output_offsets,
+    roi_channels_grid,
+    roi_channels_tile,
     store_bins,
 )
 
@@ -149,21 +150,37 @@ def roi_pool_forward_nhwc_kernel(
 @kernel
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
-    P: tl.constexpr, BLOCK_C: tl.constexpr,
+    P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell,
-    for one (RoI, bin, block of channels)."""
-    k, p, c, c_ok = bin_channels_tile(C, P, BLOCK_C)
+    for one RoI and block of channels, all of its bins."""
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
     n, valid = batch_index(ROIS, k, N, 5)
-    g_at, argmax_at = output_offsets(k, c, p, C, P)
-    cell = tl.where(valid, tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1), -1)
-    g = tl.load(G + g_at, mask=c_ok, other=0.0)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    # -1 (empty bin, invalid RoI) and cells outside the plane route nothing
-    ok = c_ok & (cell >= 0) & (cell < H * W)
-    add_to_cell(ACC + n * H * W * C + c, cell.to(tl.int64), C, g, scale, ok)
+    scatter_to_argmax(G, ARGMAX, ACC + n * H * W * C, k, c, c_ok, valid, C, H * W, scale,
+                      P, BLOCK_P)  # fmt: skip
+
+
+@triton.jit
+def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
+                      P: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """IMAGE[cell, c] += G[k, c, p] (fixed point, IMAGE an NHWC image of the accumulator)
+    at the argmax cell ``ARGMAX[k, p, c]`` of every bin p of RoI k, channels c: tiles of
+    [BLOCK_P bins, channels], loaded along bins from G and along channels from ARGMAX.
+    A RoI that is not ``valid``, an argmax of -1 (an empty bin) or outside the image's
+    ``cells`` routes nothing."""
+    k = k.to(tl.int64)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)[:, None]
+        ok = (p < P) & c_ok[None, :]
+        g = tl.load(G + (k * C + c[None, :]) * P + p, mask=ok, other=0.0)
+        # (a scalar & a tensor trips the interpreter)
+        cell = tl.load(ARGMAX + (k * P + p) * C + c[None, :], mask=tl.where(valid, ok, False),
+                       other=-1)  # fmt: skip
+        ok = ok & (cell >= 0) & (cell < cells)
+        add_to_cell(IMAGE + c[None, :], cell.to(tl.int64), C, g, scale, ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -205,8 +222,9 @@ def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
     """Add ``grad[K, C, ph, pw]`` at the forward's argmax cells into ``sums.acc``."""
     N, H, W, C = sums.acc.shape
     K, _, pooled_h, pooled_w = grad.shape
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool")
+    grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w, "roi_pool")
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, argmax.contiguous(), sums.amax, sums.acc, N, C, H, W,
-        sums.log2_count, P=pooled_h * pooled_w, BLOCK_C=block_c, num_warps=num_warps,
+        sums.log2_count, P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
+        num_warps=num_warps,
     )  # fmt: skip

@@ -10,6 +10,12 @@ channels): the bin's geometry is computed once, in scalars, and the lanes are ch
 so each load from an NHWC input, and each atomic into the NHWC fixed-point accumulator
 (``roiops.gpu.fixed_point``), covers consecutive addresses.
 
+The argmax backward (roi_pool) has no geometry to share: one program per (RoI, block of
+channels) takes a [bins, channels] tile, so that both of its loads are contiguous: the
+output gradient ``G[k, c, :]`` along bins, the argmax ``ARGMAX[k, p, :]`` along channels
+(lanes along channels alone would read ``G`` with a stride of the bin count, a 32-byte
+sector for each 4-byte value).
+
 Every kernel is declared with ``kernel``: ``triton.jit`` without specialising on
 feature-map sizes (``UNSPECIALISED``).
 """
@@ -36,6 +42,10 @@ FORWARD_PER_THREAD = 2
 # prototype in shared/gpu/fixed_point_nhwc_prototype.py: 4 warps for 256 channels).
 BACKWARD_CHANNELS = 256
 BACKWARD_PER_THREAD = 2
+# The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
+# of up to this many elements (bins in steps of up to ARGMAX_BINS)
+ARGMAX_TILE = 1024
+ARGMAX_BINS = 256
 # CUDA's first grid dimension holds at most 2**31 - 1 programs (the others 65535)
 MAX_PROGRAMS = 2**31 - 1
 # Kernel arguments that change with the feature maps' sizes and with the call (sizes,
@@ -119,6 +129,24 @@ def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int
     num_warps = max(1, block_c // (32 * BACKWARD_PER_THREAD))
     programs = num_rois * pooled_h * pooled_w * triton.cdiv(channels, block_c)
     return check_grid(programs, op), block_c, num_warps
+
+
+@functools.lru_cache(maxsize=256)
+def roi_channels_grid(num_rois: int, channels: int, bins: int, op: str = "backward"):
+    """``(grid, block_p, block_c, num_warps)`` for a launch of one program per (RoI,
+    block of channels) that visits the RoI's ``bins`` in [block_p, block_c] tiles."""
+    block_p = min(triton.next_power_of_2(bins), ARGMAX_BINS)
+    block_c = max(1, min(ARGMAX_TILE // block_p, triton.next_power_of_2(channels)))
+    num_warps = max(1, min(4, block_p * block_c // 256))
+    return check_grid(num_rois * triton.cdiv(channels, block_c), op), block_p, block_c, num_warps
+
+
+@triton.jit
+def roi_channels_tile(C, BLOCK_C: tl.constexpr):
+    """(k, c, c_ok): this program's RoI and channels (``roi_channels_grid``)."""
+    blocks = tl.cdiv(C, BLOCK_C)
+    c = (tl.program_id(0) % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tl.program_id(0) // blocks, c, c < C
 
 
 @triton.jit
