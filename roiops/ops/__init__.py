@@ -38,9 +38,8 @@ def forward_op(name: str):
     """:func:`custom_op`, for an op that the public functions call through :func:`call`."""
 
     def register(fn: Callable):
-        implementation = on_tensors_device(fn)
-        op = torch.library.custom_op(name, mutates_args=())(implementation)
-        _IMPLEMENTATIONS[op] = implementation
+        op = custom_op(name)(fn)
+        _IMPLEMENTATIONS[op] = on_tensors_device(fn)
         return op
 
     return register
