@@ -163,7 +163,7 @@ def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, ali
     ``grad_input``; the forward runs on the Triton kernels."""
     if mode == "pool":
         _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, output_size, output_size)
-        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input, 0.5)
+        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input)
     argmax = None
     if mode == "max":
         _, argmax = gpu_align.roi_align_forward(

@@ -30,13 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from roiops.gpu.fixed_point import (  # noqa: E402
     CONVERT_CELLS,
     CONVERT_CHANNELS,
-    MARK_CELLS,
-    MARK_ROWS,
-    ZERO_CHANNELS,
-    ZERO_ELEMENTS,
     fixed_point_to_float_kernel,
-    mark_reach_kernel,
-    zero_reached_kernel,
 )
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
@@ -261,28 +255,12 @@ def main() -> int:
             )
         compile_for_gpu(roi_pool_backward_kernel, bwd, argmax_tile, argmax_warps)
         # NCHW output: stride_w is 1, which Triton specialises as a constant
-        for marked in (False, True):
-            compile_for_gpu(
-                fixed_point_to_float_kernel,
-                {"ACC": "*i64", "FLAGS": "*i8" if marked else "*i64", "AMAX": amax,
-                 "GX": f"*{dt}"},
-                {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS,
-                 "MARKED": marked},
-                4,
-            )  # fmt: skip
-        if dt in ("fp32", "fp64"):  # the RoIs' dtypes
-            for columns, leveled in ((5, False), (5, True), (6, False)):
-                compile_for_gpu(
-                    mark_reach_kernel,
-                    {"ROIS": rois, "LEVELS": "*i64" if leveled else rois, "FLAGS": "*i8"},
-                    {"COLUMNS": columns, "NUM_LEVELS": 4 if leveled else 1,
-                     "LEVELED": leveled, "ROWS": MARK_ROWS, "CELLS": MARK_CELLS},
-                    4,
-                )  # fmt: skip
-    compile_for_gpu(
-        zero_reached_kernel, {"ACC": "*i64", "FLAGS": "*i8"},
-        {"BLOCK_CELLS": ZERO_ELEMENTS // ZERO_CHANNELS, "BLOCK_C": ZERO_CHANNELS}, 4,
-    )  # fmt: skip
+        compile_for_gpu(
+            fixed_point_to_float_kernel,
+            {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
+            {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
+            4,
+        )  # fmt: skip
     print(
         "all Triton kernels compile for sm_90, with IEEE float32 division and "
         "round-to-nearest half outputs only"

@@ -126,8 +126,7 @@ def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, samp
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
     K, C, pooled_h, pooled_w = grad.shape
     N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs), rois=rois, scales=scales,
-                       levels=levels)  # fmt: skip
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
     multi_scale_roi_align_backward_kernel[grid](
         grad.contiguous(), rois, levels, sums.amax, sums.flat, N, C,
@@ -159,12 +158,11 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
     return out, argmax
 
 
-def multi_scale_roi_pool_backward(grad, argmax, rois, levels, scales, grad_inputs):
+def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
     K, C, pooled_h, pooled_w = grad.shape
     N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs), rois=rois, scales=scales,
-                       levels=levels)  # fmt: skip
+    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
     grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w,
                                                           "multi_scale")  # fmt: skip
     multi_scale_roi_pool_backward_kernel[grid](

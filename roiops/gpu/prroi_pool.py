@@ -246,7 +246,7 @@ def prroi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     K, _, pooled_h, pooled_w = grad.shape
-    sums = Accumulator(grad, grad_input.shape, rois=rois, scales=[spatial_scale])
+    sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "prroi_pool")
     prroi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),

@@ -113,7 +113,7 @@ def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
     N, _, H, W = grad_input.shape
     K, C, pooled_h, pooled_w = grad.shape
-    sums = Accumulator(grad, grad_input.shape, rois=rois, scales=[spatial_scale])
+    sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),

@@ -407,7 +407,7 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
-    sums = Accumulator(grad, grad_input.shape, rois=rois, scales=[spatial_scale])
+    sums = Accumulator(grad, grad_input.shape)
     roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                       sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
     return sums.write_to(grad_input)

@@ -182,7 +182,7 @@ def roi_align_rotated_backward(grad, rois, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
     N, C, H, W = grad_input.shape
     K = rois.shape[0]
-    sums = Accumulator(grad, grad_input.shape, rois=rois, scales=[spatial_scale])
+    sums = Accumulator(grad, grad_input.shape)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
     roi_align_rotated_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),

@@ -211,9 +211,9 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     return out, argmax
 
 
-def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
+def roi_pool_backward(grad, rois, argmax, grad_input):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    sums = Accumulator(grad, grad_input.shape, rois=rois, scales=[spatial_scale])
+    sums = Accumulator(grad, grad_input.shape)
     roi_pool_scatter(sums, grad, rois, argmax)
     return sums.write_to(grad_input)
 

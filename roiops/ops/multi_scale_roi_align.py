@@ -218,7 +218,6 @@ def multi_scale_roi_pool_backward_op(
     argmax: Tensor,
     rois: Tensor,
     levels: Tensor,
-    scales: list[float],
     batch_size: int,
     channels: int,
     heights: list[int],
@@ -233,7 +232,7 @@ def multi_scale_roi_pool_backward_op(
         from roiops.gpu import multi_scale_roi_align as gpu
 
         grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
-        return gpu.multi_scale_roi_pool_backward(grad, argmax, rois, levels, scales, grads)
+        return gpu.multi_scale_roi_pool_backward(grad, argmax, rois, levels, grads)
     g = grad.to(_validate.compute_dtype(grad.dtype))
     grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
     if backend == "numba":
@@ -253,7 +252,7 @@ def multi_scale_roi_pool_backward_op(
 
 
 @multi_scale_roi_pool_backward_op.register_fake
-def _(grad, argmax, rois, levels, scales, batch_size, channels, heights, widths):
+def _(grad, argmax, rois, levels, batch_size, channels, heights, widths):
     return [
         fake_input_grad(grad, batch_size, channels, h, w)
         for h, w in zip(heights, widths, strict=True)
@@ -263,7 +262,6 @@ def _(grad, argmax, rois, levels, scales, batch_size, channels, heights, widths)
 def _pool_setup_context(ctx, inputs, output):
     features, rois, levels, scales, pooled_height, pooled_width = inputs
     ctx.save_for_backward(output[1], rois, levels)
-    ctx.scales = scales
     ctx.sizes = (
         features[0].shape[0],
         features[0].shape[1],
@@ -274,7 +272,7 @@ def _pool_setup_context(ctx, inputs, output):
 
 def _pool_backward(ctx, grad, _grad_argmax):
     argmax, rois, levels = ctx.saved_tensors
-    grads = multi_scale_roi_pool_backward_op(grad, argmax, rois, levels, ctx.scales, *ctx.sizes)
+    grads = multi_scale_roi_pool_backward_op(grad, argmax, rois, levels, *ctx.sizes)
     return list(grads), None, None, None, None, None
 
 
