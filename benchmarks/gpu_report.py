@@ -33,6 +33,7 @@ import traceback
 
 import numpy as np
 import torch
+import triton
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,31 +41,49 @@ sys.path.insert(0, str(ROOT))
 import roiops  # noqa: E402
 from roiops import bench  # noqa: E402
 
+# pytest runs, side by side (their time is mostly Triton's compiler on the host's cores):
+# the compiled Triton tests, the CUDA tests, and the CUDA tests' torch.compile case alone
+TEST_GROUPS = (
+    ["tests/test_triton.py"],
+    ["tests/test_cuda.py", "-k", "not torch_compile"],
+    ["tests/test_cuda.py", "-k", "torch_compile"],
+)
+
 
 def run_tests(timeout_s: float) -> dict:
-    """pytest in a subprocess, stopped after ``timeout_s`` (what it printed is kept)."""
+    """The TEST_GROUPS in parallel pytest processes, stopped after ``timeout_s`` (what
+    they printed is kept); counts summed over the groups."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-               "tests/test_triton.py", "tests/test_cuda.py"]  # fmt: skip
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
-        )
-        stdout, ok = done.stdout, done.returncode == 0
-    except subprocess.TimeoutExpired as stopped:
-        stdout, ok = stopped.stdout or "", False
-        if isinstance(stdout, bytes):
-            stdout = stdout.decode(errors="replace")
-        stdout += f"\npytest stopped after {timeout_s:.0f} s"
-    tail = stdout.strip().splitlines()[-25:] or [""]
-    print("\n".join(tail), flush=True)
-    counts = {
-        word: int(n)
-        for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1])
-    }
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *group],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for group in TEST_GROUPS
+    ]
+    logs, ok, counts = [], True, {}
+    for group, run in zip(TEST_GROUPS, runs, strict=True):
+        left = max(timeout_s - (time.perf_counter() - started), 1.0)
+        try:
+            stdout, _ = run.communicate(timeout=left)
+            ok = ok and run.returncode == 0
+        except subprocess.TimeoutExpired:
+            run.kill()
+            stdout, _ = run.communicate()
+            stdout += f"\npytest stopped after {timeout_s:.0f} s"
+            ok = False
+        tail = stdout.strip().splitlines()[-25:] or [""]
+        print(f"$ pytest {' '.join(group)}\n" + "\n".join(tail), flush=True)
+        for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1]):
+            counts[word] = counts.get(word, 0) + int(n)
+        logs.append(stdout)
     seconds = time.perf_counter() - started
-    return {"counts": counts, "seconds": seconds, "ok": ok, "log": stdout}
+    return {"counts": counts, "seconds": seconds, "ok": ok, "log": "\n".join(logs)}
 
 
 def host_us_per_call(fn, calls: int = 200) -> float:
@@ -159,7 +178,8 @@ def deterministic_mode(rng) -> dict:
 
 def forward_layouts(rng) -> dict:
     """Forward launcher time (ms) on NCHW maps: the NCHW kernel, and a copy to
-    channels_last plus the NHWC kernel; float32, 7x7, sampling_ratio 2."""
+    channels_last plus the NHWC kernel (roi_pool's default); float32, 7x7,
+    sampling_ratio 2."""
     from roiops.gpu.roi_align import roi_align_forward
     from roiops.gpu.roi_pool import roi_pool_forward
 
@@ -170,20 +190,37 @@ def forward_layouts(rng) -> dict:
     ):
         x = torch.randn(shape, device="cuda")
         rois = box_rows(rng, shape[0], count, *image)
-        ops = {
-            "roi_align": lambda t, r=rois: roi_align_forward(t, r, 0.25, 7, 7, 2, True, False),
-            "roi_pool": lambda t, r=rois: roi_pool_forward(t, r, 0.25, 7, 7, False),
+        ops = {  # (the NCHW kernel, a copy to channels_last and the NHWC kernel)
+            "roi_align": (
+                lambda r=rois, x=x: roi_align_forward(x, r, 0.25, 7, 7, 2, True, False),
+                lambda r=rois, x=x: roi_align_forward(
+                    x.contiguous(memory_format=torch.channels_last),
+                    r,
+                    0.25,
+                    7,
+                    7,
+                    2,
+                    True,
+                    False,
+                ),
+            ),
+            "roi_pool": (
+                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, False, nhwc=False),
+                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, False, nhwc=True),
+            ),
+            "roi_pool training": (  # with the argmax
+                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, True, nhwc=False),
+                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, True, nhwc=True),
+            ),
         }
-        for op, fn in ops.items():
-            nchw = bench.time_ms(lambda fn=fn, x=x: fn(x), "cuda", 5)
-            nhwc = bench.time_ms(
-                lambda fn=fn, x=x: fn(x.contiguous(memory_format=torch.channels_last)), "cuda", 5
-            )
+        for op, (nchw_fn, nhwc_fn) in ops.items():
+            nchw = bench.time_ms(nchw_fn, "cuda", 5)
+            nhwc = bench.time_ms(nhwc_fn, "cuda", 5)
             out[f"{op} {name}"] = {"nchw_ms": nchw, "copy_then_nhwc_ms": nhwc}
     return out
 
 
-BACKWARD_PASS_CASES = ("a small sr=0", "b sr=2", "a small", "b")
+BACKWARD_PASS_CASES = ("a small sr=0", "b sr=2", "a small", "b", "rfcn sr=2", "rfcn")
 
 
 def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
@@ -199,9 +236,12 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
 def _pass_times(case, device: str) -> dict:
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 
+    from roiops.gpu import ps_roi_pool as gps
     from roiops.gpu import roi_align as ga
     from roiops.gpu import roi_pool as gp
     from roiops.gpu.fixed_point import Accumulator, max_abs
+    from roiops.gpu.rois import scale_bits
+    from roiops.gpu.tiles import bin_channels_grid
 
     (lv,) = bench.make_inputs(case, device, torch.float32)
     x, rois, grad = lv.x, lv.rois, lv.grad
@@ -213,11 +253,23 @@ def _pass_times(case, device: str) -> dict:
 
         def scatter():
             gp.roi_pool_scatter(sums, grad, rois, argmax)
-    else:
+    elif case.op == "ps_roi_pool":
+        n, _, h, w = x.shape
+        c = grad.shape[1]
+        grid, block_c, num_warps = bin_channels_grid(rois.shape[0], c, p, p)
 
         def scatter():
+            gps.ps_roi_pool_backward_kernel[grid](
+                grad, rois, sums.amax, sums.acc, n, c, h, w, scale_bits(lv.spatial_scale),
+                sums.log2_count, PH=p, PW=p, BLOCK_C=block_c, num_warps=num_warps,
+            )  # fmt: skip
+    else:  # roi_align, ps_roi_align
+
+        def scatter():
+            # (ps_roi_align is aligned, as its op calls the scatter)
             ga.roi_align_scatter(sums, grad, rois, None, lv.spatial_scale, p, p,
-                                 case.sampling_ratio, case.aligned)  # fmt: skip
+                                 case.sampling_ratio, case.aligned,
+                                 case.op == "ps_roi_align")  # fmt: skip
 
     fns = {
         "zero_int64": sums.flat.zero_,
@@ -226,7 +278,66 @@ def _pass_times(case, device: str) -> dict:
         "convert": lambda: sums.write_to(gx),
         # the bench's own call of torchvision's backward
         "torchvision_backward": bench._level_callables(case, lv)[("torchvision", "backward")],
+        # and roiops's, through its custom op, as the bench calls it
+        "roiops_backward": bench._level_callables(case, lv)[("roiops", "backward")],
     }
+    return bench.time_interleaved(fns, device, 5)
+
+
+# (outputs a program, warps) of the NCHW forward, (channels, warps) of the NHWC forward
+# and of the backward scatter; the first of each is the one the launchers use
+FORWARD_CONFIGS = ((512, 8), (128, 2), (256, 4), (256, 8), (512, 4), (1024, 8), (1024, 16))
+CHANNEL_CONFIGS = ((256, 4), (64, 1), (64, 2), (128, 2), (128, 4), (256, 8))
+CONFIG_CASES = ("a small sr=0", "b sr=2", "fpn 8x512", "b sr=2 NHWC")
+
+
+def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:
+    """ms of roi_align's kernels alone (float32, the bench's inputs, a pyramid's finest
+    level) under other program sizes and warp counts than the launchers' (a forward
+    kernel on the case's layout; for NCHW cases also the backward scatter), beside
+    torchvision's forward: which split suits the GPU, measured rather than guessed."""
+    if cases is None:
+        cases = [c for c in bench.cases(device="cuda") if c.name in CONFIG_CASES]
+    return {f"{c.op} {c.name}": _config_times(c, device) for c in cases}
+
+
+def _config_times(case, device: str) -> dict:
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    from roiops.gpu import roi_align as ga
+    from roiops.gpu.fixed_point import Accumulator
+    from roiops.gpu.rois import scale_bits
+
+    lv = bench.make_inputs(case, device, torch.float32)[0]
+    x, rois, grad, p = lv.x, lv.rois, lv.grad, case.output_size
+    K, (N, C, H, W) = rois.shape[0], x.shape
+    out = x.new_empty((K, C, p, p))
+    args = (rois, out, out, N, C, H, W, scale_bits(lv.spatial_scale), case.sampling_ratio)
+    mode = dict(PH=p, PW=p, ALIGNED=case.aligned, MAX_MODE=False, PS=False)
+    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
+                                                                    "forward")]}  # fmt: skip
+    if case.channels_last:
+        for block_c, warps in CHANNEL_CONFIGS:
+            grid = (K * p * p * triton.cdiv(C, block_c),)
+            fns[f"nhwc forward {block_c}/{warps}"] = lambda g=grid, b=block_c, w=warps: (
+                ga.roi_align_forward_nhwc_kernel[g](x, *args, **mode, BLOCK_C=b, num_warps=w)
+            )
+    else:
+        for block, warps in FORWARD_CONFIGS:
+            grid = (K * triton.cdiv(C * p * p, block),)
+            fns[f"forward {block}/{warps}"] = lambda g=grid, b=block, w=warps: (
+                ga.roi_align_forward_kernel[g](x, *args, **mode, BLOCK=b, num_warps=w)
+            )
+        sums = Accumulator(grad, x.shape)
+        for block_c, warps in CHANNEL_CONFIGS:
+            grid = (K * p * p * triton.cdiv(C, block_c),)
+            fns[f"scatter {block_c}/{warps}"] = (
+                lambda g=grid, b=block_c, w=warps: ga.roi_align_backward_kernel[g](
+                    grad, rois, rois, sums.amax, sums.acc, N, C, H, W,
+                    scale_bits(lv.spatial_scale), case.sampling_ratio, sums.log2_count,
+                    **mode, BLOCK_C=b, SPAN=ga.SPAN, num_warps=w,
+                )
+            )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)
 
 
@@ -284,8 +395,16 @@ def summary(report: dict) -> str:
     for case, t in report.get("backward_passes", {}).items():
         ours = " + ".join(f"{t[k]:.2f}" for k in ("zero_int64", "max_abs_grad", "scatter",
                                                    "convert"))  # fmt: skip
-        row(f"{case} bwd ms: zero + max|g| + scatter + convert / tv",
-            f"{ours} / {t['torchvision_backward']:.2f}")  # fmt: skip
+        row(f"{case} bwd ms: zero + max|g| + scatter + convert / op / tv",
+            f"{ours} / {t['roiops_backward']:.2f} / {t['torchvision_backward']:.2f}")  # fmt: skip
+    for case, t in report.get("kernel_configs", {}).items():
+        row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
+        for kind in ("forward", "nhwc forward", "scatter"):
+            timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
+            if timed:
+                first, best = next(iter(timed)), min(timed, key=timed.get)
+                row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
+                    f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
     for key in report.get("errors", {}):
         row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)
@@ -316,7 +435,7 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool) -> list[dict]:
 
 # what a run measures, in this order
 PARTS = ("tests", "float32", "float16", "latency", "deterministic", "forward_layouts",
-         "backward_passes")  # fmt: skip
+         "backward_passes", "kernel_configs")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +451,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_report needs a CUDA GPU")
-    import triton
 
     rng = np.random.default_rng(0)
     report = {
@@ -354,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "deterministic": lambda: deterministic_mode(rng),
         "forward_layouts": lambda: forward_layouts(rng),
         "backward_passes": backward_passes,
+        "kernel_configs": kernel_configs,
     }
     for key, measure in measures.items():
         if key in parts:

@@ -88,6 +88,49 @@ def test_a_test_run_past_its_time_is_stopped():
     assert result["ok"] is False and result["seconds"] < 30
 
 
+def test_test_groups_run_side_by_side_and_their_counts_add_up(monkeypatch):
+    gpu_report = load()
+    this = "tests/test_gpu_report.py"
+    monkeypatch.setattr(gpu_report, "TEST_GROUPS", ([this, "-k", "summary_table"],
+                                                    [this, "-k", "past_its_time"]))  # fmt: skip
+    result = gpu_report.run_tests(timeout_s=120)
+    assert result["ok"] is True and result["counts"] == {"passed": 2}
+    assert "past_its_time" not in result["log"] or "1 passed" in result["log"]
+
+
+def test_kernel_configs_time_each_split_on_small_cases():
+    import torch
+
+    from roiops import bench
+
+    gpu_report = load()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "CHANNEL_CONFIGS": ((4, 1), (2, 1))}
+    for name, value in monkey.items():
+        setattr(gpu_report, name, value)
+    cases = [
+        bench.Case("tiny", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
+        bench.Case("tiny NHWC", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2, channels_last=True),
+    ]  # fmt: skip
+    times = gpu_report.kernel_configs(device, cases)
+    assert set(times["roi_align tiny"]) == {
+        "torchvision forward",
+        "forward 64/2",
+        "forward 32/1",
+        "scatter 4/1",
+        "scatter 2/1",
+    }
+    assert set(times["roi_align tiny NHWC"]) == {"torchvision forward", "nhwc forward 4/1",
+                                                 "nhwc forward 2/1"}  # fmt: skip
+    report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
+              "kernel_configs": times}  # fmt: skip
+    table = gpu_report.summary(report)
+    assert "roi_align tiny: forward 64/2 / best" in table
+    assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
+
+
 def test_backward_passes_times_every_pass_on_a_small_case():
     # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
     import torch
@@ -101,18 +144,22 @@ def test_backward_passes_times_every_pass_on_a_small_case():
                    output_size=2),
         bench.Case("tiny sr=0", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
                    output_size=2, sampling_ratio=0),
+        bench.Case("tiny ps", "ps_roi_pool", (1, 12, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
+        bench.Case("tiny ps", "ps_roi_align", (1, 12, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
     ]  # fmt: skip
     times = gpu_report.backward_passes(device, cases)
-    assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0"}
+    assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0", "ps_roi_pool tiny ps",
+                          "ps_roi_align tiny ps"}  # fmt: skip
     for t in times.values():
         assert set(t) == {"zero_int64", "max_abs_grad", "scatter", "convert",
-                          "torchvision_backward"}  # fmt: skip
+                          "torchvision_backward", "roiops_backward"}  # fmt: skip
         assert all(ms > 0 for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
-    assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / tv" in gpu_report.summary(
-        report
-    )
+    table = gpu_report.summary(report)
+    assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / op / tv" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
@@ -128,6 +175,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
                                "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5}},
         "forward_layouts": {},
         "backward_passes": {},
+        "kernel_configs": {},
     }  # fmt: skip
     for name, result in results.items():
         monkeypatch.setattr(
@@ -139,4 +187,4 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     measured.clear()
     gpu_report.main(["--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 6
+    assert "run_tests" not in measured and len(measured) == 7

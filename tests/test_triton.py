@@ -413,6 +413,24 @@ def test_whole_cell_boxes(rng, mode, output_size):
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_pool_kernels_of_either_layout_agree(rng, channels_last):
+    # roi_pool reads every map with its NHWC kernel (copying an NCHW map first); the NCHW
+    # kernel stays for measuring which is faster: both give the reference's maxima and
+    # the same argmax
+    x = on_device(np.round(rng.standard_normal((2, 37, 9, 11)) * 2), torch.float32)  # ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = on_device(random_rois(rng, 2, 7, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((7, 37, 3, 4)), torch.float32)
+    ref_out, _ = pool("reference", x, rois, (3, 4), 0.5, grad)
+    nchw = gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 4, nhwc=False)
+    nhwc = gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 4, nhwc=True)
+    assert_forward_matches("pool", nchw[0], ref_out)
+    assert_forward_matches("pool", nhwc[0], ref_out)
+    assert torch.equal(nchw[1], nhwc[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_channels_last_input_read_as_it_lies(rng, mode, dtype):
