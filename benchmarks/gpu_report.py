@@ -286,8 +286,9 @@ def _pass_times(case, device: str) -> dict:
 
 # (outputs a program, warps) of the NCHW forward, (channels, warps) of the NHWC forward
 # and of the backward scatter; the first of each is the one the launchers use
-FORWARD_CONFIGS = ((512, 8), (128, 2), (256, 4), (256, 8), (512, 4), (1024, 8), (1024, 16))
-CHANNEL_CONFIGS = ((256, 4), (64, 1), (64, 2), (128, 2), (128, 4), (256, 8))
+FORWARD_CONFIGS = ((256, 4), (128, 2), (256, 8), (512, 4), (512, 8), (1024, 8))
+NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
+SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 CONFIG_CASES = ("a small sr=0", "b sr=2", "fpn 8x512", "b sr=2 NHWC")
 
 
@@ -317,7 +318,7 @@ def _config_times(case, device: str) -> dict:
     fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
                                                                     "forward")]}  # fmt: skip
     if case.channels_last:
-        for block_c, warps in CHANNEL_CONFIGS:
+        for block_c, warps in NHWC_CONFIGS:
             grid = (K * p * p * triton.cdiv(C, block_c),)
             fns[f"nhwc forward {block_c}/{warps}"] = lambda g=grid, b=block_c, w=warps: (
                 ga.roi_align_forward_nhwc_kernel[g](x, *args, **mode, BLOCK_C=b, num_warps=w)
@@ -329,7 +330,7 @@ def _config_times(case, device: str) -> dict:
                 ga.roi_align_forward_kernel[g](x, *args, **mode, BLOCK=b, num_warps=w)
             )
         sums = Accumulator(grad, x.shape)
-        for block_c, warps in CHANNEL_CONFIGS:
+        for block_c, warps in SCATTER_CONFIGS:
             grid = (K * p * p * triton.cdiv(C, block_c),)
             fns[f"scatter {block_c}/{warps}"] = (
                 lambda g=grid, b=block_c, w=warps: ga.roi_align_backward_kernel[g](

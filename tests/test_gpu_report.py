@@ -105,7 +105,8 @@ def test_kernel_configs_time_each_split_on_small_cases():
 
     gpu_report = load()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "CHANNEL_CONFIGS": ((4, 1), (2, 1))}
+    monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "NHWC_CONFIGS": ((4, 1), (2, 1)),
+              "SCATTER_CONFIGS": ((4, 1), (2, 1))}  # fmt: skip
     for name, value in monkey.items():
         setattr(gpu_report, name, value)
     cases = [

@@ -9,8 +9,8 @@ Triton's own ptxas reports:
   or ceiled would then pick other cells than torchvision's IEEE division;
 - half-precision outputs rounded from float32 to nearest (``cvt.rn``), as torch rounds
   (Triton's interpreter truncates to bfloat16, so only the compiled code can show it);
-- registers per thread, and the fp32/fp16/bf16 kernels must not spill (a regression
-  guard for speed that needs no GPU; fp64 may);
+- registers per thread, and the fp32/fp16/bf16 kernels must not spill more than
+  ``SPILL_ALLOWANCE`` bytes (a regression guard for speed that needs no GPU; fp64 may);
 - where a kernel's point is coalesced memory access, the layouts Triton chose for it
   (the fixed-point conversion's stores, the argmax backward's loads).
 """
@@ -79,6 +79,13 @@ INEXACT_HALF_ROUNDING = re.compile(r"\bcvt\.r[zmp]\.(bf16|f16)(x2)?\.f32\b")
 NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 # integer arguments that hold 64-bit values
 INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
+
+
+# bytes a kernel may spill: ptxas (Triton 3.6's and 3.8's) keeps the NCHW forward kernels
+# at 56 registers and spills one word at 4 warps of 2 outputs a thread, the split that
+# measured fastest on an H100 (roiops.gpu.tiles): a word in L1 is not the regression this
+# guards against (the first forward's 16 outputs a thread took ~180 registers)
+SPILL_ALLOWANCE = 4
 
 
 def registers_and_spills(ptx: str) -> tuple[int, int]:
@@ -166,13 +173,14 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         return
     registers, spilled = registers_and_spills(ptx)
     print(f"{fn.__name__:30s} {dtype:6s} {mode:4s} {num_warps} warps {registers:3d} registers")
-    assert spilled == 0 or dtype == "*fp64", f"{name} spills {spilled} bytes"
+    assert spilled <= SPILL_ALLOWANCE or dtype == "*fp64", f"{name} spills {spilled} bytes"
 
 
 def main() -> int:
     # the launch configuration of 256 channels and 7x7 bins
     _, block, fwd_warps = bins_grid(1, 256, 7, 7)
     _, block_c, bwd_warps = bin_channels_grid(1, 256, 7, 7)
+    _, nhwc_c, nhwc_warps = bin_channels_grid(1, 256, 7, 7, forward=True)
     _, block_p, argmax_c, argmax_warps = roi_channels_grid(1, 256, 49)
     argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
     for dt in ("fp32", "fp16", "bf16", "fp64"):
@@ -184,7 +192,7 @@ def main() -> int:
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
                 compile_for_gpu(
-                    roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": block_c}, bwd_warps
+                    roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": nhwc_c}, nhwc_warps
                 )
                 box = {k: v for k, v in mode.items() if k != "PS"}
                 if max_mode != ONNX_MAX_MODE:  # onnx_max has no box gradient
@@ -203,7 +211,7 @@ def main() -> int:
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": block}, fwd_warps)
-        compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": block_c}, bwd_warps)
+        compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd, {**ps, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps
         )
@@ -251,7 +259,7 @@ def main() -> int:
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
             compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, "BLOCK": block}, fwd_warps)
             compile_for_gpu(
-                roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": block_c}, bwd_warps
+                roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": nhwc_c}, nhwc_warps
             )
         compile_for_gpu(roi_pool_backward_kernel, bwd, argmax_tile, argmax_warps)
         # NCHW output: stride_w is 1, which Triton specialises as a constant

@@ -389,7 +389,8 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
                 PS=position_sensitive)  # fmt: skip
     if is_channels_last(input):
-        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
+        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
+                                                     forward=True)  # fmt: skip
         roi_align_forward_nhwc_kernel[grid](
             input, *args, **mode, BLOCK_C=block_c, num_warps=num_warps
         )

@@ -24,6 +24,7 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    is_channels_last,
     kernel,
     roi_channels_grid,
     roi_channels_tile,
@@ -184,15 +185,15 @@ def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
 
 # ----------------------------------------------------------------------------- launchers
 def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax=True,
-                     nhwc=True):  # fmt: skip
+                     nhwc=None):  # fmt: skip
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``. ``nhwc``: the NHWC kernel
     reads the map (lanes over channels; a map that is not channels_last is copied to it
-    first), else the NCHW kernel (lanes over bins; the map made NCHW-contiguous). NHWC is
-    the default because it was faster even with the copy, measured on an H100 (float32,
-    7x7, a [2, 256, 200, 272] map with 1000 RoIs: 0.93 ms against 1.15; FPN's P2 level of
-    8 images with 2500 RoIs: 3.42 against 3.82), the NCHW kernel's lanes gathering
-    scattered cells of one plane (and storing the argmax with a stride of C) where the
-    NHWC kernel's read a cell's channels side by side."""
+    first), or the NCHW kernel (lanes over bins; the map made NCHW-contiguous); by
+    default the map is read as it lies. Neither copy wins everywhere, measured on an
+    H100 (float32, 7x7): copying an NCHW map for the NHWC kernel took 0.96 ms against
+    1.18 on a [2, 256, 200, 272] map with 1000 RoIs of 4-100 cells, but 0.62 against 0.34
+    (training forward) on a [1, 512, 256, 256] map with 512 RoIs of 1-8 cells, where the
+    copy outweighs the work and the NHWC kernel's programs hold a cell or two each."""
     K = rois.shape[0]
     N, C, H, W = input.shape
     shape = (K, C, pooled_h, pooled_w)
@@ -204,8 +205,9 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     )
     args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
     mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
-    if nhwc:
-        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool")
+    if is_channels_last(input) if nhwc is None else nhwc:
+        grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool",
+                                                     forward=True)  # fmt: skip
         roi_pool_forward_nhwc_kernel[grid](
             input.contiguous(memory_format=torch.channels_last), *args, **mode,
             BLOCK_C=block_c, num_warps=num_warps,

@@ -31,17 +31,22 @@ import triton.language as tl
 
 from roiops._validate import MAX_LEVELS
 
-# Forward programs hold this many outputs, 2 per thread on 8 warps. Chosen from ptxas's
-# register counts for sm_90 (not from timings): 2 outputs per thread take 48-54
-# registers (room for 32-40 warps per SM), 4 take 72-97, and the first version's
-# [32, 64] tiles on 4 warps (16 per thread) ~180, which left room for only 8 warps per SM
-# on a kernel whose time goes into waiting for gathered loads.
-FORWARD_BLOCK = 512
+# Program sizes, measured on an H100 (float32, 7x7 bins, 256 channels; the kernels alone;
+# `make gpu`'s kernel_configs part times the alternatives on the GPU at hand):
+# - NCHW forward: BLOCK outputs a program, 2 per thread (256 on 4 warps): 0.180 / 0.527 /
+#   0.111 ms on the bench's 'a small sr=0' / 'b sr=2' / FPN P2 maps, against 0.222 /
+#   0.554 / 0.122 for 512 on 8 warps and 0.284 / 0.727 / 0.159 for 1024 on 8;
+# - backward scatter: one channel per thread (256 channels on 8 warps): 0.362 / 1.148 /
+#   0.202 ms, against 0.447 / 1.567 / 0.280 for 2 a thread (4 warps): twice the threads
+#   in flight for the atomics to wait on;
+# - NHWC forward: 64 channels on 1 warp, 2 a thread: 0.307 ms on 'b sr=2 NHWC', 0.320 for
+#   128 on 2 warps, 0.333 for 256 on 4.
+FORWARD_BLOCK = 256
 FORWARD_PER_THREAD = 2
-# Backward programs take up to this many channels, 2 per thread (as the measured
-# prototype in shared/gpu/fixed_point_nhwc_prototype.py: 4 warps for 256 channels).
 BACKWARD_CHANNELS = 256
-BACKWARD_PER_THREAD = 2
+BACKWARD_PER_THREAD = 1
+NHWC_FORWARD_CHANNELS = 64
+NHWC_FORWARD_PER_THREAD = 2
 # The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
 # of up to this many elements (bins in steps of up to ARGMAX_BINS)
 ARGMAX_TILE = 1024
@@ -123,10 +128,16 @@ def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
 
 @functools.lru_cache(maxsize=256)
 def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int,
-                      op: str = "backward"):  # fmt: skip
-    """``(grid, block_c, num_warps)`` for a backward launch, on a 1-D grid."""
-    block_c = min(BACKWARD_CHANNELS, triton.next_power_of_2(channels))
-    num_warps = max(1, block_c // (32 * BACKWARD_PER_THREAD))
+                      op: str = "backward", forward: bool = False):  # fmt: skip
+    """``(grid, block_c, num_warps)`` for a backward launch (``forward``: an NHWC
+    forward's), on a 1-D grid."""
+    most, per_thread = (
+        (NHWC_FORWARD_CHANNELS, NHWC_FORWARD_PER_THREAD)
+        if forward
+        else (BACKWARD_CHANNELS, BACKWARD_PER_THREAD)
+    )
+    block_c = min(most, triton.next_power_of_2(channels))
+    num_warps = max(1, block_c // (32 * per_thread))
     programs = num_rois * pooled_h * pooled_w * triton.cdiv(channels, block_c)
     return check_grid(programs, op), block_c, num_warps
 
