@@ -100,13 +100,15 @@ def host_us_per_call(fn, calls: int = 200) -> float:
     return statistics.median(rounds)
 
 
-def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float) -> torch.Tensor:
-    sides = rng.uniform(16, 400, (count, 2))
+def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float,
+             sides_px=(16, 400)) -> torch.Tensor:  # fmt: skip
+    sides = rng.uniform(*sides_px, (count, 2))
     x1 = rng.uniform(0, np.maximum(image_w - sides[:, 0], 1))
     y1 = rng.uniform(0, np.maximum(image_h - sides[:, 1], 1))
     batch = rng.integers(0, batch_size, count)
     rois = np.stack([batch, x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
-    return torch.tensor(rois, dtype=torch.float32, device="cuda")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.tensor(rois, dtype=torch.float32, device=device)
 
 
 def latency(rng) -> dict:
@@ -176,46 +178,44 @@ def deterministic_mode(rng) -> dict:
     return result
 
 
-def forward_layouts(rng) -> dict:
+# (name, NCHW shape, RoIs, box sides in pixels, spatial_scale)
+LAYOUT_CASES = (
+    ("b", (2, 256, 200, 272), 1000, (16, 400), 0.25),
+    ("fpn P2", (8, 256, 200, 272), 2500, (16, 400), 0.25),
+    ("a small", (1, 512, 256, 256), 512, (8, 64), 0.125),  # bins of 0.1-1.2 cells
+)
+
+
+def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES) -> dict:
     """Forward launcher time (ms) on NCHW maps: the NCHW kernel, and a copy to
-    channels_last plus the NHWC kernel (roi_pool's default); float32, 7x7,
-    sampling_ratio 2."""
+    channels_last plus the NHWC kernel; float32, 7x7, sampling_ratio 2."""
     from roiops.gpu.roi_align import roi_align_forward
     from roiops.gpu.roi_pool import roi_pool_forward
 
     out = {}
-    for name, shape, count, image in (
-        ("b", (2, 256, 200, 272), 1000, (800, 1088)),
-        ("fpn P2", (8, 256, 200, 272), 2500, (800, 1088)),
-    ):
-        x = torch.randn(shape, device="cuda")
-        rois = box_rows(rng, shape[0], count, *image)
+    for name, shape, count, sides, scale in cases:
+        x = torch.randn(shape, device=device)
+        rois = box_rows(rng, shape[0], count, shape[2] / scale, shape[3] / scale, sides)
+        rois = rois.to(device)
         ops = {  # (the NCHW kernel, a copy to channels_last and the NHWC kernel)
             "roi_align": (
-                lambda r=rois, x=x: roi_align_forward(x, r, 0.25, 7, 7, 2, True, False),
-                lambda r=rois, x=x: roi_align_forward(
-                    x.contiguous(memory_format=torch.channels_last),
-                    r,
-                    0.25,
-                    7,
-                    7,
-                    2,
-                    True,
-                    False,
+                lambda r=rois, x=x, s=scale: roi_align_forward(x, r, s, 7, 7, 2, True, False),
+                lambda r=rois, x=x, s=scale: roi_align_forward(
+                    x.contiguous(memory_format=torch.channels_last), r, s, 7, 7, 2, True, False
                 ),
             ),
             "roi_pool": (
-                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, False, nhwc=False),
-                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, False, nhwc=True),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, False, nhwc=False),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, False, nhwc=True),
             ),
             "roi_pool training": (  # with the argmax
-                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, True, nhwc=False),
-                lambda r=rois, x=x: roi_pool_forward(x, r, 0.25, 7, 7, True, nhwc=True),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, True, nhwc=False),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, True, nhwc=True),
             ),
         }
         for op, (nchw_fn, nhwc_fn) in ops.items():
-            nchw = bench.time_ms(nchw_fn, "cuda", 5)
-            nhwc = bench.time_ms(nhwc_fn, "cuda", 5)
+            nchw = bench.time_ms(nchw_fn, device, 5)
+            nhwc = bench.time_ms(nhwc_fn, device, 5)
             out[f"{op} {name}"] = {"nchw_ms": nchw, "copy_then_nhwc_ms": nhwc}
     return out
 
@@ -289,14 +289,17 @@ def _pass_times(case, device: str) -> dict:
 FORWARD_CONFIGS = ((256, 4), (128, 2), (256, 8), (512, 4), (512, 8), (1024, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
-CONFIG_CASES = ("a small sr=0", "b sr=2", "fpn 8x512", "b sr=2 NHWC")
+# (bins, channels, warps) of roi_pool's backward tiles
+ARGMAX_CONFIGS = ((64, 16, 4), (64, 8, 2), (64, 16, 2), (64, 16, 8), (64, 32, 4), (64, 32, 8))
+CONFIG_CASES = ("a small sr=0", "b sr=2", "fpn 8x512", "b sr=2 NHWC", "a small", "b")
 
 
 def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:
-    """ms of roi_align's kernels alone (float32, the bench's inputs, a pyramid's finest
-    level) under other program sizes and warp counts than the launchers' (a forward
-    kernel on the case's layout; for NCHW cases also the backward scatter), beside
-    torchvision's forward: which split suits the GPU, measured rather than guessed."""
+    """ms of roi_align's and roi_pool's kernels alone (float32, the bench's inputs, a
+    pyramid's finest level) under other program sizes and warp counts than the
+    launchers' (a forward kernel on the case's layout, roi_pool's with its argmax; for
+    NCHW cases also the backward scatter), beside torchvision's forward: which split
+    suits the GPU, measured rather than guessed."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in CONFIG_CASES]
     return {f"{c.op} {c.name}": _config_times(c, device) for c in cases}
@@ -309,6 +312,8 @@ def _config_times(case, device: str) -> dict:
     from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
 
+    if case.op == "roi_pool":
+        return _pool_config_times(case, device)
     lv = bench.make_inputs(case, device, torch.float32)[0]
     x, rois, grad, p = lv.x, lv.rois, lv.grad, case.output_size
     K, (N, C, H, W) = rois.shape[0], x.shape
@@ -339,6 +344,42 @@ def _config_times(case, device: str) -> dict:
                     **mode, BLOCK_C=b, SPAN=ga.SPAN, num_warps=w,
                 )
             )  # fmt: skip
+    return bench.time_interleaved(fns, device, 5)
+
+
+def _pool_config_times(case, device: str) -> dict:
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    from roiops._layout import argmax_shape
+    from roiops.gpu import roi_pool as gp
+    from roiops.gpu.fixed_point import Accumulator
+    from roiops.gpu.rois import scale_bits
+
+    lv = bench.make_inputs(case, device, torch.float32)[0]
+    x, rois, grad, p = lv.x.contiguous(), lv.rois, lv.grad, case.output_size
+    K, (N, C, H, W) = rois.shape[0], x.shape
+    out = x.new_empty((K, C, p, p))
+    argmax = torch.empty(argmax_shape(K, C, p, p), dtype=torch.int32, device=x.device)
+    args = (rois, out, argmax, N, C, H, W, scale_bits(lv.spatial_scale))
+    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
+                                                                    "forward")]}  # fmt: skip
+    for block, warps in FORWARD_CONFIGS:
+        grid = (K * triton.cdiv(C * p * p, block),)
+        fns[f"forward {block}/{warps}"] = lambda g=grid, b=block, w=warps: (
+            gp.roi_pool_forward_kernel[g](
+                x, *args, PH=p, PW=p, BLOCK=b, STORE_ARGMAX=True, num_warps=w
+            )  # fmt: skip
+        )
+    _, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p)  # for the scatter
+    sums = Accumulator(grad, x.shape)
+    for block_p, block_c, warps in ARGMAX_CONFIGS:
+        grid = (K * triton.cdiv(C, block_c),)
+        fns[f"scatter {block_p}x{block_c}/{warps}"] = (
+            lambda g=grid, bp=block_p, bc=block_c, w=warps: gp.roi_pool_backward_kernel[g](
+                grad, rois, argmax, sums.amax, sums.acc, N, C, H, W, sums.log2_count,
+                P=p * p, BLOCK_P=bp, BLOCK_C=bc, num_warps=w,
+            )
+        )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)
 
 

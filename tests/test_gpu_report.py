@@ -106,7 +106,8 @@ def test_kernel_configs_time_each_split_on_small_cases():
     gpu_report = load()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "NHWC_CONFIGS": ((4, 1), (2, 1)),
-              "SCATTER_CONFIGS": ((4, 1), (2, 1))}  # fmt: skip
+              "SCATTER_CONFIGS": ((4, 1), (2, 1)),
+              "ARGMAX_CONFIGS": ((4, 2, 1), (2, 4, 1))}  # fmt: skip
     for name, value in monkey.items():
         setattr(gpu_report, name, value)
     cases = [
@@ -114,6 +115,8 @@ def test_kernel_configs_time_each_split_on_small_cases():
                    output_size=2),
         bench.Case("tiny NHWC", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
                    output_size=2, channels_last=True),
+        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
     ]  # fmt: skip
     times = gpu_report.kernel_configs(device, cases)
     assert set(times["roi_align tiny"]) == {
@@ -125,11 +128,28 @@ def test_kernel_configs_time_each_split_on_small_cases():
     }
     assert set(times["roi_align tiny NHWC"]) == {"torchvision forward", "nhwc forward 4/1",
                                                  "nhwc forward 2/1"}  # fmt: skip
+    assert set(times["roi_pool tiny"]) == {"torchvision forward", "forward 64/2", "forward 32/1",
+                                           "scatter 4x2/1", "scatter 2x4/1"}  # fmt: skip
+    assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_align tiny: forward 64/2 / best" in table
     assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
+    assert "roi_pool tiny: scatter 4x2/1 / best" in table
+
+
+def test_forward_layouts_times_both_kernels_of_each_op():
+    import numpy as np
+    import torch
+
+    gpu_report = load()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = (("tiny", (1, 3, 10, 12), 4, (8, 30), 0.25),)
+    times = gpu_report.forward_layouts(np.random.default_rng(0), device, cases)
+    assert set(times) == {"roi_align tiny", "roi_pool tiny", "roi_pool training tiny"}
+    assert all(set(t) == {"nchw_ms", "copy_then_nhwc_ms"} for t in times.values())
+    assert all(ms > 0 for t in times.values() for ms in t.values())
 
 
 def test_backward_passes_times_every_pass_on_a_small_case():
