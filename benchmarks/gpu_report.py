@@ -417,6 +417,12 @@ def summary(report: dict) -> str:
         for r in rows:
             if r["case"].startswith("fpn") and r["direction"] == "forward":
                 row(f"{dtype} forward: {r['case']}", f"{r['speedup']:.2f}x", ">= 1.2x")
+    rows = report["bench"].get("back_to_back")
+    for direction in ("forward", "backward", "inference", "train"):
+        sel = [r["speedup"] for r in rows or () if r["direction"] == direction]
+        if sel:
+            row(f"float32 back to back, {direction}: geometric mean",
+                f"{bench.geometric_mean(sel):.2f}x")  # fmt: skip
     lat = report.get("latency")
     if lat is None:
         row("16-RoI roi_align call latency", "not measured")
@@ -473,16 +479,20 @@ def section(report: dict, key: str, measure, path: str | None, into: dict | None
         pathlib.Path(path).write_text(json.dumps(report, indent=2))
 
 
-def bench_rows(dtype: torch.dtype, name: str, quick: bool) -> list[dict]:
-    rows = bench.run("cuda", dtype, quick=quick, progress=False)
+# the back-to-back bench: calls a sample (see bench.time_interleaved)
+BACK_TO_BACK_CALLS = 10
+
+
+def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> list[dict]:
+    rows = bench.run("cuda", dtype, quick=quick, progress=False, calls=calls)
     print(bench.format_table(rows, f"roiops vs torchvision, {name}"), flush=True)
     return [{**r.__dict__, "speedup": r.speedup} for r in rows]
 
 
 # what a run measures, in this order
 # (torchvision's deterministic mode is slow to run: ~90 s on an H100 machine, last)
-PARTS = ("tests", "float32", "float16", "latency", "forward_layouts", "backward_passes",
-         "kernel_configs", "deterministic")  # fmt: skip
+PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "forward_layouts",
+         "backward_passes", "kernel_configs", "deterministic")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,9 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = [p for p in args.parts if not (args.skip_tests and p == "tests")]
     if "tests" in parts:
         section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
-    for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+    for name, dtype, calls in (("float32", torch.float32, 1), ("float16", torch.float16, 1),
+                               ("back_to_back", torch.float32, BACK_TO_BACK_CALLS)):  # fmt: skip
         if name in parts:
-            measure = lambda d=dtype, n=name: bench_rows(d, n, args.quick)  # noqa: E731
+            title = name if calls == 1 else f"float32, {calls} calls back to back a sample"
+            measure = lambda d=dtype, t=title, c=calls: bench_rows(d, t, args.quick, c)  # noqa: E731
             section(report, name, measure, args.json, into=report["bench"])
     measures = {
         "latency": lambda: latency(rng),

@@ -146,17 +146,22 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_ms(fn: Callable[[], object], device: str, repeat: int) -> float:
-    return time_interleaved({"fn": fn}, device, repeat)["fn"]
+def time_ms(fn: Callable[[], object], device: str, repeat: int, calls: int = 1) -> float:
+    return time_interleaved({"fn": fn}, device, repeat, calls)["fn"]
 
 
 MIN_TIMED_S = 0.2  # short calls get more rounds: a median of 5 sub-ms calls is noise
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: int):
+def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: int,
+                     calls: int = 1):  # fmt: skip
     """``{name: median ms}``: one warm-up call each, then rounds that call every function
     once in turn: at least ``repeat`` rounds, and more (up to 100) until the timed calls
-    add up to ``MIN_TIMED_S`` when they are short."""
+    add up to ``MIN_TIMED_S`` when they are short. A sample is one call and a
+    synchronisation (the latency a caller waits for: on a GPU the host's time to launch
+    the call adds to the kernels'), or with ``calls`` > 1, that many calls back to back
+    and one synchronisation, per call (once the host runs ahead of the GPU, the GPU's
+    time: what a training loop that does not wait sees)."""
     samples = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -165,10 +170,11 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: 
     while rounds < repeat or (timed_s < MIN_TIMED_S and rounds < 100):
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             _sync(device)
             dt = time.perf_counter() - t0
-            samples[name].append(dt * 1e3)
+            samples[name].append(dt * 1e3 / calls)
             timed_s += dt
         rounds += 1
     return {name: statistics.median(v) for name, v in samples.items()}
@@ -328,7 +334,10 @@ def run(
     quick: bool = False,
     repeat: int = 5,
     progress: bool = True,
+    calls: int = 1,
 ) -> list[Row]:
+    """Every case's rows, roiops against torchvision in the same rounds (``calls``: see
+    ``time_interleaved``)."""
     try:
         import torchvision  # noqa: F401  (registers torch.ops.torchvision)
     except ImportError as e:  # pragma: no cover - torchvision is a bench extra
@@ -348,7 +357,9 @@ def run(
             fns = _callables(case, levels)
         for direction in directions(case):
             libs = ("torchvision", "roiops")
-            t = time_interleaved({lib: fns[(lib, direction)] for lib in libs}, device, repeat)
+            t = time_interleaved(
+                {lib: fns[(lib, direction)] for lib in libs}, device, repeat, calls
+            )
             bar.update(len(libs))
             row = Row(case.name, case.op, direction, t["torchvision"], t["roiops"])
             if peak:

@@ -28,8 +28,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     from roiops import bench
 
+    if args.calls < 1:
+        raise SystemExit(f"roiops bench: --calls must be at least 1, got {args.calls}")
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
-    rows = bench.run(args.device, dtype, quick=args.quick, repeat=args.repeat)
+    rows = bench.run(args.device, dtype, quick=args.quick, repeat=args.repeat, calls=args.calls)
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name(torch.device(args.device))
     else:
@@ -38,6 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"roiops vs torchvision on {args.device} ({machine}, "
         f"{numba.get_num_threads()} Numba threads, torch {torch.get_num_threads()} threads), "
         f"{args.dtype}, median of >= {args.repeat}"
+        + (f", {args.calls} calls back to back a sample" if args.calls > 1 else "")
     )
     print(bench.format_table(rows, title))
     if args.json:
@@ -46,6 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
             "machine": machine,
             "dtype": args.dtype,
             "repeat": args.repeat,
+            "calls": args.calls,
             "torch": torch.__version__,
             "threads": numba.get_num_threads(),
         }
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--quick", action="store_true", help="3 cases, for a demo")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--calls", type=int, default=1,
+                   help="calls back to back a sample, timed with one synchronisation (> 1: "
+                        "the GPU's time per call rather than a caller's latency)")  # fmt: skip
     p.add_argument("--json", help="also write the results as JSON to this path")
     p.set_defaults(func=_bench)
 

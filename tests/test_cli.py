@@ -65,6 +65,11 @@ def test_bench_quick_table_and_json(tmp_path, capsys, monkeypatch):
         assert row["roiops_bandwidth"] > 0
 
 
+def test_bench_calls_must_be_positive():
+    with pytest.raises(SystemExit, match="--calls must be at least 1, got 0"):
+        cli.main(["bench", "--quick", "--calls", "0"])
+
+
 def test_bench_inputs_are_valid_boxes():
     for case in bench.cases():
         if case.levels > 1:
@@ -134,3 +139,18 @@ def test_bench_timing_alternates_the_libraries(monkeypatch):
     assert calls == ["tv", "ro"] * 101
     assert set(medians) == {"torchvision", "roiops"}
     assert all(ms >= 0 for ms in medians.values())
+
+
+def test_bench_back_to_back_samples_time_several_calls_each(monkeypatch):
+    # calls > 1: a sample is that many calls of one library and one synchronisation,
+    # reported per call
+    calls = []
+    fns = {"torchvision": lambda: calls.append("tv"), "roiops": lambda: calls.append("ro")}
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
+    slept = []
+    monkeypatch.setattr(bench, "_sync", lambda device: slept.append(bench.time.sleep(0.01)))
+    medians = bench.time_interleaved(fns, "cpu", 2, calls=4)
+    assert calls == ["tv", "ro"] + (["tv"] * 4 + ["ro"] * 4) * 2
+    assert len(slept) == 2 + 2 * 2  # one synchronisation a sample
+    # a 10 ms synchronisation per sample of 4 calls: 2.5 ms a call, not 10
+    assert all(2.4 < ms < 5 for ms in medians.values())

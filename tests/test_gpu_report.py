@@ -33,7 +33,7 @@ def test_summary_table():
         "torch": "2.11",
         "triton": "3.6",
         "tests": {"counts": {"passed": 80, "failed": 1}, "ok": False},
-        "bench": {"float32": rows, "float16": rows},
+        "bench": {"float32": rows, "float16": rows, "back_to_back": rows},
         "latency": {
             "roiops_us": 30.0,
             "torchvision_us": 20.0,
@@ -53,6 +53,7 @@ def test_summary_table():
     assert "1.34x" in table  # sqrt(1.5 * 1.2)
     assert "float32 backward: lowest (roi_align a small sr=2)" in table and "0.50x" in table
     assert "float32 forward: fpn 8x512" in table and "1.20x" in table
+    assert "float32 back to back, forward: geometric mean" in table
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
@@ -208,4 +209,4 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     measured.clear()
     gpu_report.main(["--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 7
+    assert "run_tests" not in measured and len(measured) == 8
