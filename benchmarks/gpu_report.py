@@ -190,31 +190,32 @@ LAYOUT_CASES = (
 )
 
 
-def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES) -> dict:
+def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int = 7) -> dict:
     """Forward launcher time (ms) on NCHW maps: the NCHW kernel, and a copy to
-    channels_last plus the NHWC kernel; float32, 7x7, sampling_ratio 2."""
+    channels_last plus the NHWC kernel; float32, ``pooled`` x ``pooled`` bins,
+    sampling_ratio 2."""
     from roiops.gpu.roi_align import roi_align_forward
     from roiops.gpu.roi_pool import roi_pool_forward
 
-    out = {}
+    out, q = {}, pooled
     for name, shape, count, sides, scale in cases:
         x = torch.randn(shape, device=device)
         rois = box_rows(rng, shape[0], count, shape[2] / scale, shape[3] / scale, sides)
         rois = rois.to(device)
         ops = {  # (the NCHW kernel, a copy to channels_last and the NHWC kernel)
             "roi_align": (
-                lambda r=rois, x=x, s=scale: roi_align_forward(x, r, s, 7, 7, 2, True, False),
+                lambda r=rois, x=x, s=scale: roi_align_forward(x, r, s, q, q, 2, True, False),
                 lambda r=rois, x=x, s=scale: roi_align_forward(
-                    x.contiguous(memory_format=torch.channels_last), r, s, 7, 7, 2, True, False
+                    x.contiguous(memory_format=torch.channels_last), r, s, q, q, 2, True, False
                 ),
             ),
             "roi_pool": (
-                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, False, nhwc=False),
-                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, False, nhwc=True),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, q, q, False, nhwc=False),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, q, q, False, nhwc=True),
             ),
             "roi_pool training": (  # with the argmax
-                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, True, nhwc=False),
-                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, 7, 7, True, nhwc=True),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, q, q, True, nhwc=False),
+                lambda r=rois, x=x, s=scale: roi_pool_forward(x, r, s, q, q, True, nhwc=True),
             ),
         }
         for op, (nchw_fn, nhwc_fn) in ops.items():

@@ -99,12 +99,13 @@ def test_test_groups_run_side_by_side_and_their_counts_add_up(monkeypatch):
     assert "past_its_time" not in result["log"] or "1 passed" in result["log"]
 
 
-def test_kernel_configs_time_each_split_on_small_cases():
+def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     import torch
 
     from roiops import bench
 
     gpu_report = load()
+    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "NHWC_CONFIGS": ((4, 1), (2, 1)),
               "SCATTER_CONFIGS": ((4, 1), (2, 1)),
@@ -140,26 +141,28 @@ def test_kernel_configs_time_each_split_on_small_cases():
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
 
 
-def test_forward_layouts_times_both_kernels_of_each_op():
+def test_forward_layouts_times_both_kernels_of_each_op(monkeypatch):
     import numpy as np
     import torch
 
     gpu_report = load()
+    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = (("tiny", (1, 3, 10, 12), 4, (8, 30), 0.25),)
-    times = gpu_report.forward_layouts(np.random.default_rng(0), device, cases)
+    times = gpu_report.forward_layouts(np.random.default_rng(0), device, cases, pooled=2)
     assert set(times) == {"roi_align tiny", "roi_pool tiny", "roi_pool training tiny"}
     assert all(set(t) == {"nchw_ms", "copy_then_nhwc_ms"} for t in times.values())
     assert all(ms > 0 for t in times.values() for ms in t.values())
 
 
-def test_backward_passes_times_every_pass_on_a_small_case():
+def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
     import torch
 
     from roiops import bench
 
     gpu_report = load()
+    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = [
         bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
