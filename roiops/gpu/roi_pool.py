@@ -26,6 +26,7 @@ from roiops.gpu.tiles import (
     bins_tile,
     is_channels_last,
     kernel,
+    output_offsets,
     roi_channels_grid,
     roi_channels_tile,
     store_bins,
@@ -171,14 +172,13 @@ def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
     [BLOCK_P bins, channels], loaded along bins from G and along channels from ARGMAX.
     A RoI that is not ``valid``, an argmax of -1 (an empty bin) or outside the image's
     ``cells`` routes nothing."""
-    k = k.to(tl.int64)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)[:, None]
         ok = (p < P) & c_ok[None, :]
-        g = tl.load(G + (k * C + c[None, :]) * P + p, mask=ok, other=0.0)
+        g_at, argmax_at = output_offsets(k, c[None, :], p, C, P)
+        g = tl.load(G + g_at, mask=ok, other=0.0)
         # (a scalar & a tensor trips the interpreter)
-        cell = tl.load(ARGMAX + (k * P + p) * C + c[None, :], mask=tl.where(valid, ok, False),
-                       other=-1)  # fmt: skip
+        cell = tl.load(ARGMAX + argmax_at, mask=tl.where(valid, ok, False), other=-1)
         ok = ok & (cell >= 0) & (cell < cells)
         add_to_cell(IMAGE + c[None, :], cell.to(tl.int64), C, g, scale, ok)
 
@@ -205,7 +205,9 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     )
     args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
     mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
-    if is_channels_last(input) if nhwc is None else nhwc:
+    if nhwc is None:
+        nhwc = is_channels_last(input)
+    if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool",
                                                      forward=True)  # fmt: skip
         roi_pool_forward_nhwc_kernel[grid](
