@@ -105,13 +105,12 @@ def host_us_per_call(fn, calls: int = 200) -> float:
 
 
 def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float,
-             sides_px=(16, 400)) -> torch.Tensor:  # fmt: skip
+             sides_px=(16, 400), device: str = "cuda") -> torch.Tensor:  # fmt: skip
     sides = rng.uniform(*sides_px, (count, 2))
     x1 = rng.uniform(0, np.maximum(image_w - sides[:, 0], 1))
     y1 = rng.uniform(0, np.maximum(image_h - sides[:, 1], 1))
     batch = rng.integers(0, batch_size, count)
     rois = np.stack([batch, x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], axis=1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.tensor(rois, dtype=torch.float32, device=device)
 
 
@@ -200,8 +199,7 @@ def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int =
     out, q = {}, pooled
     for name, shape, count, sides, scale in cases:
         x = torch.randn(shape, device=device)
-        rois = box_rows(rng, shape[0], count, shape[2] / scale, shape[3] / scale, sides)
-        rois = rois.to(device)
+        rois = box_rows(rng, shape[0], count, shape[2] / scale, shape[3] / scale, sides, device)
         ops = {  # (the NCHW kernel, a copy to channels_last and the NHWC kernel)
             "roi_align": (
                 lambda r=rois, x=x, s=scale: roi_align_forward(x, r, s, q, q, 2, True, False),
@@ -245,8 +243,6 @@ def _pass_times(case, device: str) -> dict:
     from roiops.gpu import roi_align as ga
     from roiops.gpu import roi_pool as gp
     from roiops.gpu.fixed_point import Accumulator, max_abs
-    from roiops.gpu.rois import scale_bits
-    from roiops.gpu.tiles import bin_channels_grid
 
     (lv,) = bench.make_inputs(case, device, torch.float32)
     x, rois, grad = lv.x, lv.rois, lv.grad
@@ -259,15 +255,9 @@ def _pass_times(case, device: str) -> dict:
         def scatter():
             gp.roi_pool_scatter(sums, grad, rois, argmax)
     elif case.op == "ps_roi_pool":
-        n, _, h, w = x.shape
-        c = grad.shape[1]
-        grid, block_c, num_warps = bin_channels_grid(rois.shape[0], c, p, p)
 
         def scatter():
-            gps.ps_roi_pool_backward_kernel[grid](
-                grad, rois, sums.amax, sums.acc, n, c, h, w, scale_bits(lv.spatial_scale),
-                sums.log2_count, PH=p, PW=p, BLOCK_C=block_c, num_warps=num_warps,
-            )  # fmt: skip
+            gps.ps_roi_pool_scatter(sums, grad, rois, lv.spatial_scale)
     else:  # roi_align, ps_roi_align
 
         def scatter():
@@ -307,7 +297,10 @@ def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:
     suits the GPU, measured rather than guessed."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in CONFIG_CASES]
-    return {f"{c.op} {c.name}": _config_times(c, device) for c in cases}
+    return {
+        f"{c.op} {c.name}": (_pool_config_times if c.op == "roi_pool" else _config_times)(c, device)
+        for c in cases
+    }
 
 
 def _config_times(case, device: str) -> dict:
@@ -317,8 +310,6 @@ def _config_times(case, device: str) -> dict:
     from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
 
-    if case.op == "roi_pool":
-        return _pool_config_times(case, device)
     lv = bench.make_inputs(case, device, torch.float32)[0]
     x, rois, grad, p = lv.x, lv.rois, lv.grad, case.output_size
     K, (N, C, H, W) = rois.shape[0], x.shape
@@ -355,7 +346,6 @@ def _config_times(case, device: str) -> dict:
 def _pool_config_times(case, device: str) -> dict:
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 
-    from roiops._layout import argmax_shape
     from roiops.gpu import roi_pool as gp
     from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
@@ -363,8 +353,8 @@ def _pool_config_times(case, device: str) -> dict:
     lv = bench.make_inputs(case, device, torch.float32)[0]
     x, rois, grad, p = lv.x.contiguous(), lv.rois, lv.grad, case.output_size
     K, (N, C, H, W) = rois.shape[0], x.shape
-    out = x.new_empty((K, C, p, p))
-    argmax = torch.empty(argmax_shape(K, C, p, p), dtype=torch.int32, device=x.device)
+    # the forward's argmax, which every timed forward writes again and the scatter reads
+    out, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p, nhwc=False)
     args = (rois, out, argmax, N, C, H, W, scale_bits(lv.spatial_scale))
     fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
                                                                     "forward")]}  # fmt: skip
@@ -375,7 +365,6 @@ def _pool_config_times(case, device: str) -> dict:
                 x, *args, PH=p, PW=p, BLOCK=b, STORE_ARGMAX=True, num_warps=w
             )  # fmt: skip
         )
-    _, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p)  # for the scatter
     sums = Accumulator(grad, x.shape)
     for block_p, block_c, warps in ARGMAX_CONFIGS:
         grid = (K * triton.cdiv(C, block_c),)

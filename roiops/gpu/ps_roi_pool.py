@@ -111,12 +111,17 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    N, _, H, W = grad_input.shape
-    K, C, pooled_h, pooled_w = grad.shape
     sums = Accumulator(grad, grad_input.shape)
+    ps_roi_pool_scatter(sums, grad, rois, spatial_scale)
+    return sums.write_to(grad_input)
+
+
+def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
+    """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc``."""
+    N, H, W = sums.acc.shape[:3]
+    K, C, pooled_h, pooled_w = grad.shape
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
         sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, num_warps=num_warps,
     )  # fmt: skip
-    return sums.write_to(grad_input)
