@@ -337,7 +337,7 @@ def _config_times(case, device: str) -> dict:
                 lambda g=grid, b=block_c, w=warps: ga.roi_align_backward_kernel[g](
                     grad, rois, rois, sums.amax, sums.acc, N, C, H, W,
                     scale_bits(lv.spatial_scale), case.sampling_ratio, sums.log2_count,
-                    **mode, BLOCK_C=b, SPAN=ga.SPAN, num_warps=w,
+                    **mode, BLOCK_C=b, SPAN=ga.SPAN, ARGMAX_CM=True, num_warps=w,
                 )
             )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)
@@ -371,7 +371,7 @@ def _pool_config_times(case, device: str) -> dict:
         fns[f"scatter {block_p}x{block_c}/{warps}"] = (
             lambda g=grid, bp=block_p, bc=block_c, w=warps: gp.roi_pool_backward_kernel[g](
                 grad, rois, argmax, sums.amax, sums.acc, N, C, H, W, sums.log2_count,
-                P=p * p, BLOCK_P=bp, BLOCK_C=bc, num_warps=w,
+                P=p * p, BLOCK_P=bp, BLOCK_C=bc, ARGMAX_CM=True, num_warps=w,
             )
         )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)

@@ -1,10 +1,12 @@
 """Layout conventions every backend shares (below ``ops/``, ``cpu/`` and ``gpu/``).
 
-* ``argmax`` (roi_pool, roi_align max mode) is an int32 ``Tensor[K, ph, pw, C]``:
-  channels last, the layout the CPU kernels write without a transpose and read back a
-  channel block at a time, and the one the GPU backward reads a block of channels at a
-  time. The NumPy reference keeps the readable ``[K, C, ph, pw]``; ``roiops.ops``
-  converts.
+* ``argmax`` (roi_pool, roi_align max mode) is an int32 ``Tensor[K, ph, pw, C]``. Its
+  memory follows the kernel that writes it (``new_argmax``): channels last (contiguous),
+  as the CPU kernels and the GPU's channels_last forwards write it a channel block at a
+  time; channel-major (``[K, C, ph, pw]`` in memory, a permuted view) from the GPU's NCHW
+  forwards, whose neighbouring lanes hold neighbouring bins of one channel, so that
+  their store is contiguous. Readers take either (``readable_argmax``). The NumPy
+  reference keeps the readable ``[K, C, ph, pw]``; ``roiops.ops`` converts.
 * input gradients are ``Tensor[N, C, H, W]`` laid out by device (``new_input_grad``):
   channels_last strides on CPU, the layout the Numba kernels write a channel block at a
   time; contiguous NCHW on CUDA, as torchvision returns it, so that autograd need not
@@ -20,6 +22,35 @@ from torch import Tensor
 
 def argmax_shape(num_rois: int, channels: int, pooled_h: int, pooled_w: int):
     return (num_rois, pooled_h, pooled_w, channels)
+
+
+def is_channels_last(input: Tensor) -> bool:
+    """Whether ``input[N, C, H, W]`` lies NHWC in memory (and not also NCHW, as it does
+    for one channel or a 1x1 map): the GPU forward then reads it as it is, with lanes over
+    channels, instead of copying it to NCHW."""
+    return not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+
+
+def argmax_channel_major(input: Tensor, backend: str) -> bool:
+    """Whether the forward of ``input`` on ``backend`` writes its argmax channel-major:
+    the Triton backend's NCHW kernels do (``new_argmax``)."""
+    return backend == "triton" and not is_channels_last(input)
+
+
+def new_argmax(like: Tensor, shape, channel_major: bool) -> Tensor:
+    """An empty int32 argmax ``[K, ph, pw, C]`` for outputs ``shape = (K, C, ph, pw)`` on
+    ``like``'s device: channel-major (a permuted ``[K, C, ph, pw]``) or channels last."""
+    if channel_major:
+        return like.new_empty(shape, dtype=torch.int32).permute(0, 2, 3, 1)
+    return like.new_empty(argmax_shape(*shape), dtype=torch.int32)
+
+
+def readable_argmax(argmax: Tensor) -> tuple[Tensor, bool]:
+    """``(argmax, channel_major)``: ``argmax[K, ph, pw, C]`` in one of the two layouts the
+    kernels read (as it lies when it is one, else a contiguous copy) and which one."""
+    if argmax.permute(0, 3, 1, 2).is_contiguous():
+        return argmax, True
+    return argmax.contiguous(), False
 
 
 def rois_by_image(rois: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:

@@ -431,6 +431,46 @@ def test_roi_pool_kernels_of_either_layout_agree(rng, channels_last):
     assert torch.equal(nchw[1], nhwc[1])
 
 
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align_max"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_argmax_lies_as_its_kernel_writes_it(rng, op, channels_last):
+    # the NCHW forward kernels store the argmax [K, ph, pw, C] channel-major (their lanes
+    # run over one channel's bins: a contiguous store), the NHWC ones channels last; the
+    # fake impl (torch.compile) gives the same strides; the backward reads either layout
+    # or any other strides, to the same gradient
+    x = on_device(np.round(rng.standard_normal((2, 37, 9, 11)) * 2), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = on_device(random_rois(rng, 2, 7, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((7, 37, 3, 2)), torch.float32)
+    forward = getattr(torch.ops.roiops, op)
+    args = (x, rois, 0.5, 3, 2) if op == "roi_pool" else (x, rois, 0.5, 3, 2, 2, True)
+    with roiops.use_backend("triton"):
+        _, argmax = forward(*args)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as fake:
+            fakes = [fake.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            _, fake_argmax = forward(*fakes)
+        assert fake_argmax.stride() == argmax.stride()
+        assert argmax.is_contiguous() == channels_last
+        assert argmax.permute(0, 3, 1, 2).is_contiguous() == (not channels_last)
+        spaced = torch.full((14, 3, 2, 37), 7, dtype=torch.int32, device=DEVICE)[::2]
+        grads = []
+        for a in (argmax, argmax.contiguous(), spaced.copy_(argmax)):
+            if op == "roi_pool":
+                g = torch.ops.roiops.roi_pool_backward(grad, a, rois, 0.5, 2, 37, 9, 11)
+                grads.append((g,))
+            else:
+                g = torch.ops.roiops.roi_align_backward(
+                    grad, rois, 0.5, 3, 2, 2, True, 2, 37, 9, 11, a
+                )
+                box = torch.ops.roiops.roi_align_box_backward(grad, x, rois, 0.5, 3, 2, 2, True, a)
+                grads.append((g, box))
+    for other in grads[1:]:
+        for got, first in zip(other, grads[0], strict=True):
+            assert torch.equal(got, first)
+    assert grads[0][0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_channels_last_input_read_as_it_lies(rng, mode, dtype):

@@ -115,20 +115,21 @@ def warp_lanes(ttgir: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m}
 
 
-def loads_lanes_along_bins(ttgir: str) -> bool:
+def loads_coalesced(ttgir: str, argmax_channel_major: bool) -> bool:
     """Whether the argmax backward's [bins, channels] loads are coalesced: the output
     gradient (floats, contiguous along bins) with a warp's lanes along bins, the argmax
-    (int32, contiguous along channels) with runs of at least 8 lanes (a 32-byte sector)
-    along channels."""
+    (int32) likewise when it lies channel-major, and with runs of at least 8 lanes (a
+    32-byte sector) along channels when it lies channels last."""
     lanes = warp_lanes(ttgir)
     loads = LOAD_2D.findall(ttgir)
     floats = [layout for element, layout in loads if element.startswith(("f", "bf"))]
     ints = [layout for element, layout in loads if element == "i32"]
-    return (
-        bool(floats and ints)
-        and all(lanes[x] >= 8 for x in floats)
-        and all(32 // lanes[x] >= 8 for x in ints)
-    )
+    along_bins = [lanes[x] >= 8 for x in floats]
+    if argmax_channel_major:
+        along_bins += [lanes[x] >= 8 for x in ints]
+    else:
+        along_bins += [32 // lanes[x] >= 8 for x in ints]
+    return bool(floats and ints) and all(along_bins)
 
 
 def stores_lanes_along_cells(ttgir: str) -> bool:
@@ -168,7 +169,8 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     if fn is fixed_point_to_float_kernel:
         assert stores_lanes_along_cells(kernel.asm["ttgir"]), f"{name}: uncoalesced stores"
     if fn in (roi_pool_backward_kernel, multi_scale_roi_pool_backward_kernel):
-        assert loads_lanes_along_bins(kernel.asm["ttgir"]), f"{name}: uncoalesced loads"
+        channel_major = constexprs["ARGMAX_CM"]
+        assert loads_coalesced(kernel.asm["ttgir"], channel_major), f"{name}: uncoalesced loads"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
@@ -195,26 +197,29 @@ def main() -> int:
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": nhwc_c}, nhwc_warps
                 )
                 box = {k: v for k, v in mode.items() if k != "PS"}
-                if max_mode != ONNX_MAX_MODE:  # onnx_max has no box gradient
+                # the argmax as the NCHW (channel-major) or the NHWC forward writes it
+                for cm in (True, False) if max_mode else (True,):
+                    if max_mode != ONNX_MAX_MODE:  # onnx_max has no box gradient
+                        compile_for_gpu(
+                            roi_align_box_backward_kernel,
+                            {**bwd, "X": f"*{dt}", "PARTIAL": rois},
+                            {**box, "BLOCK_C": block_c, "ARGMAX_CM": cm},
+                            bwd_warps,
+                        )
                     compile_for_gpu(
-                        roi_align_box_backward_kernel,
-                        {**bwd, "X": f"*{dt}", "PARTIAL": rois},
-                        {**box, "BLOCK_C": block_c},
+                        roi_align_backward_kernel,
+                        bwd,
+                        {**mode, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": cm},
                         bwd_warps,
                     )
-                compile_for_gpu(
-                    roi_align_backward_kernel,
-                    bwd,
-                    {**mode, "BLOCK_C": block_c, "SPAN": SPAN},
-                    bwd_warps,
-                )
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": block}, fwd_warps)
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
-            roi_align_backward_kernel, bwd, {**ps, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps
-        )
+            roi_align_backward_kernel, bwd,
+            {**ps, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True}, bwd_warps,
+        )  # fmt: skip
         levels = {f"X{i}": f"*{dt}" for i in range(5)} | {"LEVELS": "*i64"}
         fpn = {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "ALIGNED": False}
         compile_for_gpu(
@@ -248,7 +253,7 @@ def main() -> int:
         )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_pool_backward_kernel, {**bwd, "LEVELS": "*i64"},
-            {"NUM_LEVELS": 4, **argmax_tile}, argmax_warps,
+            {"NUM_LEVELS": 4, **argmax_tile, "ARGMAX_CM": True}, argmax_warps,
         )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
@@ -261,7 +266,10 @@ def main() -> int:
             compile_for_gpu(
                 roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": nhwc_c}, nhwc_warps
             )
-        compile_for_gpu(roi_pool_backward_kernel, bwd, argmax_tile, argmax_warps)
+        for cm in (True, False):
+            compile_for_gpu(
+                roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
+            )
         # NCHW output: stride_w is 1, which Triton specialises as a constant
         compile_for_gpu(
             fixed_point_to_float_kernel,

@@ -10,10 +10,9 @@ gradient. A RoI whose level is not in ``[0, L)`` is invalid: NaN outputs, no gra
 
 from __future__ import annotations
 
-import torch
 import triton.language as tl
 
-from roiops._layout import argmax_shape
+from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
 from roiops.gpu.roi_pool import pool_bins, scatter_to_argmax
@@ -66,7 +65,7 @@ def multi_scale_roi_align_backward_kernel(
     _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
     backward_bin(G, ROIS, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
                  sampling_ratio, log2_count, usable, PH, PW, ALIGNED, False, False,
-                 SPAN)  # fmt: skip
+                 SPAN, True)  # fmt: skip
 
 
 @kernel
@@ -75,7 +74,8 @@ def multi_scale_roi_pool_forward_kernel(
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C]: RoI k max-pooled from its level."""
+    """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (channel-major): RoI k max-pooled from
+    its level."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
@@ -89,9 +89,11 @@ def multi_scale_roi_pool_backward_kernel(
     G, ROIS, LEVELS, ARGMAX, AMAX, ACC, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, O0, O1, O2, O3, O4, log2_count,
     NUM_LEVELS: tl.constexpr, P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ARGMAX_CM: tl.constexpr,
 ):  # fmt: skip
     """ACC (int64; level l's NHWC part at element O_l) += G[k, c, p] at each channel's
-    argmax cell of RoI k's level, for one RoI and block of channels, all of its bins."""
+    argmax cell of RoI k's level (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one
+    RoI and block of channels, all of its bins."""
     k, c, c_ok = roi_channels_tile(C, BLOCK_C)
     usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
@@ -99,7 +101,7 @@ def multi_scale_roi_pool_backward_kernel(
     n, valid = batch_index(ROIS, k, N, 5)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     scatter_to_argmax(G, ARGMAX, ACC + offset + n * H * W * C, k, c, c_ok, valid & usable, C,
-                      H * W, scale, P, BLOCK_P)  # fmt: skip
+                      H * W, scale, P, BLOCK_P, ARGMAX_CM)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -146,8 +148,7 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
     N, C = features[0].shape[:2]
     xs = [f.contiguous() for f in features]
     out = xs[0].new_empty((K, C, pooled_h, pooled_w))
-    argmax = torch.empty(argmax_shape(K, C, pooled_h, pooled_w), dtype=torch.int32,
-                         device=out.device)  # fmt: skip
+    argmax = new_argmax(out, (K, C, pooled_h, pooled_w), channel_major=True)
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_pool")
     multi_scale_roi_pool_forward_kernel[grid](
         *per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
@@ -165,12 +166,13 @@ def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
     sums = Accumulator(grad, *(g.shape for g in grad_inputs))
     grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w,
                                                           "multi_scale")  # fmt: skip
+    argmax, channel_major = readable_argmax(argmax)
     multi_scale_roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, levels, argmax.contiguous(), sums.amax, sums.flat, N, C,
+        grad.contiguous(), rois, levels, argmax, sums.amax, sums.flat, N, C,
         *per_level([g.shape[2] for g in grad_inputs], 0),
         *per_level([g.shape[3] for g in grad_inputs], 0),
         *per_level(sums.offsets, 0), sums.log2_count,
         NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        num_warps=num_warps,
+        ARGMAX_CM=channel_major, num_warps=num_warps,
     )  # fmt: skip
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from roiops._layout import argmax_shape
+from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -181,9 +181,9 @@ def roi_align_forward_kernel(
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from X[N, C, H, W]; with
-    PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of channel c reading
-    input channel c * PH * PW + p."""
+    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channel-major) from
+    X[N, C, H, W]; with PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of
+    channel c reading input channel c * PH * PW + p."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
                  True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK)  # fmt: skip
@@ -226,10 +226,10 @@ def roi_align_forward_nhwc_kernel(
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode) from channels-last
-    X[N, H, W, C] (PS: as for ``roi_align_forward_kernel``): one program per (RoI, bin,
-    block of channels), the bin's sampling grid in scalars and the lanes over channels,
-    so each neighbour's load is contiguous."""
+    """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channels last) from
+    channels-last X[N, H, W, C] (PS: as for ``roi_align_forward_kernel``): one program
+    per (RoI, bin, block of channels), the bin's sampling grid in scalars and the lanes
+    over channels, so each neighbour's load and the argmax's store are contiguous."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     ph = p // PW
     pw = p % PW
@@ -255,7 +255,7 @@ def roi_align_forward_nhwc_kernel(
                                              MAX_MODE)  # fmt: skip
             acc, best_s = _pool_sample(acc, best_s, v, candidate, s == 0, MAX_MODE)
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
-    store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE)
+    store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE, False)
 
 
 @triton.jit
@@ -292,22 +292,23 @@ def roi_align_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC,
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+    PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the input gradient of one (RoI, bin, block
-    of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode); with PS,
-    ACC[N, H, W, C * PH * PW] and bin p of channel c feeds channel c * PH * PW + p."""
+    of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, lying
+    channel-major if ARGMAX_CM); with PS, ACC[N, H, W, C * PH * PW] and bin p of channel
+    c feeds channel c * PH * PW + p."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
-                 SPAN)  # fmt: skip
+                 SPAN, ARGMAX_CM)  # fmt: skip
 
 
 @triton.jit
 def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, usable, PH: tl.constexpr, PW: tl.constexpr,
                  ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr, PS: tl.constexpr,
-                 SPAN: tl.constexpr):  # fmt: skip
+                 SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr):  # fmt: skip
     """The backward of RoI k's bin p for channels c into the NHWC accumulator ACC: the
     body of ``roi_align_backward_kernel``, shared with the FPN pooler's kernel."""
     ph = p // PW
@@ -315,7 +316,7 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED
     )
-    g_at, argmax_at = output_offsets(k, c, p, C, PH * PW)
+    g_at, argmax_at = output_offsets(k, c, p, C, PH * PW, ARGMAX_CM)
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
@@ -369,8 +370,8 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode, position_sensitive=False):  # fmt: skip
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C] or None)``; ``max_mode``: AVG (False),
-    MAX (True) or ONNX_MAX; a channels_last ``input``
-    is read as it lies (NHWC kernel), any other is made NCHW-contiguous. With
+    MAX (True) or ONNX_MAX; a channels_last ``input`` is read as it lies (NHWC kernel; the
+    argmax channels last), any other is made NCHW-contiguous (the argmax channel-major). With
     ``position_sensitive``, ``out`` is ``[K, C // (ph * pw), ph, pw]`` (ps_roi_align)."""
     K = rois.shape[0]
     N, C, H, W = input.shape
@@ -378,17 +379,14 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
         C //= pooled_h * pooled_w
     shape = (K, C, pooled_h, pooled_w)
     out = input.new_empty(shape)
+    nhwc = is_channels_last(input)
     # avg mode stores no argmax: the kernel gets ``out`` in its place and never writes it
-    argmax = (
-        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=input.device)
-        if max_mode
-        else None
-    )
+    argmax = new_argmax(input, shape, channel_major=not nhwc) if max_mode else None
     args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
             sampling_ratio)  # fmt: skip
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
                 PS=position_sensitive)  # fmt: skip
-    if is_channels_last(input):
+    if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
         roi_align_forward_nhwc_kernel[grid](
@@ -422,12 +420,13 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     N, H, W = sums.acc.shape[:3]
     K, C = grad.shape[:2]
     max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
+    argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
-        grad.contiguous(), rois, argmax if max_mode else rois, sums.amax, sums.acc,
+        grad.contiguous(), rois, argmax, sums.amax, sums.acc,
         N, C, H, W, scale_bits(spatial_scale), sampling_ratio, sums.log2_count,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
-        BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
+        BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major, num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -444,7 +443,7 @@ def _edge_slope(v, limit):
 def roi_align_box_backward_kernel(
     G, X, ROIS, ARGMAX, PARTIAL, N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, ARGMAX_CM: tl.constexpr,
 ):  # fmt: skip
     """PARTIAL[program, 4] = one (RoI, bin, block of channels)'s share of the gradient
     w.r.t. (x1, y1, x2, y2) (``roiops.reference.roi_align.roi_align_box_backward``); the
@@ -457,7 +456,7 @@ def roi_align_box_backward_kernel(
     )
     dt = start_h.dtype
     spatial_scale = scale_bits.to(tl.float64, bitcast=True).to(dt)
-    g_at, argmax_at = output_offsets(k, c, p, C, PH * PW)
+    g_at, argmax_at = output_offsets(k, c, p, C, PH * PW, ARGMAX_CM)
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     if MAX_MODE:
         winner = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
@@ -511,13 +510,14 @@ def roi_align_box_backward(grad, input, rois, argmax, spatial_scale, pooled_h, p
     K = rois.shape[0]
     N, C, H, W = input.shape
     max_mode = argmax is not None
+    argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     partial = rois.new_empty((grid[0], 4))
     roi_align_box_backward_kernel[grid](
-        grad.contiguous(), input.contiguous(), rois, argmax if max_mode else rois, partial,
+        grad.contiguous(), input.contiguous(), rois, argmax, partial,
         N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, BLOCK_C=block_c,
-        num_warps=num_warps,
+        ARGMAX_CM=channel_major, num_warps=num_warps,
     )  # fmt: skip
     # each RoI's programs are consecutive: a plain sum over them, in a fixed order
     sums = partial.view(K, -1, 4).sum(dim=1)

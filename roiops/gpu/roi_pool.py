@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from roiops._layout import argmax_shape
+from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -72,8 +72,8 @@ def roi_pool_forward_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, STORE_ARGMAX: tl.constexpr,
 ):  # fmt: skip
-    """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1)
-    from X[N, C, H, W]."""
+    """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1;
+    channel-major) from X[N, C, H, W]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
     pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, True, PH, PW, BLOCK,
               STORE_ARGMAX)  # fmt: skip
@@ -122,9 +122,9 @@ def roi_pool_forward_nhwc_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, STORE_ARGMAX: tl.constexpr,
 ):  # fmt: skip
-    """As ``roi_pool_forward_kernel`` from channels-last X[N, H, W, C]: one program per
-    (RoI, bin, block of channels) visits the bin's cells in scalars, each cell one
-    contiguous load of the channels."""
+    """As ``roi_pool_forward_kernel`` from channels-last X[N, H, W, C] (the argmax
+    channels last): one program per (RoI, bin, block of channels) visits the bin's cells
+    in scalars, each cell one contiguous load of the channels."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
@@ -145,37 +145,40 @@ def roi_pool_forward_nhwc_kernel(
     empty = (h1 <= h0) | (w1 <= w0)
     best = tl.where(empty, 0.0, best)
     best = tl.where(valid, best, float("nan"))
-    store_bins(OUT, ARGMAX, best, best_at, k, c, p, c_ok, C, PH * PW, STORE_ARGMAX)
+    store_bins(OUT, ARGMAX, best, best_at, k, c, p, c_ok, C, PH * PW, STORE_ARGMAX, False)
 
 
 @kernel
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
-    P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ARGMAX_CM: tl.constexpr,
 ):  # fmt: skip
-    """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell,
-    for one RoI and block of channels, all of its bins."""
+    """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell
+    (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one RoI and block of channels, all
+    of its bins."""
     k, c, c_ok = roi_channels_tile(C, BLOCK_C)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
     n, valid = batch_index(ROIS, k, N, 5)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     scatter_to_argmax(G, ARGMAX, ACC + n * H * W * C, k, c, c_ok, valid, C, H * W, scale,
-                      P, BLOCK_P)  # fmt: skip
+                      P, BLOCK_P, ARGMAX_CM)  # fmt: skip
 
 
 @triton.jit
 def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
-                      P: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+                      P: tl.constexpr, BLOCK_P: tl.constexpr,
+                      ARGMAX_CM: tl.constexpr):  # fmt: skip
     """IMAGE[cell, c] += G[k, c, p] (fixed point, IMAGE an NHWC image of the accumulator)
     at the argmax cell ``ARGMAX[k, p, c]`` of every bin p of RoI k, channels c: tiles of
-    [BLOCK_P bins, channels], loaded along bins from G and along channels from ARGMAX.
+    [BLOCK_P bins, channels], loaded along bins from G and from a channel-major
+    (ARGMAX_CM) argmax, along channels from a channels-last one.
     A RoI that is not ``valid``, an argmax of -1 (an empty bin) or outside the image's
     ``cells`` routes nothing."""
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)[:, None]
         ok = (p < P) & c_ok[None, :]
-        g_at, argmax_at = output_offsets(k, c[None, :], p, C, P)
+        g_at, argmax_at = output_offsets(k, c[None, :], p, C, P, ARGMAX_CM)
         g = tl.load(G + g_at, mask=ok, other=0.0)
         # (a scalar & a tensor trips the interpreter)
         cell = tl.load(ARGMAX + argmax_at, mask=tl.where(valid, ok, False), other=-1)
@@ -198,15 +201,12 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     N, C, H, W = input.shape
     shape = (K, C, pooled_h, pooled_w)
     out = input.new_empty(shape)
-    argmax = (
-        torch.empty(argmax_shape(*shape), dtype=torch.int32, device=input.device)
-        if with_argmax
-        else None
-    )
-    args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
-    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
     if nhwc is None:
         nhwc = is_channels_last(input)
+    # each kernel stores the argmax the way its lanes lie (``roiops._layout``)
+    argmax = new_argmax(input, shape, channel_major=not nhwc) if with_argmax else None
+    args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
+    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool",
                                                      forward=True)  # fmt: skip
@@ -234,8 +234,9 @@ def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
     N, H, W, C = sums.acc.shape
     K, _, pooled_h, pooled_w = grad.shape
     grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w, "roi_pool")
+    argmax, channel_major = readable_argmax(argmax)
     roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, argmax.contiguous(), sums.amax, sums.acc, N, C, H, W,
+        grad.contiguous(), rois, argmax, sums.amax, sums.acc, N, C, H, W,
         sums.log2_count, P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        num_warps=num_warps,
+        ARGMAX_CM=channel_major, num_warps=num_warps,
     )  # fmt: skip

@@ -3,7 +3,8 @@
 Forward: one program per (RoI, block of BLOCK consecutive outputs of that RoI), outputs
 numbered ``q = c * PH * PW + p`` as they lie in ``OUT[K, C, PH, PW]``: no lane is padding
 (a [channels, bins] tile would pad 49 bins to 64), neighbouring lanes sample neighbouring
-bins of one channel, and the store is contiguous (``ARGMAX[K, PH, PW, C]`` is strided).
+bins of one channel, and the stores are contiguous: the argmax ``[K, PH, PW, C]`` of these
+kernels lies channel-major (``roiops._layout.new_argmax``), as the output does.
 
 Backward, and the forward of channels_last inputs: one program per (RoI, bin, block of
 channels): the bin's geometry is computed once, in scalars, and the lanes are channels,
@@ -25,10 +26,10 @@ from __future__ import annotations
 import functools
 import inspect
 
-import torch
 import triton
 import triton.language as tl
 
+from roiops._layout import is_channels_last  # noqa: F401  (the launchers' layout test)
 from roiops._validate import MAX_LEVELS
 
 # Program sizes, measured on an H100 (float32, 7x7 bins, 256 channels; the kernels alone;
@@ -87,13 +88,6 @@ def check_grid(programs: int, op: str) -> tuple[int]:
     return (programs,)
 
 
-def is_channels_last(input: torch.Tensor) -> bool:
-    """Whether ``input[N, C, H, W]`` lies NHWC in memory (and not also NCHW, as it does
-    for one channel or a 1x1 map): the forward then reads it as it is, with lanes over
-    channels, instead of copying it to NCHW."""
-    return not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
-
-
 @functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: str = "forward"):
     """``(grid, block, num_warps)`` for a forward launch, on a 1-D grid."""
@@ -118,9 +112,9 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
-               STORE_ARGMAX: tl.constexpr):  # fmt: skip
-    """OUT[k, c, p] = values; ARGMAX[k, p, c] = argmax."""
-    out_at, argmax_at = output_offsets(k, c, p, C, P)
+               STORE_ARGMAX: tl.constexpr, CHANNEL_MAJOR: tl.constexpr = True):  # fmt: skip
+    """OUT[k, c, p] = values; ARGMAX[k, p, c] = argmax (``output_offsets``)."""
+    out_at, argmax_at = output_offsets(k, c, p, C, P, CHANNEL_MAJOR)
     tl.store(OUT + out_at, values.to(OUT.dtype.element_ty), mask=ok)
     if STORE_ARGMAX:
         tl.store(ARGMAX + argmax_at, argmax, mask=ok)
@@ -171,11 +165,15 @@ def bin_channels_tile(C, P: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def output_offsets(k, c, p, C, P: tl.constexpr):
-    """Offsets of ``[K, C, P]`` outputs (or their gradients) and of the
-    ``ARGMAX[K, P, C]`` entries of RoI k, bin(s) p, channel(s) c, in int64."""
+def output_offsets(k, c, p, C, P: tl.constexpr, CHANNEL_MAJOR: tl.constexpr = True):
+    """Offsets of ``[K, C, P]`` outputs (or their gradients) and of the argmax
+    ``[K, P, C]`` entries of RoI k, bin(s) p, channel(s) c, in int64; the argmax lies
+    ``CHANNEL_MAJOR`` (as the outputs) or channels last (``roiops._layout``)."""
     k = k.to(tl.int64)
-    return (k * C + c) * P + p, (k * P + p) * C + c
+    out_at = (k * C + c) * P + p
+    if CHANNEL_MAJOR:
+        return out_at, out_at
+    return out_at, (k * P + p) * C + c
 
 
 @triton.jit

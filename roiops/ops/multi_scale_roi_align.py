@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
+from roiops._backend import select_backend
+from roiops._layout import argmax_shape, fake_input_grad, new_argmax, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
 from roiops.onnx import refuse_custom_op
@@ -176,8 +177,9 @@ def multi_scale_roi_pool_op(
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or first.shape[1] == 0:
-        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=first.device)
-        return first.new_zeros(shape), argmax
+        # the Triton kernel, which reads every level as NCHW, writes it channel-major
+        argmax = new_argmax(first, shape, channel_major=backend == "triton")
+        return first.new_zeros(shape), argmax.fill_(-1)
     for f in features:
         _validate.check_plane_indexable(f.shape, OP)
     if backend == "triton":
@@ -208,8 +210,8 @@ def multi_scale_roi_pool_op(
 def _(features, rois, levels, scales, pooled_height, pooled_width):
     refuse_custom_op("multi_scale_roi_pool")
     shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
-    argmax = features[0].new_empty(argmax_shape(*shape), dtype=torch.int32)
-    return features[0].new_empty(shape), argmax
+    channel_major = select_backend(features[0].device) == "triton"
+    return features[0].new_empty(shape), new_argmax(features[0], shape, channel_major)
 
 
 @custom_op("roiops::multi_scale_roi_pool_backward")

@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
+from roiops._backend import select_backend
+from roiops._layout import (
+    argmax_channel_major,
+    argmax_shape,
+    fake_input_grad,
+    new_argmax,
+    new_input_grad,
+)
 from roiops.cpu import layout
 from roiops.cpu import roi_align as cpu
 from roiops.onnx import refuse_custom_op
@@ -47,8 +54,8 @@ def _forward(
     if _output_is_empty(input, rois):
         if mode == "avg":
             return input.new_zeros(shape), None
-        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
-        return input.new_zeros(shape), argmax
+        argmax = new_argmax(input, shape, argmax_channel_major(input, backend))
+        return input.new_zeros(shape), argmax.fill_(-1)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
@@ -151,7 +158,8 @@ def _fake_with_argmax(op: str):
     def fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
         refuse_custom_op(op)
         shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-        return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+        channel_major = argmax_channel_major(input, select_backend(input.device))
+        return input.new_empty(shape), new_argmax(input, shape, channel_major)
 
     return fake
 

@@ -7,7 +7,14 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._layout import argmax_shape, fake_input_grad, new_input_grad
+from roiops._backend import select_backend
+from roiops._layout import (
+    argmax_channel_major,
+    argmax_shape,
+    fake_input_grad,
+    new_argmax,
+    new_input_grad,
+)
 from roiops.cpu import layout
 from roiops.cpu import roi_pool as cpu
 from roiops.onnx import refuse_custom_op
@@ -31,7 +38,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or input.shape[1] == 0:
-        argmax = torch.full(arg_shape, -1, dtype=torch.int32, device=input.device)
+        argmax = new_argmax(input, shape, argmax_channel_major(input, backend)).fill_(-1)
         return input.new_zeros(shape), (argmax if with_argmax else None)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
@@ -69,7 +76,8 @@ def roi_pool_op(
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     refuse_custom_op("roi_pool")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(argmax_shape(*shape), dtype=torch.int32)
+    channel_major = argmax_channel_major(input, select_backend(input.device))
+    return input.new_empty(shape), new_argmax(input, shape, channel_major)
 
 
 @forward_op("roiops::roi_pool_inference")
