@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 
@@ -58,8 +59,13 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache  # (a module search is a microsecond of every call otherwise)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _require_triton() -> None:
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         raise RuntimeError(
             f"{ENV_VAR}: the triton backend needs the 'triton' package (it comes with CUDA "
             "builds of torch); it is not installed"

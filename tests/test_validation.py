@@ -126,8 +126,13 @@ def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
     )
     monkeypatch.setenv("ROIOPS_BACKEND", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(RuntimeError, match="needs the 'triton' package"):
-        align()
+    installed = roiops._backend._triton_installed  # looked up once a process
+    installed.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="needs the 'triton' package"):
+            align()
+    finally:
+        installed.cache_clear()
 
 
 def test_where_box_values_are_checked(monkeypatch):
