@@ -80,6 +80,15 @@ def select_backend(device: torch.device) -> str:
     return name
 
 
+def would_serve(device: torch.device) -> str | None:
+    """The backend a call on ``device`` would run, or None where none would (e.g. meta
+    tensors): what a fake implementation mirrors (the strides of the real outputs)."""
+    try:
+        return _select(device)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _select(device: torch.device) -> str:
     name = requested_backend()
     kind = device.type  # a new string at every read

@@ -136,7 +136,7 @@ def roi_pool(
             lambda x, r: roi_pool_inference_op(x, r, scale, pooled_h, pooled_w),
         )  # fmt: skip
     if torch.is_grad_enabled() and input.requires_grad:
-        out, _ = roi_pool_op(input, rois, scale, pooled_h, pooled_w)
+        out, _ = call(roi_pool_op, input, rois, scale, pooled_h, pooled_w)
         return out
     # no gradient will be asked for: skip the argmax, as large as the output
     return call(roi_pool_inference_op, input, rois, scale, pooled_h, pooled_w)

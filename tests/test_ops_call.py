@@ -99,9 +99,55 @@ def test_the_direct_call_is_taken_only_where_it_is_free(monkeypatch):
     direct = roiops.roi_align(X, ROIS, 2, 1.0, 2, True)
     assert len(calls) == 1
     leaf = X.clone().requires_grad_()
-    through_op = roiops.roi_align(leaf, ROIS, 2, 1.0, 2, True)
+    with torch.profiler.profile():  # the profiler sees the op
+        through_op = roiops.roi_align(leaf, ROIS, 2, 1.0, 2, True)
     assert len(calls) == 1 and through_op.grad_fn is not None
     assert torch.equal(direct, through_op.detach())
+
+
+def test_recorded_eager_calls_skip_the_dispatcher():
+    leaf = X.clone().requires_grad_()
+    assert ops.eager((leaf, ROIS)) == ops.RECORDED
+    assert ops.eager(([X, leaf], ROIS)) is None  # autograd sees no tensor in a list
+    with OpLog() as log:  # (the mode itself makes the call go through the op)
+        assert ops.eager((leaf, ROIS)) is None
+    assert not log.names
+
+
+@pytest.mark.parametrize("op", ["roi_align", "max", "roi_pool", "ps_roi_align", "ps_roi_pool",
+                                "prroi_pool", "roi_align_rotated"])  # fmt: skip
+def test_recorded_eager_calls_give_the_ops_gradients(op):
+    # an eager call that autograd records runs the implementation under the op's own
+    # formulas (an autograd.Function): the same output and gradients, for the input and
+    # the boxes, as the custom op through the dispatcher (a dispatch mode forces that)
+    x = torch.randn(2, 8, 8, 8)
+    rois = ROIS.clone()
+    rotated = torch.tensor([[0, 4.0, 4, 5, 3, 30], [1, 3.0, 3, 4, 4, -15]])
+
+    def run(fn):
+        leaf = x.clone().requires_grad_()
+        boxes = (rotated if op == "roi_align_rotated" else rois).clone().requires_grad_()
+        boxes.requires_grad_(op in ("roi_align", "max", "prroi_pool"))
+        out = fn(leaf, boxes)
+        out.backward(torch.ones_like(out))
+        return out.detach(), leaf.grad, boxes.grad, type(out.grad_fn).__name__
+
+    fns = {
+        "roi_align": lambda t, b: roiops.roi_align(t, b, 2, 1.0, 2, True),
+        "max": lambda t, b: roiops.roi_align(t, b, 2, 1.0, 2, True, "max"),
+        "roi_pool": lambda t, b: roiops.roi_pool(t, b, 2, 1.0),
+        "ps_roi_align": lambda t, b: roiops.ps_roi_align(t, b, 2, 1.0, 2),
+        "ps_roi_pool": lambda t, b: roiops.ps_roi_pool(t, b, 2, 1.0),
+        "prroi_pool": lambda t, b: roiops.prroi_pool(t, b, 2, 1.0),
+        "roi_align_rotated": lambda t, b: roiops.roi_align_rotated(t, b, 2, 1.0, 2, True),
+    }
+    eager = run(fns[op])
+    with OpLog():
+        through_op = run(fns[op])
+    assert eager[3].endswith("_eagerBackward")
+    assert not through_op[3].endswith("_eagerBackward")
+    for got, want in zip(eager[:3], through_op[:3], strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
 
 
 def test_dispatch_modes_and_the_profiler_still_see_the_ops():
@@ -122,7 +168,7 @@ def test_every_public_forward_goes_through_call():
     assert names == {
         f"roiops::{name}"
         for name in (
-            "roi_align", "roi_align_max", "roi_align_onnx_max", "roi_pool_inference",
+            "roi_align", "roi_align_max", "roi_align_onnx_max", "roi_pool", "roi_pool_inference",
             "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align", "multi_scale_roi_pool",
             "roi_align_rotated", "prroi_pool",
         )

@@ -64,25 +64,71 @@ def on_tensors_device(fn: Callable) -> Callable:
     return run
 
 
+# forward custom op -> a torch.autograd.Function that runs its implementation with the
+# op's own autograd formulas (``register_autograd``), for eager calls autograd records
+_EAGER_AUTOGRAD: dict[object, type] = {}
+
+
+def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
+    """``op.register_autograd(backward, setup_context=setup_context)``; for a forward op
+    (:func:`forward_op`), also the same formulas as a ``torch.autograd.Function`` over its
+    implementation, which :func:`call` runs for eager calls that autograd records: the
+    same saved tensors and backward, without the custom op's Python autograd wrappers
+    (~40 us of host time a call on an H100 machine) or the zero tensor those materialise
+    for the argmax's (never used) gradient."""
+    op.register_autograd(backward, setup_context=setup_context)
+    impl = _IMPLEMENTATIONS.get(op)
+    if impl is None:
+        return
+
+    def forward(ctx, *args):
+        # no zeros for the gradients autograd has not got (the argmax's never)
+        ctx.set_materialize_grads(False)
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    def backward_or_none(ctx, grad, *_):
+        # the first output is the only differentiable one: without its gradient (an
+        # unused output), none flows to the inputs
+        if grad is None:
+            return (None,) * len(ctx.needs_input_grad)
+        return backward(ctx, grad, *_)
+
+    name = f"{op._qualname.split('::')[1]}_eager"
+    body = {"forward": staticmethod(forward), "backward": staticmethod(backward_or_none)}
+    _EAGER_AUTOGRAD[op] = type(name, (torch.autograd.Function,), body)
+
+
 def call(op, *args):
-    """``op(*args)``; where :func:`dispatcher_free` holds, the function it was made from,
-    called directly: the same kernels and result without the ~6 us that a trip through
-    torch's dispatcher and the custom op's Python wrappers costs a call (of ~15 us in
-    all; it is most of an op's host time on CUDA, where the kernel runs asynchronously)."""
-    if dispatcher_free(args):
+    """``op(*args)``, or, where nothing could tell the difference (:func:`eager`), the
+    function it was made from, called directly: the same kernels and result without the
+    ~6 us that a trip through torch's dispatcher and the custom op's Python wrappers
+    costs a call (of ~15 us in all; it is most of an op's host time on CUDA, where the
+    kernel runs asynchronously); under the op's autograd formulas where autograd
+    records the call (:func:`register_autograd`)."""
+    how = eager(args)
+    if how == PLAIN:
         return _IMPLEMENTATIONS[op](*args)
+    if how == RECORDED and op in _EAGER_AUTOGRAD:
+        return _EAGER_AUTOGRAD[op].apply(*args)
     return op(*args)
 
 
-def dispatcher_free(args) -> bool:
-    """Whether calling an op's implementation directly with ``args`` is the same as
-    calling the op: eager mode, plain tensors with data (or lists of them) that autograd
-    will not record, and nothing that acts inside torch's dispatcher (dispatch or function modes
-    such as FakeTensorMode or FlopCounterMode, functorch transforms, the profiler,
-    torch.jit tracing). Otherwise the op is called, which all of those see."""
+# how an eager call may skip the dispatcher (``eager``)
+PLAIN, RECORDED = "plain", "recorded"
+
+
+def eager(args) -> str | None:
+    """How calling an op's implementation directly with ``args`` is the same as calling
+    the op: ``PLAIN`` in eager mode with plain tensors with data (or lists of them) that
+    autograd will not record and nothing that acts inside torch's dispatcher (dispatch or
+    function modes such as FakeTensorMode or FlopCounterMode, functorch transforms, the
+    profiler, torch.jit tracing); ``RECORDED`` likewise but some tensor argument (not in
+    a list) requires grad; None otherwise: the op is called, which all of those see."""
     # first: torch.compile traces this function, and records the op
     if torch.compiler.is_compiling():
-        return False
+        return None
     C = torch._C
     if (
         C._is_tracing()
@@ -91,18 +137,26 @@ def dispatcher_free(args) -> bool:
         or C._are_functorch_transforms_active()
         or C._autograd._profiler_enabled()
     ):
-        return False
+        return None
     grad = C.is_grad_enabled()
+    how = PLAIN
     for arg in args:
         if type(arg) is Tensor:
-            if arg.is_meta or (grad and arg.requires_grad):
-                return False
+            if arg.is_meta:
+                return None
+            if grad and arg.requires_grad:
+                how = RECORDED
         elif type(arg) is list:
             if not all(_plain(t, grad) for t in arg):
-                return False
+                return None
         elif not _plain(arg, grad):
-            return False
-    return True
+            return None
+    return how
+
+
+def dispatcher_free(args) -> bool:
+    """Whether the op's implementation may run directly, autograd recording nothing."""
+    return eager(args) == PLAIN
 
 
 def _plain(value: object, grad: bool) -> bool:

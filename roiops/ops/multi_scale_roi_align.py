@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
+from roiops._backend import would_serve
 from roiops._layout import argmax_shape, fake_input_grad, new_argmax, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
@@ -24,6 +24,7 @@ from roiops.ops import (
     custom_op,
     forward_op,
     host_array,
+    register_autograd,
 )
 from roiops.reference import multi_scale_roi_align as reference
 
@@ -157,7 +158,7 @@ def _backward(ctx, grad):
     return list(grads), None, None, None, None, None, None, None
 
 
-multi_scale_roi_align_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(multi_scale_roi_align_op, _backward, _setup_context)
 
 
 # ------------------------------------------------------------------ RoIPool over a pyramid
@@ -210,7 +211,7 @@ def multi_scale_roi_pool_op(
 def _(features, rois, levels, scales, pooled_height, pooled_width):
     refuse_custom_op("multi_scale_roi_pool")
     shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
-    channel_major = select_backend(features[0].device) == "triton"
+    channel_major = would_serve(features[0].device) == "triton"
     return features[0].new_empty(shape), new_argmax(features[0], shape, channel_major)
 
 
@@ -278,4 +279,4 @@ def _pool_backward(ctx, grad, _grad_argmax):
     return list(grads), None, None, None, None, None
 
 
-multi_scale_roi_pool_op.register_autograd(_pool_backward, setup_context=_pool_setup_context)
+register_autograd(multi_scale_roi_pool_op, _pool_backward, _pool_setup_context)

@@ -11,7 +11,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import prroi_pool as reference
 
 OP = "prroi_pool"
@@ -152,4 +152,4 @@ def _backward(ctx, grad):
     return grad_input, grad_rois, None, None, None
 
 
-prroi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(prroi_pool_op, _backward, _setup_context)

@@ -14,7 +14,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import ps_roi_align as reference
 
 OP = "ps_roi_align"
@@ -135,4 +135,4 @@ def _backward(ctx, grad):
     return grad_input, None, None, None, None, None
 
 
-ps_roi_align_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(ps_roi_align_op, _backward, _setup_context)

@@ -13,7 +13,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import ps_roi_pool as reference
 
 OP = "ps_roi_pool"
@@ -117,4 +117,4 @@ def _backward(ctx, grad):
     return grad_input, None, None, None, None
 
 
-ps_roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(ps_roi_pool_op, _backward, _setup_context)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
+from roiops._backend import would_serve
 from roiops._layout import (
     argmax_channel_major,
     argmax_shape,
@@ -32,6 +32,7 @@ from roiops.ops import (
     custom_op,
     forward_op,
     host_array,
+    register_autograd,
 )
 from roiops.reference import roi_align as reference
 
@@ -158,7 +159,7 @@ def _fake_with_argmax(op: str):
     def fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
         refuse_custom_op(op)
         shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-        channel_major = argmax_channel_major(input, select_backend(input.device))
+        channel_major = argmax_channel_major(input, would_serve(input.device))
         return input.new_empty(shape), new_argmax(input, shape, channel_major)
 
     return fake
@@ -310,6 +311,6 @@ def _onnx_max_backward(ctx, grad, _grad_argmax=None):
     return grad_input, None, None, None, None, None, None
 
 
-roi_align_op.register_autograd(_backward, setup_context=_setup_context)
-roi_align_max_op.register_autograd(_backward, setup_context=_setup_context)
-roi_align_onnx_max_op.register_autograd(_onnx_max_backward, setup_context=_setup_context)
+register_autograd(roi_align_op, _backward, _setup_context)
+register_autograd(roi_align_max_op, _backward, _setup_context)
+register_autograd(roi_align_onnx_max_op, _onnx_max_backward, _setup_context)

@@ -15,7 +15,7 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array
+from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import roi_align_rotated as reference
 
 OP = "roi_align_rotated"
@@ -138,4 +138,4 @@ def _backward(ctx, grad):
     return grad_input, None, None, None, None, None, None, None, None
 
 
-roi_align_rotated_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(roi_align_rotated_op, _backward, _setup_context)

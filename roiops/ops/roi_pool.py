@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from roiops import _validate
-from roiops._backend import select_backend
+from roiops._backend import would_serve
 from roiops._layout import (
     argmax_channel_major,
     argmax_shape,
@@ -25,6 +25,7 @@ from roiops.ops import (
     custom_op,
     forward_op,
     host_array,
+    register_autograd,
 )
 from roiops.reference import roi_pool as reference
 
@@ -64,7 +65,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
     return out, (argmax_from_reference(argmax, input.device) if with_argmax else None)
 
 
-@custom_op("roiops::roi_pool")
+@forward_op("roiops::roi_pool")
 def roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> tuple[Tensor, Tensor]:
@@ -76,7 +77,7 @@ def roi_pool_op(
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     refuse_custom_op("roi_pool")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    channel_major = argmax_channel_major(input, select_backend(input.device))
+    channel_major = argmax_channel_major(input, would_serve(input.device))
     return input.new_empty(shape), new_argmax(input, shape, channel_major)
 
 
@@ -151,4 +152,4 @@ def _backward(ctx, grad, _grad_argmax):
     return grad_input, None, None, None, None
 
 
-roi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(roi_pool_op, _backward, _setup_context)
