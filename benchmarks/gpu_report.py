@@ -281,12 +281,21 @@ def _pass_times(case, device: str) -> dict:
 
 # (outputs a program, warps) of the NCHW forward, (channels, warps) of the NHWC forward
 # and of the backward scatter; the first of each is the one the launchers use
-FORWARD_CONFIGS = ((256, 4), (128, 2), (256, 8), (512, 4), (512, 8), (1024, 8))
+FORWARD_CONFIGS = ((256, 4), (128, 2), (256, 8), (512, 4), (512, 8), (1024, 8), (128, 1), (64, 1))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # (bins, channels, warps) of roi_pool's backward tiles
 ARGMAX_CONFIGS = ((64, 16, 4), (64, 8, 2), (64, 16, 2), (64, 16, 8), (64, 32, 4), (64, 32, 8))
-CONFIG_CASES = ("a small sr=0", "b sr=2", "fpn 8x512", "b sr=2 NHWC", "a small", "b")
+CONFIG_CASES = (
+    "a small sr=0",
+    "a large sr=0",
+    "a large sr=2",
+    "b sr=2",
+    "fpn 8x512",
+    "b sr=2 NHWC",
+    "a small",
+    "b",
+)
 
 
 def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:

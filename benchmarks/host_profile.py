@@ -1,0 +1,136 @@
+"""Where the host time of a small CUDA call goes: each layer timed alone, and a profile.
+
+On CUDA a call with few RoIs costs what its host side costs (the kernels run
+asynchronously). This times, on the same 16-RoI inputs as ``gpu_report.latency``, the
+layers of a call from the bottom up: Triton's compiled launcher with its arguments
+ready, Triton's ``kernel[grid](...)`` (binding, specialisation key, cache lookup), the
+launcher function (allocation + launch), the public function, the custom op through
+torch's dispatcher (as ``roiops bench`` calls it), the call recording autograd, and
+torchvision's; then ``cProfile`` of the slowest, by own time.
+
+    PYTHONPATH=. python3 benchmarks/host_profile.py [--calls 500] [--profile 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import roiops
+
+
+def us_per_call(fn, calls: int) -> float:
+    """Median over 5 rounds of the host time per call of ``calls`` back-to-back calls."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def rows() -> dict:
+    import torchvision
+
+    from roiops.gpu import roi_align as gpu
+    from roiops.gpu.rois import scale_bits
+    from roiops.gpu.tiles import bins_grid
+
+    rng = np.random.default_rng(0)
+    x = torch.randn(2, 256, 50, 68, device="cuda")
+    leaf = x.clone().requires_grad_()
+    sides = rng.uniform(16, 400, (16, 2))
+    x1, y1 = rng.uniform(0, 800, 16), rng.uniform(0, 600, 16)
+    boxes = np.stack([rng.integers(0, 2, 16), x1, y1, x1 + sides[:, 0], y1 + sides[:, 1]], 1)
+    rois = torch.tensor(boxes, dtype=torch.float32, device="cuda")
+    out = x.new_empty((16, 256, 7, 7))
+    grid, block, warps = bins_grid(16, 256, 7, 7, "roi_align")
+    consts = dict(PH=7, PW=7, ALIGNED=True, MAX_MODE=False, PS=False, BLOCK=block)
+    args = (x, rois, out, out, 2, 256, 50, 68, scale_bits(0.25), 2)
+
+    def launch():
+        return gpu.roi_align_forward_kernel[grid](*args, **consts, num_warps=warps)
+
+    compiled = launch()
+    all_args = (*args, *consts.values())
+    runner = compiled[(grid[0], 1, 1)]
+    stream = torch.cuda.current_stream().cuda_stream
+    compiled._init_handles()
+
+    def compiled_run():
+        compiled.run(grid[0], 1, 1, stream, compiled.function, compiled.packed_metadata, None,
+                     None, None, *all_args)  # fmt: skip
+
+    ops = torch.ops.roiops
+    return {
+        "CompiledKernel.run, arguments ready": compiled_run,
+        "CompiledKernel[grid](...)": lambda: runner(*all_args),
+        "kernel[grid](...) (JITFunction.run)": launch,
+        "launcher roi_align_forward": lambda: gpu.roi_align_forward(
+            x, rois, 0.25, 7, 7, 2, True, False
+        ),
+        "roiops.roi_align": lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True),
+        "torch.ops.roiops.roi_align": lambda: ops.roi_align(x, rois, 0.25, 7, 7, 2, True),
+        "roiops.roi_align, recording autograd": lambda: roiops.roi_align(
+            leaf, rois, 7, 0.25, 2, True
+        ),
+        "torch.ops.roiops.roi_pool (with argmax)": lambda: ops.roi_pool(x, rois, 0.25, 7, 7),
+        "roiops.roi_pool": lambda: roiops.roi_pool(x, rois, 7, 0.25),
+        "roiops.roi_pool, recording autograd": lambda: roiops.roi_pool(leaf, rois, 7, 0.25),
+        "torch.empty": lambda: x.new_empty((16, 256, 7, 7)),
+        "torchvision.ops.roi_align": lambda: torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True),
+        "torchvision.ops.roi_align, recording autograd": lambda: torchvision.ops.roi_align(
+            leaf, rois, 7, 0.25, 2, True
+        ),
+        "torch.ops.torchvision.roi_pool": lambda: torch.ops.torchvision.roi_pool(
+            x, rois, 0.25, 7, 7
+        ),
+    }
+
+
+def profile(fn, calls: int, top: int) -> str:
+    fn()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--profile", type=int, default=25,
+                        help="profile lines to print (0: no profiles)")  # fmt: skip
+    args = parser.parse_args(argv)
+    table = rows()
+    print(f"host us per call, 16 RoIs on {torch.cuda.get_device_name()}")
+    for name, fn in table.items():
+        print(f"{name:48s} {us_per_call(fn, args.calls):7.1f}")
+    profiled = (
+        "kernel[grid](...) (JITFunction.run)",
+        "roiops.roi_align, recording autograd",
+        "torch.ops.roiops.roi_pool (with argmax)",
+    )
+    for name in profiled if args.profile else ():
+        print(f"\n--- {name}: {args.calls} calls, by own time")
+        print(profile(table[name], args.calls, args.profile))
+
+
+if __name__ == "__main__":
+    main()
