@@ -181,6 +181,9 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
 def main() -> int:
     # the launch configuration of 256 channels and 7x7 bins
     _, block, fwd_warps = bins_grid(1, 256, 7, 7)
+    # (roi_align's kernels with an adaptive sampling grid: one output a thread)
+    _, adaptive_block, adaptive_warps = bins_grid(1, 256, 7, 7, adaptive=True)
+    sampled = ((block, fwd_warps), (adaptive_block, adaptive_warps))
     _, block_c, bwd_warps = bin_channels_grid(1, 256, 7, 7)
     _, nhwc_c, nhwc_warps = bin_channels_grid(1, 256, 7, 7, forward=True)
     _, block_p, argmax_c, argmax_warps = roi_channels_grid(1, 256, 49)
@@ -192,7 +195,8 @@ def main() -> int:
         for aligned in (False, True):
             for max_mode in (False, True, ONNX_MAX_MODE):
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
-                compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": block}, fwd_warps)
+                for b, warps in sampled:
+                    compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": nhwc_c}, nhwc_warps
                 )
@@ -214,7 +218,8 @@ def main() -> int:
                     )
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
-        compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": block}, fwd_warps)
+        for b, warps in sampled:
+            compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": b}, warps)
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
@@ -222,19 +227,19 @@ def main() -> int:
         )  # fmt: skip
         levels = {f"X{i}": f"*{dt}" for i in range(5)} | {"LEVELS": "*i64"}
         fpn = {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "ALIGNED": False}
-        compile_for_gpu(
-            multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": block},
-            fwd_warps,
-        )  # fmt: skip
+        for b, warps in sampled:
+            compile_for_gpu(
+                multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": b},
+                warps,
+            )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
             {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,
         )  # fmt: skip
         for aligned, degrees, clockwise in ((True, True, False), (False, False, True)):
             rot = {"PH": 7, "PW": 7, "ALIGNED": aligned, "DEGREES": degrees, "CLOCKWISE": clockwise}
-            compile_for_gpu(
-                roi_align_rotated_forward_kernel, fwd, {**rot, "BLOCK": block}, fwd_warps
-            )
+            for b, warps in sampled:
+                compile_for_gpu(roi_align_rotated_forward_kernel, fwd, {**rot, "BLOCK": b}, warps)
             compile_for_gpu(
                 roi_align_rotated_backward_kernel, bwd, {**rot, "BLOCK_C": block_c}, bwd_warps
             )

@@ -112,7 +112,8 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
     N, C = features[0].shape[:2]
     xs = [f.contiguous() for f in features]
     out = xs[0].new_empty((K, C, pooled_h, pooled_w))
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align")
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align",
+                                       adaptive=sampling_ratio <= 0)  # fmt: skip
     multi_scale_roi_align_forward_kernel[grid](
         *per_level(xs, xs[0]), rois, levels, out, N, C,
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),

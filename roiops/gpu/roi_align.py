@@ -393,7 +393,8 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
             input, *args, **mode, BLOCK_C=block_c, num_warps=num_warps
         )
     else:
-        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align")
+        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
+                                           adaptive=sampling_ratio <= 0)  # fmt: skip
         roi_align_forward_kernel[grid](
             input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
         )

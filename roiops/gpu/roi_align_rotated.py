@@ -168,7 +168,8 @@ def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sa
     K = rois.shape[0]
     N, C, H, W = input.shape
     out = input.new_empty((K, C, pooled_h, pooled_w))
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align_rotated",
+                                       adaptive=sampling_ratio <= 0)  # fmt: skip
     roi_align_rotated_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,

@@ -32,18 +32,25 @@ import triton.language as tl
 from roiops._layout import is_channels_last  # noqa: F401  (the launchers' layout test)
 from roiops._validate import MAX_LEVELS
 
-# Program sizes, measured on an H100 (float32, 7x7 bins, 256 channels; the kernels alone;
-# `make gpu`'s kernel_configs part times the alternatives on the GPU at hand):
-# - NCHW forward: BLOCK outputs a program, 2 per thread (256 on 4 warps): 0.180 / 0.527 /
-#   0.111 ms on the bench's 'a small sr=0' / 'b sr=2' / FPN P2 maps, against 0.222 /
-#   0.554 / 0.122 for 512 on 8 warps and 0.284 / 0.727 / 0.159 for 1024 on 8;
+# Program sizes, measured on an H100 (float32, 7x7 bins; the kernels alone; `make gpu`'s
+# kernel_configs part times the alternatives on the GPU at hand):
+# - NCHW forward: BLOCK outputs a program, 2 per thread on one warp (64): relative to 256
+#   on 4 warps, 0.97 / 1.01 / 0.86 / 0.96 / 0.89 of the time on the bench's roi_align
+#   'a small sr=0' / 'a large sr=0' / 'a large sr=2' / 'b sr=2' / FPN P2 maps, 0.91 / 0.93
+#   on roi_pool's 'a small' / 'b' (256 on 4 itself had beaten 512 on 8 and 1024 on 8).
+#   With an adaptive sampling grid (roi_align's sampling_ratio <= 0: the points a bin
+#   grow with its size) one output a thread, 256 on 8 warps: 0.59 of the time on 'a
+#   large sr=0' (7.35 ms, torchvision 8.16; 2 a thread: 9.4-15.4 ms, whatever the
+#   program), where a bin holds up to 19x19 points, but 1.19 on 'a small sr=0';
 # - backward scatter: one channel per thread (256 channels on 8 warps): 0.362 / 1.148 /
 #   0.202 ms, against 0.447 / 1.567 / 0.280 for 2 a thread (4 warps): twice the threads
 #   in flight for the atomics to wait on;
 # - NHWC forward: 64 channels on 1 warp, 2 a thread: 0.307 ms on 'b sr=2 NHWC', 0.320 for
 #   128 on 2 warps, 0.333 for 256 on 4.
-FORWARD_BLOCK = 256
+FORWARD_BLOCK = 64
 FORWARD_PER_THREAD = 2
+ADAPTIVE_FORWARD_BLOCK = 256
+ADAPTIVE_FORWARD_PER_THREAD = 1
 BACKWARD_CHANNELS = 256
 BACKWARD_PER_THREAD = 1
 NHWC_FORWARD_CHANNELS = 64
@@ -89,11 +96,18 @@ def check_grid(programs: int, op: str) -> tuple[int]:
 
 
 @functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
-def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: str = "forward"):
-    """``(grid, block, num_warps)`` for a forward launch, on a 1-D grid."""
+def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: str = "forward",
+              adaptive: bool = False):  # fmt: skip
+    """``(grid, block, num_warps)`` for a forward launch, on a 1-D grid; ``adaptive``: the
+    kernel samples an adaptive grid (a bin's points grow with its size)."""
     outputs = channels * pooled_h * pooled_w
-    block = min(FORWARD_BLOCK, triton.next_power_of_2(outputs))
-    num_warps = min(max(block // (32 * FORWARD_PER_THREAD), 1), 8)
+    most, per_thread = (
+        (ADAPTIVE_FORWARD_BLOCK, ADAPTIVE_FORWARD_PER_THREAD)
+        if adaptive
+        else (FORWARD_BLOCK, FORWARD_PER_THREAD)
+    )
+    block = min(most, triton.next_power_of_2(outputs))
+    num_warps = min(max(block // (32 * per_thread), 1), 8)
     return check_grid(num_rois * triton.cdiv(outputs, block), op), block, num_warps
 
 
