@@ -81,10 +81,11 @@ NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
 
 
-# bytes a kernel may spill: ptxas (Triton 3.6's and 3.8's) keeps the NCHW forward kernels
-# at 56 registers and spills one word at 4 warps of 2 outputs a thread, the split that
-# measured fastest on an H100 (roiops.gpu.tiles): a word in L1 is not the regression this
-# guards against (the first forward's 16 outputs a thread took ~180 registers)
+# bytes a kernel may spill: ptxas (Triton 3.8's) keeps the FPN pooler's forward at 40
+# registers and spills one word at 8 warps of one output a thread (the split for an
+# adaptive sampling grid, roiops.gpu.tiles; the 4 warps of 2 outputs a thread used before
+# spilled a word in every NCHW forward): a word in L1 is not the regression this guards
+# against (the first forward's 16 outputs a thread took ~180 registers)
 SPILL_ALLOWANCE = 4
 
 
@@ -174,7 +175,9 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
     registers, spilled = registers_and_spills(ptx)
-    print(f"{fn.__name__:30s} {dtype:6s} {mode:4s} {num_warps} warps {registers:3d} registers")
+    spills = f", spills {spilled} bytes" if spilled else ""
+    print(f"{fn.__name__:30s} {dtype:6s} {mode:4s} {num_warps} warps {registers:3d} registers"
+          + spills)  # fmt: skip
     assert spilled <= SPILL_ALLOWANCE or dtype == "*fp64", f"{name} spills {spilled} bytes"
 
 
