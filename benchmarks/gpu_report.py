@@ -223,14 +223,25 @@ def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int =
     return out
 
 
-BACKWARD_PASS_CASES = ("a small sr=0", "b sr=2", "a small", "b", "rfcn sr=2", "rfcn")
+BACKWARD_PASS_CASES = (
+    "a small sr=0",
+    "a small sr=2",
+    "b sr=2",
+    "fpn 8x512",
+    "a small",
+    "b",
+    "rfcn sr=2",
+    "rfcn",
+)
 
 
 def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
-    """Where the deterministic backward's time goes (ms, float32, the bench's inputs):
-    zeroing the int64 accumulator, ``max |grad|``, the scatter kernel and the conversion
-    to float, each timed alone (host time of a call and a synchronisation), beside
-    torchvision's whole (float-atomic) backward."""
+    """Where the deterministic backward's time goes (ms, float32, the bench's inputs, a
+    pyramid's finest level): zeroing the int64 accumulator, ``max |grad|``, the scatter
+    kernel and the conversion to float, each timed alone (host time of a call and a
+    synchronisation), beside torchvision's whole (float-atomic) backward; for roi_align,
+    the scatter and the op also with small RoIs summed per cell first
+    (``roiops.gpu.roi_align.ROI_SUMS``)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -244,7 +255,7 @@ def _pass_times(case, device: str) -> dict:
     from roiops.gpu import roi_pool as gp
     from roiops.gpu.fixed_point import Accumulator, max_abs
 
-    (lv,) = bench.make_inputs(case, device, torch.float32)
+    lv = bench.make_inputs(case, device, torch.float32)[0]
     x, rois, grad = lv.x, lv.rois, lv.grad
     p = case.output_size
     sums = Accumulator(grad, x.shape)
@@ -266,6 +277,7 @@ def _pass_times(case, device: str) -> dict:
                                  case.sampling_ratio, case.aligned,
                                  case.op == "ps_roi_align")  # fmt: skip
 
+    ours = bench._level_callables(case, lv)[("roiops", "backward")]
     fns = {
         "zero_int64": sums.flat.zero_,
         "max_abs_grad": lambda: max_abs(grad),
@@ -274,9 +286,26 @@ def _pass_times(case, device: str) -> dict:
         # the bench's own call of torchvision's backward
         "torchvision_backward": bench._level_callables(case, lv)[("torchvision", "backward")],
         # and roiops's, through its custom op, as the bench calls it
-        "roiops_backward": bench._level_callables(case, lv)[("roiops", "backward")],
+        "roiops_backward": ours,
     }
+    if case.op == "roi_align":
+        fns["scatter_roi_sums"] = _with_roi_sums(scatter)
+        fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
     return bench.time_interleaved(fns, device, 5)
+
+
+def _with_roi_sums(fn):
+    """``fn`` run with roi_align's average-mode backward summing small RoIs per cell."""
+    from roiops.gpu import roi_align as ga
+
+    def run():
+        before, ga.ROI_SUMS = ga.ROI_SUMS, True
+        try:
+            return fn()
+        finally:
+            ga.ROI_SUMS = before
+
+    return run
 
 
 # (outputs a program, warps) of the NCHW forward, (channels, warps) of the NHWC forward
@@ -450,6 +479,9 @@ def summary(report: dict) -> str:
                                                    "convert"))  # fmt: skip
         row(f"{case} bwd ms: zero + max|g| + scatter + convert / op / tv",
             f"{ours} / {t['roiops_backward']:.2f} / {t['torchvision_backward']:.2f}")  # fmt: skip
+        if "scatter_roi_sums" in t:
+            row(f"{case} bwd ms, small RoIs summed per cell: scatter / op",
+                f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f}")  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter"):

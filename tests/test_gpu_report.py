@@ -160,6 +160,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     import torch
 
     from roiops import bench
+    from roiops.gpu import roi_align as gpu_align
 
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
@@ -177,14 +178,18 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     times = gpu_report.backward_passes(device, cases)
     assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0", "ps_roi_pool tiny ps",
                           "ps_roi_align tiny ps"}  # fmt: skip
-    for t in times.values():
-        assert set(t) == {"zero_int64", "max_abs_grad", "scatter", "convert",
-                          "torchvision_backward", "roiops_backward"}  # fmt: skip
+    passes = {"zero_int64", "max_abs_grad", "scatter", "convert", "torchvision_backward",
+              "roiops_backward"}  # fmt: skip
+    for case, t in times.items():
+        roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums"}
+        assert set(t) == passes | (roi_sums if case.startswith("roi_align ") else set())
         assert all(ms > 0 for ms in t.values())
+    assert not gpu_align.ROI_SUMS  # put back after the timing
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / op / tv" in table
+    assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

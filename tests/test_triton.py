@@ -158,6 +158,33 @@ def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned,
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("aligned,ratio,roi_span", [(True, 2, 16), (False, 0, 4)])
+def test_small_roi_sums_match_reference(rng, monkeypatch, aligned, ratio, roi_span):
+    # average mode with ROI_SUMS: RoIs whose points fit ROI_SPAN cells a side are summed
+    # per cell first (one program per RoI and channel block), the others go bin by bin;
+    # together the reference's gradient, and the same bits on every run
+    x = on_device(rng.standard_normal((2, 5, 21, 27)), torch.float32)
+    rois = random_rois(rng, 2, 12, 21 / 0.5, 27 / 0.5)
+    rois[:8, 1:] = [[-20, -20, 70, 60], [3, 3, 9, 7], [0, 0, 54, 42], [50, 40, 44, 36],
+                    [30, 10, 31, 11], [52, 40, 55, 43], [-3, -3, 2, 2],
+                    [40, 30, 60, 50]]  # fmt: skip
+    rois = on_device(rois, torch.float32)
+    grad = on_device(rng.standard_normal((12, 5, 3, 4)), torch.float32)
+    _, ref = run("reference", "avg", x, rois, (3, 4), 0.5, grad, ratio, aligned)
+
+    def backward(roi_sums):
+        monkeypatch.setattr(gpu_align, "ROI_SUMS", roi_sums)
+        grad_input = torch.empty_like(x)
+        return gpu_align.roi_align_backward(grad, rois, None, grad_input, 0.5, 3, 4, ratio,
+                                            aligned)  # fmt: skip
+
+    monkeypatch.setattr(gpu_align, "ROI_SPAN", roi_span)
+    summed = [backward(True) for _ in range(2)]
+    assert torch.equal(summed[0], summed[1])
+    torch.testing.assert_close(summed[0], ref, **TOL[torch.float32])
+    torch.testing.assert_close(summed[0], backward(False), **TOL[torch.float32])
+
+
 def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, aligned=True):
     """The Triton backward launcher of ``mode`` with the forward's argmax, writing into
     ``grad_input``; the forward runs on the Triton kernels."""

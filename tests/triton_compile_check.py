@@ -49,11 +49,14 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
 )
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
+    ROI_CHANNELS,
+    ROI_SPAN,
     SPAN,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
+    roi_align_small_backward_kernel,
 )
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
@@ -219,6 +222,20 @@ def main() -> int:
                         {**mode, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": cm},
                         bwd_warps,
                     )
+        # average mode with ROI_SUMS: small RoIs summed per cell, the others bin by bin
+        compile_for_gpu(
+            roi_align_small_backward_kernel,
+            {k: v for k, v in bwd.items() if k != "ARGMAX"},
+            {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK_PH": 8, "BLOCK_C": ROI_CHANNELS,
+             "SPAN": ROI_SPAN},
+            8,
+        )  # fmt: skip
+        compile_for_gpu(
+            roi_align_backward_kernel, bwd,
+            {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
+             "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True, "SKIP_SMALL": ROI_SPAN},
+            bwd_warps,
+        )  # fmt: skip
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:

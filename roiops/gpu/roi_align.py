@@ -39,6 +39,15 @@ from roiops.gpu.tiles import (
 
 # cells per side of the window over which the backward sums a bin's weights at once
 SPAN = 8
+# Average-mode backward of small RoIs, one program per (RoI, block of ROI_CHANNELS
+# channels): a RoI whose sampling points touch at most ROI_SPAN x ROI_SPAN cells has its
+# bins' contributions summed per cell in registers first, then one atomic per cell and
+# channel (a RoI of 5x5 cells under 7x7 bins of 2x2 points: 36 atomics a channel instead
+# of 49 bins x 4 = 196). Off by default (ROI_SUMS) until it is measured on a GPU; `make
+# gpu`'s backward_passes part times both.
+ROI_SUMS = False
+ROI_SPAN = 16
+ROI_CHANNELS = 32
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -293,15 +302,97 @@ def roi_align_backward_kernel(
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
+    SKIP_SMALL: tl.constexpr = 0,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the input gradient of one (RoI, bin, block
     of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, lying
     channel-major if ARGMAX_CM); with PS, ACC[N, H, W, C * PH * PW] and bin p of channel
-    c feeds channel c * PH * PW + p."""
+    c feeds channel c * PH * PW + p. SKIP_SMALL > 0: RoIs within that many cells a side
+    are left to ``roi_align_small_backward_kernel`` (average mode)."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    usable = True
+    if SKIP_SMALL > 0:
+        _, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+        )
+        small, _, _, _, _ = _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W,
+                                       PH, PW, SKIP_SMALL)  # fmt: skip
+        usable = small == 0
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
-                 sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
+                 sampling_ratio, log2_count, usable, PH, PW, ALIGNED, MAX_MODE, PS,
                  SPAN, ARGMAX_CM)  # fmt: skip
+
+
+@triton.jit
+def _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
+               PW: tl.constexpr, SPAN: tl.constexpr):  # fmt: skip
+    """(small, y_first, y_last, x_first, x_last): the cells a RoI's sampling points can
+    touch, and whether it has points and they fit SPAN x SPAN cells."""
+    y_a, y_b = _cell_range(start_h, bin_h, 0, gh, H)
+    y_c, y_d = _cell_range(start_h, bin_h, PH - 1, gh, H)
+    x_a, x_b = _cell_range(start_w, bin_w, 0, gw, W)
+    x_c, x_d = _cell_range(start_w, bin_w, PW - 1, gw, W)
+    # bins run forwards, or backwards in an inverted aligned RoI: the end bins bound them
+    y_first = tl.minimum(y_a, y_c)
+    y_last = tl.maximum(y_b, y_d)
+    x_first = tl.minimum(x_a, x_c)
+    x_last = tl.maximum(x_b, x_d)
+    fits = (y_last - y_first < SPAN) & (x_last - x_first < SPAN)
+    small = valid & (gh > 0) & (gw > 0) & fits
+    return small, y_first, y_last, x_first, x_last
+
+
+@kernel
+def roi_align_small_backward_kernel(
+    G, ROIS, AMAX, ACC,
+    N, C, H, W, scale_bits, sampling_ratio, log2_count,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
+    BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+):  # fmt: skip
+    """ACC[N, H, W, C] (int64 fixed point) += the average-mode input gradient of one
+    (RoI, block of channels) whose sampling points fit SPAN x SPAN cells (other RoIs:
+    nothing; ``roi_align_backward_kernel`` with SKIP_SMALL does those): the bins'
+    contributions summed per cell first, separably. Bin (ph, pw) gives cell (y, x)
+    ``g * Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``), so the RoI gives it
+    ``sum_ph Ay[ph, y] * T[ph, x]`` with ``T[ph, x] = sum_pw g[ph, pw] * Ax[pw, x]``;
+    then one atomic per cell and channel, a row of cells at a time."""
+    blocks = tl.cdiv(C, BLOCK_C)
+    k = tl.program_id(0) // blocks
+    c = (tl.program_id(0) % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+    )
+    small, y_first, y_last, x_first, x_last = _small_roi(
+        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW, SPAN
+    )
+    if small:
+        dt = start_h.dtype
+        count = (gh * gw).to(dt)
+        phs = tl.arange(0, BLOCK_PH)
+        span = tl.arange(0, SPAN)
+        # Ay[ph, y] of every bin row, once
+        a_y = tl.zeros((BLOCK_PH, SPAN), dt)
+        for ph in range(0, PH):
+            row = _cell_weights(start_h, bin_h, ph, gh, H, y_first, SPAN)
+            a_y += tl.where(phs[:, None] == ph, row[None, :], 0.0)
+        # T[c, ph, x], a bin column at a time
+        g_at = (k.to(tl.int64) * C + c[:, None]) * (PH * PW) + phs[None, :] * PW  # + pw
+        g_ok = c_ok[:, None] & (phs[None, :] < PH)
+        t = tl.zeros((BLOCK_C, BLOCK_PH, SPAN), dt)
+        for pw in range(0, PW):
+            g = div_rn(tl.load(G + g_at + pw, mask=g_ok, other=0.0).to(dt), count)
+            a_x = _cell_weights(start_w, bin_w, pw, gw, W, x_first, SPAN)
+            t += g[:, :, None] * a_x[None, None, :]
+        scale, _, _ = fixed_point_scale(AMAX, log2_count)
+        image = ACC + n * H * W * C + c[:, None]
+        xs = x_first + span
+        x_ok = c_ok[:, None] & (xs[None, :] <= x_last)
+        for dy in range(0, y_last - y_first + 1):
+            a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
+            sums = tl.sum(t * a_col[None, :, None], axis=1)  # [channels, cells of row y]
+            cells = tl.cast(y_first + dy, tl.int64) * W + xs[None, :]
+            add_to_cell(image, cells, C, sums, scale, x_ok)
 
 
 @triton.jit
@@ -422,12 +513,24 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     K, C = grad.shape[:2]
     max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
     argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
+    grad = grad.contiguous()
+    bits = scale_bits(spatial_scale)
+    small_rois = ROI_SUMS and not max_mode and not position_sensitive
+    if small_rois:
+        block_c = min(ROI_CHANNELS, triton.next_power_of_2(C))
+        roi_align_small_backward_kernel[(K * triton.cdiv(C, block_c),)](
+            grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
+            sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
+            BLOCK_PH=triton.next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
+            num_warps=8,
+        )  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
-        grad.contiguous(), rois, argmax, sums.amax, sums.acc,
-        N, C, H, W, scale_bits(spatial_scale), sampling_ratio, sums.log2_count,
+        grad, rois, argmax, sums.amax, sums.acc,
+        N, C, H, W, bits, sampling_ratio, sums.log2_count,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
-        BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major, num_warps=num_warps,
+        BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major,
+        SKIP_SMALL=ROI_SPAN if small_rois else 0, num_warps=num_warps,
     )  # fmt: skip
 
 
