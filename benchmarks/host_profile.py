@@ -17,27 +17,12 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
-import time
 
 import numpy as np
 import torch
+from gpu_report import host_us_per_call  # (this file's folder is on sys.path)
 
 import roiops
-
-
-def us_per_call(fn, calls: int) -> float:
-    """Median over 5 rounds of the host time per call of ``calls`` back-to-back calls."""
-    fn()
-    torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(rounds)
 
 
 def rows() -> dict:
@@ -121,7 +106,7 @@ def main(argv=None) -> None:
     table = rows()
     print(f"host us per call, 16 RoIs on {torch.cuda.get_device_name()}")
     for name, fn in table.items():
-        print(f"{name:48s} {us_per_call(fn, args.calls):7.1f}")
+        print(f"{name:48s} {host_us_per_call(fn, args.calls):7.1f}")
     profiled = (
         "kernel[grid](...) (JITFunction.run)",
         "roiops.roi_align, recording autograd",
