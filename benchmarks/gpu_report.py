@@ -291,19 +291,27 @@ def _pass_times(case, device: str) -> dict:
     if case.op == "roi_align":
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
+        # RoIs of up to 32 cells a side (FPN's are 14-28 at their level), 8 channels a program
+        fns["scatter_roi_sums_32x8"] = _with_roi_sums(scatter, span=32, channels=8)
     return bench.time_interleaved(fns, device, 5)
 
 
-def _with_roi_sums(fn):
-    """``fn`` run with roi_align's average-mode backward summing small RoIs per cell."""
+def _with_roi_sums(fn, span: int | None = None, channels: int | None = None):
+    """``fn`` run with roi_align's average-mode backward summing small RoIs (up to
+    ``span`` cells a side; ``channels`` a program) per cell (``ROI_SUMS``)."""
     from roiops.gpu import roi_align as ga
 
     def run():
-        before, ga.ROI_SUMS = ga.ROI_SUMS, True
+        names = ("ROI_SUMS", "ROI_SPAN", "ROI_CHANNELS")
+        before = [getattr(ga, name) for name in names]
+        ga.ROI_SUMS = True
+        ga.ROI_SPAN = span or ga.ROI_SPAN
+        ga.ROI_CHANNELS = channels or ga.ROI_CHANNELS
         try:
             return fn()
         finally:
-            ga.ROI_SUMS = before
+            for name, value in zip(names, before, strict=True):
+                setattr(ga, name, value)
 
     return run
 
@@ -480,8 +488,9 @@ def summary(report: dict) -> str:
         row(f"{case} bwd ms: zero + max|g| + scatter + convert / op / tv",
             f"{ours} / {t['roiops_backward']:.2f} / {t['torchvision_backward']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
-            row(f"{case} bwd ms, small RoIs summed per cell: scatter / op",
-                f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f}")  # fmt: skip
+            row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
+                f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "
+                f"{t['scatter_roi_sums_32x8']:.2f}")  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter"):

@@ -181,7 +181,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     passes = {"zero_int64", "max_abs_grad", "scatter", "convert", "torchvision_backward",
               "roiops_backward"}  # fmt: skip
     for case, t in times.items():
-        roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums"}
+        roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
         assert set(t) == passes | (roi_sums if case.startswith("roi_align ") else set())
         assert all(ms > 0 for ms in t.values())
     assert not gpu_align.ROI_SUMS  # put back after the timing

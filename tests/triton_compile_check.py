@@ -223,13 +223,15 @@ def main() -> int:
                         bwd_warps,
                     )
         # average mode with ROI_SUMS: small RoIs summed per cell, the others bin by bin
-        compile_for_gpu(
-            roi_align_small_backward_kernel,
-            {k: v for k, v in bwd.items() if k != "ARGMAX"},
-            {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK_PH": 8, "BLOCK_C": ROI_CHANNELS,
-             "SPAN": ROI_SPAN},
-            8,
-        )  # fmt: skip
+        # (and RoIs of up to 32 cells, 8 channels a program: what make gpu also times)
+        for span, channels in ((ROI_SPAN, ROI_CHANNELS), (32, 8)):
+            compile_for_gpu(
+                roi_align_small_backward_kernel,
+                {k: v for k, v in bwd.items() if k != "ARGMAX"},
+                {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK_PH": 8, "BLOCK_C": channels,
+                 "SPAN": span},
+                8,
+            )  # fmt: skip
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
             {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
