@@ -316,10 +316,9 @@ def _with_roi_sums(fn, span: int | None = None, channels: int | None = None):
     return run
 
 
-# (outputs a program, warps) of the NCHW forward, (channels, warps) of the NHWC forward
-# and of the backward scatter; the first of each is the one the launchers use
-# (outputs, warps) of the NCHW forward: the launchers' for a fixed sampling grid first, then
-# theirs for an adaptive one (one output a thread), then the others
+# (outputs a program, warps) of the NCHW forward: the launchers' for a fixed sampling grid
+# first, then theirs for an adaptive one (one output a thread), then the others; (channels,
+# warps) of the NHWC forward and of the backward scatter, the launchers' first
 FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256, 4), (512, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))

@@ -31,9 +31,11 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    check_grid,
     is_channels_last,
     kernel,
     output_offsets,
+    roi_channels_tile,
     store_bins,
 )
 
@@ -310,17 +312,9 @@ def roi_align_backward_kernel(
     c feeds channel c * PH * PW + p. SKIP_SMALL > 0: RoIs within that many cells a side
     are left to ``roi_align_small_backward_kernel`` (average mode)."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
-    usable = True
-    if SKIP_SMALL > 0:
-        _, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-        )
-        small, _, _, _, _ = _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W,
-                                       PH, PW, SKIP_SMALL)  # fmt: skip
-        usable = small == 0
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
-                 sampling_ratio, log2_count, usable, PH, PW, ALIGNED, MAX_MODE, PS,
-                 SPAN, ARGMAX_CM)  # fmt: skip
+                 sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
+                 SPAN, ARGMAX_CM, SKIP_SMALL)  # fmt: skip
 
 
 @triton.jit
@@ -356,10 +350,7 @@ def roi_align_small_backward_kernel(
     ``g * Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``), so the RoI gives it
     ``sum_ph Ay[ph, y] * T[ph, x]`` with ``T[ph, x] = sum_pw g[ph, pw] * Ax[pw, x]``;
     then one atomic per cell and channel, a row of cells at a time."""
-    blocks = tl.cdiv(C, BLOCK_C)
-    k = tl.program_id(0) // blocks
-    c = (tl.program_id(0) % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
     )
@@ -399,7 +390,8 @@ def roi_align_small_backward_kernel(
 def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, usable, PH: tl.constexpr, PW: tl.constexpr,
                  ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr, PS: tl.constexpr,
-                 SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr):  # fmt: skip
+                 SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
+                 SKIP_SMALL: tl.constexpr):  # fmt: skip
     """The backward of RoI k's bin p for channels c into the NHWC accumulator ACC: the
     body of ``roi_align_backward_kernel``, shared with the FPN pooler's kernel."""
     ph = p // PW
@@ -407,6 +399,10 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED
     )
+    if SKIP_SMALL > 0:  # such a RoI is roi_align_small_backward_kernel's: no points here
+        small, _, _, _, _ = _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W,
+                                       PH, PW, SKIP_SMALL)  # fmt: skip
+        gh = tl.where(small, 0, gh)
     g_at, argmax_at = output_offsets(k, c, p, C, PH * PW, ARGMAX_CM)
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
@@ -518,7 +514,7 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     small_rois = ROI_SUMS and not max_mode and not position_sensitive
     if small_rois:
         block_c = min(ROI_CHANNELS, triton.next_power_of_2(C))
-        roi_align_small_backward_kernel[(K * triton.cdiv(C, block_c),)](
+        roi_align_small_backward_kernel[check_grid(K * triton.cdiv(C, block_c), "roi_align")](
             grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
             sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
             BLOCK_PH=triton.next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
