@@ -720,3 +720,106 @@ def test_multi_scale_roi_pool_matches_reference(rng):
     assert torch.equal(out, ref_out)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, **TOL[torch.float32])
+
+
+@pytest.fixture
+def small_program_blocks(monkeypatch):
+    """Program sizes small enough that the tests' few channels take several programs a
+    RoI (blocks of outputs or of channels), so that the program order has orders to
+    differ in; the grids' caches are emptied before and after."""
+    grids = (gpu_tiles.bins_grid, gpu_tiles.bin_channels_grid, gpu_tiles.roi_channels_grid)
+    sizes = dict(FORWARD_BLOCK=4, ADAPTIVE_FORWARD_BLOCK=4, NHWC_FORWARD_CHANNELS=4,
+                 BACKWARD_CHANNELS=4, ARGMAX_TILE=8)  # fmt: skip
+    for name, value in sizes.items():
+        monkeypatch.setattr(gpu_tiles, name, value)
+    for grid in grids:
+        grid.cache_clear()
+    yield
+    monkeypatch.undo()
+    for grid in grids:
+        grid.cache_clear()
+
+
+def program_order_cases(rng):
+    """{name: fn(backend) -> [output, input gradients...]}, every Triton kernel that
+    takes its RoI and block from the program order, through the public functions."""
+    x = on_device(rng.standard_normal((2, 8, 8, 10)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 4, 16, 20, min_size=1.0), torch.float32)
+    features = [
+        on_device(rng.standard_normal((2, 8, 16 >> i, 20 >> i)), torch.float32) for i in range(3)
+    ]
+    levels = torch.from_numpy(rng.integers(0, 3, 4)).to(DEVICE)
+    from test_roi_align_rotated import rotated_rois
+
+    rotated = on_device(rotated_rois(rng, 2, 4, 16, 20, True), torch.float32)
+
+    def through(fn, inputs):
+        def run_on(backend):
+            leaves = [t.detach().clone().requires_grad_() for t in inputs]
+            with roiops.use_backend(backend):
+                out = fn(*leaves)
+                out.backward(torch.from_numpy(np.random.default_rng(1).standard_normal(
+                    out.shape)).to(out))  # fmt: skip
+            return [out.detach(), *[t.grad for t in leaves]]
+
+        return run_on
+
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    return {
+        "roi_align avg": through(lambda t: roiops.roi_align(t, rois, 2, 0.5, 2, True), [x]),
+        "roi_align avg adaptive": through(lambda t: roiops.roi_align(t, rois, 2, 0.5, 0), [x]),
+        "roi_align max": through(lambda t: roiops.roi_align(t, rois, 2, 0.5, 2, True, "max"), [x]),
+        "roi_align onnx_max": through(
+            lambda t: roiops.roi_align(t, rois, 2, 0.5, 2, False, "onnx_max"), [x]
+        ),
+        "roi_align channels_last": through(
+            lambda t: roiops.roi_align(t, rois, 2, 0.5, 2, True), [nhwc]
+        ),
+        "roi_pool": through(lambda t: roiops.roi_pool(t, rois, 2, 0.5), [x]),
+        "roi_pool channels_last": through(lambda t: roiops.roi_pool(t, rois, 2, 0.5), [nhwc]),
+        "ps_roi_align": through(lambda t: roiops.ps_roi_align(t, rois, 2, 0.5, 2), [x]),
+        "ps_roi_pool": through(lambda t: roiops.ps_roi_pool(t, rois, 2, 0.5), [x]),
+        "multi_scale_roi_align": through(
+            lambda *f: roiops.multi_scale_roi_align(
+                list(f), rois, 2, [1 / 2, 1 / 4, 1 / 8], 2, True, levels
+            ),
+            features,
+        ),
+        "multi_scale_roi_pool": through(
+            lambda *f: roiops.multi_scale_roi_pool(
+                list(f), rois, 2, [1 / 2, 1 / 4, 1 / 8], levels=levels
+            ),
+            features,
+        ),
+        "roi_align_rotated": through(
+            lambda t: roiops.roi_align_rotated(t, rotated, 2, 0.5, 2), [x]
+        ),
+        "prroi_pool": through(lambda t: roiops.prroi_pool(t, rois, 2, 0.5), [x]),
+    }
+
+
+PROGRAM_ORDER_CASES = [
+    "roi_align avg", "roi_align avg adaptive", "roi_align max", "roi_align onnx_max",
+    "roi_align channels_last", "roi_pool", "roi_pool channels_last", "ps_roi_align",
+    "ps_roi_pool", "multi_scale_roi_align", "multi_scale_roi_pool", "roi_align_rotated",
+    "prroi_pool", "roi_align avg, small RoIs summed",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PROGRAM_ORDER_CASES)
+def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, case):
+    # RoIs innermost (tiles.GATHER_ROIS_INNER / SCATTER_ROIS_INNER) only changes which
+    # programs run together: every output, and every input gradient (integer sums), is
+    # the same bits as RoI-major; and the reference's, within float rounding
+    if case.endswith("small RoIs summed"):
+        monkeypatch.setattr(gpu_align, "ROI_SUMS", True)
+    fn = program_order_cases(rng)[case.split(",")[0]]
+    results = {}
+    for rois_inner in (False, True):
+        monkeypatch.setattr(gpu_tiles, "GATHER_ROIS_INNER", rois_inner)
+        monkeypatch.setattr(gpu_tiles, "SCATTER_ROIS_INNER", rois_inner)
+        results[rois_inner] = fn("triton")
+    for major, inner in zip(results[False], results[True], strict=True):
+        assert torch.equal(major, inner)
+    for got, expected in zip(results[True], fn("reference"), strict=True):
+        torch.testing.assert_close(got, expected, **TOL[torch.float32])

@@ -146,6 +146,13 @@ def stores_lanes_along_cells(ttgir: str) -> bool:
 
 
 def compile_for_gpu(fn, pointers, constexprs, num_warps):
+    dtype = next(pointers[a] for a in ("X", "G", "GX", "ROIS", "ACC") if a in pointers)
+    if "ROIS_INNER" in fn.arg_names and "ROIS_INNER" not in constexprs:
+        # both program orders (roiops.gpu.tiles); the order's arithmetic does not depend
+        # on the dtype: RoIs innermost in float32 only
+        for rois_inner in (False, True) if dtype == "*fp32" else (False,):
+            compile_for_gpu(fn, pointers, {**constexprs, "ROIS_INNER": rois_inner}, num_warps)
+        return
     signature = {
         name: pointers.get(
             name,
@@ -160,8 +167,8 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     source = ASTSource(fn, signature, constexprs)
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]
-    dtype = next(pointers[a] for a in ("X", "G", "GX", "ROIS", "ACC") if a in pointers)
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
+    mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
     name = f"{fn.__name__} {dtype} {mode}"
     approximate = APPROXIMATE_DIVISION.findall(ptx)
     assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
@@ -179,7 +186,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         return
     registers, spilled = registers_and_spills(ptx)
     spills = f", spills {spilled} bytes" if spilled else ""
-    print(f"{fn.__name__:30s} {dtype:6s} {mode:4s} {num_warps} warps {registers:3d} registers"
+    print(f"{fn.__name__:30s} {dtype:6s} {mode:15s} {num_warps} warps {registers:3d} registers"
           + spills)  # fmt: skip
     assert spilled <= SPILL_ALLOWANCE or dtype == "*fp64", f"{name} spills {spilled} bytes"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
 from roiops.gpu.roi_pool import pool_bins, scatter_to_argmax
@@ -36,10 +37,11 @@ def multi_scale_roi_align_forward_kernel(
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, sampling_ratio,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
     sizes are H_l x W_l and spatial_scale the float64 with bits S_l."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
@@ -55,10 +57,11 @@ def multi_scale_roi_align_backward_kernel(
     sampling_ratio, log2_count,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC (int64; level l's NHWC part starts at element O_l) += the gradient of one
     (RoI, bin, block of channels) from G[K, C, PH, PW]."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
@@ -73,10 +76,11 @@ def multi_scale_roi_pool_forward_kernel(
     X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, ARGMAX, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (channel-major): RoI k max-pooled from
     its level."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
@@ -90,11 +94,12 @@ def multi_scale_roi_pool_backward_kernel(
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, O0, O1, O2, O3, O4, log2_count,
     NUM_LEVELS: tl.constexpr, P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ARGMAX_CM: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC (int64; level l's NHWC part at element O_l) += G[k, c, p] at each channel's
     argmax cell of RoI k's level (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one
     RoI and block of channels, all of its bins."""
-    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
@@ -119,7 +124,7 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-        num_warps=num_warps,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -138,7 +143,7 @@ def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, samp
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
         *per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
         NUM_LEVELS=len(grad_inputs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-        BLOCK_C=block_c, SPAN=SPAN, num_warps=num_warps,
+        BLOCK_C=block_c, SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
 
@@ -155,7 +160,8 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
         *per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
-        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 
@@ -174,6 +180,6 @@ def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
         *per_level([g.shape[3] for g in grad_inputs], 0),
         *per_level(sums.offsets, 0), sums.log2_count,
         NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        ARGMAX_CM=channel_major, num_warps=num_warps,
+        ARGMAX_CM=channel_major, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -71,9 +72,10 @@ def _value(plane, h, w, H, W, mask):
 def prroi_pool_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] from X[N, C, H, W]: each bin's integral / its area."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     n, y0, x0, y1, x1, area, bin_h, bin_w, valid = _window(
         ROIS, k, N, scale_bits, p // PW, p % PW, PH, PW
     )
@@ -107,10 +109,11 @@ def prroi_pool_forward_kernel(
 def prroi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += grad / area times each corner's coefficient,
     for one (RoI, bin, block of channels)."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     n, y0, x0, y1, x1, area, _, _, valid = _window(ROIS, k, N, scale_bits, p // PW, p % PW, PH, PW)
     dt = y0.dtype
     g_at, _ = output_offsets(k, c, p, C, PH * PW)
@@ -237,7 +240,8 @@ def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "prroi_pool")
     prroi_pool_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale),
-        PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+        PH=pooled_h, PW=pooled_w, BLOCK=block,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -250,7 +254,8 @@ def prroi_pool_backward(grad, rois, grad_input, spatial_scale):
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "prroi_pool")
     prroi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, num_warps=num_warps,
+        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return sums.write_to(grad_input)
 

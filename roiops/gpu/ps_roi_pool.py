@@ -13,6 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.roi_align import input_channel
 from roiops.gpu.roi_pool import bin_edges, round_half_away
@@ -43,9 +44,10 @@ def _ps_quantized_roi(ROIS, k, N, SCALE_BITS):
 def ps_roi_pool_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] from X[N, C * PH * PW, H, W]."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     # torchvision's forward clips to the last index
@@ -74,10 +76,11 @@ def ps_roi_pool_forward_kernel(
 def ps_roi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C * PH * PW] (int64 fixed point) += grad / area over the cells of
     one (RoI, bin), for a block of output channels."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
@@ -104,7 +107,8 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
     ps_roi_pool_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale),
-        PH=pooled_h, PW=pooled_w, BLOCK=block, num_warps=num_warps,
+        PH=pooled_h, PW=pooled_w, BLOCK=block,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -123,5 +127,6 @@ def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c, num_warps=num_warps,
+        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -191,11 +192,12 @@ def roi_align_forward_kernel(
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channel-major) from
     X[N, C, H, W]; with PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of
     channel c reading input channel c * PH * PW + p."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
                  True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK)  # fmt: skip
 
@@ -236,12 +238,13 @@ def roi_align_forward_nhwc_kernel(
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channels last) from
     channels-last X[N, H, W, C] (PS: as for ``roi_align_forward_kernel``): one program
     per (RoI, bin, block of channels), the bin's sampling grid in scalars and the lanes
     over channels, so each neighbour's load and the argmax's store are contiguous."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
@@ -305,13 +308,14 @@ def roi_align_backward_kernel(
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
     SKIP_SMALL: tl.constexpr = 0,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the input gradient of one (RoI, bin, block
     of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, lying
     channel-major if ARGMAX_CM); with PS, ACC[N, H, W, C * PH * PW] and bin p of channel
     c feeds channel c * PH * PW + p. SKIP_SMALL > 0: RoIs within that many cells a side
     are left to ``roi_align_small_backward_kernel`` (average mode)."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
                  SPAN, ARGMAX_CM, SKIP_SMALL)  # fmt: skip
@@ -342,6 +346,7 @@ def roi_align_small_backward_kernel(
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
     BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the average-mode input gradient of one
     (RoI, block of channels) whose sampling points fit SPAN x SPAN cells (other RoIs:
@@ -350,7 +355,7 @@ def roi_align_small_backward_kernel(
     ``g * Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``), so the RoI gives it
     ``sum_ph Ay[ph, y] * T[ph, x]`` with ``T[ph, x] = sum_pw g[ph, pw] * Ax[pw, x]``;
     then one atomic per cell and channel, a row of cells at a time."""
-    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
     )
@@ -472,7 +477,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
             sampling_ratio)  # fmt: skip
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-                PS=position_sensitive)  # fmt: skip
+                PS=position_sensitive, ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
@@ -518,7 +523,7 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
             grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
             sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
             BLOCK_PH=triton.next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
-            num_warps=8,
+            ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=8,
         )  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
@@ -526,7 +531,8 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
         N, C, H, W, bits, sampling_ratio, sums.log2_count,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
         BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major,
-        SKIP_SMALL=ROI_SPAN if small_rois else 0, num_warps=num_warps,
+        SKIP_SMALL=ROI_SPAN if small_rois else 0,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
 
 

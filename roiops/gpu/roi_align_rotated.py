@@ -13,6 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.roi_align import bilinear_axis
 from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
@@ -97,9 +98,10 @@ def roi_align_rotated_forward_kernel(
     X, ROIS, OUT, N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
     CLOCKWISE: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] from X[N, C, H, W] (NCHW) and rotated ROIS[K, 6]."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     ph = p // PW
     pw = p % PW
     n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
@@ -130,10 +132,11 @@ def roi_align_rotated_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
     CLOCKWISE: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the gradient of one (RoI, bin, block of
     channels) from G[K, C, PH, PW]: ``g * w / count`` to each neighbour of each point."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED, DEGREES, CLOCKWISE
     )
@@ -173,7 +176,7 @@ def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sa
     roi_align_rotated_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,
-        BLOCK=block, num_warps=num_warps,
+        BLOCK=block, ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -188,6 +191,7 @@ def roi_align_rotated_backward(grad, rois, grad_input, spatial_scale, pooled_h, 
     roi_align_rotated_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
         sampling_ratio, sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-        DEGREES=degrees, CLOCKWISE=clockwise, BLOCK_C=block_c, num_warps=num_warps,
+        DEGREES=degrees, CLOCKWISE=clockwise, BLOCK_C=block_c,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
     return sums.write_to(grad_input)

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -71,10 +72,11 @@ def bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.conste
 def roi_pool_forward_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, STORE_ARGMAX: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1;
     channel-major) from X[N, C, H, W]."""
-    k, c, p, ok = bins_tile(C, PH * PW, BLOCK)
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, True, PH, PW, BLOCK,
               STORE_ARGMAX)  # fmt: skip
 
@@ -121,11 +123,12 @@ def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
 def roi_pool_forward_nhwc_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr, STORE_ARGMAX: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """As ``roi_pool_forward_kernel`` from channels-last X[N, H, W, C] (the argmax
     channels last): one program per (RoI, bin, block of channels) visits the bin's cells
     in scalars, each cell one contiguous load of the channels."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C)
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H, ROIS.dtype.element_ty)
     w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W, ROIS.dtype.element_ty)
@@ -152,11 +155,12 @@ def roi_pool_forward_nhwc_kernel(
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
     P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ARGMAX_CM: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell
     (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one RoI and block of channels, all
     of its bins."""
-    k, c, c_ok = roi_channels_tile(C, BLOCK_C)
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
     n, valid = batch_index(ROIS, k, N, 5)
@@ -206,7 +210,8 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     # each kernel stores the argmax the way its lanes lie (``roiops._layout``)
     argmax = new_argmax(input, shape, channel_major=not nhwc) if with_argmax else None
     args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
-    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax)
+    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax,
+                ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool",
                                                      forward=True)  # fmt: skip
@@ -238,5 +243,5 @@ def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
     roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, argmax, sums.amax, sums.acc, N, C, H, W,
         sums.log2_count, P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        ARGMAX_CM=channel_major, num_warps=num_warps,
+        ARGMAX_CM=channel_major, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip

@@ -17,6 +17,14 @@ output gradient ``G[k, c, :]`` along bins, the argmax ``ARGMAX[k, p, :]`` along 
 (lanes along channels alone would read ``G`` with a stride of the bin count, a 32-byte
 sector for each 4-byte value).
 
+Program order: CUDA starts programs in the order of their ids, so the order decides
+which programs are in flight together (some 4,000 one-warp programs on an H100). RoI-major
+(a RoI's programs one after the other), those read a few dozen RoIs' windows in every
+channel; RoIs innermost (``ROIS_INNER``: the block of outputs or channels outermost), they
+read every RoI's window in a few channels, a few MB that L2 keeps. ``GATHER_ROIS_INNER``
+orders the kernels that read the maps, ``SCATTER_ROIS_INNER`` those that add into the
+fixed-point accumulator.
+
 Every kernel is declared with ``kernel``: ``triton.jit`` without specialising on
 feature-map sizes (``UNSPECIALISED``).
 """
@@ -55,6 +63,17 @@ BACKWARD_CHANNELS = 256
 BACKWARD_PER_THREAD = 1
 NHWC_FORWARD_CHANNELS = 64
 NHWC_FORWARD_PER_THREAD = 2
+# Program order (module docstring), read at every launch. RoI-major, the NCHW forward
+# kernels read 1.5 / 2.5 / 3.2 GB on the bench's roi_align 'b sr=2', 'a large sr=2' and
+# roi_pool 'b' cases (a 32-byte sector for each row of a RoI's window that a channel's
+# samples touch, summed over RoIs and channels as if no two RoIs shared a line in L2,
+# 50 MB against maps of 111-134 MB): 0.44 / 0.76 / 0.95 ms at an H100's 3.35 TB/s, and
+# they took 0.48-0.54 / 0.78-0.81 / 1.11-1.23 ms there, torchvision (RoI-major too)
+# 0.54-0.68 / 0.85 / 1.22; RoIs innermost, the maps would be read from memory about
+# once (0.03-0.04 ms) and the rest from L2. Not measured yet: `make gpu`'s program_order
+# part times both orders against torchvision; the measured order stays until then.
+GATHER_ROIS_INNER = False
+SCATTER_ROIS_INNER = False
 # The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
 # of up to this many elements (bins in steps of up to ARGMAX_BINS)
 ARGMAX_TILE = 1024
@@ -112,13 +131,22 @@ def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: st
 
 
 @triton.jit
-def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr):
+def roi_and_block(blocks, ROIS_INNER: tl.constexpr):
+    """(k, block): this program's RoI and its block of the RoI's ``blocks`` (outputs,
+    channels or (bin, channels) pairs), in the program order ``ROIS_INNER`` says."""
+    if ROIS_INNER:
+        rois = tl.num_programs(0) // blocks
+        return tl.program_id(0) % rois, tl.program_id(0) // rois
+    return tl.program_id(0) // blocks, tl.program_id(0) % blocks
+
+
+@triton.jit
+def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr = False):
     """(k, c, p, ok): this program's RoI and, per lane, channel and flattened bin.
 
     Lanes count from the block's first channel, found in int64: C * P may pass 2**31."""
-    blocks = tl.cdiv(C * P, BLOCK)
-    k = tl.program_id(0) // blocks
-    first = (tl.program_id(0) % blocks).to(tl.int64) * BLOCK
+    k, block = roi_and_block(tl.cdiv(C * P, BLOCK), ROIS_INNER)
+    first = block.to(tl.int64) * BLOCK
     lane = (first % P).to(tl.int32) + tl.arange(0, BLOCK)
     c = (first // P).to(tl.int32) + lane // P
     return k, c, lane % P, c < C
@@ -161,21 +189,32 @@ def roi_channels_grid(num_rois: int, channels: int, bins: int, op: str = "backwa
 
 
 @triton.jit
-def roi_channels_tile(C, BLOCK_C: tl.constexpr):
+def roi_channels_tile(C, BLOCK_C: tl.constexpr, ROIS_INNER: tl.constexpr = False):
     """(k, c, c_ok): this program's RoI and channels (``roi_channels_grid``)."""
-    blocks = tl.cdiv(C, BLOCK_C)
-    c = (tl.program_id(0) % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return tl.program_id(0) // blocks, c, c < C
+    k, block = roi_and_block(tl.cdiv(C, BLOCK_C), ROIS_INNER)
+    c = block * BLOCK_C + tl.arange(0, BLOCK_C)
+    return k, c, c < C
 
 
 @triton.jit
-def bin_channels_tile(C, P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(k, p, c, c_ok): this program's RoI, flattened bin, and channel per lane."""
+def bin_channels_tile(C, P: tl.constexpr, BLOCK_C: tl.constexpr, ROIS_INNER: tl.constexpr = False):
+    """(k, p, c, c_ok): this program's RoI, flattened bin, and channel per lane; RoI-major,
+    a RoI's bins one after the other (``ROIS_INNER``: the block of channels outermost,
+    then the RoIs, then their bins)."""
     blocks = tl.cdiv(C, BLOCK_C)
-    k = tl.program_id(0) // (P * blocks)
-    rest = tl.program_id(0) % (P * blocks)
-    c = (rest % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return k, rest // blocks, c, c < C
+    if ROIS_INNER:
+        rois = tl.num_programs(0) // (P * blocks)
+        block = tl.program_id(0) // (rois * P)
+        rest = tl.program_id(0) % (rois * P)
+        k = rest // P
+        p = rest % P
+    else:
+        k = tl.program_id(0) // (P * blocks)
+        rest = tl.program_id(0) % (P * blocks)
+        block = rest % blocks
+        p = rest // blocks
+    c = block * BLOCK_C + tl.arange(0, BLOCK_C)
+    return k, p, c, c < C
 
 
 @triton.jit
