@@ -8,10 +8,13 @@
 3. the latency of a 16-RoI call, roiops against torchvision;
 4. forward+backward against torchvision under torch.use_deterministic_algorithms(True);
 5. how many distinct input gradients 5 identical backward calls give, for both libraries;
-6. for NCHW maps, the NCHW forward kernel against a copy to channels_last followed by the
+6. every bench case in the launchers' program order and with RoIs innermost
+   (``roiops.gpu.tiles``), beside torchvision, in the same rounds;
+7. for NCHW maps, the NCHW forward kernel against a copy to channels_last followed by the
    NHWC kernel (which is faster decides whether NCHW maps should be transposed first);
-7. where the deterministic backward's time goes: the int64 zero-fill, max |grad|, the
-   scatter and the conversion, each timed alone, beside torchvision's whole backward.
+8. where the deterministic backward's time goes: the int64 zero-fill, max |grad|, the
+   scatter and the conversion, each timed alone, beside torchvision's whole backward;
+9. the kernels alone under other program sizes and orders than the launchers'.
 
 Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
 ``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick]``.
@@ -301,19 +304,70 @@ def _with_roi_sums(fn, span: int | None = None, channels: int | None = None):
     ``span`` cells a side; ``channels`` a program) per cell (``ROI_SUMS``)."""
     from roiops.gpu import roi_align as ga
 
+    return _with_settings(fn, ga, ROI_SUMS=True, ROI_SPAN=span or ga.ROI_SPAN,
+                          ROI_CHANNELS=channels or ga.ROI_CHANNELS)  # fmt: skip
+
+
+def _with_settings(fn, module, **values):
+    """``fn`` run with ``module``'s constants set to ``values`` (and back after it); the
+    launch grids, which ``roiops.gpu.tiles`` caches from its sizes, are computed again."""
+    from roiops.gpu import tiles
+
+    grids = (tiles.bins_grid, tiles.bin_channels_grid, tiles.roi_channels_grid)
+
     def run():
-        names = ("ROI_SUMS", "ROI_SPAN", "ROI_CHANNELS")
-        before = [getattr(ga, name) for name in names]
-        ga.ROI_SUMS = True
-        ga.ROI_SPAN = span or ga.ROI_SPAN
-        ga.ROI_CHANNELS = channels or ga.ROI_CHANNELS
+        before = {name: getattr(module, name) for name in values}
+        for name, value in values.items():
+            setattr(module, name, value)
+        for grid in grids:
+            grid.cache_clear()
         try:
             return fn()
         finally:
-            for name, value in zip(names, before, strict=True):
-                setattr(ga, name, value)
+            for name, value in before.items():
+                setattr(module, name, value)
+            for grid in grids:
+                grid.cache_clear()
 
     return run
+
+
+# The program orders `program_order` times beside the launchers' (roiops.gpu.tiles): RoIs
+# innermost, and so with blocks of 32 channels for the kernels whose programs are (RoI,
+# bin, block of channels): with 256 channels a block, a map of 256 channels is one block
+# and the order would not change; 32 channels keep the accumulator's share of a block in
+# L2 (8 bytes a channel: 28 MB for the bench's 'b' map against 50 MB of L2)
+PROGRAM_ORDERS = {
+    "rois inner": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True),
+    "rois inner, 32 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
+                                    BACKWARD_CHANNELS=32, NHWC_FORWARD_CHANNELS=32),
+}  # fmt: skip
+
+
+def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]:
+    """Every bench case and direction (``roiops bench``'s float32 inputs and calls),
+    torchvision and roiops in the launchers' program order and in each of
+    ``PROGRAM_ORDERS``, timed in the same rounds: which order the launchers should use,
+    measured."""
+    from roiops.gpu import tiles
+
+    rows = []
+    for case in bench.cases(device="cuda") if cases is None else cases:
+        levels = bench.make_inputs(case, device, torch.float32)
+        if case.op == "multi_scale_roi_align":
+            fns = bench._module_callables(case, levels)
+        else:
+            fns = bench._callables(case, levels)
+        for direction in bench.directions(case):
+            timed = {lib: fns[(lib, direction)] for lib in ("torchvision", "roiops")}
+            for name, values in PROGRAM_ORDERS.items():
+                timed[name] = _with_settings(fns[("roiops", direction)], tiles, **values)
+            ms = bench.time_interleaved(timed, device, 5)
+            rows.append({"op": case.op, "case": case.name, "direction": direction, "ms": ms})
+    for r in rows:
+        print(f"{r['op']:<22} {r['case']:<14} {r['direction']:<9} "
+              + " ".join(f"{name} {t:.3f}" for name, t in r["ms"].items()), flush=True)  # fmt: skip
+    return rows
 
 
 # (outputs a program, warps) of the NCHW forward: the launchers' for a fixed sampling grid
@@ -324,6 +378,13 @@ NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # (bins, channels, warps) of roi_pool's backward tiles
 ARGMAX_CONFIGS = ((64, 16, 4), (64, 8, 2), (64, 16, 2), (64, 16, 8), (64, 32, 4), (64, 32, 8))
+# the same kernels with RoIs innermost (``roiops.gpu.tiles``), timed as "<kind>, rois inner"
+ROIS_INNER_CONFIGS = {
+    "forward": ((64, 1), (256, 8), (128, 4)),
+    "nhwc forward": ((64, 1), (32, 1)),
+    "scatter": ((256, 8), (32, 1), (64, 2), (128, 4)),
+    "argmax scatter": ((64, 16, 4), (64, 8, 2), (64, 4, 1)),
+}
 CONFIG_CASES = (
     "a small sr=0",
     "a large sr=0",
@@ -366,25 +427,29 @@ def _config_times(case, device: str) -> dict:
     fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
                                                                     "forward")]}  # fmt: skip
     if case.channels_last:
-        for block_c, warps in NHWC_CONFIGS:
+        for kind, block_c, warps, inner in _configs("nhwc forward", NHWC_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
-            fns[f"nhwc forward {block_c}/{warps}"] = lambda g=grid, b=block_c, w=warps: (
-                ga.roi_align_forward_nhwc_kernel[g](x, *args, **mode, BLOCK_C=b, num_warps=w)
+            fns[f"{kind} {block_c}/{warps}"] = lambda g=grid, b=block_c, w=warps, i=inner: (
+                ga.roi_align_forward_nhwc_kernel[g](
+                    x, *args, **mode, BLOCK_C=b, ROIS_INNER=i, num_warps=w
+                )  # fmt: skip
             )
     else:
-        for block, warps in FORWARD_CONFIGS:
+        for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
             grid = (K * triton.cdiv(C * p * p, block),)
-            fns[f"forward {block}/{warps}"] = lambda g=grid, b=block, w=warps: (
-                ga.roi_align_forward_kernel[g](x, *args, **mode, BLOCK=b, num_warps=w)
+            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
+                ga.roi_align_forward_kernel[g](
+                    x, *args, **mode, BLOCK=b, ROIS_INNER=i, num_warps=w
+                )  # fmt: skip
             )
         sums = Accumulator(grad, x.shape)
-        for block_c, warps in SCATTER_CONFIGS:
+        for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
-            fns[f"scatter {block_c}/{warps}"] = (
-                lambda g=grid, b=block_c, w=warps: ga.roi_align_backward_kernel[g](
+            fns[f"{kind} {block_c}/{warps}"] = (
+                lambda g=grid, b=block_c, w=warps, i=inner: ga.roi_align_backward_kernel[g](
                     grad, rois, rois, sums.amax, sums.acc, N, C, H, W,
                     scale_bits(lv.spatial_scale), case.sampling_ratio, sums.log2_count,
-                    **mode, BLOCK_C=b, SPAN=ga.SPAN, ARGMAX_CM=True, num_warps=w,
+                    **mode, BLOCK_C=b, SPAN=ga.SPAN, ARGMAX_CM=True, ROIS_INNER=i, num_warps=w,
                 )
             )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)
@@ -405,23 +470,35 @@ def _pool_config_times(case, device: str) -> dict:
     args = (rois, out, argmax, N, C, H, W, scale_bits(lv.spatial_scale))
     fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
                                                                     "forward")]}  # fmt: skip
-    for block, warps in FORWARD_CONFIGS:
+    for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
         grid = (K * triton.cdiv(C * p * p, block),)
-        fns[f"forward {block}/{warps}"] = lambda g=grid, b=block, w=warps: (
+        fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
             gp.roi_pool_forward_kernel[g](
-                x, *args, PH=p, PW=p, BLOCK=b, STORE_ARGMAX=True, num_warps=w
+                x, *args, PH=p, PW=p, BLOCK=b, STORE_ARGMAX=True, ROIS_INNER=i, num_warps=w
             )  # fmt: skip
         )
     sums = Accumulator(grad, x.shape)
-    for block_p, block_c, warps in ARGMAX_CONFIGS:
+    for kind, (block_p, block_c), warps, inner in _configs(
+        "scatter", [((bp, bc), w) for bp, bc, w in ARGMAX_CONFIGS], "argmax scatter"
+    ):
         grid = (K * triton.cdiv(C, block_c),)
-        fns[f"scatter {block_p}x{block_c}/{warps}"] = (
-            lambda g=grid, bp=block_p, bc=block_c, w=warps: gp.roi_pool_backward_kernel[g](
+        fns[f"{kind} {block_p}x{block_c}/{warps}"] = (
+            lambda g=grid, bp=block_p, bc=block_c, w=warps, i=inner: gp.roi_pool_backward_kernel[g](
                 grad, rois, argmax, sums.amax, sums.acc, N, C, H, W, sums.log2_count,
-                P=p * p, BLOCK_P=bp, BLOCK_C=bc, ARGMAX_CM=True, num_warps=w,
+                P=p * p, BLOCK_P=bp, BLOCK_C=bc, ARGMAX_CM=True, ROIS_INNER=i, num_warps=w,
             )
         )  # fmt: skip
     return bench.time_interleaved(fns, device, 5)
+
+
+def _configs(kind: str, configs, inner_kind: str | None = None):
+    """``(label, size, warps, rois_inner)``: ``configs`` of ``kind`` in the RoI-major
+    order, then ``ROIS_INNER_CONFIGS[inner_kind or kind]`` with RoIs innermost."""
+    for size, warps in configs:
+        yield kind, size, warps, False
+    for config in ROIS_INNER_CONFIGS[inner_kind or kind]:
+        size, warps = (config[:2], config[2]) if len(config) == 3 else config
+        yield f"{kind}, rois inner", size, warps, True
 
 
 def summary(report: dict) -> str:
@@ -478,6 +555,15 @@ def summary(report: dict) -> str:
         d = det["distinct_gradients_of_5"]
         row("distinct gradients in 5 runs: roiops / torchvision",
             f"{d['roiops']} / {d['torchvision']}", "1 / any")  # fmt: skip
+    order = report.get("program_order")
+    for name in PROGRAM_ORDERS if order else ():
+        for direction in ("forward", "backward", "inference", "train"):
+            sel = [r["ms"] for r in order if r["direction"] == direction]
+            if sel:
+                vs_tv = bench.geometric_mean(t["torchvision"] / t[name] for t in sel)
+                vs_ours = bench.geometric_mean(t["roiops"] / t[name] for t in sel)
+                row(f"float32 {direction}, {name}: vs torchvision / vs launchers' order",
+                    f"{vs_tv:.2f}x / {vs_ours:.2f}x")  # fmt: skip
     for case, t in report.get("forward_layouts", {}).items():
         row(f"NCHW map, {case}: NCHW kernel / copy + NHWC kernel, ms",
             f"{t['nchw_ms']:.2f} / {t['copy_then_nhwc_ms']:.2f}")  # fmt: skip
@@ -492,7 +578,8 @@ def summary(report: dict) -> str:
                 f"{t['scatter_roi_sums_32x8']:.2f}")  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
-        for kind in ("forward", "nhwc forward", "scatter"):
+        for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
+                     "nhwc forward, rois inner", "scatter, rois inner"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
@@ -532,8 +619,8 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> li
 
 # what a run measures, in this order
 # (torchvision's deterministic mode is slow to run: ~90 s on an H100 machine, last)
-PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "forward_layouts",
-         "backward_passes", "kernel_configs", "deterministic")  # fmt: skip
+PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "program_order",
+         "forward_layouts", "backward_passes", "kernel_configs", "deterministic")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             section(report, name, measure, args.json, into=report["bench"])
     measures = {
         "latency": lambda: latency(rng),
+        "program_order": program_order,
         "forward_layouts": lambda: forward_layouts(rng),
         "backward_passes": backward_passes,
         "kernel_configs": kernel_configs,

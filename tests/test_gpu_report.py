@@ -110,6 +110,12 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "NHWC_CONFIGS": ((4, 1), (2, 1)),
               "SCATTER_CONFIGS": ((4, 1), (2, 1)),
               "ARGMAX_CONFIGS": ((4, 2, 1), (2, 4, 1))}  # fmt: skip
+    monkey["ROIS_INNER_CONFIGS"] = {
+        "forward": ((32, 1),),
+        "nhwc forward": ((2, 1),),
+        "scatter": ((2, 1),),
+        "argmax scatter": ((2, 4, 1),),
+    }
     for name, value in monkey.items():
         setattr(gpu_report, name, value)
     cases = [
@@ -125,13 +131,23 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "torchvision forward",
         "forward 64/2",
         "forward 32/1",
+        "forward, rois inner 32/1",
         "scatter 4/1",
         "scatter 2/1",
+        "scatter, rois inner 2/1",
     }
     assert set(times["roi_align tiny NHWC"]) == {"torchvision forward", "nhwc forward 4/1",
-                                                 "nhwc forward 2/1"}  # fmt: skip
-    assert set(times["roi_pool tiny"]) == {"torchvision forward", "forward 64/2", "forward 32/1",
-                                           "scatter 4x2/1", "scatter 2x4/1"}  # fmt: skip
+                                                 "nhwc forward 2/1",
+                                                 "nhwc forward, rois inner 2/1"}  # fmt: skip
+    assert set(times["roi_pool tiny"]) == {
+        "torchvision forward",
+        "forward 64/2",
+        "forward 32/1",
+        "forward, rois inner 32/1",
+        "scatter 4x2/1",
+        "scatter 2x4/1",
+        "scatter, rois inner 2x4/1",
+    }
     assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
@@ -139,6 +155,40 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_align tiny: forward 64/2 / best" in table
     assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
+    assert "roi_align tiny: forward, rois inner 32/1 / best" in table
+
+
+def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch):
+    # the Triton kernels (the interpreter's on CPU) in each order of PROGRAM_ORDERS
+    import torch
+
+    import roiops
+    from roiops import bench
+    from roiops.gpu import tiles
+
+    gpu_report = load()
+    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = [
+        bench.Case("tiny", "roi_align", (1, 3, 10, 12), 3, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
+        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 3, (8, 30), spatial_scale=1 / 4,
+                   output_size=2),
+    ]  # fmt: skip
+    before = (tiles.GATHER_ROIS_INNER, tiles.SCATTER_ROIS_INNER, tiles.BACKWARD_CHANNELS)
+    with roiops.use_backend("triton"):
+        rows = gpu_report.program_order(device, cases)
+    assert (tiles.GATHER_ROIS_INNER, tiles.SCATTER_ROIS_INNER, tiles.BACKWARD_CHANNELS) == before
+    assert [(r["op"], r["direction"]) for r in rows] == [
+        ("roi_align", "forward"), ("roi_align", "backward"), ("roi_pool", "forward"),
+        ("roi_pool", "backward"), ("roi_pool", "inference"),
+    ]  # fmt: skip
+    names = {"torchvision", "roiops", *gpu_report.PROGRAM_ORDERS}
+    assert all(set(r["ms"]) == names and min(r["ms"].values()) > 0 for r in rows)
+    report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
+              "program_order": rows}  # fmt: skip
+    table = gpu_report.summary(report)
+    assert "float32 forward, rois inner: vs torchvision / vs launchers' order" in table
 
 
 def test_forward_layouts_times_both_kernels_of_each_op(monkeypatch):
@@ -203,6 +253,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
         "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
         "deterministic_mode": {"roiops_ms": 1.0, "torchvision_deterministic_ms": 25.0,
                                "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5}},
+        "program_order": [],
         "forward_layouts": {},
         "backward_passes": {},
         "kernel_configs": {},
@@ -217,4 +268,4 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     measured.clear()
     gpu_report.main(["--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 8
+    assert "run_tests" not in measured and len(measured) == 9
