@@ -67,7 +67,7 @@ NHWC_FORWARD_PER_THREAD = 2
 # kernels read 1.5 / 2.5 / 3.2 GB on the bench's roi_align 'b sr=2', 'a large sr=2' and
 # roi_pool 'b' cases (a 32-byte sector for each row of a RoI's window that a channel's
 # samples touch, summed over RoIs and channels as if no two RoIs shared a line in L2,
-# 50 MB against maps of 111-134 MB): 0.44 / 0.76 / 0.95 ms at an H100's 3.35 TB/s, and
+# 50 MB against maps of 111-134 MB; benchmarks/memory_traffic.py): 0.44 / 0.76 / 0.95 ms at an H100's 3.35 TB/s, and
 # they took 0.48-0.54 / 0.78-0.81 / 1.11-1.23 ms there, torchvision (RoI-major too)
 # 0.54-0.68 / 0.85 / 1.22; RoIs innermost, the maps would be read from memory about
 # once (0.03-0.04 ms) and the rest from L2. Not measured yet: `make gpu`'s program_order

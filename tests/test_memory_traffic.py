@@ -1,0 +1,40 @@
+"""benchmarks/memory_traffic.py's model: the cells and sectors it counts, by pencil."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "memory_traffic.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("memory_traffic", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cells_and_sectors_of_one_roi():
+    model = load()
+    roi = np.array([0, 0.0, 0.0, 4.0, 4.0])
+    # aligned, 2x2 bins of one point: points at -0.5 + 1 and + 3 = 0.5 and 2.5 on each
+    # axis, reading rows and columns 0-3
+    cells = model.roi_align_cells(roi, 1.0, 2, 1, True, 10, 16)
+    assert cells == {(y, x) for y in range(4) for x in range(4)}
+    # 4 float32 cells of a row share a 32-byte sector; a row of 16 cells is 2 sectors
+    assert model.sectors(cells, 16, 4) == {(y, 0) for y in range(4)}
+    assert model.sectors({(0, 7), (0, 8)}, 16, 4) == {(0, 0), (0, 1)}
+    # roi_pool: the box quantized to cells 0-4 (inclusive), bins overlapping by a cell
+    assert model.roi_pool_cells(roi, 1.0, 2, 10, 16) == {(y, x) for y in range(5) for x in range(5)}
+
+
+def test_rois_innermost_fetches_each_sector_once():
+    from roiops import bench
+
+    model = load()
+    case = bench.Case("tiny", "roi_pool", (1, 2, 8, 16), 6, (8, 30), spatial_scale=1 / 4,
+                      output_size=2)  # fmt: skip
+    t = model.case_traffic(case)
+    # no more than the map, and no more than RoI-major, which reads overlaps again
+    assert 0 < t["rois_inner_bytes"] <= min(t["map_bytes"], t["rois_major_bytes"])
