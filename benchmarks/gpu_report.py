@@ -332,12 +332,14 @@ def _with_settings(fn, module, **values):
     return run
 
 
-# The program orders `program_order` times beside the launchers' (roiops.gpu.tiles): RoIs
-# innermost, and so with blocks of 32 channels for the kernels whose programs are (RoI,
-# bin, block of channels): with 256 channels a block, a map of 256 channels is one block
-# and the order would not change; 32 channels keep the accumulator's share of a block in
-# L2 (8 bytes a channel: 28 MB for the bench's 'b' map against 50 MB of L2)
+# The program orders `program_order` times beside the launchers' (roiops.gpu.tiles):
+# RoI-major and RoIs innermost for every kernel, and the latter with blocks of 32
+# channels for the kernels whose programs are (RoI, bin, block of channels): with 256
+# channels a block, a map of 256 channels is one block and the order would not change;
+# 32 channels keep the accumulator's share of a block in L2 (8 bytes a channel: 28 MB
+# for the bench's 'b' map against 50 MB of L2)
 PROGRAM_ORDERS = {
+    "rois major": dict(GATHER_ROIS_INNER=False, SCATTER_ROIS_INNER=False),
     "rois inner": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True),
     "rois inner, 32 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
                                     BACKWARD_CHANNELS=32, NHWC_FORWARD_CHANNELS=32),

@@ -64,15 +64,22 @@ BACKWARD_PER_THREAD = 1
 NHWC_FORWARD_CHANNELS = 64
 NHWC_FORWARD_PER_THREAD = 2
 # Program order (module docstring), read at every launch. RoI-major, the NCHW forward
-# kernels read 1.5 / 2.5 / 3.2 GB on the bench's roi_align 'b sr=2', 'a large sr=2' and
-# roi_pool 'b' cases (a 32-byte sector for each row of a RoI's window that a channel's
-# samples touch, summed over RoIs and channels as if no two RoIs shared a line in L2,
-# 50 MB against maps of 111-134 MB; benchmarks/memory_traffic.py): 0.44 / 0.76 / 0.95 ms at an H100's 3.35 TB/s, and
-# they took 0.48-0.54 / 0.78-0.81 / 1.11-1.23 ms there, torchvision (RoI-major too)
-# 0.54-0.68 / 0.85 / 1.22; RoIs innermost, the maps would be read from memory about
-# once (0.03-0.04 ms) and the rest from L2. Not measured yet: `make gpu`'s program_order
-# part times both orders against torchvision; the measured order stays until then.
-GATHER_ROIS_INNER = False
+# kernels fetch 1.5 / 2.5 / 3.2 GB from memory on the bench's roi_align 'b sr=2', 'a
+# large sr=2' and roi_pool 'b' cases (a 32-byte sector for each row of a RoI's window
+# that a channel's samples touch, summed over RoIs and channels as if no two RoIs shared
+# a line in L2, 50 MB against maps of 111-134 MB; benchmarks/memory_traffic.py): 0.44 /
+# 0.76 / 0.95 ms at an H100's 3.35 TB/s, and they took 0.48-0.54 / 0.78-0.81 / 1.11-1.23
+# ms there, torchvision (RoI-major too) 0.54-0.68 / 0.85 / 1.22: they wait on memory.
+# RoIs innermost, the maps are fetched about once (0.03-0.04 ms) and the rest read from
+# L2, which the same sectors pass through in either order: the forward kernels read the
+# maps with RoIs innermost, a choice by that count, NOT YET TIMED on a GPU (`make gpu`'s
+# program_order part times both orders against torchvision). The scatter kernels stay
+# RoI-major: roi_align's adds 256 channels a program, so a 256-channel map is one block
+# and the order changes nothing, and roi_pool's one atomic per output (12.5M in 0.51 ms
+# on 'b') is not bound by the accumulator's memory traffic (at most a 128-byte line read
+# and written per bin and block of 16 channels: 0.2 GB); program_order also times them
+# RoIs innermost, with 32 channels a program.
+GATHER_ROIS_INNER = True
 SCATTER_ROIS_INNER = False
 # The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
 # of up to this many elements (bins in steps of up to ARGMAX_BINS)
