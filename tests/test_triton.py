@@ -392,19 +392,23 @@ def test_fixed_point_scale_follows_the_gradient(rng, mode):
     assert torch.equal(zero, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("bins", [1, 4])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided view"])
-def test_fixed_point_conversion_writes_every_cell(rng, layout):
+def test_fixed_point_conversion_writes_every_cell(rng, layout, bins):
     # the conversion's tiles (a row's cells x channels) end inside the map on both axes:
-    # 45 cells a row and 37 channels are not multiples of the 32 x 32 tile; any strides
+    # 45 cells a row and 36 channels are not multiples of the 32 x 32 tile; any strides;
+    # with bins (position-sensitive sums), accumulator channel p * 9 + c is channel c * 4 + p
     from roiops.gpu.fixed_point import Accumulator
 
-    n, c, h, w = 2, 37, 3, 45
+    n, c, h, w = 2, 36, 3, 45
     grad = on_device(rng.standard_normal((5, 3, 2, 2)), torch.float32)
-    sums = Accumulator(grad, (n, c, h, w))
+    sums = Accumulator(grad, (n, c, h, w), bins=bins)
     sums.acc.copy_(torch.from_numpy(rng.integers(-(2**40), 2**40, (n, h, w, c))))
     # what the kernel computes: acc * 2**-e with e from max |grad| (< 2**E) and the count
     bound = int(np.frexp(float(sums.amax))[1])
     expected = (sums.acc.double() * 2.0 ** -(62 - bound - sums.log2_count)).float()
+    # [n, h, w, (p, c)] -> [n, (c, p), h, w]
+    expected = expected.view(n, h, w, bins, c // bins).transpose(3, 4).reshape(n, h, w, c)
     expected = expected.permute(0, 3, 1, 2)
     if layout == "nchw":
         out = torch.full((n, c, h, w), float("nan"), device=DEVICE)

@@ -304,13 +304,16 @@ def main() -> int:
             compile_for_gpu(
                 roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
             )
-        # NCHW output: stride_w is 1, which Triton specialises as a constant
-        compile_for_gpu(
-            fixed_point_to_float_kernel,
-            {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
-            {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS},
-            4,
-        )  # fmt: skip
+        # NCHW output: stride_w is 1, which Triton specialises as a constant; the
+        # position-sensitive ops' sums go bin by bin (7x7 bins)
+        for bins in (1, 49):
+            compile_for_gpu(
+                fixed_point_to_float_kernel,
+                {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
+                {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS,
+                 "BINS": bins},
+                4,
+            )  # fmt: skip
     print(
         "all Triton kernels compile for sm_90, with IEEE float32 division and "
         "round-to-nearest half outputs only"

@@ -22,7 +22,12 @@ whole input gradient NaN: fixed point cannot carry it to the cells it reaches, a
 NaN gradient is what AMP's GradScaler looks for to skip a step.
 
 The accumulator is NHWC, ``int64[N, H, W, C]``: the backward kernels' lanes are channels,
-so the atomics of a warp land on consecutive addresses.
+so the atomics of a warp land on consecutive addresses. For position-sensitive pooling
+(R-FCN), where output channel c's bin p adds into input channel ``c * P + p``, a (RoI,
+bin) program's lanes over output channels would land ``P`` channels apart, a sector each
+(8 x 49 bytes apart at 7x7); there the accumulator's channels go bin by bin (``bins``
+= P: input channel ``c * P + p`` at ``p * C_out + c``), so they land side by side, and
+the conversion puts them back.
 
 Its fixed cost is memory traffic over the whole map: zeroing (8 bytes a cell and
 channel), then the conversion (8 read, 4 written), against the 4 bytes of a float
@@ -90,16 +95,28 @@ def add_to_cell(CHANNELS, cell, C, value, scale, mask):
                   sem="relaxed")  # fmt: skip
 
 
+@triton.jit
+def accumulator_channel(c, p, C, P: tl.constexpr, PS: tl.constexpr):
+    """(channel, channels): where output channel c's bin p adds into the accumulator, and
+    its channel count: channel c, or with PS (position-sensitive: input channel
+    ``c * P + p``) bin by bin, ``p * C + c`` (``Accumulator(bins=P)``)."""
+    if PS:
+        return p * C + c, C * P
+    return c, C
+
+
 @kernel
 def fixed_point_to_float_kernel(
     ACC, AMAX, GX, H, W, C, log2_count, stride_n, stride_c, stride_h, stride_w,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BINS: tl.constexpr = 1,
 ):  # fmt: skip
     """GX[n, c, h, w] (any strides) = ACC[n, h, w, c] * 2**-e, or NaN if a gradient was
-    not finite. One program per (row (n, h), block of BLOCK_W cells of it, block of
-    BLOCK_C channels): the tile is read along channels and written along the row, so
-    that with NCHW strides (``stride_w`` 1, which Triton specialises on) both sides are
-    coalesced and Triton transposes the tile through shared memory. (A tile of cells
+    not finite; with BINS > 1 the accumulator's channels go bin by bin: its channel
+    ``p * (C / BINS) + c`` is GX's ``c * BINS + p``. One program per (row (n, h), block
+    of BLOCK_W cells of it, block of BLOCK_C channels): the tile is read along channels
+    and written along the row, so that with NCHW strides (``stride_w`` 1, which Triton
+    specialises on) both sides are coalesced and Triton transposes the tile through
+    shared memory. (A tile of cells
     numbered across rows hides the row's contiguity behind a ``% W``: each warp then
     stored one cell's 32 channels into 32 planes, a sector each.)"""
     w_blocks = tl.cdiv(W, BLOCK_W)
@@ -119,6 +136,8 @@ def fixed_point_to_float_kernel(
     n = row // H
     h = row % H
     start = n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h
+    if BINS > 1:
+        c = (c % (C // BINS)) * BINS + c // (C // BINS)
     # int64 throughout: a channels_last gradient's w * stride_w is w * C
     at = start + w.to(tl.int64)[:, None] * stride_w + c.to(tl.int64)[None, :] * stride_c
     tl.store(GX + at, value.to(GX.dtype.element_ty), mask=ok)
@@ -137,9 +156,10 @@ class Accumulator:
     """One backward's fixed-point sums, for one input or several (the levels of a feature
     pyramid): ``parts[i]`` (zeroed int64 NHWC views of one buffer ``flat``, part i at
     element ``offsets[i]``), ``amax`` (a 0-d tensor on the device, ``max |grad|``) and
-    ``log2_count``, as the scatter kernels take them; ``acc`` is ``parts[0]``."""
+    ``log2_count``, as the scatter kernels take them; ``acc`` is ``parts[0]``. ``bins``
+    > 1: the channels go bin by bin (position-sensitive ops, ``accumulator_channel``)."""
 
-    def __init__(self, grad: torch.Tensor, *input_shapes):
+    def __init__(self, grad: torch.Tensor, *input_shapes, bins: int = 1):
         k, _, ph, pw = grad.shape
         sizes = [n * h * w * c for n, c, h, w in input_shapes]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -151,6 +171,7 @@ class Accumulator:
         self.acc = self.parts[0]
         self.amax = max_abs(grad)
         self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
+        self.bins = bins
 
     def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
         """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
@@ -161,6 +182,7 @@ class Accumulator:
         grid = (n * h * triton.cdiv(w, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
         fixed_point_to_float_kernel[grid](
             self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
-            *grad_input.stride(), BLOCK_W=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS, num_warps=4,
+            *grad_input.stride(), BLOCK_W=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS,
+            BINS=self.bins, num_warps=4,
         )  # fmt: skip
         return grad_input

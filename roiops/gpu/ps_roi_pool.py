@@ -14,7 +14,12 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import tiles
-from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.fixed_point import (
+    Accumulator,
+    accumulator_channel,
+    add_to_cell,
+    fixed_point_scale,
+)
 from roiops.gpu.roi_align import input_channel
 from roiops.gpu.roi_pool import bin_edges, round_half_away
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
@@ -90,7 +95,7 @@ def ps_roi_pool_backward_kernel(
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    c_in, C_in = input_channel(c, p, C, PH * PW, True)
+    c_in, C_in = accumulator_channel(c, p, C, PH * PW, True)
     channel = ACC + n * H * W * C_in + c_in
     for h in range(h0, h1):
         for w in range(w0, w1):
@@ -115,15 +120,17 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    sums = Accumulator(grad, grad_input.shape)
+    sums = Accumulator(grad, grad_input.shape, bins=grad.shape[2] * grad.shape[3])
     ps_roi_pool_scatter(sums, grad, rois, spatial_scale)
     return sums.write_to(grad_input)
 
 
 def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
-    """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc``."""
+    """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc`` (its channels bin
+    by bin, ``Accumulator(bins=ph * pw)``)."""
     N, H, W = sums.acc.shape[:3]
     K, C, pooled_h, pooled_w = grad.shape
+    assert sums.bins == pooled_h * pooled_w, "a position-sensitive sum goes bin by bin"
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),

@@ -25,7 +25,12 @@ import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu import tiles
-from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.fixed_point import (
+    Accumulator,
+    accumulator_channel,
+    add_to_cell,
+    fixed_point_scale,
+)
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -412,7 +417,7 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    c_in, C_in = input_channel(c, p, C, PH * PW, PS)
+    c_in, C_in = accumulator_channel(c, p, C, PH * PW, PS)
     channel = ACC + n * H * W * C_in + c_in  # + cell * C_in
     if MAX_MODE:
         s = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
@@ -499,7 +504,8 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
-    sums = Accumulator(grad, grad_input.shape)
+    sums = Accumulator(grad, grad_input.shape,
+                       bins=pooled_h * pooled_w if position_sensitive else 1)  # fmt: skip
     roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                       sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
     return sums.write_to(grad_input)
@@ -509,9 +515,12 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
                       pooled_w, sampling_ratio, aligned, position_sensitive=False,
                       onnx_max=False):  # fmt: skip
     """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc`` (the arguments
-    as for ``roi_align_backward``)."""
+    as for ``roi_align_backward``; position-sensitive, the sums go bin by bin,
+    ``Accumulator(bins=ph * pw)``)."""
     N, H, W = sums.acc.shape[:3]
     K, C = grad.shape[:2]
+    bins = pooled_h * pooled_w if position_sensitive else 1
+    assert sums.bins == bins, "a position-sensitive sum goes bin by bin, another by channel"
     max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
     argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
     grad = grad.contiguous()
