@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import pathlib
 
 import torch
 
@@ -65,3 +67,12 @@ def results_across_thread_counts(fn):
     finally:
         numba.set_num_threads(threads)
     return results
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the folder is scripts, not a package)."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,18 +1,21 @@
 """`make gpu`'s report: its summary table from a report's numbers (the GPU part runs only
 on a CUDA machine; this checks the table it ends with)."""
 
-import importlib.util
 import json
-import pathlib
 
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_report.py"
+from conftest import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpu_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_report")
+
+
+def tiny_case(op: str, name: str = "tiny", channels: int = 3, rois: int = 4, **kwargs):
+    """A bench case small enough for Triton's interpreter: 10 x 12 cells, 2 x 2 bins."""
+    from roiops import bench
+
+    return bench.Case(name, op, (1, channels, 10, 12), rois, (8, 30), spatial_scale=1 / 4,
+                      output_size=2, **kwargs)  # fmt: skip
 
 
 def test_summary_table():
@@ -102,8 +105,6 @@ def test_test_groups_run_side_by_side_and_their_counts_add_up(monkeypatch):
 def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     import torch
 
-    from roiops import bench
-
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,12 +120,9 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     for name, value in monkey.items():
         setattr(gpu_report, name, value)
     cases = [
-        bench.Case("tiny", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
-        bench.Case("tiny NHWC", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2, channels_last=True),
-        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
+        tiny_case("roi_align"),
+        tiny_case("roi_align", "tiny NHWC", channels_last=True),
+        tiny_case("roi_pool"),
     ]  # fmt: skip
     times = gpu_report.kernel_configs(device, cases)
     assert set(times["roi_align tiny"]) == {
@@ -163,17 +161,14 @@ def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch
     import torch
 
     import roiops
-    from roiops import bench
     from roiops.gpu import tiles
 
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = [
-        bench.Case("tiny", "roi_align", (1, 3, 10, 12), 3, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
-        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 3, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
+        tiny_case("roi_align", rois=3),
+        tiny_case("roi_pool", rois=3),
     ]  # fmt: skip
     before = (tiles.GATHER_ROIS_INNER, tiles.SCATTER_ROIS_INNER, tiles.BACKWARD_CHANNELS)
     with roiops.use_backend("triton"):
@@ -209,21 +204,16 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
     import torch
 
-    from roiops import bench
     from roiops.gpu import roi_align as gpu_align
 
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = [
-        bench.Case("tiny", "roi_pool", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
-        bench.Case("tiny sr=0", "roi_align", (1, 3, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2, sampling_ratio=0),
-        bench.Case("tiny ps", "ps_roi_pool", (1, 12, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
-        bench.Case("tiny ps", "ps_roi_align", (1, 12, 10, 12), 4, (8, 30), spatial_scale=1 / 4,
-                   output_size=2),
+        tiny_case("roi_pool"),
+        tiny_case("roi_align", "tiny sr=0", sampling_ratio=0),
+        tiny_case("ps_roi_pool", "tiny ps", channels=12),
+        tiny_case("ps_roi_align", "tiny ps", channels=12),
     ]  # fmt: skip
     times = gpu_report.backward_passes(device, cases)
     assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0", "ps_roi_pool tiny ps",

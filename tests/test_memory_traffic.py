@@ -1,18 +1,11 @@
 """benchmarks/memory_traffic.py's model: the cells and sectors it counts, by pencil."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "memory_traffic.py"
+from conftest import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("memory_traffic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory_traffic")
 
 
 def test_cells_and_sectors_of_one_roi():
