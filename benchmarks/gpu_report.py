@@ -336,13 +336,16 @@ def _with_settings(fn, module, **values):
 # RoI-major and RoIs innermost for every kernel, and the latter with blocks of 32
 # channels for the kernels whose programs are (RoI, bin, block of channels): with 256
 # channels a block, a map of 256 channels is one block and the order would not change;
-# 32 channels keep the accumulator's share of a block in L2 (8 bytes a channel: 28 MB
-# for the bench's 'b' map against 50 MB of L2)
+# smaller blocks keep the accumulator's share of a block in L2 (8 bytes a channel: 28 MB
+# at 32 channels, 14 at 16, for the bench's 'b' map against 50 MB of L2; 16 leaves half
+# of a warp's lanes idle)
 PROGRAM_ORDERS = {
     "rois major": dict(GATHER_ROIS_INNER=False, SCATTER_ROIS_INNER=False),
     "rois inner": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True),
     "rois inner, 32 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
                                     BACKWARD_CHANNELS=32, NHWC_FORWARD_CHANNELS=32),
+    "rois inner, 16 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
+                                    BACKWARD_CHANNELS=16, NHWC_FORWARD_CHANNELS=32),
 }  # fmt: skip
 
 
@@ -384,7 +387,7 @@ ARGMAX_CONFIGS = ((64, 16, 4), (64, 8, 2), (64, 16, 2), (64, 16, 8), (64, 32, 4)
 ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
     "nhwc forward": ((64, 1), (32, 1)),
-    "scatter": ((256, 8), (32, 1), (64, 2), (128, 4)),
+    "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
     "argmax scatter": ((64, 16, 4), (64, 8, 2), (64, 4, 1)),
 }
 CONFIG_CASES = (

@@ -12,9 +12,11 @@ window at a time: lanes of a program are a channel's bins), and from them:
 - RoIs innermost: the programs in flight read every RoI's window in a few channels,
   which L2 keeps, so each sector any RoI reads is fetched about once;
 
-and the time each takes at the GPU's memory bandwidth. Beside them, with ``--results``,
-the forward kernel's time measured by `make gpu` (``kernel_configs``, the launchers'
-program size) on the GPU of that report, for comparison with the model.
+and the time each takes at the GPU's memory bandwidth. Likewise for roi_align's
+average-mode backward scatter, whose atomics read and write back the NHWC int64
+accumulator's lines (8 bytes a channel) of the cells the RoI's points reach. Beside them,
+with ``--results``, the kernel's time measured by `make gpu` (``kernel_configs``, the
+launchers' program size, RoI-major) on the GPU of that report, for comparison.
 
     python benchmarks/memory_traffic.py [--peak-tbps 3.35] \
         [--results benchmarks/results/cuda-h100-004ba59.json]
@@ -69,33 +71,46 @@ def sectors(cells, width: int, element: int) -> set[tuple[int, int]]:
     return {(y, x * element // SECTOR) for y, x in cells}
 
 
+ACCUMULATOR_ELEMENT = 8  # bytes: the backward's int64 fixed-point sums
+
+
 def case_traffic(case: bench.Case) -> dict:
-    """Bytes and model times of one bench case's finest level."""
+    """Bytes of one bench case's finest level: the map, the forward's sectors fetched
+    RoI-major and with RoIs innermost, and the scatter's accumulator lines read and
+    written back likewise (roi_align's cells; 0 for roi_pool)."""
     level = bench.make_inputs(case, "cpu", torch.float32)[0]
     n, c, h, w = level.x.shape
     element = level.x.element_size()
     rois = level.rois.double().numpy()
-    per_roi, touched = 0, set()
+    per_roi, touched, cells_per_roi, cells_touched = 0, set(), 0, set()
     for roi in rois:
         if case.op == "roi_pool":
             cells = roi_pool_cells(roi, level.spatial_scale, case.output_size, h, w)
         else:
             cells = roi_align_cells(roi, level.spatial_scale, case.output_size,
                                     case.sampling_ratio, case.aligned, h, w)  # fmt: skip
+            cells_per_roi += len(cells)
+            cells_touched.update((int(roi[0]), *cell) for cell in cells)
         read = sectors(cells, w, element)
         per_roi += len(read)
         touched.update((int(roi[0]), *s) for s in read)
+    line = 2 * c * ACCUMULATOR_ELEMENT  # a cell's channels, read and written back
     return {
         "map_bytes": n * c * h * w * element,
         "rois_major_bytes": per_roi * c * SECTOR,
         "rois_inner_bytes": len(touched) * c * SECTOR,
+        "scatter_rois_major_bytes": cells_per_roi * line,
+        "scatter_once_bytes": len(cells_touched) * line,
     }
 
 
-def measured_forward_ms(results: dict, case: bench.Case) -> float | None:
-    """The forward kernel's time in a `make gpu` report at the launchers' program size
-    (``kernel_configs``: 256/8 for roi_align's adaptive grid, 64/1 otherwise)."""
+def measured_ms(results: dict, case: bench.Case, kind: str = "forward") -> float | None:
+    """A kernel's time in a `make gpu` report at the launchers' program size
+    (``kernel_configs``: forward 256/8 for roi_align's adaptive grid, 64/1 otherwise;
+    the scatter 256/8)."""
     times = results.get("kernel_configs", {}).get(f"{case.op} {case.name}", {})
+    if kind == "scatter":
+        return times.get("scatter 256/8")
     adaptive = case.op == "roi_align" and case.sampling_ratio <= 0
     return times.get("forward 256/8" if adaptive else "forward 64/1")
 
@@ -112,18 +127,32 @@ def main(argv: list[str] | None = None) -> None:
     def ms(nbytes: int) -> str:
         return f"{nbytes / peak * 1e3:8.3f}"
 
+    def measured(case, kind):
+        value = measured_ms(results, case, kind)
+        return f"{'-' if value is None else f'{value:.3f}':>12}"
+
+    counted = [(case, case_traffic(case)) for case in bench.cases(device="cuda")
+               if case.op in ("roi_align", "roi_pool") and not case.channels_last]  # fmt: skip
     print(f"bytes the NCHW forward kernels fetch from memory, and ms at {args.peak_tbps} TB/s")
     print(f"{'op':<10} {'case':<14} {'map MB':>8} {'RoI-major MB':>13} {'ms':>8} "
           f"{'RoIs inner MB':>14} {'ms':>8} {'measured ms':>12}")  # fmt: skip
-    for case in bench.cases(device="cuda"):
-        if case.op not in ("roi_align", "roi_pool") or case.channels_last:
-            continue
-        t = case_traffic(case)
-        measured = measured_forward_ms(results, case)
+    for case, t in counted:
         print(f"{case.op:<10} {case.name:<14} {t['map_bytes'] / 1e6:8.0f} "
               f"{t['rois_major_bytes'] / 1e6:13.0f} {ms(t['rois_major_bytes'])} "
               f"{t['rois_inner_bytes'] / 1e6:14.0f} {ms(t['rois_inner_bytes'])} "
-              f"{'-' if measured is None else f'{measured:.3f}':>12}", flush=True)  # fmt: skip
+              f"{measured(case, 'forward')}", flush=True)  # fmt: skip
+    print()
+    print("bytes roi_align's average-mode scatter reads and writes back in the int64 accumulator")
+    print(f"{'op':<10} {'case':<14} {'acc MB':>8} {'RoI-major MB':>13} {'ms':>8} "
+          f"{'each once MB':>14} {'ms':>8} {'measured ms':>12}")  # fmt: skip
+    for case, t in counted:
+        if case.op != "roi_align":
+            continue
+        acc = t["map_bytes"] // 4 * ACCUMULATOR_ELEMENT
+        print(f"{case.op:<10} {case.name:<14} {acc / 1e6:8.0f} "
+              f"{t['scatter_rois_major_bytes'] / 1e6:13.0f} {ms(t['scatter_rois_major_bytes'])} "
+              f"{t['scatter_once_bytes'] / 1e6:14.0f} {ms(t['scatter_once_bytes'])} "
+              f"{measured(case, 'scatter')}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,3 +31,8 @@ def test_rois_innermost_fetches_each_sector_once():
     t = model.case_traffic(case)
     # no more than the map, and no more than RoI-major, which reads overlaps again
     assert 0 < t["rois_inner_bytes"] <= min(t["map_bytes"], t["rois_major_bytes"])
+    assert t["scatter_rois_major_bytes"] == 0  # (roi_align's scatter only)
+    t = model.case_traffic(bench.Case("tiny", "roi_align", (1, 2, 8, 16), 6, (8, 30),
+                                      spatial_scale=1 / 4, output_size=2))  # fmt: skip
+    # each cell's 2 channels' int64 sums, read and written back: 32 bytes a cell at most
+    assert 0 < t["scatter_once_bytes"] <= min(8 * 16 * 32, t["scatter_rois_major_bytes"])
