@@ -399,21 +399,55 @@ CONFIG_CASES = (
     "b sr=2 NHWC",
     "a small",
     "b",
+    "rfcn sr=2",
+    "rfcn",
 )
 
 
 def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:
-    """ms of roi_align's and roi_pool's kernels alone (float32, the bench's inputs, a
-    pyramid's finest level) under other program sizes and warp counts than the
-    launchers' (a forward kernel on the case's layout, roi_pool's with its argmax; for
-    NCHW cases also the backward scatter), beside torchvision's forward: which split
-    suits the GPU, measured rather than guessed."""
+    """ms of the forward kernels alone (float32, the bench's inputs, a pyramid's finest
+    level) under other program sizes, warp counts and program orders than the launchers'
+    (a forward kernel on the case's layout, roi_pool's with its argmax; for NCHW cases of
+    roi_align and roi_pool also the backward scatter), beside torchvision's forward:
+    which split suits the GPU, measured rather than guessed."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in CONFIG_CASES]
-    return {
-        f"{c.op} {c.name}": (_pool_config_times if c.op == "roi_pool" else _config_times)(c, device)
-        for c in cases
-    }
+    timers = {"roi_pool": _pool_config_times, "ps_roi_align": _ps_config_times,
+              "ps_roi_pool": _ps_config_times}  # fmt: skip
+    return {f"{c.op} {c.name}": timers.get(c.op, _config_times)(c, device) for c in cases}
+
+
+def _ps_config_times(case, device: str) -> dict:
+    """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``."""
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    from roiops.gpu import ps_roi_pool as gps
+    from roiops.gpu import roi_align as ga
+    from roiops.gpu.rois import scale_bits
+
+    lv = bench.make_inputs(case, device, torch.float32)[0]
+    x, rois, p = lv.x, lv.rois, case.output_size
+    K, (N, C_in, H, W) = rois.shape[0], x.shape
+    C = C_in // (p * p)
+    out = x.new_empty((K, C, p, p))
+    bits = scale_bits(lv.spatial_scale)
+    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
+                                                                    "forward")]}  # fmt: skip
+    for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
+        grid = (K * triton.cdiv(C * p * p, block),)
+        if case.op == "ps_roi_pool":
+            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
+                gps.ps_roi_pool_forward_kernel[g](x, rois, out, N, C, H, W, bits, PH=p, PW=p,
+                                                  BLOCK=b, ROIS_INNER=i, num_warps=w)
+            )  # fmt: skip
+        else:
+            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
+                ga.roi_align_forward_kernel[g](
+                    x, rois, out, out, N, C, H, W, bits, case.sampling_ratio, PH=p, PW=p,
+                    ALIGNED=True, MAX_MODE=False, PS=True, BLOCK=b, ROIS_INNER=i, num_warps=w,
+                )
+            )  # fmt: skip
+    return bench.time_interleaved(fns, device, 5)
 
 
 def _config_times(case, device: str) -> dict:

@@ -123,6 +123,8 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         tiny_case("roi_align"),
         tiny_case("roi_align", "tiny NHWC", channels_last=True),
         tiny_case("roi_pool"),
+        tiny_case("ps_roi_pool", "tiny ps", channels=12),
+        tiny_case("ps_roi_align", "tiny ps", channels=12),
     ]  # fmt: skip
     times = gpu_report.kernel_configs(device, cases)
     assert set(times["roi_align tiny"]) == {
@@ -146,6 +148,9 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "scatter 2x4/1",
         "scatter, rois inner 2x4/1",
     }
+    forwards = {"torchvision forward", "forward 64/2", "forward 32/1", "forward, rois inner 32/1"}
+    for op in ("ps_roi_pool", "ps_roi_align"):
+        assert set(times[f"{op} tiny ps"]) == forwards
     assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
