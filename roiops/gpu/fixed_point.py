@@ -116,9 +116,9 @@ def fixed_point_to_float_kernel(
     of BLOCK_W cells of it, block of BLOCK_C channels): the tile is read along channels
     and written along the row, so that with NCHW strides (``stride_w`` 1, which Triton
     specialises on) both sides are coalesced and Triton transposes the tile through
-    shared memory. (A tile of cells
-    numbered across rows hides the row's contiguity behind a ``% W``: each warp then
-    stored one cell's 32 channels into 32 planes, a sector each.)"""
+    shared memory. (A tile of cells numbered across rows hides the row's contiguity
+    behind a ``% W``: each warp then stored one cell's 32 channels into 32 planes, a
+    sector each.)"""
     w_blocks = tl.cdiv(W, BLOCK_W)
     c_blocks = tl.cdiv(C, BLOCK_C)
     row = tl.program_id(0) // (w_blocks * c_blocks)  # n * H + h
