@@ -95,11 +95,11 @@ def ps_roi_pool_backward_kernel(
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    c_in, C_in = accumulator_channel(c, p, C, PH * PW, True)
-    channel = ACC + n * H * W * C_in + c_in
+    c_acc, C_acc = accumulator_channel(c, p, C, PH * PW, True)
+    channel = ACC + n * H * W * C_acc + c_acc
     for h in range(h0, h1):
         for w in range(w0, w1):
-            add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_in, share, scale, c_ok)
+            add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_acc, share, scale, c_ok)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -417,8 +417,8 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    c_in, C_in = accumulator_channel(c, p, C, PH * PW, PS)
-    channel = ACC + n * H * W * C_in + c_in  # + cell * C_in
+    c_acc, C_acc = accumulator_channel(c, p, C, PH * PW, PS)
+    channel = ACC + n * H * W * C_acc + c_acc  # + cell * C_acc
     if MAX_MODE:
         s = tl.load(ARGMAX + argmax_at, mask=c_ok, other=-1)
         corner = tl.full(s.shape, -1, tl.int32)  # -1: all four corners
@@ -434,13 +434,13 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
         row_lo = y_lo.to(tl.int64) * W
         row_hi = y_hi.to(tl.int64) * W
         all_four = corner < 0
-        add_to_cell(channel, row_lo + x_lo, C_in, g * (wy_lo * wx_lo), scale,
+        add_to_cell(channel, row_lo + x_lo, C_acc, g * (wy_lo * wx_lo), scale,
                     ok & (all_four | (corner == 0)))  # fmt: skip
-        add_to_cell(channel, row_lo + x_hi, C_in, g * (wy_lo * wx_hi), scale,
+        add_to_cell(channel, row_lo + x_hi, C_acc, g * (wy_lo * wx_hi), scale,
                     ok & (all_four | (corner == 1)))  # fmt: skip
-        add_to_cell(channel, row_hi + x_lo, C_in, g * (wy_hi * wx_lo), scale,
+        add_to_cell(channel, row_hi + x_lo, C_acc, g * (wy_hi * wx_lo), scale,
                     ok & (all_four | (corner == 2)))  # fmt: skip
-        add_to_cell(channel, row_hi + x_hi, C_in, g * (wy_hi * wx_hi), scale,
+        add_to_cell(channel, row_hi + x_hi, C_acc, g * (wy_hi * wx_hi), scale,
                     ok & (all_four | (corner == 3)))  # fmt: skip
     else:
         if (gh > 0) & (gw > 0):
@@ -459,7 +459,7 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
                             for dx in range(0, tl.minimum(SPAN, x_last + 1 - x0)):
                                 w = w_row * _pick(a_x, dx)
                                 if w != 0:
-                                    add_to_cell(channel, row + x0 + dx, C_in, g * w, scale,
+                                    add_to_cell(channel, row + x0 + dx, C_acc, g * w, scale,
                                                 c_ok)  # fmt: skip
 
 
