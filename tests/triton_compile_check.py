@@ -229,6 +229,15 @@ def main() -> int:
                         {**mode, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": cm},
                         bwd_warps,
                     )
+        # the scatter in blocks of 32 and 16 channels on one warp (RoIs innermost: what
+        # make gpu's program_order part times)
+        for channels in (32, 16) if dt == "fp32" else ():
+            compile_for_gpu(
+                roi_align_backward_kernel, bwd,
+                {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
+                 "BLOCK_C": channels, "SPAN": SPAN, "ARGMAX_CM": True, "ROIS_INNER": True},
+                1,
+            )  # fmt: skip
         # average mode with ROI_SUMS: small RoIs summed per cell, the others bin by bin
         # (and RoIs of up to 32 cells, 8 channels a program: what make gpu also times)
         for span, channels in ((ROI_SPAN, ROI_CHANNELS), (32, 8)):
