@@ -17,7 +17,7 @@ output gradient ``G[k, c, :]`` along bins, the argmax ``ARGMAX[k, p, :]`` along 
 (lanes along channels alone would read ``G`` with a stride of the bin count, a 32-byte
 sector for each 4-byte value).
 
-Program order: CUDA starts programs in the order of their ids, so the order decides
+Program order: CUDA starts programs about in the order of their ids, so the order decides
 which programs are in flight together (some 4,000 one-warp programs on an H100). RoI-major
 (a RoI's programs one after the other), those read a few dozen RoIs' windows in every
 channel; RoIs innermost (``ROIS_INNER``: the block of outputs or channels outermost), they
