@@ -108,14 +108,18 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkey = {"FORWARD_CONFIGS": ((64, 2), (32, 1)), "NHWC_CONFIGS": ((4, 1), (2, 1)),
-              "SCATTER_CONFIGS": ((4, 1), (2, 1)),
-              "ARGMAX_CONFIGS": ((4, 2, 1), (2, 4, 1))}  # fmt: skip
-    monkey["ROIS_INNER_CONFIGS"] = {
-        "forward": ((32, 1),),
-        "nhwc forward": ((2, 1),),
-        "scatter": ((2, 1),),
-        "argmax scatter": ((2, 4, 1),),
+    # one program size of each kind in each order (the interpreter runs every program)
+    monkey = {
+        "FORWARD_CONFIGS": ((64, 2),),
+        "NHWC_CONFIGS": ((4, 1),),
+        "SCATTER_CONFIGS": ((4, 1),),
+        "ARGMAX_CONFIGS": ((4, 2, 1),),
+        "ROIS_INNER_CONFIGS": {
+            "forward": ((32, 1),),
+            "nhwc forward": ((2, 1),),
+            "scatter": ((2, 1),),
+            "argmax scatter": ((2, 4, 1),),
+        },
     }
     for name, value in monkey.items():
         setattr(gpu_report, name, value)
@@ -125,30 +129,16 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         tiny_case("roi_pool"),
         tiny_case("ps_roi_pool", "tiny ps", channels=12),
         tiny_case("ps_roi_align", "tiny ps", channels=12),
-    ]  # fmt: skip
+    ]
     times = gpu_report.kernel_configs(device, cases)
-    assert set(times["roi_align tiny"]) == {
+    forwards = {"torchvision forward", "forward 64/2", "forward, rois inner 32/1"}
+    assert set(times["roi_align tiny"]) == forwards | {"scatter 4/1", "scatter, rois inner 2/1"}
+    assert set(times["roi_align tiny NHWC"]) == {
         "torchvision forward",
-        "forward 64/2",
-        "forward 32/1",
-        "forward, rois inner 32/1",
-        "scatter 4/1",
-        "scatter 2/1",
-        "scatter, rois inner 2/1",
+        "nhwc forward 4/1",
+        "nhwc forward, rois inner 2/1",
     }
-    assert set(times["roi_align tiny NHWC"]) == {"torchvision forward", "nhwc forward 4/1",
-                                                 "nhwc forward 2/1",
-                                                 "nhwc forward, rois inner 2/1"}  # fmt: skip
-    assert set(times["roi_pool tiny"]) == {
-        "torchvision forward",
-        "forward 64/2",
-        "forward 32/1",
-        "forward, rois inner 32/1",
-        "scatter 4x2/1",
-        "scatter 2x4/1",
-        "scatter, rois inner 2x4/1",
-    }
-    forwards = {"torchvision forward", "forward 64/2", "forward 32/1", "forward, rois inner 32/1"}
+    assert set(times["roi_pool tiny"]) == forwards | {"scatter 4x2/1", "scatter, rois inner 2x4/1"}
     for op in ("ps_roi_pool", "ps_roi_align"):
         assert set(times[f"{op} tiny ps"]) == forwards
     assert all(ms > 0 for t in times.values() for ms in t.values())
@@ -171,18 +161,17 @@ def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch
     gpu_report = load()
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cases = [
-        tiny_case("roi_align", rois=3),
-        tiny_case("roi_pool", rois=3),
-    ]  # fmt: skip
+    # roi_align: the orders' channel blocks change its scatter's launch (roi_pool's, as
+    # for every op, only its order)
+    cases = [tiny_case("roi_align", rois=3)]
     before = (tiles.GATHER_ROIS_INNER, tiles.SCATTER_ROIS_INNER, tiles.BACKWARD_CHANNELS)
     with roiops.use_backend("triton"):
         rows = gpu_report.program_order(device, cases)
     assert (tiles.GATHER_ROIS_INNER, tiles.SCATTER_ROIS_INNER, tiles.BACKWARD_CHANNELS) == before
     assert [(r["op"], r["direction"]) for r in rows] == [
-        ("roi_align", "forward"), ("roi_align", "backward"), ("roi_pool", "forward"),
-        ("roi_pool", "backward"), ("roi_pool", "inference"),
-    ]  # fmt: skip
+        ("roi_align", "forward"),
+        ("roi_align", "backward"),
+    ]
     names = {"torchvision", "roiops", *gpu_report.PROGRAM_ORDERS}
     assert all(set(r["ms"]) == names and min(r["ms"].values()) > 0 for r in rows)
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
