@@ -81,6 +81,9 @@ def main(argv=None) -> None:
         "roiops.roi_align, recording autograd": (
             lambda: roiops.roi_align(leaf, rois, 7, 0.25, 2, True)
         ),
+        "torch.ops.roiops.roi_align (the bench's)": (
+            lambda: torch.ops.roiops.roi_align(x, rois, 0.25, 7, 7, 2, True)
+        ),
         "roiops.roi_pool, 16 RoIs": lambda: roiops.roi_pool(x, rois, 7, 0.25),
         "the launcher alone": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
         "an empty custom op (new_empty)": lambda: empty_op(x, rois),
