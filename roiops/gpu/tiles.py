@@ -69,7 +69,7 @@ NHWC_FORWARD_PER_THREAD = 2
 # that a channel's samples touch, summed over RoIs and channels as if no two RoIs shared
 # a line in L2, 50 MB against maps of 111-134 MB; benchmarks/memory_traffic.py): 0.44 /
 # 0.76 / 0.95 ms at an H100's 3.35 TB/s, and they took 0.48-0.54 / 0.78-0.81 / 1.11-1.23
-# ms there, torchvision (RoI-major too) 0.54-0.68 / 0.85-0.87 / 1.20-1.22: they wait.
+# ms there, torchvision (RoI-major too) 0.54-0.68 / 0.85-0.87 / 1.20-1.22: they wait on memory.
 # RoIs innermost, the maps are fetched about once (0.03-0.04 ms) and the rest read from
 # L2, which the same sectors pass through in either order: the forward kernels read the
 # maps with RoIs innermost, a choice by that count, NOT YET TIMED on a GPU (`make gpu`'s
