@@ -139,8 +139,10 @@ def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: st
 
 @triton.jit
 def roi_and_block(blocks, ROIS_INNER: tl.constexpr):
-    """(k, block): this program's RoI and its block of the RoI's ``blocks`` (outputs,
-    channels or (bin, channels) pairs), in the program order ``ROIS_INNER`` says."""
+    """(unit, block): this program's unit of work (a RoI, or a (RoI, bin) pair numbered
+    ``k * P + p``) and its block of the unit's ``blocks`` (of outputs or channels), in the
+    program order ``ROIS_INNER`` says: RoI-major, a unit's blocks one after the other;
+    RoIs innermost, every unit's first block, then every unit's second, and so on."""
     if ROIS_INNER:
         rois = tl.num_programs(0) // blocks
         return tl.program_id(0) % rois, tl.program_id(0) // rois
@@ -205,23 +207,11 @@ def roi_channels_tile(C, BLOCK_C: tl.constexpr, ROIS_INNER: tl.constexpr = False
 
 @triton.jit
 def bin_channels_tile(C, P: tl.constexpr, BLOCK_C: tl.constexpr, ROIS_INNER: tl.constexpr = False):
-    """(k, p, c, c_ok): this program's RoI, flattened bin, and channel per lane; RoI-major,
-    a RoI's bins one after the other (``ROIS_INNER``: the block of channels outermost,
-    then the RoIs, then their bins)."""
-    blocks = tl.cdiv(C, BLOCK_C)
-    if ROIS_INNER:
-        rois = tl.num_programs(0) // (P * blocks)
-        block = tl.program_id(0) // (rois * P)
-        rest = tl.program_id(0) % (rois * P)
-        k = rest // P
-        p = rest % P
-    else:
-        k = tl.program_id(0) // (P * blocks)
-        rest = tl.program_id(0) % (P * blocks)
-        block = rest % blocks
-        p = rest // blocks
+    """(k, p, c, c_ok): this program's RoI, flattened bin, and channel per lane; a RoI's
+    bins one after the other (``roi_and_block``'s units are (RoI, bin) pairs)."""
+    pair, block = roi_and_block(tl.cdiv(C, BLOCK_C), ROIS_INNER)
     c = block * BLOCK_C + tl.arange(0, BLOCK_C)
-    return k, p, c, c < C
+    return pair // P, pair % P, c, c < C
 
 
 @triton.jit
