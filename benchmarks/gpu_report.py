@@ -333,7 +333,7 @@ def _with_settings(fn, module, **values):
 
 
 # The program orders `program_order` times beside the launchers' (roiops.gpu.tiles):
-# RoI-major and RoIs innermost for every kernel, and the latter with blocks of 32
+# RoI-major and RoIs innermost for every kernel, and the latter with blocks of 32 or 16
 # channels for the kernels whose programs are (RoI, bin, block of channels): with 256
 # channels a block, a map of 256 channels is one block and the order would not change;
 # smaller blocks keep the accumulator's share of a block in L2 (8 bytes a channel: 28 MB
@@ -381,14 +381,15 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
 FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256, 4), (512, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
-# (bins, channels, warps) of roi_pool's backward tiles
-ARGMAX_CONFIGS = ((64, 16, 4), (64, 8, 2), (64, 16, 2), (64, 16, 8), (64, 32, 4), (64, 32, 8))
+# ((bins, channels), warps) of roi_pool's backward tiles
+ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((64, 32), 4),
+                  ((64, 32), 8))  # fmt: skip
 # the same kernels with RoIs innermost (``roiops.gpu.tiles``), timed as "<kind>, rois inner"
 ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
     "nhwc forward": ((64, 1), (32, 1)),
     "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
-    "argmax scatter": ((64, 16, 4), (64, 8, 2), (64, 4, 1)),
+    "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),
 }
 CONFIG_CASES = (
     "a small sr=0",
@@ -417,22 +418,28 @@ def kernel_configs(device: str = "cuda", cases: list | None = None) -> dict:
     return {f"{c.op} {c.name}": timers.get(c.op, _config_times)(c, device) for c in cases}
 
 
-def _ps_config_times(case, device: str) -> dict:
-    """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``."""
+def _level_and_torchvision_forward(case, device: str):
+    """``(level, {"torchvision forward": its call})``: the case's finest level in float32
+    and torchvision's forward on it, the first of a case's ``kernel_configs`` timings."""
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 
+    lv = bench.make_inputs(case, device, torch.float32)[0]
+    return lv, {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
+                                                                         "forward")]}  # fmt: skip
+
+
+def _ps_config_times(case, device: str) -> dict:
+    """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``."""
     from roiops.gpu import ps_roi_pool as gps
     from roiops.gpu import roi_align as ga
     from roiops.gpu.rois import scale_bits
 
-    lv = bench.make_inputs(case, device, torch.float32)[0]
+    lv, fns = _level_and_torchvision_forward(case, device)
     x, rois, p = lv.x, lv.rois, case.output_size
     K, (N, C_in, H, W) = rois.shape[0], x.shape
     C = C_in // (p * p)
     out = x.new_empty((K, C, p, p))
     bits = scale_bits(lv.spatial_scale)
-    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
-                                                                    "forward")]}  # fmt: skip
     for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
         grid = (K * triton.cdiv(C * p * p, block),)
         if case.op == "ps_roi_pool":
@@ -451,20 +458,16 @@ def _ps_config_times(case, device: str) -> dict:
 
 
 def _config_times(case, device: str) -> dict:
-    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
-
     from roiops.gpu import roi_align as ga
     from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
 
-    lv = bench.make_inputs(case, device, torch.float32)[0]
+    lv, fns = _level_and_torchvision_forward(case, device)
     x, rois, grad, p = lv.x, lv.rois, lv.grad, case.output_size
     K, (N, C, H, W) = rois.shape[0], x.shape
     out = x.new_empty((K, C, p, p))
     args = (rois, out, out, N, C, H, W, scale_bits(lv.spatial_scale), case.sampling_ratio)
     mode = dict(PH=p, PW=p, ALIGNED=case.aligned, MAX_MODE=False, PS=False)
-    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
-                                                                    "forward")]}  # fmt: skip
     if case.channels_last:
         for kind, block_c, warps, inner in _configs("nhwc forward", NHWC_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
@@ -495,20 +498,16 @@ def _config_times(case, device: str) -> dict:
 
 
 def _pool_config_times(case, device: str) -> dict:
-    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
-
     from roiops.gpu import roi_pool as gp
     from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
 
-    lv = bench.make_inputs(case, device, torch.float32)[0]
+    lv, fns = _level_and_torchvision_forward(case, device)
     x, rois, grad, p = lv.x.contiguous(), lv.rois, lv.grad, case.output_size
     K, (N, C, H, W) = rois.shape[0], x.shape
     # the forward's argmax, which every timed forward writes again and the scatter reads
     out, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p, nhwc=False)
     args = (rois, out, argmax, N, C, H, W, scale_bits(lv.spatial_scale))
-    fns = {"torchvision forward": bench._level_callables(case, lv)[("torchvision",
-                                                                    "forward")]}  # fmt: skip
     for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
         grid = (K * triton.cdiv(C * p * p, block),)
         fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
@@ -518,7 +517,7 @@ def _pool_config_times(case, device: str) -> dict:
         )
     sums = Accumulator(grad, x.shape)
     for kind, (block_p, block_c), warps, inner in _configs(
-        "scatter", [((bp, bc), w) for bp, bc, w in ARGMAX_CONFIGS], "argmax scatter"
+        "scatter", ARGMAX_CONFIGS, "argmax scatter"
     ):
         grid = (K * triton.cdiv(C, block_c),)
         fns[f"{kind} {block_p}x{block_c}/{warps}"] = (
@@ -535,8 +534,7 @@ def _configs(kind: str, configs, inner_kind: str | None = None):
     order, then ``ROIS_INNER_CONFIGS[inner_kind or kind]`` with RoIs innermost."""
     for size, warps in configs:
         yield kind, size, warps, False
-    for config in ROIS_INNER_CONFIGS[inner_kind or kind]:
-        size, warps = (config[:2], config[2]) if len(config) == 3 else config
+    for size, warps in ROIS_INNER_CONFIGS[inner_kind or kind]:
         yield f"{kind}, rois inner", size, warps, True
 
 

@@ -113,12 +113,12 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "FORWARD_CONFIGS": ((64, 2),),
         "NHWC_CONFIGS": ((4, 1),),
         "SCATTER_CONFIGS": ((4, 1),),
-        "ARGMAX_CONFIGS": ((4, 2, 1),),
+        "ARGMAX_CONFIGS": (((4, 2), 1),),
         "ROIS_INNER_CONFIGS": {
             "forward": ((32, 1),),
             "nhwc forward": ((2, 1),),
             "scatter": ((2, 1),),
-            "argmax scatter": ((2, 4, 1),),
+            "argmax scatter": (((2, 4), 1),),
         },
     }
     for name, value in monkey.items():
