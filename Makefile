@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench gpu clean
+.PHONY: demo test lint bench gpu gpu-tune clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ endif
 
 gpu: $(GPU_SETUP)
 	PYTHONPATH=. $(PY) benchmarks/gpu_report.py --json benchmarks/results/cuda.json
+
+# On a CUDA machine, what the launchers' choices are made from (program order, layouts,
+# the deterministic backward's passes, program sizes): a few minutes more, not a check.
+gpu-tune: $(GPU_SETUP)
+	PYTHONPATH=. $(PY) benchmarks/gpu_report.py --parts tuning --json benchmarks/results/cuda-tune.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

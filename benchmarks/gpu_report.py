@@ -1,4 +1,5 @@
-"""Everything `make gpu` checks on a CUDA machine, in one run, ending in one table.
+"""What `make gpu` checks (1-5) and `make gpu-tune` measures (6-9) on a CUDA machine, in
+one run, ending in one table (``--parts``: which; the default is 1-5, within 8 minutes).
 
 1. the Triton tests compiled (tests/test_triton.py) and the CUDA tests (tests/test_cuda.py:
    torchvision equality, no host synchronisation, CUDA graph capture, determinism, bad
@@ -17,7 +18,7 @@
 9. the kernels alone under other program sizes and orders than the launchers'.
 
 Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
-``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick]``.
+``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick] [--parts ...]``.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def forward_backward_ms(fn, x, grad) -> float:
         (g,) = torch.autograd.grad(fn(x), x, grad)
         return g
 
-    return bench.time_ms(step, "cuda", 5)
+    return bench.time_ms(step, "cuda", ROUNDS)
 
 
 def deterministic_mode(rng) -> dict:
@@ -220,8 +221,8 @@ def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int =
             ),
         }
         for op, (nchw_fn, nhwc_fn) in ops.items():
-            nchw = bench.time_ms(nchw_fn, device, 5)
-            nhwc = bench.time_ms(nhwc_fn, device, 5)
+            nchw = bench.time_ms(nchw_fn, device, ROUNDS)
+            nhwc = bench.time_ms(nhwc_fn, device, ROUNDS)
             out[f"{op} {name}"] = {"nchw_ms": nchw, "copy_then_nhwc_ms": nhwc}
     return out
 
@@ -296,7 +297,7 @@ def _pass_times(case, device: str) -> dict:
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
         # RoIs of up to 32 cells a side (FPN's are 14-28 at their level), 8 channels a program
         fns["scatter_roi_sums_32x8"] = _with_roi_sums(scatter, span=32, channels=8)
-    return bench.time_interleaved(fns, device, 5)
+    return bench.time_interleaved(fns, device, ROUNDS)
 
 
 def _with_roi_sums(fn, span: int | None = None, channels: int | None = None):
@@ -367,7 +368,7 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
             timed = {lib: fns[(lib, direction)] for lib in ("torchvision", "roiops")}
             for name, values in PROGRAM_ORDERS.items():
                 timed[name] = _with_settings(fns[("roiops", direction)], tiles, **values)
-            ms = bench.time_interleaved(timed, device, 5)
+            ms = bench.time_interleaved(timed, device, ROUNDS)
             rows.append({"op": case.op, "case": case.name, "direction": direction, "ms": ms})
     for r in rows:
         print(f"{r['op']:<22} {r['case']:<14} {r['direction']:<9} "
@@ -454,7 +455,7 @@ def _ps_config_times(case, device: str) -> dict:
                     ALIGNED=True, MAX_MODE=False, PS=True, BLOCK=b, ROIS_INNER=i, num_warps=w,
                 )
             )  # fmt: skip
-    return bench.time_interleaved(fns, device, 5)
+    return bench.time_interleaved(fns, device, ROUNDS)
 
 
 def _config_times(case, device: str) -> dict:
@@ -494,7 +495,7 @@ def _config_times(case, device: str) -> dict:
                     **mode, BLOCK_C=b, SPAN=ga.SPAN, ARGMAX_CM=True, ROIS_INNER=i, num_warps=w,
                 )
             )  # fmt: skip
-    return bench.time_interleaved(fns, device, 5)
+    return bench.time_interleaved(fns, device, ROUNDS)
 
 
 def _pool_config_times(case, device: str) -> dict:
@@ -526,7 +527,7 @@ def _pool_config_times(case, device: str) -> dict:
                 P=p * p, BLOCK_P=bp, BLOCK_C=bc, ARGMAX_CM=True, ROIS_INNER=i, num_warps=w,
             )
         )  # fmt: skip
-    return bench.time_interleaved(fns, device, 5)
+    return bench.time_interleaved(fns, device, ROUNDS)
 
 
 def _configs(kind: str, configs, inner_kind: str | None = None):
@@ -622,6 +623,10 @@ def summary(report: dict) -> str:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
                 row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
+    if "run_s" in report:
+        # the limit applies to `make gpu`'s parts (a run of others shows its time only)
+        limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""
+        row("this run's time, s", f"{report['run_s']:.0f}", limit)
     for key in report.get("errors", {}):
         row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)
@@ -638,11 +643,17 @@ def section(report: dict, key: str, measure, path: str | None, into: dict | None
     except Exception:  # noqa: BLE001 -- a GPU run reports every part it can
         report.setdefault("errors", {})[key] = traceback.format_exc()
         print(f"{key} failed:\n{report['errors'][key]}", flush=True)
-    print(f"[{key}: {time.perf_counter() - started:.0f} s]", flush=True)
+    seconds = time.perf_counter() - started
+    report.setdefault("seconds", {})[key] = round(seconds, 1)
+    print(f"[{key}: {seconds:.0f} s]", flush=True)
     if path:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(path).write_text(json.dumps(report, indent=2))
 
+
+# timed rounds at least, for each figure of the parts beyond the bench (more for short
+# calls: bench.time_interleaved)
+ROUNDS = 5
 
 # the back-to-back bench: calls a sample (see bench.time_interleaved)
 BACK_TO_BACK_CALLS = 10
@@ -654,10 +665,20 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> li
     return [{**r.__dict__, "speedup": r.speedup} for r in rows]
 
 
-# what a run measures, in this order
+# what a run can measure, in this order
 # (torchvision's deterministic mode is slow to run: ~90 s on an H100 machine, last)
 PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "program_order",
          "forward_layouts", "backward_passes", "kernel_configs", "deterministic")  # fmt: skip
+# what `make gpu` runs, within issue 9's 8 minutes with the compilation: the compiled
+# tests, the bench in both dtypes, latency and the deterministic-mode and determinism
+# check (~230 + 100 + 95 s on an H100 machine)
+CHECK_PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "deterministic")
+# what `make gpu-tune` runs: the measurements the launchers' choices were made from
+# (program order, layouts, the backward's passes, program sizes; kernel_configs compiles
+# ~70 kernel variants)
+TUNING_PARTS = ("program_order", "forward_layouts", "backward_passes", "kernel_configs")
+# `make gpu`'s time limit (issue 9), against which a run's time is shown
+CHECK_LIMIT_S = 480
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,15 +686,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the whole report as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="the quick benchmark cases")
     parser.add_argument("--skip-tests", action="store_true", help="all parts but the tests")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, metavar="PART",
-                        help=f"run only these parts (default all: {' '.join(PARTS)}), e.g. "
-                             "a second run within a device's time limit")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", choices=(*PARTS, "all", "tuning"),
+                        default=CHECK_PARTS, metavar="PART",
+                        help=f"run these parts (default: {' '.join(CHECK_PARTS)}; "
+                             f"'tuning': {' '.join(TUNING_PARTS)}; 'all'; any of "
+                             f"{' '.join(PARTS)})")  # fmt: skip
     parser.add_argument("--tests-timeout", type=float, default=300.0,
                         help="stop the test run after this many seconds")  # fmt: skip
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_report needs a CUDA GPU")
 
+    started = time.perf_counter()
     rng = np.random.default_rng(0)
     report = {
         "gpu": torch.cuda.get_device_name(),
@@ -682,7 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         "tests": {"counts": {}, "ok": None},
         "bench": {},
     }
-    parts = [p for p in args.parts if not (args.skip_tests and p == "tests")]
+    chosen = set(args.parts)
+    chosen |= set(PARTS) if "all" in chosen else set(TUNING_PARTS) if "tuning" in chosen else set()
+    parts = [p for p in PARTS if p in chosen and not (args.skip_tests and p == "tests")]
     if "tests" in parts:
         section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
     for name, dtype, calls in (("float32", torch.float32, 1), ("float16", torch.float16, 1),
@@ -702,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, measure in measures.items():
         if key in parts:
             section(report, key, measure, args.json)
+    report["run_s"] = round(time.perf_counter() - started, 1)
+    report["parts"] = parts
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
     print()
     print(summary(report))
     return 0 if report["tests"]["ok"] in (True, None) and "errors" not in report else 1

@@ -18,6 +18,13 @@ def tiny_case(op: str, name: str = "tiny", channels: int = 3, rois: int = 4, **k
                       output_size=2, **kwargs)  # fmt: skip
 
 
+def plumbing_only(monkeypatch, gpu_report):
+    """One timed round a figure, however short: these tests check the plumbing, not speed
+    (on CPU the Triton interpreter runs every program of every call)."""
+    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)
+    monkeypatch.setattr(gpu_report, "ROUNDS", 1)
+
+
 def test_summary_table():
     gpu_report = load()
 
@@ -106,7 +113,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     import torch
 
     gpu_report = load()
-    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
+    plumbing_only(monkeypatch, gpu_report)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # one program size of each kind in each order (the interpreter runs every program)
     monkey = {
@@ -159,7 +166,7 @@ def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch
     from roiops.gpu import tiles
 
     gpu_report = load()
-    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
+    plumbing_only(monkeypatch, gpu_report)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # roi_align: the orders' channel blocks change its scatter's launch (roi_pool's, as
     # for every op, only its order)
@@ -185,7 +192,7 @@ def test_forward_layouts_times_both_kernels_of_each_op(monkeypatch):
     import torch
 
     gpu_report = load()
-    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
+    plumbing_only(monkeypatch, gpu_report)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = (("tiny", (1, 3, 10, 12), 4, (8, 30), 0.25),)
     times = gpu_report.forward_layouts(np.random.default_rng(0), device, cases, pooled=2)
@@ -201,7 +208,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     from roiops.gpu import roi_align as gpu_align
 
     gpu_report = load()
-    monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)  # 5 rounds: plumbing, not speed
+    plumbing_only(monkeypatch, gpu_report)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = [
         tiny_case("roi_pool"),
@@ -250,6 +257,19 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     gpu_report.main(["--parts", "float16", "backward_passes", "--json", str(path)])
     assert measured == ["bench_rows", "backward_passes"]
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
+    report = json.loads(path.read_text())
+    assert set(report["seconds"]) == {"float16", "backward_passes"}
+    assert report["parts"] == ["float16", "backward_passes"]
     measured.clear()
-    gpu_report.main(["--skip-tests"])
+    # make gpu's default: the checks of issue 9, not the tuning measurements
+    gpu_report.main(["--json", str(path)])
+    assert measured == ["run_tests", "bench_rows", "bench_rows", "bench_rows", "latency",
+                        "deterministic_mode"]  # fmt: skip
+    assert "this run's time, s" in gpu_report.summary(json.loads(path.read_text()))
+    assert "<= 480 s" in gpu_report.summary(json.loads(path.read_text()))
+    measured.clear()
+    gpu_report.main(["--parts", "tuning"])
+    assert measured == ["program_order", "forward_layouts", "backward_passes", "kernel_configs"]
+    measured.clear()
+    gpu_report.main(["--parts", "all", "--skip-tests"])
     assert "run_tests" not in measured and len(measured) == 9

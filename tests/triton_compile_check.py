@@ -230,7 +230,7 @@ def main() -> int:
                         bwd_warps,
                     )
         # the scatter in blocks of 32 and 16 channels on one warp (RoIs innermost: what
-        # make gpu's program_order part times)
+        # make gpu-tune's program_order part times)
         for channels in (32, 16) if dt == "fp32" else ():
             compile_for_gpu(
                 roi_align_backward_kernel, bwd,
@@ -239,7 +239,7 @@ def main() -> int:
                 1,
             )  # fmt: skip
         # average mode with ROI_SUMS: small RoIs summed per cell, the others bin by bin
-        # (and RoIs of up to 32 cells, 8 channels a program: what make gpu also times)
+        # (and RoIs of up to 32 cells, 8 channels a program: what make gpu-tune also times)
         for span, channels in ((ROI_SPAN, ROI_CHANNELS), (32, 8)):
             compile_for_gpu(
                 roi_align_small_backward_kernel,
