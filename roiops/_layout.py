@@ -37,6 +37,12 @@ def argmax_channel_major(input: Tensor, backend: str) -> bool:
     return backend == "triton" and not is_channels_last(input)
 
 
+def pyramid_argmax_channel_major(backend: str) -> bool:
+    """Whether a pyramid pooler's forward on ``backend`` writes its argmax channel-major:
+    the Triton kernel reads every level as NCHW, whatever its layout, and does."""
+    return backend == "triton"
+
+
 def new_argmax(like: Tensor, shape, channel_major: bool) -> Tensor:
     """An empty int32 argmax ``[K, ph, pw, C]`` for outputs ``shape = (K, C, ph, pw)`` on
     ``like``'s device: channel-major (a permuted ``[K, C, ph, pw]``) or channels last."""

@@ -13,7 +13,13 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import would_serve
-from roiops._layout import argmax_shape, fake_input_grad, new_argmax, new_input_grad
+from roiops._layout import (
+    argmax_shape,
+    fake_input_grad,
+    new_argmax,
+    new_input_grad,
+    pyramid_argmax_channel_major,
+)
 from roiops.cpu import layout
 from roiops.cpu import multi_scale_roi_align as cpu
 from roiops.onnx import refuse_custom_op
@@ -178,8 +184,7 @@ def multi_scale_roi_pool_op(
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or first.shape[1] == 0:
-        # the Triton kernel, which reads every level as NCHW, writes it channel-major
-        argmax = new_argmax(first, shape, channel_major=backend == "triton")
+        argmax = new_argmax(first, shape, pyramid_argmax_channel_major(backend))
         return first.new_zeros(shape), argmax.fill_(-1)
     for f in features:
         _validate.check_plane_indexable(f.shape, OP)
@@ -211,7 +216,7 @@ def multi_scale_roi_pool_op(
 def _(features, rois, levels, scales, pooled_height, pooled_width):
     refuse_custom_op("multi_scale_roi_pool")
     shape = (rois.shape[0], features[0].shape[1], pooled_height, pooled_width)
-    channel_major = would_serve(features[0].device) == "triton"
+    channel_major = pyramid_argmax_channel_major(would_serve(features[0].device))
     return features[0].new_empty(shape), new_argmax(features[0], shape, channel_major)
 
 
