@@ -626,7 +626,7 @@ def summary(report: dict) -> str:
     if "run_s" in report:
         # the limit applies to `make gpu`'s parts (a run of others shows its time only)
         limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""
-        row("this run's time, s", f"{report['run_s']:.0f}", limit)
+        row("this run's time after its imports, s", f"{report['run_s']:.0f}", limit)
     for key in report.get("errors", {}):
         row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)

@@ -265,8 +265,8 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     gpu_report.main(["--json", str(path)])
     assert measured == ["run_tests", "bench_rows", "bench_rows", "bench_rows", "latency",
                         "deterministic_mode"]  # fmt: skip
-    assert "this run's time, s" in gpu_report.summary(json.loads(path.read_text()))
-    assert "<= 480 s" in gpu_report.summary(json.loads(path.read_text()))
+    table = gpu_report.summary(json.loads(path.read_text()))
+    assert "this run's time after its imports, s" in table and "<= 480 s" in table
     measured.clear()
     gpu_report.main(["--parts", "tuning"])
     assert measured == ["program_order", "forward_layouts", "backward_passes", "kernel_configs"]
