@@ -18,9 +18,13 @@ demo: $(STAMP)
 	$(VENV)/bin/roiops explain --out roiops-explain
 	$(VENV)/bin/roiops bench --quick
 
+# pytest processes side by side (pytest-xdist; most of the suite's time is single-threaded
+# Triton interpreter runs): 2 for the 2-core CI machine; TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check roiops tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(VENV)/bin/roiops bench
