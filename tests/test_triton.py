@@ -802,18 +802,14 @@ def program_order_cases(rng):
     }
 
 
-# each of the three ways a program finds its RoI (bins_tile, bin_channels_tile,
-# roi_channels_tile) by the cheapest kernels that take it, forward and backward; through
-# the interpreter (3-9 s a case) the others are slow cases, compiled on a GPU they all run
+# every op whose kernels take their RoI from the program id (through bins_tile,
+# bin_channels_tile or roi_channels_tile), forward and backward (2-9 s a case through
+# the interpreter)
 PROGRAM_ORDER_CASES = [
     "roi_align avg", "roi_pool", "roi_pool channels_last", "ps_roi_align", "ps_roi_pool",
-    "multi_scale_roi_pool", "roi_align avg, small RoIs summed",
-    *(
-        pytest.param(case, marks=pytest.mark.slow if DEVICE == "cpu" else ())
-        for case in ("roi_align avg adaptive", "roi_align max", "roi_align onnx_max",
-                     "roi_align channels_last", "multi_scale_roi_align", "roi_align_rotated",
-                     "prroi_pool")
-    ),
+    "multi_scale_roi_pool", "roi_align avg, small RoIs summed", "roi_align avg adaptive",
+    "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
+    "roi_align_rotated", "prroi_pool",
 ]  # fmt: skip
 
 
