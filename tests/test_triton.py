@@ -364,6 +364,50 @@ def test_kernels_take_any_roi_value(rng, mode):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("aligned,ratio", [(True, 0), (False, 2)])
+def test_window_forward_matches_reference(rng, aligned, ratio):
+    # the average-mode forward by RoI windows (WINDOW_FORWARD): the reference's values up
+    # to float rounding (it sums in another order), with windows of 4 cells so that boxes
+    # over the map and beyond, inverted, tiny or at the far corner take several, and 2
+    # channels a program so that the last block is partial; bad boxes give NaN
+    x = on_device(rng.standard_normal((2, 3, 21, 27)), torch.float32)
+    good = random_rois(rng, 2, 8, 21 / 0.5, 27 / 0.5)
+    good[:6, 1:] = [[-20, -20, 70, 60], [3, 3, 9, 7], [50, 40, 4, 6], [30, 10, 31, 11],
+                    [52, 40, 55, 43], [-3, -3, 2, 2]]  # fmt: skip
+    rois = np.concatenate([good[:4], BAD_ROIS, good[4:]])
+    is_bad = torch.zeros(len(rois), dtype=torch.bool)
+    is_bad[4 : 4 + len(BAD_ROIS)] = True
+    out = on_device(np.full((len(rois), 3, 3, 4), 7.0), torch.float32)
+    gpu_align.roi_align_window_forward(x, on_device(rois, torch.float32), out, 0.5, ratio,
+                                       aligned, channels=2, span=4)  # fmt: skip
+    assert torch.isnan(out[is_bad]).all()
+    with roiops.use_backend("reference"):
+        expected = roiops.roi_align(x, on_device(good, torch.float32), (3, 4), 0.5, ratio, aligned)
+    torch.testing.assert_close(out[~is_bad], expected, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_window_forward_serves_adaptive_grids_when_on(rng, monkeypatch, ratio):
+    # with WINDOW_FORWARD the op's average-mode forward on an NCHW map with an adaptive
+    # grid (ratio 0) is read by RoI windows; a fixed grid still goes bin by bin (the
+    # reference's bits in the interpreter)
+    calls = []
+    window = gpu_align.roi_align_window_forward
+    monkeypatch.setattr(gpu_align, "roi_align_window_forward",
+                        lambda *a, **k: calls.append(1) or window(*a, **k))  # fmt: skip
+    monkeypatch.setattr(gpu_align, "WINDOW_FORWARD", True)
+    x = on_device(rng.standard_normal((2, 3, 10, 12)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), torch.float32)
+    grad = on_device(rng.standard_normal((5, 3, 2, 2)), torch.float32)
+    fast, ref = (run(b, "avg", x, rois, 2, 0.5, grad, ratio) for b in ("triton", "reference"))
+    assert len(calls) == (ratio == 0)
+    if ratio == 0:
+        torch.testing.assert_close(fast[0], ref[0], **TOL[torch.float32])
+    else:
+        assert_forward_matches("avg", fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_non_finite_output_gradient_gives_nan_input_gradient(rng, mode):
     # fixed point cannot carry NaN or inf to the cells they reach: the whole input
@@ -809,7 +853,7 @@ PROGRAM_ORDER_CASES = [
     "roi_align avg", "roi_pool", "roi_pool channels_last", "ps_roi_align", "ps_roi_pool",
     "multi_scale_roi_pool", "roi_align avg, small RoIs summed", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
-    "roi_align_rotated", "prroi_pool",
+    "roi_align_rotated", "prroi_pool", "roi_align avg adaptive, by windows",
 ]  # fmt: skip
 
 
@@ -820,6 +864,8 @@ def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, ca
     # the same bits as RoI-major; and the reference's, within float rounding
     if case.endswith("small RoIs summed"):
         monkeypatch.setattr(gpu_align, "ROI_SUMS", True)
+    if case.endswith("by windows"):
+        monkeypatch.setattr(gpu_align, "WINDOW_FORWARD", True)
     fn = program_order_cases(rng)[case.split(",")[0]]
     results = {}
     for rois_inner in (False, True):

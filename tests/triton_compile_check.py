@@ -52,11 +52,15 @@ from roiops.gpu.roi_align import (  # noqa: E402
     ROI_CHANNELS,
     ROI_SPAN,
     SPAN,
+    WINDOW_CHANNELS,
+    WINDOW_SPAN,
+    WINDOW_WARPS,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
     roi_align_small_backward_kernel,
+    roi_align_window_forward_kernel,
 )
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
@@ -254,6 +258,15 @@ def main() -> int:
              "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True, "SKIP_SMALL": ROI_SPAN},
             bwd_warps,
         )  # fmt: skip
+        # average mode by RoI windows (WINDOW_FORWARD)
+        for aligned in (False, True):
+            compile_for_gpu(
+                roi_align_window_forward_kernel,
+                {k: v for k, v in fwd.items() if k != "ARGMAX"},
+                {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK_PH": 8, "BLOCK_PW": 8,
+                 "BLOCK_C": WINDOW_CHANNELS, "SPAN": WINDOW_SPAN},
+                WINDOW_WARPS,
+            )  # fmt: skip
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:

@@ -56,6 +56,14 @@ SPAN = 8
 ROI_SUMS = False
 ROI_SPAN = 16
 ROI_CHANNELS = 32
+# Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
+# cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
+# channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
+# until it is measured on a GPU; `make gpu-tune`'s kernel_configs part times it.
+WINDOW_FORWARD = False
+WINDOW_CHANNELS = 16
+WINDOW_SPAN = 16
+WINDOW_WARPS = 4
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -277,6 +285,68 @@ def roi_align_forward_nhwc_kernel(
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE, False)
 
 
+@kernel
+def roi_align_window_forward_kernel(
+    X, ROIS, OUT,
+    N, C, H, W, scale_bits, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
+    BLOCK_PW: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """Average-mode OUT[K, C, PH, PW] from NCHW X, one program per (RoI, block of
+    channels), reading the RoI's window of cells once, a row of SPAN cells at a time,
+    instead of four neighbours per sampling point. A bin's mean is separable: bin (ph, pw)
+    weighs cell (y, x) by ``Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``: the summed
+    bilinear weights of its points along each axis), so
+    ``out[c, ph, pw] = sum_y Ay[ph, y] * sum_x X[c, y, x] * Ax[pw, x] / count`` over
+    SPAN x SPAN windows of the cells the RoI's points touch. The same value as
+    ``roi_align_forward_kernel`` up to float rounding (another order of sums): where a
+    bin has many points (adaptive grids on large boxes) it reads each cell once instead
+    of ~4 times a point (``WINDOW_FORWARD``)."""
+    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
+    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+    )
+    # (an empty or invalid grid has no window; a valid one lies in the map, clamped anyway)
+    has_points, y_first, y_last, x_first, x_last = _points_window(
+        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW
+    )
+    y_last = tl.where(has_points, tl.minimum(y_last, H - 1), -1)
+    x_last = tl.where(has_points, tl.minimum(x_last, W - 1), -1)
+    y_first = tl.maximum(y_first, 0)
+    x_first = tl.maximum(x_first, 0)
+    dt = start_h.dtype
+    phs = tl.arange(0, BLOCK_PH)
+    pws = tl.arange(0, BLOCK_PW)
+    span = tl.arange(0, SPAN)
+    planes = X + (n * C + c.to(tl.int64)) * H * W
+    acc = tl.zeros((BLOCK_C, BLOCK_PH, BLOCK_PW), dt)
+    for y0 in range(y_first, y_last + 1, SPAN):
+        a_y = tl.zeros((BLOCK_PH, SPAN), dt)  # Ay[ph, y0 + dy]
+        for ph in range(0, PH):
+            row = _cell_weights(start_h, bin_h, ph, gh, H, y0, SPAN)
+            a_y += tl.where(phs[:, None] == ph, row[None, :], 0.0)
+        for x0 in range(x_first, x_last + 1, SPAN):
+            a_x = tl.zeros((BLOCK_PW, SPAN), dt)  # Ax[pw, x0 + dx]
+            for pw in range(0, PW):
+                col = _cell_weights(start_w, bin_w, pw, gw, W, x0, SPAN)
+                a_x += tl.where(pws[:, None] == pw, col[None, :], 0.0)
+            xs = x0 + span
+            cells_ok = c_ok[:, None] & (xs[None, :] <= x_last)
+            for dy in range(0, tl.minimum(SPAN, y_last + 1 - y0)):
+                row_at = planes[:, None] + (tl.cast(y0 + dy, tl.int64) * W + xs[None, :])
+                v = tl.load(row_at, mask=cells_ok, other=0.0).to(dt)  # [channels, cells]
+                t = tl.sum(v[:, None, :] * a_x[None, :, :], axis=2)  # [channels, pw]
+                a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
+                acc += a_col[None, :, None] * t[:, None, :]
+    value = div_rn(acc, tl.maximum(gh * gw, 1).to(dt))
+    value = tl.where(valid, value, float("nan"))
+    bins = phs[None, :, None] * PW + pws[None, None, :]
+    out_at = (k.to(tl.int64) * C + c[:, None, None]) * (PH * PW) + bins
+    ok = c_ok[:, None, None] & (phs[None, :, None] < PH) & (pws[None, None, :] < PW)
+    tl.store(OUT + out_at, value.to(OUT.dtype.element_ty), mask=ok)
+
+
 @triton.jit
 def _cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.constexpr):
     """[SPAN]: the summed bilinear weights that the ``grid`` points of bin ``bin_index``
@@ -327,10 +397,10 @@ def roi_align_backward_kernel(
 
 
 @triton.jit
-def _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
-               PW: tl.constexpr, SPAN: tl.constexpr):  # fmt: skip
-    """(small, y_first, y_last, x_first, x_last): the cells a RoI's sampling points can
-    touch, and whether it has points and they fit SPAN x SPAN cells."""
+def _points_window(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
+                   PW: tl.constexpr):  # fmt: skip
+    """(has_points, y_first, y_last, x_first, x_last): the cells a RoI's sampling points
+    can touch (meaningful where it has points: a valid RoI with a non-empty grid)."""
     y_a, y_b = _cell_range(start_h, bin_h, 0, gh, H)
     y_c, y_d = _cell_range(start_h, bin_h, PH - 1, gh, H)
     x_a, x_b = _cell_range(start_w, bin_w, 0, gw, W)
@@ -340,9 +410,19 @@ def _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.const
     y_last = tl.maximum(y_b, y_d)
     x_first = tl.minimum(x_a, x_c)
     x_last = tl.maximum(x_b, x_d)
+    return valid & (gh > 0) & (gw > 0), y_first, y_last, x_first, x_last
+
+
+@triton.jit
+def _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
+               PW: tl.constexpr, SPAN: tl.constexpr):  # fmt: skip
+    """(small, y_first, y_last, x_first, x_last): the cells a RoI's sampling points can
+    touch, and whether it has points and they fit SPAN x SPAN cells."""
+    has_points, y_first, y_last, x_first, x_last = _points_window(
+        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW
+    )
     fits = (y_last - y_first < SPAN) & (x_last - x_first < SPAN)
-    small = valid & (gh > 0) & (gw > 0) & fits
-    return small, y_first, y_last, x_first, x_last
+    return has_points & fits, y_first, y_last, x_first, x_last
 
 
 @kernel
@@ -483,7 +563,9 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
             sampling_ratio)  # fmt: skip
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
                 PS=position_sensitive, ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
-    if nhwc:
+    if WINDOW_FORWARD and not (nhwc or max_mode or position_sensitive) and sampling_ratio <= 0:
+        roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, aligned)
+    elif nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
         roi_align_forward_nhwc_kernel[grid](
@@ -496,6 +578,24 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
             input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
         )
     return out, argmax
+
+
+def roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, aligned,
+                             channels=None, span=None, num_warps=None):  # fmt: skip
+    """Write the average-mode ``out[K, C, ph, pw]`` of NCHW ``input`` by RoI windows
+    (``roi_align_window_forward_kernel``; ``channels``, ``span``, ``num_warps``: the
+    program size, WINDOW_* by default)."""
+    K, C, pooled_h, pooled_w = out.shape
+    N, _, H, W = input.shape
+    block_c = channels or WINDOW_CHANNELS
+    grid = check_grid(K * triton.cdiv(C, block_c), "roi_align")
+    roi_align_window_forward_kernel[grid](
+        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_PH=triton.next_power_of_2(pooled_h),
+        BLOCK_PW=triton.next_power_of_2(pooled_w), BLOCK_C=block_c, SPAN=span or WINDOW_SPAN,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps or WINDOW_WARPS,
+    )  # fmt: skip
+    return out
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,
