@@ -385,9 +385,13 @@ SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # ((bins, channels), warps) of roi_pool's backward tiles
 ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((64, 32), 4),
                   ((64, 32), 8))  # fmt: skip
+# ((channels, span), warps) of roi_align's average-mode forward by RoI windows
+# (roiops.gpu.roi_align.WINDOW_FORWARD; the first is its launcher's), on NCHW cases
+WINDOW_CONFIGS = (((16, 16), 4), ((8, 16), 2), ((32, 16), 8), ((16, 32), 8))
 # the same kernels with RoIs innermost (``roiops.gpu.tiles``), timed as "<kind>, rois inner"
 ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
+    "window forward": (((16, 16), 4),),
     "nhwc forward": ((64, 1), (32, 1)),
     "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
     "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),
@@ -485,6 +489,20 @@ def _config_times(case, device: str) -> dict:
                     x, *args, **mode, BLOCK=b, ROIS_INNER=i, num_warps=w
                 )  # fmt: skip
             )
+        # average mode by RoI windows (WINDOW_FORWARD): one program per (RoI, channels)
+        p_block = triton.next_power_of_2(p)
+        for kind, (block_c, span), warps, inner in _configs("window forward", WINDOW_CONFIGS):
+            grid = (K * triton.cdiv(C, block_c),)
+            fns[f"{kind} {block_c}x{span}/{warps}"] = (
+                lambda g=grid, b=block_c, s=span, w=warps, i=inner: (
+                    ga.roi_align_window_forward_kernel[g](
+                        x, rois, out, N, C, H, W, scale_bits(lv.spatial_scale),
+                        case.sampling_ratio, PH=p, PW=p, ALIGNED=case.aligned,
+                        BLOCK_PH=p_block, BLOCK_PW=p_block, BLOCK_C=b, SPAN=s, ROIS_INNER=i,
+                        num_warps=w,
+                    )
+                )
+            )  # fmt: skip
         sums = Accumulator(grad, x.shape)
         for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
@@ -617,7 +635,8 @@ def summary(report: dict) -> str:
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
-                     "nhwc forward, rois inner", "scatter, rois inner"):  # fmt: skip
+                     "nhwc forward, rois inner", "scatter, rois inner", "window forward",
+                     "window forward, rois inner"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)

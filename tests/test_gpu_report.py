@@ -121,8 +121,10 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "NHWC_CONFIGS": ((4, 1),),
         "SCATTER_CONFIGS": ((4, 1),),
         "ARGMAX_CONFIGS": (((4, 2), 1),),
+        "WINDOW_CONFIGS": (((2, 4), 1),),
         "ROIS_INNER_CONFIGS": {
             "forward": ((32, 1),),
+            "window forward": (((4, 8), 1),),
             "nhwc forward": ((2, 1),),
             "scatter": ((2, 1),),
             "argmax scatter": (((2, 4), 1),),
@@ -139,7 +141,12 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     ]
     times = gpu_report.kernel_configs(device, cases)
     forwards = {"torchvision forward", "forward 64/2", "forward, rois inner 32/1"}
-    assert set(times["roi_align tiny"]) == forwards | {"scatter 4/1", "scatter, rois inner 2/1"}
+    assert set(times["roi_align tiny"]) == forwards | {
+        "scatter 4/1",
+        "scatter, rois inner 2/1",
+        "window forward 2x4/1",
+        "window forward, rois inner 4x8/1",
+    }
     assert set(times["roi_align tiny NHWC"]) == {
         "torchvision forward",
         "nhwc forward 4/1",
@@ -156,6 +163,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
+    assert "roi_align tiny: window forward 2x4/1 / best" in table
 
 
 def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch):
