@@ -386,26 +386,34 @@ def test_window_forward_matches_reference(rng, aligned, ratio):
     torch.testing.assert_close(out[~is_bad], expected, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("ratio", [0, 2])
-def test_window_forward_serves_adaptive_grids_when_on(rng, monkeypatch, ratio):
+@pytest.mark.parametrize(
+    "ratio,dtype",
+    [(0, torch.float32), (2, torch.float32), (0, torch.float64), (0, torch.float16),
+     (0, torch.bfloat16)],
+)  # fmt: skip
+def test_window_forward_serves_adaptive_grids_when_on(rng, monkeypatch, ratio, dtype):
     # with WINDOW_FORWARD the op's average-mode forward on an NCHW map with an adaptive
-    # grid (ratio 0) is read by RoI windows; a fixed grid still goes bin by bin (the
-    # reference's bits in the interpreter)
+    # grid (ratio 0) is read by RoI windows, in every dtype (halves read as they are and
+    # summed in float32); a fixed grid still goes bin by bin (the reference's bits in the
+    # interpreter)
     calls = []
     window = gpu_align.roi_align_window_forward
     monkeypatch.setattr(gpu_align, "roi_align_window_forward",
                         lambda *a, **k: calls.append(1) or window(*a, **k))  # fmt: skip
     monkeypatch.setattr(gpu_align, "WINDOW_FORWARD", True)
-    x = on_device(rng.standard_normal((2, 3, 10, 12)), torch.float32)
-    rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), torch.float32)
-    grad = on_device(rng.standard_normal((5, 3, 2, 2)), torch.float32)
+    x = on_device(rng.standard_normal((2, 3, 10, 12)), dtype)
+    box_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), box_dtype)
+    grad = on_device(rng.standard_normal((5, 3, 2, 2)), dtype)
     fast, ref = (run(b, "avg", x, rois, 2, 0.5, grad, ratio) for b in ("triton", "reference"))
-    assert len(calls) == (ratio == 0)
+    assert len(calls) == (ratio == 0) and fast[0].dtype == dtype
+    # (halves: both sum in float32 and round once; the interpreter truncates to bfloat16)
+    tol = TOL.get(dtype, dict(rtol=1e-2, atol=1e-3))
     if ratio == 0:
-        torch.testing.assert_close(fast[0], ref[0], **TOL[torch.float32])
+        torch.testing.assert_close(fast[0], ref[0], **tol)
     else:
         assert_forward_matches("avg", fast[0], ref[0])
-    torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
+    torch.testing.assert_close(fast[1], ref[1], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-2)))
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
