@@ -2,7 +2,9 @@
 
 Forward: one program per (RoI, block of its outputs); it computes the RoI's geometry once,
 loops over the RoI's sampling grid and gathers the four neighbours of every point from
-NCHW input for each of its (channel, bin) outputs.
+NCHW input for each of its (channel, bin) outputs. (Channels-last maps: lanes over
+channels instead; average mode by RoI windows, ``WINDOW_FORWARD``: the RoI's cells read
+once, with the bins' separable per-cell weights.)
 
 Backward: one program per (RoI, bin, block of channels) scatters the bin's gradient into
 the fixed-point accumulator of ``roiops.gpu.fixed_point`` with 64-bit integer atomics,
