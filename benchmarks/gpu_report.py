@@ -387,11 +387,11 @@ ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((6
                   ((64, 32), 8))  # fmt: skip
 # ((channels, span), warps) of roi_align's average-mode forward by RoI windows
 # (roiops.gpu.roi_align.WINDOW_FORWARD; the first is its launcher's), on NCHW cases
-WINDOW_CONFIGS = (((16, 16), 4), ((8, 16), 2), ((32, 16), 8), ((16, 32), 8))
+WINDOW_CONFIGS = (((16, 16), 8), ((8, 16), 4), ((32, 16), 8), ((16, 32), 8))
 # the same kernels with RoIs innermost (``roiops.gpu.tiles``), timed as "<kind>, rois inner"
 ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
-    "window forward": (((16, 16), 4),),
+    "window forward": (((16, 16), 8),),
     "nhwc forward": ((64, 1), (32, 1)),
     "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
     "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),

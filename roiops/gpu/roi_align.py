@@ -65,7 +65,7 @@ ROI_CHANNELS = 32
 WINDOW_FORWARD = False
 WINDOW_CHANNELS = 16
 WINDOW_SPAN = 16
-WINDOW_WARPS = 4
+WINDOW_WARPS = 8
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -324,15 +324,9 @@ def roi_align_window_forward_kernel(
     planes = X + (n * C + c.to(tl.int64)) * H * W
     acc = tl.zeros((BLOCK_C, BLOCK_PH, BLOCK_PW), dt)
     for y0 in range(y_first, y_last + 1, SPAN):
-        a_y = tl.zeros((BLOCK_PH, SPAN), dt)  # Ay[ph, y0 + dy]
-        for ph in range(0, PH):
-            row = _cell_weights(start_h, bin_h, ph, gh, H, y0, SPAN)
-            a_y += tl.where(phs[:, None] == ph, row[None, :], 0.0)
+        a_y = _bins_cell_weights(start_h, bin_h, gh, H, y0, PH, BLOCK_PH, SPAN)  # Ay[ph, y]
         for x0 in range(x_first, x_last + 1, SPAN):
-            a_x = tl.zeros((BLOCK_PW, SPAN), dt)  # Ax[pw, x0 + dx]
-            for pw in range(0, PW):
-                col = _cell_weights(start_w, bin_w, pw, gw, W, x0, SPAN)
-                a_x += tl.where(pws[:, None] == pw, col[None, :], 0.0)
+            a_x = _bins_cell_weights(start_w, bin_w, gw, W, x0, PW, BLOCK_PW, SPAN)
             xs = x0 + span
             cells_ok = c_ok[:, None] & (xs[None, :] <= x_last)
             for dy in range(0, tl.minimum(SPAN, y_last + 1 - y0)):
@@ -360,6 +354,24 @@ def _cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.const
         low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
         weights += tl.where(cells == low, tl.where(inside, w_low, 0.0), 0.0)
         weights += tl.where(cells == high, tl.where(inside, w_high, 0.0), 0.0)
+    return weights
+
+
+@triton.jit
+def _bins_cell_weights(start, bin_size, grid, limit, first, P, BLOCK_P: tl.constexpr,
+                       SPAN: tl.constexpr):  # fmt: skip
+    """[BLOCK_P, SPAN]: ``_cell_weights`` of every bin along one axis at once (row p for
+    bin p < P; the same sums in the same order), the bins in the lanes."""
+    bins = tl.arange(0, BLOCK_P)
+    cells = first + tl.arange(0, SPAN)
+    weights = tl.zeros((BLOCK_P, SPAN), dtype=start.dtype)
+    for i in range(0, grid):
+        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bins, i, grid, limit)
+        inside = inside & (bins < P)
+        w_low = tl.where(inside, w_low, 0.0)
+        w_high = tl.where(inside, w_high, 0.0)
+        weights += tl.where(cells[None, :] == low[:, None], w_low[:, None], 0.0)
+        weights += tl.where(cells[None, :] == high[:, None], w_high[:, None], 0.0)
     return weights
 
 
