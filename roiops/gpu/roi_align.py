@@ -467,10 +467,7 @@ def roi_align_small_backward_kernel(
         phs = tl.arange(0, BLOCK_PH)
         span = tl.arange(0, SPAN)
         # Ay[ph, y] of every bin row, once
-        a_y = tl.zeros((BLOCK_PH, SPAN), dt)
-        for ph in range(0, PH):
-            row = _cell_weights(start_h, bin_h, ph, gh, H, y_first, SPAN)
-            a_y += tl.where(phs[:, None] == ph, row[None, :], 0.0)
+        a_y = _bins_cell_weights(start_h, bin_h, gh, H, y_first, PH, BLOCK_PH, SPAN)
         # T[c, ph, x], a bin column at a time
         g_at = (k.to(tl.int64) * C + c[:, None]) * (PH * PW) + phs[None, :] * PW  # + pw
         g_ok = c_ok[:, None] & (phs[None, :] < PH)
