@@ -665,6 +665,11 @@ def section(report: dict, key: str, measure, path: str | None, into: dict | None
     seconds = time.perf_counter() - started
     report.setdefault("seconds", {})[key] = round(seconds, 1)
     print(f"[{key}: {seconds:.0f} s]", flush=True)
+    write_report(report, path)
+
+
+def write_report(report: dict, path: str | None) -> None:
+    """The report so far as JSON at ``path`` (if any)."""
     if path:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(path).write_text(json.dumps(report, indent=2))
@@ -696,6 +701,8 @@ CHECK_PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "determ
 # (program order, layouts, the backward's passes, program sizes; kernel_configs compiles
 # ~70 kernel variants)
 TUNING_PARTS = ("program_order", "forward_layouts", "backward_passes", "kernel_configs")
+# names for several parts at once
+PART_GROUPS = {"all": PARTS, "tuning": TUNING_PARTS}
 # `make gpu`'s time limit (issue 9), against which a run's time is shown
 CHECK_LIMIT_S = 480
 
@@ -705,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the whole report as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="the quick benchmark cases")
     parser.add_argument("--skip-tests", action="store_true", help="all parts but the tests")
-    parser.add_argument("--parts", nargs="+", choices=(*PARTS, "all", "tuning"),
+    parser.add_argument("--parts", nargs="+", choices=(*PARTS, *PART_GROUPS),
                         default=CHECK_PARTS, metavar="PART",
                         help=f"run these parts (default: {' '.join(CHECK_PARTS)}; "
                              f"'tuning': {' '.join(TUNING_PARTS)}; 'all'; any of "
@@ -725,8 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         "tests": {"counts": {}, "ok": None},
         "bench": {},
     }
-    chosen = set(args.parts)
-    chosen |= set(PARTS) if "all" in chosen else set(TUNING_PARTS) if "tuning" in chosen else set()
+    chosen = {part for name in args.parts for part in PART_GROUPS.get(name, (name,))}
     parts = [p for p in PARTS if p in chosen and not (args.skip_tests and p == "tests")]
     if "tests" in parts:
         section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
@@ -749,8 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             section(report, key, measure, args.json)
     report["run_s"] = round(time.perf_counter() - started, 1)
     report["parts"] = parts
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(report, args.json)
     print()
     print(summary(report))
     return 0 if report["tests"]["ok"] in (True, None) and "errors" not in report else 1
