@@ -3,7 +3,7 @@ one run, ending in one table (``--parts``: which; the default is 1-5, within 8 m
 
 1. the Triton tests compiled (tests/test_triton.py) and the CUDA tests (tests/test_cuda.py:
    torchvision equality, no host synchronisation, CUDA graph capture, determinism, bad
-   values), run by pytest in a subprocess;
+   values), run by pytest processes side by side that share the tests out;
 2. `roiops bench --device cuda` in float32 and float16 (ratios against torchvision in the
    same run);
 3. the latency of a 16-RoI call, roiops against torchvision;
@@ -32,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -45,53 +46,49 @@ sys.path.insert(0, str(ROOT))
 import roiops  # noqa: E402
 from roiops import bench  # noqa: E402
 
-# pytest runs, side by side (their time is mostly Triton's compiler on the host's cores):
-# the compiled Triton tests in two halves (the ops beside roi_align and roi_pool, and
-# the comparisons with the reference; the rest: 147 s in one process on an H100
-# machine), the CUDA tests, and the CUDA tests' torch.compile case alone
-OTHER_OPS = "matches_reference or property or ps_ or rotated or prroi or multi_scale"
-TEST_GROUPS = (
-    ["tests/test_triton.py", "-k", OTHER_OPS],
-    ["tests/test_triton.py", "-k", f"not ({OTHER_OPS})"],
-    ["tests/test_cuda.py", "-k", "not torch_compile"],
-    ["tests/test_cuda.py", "-k", "torch_compile"],
-)
+# the tests, shared out among TEST_WORKERS pytest processes as they go (``tests/conftest.py``,
+# ROIOPS_TEST_CLAIMS): their time is mostly Triton's compiler, one core a process. (Four
+# fixed groups took 37, 131, 26 and 29 s on an H100 machine at c140be5: the run waited
+# for the largest.) The CUDA tests come first, so that their torch.compile case, the
+# longest single test, starts early.
+TEST_ARGS = ("tests/test_cuda.py", "tests/test_triton.py")
+TEST_WORKERS = max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
-def run_tests(timeout_s: float) -> dict:
-    """The TEST_GROUPS in parallel pytest processes, stopped after ``timeout_s`` (what
-    they printed is kept); counts summed over the groups."""
+def run_tests(timeout_s: float, workers: int | None = None) -> dict:
+    """TEST_ARGS in ``workers`` (TEST_WORKERS) pytest processes that share the tests out,
+    stopped after ``timeout_s`` (what they printed is kept); counts summed over them."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *group],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for group in TEST_GROUPS
-    ]
     logs, ok, counts = [], True, {}
-    for group, run in zip(TEST_GROUPS, runs, strict=True):
-        left = max(timeout_s - (time.perf_counter() - started), 1.0)
-        try:
-            stdout, _ = run.communicate(timeout=left)
-            ok = ok and run.returncode == 0
-        except subprocess.TimeoutExpired:
-            run.kill()
-            stdout, _ = run.communicate()
-            stdout += f"\npytest stopped after {timeout_s:.0f} s"
-            ok = False
-        tail = stdout.strip().splitlines()[-25:] or [""]
-        print(f"$ pytest {' '.join(group)}\n" + "\n".join(tail), flush=True)
-        for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1]):
-            counts[word] = counts.get(word, 0) + int(n)
-        logs.append(stdout)
+    with tempfile.TemporaryDirectory(prefix="roiops-claims-") as claims:
+        env["ROIOPS_TEST_CLAIMS"] = claims
+        command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+                   *TEST_ARGS]  # fmt: skip
+        pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        runs = [
+            subprocess.Popen(command, cwd=ROOT, env=env, **pipe)
+            for _ in range(workers or TEST_WORKERS)
+        ]
+        for i, run in enumerate(runs):
+            left = max(timeout_s - (time.perf_counter() - started), 1.0)
+            try:
+                stdout, _ = run.communicate(timeout=left)
+                ok = ok and run.returncode == 0
+            except subprocess.TimeoutExpired:
+                run.kill()
+                stdout, _ = run.communicate()
+                stdout += f"\npytest stopped after {timeout_s:.0f} s"
+                ok = False
+            tail = stdout.strip().splitlines()[-25:] or [""]
+            print(f"$ pytest {' '.join(TEST_ARGS)} (process {i + 1} of {len(runs)})\n"
+                  + "\n".join(tail), flush=True)  # fmt: skip
+            for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", tail[-1]):
+                counts[word] = counts.get(word, 0) + int(n)
+            logs.append(stdout)
     seconds = time.perf_counter() - started
-    return {"counts": counts, "seconds": seconds, "ok": ok, "log": "\n".join(logs)}
+    return {"counts": counts, "seconds": seconds, "ok": ok, "workers": len(runs),
+            "log": "\n".join(logs)}  # fmt: skip
 
 
 def host_us_per_call(fn, calls: int = 200) -> float:
@@ -657,15 +654,49 @@ def section(report: dict, key: str, measure, path: str | None, into: dict | None
     rest of a GPU run. The report so far is written to ``path`` after every part, so a run
     stopped by a time limit keeps what it measured."""
     started = time.perf_counter()
-    try:
-        (report if into is None else into)[key] = measure()
-    except Exception:  # noqa: BLE001 -- a GPU run reports every part it can
-        report.setdefault("errors", {})[key] = traceback.format_exc()
-        print(f"{key} failed:\n{report['errors'][key]}", flush=True)
+    with CompileClock() as compiling:
+        try:
+            (report if into is None else into)[key] = measure()
+        except Exception:  # noqa: BLE001 -- a GPU run reports every part it can
+            report.setdefault("errors", {})[key] = traceback.format_exc()
+            print(f"{key} failed:\n{report['errors'][key]}", flush=True)
     seconds = time.perf_counter() - started
     report.setdefault("seconds", {})[key] = round(seconds, 1)
-    print(f"[{key}: {seconds:.0f} s]", flush=True)
+    report.setdefault("compile_s", {})[key] = round(compiling.seconds, 1)
+    report.setdefault("compiles", {})[key] = compiling.count
+    print(f"[{key}: {seconds:.0f} s, of which {compiling.seconds:.0f} s compiling "
+          f"{compiling.count} kernels in this process]", flush=True)  # fmt: skip
     write_report(report, path)
+
+
+class CompileClock:
+    """Inside ``with``: the kernels Triton compiles in this process (or loads from its disk
+    cache: a first use) and the seconds that takes, from Triton's hooks before and after a
+    compilation (``triton.knobs.runtime``; the interpreter compiles nothing). What a GPU
+    run's time limit is spent on beside the timings."""
+
+    def __init__(self):
+        self.seconds, self.count, self._started = 0.0, 0, None
+
+    def _before(self, **_):
+        self._started = time.perf_counter()
+        return None  # (a true value would tell Triton to skip the compilation)
+
+    def _after(self, **_):
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self.count += 1
+            self._started = None
+
+    def __enter__(self):
+        hooks = triton.knobs.runtime
+        self._saved = hooks.jit_cache_hook, hooks.jit_post_compile_hook
+        hooks.jit_cache_hook, hooks.jit_post_compile_hook = self._before, self._after
+        return self
+
+    def __exit__(self, *_):
+        hooks = triton.knobs.runtime
+        hooks.jit_cache_hook, hooks.jit_post_compile_hook = self._saved
 
 
 def write_report(report: dict, path: str | None) -> None:

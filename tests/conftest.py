@@ -1,3 +1,4 @@
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -33,6 +34,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# ``ROIOPS_TEST_CLAIMS=<folder>``: pytest processes started side by side on the same tests
+# share them out as they go, each running the tests it claims first (by creating a file
+# named after the test in the folder, which only one process can): how
+# ``benchmarks/gpu_report.py`` spreads the compiled tests, whose time is Triton's compiler,
+# over a GPU machine's cores without pytest-xdist, which such a machine may lack.
+CLAIMS = os.environ.get("ROIOPS_TEST_CLAIMS")
+
+
+def claim(nodeid: str) -> bool:
+    """Whether this process is the first to claim the test ``nodeid``."""
+    name = hashlib.sha1(nodeid.encode()).hexdigest()
+    try:
+        os.close(os.open(os.path.join(CLAIMS, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not CLAIMS or claim(item.nodeid):
+        return None  # pytest runs it
+    # another process runs it: tear down what the next test does not share with the
+    # last one run here, as this one's teardown would have
+    item.session._setupstate.teardown_exact(nextitem)
+    return True
 
 
 def random_rois(rng, batch_size, count, image_h, image_w, min_size=-4.0, max_size=None):

@@ -2,6 +2,10 @@
 on a CUDA machine; this checks the table it ends with)."""
 
 import json
+import re
+import subprocess
+import sys
+import time
 
 from conftest import load_benchmark
 
@@ -93,20 +97,50 @@ def test_a_failing_part_is_recorded_and_the_rest_still_runs(tmp_path):
     assert "FAILED: latency" in table
 
 
+def test_each_part_records_the_kernels_compiled_in_it_and_their_time(tmp_path):
+    import triton
+
+    gpu_report = load()
+    report = {}
+    hooks = triton.knobs.runtime
+
+    def compiles_twice():
+        # what Triton does around each compilation (the interpreter compiles nothing)
+        for _ in range(2):
+            assert hooks.jit_cache_hook(key="k") is None  # None: Triton compiles it
+            time.sleep(0.05)
+            hooks.jit_post_compile_hook(key="k")
+        return {}
+
+    gpu_report.section(report, "float32", compiles_twice, str(tmp_path / "cuda.json"))
+    gpu_report.section(report, "latency", dict, None)
+    assert report["compiles"] == {"float32": 2, "latency": 0}
+    assert 0.1 <= report["compile_s"]["float32"] <= report["seconds"]["float32"] + 0.1
+    assert hooks.jit_cache_hook is None and hooks.jit_post_compile_hook is None
+
+
 def test_a_test_run_past_its_time_is_stopped():
     gpu_report = load()
     result = gpu_report.run_tests(timeout_s=0.5)
     assert result["ok"] is False and result["seconds"] < 30
 
 
-def test_test_groups_run_side_by_side_and_their_counts_add_up(monkeypatch):
+def test_test_processes_share_the_tests_out_and_their_counts_add_up(monkeypatch):
     gpu_report = load()
     this = "tests/test_gpu_report.py"
-    monkeypatch.setattr(gpu_report, "TEST_GROUPS", ([this, "-k", "summary_table"],
-                                                    [this, "-k", "past_its_time"]))  # fmt: skip
-    result = gpu_report.run_tests(timeout_s=120)
-    assert result["ok"] is True and result["counts"] == {"passed": 2}
-    assert "past_its_time" not in result["log"] or "1 passed" in result["log"]
+    # two modules, one with a module-scoped fixture: each test runs once, in one process
+    chosen = "summary_table or past_its_time or opset"
+    monkeypatch.setattr(gpu_report, "TEST_ARGS", (this, "tests/test_onnx.py", "-k", chosen))
+    result = gpu_report.run_tests(timeout_s=300, workers=3)
+    alone = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *gpu_report.TEST_ARGS],
+        capture_output=True, text=True, cwd=gpu_report.ROOT,
+    )  # fmt: skip
+    expected = int(re.search(r"(\d+) passed", alone.stdout).group(1))
+    assert result["ok"] is True and result["workers"] == 3
+    assert result["counts"] == {"passed": expected} and expected >= 3
+    ran = re.findall(r"(\d+) passed", result["log"])
+    assert len(ran) == 3 and sum(map(int, ran)) == expected
 
 
 def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
