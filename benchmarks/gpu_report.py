@@ -17,6 +17,9 @@ one run, ending in one table (``--parts``: which; the default is 1-5, within 8 m
    scatter and the conversion, each timed alone, beside torchvision's whole backward;
 9. the kernels alone under other program sizes and orders than the launchers'.
 
+While the tests run, as many processes compile the kernels of the timed parts (6-9 and
+the bench, ``warm_up``), so that those load them from Triton's disk cache when timed.
+
 Runs from a source tree with a preinstalled torch/Triton/torchvision/pytest (no install):
 ``PYTHONPATH=. python3 benchmarks/gpu_report.py [--json PATH] [--quick] [--parts ...]``.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -706,6 +710,70 @@ def write_report(report: dict, path: str | None) -> None:
         pathlib.Path(path).write_text(json.dumps(report, indent=2))
 
 
+# parts whose kernels WARM_WORKERS processes compile before they are timed (``warm_up``)
+WARM_PARTS = ("float32", "float16", "program_order", "forward_layouts", "backward_passes",
+              "kernel_configs")  # fmt: skip
+WARM_WORKERS = TEST_WORKERS
+
+
+def warm_up(parts: list[str], quick: bool) -> list:
+    """Start WARM_WORKERS processes that run ``parts`` (those in WARM_PARTS) with every
+    timing replaced by one call of each timed function, shared out among them
+    (``sharded_calls``), so that Triton compiles the kernels into its disk cache on the
+    host's cores side by side; the timed run then loads them (tens of ms each) instead of
+    compiling them one after another. ``finish_warm_up`` waits for them."""
+    chosen = [p for p in parts if p in WARM_PARTS]
+    if not chosen or WARM_WORKERS < 2:
+        return []
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--parts", *chosen]
+    command += ["--quick"] if quick else []
+    runs = []
+    for i in range(WARM_WORKERS):
+        log = tempfile.TemporaryFile("w+")  # (a pipe left unread could block a worker)
+        shard = ["--warm-shard", f"{i}/{WARM_WORKERS}"]
+        run = subprocess.Popen([*command, *shard], cwd=ROOT, env=env, stdout=log, stderr=log)
+        runs.append((run, log))
+    return runs
+
+
+def finish_warm_up(runs: list, timeout_s: float) -> dict:
+    """Wait for ``warm_up``'s processes (at most ``timeout_s`` in all; then they are
+    stopped: what they compiled is cached). A failed one only leaves its kernels to be
+    compiled by the timed run."""
+    started = time.perf_counter()
+    codes, errors = [], []
+    for run, log in runs:
+        try:
+            run.wait(timeout=max(timeout_s - (time.perf_counter() - started), 1))
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+        codes.append(run.returncode)
+        if run.returncode:
+            log.seek(0)
+            errors.append("\n".join(log.read().strip().splitlines()[-10:]))
+        log.close()
+    return {"workers": len(runs), "returncodes": codes, "errors": errors}
+
+
+def sharded_calls(shard: int, count: int) -> None:
+    """Make this process a warm-up worker: ``bench.time_interleaved`` (through which every
+    part times) calls each function it is given once, and only every ``count``-th one
+    from ``shard`` on, counted across the whole run, and returns NaN times. The workers
+    run the same parts in the same order, so between them they call every function."""
+    numbers = itertools.count()
+
+    def call_share(fns, device, repeat, calls=1):
+        for fn in fns.values():
+            if next(numbers) % count == shard:
+                fn()
+        bench._sync(device)
+        return dict.fromkeys(fns, float("nan"))
+
+    bench.time_interleaved = call_share
+
+
 # timed rounds at least, for each figure of the parts beyond the bench (more for short
 # calls: bench.time_interleaved)
 ROUNDS = 5
@@ -736,6 +804,8 @@ TUNING_PARTS = ("program_order", "forward_layouts", "backward_passes", "kernel_c
 PART_GROUPS = {"all": PARTS, "tuning": TUNING_PARTS}
 # `make gpu`'s time limit (issue 9), against which a run's time is shown
 CHECK_LIMIT_S = 480
+# the longest the timed parts wait for warm_up's processes
+WARM_TIMEOUT_S = 240
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -750,6 +820,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"{' '.join(PARTS)})")  # fmt: skip
     parser.add_argument("--tests-timeout", type=float, default=300.0,
                         help="stop the test run after this many seconds")  # fmt: skip
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="compile each kernel where it is first timed (no warm_up)",
+    )
+    parser.add_argument("--warm-shard", help=argparse.SUPPRESS)  # a warm_up worker: i/n
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_report needs a CUDA GPU")
@@ -765,8 +841,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     chosen = {part for name in args.parts for part in PART_GROUPS.get(name, (name,))}
     parts = [p for p in PARTS if p in chosen and not (args.skip_tests and p == "tests")]
+    if args.warm_shard:
+        sharded_calls(*map(int, args.warm_shard.split("/")))
+        parts = [p for p in parts if p in WARM_PARTS]
+        args.json = None
+    # the warm-up compiles beside the tests (both are mostly Triton's compiler)
+    warming = [] if args.no_warm_up or args.warm_shard else warm_up(parts, args.quick)
     if "tests" in parts:
         section(report, "tests", lambda: run_tests(args.tests_timeout), args.json)
+    if warming:
+        section(report, "warm_up", lambda: finish_warm_up(warming, WARM_TIMEOUT_S), args.json)
     for name, dtype, calls in (("float32", torch.float32, 1), ("float16", torch.float16, 1),
                                ("back_to_back", torch.float32, BACK_TO_BACK_CALLS)):  # fmt: skip
         if name in parts:
@@ -784,6 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, measure in measures.items():
         if key in parts:
             section(report, key, measure, args.json)
+    if args.warm_shard:
+        return 0
     report["run_s"] = round(time.perf_counter() - started, 1)
     report["parts"] = parts
     write_report(report, args.json)

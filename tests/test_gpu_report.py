@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 from conftest import load_benchmark
@@ -295,12 +296,16 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
         monkeypatch.setattr(
             gpu_report, name, lambda *args, name=name, r=result: measured.append(name) or r
         )
+    warmed = []
+    monkeypatch.setattr(gpu_report, "warm_up", lambda parts, quick: warmed.append(parts) or ["w"])
+    monkeypatch.setattr(gpu_report, "finish_warm_up", lambda runs, timeout_s: {"workers": 1})
     path = tmp_path / "cuda.json"
     gpu_report.main(["--parts", "float16", "backward_passes", "--json", str(path)])
     assert measured == ["bench_rows", "backward_passes"]
+    assert warmed == [["float16", "backward_passes"]]
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     report = json.loads(path.read_text())
-    assert set(report["seconds"]) == {"float16", "backward_passes"}
+    assert set(report["seconds"]) == {"warm_up", "float16", "backward_passes"}
     assert report["parts"] == ["float16", "backward_passes"]
     measured.clear()
     # make gpu's default: the checks of issue 9, not the tuning measurements
@@ -315,3 +320,55 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
     assert "run_tests" not in measured and len(measured) == 9
+    warmed.clear()
+    gpu_report.main(["--parts", "float32", "--no-warm-up", "--json", str(path)])
+    assert not warmed and "warm_up" not in json.loads(path.read_text())["seconds"]
+
+
+def test_warm_up_workers_call_every_timed_function_once_between_them(monkeypatch):
+    gpu_report = load()
+    bench = gpu_report.bench
+    calls = []
+    parts = [{f"{part} {i}": (lambda key=(part, i): calls.append(key)) for i in range(n)}
+             for part, n in (("a", 4), ("b", 1), ("c", 6))]  # fmt: skip
+    monkeypatch.setattr(bench, "time_interleaved", bench.time_interleaved)  # (put back)
+    for shard in range(3):
+        gpu_report.sharded_calls(shard, 3)
+        for fns in parts:  # the same parts in the same order in every worker
+            times = bench.time_interleaved(fns, "cpu", 5)
+            assert list(times) == list(fns) and all(t != t for t in times.values())  # NaN
+    assert sorted(calls) == [(part, i) for part, n in (("a", 4), ("b", 1), ("c", 6))
+                             for i in range(n)]  # fmt: skip
+
+
+def test_warm_up_starts_a_worker_a_shard_on_the_parts_it_can_warm(monkeypatch):
+    gpu_report = load()
+    started = []
+    monkeypatch.setattr(
+        gpu_report.subprocess, "Popen", lambda command, **_: started.append(command)
+    )
+    monkeypatch.setattr(gpu_report, "WARM_WORKERS", 3)
+    runs = gpu_report.warm_up(["tests", "float32", "latency", "kernel_configs"], quick=True)
+    assert len(runs) == 3
+    for i, command in enumerate(started):
+        assert command[1].endswith("gpu_report.py") and "--quick" in command
+        assert command[command.index("--parts") + 1 :][:2] == ["float32", "kernel_configs"]
+        assert command[-2:] == ["--warm-shard", f"{i}/3"]
+    assert gpu_report.warm_up(["tests", "latency", "deterministic"], quick=False) == []
+
+
+def test_warm_up_waits_for_its_workers_and_keeps_a_failed_one_s_last_lines():
+    gpu_report = load()
+    code = "import sys, time; print('compiling'); time.sleep({}); sys.exit({})"
+    runs = []
+    for sleep, rc in ((0, 0), (0, 3), (60, 0)):
+        log = tempfile.TemporaryFile("w+")
+        run = subprocess.Popen([sys.executable, "-c", code.format(sleep, rc)], stdout=log,
+                               stderr=log)  # fmt: skip
+        runs.append((run, log))
+    started = time.perf_counter()
+    result = gpu_report.finish_warm_up(runs, timeout_s=5)
+    assert time.perf_counter() - started < 30  # the sleeper is stopped
+    assert result["workers"] == 3 and result["returncodes"][:2] == [0, 3]
+    assert result["returncodes"][2] != 0 and len(result["errors"]) == 2
+    assert "compiling" in result["errors"][0]
