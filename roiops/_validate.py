@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from roiops._backend import device_type, getenv
 
 # Half precision is computed in float32 and returned in the input dtype.
 COMPUTE_DTYPES = {
@@ -110,9 +111,9 @@ def roi_values_checked(device: torch.device, backend: str) -> bool:
     """Whether the ops check the boxes' values before running ``backend`` on ``device``
     (read at every call)."""
     return (
-        device.type == "cpu"
+        device_type(device) == "cpu"
         or backend == "reference"
-        or os.environ.get(CHECK_VALUES_VAR, "0") == "1"
+        or getenv(CHECK_VALUES_VAR, "0") == "1"
     )
 
 

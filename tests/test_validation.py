@@ -149,6 +149,25 @@ def test_where_box_values_are_checked(monkeypatch):
     assert roi_values_checked(cuda, "triton")
 
 
+def test_environment_is_read_at_every_call_as_os_environ_has_it(monkeypatch):
+    # (roiops reads os.environ's bytes table directly: ~25 ns against ~500 for .get of
+    # an unset variable)
+    import os
+
+    from roiops._backend import device_type, getenv
+
+    name = "ROIOPS_TEST_VARIABLE_\u00e9"
+    monkeypatch.delenv(name, raising=False)
+    assert getenv(name, "unset") == "unset" == os.environ.get(name, "unset")
+    for value in ("1", "", " triton ", "caf\u00e9"):
+        monkeypatch.setenv(name, value)
+        assert getenv(name, "unset") == value == os.environ[name]
+    monkeypatch.delenv(name)
+    assert getenv(name, "0") == "0"
+    for device in (torch.device("cpu"), torch.device("cuda", 1), torch.device("meta")):
+        assert device_type(device) == device.type == device_type(device)
+
+
 def test_triton_backend_on_cpu_tensors_checks_values(monkeypatch):
     # the interpreter path keeps the CPU contract: a clear error, not NaN outputs
     monkeypatch.setenv("ROIOPS_BACKEND", "triton")

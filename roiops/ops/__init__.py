@@ -141,17 +141,24 @@ def eager(args) -> str | None:
     grad = C.is_grad_enabled()
     how = PLAIN
     for arg in args:
-        if type(arg) is Tensor:
+        kind = type(arg)
+        if kind is Tensor:
             if arg.is_meta:
                 return None
             if grad and arg.requires_grad:
                 how = RECORDED
-        elif type(arg) is list:
+        elif kind in _SCALARS:  # (most arguments: a set lookup, not a call of _plain)
+            continue
+        elif kind is list:
             if not all(_plain(t, grad) for t in arg):
                 return None
         elif not _plain(arg, grad):
             return None
     return how
+
+
+# argument types that are plain without a look inside (``_plain``)
+_SCALARS = frozenset((int, float, bool, str, type(None)))
 
 
 def dispatcher_free(args) -> bool:

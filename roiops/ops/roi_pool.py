@@ -34,11 +34,11 @@ OP = "roi_pool"
 
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax):
     """``(output, argmax or None)`` on the selected backend."""
-    backend = checked_backend(input.device, rois, input.shape[0], OP)
-    _validate.check_plane_indexable(input.shape, OP)
-    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    arg_shape = argmax_shape(*shape)
-    if rois.shape[0] == 0 or input.shape[1] == 0:
+    sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
+    backend = checked_backend(input.device, rois, sizes[0], OP)
+    _validate.check_plane_indexable(sizes, OP)
+    shape = (rois.shape[0], sizes[1], pooled_height, pooled_width)
+    if shape[0] == 0 or shape[1] == 0:
         argmax = new_argmax(input, shape, argmax_channel_major(input, backend)).fill_(-1)
         return input.new_zeros(shape), (argmax if with_argmax else None)
     if backend == "triton":
@@ -52,6 +52,7 @@ def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argma
         # the kernel writes every output element: no zero-filling pass; an argmax with
         # no rows tells it not to store the winners
         out = x.new_empty(shape)
+        arg_shape = argmax_shape(*shape)
         argmax = torch.empty(arg_shape if with_argmax else (0, *arg_shape[1:]), dtype=torch.int32)
         X = layout.channels_last_array(x)
         cpu.roi_pool_forward(
