@@ -3,10 +3,11 @@
 On CUDA a call with few RoIs costs what its host side costs (the kernels run
 asynchronously). This times, on the same 16-RoI inputs as ``gpu_report.latency``, the
 layers of a call from the bottom up: Triton's compiled launcher with its arguments
-ready, Triton's ``kernel[grid](...)`` (binding, specialisation key, cache lookup), the
-launcher function (allocation + launch), the public function, the custom op through
-torch's dispatcher (as ``roiops bench`` calls it), the call recording autograd, and
-torchvision's; then ``cProfile`` of the slowest, by own time.
+ready, Triton's ``kernel[grid](...)`` (binding, specialisation key, cache lookup) and
+roiops' direct launch of the same (``roiops.gpu.launch.Kernel``), the launcher function
+(allocation + launch), the public function, the custom op through torch's dispatcher
+(as ``roiops bench`` calls it), the call recording autograd, and torchvision's; then
+``cProfile`` of the slowest, by own time.
 
     PYTHONPATH=. python3 benchmarks/host_profile.py [--calls 500] [--profile 25]
 """
@@ -41,11 +42,13 @@ def rows() -> dict:
     rois = torch.tensor(boxes, dtype=torch.float32, device="cuda")
     out = x.new_empty((16, 256, 7, 7))
     grid, block, warps = bins_grid(16, 256, 7, 7, "roi_align")
-    consts = dict(PH=7, PW=7, ALIGNED=True, MAX_MODE=False, PS=False, BLOCK=block)
+    consts = dict(PH=7, PW=7, ALIGNED=True, MAX_MODE=False, PS=False, BLOCK=block,
+                  ROIS_INNER=True)  # fmt: skip
     args = (x, rois, out, out, 2, 256, 50, 68, scale_bits(0.25), 2)
+    kernel = gpu.roi_align_forward_kernel
 
     def launch():
-        return gpu.roi_align_forward_kernel[grid](*args, **consts, num_warps=warps)
+        return kernel.jit[grid](*args, **consts, num_warps=warps)
 
     compiled = launch()
     all_args = (*args, *consts.values())
@@ -61,7 +64,10 @@ def rows() -> dict:
     return {
         "CompiledKernel.run, arguments ready": compiled_run,
         "CompiledKernel[grid](...)": lambda: runner(*all_args),
-        "kernel[grid](...) (JITFunction.run)": launch,
+        "kernel.jit[grid](...) (JITFunction.run)": launch,
+        "kernel[grid](...) (roiops.gpu.launch.Kernel)": (
+            lambda: kernel[grid](*args, **consts, num_warps=warps)
+        ),
         "launcher roi_align_forward": lambda: gpu.roi_align_forward(
             x, rois, 0.25, 7, 7, 2, True, False
         ),
@@ -108,7 +114,8 @@ def main(argv=None) -> None:
     for name, fn in table.items():
         print(f"{name:48s} {host_us_per_call(fn, args.calls):7.1f}")
     profiled = (
-        "kernel[grid](...) (JITFunction.run)",
+        "kernel.jit[grid](...) (JITFunction.run)",
+        "kernel[grid](...) (roiops.gpu.launch.Kernel)",
         "roiops.roi_align, recording autograd",
         "torch.ops.roiops.roi_pool (with argmax)",
     )

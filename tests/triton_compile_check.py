@@ -168,7 +168,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     # channel count and a unit stride are
     unspecialised = {p.name for p in fn.params if p.do_not_specialize}
     assert unspecialised == UNSPECIALISED.intersection(fn.arg_names), fn.__name__
-    source = ASTSource(fn, signature, constexprs)
+    source = ASTSource(getattr(fn, "jit", fn), signature, constexprs)  # (launch.Kernel's)
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]

@@ -26,7 +26,7 @@ orders the kernels that read the maps, ``SCATTER_ROIS_INNER`` those that add int
 fixed-point accumulator.
 
 Every kernel is declared with ``kernel``: ``triton.jit`` without specialising on
-feature-map sizes (``UNSPECIALISED``).
+feature-map sizes (``UNSPECIALISED``), launched through ``roiops.gpu.launch``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import triton.language as tl
 
 from roiops._layout import is_channels_last  # noqa: F401  (the launchers' layout test)
 from roiops._validate import MAX_LEVELS
+from roiops.gpu.launch import Kernel
 
 # Program sizes, measured on an H100 (float32, 7x7 bins; the kernels alone; `make gpu`'s
 # kernel_configs part times the alternatives on the GPU at hand):
@@ -101,9 +102,10 @@ UNSPECIALISED = frozenset(
 
 
 def kernel(fn):
-    """``triton.jit`` of a kernel whose ``UNSPECIALISED`` arguments are not specialised."""
+    """``triton.jit`` of a kernel whose ``UNSPECIALISED`` arguments are not specialised,
+    launched by ``roiops.gpu.launch.Kernel`` (less host time a launch)."""
     names = [name for name in inspect.signature(fn).parameters if name in UNSPECIALISED]
-    return triton.jit(do_not_specialize=names)(fn)
+    return Kernel(triton.jit(do_not_specialize=names)(fn))
 
 
 def per_level(values, fill) -> list:

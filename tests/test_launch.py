@@ -1,0 +1,97 @@
+"""``roiops.gpu.launch.Kernel``: a launch it makes directly runs the compiled kernel that
+Triton's own ``kernel[grid](...)`` would run, with the same arguments (Triton's driver
+and compiler replaced by stand-ins: ``benchmarks/launch_overhead.fake_gpu``)."""
+
+import itertools
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from conftest import load_benchmark
+from triton.runtime.jit import JITFunction
+
+from roiops.gpu import launch
+from roiops.gpu.launch import Kernel
+
+pytestmark = pytest.mark.skipif(
+    not launch.fast_launch_supported(), reason="Triton's launch convention not mirrored"
+)
+
+
+def _body(X, Y, n, size, scale, flag, BLOCK: tl.constexpr, MODE: tl.constexpr = 0):
+    pass
+
+
+@pytest.fixture
+def kernel():
+    # a compiled-kernel JITFunction whatever TRITON_INTERPRET says (triton.jit would make
+    # an interpreted one in this test process); ``size`` unspecialised, as tiles.kernel does
+    return Kernel(JITFunction(_body, do_not_specialize=["size"]))
+
+
+INTS = (0, 1, 2, 15, 16, 17, 48, -16, -17, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1,
+        2**32, 2**63 - 1, 2**63)  # fmt: skip
+
+
+def test_direct_launches_run_the_kernel_triton_would_with_its_arguments(kernel):
+    fake = load_benchmark("launch_overhead")
+    base = torch.zeros(64)
+    half = torch.zeros(64, dtype=torch.float16)
+    # 16-byte aligned or not (Triton specialises on it), float32 or float16
+    tensors = (base, base[1:], base[4:], half, half[1:], half[8:])
+    calls = []
+    for x, n, size in itertools.product(tensors, INTS, (5, 2**31, 1)):
+        calls.append(((x, base[2:], n, size, 0.5, True), {"BLOCK": 32}))
+    calls += [((base, base, 16, 7, 2.0, False), {"BLOCK": 64, "MODE": 2, "num_warps": 2}),
+              ((base, base, 16, 7, 2.0, False), {"MODE": 2, "BLOCK": 64, "num_warps": 2}),
+              ((base, base, 16, 7, 2.0, False), {"BLOCK": 64, "num_warps": 4})]  # fmt: skip
+    with fake.fake_gpu():
+        for round_ in range(2):  # the first sees each call once (Triton's path), then direct
+            for args, kwargs in calls:
+                grid = (3, 1, 2)
+                ours = kernel[grid](*args, **kwargs)
+                launched = ours.launches[-1]
+                theirs = kernel.jit[grid](*args, **kwargs)
+                assert ours is theirs, (round_, args[2:4], kwargs)
+                assert launched == theirs.launches[-1]  # grid, stream, ..., every argument
+                assert launched[:3] == grid and len(launched) == 9 + 8
+    # Triton's specialisations, each once: 1 is a constant, 16 | n, i32 / i64 / u64
+    assert 10 < len(kernel.table) <= launch.MAX_ENTRIES
+    compiled = {entry[0].key for entry in kernel.table.values()}
+    assert len(compiled) < len(kernel.table)  # entries finer than Triton's choices
+
+
+def test_what_triton_s_path_takes(kernel, monkeypatch):
+    fake = load_benchmark("launch_overhead")
+    x = torch.zeros(8)
+    with fake.fake_gpu():
+        kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+        assert len(kernel.table) == 1
+        # switched off, a grid function, an argument that cannot be hashed: Triton's path
+        monkeypatch.setenv(launch.ENV_VAR, "0")
+        kernel[(1,)](x, x, 5, 4, 1.0, False, BLOCK=8)
+        monkeypatch.delenv(launch.ENV_VAR)
+        kernel[lambda meta: (1,)](x, x, 6, 4, 1.0, False, BLOCK=8)
+        with pytest.raises(TypeError, match="failed to specialize"):  # Triton's error
+            kernel[(1,)](x, x, [7], 4, 1.0, False, BLOCK=8)
+        assert len(kernel.table) == 1
+        # a full table starts again
+        monkeypatch.setattr(launch, "MAX_ENTRIES", 2)
+        for n in (16, 17, 18):
+            kernel[(1,)](x, x, n, 4, 1.0, False, BLOCK=8)
+        ns = [key[5] for key in kernel.table]  # (device, switches, kwargs, X, Y, n, ...)
+        assert ns == [launch.fingerprint(17), launch.fingerprint(18)]
+
+
+def test_interpreted_kernels_are_launched_by_triton(monkeypatch):
+    # the interpreter (CPU tests) and Triton versions whose launch is not mirrored
+    interpreted = triton.runtime.interpreter.InterpretedFunction(_body)
+    assert not Kernel(interpreted).fast
+    monkeypatch.setattr(launch, "FAST_VERSIONS", ((9, 0), (9, 9)))
+    assert not Kernel(JITFunction(_body)).fast
+
+
+def test_a_kernel_answers_as_its_jit_function(kernel):
+    assert kernel.__name__ == "_body" and kernel.arg_names[:2] == ["X", "Y"]
+    assert [p.name for p in kernel.params if p.do_not_specialize] == ["size"]
