@@ -215,6 +215,29 @@ def test_no_host_synchronisation(rng):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_direct_launches_give_triton_s_results(rng, monkeypatch):
+    # roiops.gpu.launch.Kernel launches the kernels Triton would, with the same arguments
+    # (tests/test_launch.py, against stand-ins); here the real thing, on unaligned views
+    from roiops.gpu import launch
+    from roiops.gpu.roi_align import roi_align_forward_kernel
+
+    if not launch.fast_launch_supported():
+        pytest.skip("Triton's launch convention not mirrored: Triton's path only")
+    base = torch.randn(2 * 16 * 50 * 68 + 1, device="cuda")
+    maps = [base[:-1].view(2, 16, 50, 68), base[1:].view(2, 16, 50, 68)]  # (16 B aligned or not)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272))
+    grad7 = torch.randn(64, 16, 7, 7, device="cuda")
+    results = {}
+    for fast in ("1", "0", "1"):
+        monkeypatch.setenv(launch.ENV_VAR, fast)
+        for i, x in enumerate(maps):
+            results.setdefault(i, []).append(run_all_ops(x.requires_grad_(), rois, grad7))
+    assert roi_align_forward_kernel.table  # the first round launched directly
+    for runs in results.values():
+        for direct, triton_path in zip(runs[0] + runs[2], runs[1] * 2, strict=True):
+            assert torch.equal(direct, triton_path)
+
+
 def test_cuda_graph_capture_and_replay(rng):
     x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
     rois = cuda(detection_rois(rng, 2, 64, 200, 272))
