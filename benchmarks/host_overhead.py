@@ -72,6 +72,7 @@ def main(argv=None) -> None:
 
     x = torch.randn(2, 256, 50, 68)  # the shapes of gpu_report.latency
     leaf = x.clone().requires_grad_()
+    scores = torch.randn(1, 21 * 49, 10, 10)  # R-FCN's position-sensitive class scores
     rois = torch.tensor([[i % 2, 10.0 + i, 10.0, 100.0 + i, 120.0] for i in range(16)])
 
     @torch.library.custom_op("roiops_bench::empty", mutates_args=())
@@ -87,6 +88,12 @@ def main(argv=None) -> None:
             lambda: torch.ops.roiops.roi_align(x, rois, 0.25, 7, 7, 2, True)
         ),
         "roiops.roi_pool, 16 RoIs": lambda: roiops.roi_pool(x, rois, 7, 0.25),
+        "torch.ops.roiops.ps_roi_pool": (
+            lambda: torch.ops.roiops.ps_roi_pool(scores, rois, 1 / 16, 7, 7)
+        ),
+        "torch.ops.roiops.ps_roi_align": (
+            lambda: torch.ops.roiops.ps_roi_align(scores, rois, 1 / 16, 7, 7, 2)
+        ),
         "the launcher alone": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
         "an empty custom op (new_empty)": lambda: empty_op(x, rois),
         "new_empty": lambda: x.new_empty((16, 256, 7, 7)),

@@ -30,15 +30,16 @@ def ps_roi_align_op(
     sampling_ratio: int,
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
-    backend = checked_backend(input.device, rois, input.shape[0], OP)
-    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
+    backend = checked_backend(input.device, rois, sizes[0], OP)
+    channels_out = sizes[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
-    if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
+    if shape[0] == 0 or channels_out == 0 or sizes[2] == 0 or sizes[3] == 0:
         return input.new_zeros(shape)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 
-        _validate.check_plane_indexable(input.shape, OP)
+        _validate.check_plane_indexable(sizes, OP)
         out, _ = gpu.roi_align_forward(
             input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True,
             False, position_sensitive=True,

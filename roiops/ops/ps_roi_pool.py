@@ -24,15 +24,16 @@ def ps_roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
-    backend = checked_backend(input.device, rois, input.shape[0], OP)
-    channels_out = input.shape[1] // (pooled_height * pooled_width)
+    sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
+    backend = checked_backend(input.device, rois, sizes[0], OP)
+    channels_out = sizes[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
-    if rois.shape[0] == 0 or channels_out == 0 or input.shape[2] == 0 or input.shape[3] == 0:
+    if shape[0] == 0 or channels_out == 0 or sizes[2] == 0 or sizes[3] == 0:
         return input.new_zeros(shape)
     if backend == "triton":
         from roiops.gpu import ps_roi_pool as gpu
 
-        _validate.check_plane_indexable(input.shape, OP)
+        _validate.check_plane_indexable(sizes, OP)
         return gpu.ps_roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
