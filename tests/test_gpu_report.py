@@ -325,6 +325,22 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert not warmed and "warm_up" not in json.loads(path.read_text())["seconds"]
 
 
+def test_a_warm_up_worker_runs_only_the_parts_it_warms_and_writes_nothing(monkeypatch, tmp_path):
+    gpu_report = load()
+    measured = []
+    monkeypatch.setattr(gpu_report.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_report.torch.cuda, "get_device_name", lambda: "a GPU")
+    monkeypatch.setattr(gpu_report.bench, "time_interleaved", gpu_report.bench.time_interleaved)
+    for name in ("run_tests", "bench_rows", "latency", "kernel_configs", "warm_up"):
+        monkeypatch.setattr(gpu_report, name, lambda *a, name=name: measured.append(name) or {})
+    path = tmp_path / "cuda.json"
+    argv = ["--parts", "tests", "float32", "latency", "kernel_configs", "--json", str(path)]
+    assert gpu_report.main([*argv, "--warm-shard", "1/3"]) == 0
+    assert measured == ["bench_rows", "kernel_configs"]  # no tests, no latency, no warm-up
+    assert not path.exists()
+    assert gpu_report.bench.time_interleaved.__name__ == "call_share"
+
+
 def test_warm_up_workers_call_every_timed_function_once_between_them(monkeypatch):
     gpu_report = load()
     bench = gpu_report.bench
