@@ -504,6 +504,14 @@ def _config_times(case, device: str) -> dict:
                     )
                 )
             )  # fmt: skip
+        # and its launcher's program with the next row's load issued ahead (AHEAD)
+        (block_c, span), warps = WINDOW_CONFIGS[0]
+        fns[f"window forward {block_c}x{span}/{warps}, row ahead"] = (
+            lambda b=block_c, s=span, w=warps: ga.roi_align_window_forward(
+                x, rois, out, lv.spatial_scale, case.sampling_ratio, case.aligned, b, s, w,
+                ahead=True,
+            )
+        )  # fmt: skip
         sums = Accumulator(grad, x.shape)
         for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)

@@ -180,6 +180,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "scatter 4/1",
         "scatter, rois inner 2/1",
         "window forward 2x4/1",
+        "window forward 2x4/1, row ahead",
         "window forward, rois inner 4x8/1",
     }
     assert set(times["roi_align tiny NHWC"]) == {

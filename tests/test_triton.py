@@ -364,12 +364,14 @@ def test_kernels_take_any_roi_value(rng, mode):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("aligned,ratio", [(True, 0), (False, 2)])
-def test_window_forward_matches_reference(rng, aligned, ratio):
+@pytest.mark.parametrize("aligned,ratio,ahead", [(True, 0, False), (False, 2, False),
+                                                 (True, 0, True), (False, 2, True)])  # fmt: skip
+def test_window_forward_matches_reference(rng, aligned, ratio, ahead):
     # the average-mode forward by RoI windows (WINDOW_FORWARD): the reference's values up
     # to float rounding (it sums in another order), with windows of 4 cells so that boxes
     # over the map and beyond, inverted, tiny or at the far corner take several, and 2
-    # channels a program so that the last block is partial; bad boxes give NaN
+    # channels a program so that the last block is partial; bad boxes give NaN; with a
+    # row's load ahead (AHEAD) or not
     x = on_device(rng.standard_normal((2, 3, 21, 27)), torch.float32)
     good = random_rois(rng, 2, 8, 21 / 0.5, 27 / 0.5)
     good[:6, 1:] = [[-20, -20, 70, 60], [3, 3, 9, 7], [50, 40, 4, 6], [30, 10, 31, 11],
@@ -379,7 +381,7 @@ def test_window_forward_matches_reference(rng, aligned, ratio):
     is_bad[4 : 4 + len(BAD_ROIS)] = True
     out = on_device(np.full((len(rois), 3, 3, 4), 7.0), torch.float32)
     gpu_align.roi_align_window_forward(x, on_device(rois, torch.float32), out, 0.5, ratio,
-                                       aligned, channels=2, span=4)  # fmt: skip
+                                       aligned, channels=2, span=4, ahead=ahead)  # fmt: skip
     assert torch.isnan(out[is_bad]).all()
     with roiops.use_backend("reference"):
         expected = roiops.roi_align(x, on_device(good, torch.float32), (3, 4), 0.5, ratio, aligned)

@@ -173,6 +173,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     ptx = kernel.asm["ptx"]
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
+    mode += " row ahead" if constexprs.get("AHEAD") else ""
     name = f"{fn.__name__} {dtype} {mode}"
     approximate = APPROXIMATE_DIVISION.findall(ptx)
     assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
@@ -258,13 +259,13 @@ def main() -> int:
              "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True, "SKIP_SMALL": ROI_SPAN},
             bwd_warps,
         )  # fmt: skip
-        # average mode by RoI windows (WINDOW_FORWARD)
-        for aligned in (False, True):
+        # average mode by RoI windows (WINDOW_FORWARD), with the next row's load ahead or not
+        for aligned, ahead in ((False, False), (True, False), (True, True)):
             compile_for_gpu(
                 roi_align_window_forward_kernel,
                 {k: v for k, v in fwd.items() if k != "ARGMAX"},
                 {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK_PH": 8, "BLOCK_PW": 8,
-                 "BLOCK_C": WINDOW_CHANNELS, "SPAN": WINDOW_SPAN},
+                 "BLOCK_C": WINDOW_CHANNELS, "SPAN": WINDOW_SPAN, "AHEAD": ahead},
                 WINDOW_WARPS,
             )  # fmt: skip
         # position-sensitive (ps_roi_align): aligned, average

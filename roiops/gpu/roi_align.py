@@ -66,6 +66,9 @@ WINDOW_FORWARD = False
 WINDOW_CHANNELS = 16
 WINDOW_SPAN = 16
 WINDOW_WARPS = 8
+# the next row's load issued before a row's sums (the kernel's AHEAD): off until timed
+# (80 registers on sm_90 against 64, and Triton 3.6 spills 8 bytes)
+WINDOW_AHEAD = False
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -293,7 +296,7 @@ def roi_align_window_forward_kernel(
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
     BLOCK_PW: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, AHEAD: tl.constexpr = False,
 ):  # fmt: skip
     """Average-mode OUT[K, C, PH, PW] from NCHW X, one program per (RoI, block of
     channels), reading the RoI's window of cells once, a row of SPAN cells at a time,
@@ -304,7 +307,11 @@ def roi_align_window_forward_kernel(
     SPAN x SPAN windows of the cells the RoI's points touch. The same value as
     ``roi_align_forward_kernel`` up to float rounding (another order of sums): where a
     bin has many points (adaptive grids on large boxes) it reads each cell once instead
-    of ~4 times a point (``WINDOW_FORWARD``)."""
+    of ~4 times a point (``WINDOW_FORWARD``). With AHEAD the next row's load is issued
+    before this row's sums: Triton does not pipeline the loop (its TTGIR has no
+    asynchronous copy), so each row waits for its load; 80 registers on sm_90 against 64
+    without (3 programs of 8 warps an SM against 4; Triton 3.6 spills 8 bytes), so it is
+    off (``WINDOW_AHEAD``) until ``make gpu-tune`` has timed both."""
     k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
@@ -325,22 +332,39 @@ def roi_align_window_forward_kernel(
     acc = tl.zeros((BLOCK_C, BLOCK_PH, BLOCK_PW), dt)
     for y0 in range(y_first, y_last + 1, SPAN):
         a_y = _bins_cell_weights(start_h, bin_h, gh, H, y0, PH, BLOCK_PH, SPAN)  # Ay[ph, y]
+        rows = tl.minimum(SPAN, y_last + 1 - y0)
         for x0 in range(x_first, x_last + 1, SPAN):
             a_x = _bins_cell_weights(start_w, bin_w, gw, W, x0, PW, BLOCK_PW, SPAN)
             xs = x0 + span
             cells_ok = c_ok[:, None] & (xs[None, :] <= x_last)
-            for dy in range(0, tl.minimum(SPAN, y_last + 1 - y0)):
-                row_at = planes[:, None] + (tl.cast(y0 + dy, tl.int64) * W + xs[None, :])
-                v = tl.load(row_at, mask=cells_ok, other=0.0).to(dt)  # [channels, cells]
-                t = tl.sum(v[:, None, :] * a_x[None, :, :], axis=2)  # [channels, pw]
-                a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
-                acc += a_col[None, :, None] * t[:, None, :]
+            if AHEAD:  # the next row's load in flight while this row's sums run
+                first_row = planes[:, None] + (tl.cast(y0, tl.int64) * W + xs[None, :])
+                ahead = tl.load(first_row, mask=cells_ok, other=0.0)
+                for dy in range(0, rows):
+                    v = ahead.to(dt)  # [channels, cells]
+                    ahead = tl.load(first_row + tl.cast(dy + 1, tl.int64) * W,
+                                    mask=cells_ok & (dy + 1 < rows), other=0.0)  # fmt: skip
+                    acc = _add_window_row(acc, v, a_x, a_y, span, dy)
+            else:
+                for dy in range(0, rows):
+                    row_at = planes[:, None] + (tl.cast(y0 + dy, tl.int64) * W + xs[None, :])
+                    v = tl.load(row_at, mask=cells_ok, other=0.0).to(dt)  # [channels, cells]
+                    acc = _add_window_row(acc, v, a_x, a_y, span, dy)
     value = div_rn(acc, tl.maximum(gh * gw, 1).to(dt))
     value = tl.where(valid, value, float("nan"))
     bins = phs[None, :, None] * PW + pws[None, None, :]
     out_at = (k.to(tl.int64) * C + c[:, None, None]) * (PH * PW) + bins
     ok = c_ok[:, None, None] & (phs[None, :, None] < PH) & (pws[None, None, :] < PW)
     tl.store(OUT + out_at, value.to(OUT.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _add_window_row(acc, v, a_x, a_y, span, dy):
+    """``acc[c, ph, pw] += Ay[ph, y] * sum_x v[c, x] * Ax[pw, x]`` for the window's row
+    ``dy`` (``v``: its cells in every channel; ``a_y``: Ay of the window's rows)."""
+    t = tl.sum(v[:, None, :] * a_x[None, :, :], axis=2)  # [channels, pw]
+    a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
+    return acc + a_col[None, :, None] * t[:, None, :]
 
 
 @triton.jit
@@ -592,10 +616,10 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 
 
 def roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, aligned,
-                             channels=None, span=None, num_warps=None):  # fmt: skip
+                             channels=None, span=None, num_warps=None, ahead=None):  # fmt: skip
     """Write the average-mode ``out[K, C, ph, pw]`` of NCHW ``input`` by RoI windows
     (``roi_align_window_forward_kernel``; ``channels``, ``span``, ``num_warps``: the
-    program size, WINDOW_* by default)."""
+    program size, ``ahead``: a row's load ahead, WINDOW_* by default)."""
     K, C, pooled_h, pooled_w = out.shape
     N, _, H, W = input.shape
     block_c = channels or WINDOW_CHANNELS
@@ -605,6 +629,7 @@ def roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, al
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_PH=triton.next_power_of_2(pooled_h),
         BLOCK_PW=triton.next_power_of_2(pooled_w), BLOCK_C=block_c, SPAN=span or WINDOW_SPAN,
         ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps or WINDOW_WARPS,
+        AHEAD=WINDOW_AHEAD if ahead is None else ahead,
     )  # fmt: skip
     return out
 
