@@ -73,6 +73,11 @@ def test_what_triton_s_path_takes(kernel, monkeypatch):
         kernel[(1,)](x, x, 5, 4, 1.0, False, BLOCK=8)
         monkeypatch.delenv(launch.ENV_VAR)
         kernel[lambda meta: (1,)](x, x, 6, 4, 1.0, False, BLOCK=8)
+        hooked = []
+        kernel.jit.add_pre_run_hook(lambda *args, **kwargs: hooked.append(args[2]))
+        kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)  # (a call the table has)
+        assert hooked == [3]
+        kernel.jit.pre_run_hooks.clear()
         with pytest.raises(TypeError, match="failed to specialize"):  # Triton's error
             kernel[(1,)](x, x, [7], 4, 1.0, False, BLOCK=8)
         assert len(kernel.table) == 1

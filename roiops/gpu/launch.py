@@ -20,7 +20,8 @@ current device and Triton's debug switch. A call it has not seen goes through
 ``kernel[grid](...)``, which compiles or finds the kernel and launches it, and its
 answer is recorded (at most MAX_ENTRIES a kernel). Triton's check that the globals a
 kernel read have not changed since it was compiled is kept, and so are its launch hooks
-(profilers). The launch goes to the current stream, as Triton's (CUDA graph capture).
+(profilers); a kernel with pre-run hooks, or a stage-inspection hook set, takes Triton's
+path. The launch goes to the current stream, as Triton's (CUDA graph capture).
 
 It relies on how Triton's ``JITFunction.run`` calls a compiled kernel, which this was
 written against for Triton 3.6 and 3.8 (``FAST_VERSIONS``); any other version, the
@@ -92,7 +93,14 @@ class Kernel(KernelInterface):
         return self.jit.warmup(*args, **kwargs)
 
     def __getitem__(self, grid):
-        if not self.fast or getenv(ENV_VAR, "1") == "0" or callable(grid):
+        if (
+            not self.fast
+            or getenv(ENV_VAR, "1") == "0"
+            or callable(grid)
+            # what Triton runs before a launch, or adds to its key: its path only
+            or self.jit.pre_run_hooks
+            or getattr(triton.knobs.runtime, "add_stages_inspection_hook", None) is not None
+        ):
             return self.jit[grid]
         return functools.partial(self._launch, grid)
 
