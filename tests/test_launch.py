@@ -98,5 +98,8 @@ def test_interpreted_kernels_are_launched_by_triton(monkeypatch):
 
 
 def test_a_kernel_answers_as_its_jit_function(kernel):
+    import copy
+
     assert kernel.__name__ == "_body" and kernel.arg_names[:2] == ["X", "Y"]
     assert [p.name for p in kernel.params if p.do_not_specialize] == ["size"]
+    assert copy.copy(kernel).jit is kernel.jit  # (no recursion through __getattr__)

@@ -84,6 +84,8 @@ class Kernel(KernelInterface):
         functools.update_wrapper(self, jit.fn, updated=())
 
     def __getattr__(self, name):
+        if name == "jit":  # (not set yet: a copy or an unpickling in progress)
+            raise AttributeError(name)
         return getattr(self.jit, name)
 
     def run(self, *args, **kwargs):
