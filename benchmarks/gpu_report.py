@@ -655,6 +655,14 @@ def summary(report: dict) -> str:
         # the limit applies to `make gpu`'s parts (a run of others shows its time only)
         limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""
         row("this run's time after its imports, s", f"{report['run_s']:.0f}", limit)
+        if report.get("compile_s"):
+            # (the tests' and the warm-up's compiling runs in their own processes)
+            compiling = sum(report["compile_s"].values())
+            count = sum(report.get("compiles", {}).values())
+            row("of which compiling in the timed parts (kernels), s",
+                f"{compiling:.0f} ({count})")  # fmt: skip
+        if "warm_up" in report:
+            row("warm-up (beside the tests), waited for, s", f"{report['seconds']['warm_up']:.0f}")
     for key in report.get("errors", {}):
         row(f"FAILED: {key} (traceback above and in the JSON)", "error")
     return "\n".join(lines)

@@ -307,6 +307,9 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     report = json.loads(path.read_text())
     assert set(report["seconds"]) == {"warm_up", "float16", "backward_passes"}
+    table = gpu_report.summary(report)
+    assert "of which compiling in the timed parts (kernels), s" in table and " 0 (0)" in table
+    assert "warm-up (beside the tests), waited for, s" in table
     assert report["parts"] == ["float16", "backward_passes"]
     measured.clear()
     # make gpu's default: the checks of issue 9, not the tuning measurements
