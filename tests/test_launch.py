@@ -46,6 +46,9 @@ def test_direct_launches_run_the_kernel_triton_would_with_its_arguments(kernel):
     calls += [((base, base, 16, 7, 2.0, False), {"BLOCK": 64, "MODE": 2, "num_warps": 2}),
               ((base, base, 16, 7, 2.0, False), {"MODE": 2, "BLOCK": 64, "num_warps": 2}),
               ((base, base, 16, 7, 2.0, False), {"BLOCK": 64, "num_warps": 4})]  # fmt: skip
+    # ints by name, in any order (the key then holds their values)
+    calls += [((base, base), dict(n=17, size=7, scale=2.0, flag=True, BLOCK=64)),
+              ((base, base), dict(BLOCK=64, flag=True, scale=2.0, size=7, n=1))]  # fmt: skip
     with fake.fake_gpu():
         for round_ in range(2):  # the first sees each call once (Triton's path), then direct
             for args, kwargs in calls:
@@ -67,6 +70,8 @@ def test_what_triton_s_path_takes(kernel, monkeypatch):
     x = torch.zeros(8)
     with fake.fake_gpu():
         kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+        assert len(kernel.table) == 1
+        kernel[(1,)](x, Y=x, n=3, size=4, scale=1.0, flag=False, BLOCK=8)  # a tensor by name
         assert len(kernel.table) == 1
         # switched off, a grid function, an argument that cannot be hashed: Triton's path
         monkeypatch.setenv(launch.ENV_VAR, "0")

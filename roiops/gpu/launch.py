@@ -136,6 +136,8 @@ class Kernel(KernelInterface):
         compiled = self.jit[grid](*args, **kwargs)
         if compiled is None or hasattr(compiled, "result"):  # (an asynchronous compile)
             return compiled
+        if any(isinstance(value, torch.Tensor) for value in kwargs.values()):
+            return compiled  # (keyed by identity, and kept alive by the table: not kept)
         if len(self.table) >= MAX_ENTRIES:
             self.table.clear()
         # every parameter after the positional ones, as Triton passes them: by keyword
