@@ -651,6 +651,16 @@ def summary(report: dict) -> str:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
                 row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
+        # WINDOW_FORWARD's decision: the fastest window program (without and with the row
+        # ahead, the launcher's program size) against the fastest bin-by-bin one
+        window = [v for k, v in t.items() if k.startswith("window forward")
+                  and not k.endswith("row ahead")]  # fmt: skip
+        ahead = [v for k, v in t.items() if k.startswith("window forward") and k.endswith("ahead")]
+        bins = [v for k, v in t.items() if k.startswith("forward")]
+        if window and bins:
+            row(f"{case}: window forward / with row ahead / bin by bin (fastest), ms",
+                f"{min(window):.3f} / {min(ahead, default=float('nan')):.3f} / "
+                f"{min(bins):.3f}")  # fmt: skip
     if "run_s" in report:
         # the limit applies to `make gpu`'s parts (a run of others shows its time only)
         limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""

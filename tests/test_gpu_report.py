@@ -199,6 +199,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
+    assert "roi_align tiny: window forward / with row ahead / bin by bin (fastest), ms" in table
     assert "roi_align tiny: window forward 2x4/1 / best" in table
 
 
