@@ -653,9 +653,9 @@ def summary(report: dict) -> str:
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
         # WINDOW_FORWARD's decision: the fastest window program (without and with the row
         # ahead, the launcher's program size) against the fastest bin-by-bin one
-        window = [v for k, v in t.items() if k.startswith("window forward")
-                  and not k.endswith("row ahead")]  # fmt: skip
-        ahead = [v for k, v in t.items() if k.startswith("window forward") and k.endswith("ahead")]
+        windows = {k: v for k, v in t.items() if k.startswith("window forward")}
+        window = [v for k, v in windows.items() if not k.endswith(", row ahead")]
+        ahead = [v for k, v in windows.items() if k.endswith(", row ahead")]
         bins = [v for k, v in t.items() if k.startswith("forward")]
         if window and bins:
             row(f"{case}: window forward / with row ahead / bin by bin (fastest), ms",

@@ -41,14 +41,7 @@ def custom_op(name: str):
     tensors, autograd and other devices are the custom op's."""
 
     def register(fn: Callable):
-        run = on_tensors_device(fn)
-        op = torch.library.custom_op(name, mutates_args=())(run)
-        namespace, short_name = name.split("::")
-        if namespace not in _KERNELS:
-            _KERNELS[namespace] = torch.library.Library(namespace, "IMPL")
-        for key in KERNEL_KEYS:
-            _KERNELS[namespace].impl(short_name, run, key)
-        return op
+        return _registered(name, fn)[0]
 
     return register
 
@@ -57,11 +50,24 @@ def forward_op(name: str):
     """:func:`custom_op`, for an op that the public functions call through :func:`call`."""
 
     def register(fn: Callable):
-        op = custom_op(name)(fn)
-        _IMPLEMENTATIONS[op] = on_tensors_device(fn)
+        op, run = _registered(name, fn)
+        _IMPLEMENTATIONS[op] = run
         return op
 
     return register
+
+
+def _registered(name: str, fn: Callable):
+    """``(op, run)``: :func:`custom_op`'s op and the implementation ``run`` (``fn`` on its
+    tensors' device) that it and the dispatcher's CPU and CUDA kernels call."""
+    run = on_tensors_device(fn)
+    op = torch.library.custom_op(name, mutates_args=())(run)
+    namespace, short_name = name.split("::")
+    if namespace not in _KERNELS:
+        _KERNELS[namespace] = torch.library.Library(namespace, "IMPL")
+    for key in KERNEL_KEYS:
+        _KERNELS[namespace].impl(short_name, run, key)
+    return op, run
 
 
 def on_tensors_device(fn: Callable) -> Callable:
