@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 
 import numpy as np
 import torch
@@ -263,7 +264,9 @@ def _pass_times(case, device: str) -> dict:
     lv = bench.make_inputs(case, device, torch.float32)[0]
     x, rois, grad = lv.x, lv.rois, lv.grad
     p = case.output_size
-    sums = Accumulator(grad, x.shape, bins=p * p if case.op.startswith("ps_") else 1)
+    band = gps.BAND if case.op == "ps_roi_pool" else 0  # (as ps_roi_pool_backward chooses)
+    bins = p * p if case.op.startswith("ps_") else 1
+    sums = Accumulator(grad, x.shape, bins=bins, band=band)
     gx = torch.empty_like(x)
     if case.op == "roi_pool":
         _, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p)
@@ -293,6 +296,14 @@ def _pass_times(case, device: str) -> dict:
         # and roiops's, through its custom op, as the bench calls it
         "roiops_backward": ours,
     }
+    if case.op == "ps_roi_pool":
+        # the scatter to every cell (BAND 0) and other bands of rows against the launcher's
+        for other in sorted({0, 1, 16} - {band}):
+            cells = Accumulator(grad, x.shape, bins=bins, band=other)
+            fns[f"scatter_band_{other}"] = partial(gps.ps_roi_pool_scatter, cells, grad, rois,
+                                                   lv.spatial_scale)  # fmt: skip
+            fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
+            fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
     if case.op == "roi_align":
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
@@ -637,6 +648,11 @@ def summary(report: dict) -> str:
                                                    "convert"))  # fmt: skip
         row(f"{case} bwd ms: zero + max|g| + scatter + convert / op / tv",
             f"{ours} / {t['roiops_backward']:.2f} / {t['torchvision_backward']:.2f}")  # fmt: skip
+        for other in sorted(int(k.rsplit("_", 1)[1]) for k in t if k.startswith("scatter_band_")):
+            how = f"in bands of {other} rows" if other else "cell by cell"
+            row(f"{case} bwd ms, sums {how}: scatter + convert / op",
+                f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
+                f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
             row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
                 f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "

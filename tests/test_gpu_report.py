@@ -250,6 +250,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
     import torch
 
+    from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
 
     gpu_report = load()
@@ -266,16 +267,21 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
                           "ps_roi_align tiny ps"}  # fmt: skip
     passes = {"zero_int64", "max_abs_grad", "scatter", "convert", "torchvision_backward",
               "roiops_backward"}  # fmt: skip
+    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
+    bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
+             for b in (0, 1, 16)}  # fmt: skip
     for case, t in times.items():
-        roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
-        assert set(t) == passes | (roi_sums if case.startswith("roi_align ") else set())
+        extra = roi_sums if case.startswith("roi_align ") else set()
+        assert set(t) == passes | (bands if case.startswith("ps_roi_pool") else extra)
         assert all(ms > 0 for ms in t.values())
-    assert not gpu_align.ROI_SUMS  # put back after the timing
+    assert not gpu_align.ROI_SUMS and gpu_ps_pool.BAND == 8  # put back after the timing
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / op / tv" in table
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
+    assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
+    assert "ps_roi_pool tiny ps bwd ms, sums in bands of 16 rows: scatter + convert / op" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

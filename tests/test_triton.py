@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import roiops
+from roiops.gpu import fixed_point
 from roiops.gpu import ps_roi_pool as gpu_ps_pool
 from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
@@ -631,6 +632,39 @@ def test_ps_roi_pool_kernels_take_any_roi_value(rng):
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.ps_roi_pool_backward(grad[:2], rois[:2], 0.5, 2, 2, 2, 8, 9, 11)
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("tile", [fixed_point.BAND_TILE, 64, 16])
+def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
+    # the backward's scatter by the corners of each bin's rectangle, in bands of 1, 3 or
+    # 8 rows (13 rows: the last band short; bins of up to 11 rows cross bands), is the
+    # gradient of the scatter to every cell bit for bit (integer sums are exact), and the
+    # reference's; so with invalid RoIs, empty bins, zero gradients, the last row and
+    # column (which torchvision's bins never reach) and a channels_last gradient. Rows
+    # longer than the conversion's tile (16 cells): the scatter goes cell by cell; a
+    # tile of 64: 4 channels a program
+    monkeypatch.setattr(fixed_point, "BAND_TILE", tile)
+    n, c, h, w = shape = (2, 12, 13, 11 if tile > 16 else 17)
+    assert fixed_point.Accumulator.takes_bands(shape) == (tile > 16)
+    x = on_device(rng.standard_normal(shape), torch.float32)
+    good = random_rois(rng, n, 12, 2 * h, 2 * w, min_size=-2.0, max_size=2 * h)
+    rois = on_device(np.concatenate([good, BAD_ROIS[:3], [[0.0, 0, 0, 2 * w, 2 * h]]]),
+                     torch.float32)  # fmt: skip
+    grad = on_device(rng.standard_normal((len(rois), 3, 2, 2)), torch.float32)
+    grad[:, 1] = 0.0
+    grad_input = {}
+    for band in (0, 1, 3, 8):
+        monkeypatch.setattr(gpu_ps_pool, "BAND", band)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            gx = torch.full_like(x, float("nan")).contiguous(memory_format=layout)
+            grad_input[band, layout] = gpu_ps_pool.ps_roi_pool_backward(grad, rois, gx, 0.5)
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.ps_roi_pool_backward(grad[:12], rois[:12], 0.5, 2, 2, n, c, h, w)
+        ref += torch.ops.roiops.ps_roi_pool_backward(grad[-1:], rois[-1:], 0.5, 2, 2, n, c, h, w)
+    torch.testing.assert_close(grad_input[0, torch.contiguous_format], ref, **TOL[torch.float32])
+    assert ref[:, :, :-1, :-1].abs().sum() > 0 and not ref[:, :, -1].any()
+    for gx in grad_input.values():
+        assert torch.equal(gx, grad_input[0, torch.contiguous_format])
 
 
 @pytest.mark.parametrize("aligned,ratio", [(False, 2), (True, 0)])

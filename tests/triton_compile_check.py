@@ -28,8 +28,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from roiops.gpu.fixed_point import (  # noqa: E402
+    BAND_TILE,
     CONVERT_CELLS,
     CONVERT_CHANNELS,
+    fixed_point_bands_to_float_kernel,
     fixed_point_to_float_kernel,
 )
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
@@ -43,6 +45,7 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_box_backward_kernel,
     prroi_pool_forward_kernel,
 )
+from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
@@ -174,6 +177,9 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
     mode += " row ahead" if constexprs.get("AHEAD") else ""
+    mode += f" band {constexprs['BAND']}" if constexprs.get("BAND") else ""
+    if fn is fixed_point_bands_to_float_kernel:
+        mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
     approximate = APPROXIMATE_DIVISION.findall(ptx)
     assert not approximate, f"{name}: {len(approximate)} approximate float32 divisions"
@@ -182,7 +188,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     written = ("OUT", "GX") if "forward" in fn.__name__ else ("GX",)  # (box grads read OUT)
     if any(pointers.get(out) in ("*fp16", "*bf16") for out in written):
         assert NEAREST_HALF_ROUNDING.search(ptx), f"{name}: half output not rounded to nearest"
-    if fn is fixed_point_to_float_kernel:
+    if fn in (fixed_point_to_float_kernel, fixed_point_bands_to_float_kernel):
         assert stores_lanes_along_cells(kernel.asm["ttgir"]), f"{name}: uncoalesced stores"
     if fn in (roi_pool_backward_kernel, multi_scale_roi_pool_backward_kernel):
         channel_major = constexprs["ARGMAX_CM"]
@@ -314,9 +320,12 @@ def main() -> int:
         )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
-        compile_for_gpu(
-            ps_roi_pool_backward_kernel, bwd, {**ps_pool, "BLOCK_C": block_c}, bwd_warps
-        )
+        # the scatter to every cell, and as differences in the launcher's bands of rows
+        for band in sorted({0, PS_BAND}):
+            compile_for_gpu(
+                ps_roi_pool_backward_kernel, bwd,
+                {**ps_pool, "BLOCK_C": block_c, "BAND": band}, bwd_warps,
+            )  # fmt: skip
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
             compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, "BLOCK": block}, fwd_warps)
@@ -336,6 +345,16 @@ def main() -> int:
                 {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS,
                  "BINS": bins},
                 4,
+            )  # fmt: skip
+        # sums as differences (ps_roi_pool's): R-FCN's map of 68 cells a row (16 channels
+        # a program of 8 warps), and the widest rows (one channel)
+        for block_w, block_c, warps in ((128, 16, 8), (BAND_TILE, 1, 8)):
+            compile_for_gpu(
+                fixed_point_bands_to_float_kernel,
+                {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
+                {"stride_w": 1, "BAND": PS_BAND, "BLOCK_W": block_w, "BLOCK_C": block_c,
+                 "BINS": 49},
+                warps,
             )  # fmt: skip
     print(
         "all Triton kernels compile for sm_90, with IEEE float32 division and "

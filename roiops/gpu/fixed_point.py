@@ -48,6 +48,11 @@ from roiops.gpu.tiles import kernel
 # the conversion's tile: cells of one row x channels
 CONVERT_CELLS = 32
 CONVERT_CHANNELS = 32
+# the conversion of sums scattered as differences: a whole row's cells x channels, at most
+# BAND_TILE elements and 32 channels (sm_90: 128 registers a thread at 8 warps, two
+# programs an SM, for 64 to 256 cells a row; a tile of 128 x 32 took 194); a row of more
+# than BAND_TILE cells cannot be scattered so (``Accumulator.takes_bands``)
+BAND_TILE = 2048
 
 
 @triton.jit
@@ -128,14 +133,50 @@ def fixed_point_to_float_kernel(
     ok = (w < W)[:, None] & (c < C)[None, :]
     cells = row.to(tl.int64) * W + w
     acc = tl.load(ACC + cells[:, None] * C + c[None, :], mask=ok, other=0)
+    _write_sums(GX, acc, AMAX, log2_count, row // H, row % H, w, c, ok, C,
+                stride_n, stride_c, stride_h, stride_w, BINS)  # fmt: skip
+
+
+@kernel
+def fixed_point_bands_to_float_kernel(
+    ACC, AMAX, GX, H, W, C, log2_count, stride_n, stride_c, stride_h, stride_w,
+    BAND: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BINS: tl.constexpr = 1,
+):  # fmt: skip
+    """``fixed_point_to_float_kernel`` for sums scattered as differences
+    (``Accumulator(band=BAND)``): the sum of a cell is that of the accumulator over the
+    cells at or left of it in its row, and at or above it in its band of BAND rows. One
+    program per (image, band, block of BLOCK_C channels), its rows one after the other,
+    each row's cells whole in one tile (BLOCK_W >= W): the row's prefix sums (along the
+    tile's first axis) added to the band's running sums, written as the plain kernel
+    writes them."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    bands = tl.cdiv(H, BAND)
+    n = tl.program_id(0) // (bands * c_blocks)
+    band = tl.program_id(0) // c_blocks % bands
+    w = tl.arange(0, BLOCK_W)
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (w < W)[:, None] & (c < C)[None, :]
+    sums = tl.zeros((BLOCK_W, BLOCK_C), tl.int64)
+    for h in range(band * BAND, tl.minimum(band * BAND + BAND, H)):
+        cells = (tl.cast(n, tl.int64) * H + h) * W + w
+        row = tl.load(ACC + cells[:, None] * C + c[None, :], mask=ok, other=0)
+        sums += tl.cumsum(row, axis=0)
+        _write_sums(GX, sums, AMAX, log2_count, n, h, w, c, ok, C,
+                    stride_n, stride_c, stride_h, stride_w, BINS)  # fmt: skip
+
+
+@triton.jit
+def _write_sums(GX, acc, AMAX, log2_count, n, h, w, c, ok, C, stride_n, stride_c, stride_h,
+                stride_w, BINS: tl.constexpr):  # fmt: skip
+    """GX[n, c, h, w] (any strides) = acc[w, c] * 2**-e (NaN if a gradient was not
+    finite) over a tile of row h's cells w x accumulator channels c; with BINS > 1 the
+    channels go bin by bin (``accumulator_channel``)."""
     _, inverse, finite = fixed_point_scale(AMAX, log2_count)
     value = acc.to(tl.float64) * tl.where(finite, inverse, float("nan"))
     if GX.dtype.element_ty != tl.float64:
         # half precision is rounded from float32, as the other backends round it
         value = value.to(tl.float32)
-    n = row // H
-    h = row % H
-    start = n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h
+    start = tl.cast(n, tl.int64) * stride_n + tl.cast(h, tl.int64) * stride_h
     if BINS > 1:
         c = (c % (C // BINS)) * BINS + c // (C // BINS)
     # int64 throughout: a channels_last gradient's w * stride_w is w * C
@@ -157,9 +198,18 @@ class Accumulator:
     pyramid): ``parts[i]`` (zeroed int64 NHWC views of one buffer ``flat``, part i at
     element ``offsets[i]``), ``amax`` (a 0-d tensor on the device, ``max |grad|``) and
     ``log2_count``, as the scatter kernels take them; ``acc`` is ``parts[0]``. ``bins``
-    > 1: the channels go bin by bin (position-sensitive ops, ``accumulator_channel``)."""
+    > 1: the channels go bin by bin (position-sensitive ops, ``accumulator_channel``).
 
-    def __init__(self, grad: torch.Tensor, *input_shapes, bins: int = 1):
+    ``band`` > 0: the scatter adds differences, not values (for a value added over a
+    rectangle of cells, a few corners instead of every cell; ``roiops.gpu.ps_roi_pool``):
+    a cell's sum is the accumulator's over the cells at or left of it in its row and at
+    or above it in its band of ``band`` rows, which the conversion adds up. Only integer
+    sums allow it: a difference and its prefix sums are exact in any order, so the
+    gradient is the same bits as a scatter to every cell (float differences would cancel
+    inexactly). Every partial sum stays within the bound ``log2_count`` gives: a cell
+    takes at most one difference from each output (its corners are distinct cells)."""
+
+    def __init__(self, grad: torch.Tensor, *input_shapes, bins: int = 1, band: int = 0):
         k, _, ph, pw = grad.shape
         sizes = [n * h * w * c for n, c, h, w in input_shapes]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -172,12 +222,30 @@ class Accumulator:
         self.amax = max_abs(grad)
         self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
         self.bins = bins
+        assert band == 0 or all(map(self.takes_bands, input_shapes)), "rows too long"
+        self.band = band
+
+    @staticmethod
+    def takes_bands(shape) -> bool:
+        """Whether a map of ``shape`` (N, C, H, W) can take sums as differences: its rows
+        fit the conversion's tile."""
+        return triton.next_power_of_2(shape[3]) <= BAND_TILE
 
     def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
         """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
         is written."""
         n, c, h, w = grad_input.shape
         if n * h * w == 0 or c == 0:
+            return grad_input
+        if self.band:
+            block_w = triton.next_power_of_2(w)
+            block_c = max(1, min(32, BAND_TILE // block_w, triton.next_power_of_2(c)))
+            grid = (n * triton.cdiv(h, self.band) * triton.cdiv(c, block_c),)
+            fixed_point_bands_to_float_kernel[grid](
+                self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
+                *grad_input.stride(), BAND=self.band, BLOCK_W=block_w, BLOCK_C=block_c,
+                BINS=self.bins, num_warps=max(1, min(8, block_w * block_c // 256)),
+            )  # fmt: skip
             return grad_input
         grid = (n * h * triton.cdiv(w, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
         fixed_point_to_float_kernel[grid](

@@ -4,8 +4,9 @@ Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, bins cl
 the last row and column), with roi_pool's rounding and bin edges
 (``roiops.gpu.roi_pool``), dividing in IEEE. Forward: one program per (RoI, block of its
 outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward: one
-program per (RoI, bin, block of output channels) adds ``grad / area`` to each cell of
-the bin in the fixed-point accumulator (``roiops.gpu.fixed_point``).
+program per (RoI, bin, block of output channels) adds ``grad / area`` to the cells of
+the bin in the fixed-point accumulator (``roiops.gpu.fixed_point``), as differences at
+the corners of the bin's rectangle (``BAND``), which the conversion sums up.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from roiops.gpu.tiles import (
     output_offsets,
     store_bins,
 )
+
+# The backward's scatter adds a bin's value to its cells as differences
+# (``Accumulator(band=BAND)``): at most 4 atomics per band of BAND rows the bin crosses,
+# instead of one per cell (a bin of 3x4 cells: 4 instead of 12); the conversion then adds
+# up each band's rows one after the other. 0: one atomic per cell.
+BAND = 8
 
 
 @triton.jit
@@ -81,10 +88,14 @@ def ps_roi_pool_forward_kernel(
 def ps_roi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, BAND: tl.constexpr = 0,
 ):  # fmt: skip
     """ACC[N, H, W, C * PH * PW] (int64 fixed point) += grad / area over the cells of
-    one (RoI, bin), for a block of output channels."""
+    one (RoI, bin), for a block of output channels; with BAND > 0 as differences
+    (``Accumulator(band=BAND)``): the bin's rectangle cut at the bands of BAND rows,
+    each piece by its corners, + at its top left, - at its top right, and where the
+    piece ends inside its band - at its bottom left and + at its bottom right (corners
+    past the map's last row or column are left out: no cell sums them)."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
@@ -97,9 +108,24 @@ def ps_roi_pool_backward_kernel(
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     c_acc, C_acc = accumulator_channel(c, p, C, PH * PW, True)
     channel = ACC + n * H * W * C_acc + c_acc
-    for h in range(h0, h1):
-        for w in range(w0, w1):
-            add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_acc, share, scale, c_ok)
+    if BAND == 0:
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_acc, share, scale, c_ok)
+    else:
+        right = c_ok & (w1 < W)
+        first = h0 // BAND
+        last = tl.where((h1 > h0) & (w1 > w0), tl.cdiv(h1, BAND), first)  # none if empty
+        for band in range(first, last):
+            top = tl.maximum(h0, band * BAND)
+            bottom = tl.minimum(h1, band * BAND + BAND)
+            ends = bottom < tl.minimum(band * BAND + BAND, H)
+            at = tl.cast(top * W, tl.int64)
+            add_to_cell(channel, at + w0, C_acc, share, scale, c_ok)
+            add_to_cell(channel, at + w1, C_acc, -share, scale, right)
+            at = tl.cast(bottom * W, tl.int64)
+            add_to_cell(channel, at + w0, C_acc, -share, scale, c_ok & ends)
+            add_to_cell(channel, at + w1, C_acc, share, scale, right & ends)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -120,14 +146,15 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    sums = Accumulator(grad, grad_input.shape, bins=grad.shape[2] * grad.shape[3])
+    band = BAND if Accumulator.takes_bands(grad_input.shape) else 0
+    sums = Accumulator(grad, grad_input.shape, bins=grad.shape[2] * grad.shape[3], band=band)
     ps_roi_pool_scatter(sums, grad, rois, spatial_scale)
     return sums.write_to(grad_input)
 
 
 def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     """Add the contributions of ``grad[K, C, ph, pw]`` into ``sums.acc`` (its channels bin
-    by bin, ``Accumulator(bins=ph * pw)``)."""
+    by bin, ``Accumulator(bins=ph * pw)``; as differences if ``sums.band``)."""
     N, H, W = sums.acc.shape[:3]
     K, C, pooled_h, pooled_w = grad.shape
     assert sums.bins == pooled_h * pooled_w, "a position-sensitive sum goes bin by bin"
@@ -135,5 +162,5 @@ def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
         sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=num_warps,
     )  # fmt: skip
