@@ -39,7 +39,7 @@ def test_direct_launches_run_the_kernel_triton_would_with_its_arguments(kernel):
     base = torch.zeros(64)
     half = torch.zeros(64, dtype=torch.float16)
     # 16-byte aligned or not (Triton specialises on it), float32 or float16
-    tensors = (base, base[1:], base[4:], half, half[1:], half[8:])
+    tensors = (base, base[1:], base[2:], base[4:], half, half[1:], half[8:])
     calls = []
     for x, n, size in itertools.product(tensors, INTS, (5, 2**31, 1)):
         calls.append(((x, base[2:], n, size, 0.5, True), {"BLOCK": 32}))
@@ -90,8 +90,29 @@ def test_what_triton_s_path_takes(kernel, monkeypatch):
         monkeypatch.setattr(launch, "MAX_ENTRIES", 2)
         for n in (16, 17, 18):
             kernel[(1,)](x, x, n, 4, 1.0, False, BLOCK=8)
-        ns = [key[5] for key in kernel.table]  # (device, switches, kwargs, X, Y, n, ...)
-        assert ns == [launch.fingerprint(17), launch.fingerprint(18)]
+        # (device, switches, kwargs, types, (X's 2, Y's 2, n's 4, size's width, ...))
+        ns = [key[4][4:10] for key in kernel.table]
+        expected = [(*launch.fingerprint(n), *launch.fingerprint(4, False)) for n in (17, 18)]
+        assert ns == expected
+        with pytest.raises(TypeError):  # too many arguments: Triton's path, Triton's error
+            kernel[(1,)](x, x, 3, 4, 1.0, False, 8, 0, 9)
+
+
+@pytest.mark.parametrize("specialised", [True, False])
+def test_generated_fingerprints_are_the_arguments_fingerprints(specialised):
+    base = torch.zeros(8)
+    args = (base, base[2:], base[1:].half(), *INTS, 0.5, True, None, "text",
+            torch.nn.Parameter(base))  # fmt: skip
+    expected = []
+    for value in args:
+        part = launch.fingerprint(value, specialised)
+        if type(value) is str:
+            expected.append(value)  # (by value; its type is in the key)
+        elif type(part) is tuple:
+            expected += part
+    types = tuple(map(type, args))
+    assert launch.fingerprinter(types, (specialised,) * len(args))(*args) == tuple(expected)
+    assert len(expected) == 2 * 4 + len(INTS) * (4 if specialised else 2) + 1
 
 
 def test_interpreted_kernels_are_launched_by_triton(monkeypatch):

@@ -14,9 +14,12 @@ kernel that Triton chose for it, and launches that directly. The fingerprint is 
 as fine as Triton's specialisation, so two calls that Triton would compile differently
 never share an entry: per tensor its dtype and its address mod 16 (Triton: 16-byte
 aligned or not), per int its value mod 16, whether it is 1 and its width (Triton: 1 is
-a constant, divisible by 16 or not, i32/i64/u64), other values by type and value; the
-keyword arguments (constexprs and options such as ``num_warps``) by name and value, the
-current device and Triton's debug switch. A call it has not seen goes through
+a constant, divisible by 16 or not, i32/i64/u64; of an int it does not specialise, the
+map sizes of ``roiops.gpu.tiles.UNSPECIALISED``, the width only), other values by type
+and value; the keyword arguments (constexprs and options such as ``num_warps``) by name
+and value, the current device and Triton's debug switch. The fingerprint is computed by
+a function generated for the call's argument types (one expression per argument). A
+call it has not seen goes through
 ``kernel[grid](...)``, which compiles or finds the kernel and launches it, and its
 answer is recorded (at most MAX_ENTRIES a kernel). Triton's check that the globals a
 kernel read have not changed since it was compiled is kept, and so are its launch hooks
@@ -55,17 +58,39 @@ def fast_launch_supported() -> bool:
     return FAST_VERSIONS[0] <= (major, minor) <= FAST_VERSIONS[1]
 
 
-def fingerprint(value: object) -> object:
+def fingerprint(value: object, specialised: bool = True) -> object:
     """What of an argument can decide Triton's specialisation, or more (module
-    docstring)."""
+    docstring); of an int that is not ``specialised`` (``do_not_specialize``), its width
+    only, as Triton. ``fingerprinter`` writes the same out, argument by argument."""
     kind = type(value)
     if kind is int:
-        return value & 15, value == 1, _INT32_MIN <= value <= _INT32_MAX, value <= _INT64_MAX
+        width = _INT32_MIN <= value <= _INT32_MAX, value <= _INT64_MAX
+        return (value & 15, value == 1, *width) if specialised else width
     if isinstance(value, torch.Tensor):
         return value.dtype, value.data_ptr() & 15
     if kind is float or kind is bool or value is None:
         return kind
     return kind, value  # (an unhashable one takes Triton's path)
+
+
+def fingerprinter(types: tuple[type, ...], specialised: tuple[bool, ...]):
+    """A function of arguments of these ``types`` (position by position; ints
+    ``specialised`` or not) that returns ``fingerprint`` of each, flattened into one
+    tuple (their types left out: the key holds them): one generated expression per
+    argument instead of a call, as Triton generates its binder."""
+    names = [f"a{i}" for i in range(len(types))]
+    parts = []
+    for a, kind, special in zip(names, types, specialised, strict=True):
+        if kind is int:
+            parts += [f"{a} & 15", f"{a} == 1"] if special else []
+            parts += [f"{_INT32_MIN} <= {a} <= {_INT32_MAX}", f"{a} <= {_INT64_MAX}"]
+        elif issubclass(kind, torch.Tensor):
+            parts += [f"{a}.dtype", f"{a}.data_ptr() & 15"]
+        elif kind not in (float, bool, type(None)):
+            parts.append(a)  # by value
+    scope: dict = {}
+    exec(f"def key({', '.join(names)}):\n    return ({''.join(p + ', ' for p in parts)})", scope)
+    return scope["key"]
 
 
 class Kernel(KernelInterface):
@@ -77,8 +102,10 @@ class Kernel(KernelInterface):
         self.jit = jit
         self.fast = isinstance(jit, JITFunction) and fast_launch_supported()
         self.table: dict[tuple, tuple] = {}
+        self.fingerprinters: dict[tuple, object] = {}  # argument types: fingerprinter
         if self.fast:
             self._names = [p.name for p in jit.params]
+            self._specialised = tuple(not p.do_not_specialize for p in jit.params)
             empty = inspect.Parameter.empty
             self._defaults = {p.name: p.default for p in jit.params if p.default is not empty}
         functools.update_wrapper(self, jit.fn, updated=())
@@ -110,8 +137,15 @@ class Kernel(KernelInterface):
         device = driver.active.get_current_device()
         knobs = triton.knobs
         switches = (knobs.runtime.debug, knobs.compilation.instrumentation_mode)
+        types = tuple(map(type, args))
+        fingerprints = self.fingerprinters.get(types)
+        if fingerprints is None:
+            if len(types) > len(self._names):  # Triton raises, saying so
+                return self.jit[grid](*args, **kwargs)
+            fingerprints = fingerprinter(types, self._specialised[: len(types)])
+            self.fingerprinters[types] = fingerprints
         try:
-            key = (device, switches, tuple(kwargs.items()), *map(fingerprint, args))
+            key = (device, switches, tuple(kwargs.items()), types, fingerprints(*args))
             entry = self.table.get(key)
         except TypeError:  # an unhashable argument
             return self.jit[grid](*args, **kwargs)
@@ -140,6 +174,7 @@ class Kernel(KernelInterface):
             return compiled  # (keyed by identity, and kept alive by the table: not kept)
         if len(self.table) >= MAX_ENTRIES:
             self.table.clear()
+            self.fingerprinters.clear()
         # every parameter after the positional ones, as Triton passes them: by keyword
         # or by default (constexprs among them, which the compiled launcher skips)
         tail = tuple(
