@@ -182,6 +182,8 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeat: 
 
 def _level_callables(case: Case, lv: Level):
     """{(library, direction): zero-argument callable} for one pyramid level."""
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
     tv = torch.ops.torchvision
     ro = torch.ops.roiops
     x, rois, tv_rois, grad = lv.x, lv.rois, lv.tv_rois, lv.grad

@@ -45,6 +45,7 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_box_backward_kernel,
     prroi_pool_forward_kernel,
 )
+from roiops.gpu.ps_roi_pool import BACKWARD_BLOCK as PS_BACKWARD_BLOCK  # noqa: E402
 from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
@@ -324,7 +325,7 @@ def main() -> int:
         for band in sorted({0, PS_BAND}):
             compile_for_gpu(
                 ps_roi_pool_backward_kernel, bwd,
-                {**ps_pool, "BLOCK_C": block_c, "BAND": band}, bwd_warps,
+                {**ps_pool, "BLOCK": PS_BACKWARD_BLOCK, "BAND": band}, PS_BACKWARD_BLOCK // 32,
             )  # fmt: skip
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}

@@ -4,8 +4,8 @@ Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, bins cl
 the last row and column), with roi_pool's rounding and bin edges
 (``roiops.gpu.roi_pool``), dividing in IEEE. Forward: one program per (RoI, block of its
 outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward: one
-program per (RoI, bin, block of output channels) adds ``grad / area`` to the cells of
-the bin in the fixed-point accumulator (``roiops.gpu.fixed_point``), as differences at
+program per (RoI, block of its outputs), lane (p, c) adding ``grad / area`` to the cells
+of bin p in the fixed-point accumulator (``roiops.gpu.fixed_point``), as differences at
 the corners of the bin's rectangle (``BAND``), which the conversion sums up.
 """
 
@@ -25,12 +25,12 @@ from roiops.gpu.roi_align import input_channel
 from roiops.gpu.roi_pool import bin_edges, round_half_away
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
-    bin_channels_grid,
-    bin_channels_tile,
     bins_grid,
     bins_tile,
+    check_grid,
     kernel,
     output_offsets,
+    roi_and_block,
     store_bins,
 )
 
@@ -39,6 +39,12 @@ from roiops.gpu.tiles import (
 # instead of one per cell (a bin of 3x4 cells: 4 instead of 12); the conversion then adds
 # up each band's rows one after the other. 0: one atomic per cell.
 BAND = 8
+# The backward's programs: BACKWARD_BLOCK of a RoI's outputs, one a thread (8 warps), as
+# roi_align's scatter (``roiops.gpu.tiles``: threads in flight for the atomics to wait
+# on). A program per (RoI, bin) with lanes over output channels, as before, held 21 of 32
+# lanes busy on one warp on R-FCN's 21 classes (8 on its 8 box coordinates), and
+# computed the RoI's geometry once per bin.
+BACKWARD_BLOCK = 256
 
 
 @triton.jit
@@ -87,45 +93,61 @@ def ps_roi_pool_forward_kernel(
 @kernel
 def ps_roi_pool_backward_kernel(
     G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
-    PH: tl.constexpr, PW: tl.constexpr, BLOCK_C: tl.constexpr,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
     ROIS_INNER: tl.constexpr = False, BAND: tl.constexpr = 0,
 ):  # fmt: skip
     """ACC[N, H, W, C * PH * PW] (int64 fixed point) += grad / area over the cells of
-    one (RoI, bin), for a block of output channels; with BAND > 0 as differences
-    (``Accumulator(band=BAND)``): the bin's rectangle cut at the bands of BAND rows,
-    each piece by its corners, + at its top left, - at its top right, and where the
-    piece ends inside its band - at its bottom left and + at its bottom right (corners
-    past the map's last row or column are left out: no cell sums them)."""
-    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
+    each bin, for a block of BLOCK of one RoI's outputs, lane (p, c) bin p of output
+    channel c, channels innermost (their accumulator channels ``p * C + c`` lie side by
+    side). With BAND > 0 as differences (``Accumulator(band=BAND)``): the bin's
+    rectangle cut at the bands of BAND rows, each piece by its corners, + at its top
+    left, - at its top right, and where the piece ends inside its band - at its bottom
+    left and + at its bottom right (corners past the map's last row or column are left
+    out: no cell sums them); with BAND 0 to each of its cells."""
+    P: tl.constexpr = PH * PW
+    k, block = roi_and_block(tl.cdiv(C * P, BLOCK), ROIS_INNER)
+    # (in int64: C * P may pass 2**31)
+    output = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    p = (output // C).to(tl.int32)
+    c = (output % C).to(tl.int32)
+    ok = p < P
     n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
     w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
     h1 = tl.where(valid, h1, h0)  # an invalid RoI sends nothing
-    g_at, _ = output_offsets(k, c, p, C, PH * PW)
-    g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
+    g_at, _ = output_offsets(k, c, p, C, P)
+    g = tl.load(G + g_at, mask=ok, other=0.0).to(dt)
     share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
-    c_acc, C_acc = accumulator_channel(c, p, C, PH * PW, True)
+    c_acc, C_acc = accumulator_channel(c, p, C, P, True)
     channel = ACC + n * H * W * C_acc + c_acc
+    # the tallest (widest) bin spans at most ceil(size / pooled) + 1 rows (columns)
+    tallest = tl.minimum(tl.cdiv(roi_h, PH) + 1, H)
     if BAND == 0:
-        for h in range(h0, h1):
-            for w in range(w0, w1):
-                add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_acc, share, scale, c_ok)
+        widest = tl.minimum(tl.cdiv(roi_w, PW) + 1, W)
+        for dh in range(0, tallest):
+            for dw in range(0, widest):
+                h = h0 + dh
+                w = w0 + dw
+                inside = ok & (h < h1) & (w < w1)
+                add_to_cell(channel, tl.cast(h * W + w, tl.int64), C_acc, share, scale, inside)
     else:
-        right = c_ok & (w1 < W)
+        right = ok & (w1 < W)
         first = h0 // BAND
-        last = tl.where((h1 > h0) & (w1 > w0), tl.cdiv(h1, BAND), first)  # none if empty
-        for band in range(first, last):
+        pieces = tl.where((h1 > h0) & (w1 > w0), tl.cdiv(h1, BAND) - first, 0)  # 0: empty
+        for i in range(0, tl.cdiv(tallest, BAND) + 1):
+            band = first + i
             top = tl.maximum(h0, band * BAND)
             bottom = tl.minimum(h1, band * BAND + BAND)
             ends = bottom < tl.minimum(band * BAND + BAND, H)
+            piece = i < pieces
             at = tl.cast(top * W, tl.int64)
-            add_to_cell(channel, at + w0, C_acc, share, scale, c_ok)
-            add_to_cell(channel, at + w1, C_acc, -share, scale, right)
+            add_to_cell(channel, at + w0, C_acc, share, scale, ok & piece)
+            add_to_cell(channel, at + w1, C_acc, -share, scale, right & piece)
             at = tl.cast(bottom * W, tl.int64)
-            add_to_cell(channel, at + w0, C_acc, -share, scale, c_ok & ends)
-            add_to_cell(channel, at + w1, C_acc, share, scale, right & ends)
+            add_to_cell(channel, at + w0, C_acc, -share, scale, ok & piece & ends)
+            add_to_cell(channel, at + w1, C_acc, share, scale, right & piece & ends)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -158,9 +180,11 @@ def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     N, H, W = sums.acc.shape[:3]
     K, C, pooled_h, pooled_w = grad.shape
     assert sums.bins == pooled_h * pooled_w, "a position-sensitive sum goes bin by bin"
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
+    outputs = C * pooled_h * pooled_w
+    block = min(BACKWARD_BLOCK, triton.next_power_of_2(outputs))
+    grid = check_grid(K * triton.cdiv(outputs, block), "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=num_warps,
+        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK=block,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=max(1, block // 32),
     )  # fmt: skip
