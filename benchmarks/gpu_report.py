@@ -397,6 +397,8 @@ SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # ((bins, channels), warps) of roi_pool's backward tiles
 ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((64, 32), 4),
                   ((64, 32), 8))  # fmt: skip
+# (outputs, warps) of ps_roi_pool's backward programs (the first is its launcher's)
+PS_SCATTER_CONFIGS = ((256, 8), (128, 4), (512, 16), (64, 2), (256, 4))
 # ((channels, span), warps) of roi_align's average-mode forward by RoI windows
 # (roiops.gpu.roi_align.WINDOW_FORWARD; the first is its launcher's), on NCHW cases
 WINDOW_CONFIGS = (((16, 16), 8), ((8, 16), 4), ((32, 16), 8), ((16, 32), 8))
@@ -407,6 +409,7 @@ ROIS_INNER_CONFIGS = {
     "nhwc forward": ((64, 1), (32, 1)),
     "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
     "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),
+    "ps scatter": ((256, 8), (128, 4)),
 }
 CONFIG_CASES = (
     "a small sr=0",
@@ -446,9 +449,11 @@ def _level_and_torchvision_forward(case, device: str):
 
 
 def _ps_config_times(case, device: str) -> dict:
-    """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``."""
+    """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``, and
+    ps_roi_pool's backward scatter (as its differences, ``BAND``)."""
     from roiops.gpu import ps_roi_pool as gps
     from roiops.gpu import roi_align as ga
+    from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
 
     lv, fns = _level_and_torchvision_forward(case, device)
@@ -469,6 +474,16 @@ def _ps_config_times(case, device: str) -> dict:
                 ga.roi_align_forward_kernel[g](
                     x, rois, out, out, N, C, H, W, bits, case.sampling_ratio, PH=p, PW=p,
                     ALIGNED=True, MAX_MODE=False, PS=True, BLOCK=b, ROIS_INNER=i, num_warps=w,
+                )
+            )  # fmt: skip
+    if case.op == "ps_roi_pool":
+        sums = Accumulator(lv.grad, x.shape, bins=p * p, band=gps.BAND)
+        for kind, block, warps, inner in _configs("scatter", PS_SCATTER_CONFIGS, "ps scatter"):
+            grid = (K * triton.cdiv(C * p * p, block),)
+            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
+                gps.ps_roi_pool_backward_kernel[g](
+                    lv.grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sums.log2_count,
+                    PH=p, PW=p, BLOCK=b, ROIS_INNER=i, BAND=sums.band, num_warps=w,
                 )
             )  # fmt: skip
     return bench.time_interleaved(fns, device, ROUNDS)

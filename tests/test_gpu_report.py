@@ -157,12 +157,14 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "SCATTER_CONFIGS": ((4, 1),),
         "ARGMAX_CONFIGS": (((4, 2), 1),),
         "WINDOW_CONFIGS": (((2, 4), 1),),
+        "PS_SCATTER_CONFIGS": ((64, 2),),
         "ROIS_INNER_CONFIGS": {
             "forward": ((32, 1),),
             "window forward": (((4, 8), 1),),
             "nhwc forward": ((2, 1),),
             "scatter": ((2, 1),),
             "argmax scatter": (((2, 4), 1),),
+            "ps scatter": ((32, 1),),
         },
     }
     for name, value in monkey.items():
@@ -189,8 +191,9 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "nhwc forward, rois inner 2/1",
     }
     assert set(times["roi_pool tiny"]) == forwards | {"scatter 4x2/1", "scatter, rois inner 2x4/1"}
-    for op in ("ps_roi_pool", "ps_roi_align"):
-        assert set(times[f"{op} tiny ps"]) == forwards
+    ps_scatter = {"scatter 64/2", "scatter, rois inner 32/1"}
+    assert set(times["ps_roi_pool tiny ps"]) == forwards | ps_scatter
+    assert set(times["ps_roi_align tiny ps"]) == forwards
     assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
@@ -198,6 +201,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_align tiny: forward 64/2 / best" in table
     assert "roi_align tiny NHWC: nhwc forward 4/1 / best" in table
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
+    assert "ps_roi_pool tiny ps: scatter 64/2 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
     assert "roi_align tiny: window forward / with row ahead / bin by bin (fastest), ms" in table
     assert "roi_align tiny: window forward 2x4/1 / best" in table
