@@ -447,21 +447,27 @@ def test_fixed_point_scale_follows_the_gradient(rng, mode):
     assert torch.equal(zero, torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("bins", [1, 4])
+@pytest.mark.parametrize("bins,band", [(1, 0), (4, 0), (4, 2)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided view"])
-def test_fixed_point_conversion_writes_every_cell(rng, layout, bins):
+def test_fixed_point_conversion_writes_every_cell(rng, layout, bins, band):
     # the conversion's tiles (a row's cells x channels) end inside the map on both axes:
     # 45 cells a row and 36 channels are not multiples of the 32 x 32 tile; any strides;
-    # with bins (position-sensitive sums), accumulator channel p * 9 + c is channel c * 4 + p
+    # with bins (position-sensitive sums), accumulator channel p * 9 + c is channel c * 4 + p;
+    # with bands (sums as differences), a cell's sum is the accumulator's over the cells
+    # at or left of it in its row and at or above it in its band (rows 0-1, then row 2)
     from roiops.gpu.fixed_point import Accumulator
 
     n, c, h, w = 2, 36, 3, 45
     grad = on_device(rng.standard_normal((5, 3, 2, 2)), torch.float32)
-    sums = Accumulator(grad, (n, c, h, w), bins=bins)
-    sums.acc.copy_(torch.from_numpy(rng.integers(-(2**40), 2**40, (n, h, w, c))))
+    sums = Accumulator(grad, (n, c, h, w), bins=bins, band=band)
+    acc = torch.from_numpy(rng.integers(-(2**40), 2**40, (n, h, w, c)))
+    sums.acc.copy_(acc)
+    if band:
+        acc = acc.cumsum(2)
+        acc = torch.cat([acc[:, :2].cumsum(1), acc[:, 2:]], dim=1)
     # what the kernel computes: acc * 2**-e with e from max |grad| (< 2**E) and the count
     bound = int(np.frexp(float(sums.amax))[1])
-    expected = (sums.acc.double() * 2.0 ** -(62 - bound - sums.log2_count)).float()
+    expected = (acc.double() * 2.0 ** -(62 - bound - sums.log2_count)).float()
     # [n, h, w, (p, c)] -> [n, (c, p), h, w]
     expected = expected.view(n, h, w, bins, c // bins).transpose(3, 4).reshape(n, h, w, c)
     expected = expected.permute(0, 3, 1, 2)
