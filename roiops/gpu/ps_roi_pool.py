@@ -122,10 +122,11 @@ def ps_roi_pool_backward_kernel(
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     c_acc, C_acc = accumulator_channel(c, p, C, P, True)
     channel = ACC + n * H * W * C_acc + c_acc
-    # the tallest (widest) bin spans at most ceil(size / pooled) + 1 rows (columns)
-    tallest = tl.minimum(tl.cdiv(roi_h, PH) + 1, H)
+    # the tallest (widest) bin spans at most ceil(size / pooled) + 1 rows (columns), and
+    # the clipped bins at most the map (an invalid RoI's none)
+    tallest = tl.where(valid, tl.minimum(tl.cdiv(roi_h, PH) + 1, H), 0)
     if BAND == 0:
-        widest = tl.minimum(tl.cdiv(roi_w, PW) + 1, W)
+        widest = tl.where(valid, tl.minimum(tl.cdiv(roi_w, PW) + 1, W), 0)
         for dh in range(0, tallest):
             for dw in range(0, widest):
                 h = h0 + dh
