@@ -304,6 +304,10 @@ def _pass_times(case, device: str) -> dict:
                                                    lv.spatial_scale)  # fmt: skip
             fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
             fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
+    if case.op == "ps_roi_align":
+        # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
+        fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
+        fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
     if case.op == "roi_align":
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
@@ -397,7 +401,8 @@ SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # ((bins, channels), warps) of roi_pool's backward tiles
 ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((64, 32), 4),
                   ((64, 32), 8))  # fmt: skip
-# (outputs, warps) of ps_roi_pool's backward programs (the first is its launcher's)
+# (outputs, warps) of the position-sensitive backward programs (the first is their
+# launchers')
 PS_SCATTER_CONFIGS = ((256, 8), (128, 4), (512, 16), (64, 2), (256, 4))
 # ((channels, span), warps) of roi_align's average-mode forward by RoI windows
 # (roiops.gpu.roi_align.WINDOW_FORWARD; the first is its launcher's), on NCHW cases
@@ -450,7 +455,7 @@ def _level_and_torchvision_forward(case, device: str):
 
 def _ps_config_times(case, device: str) -> dict:
     """The position-sensitive forwards (NCHW, R-FCN's maps), as ``_config_times``, and
-    ps_roi_pool's backward scatter (as its differences, ``BAND``)."""
+    their backward scatters (ps_roi_pool's as its differences, ``BAND``)."""
     from roiops.gpu import ps_roi_pool as gps
     from roiops.gpu import roi_align as ga
     from roiops.gpu.fixed_point import Accumulator
@@ -476,14 +481,23 @@ def _ps_config_times(case, device: str) -> dict:
                     ALIGNED=True, MAX_MODE=False, PS=True, BLOCK=b, ROIS_INNER=i, num_warps=w,
                 )
             )  # fmt: skip
-    if case.op == "ps_roi_pool":
-        sums = Accumulator(lv.grad, x.shape, bins=p * p, band=gps.BAND)
-        for kind, block, warps, inner in _configs("scatter", PS_SCATTER_CONFIGS, "ps scatter"):
-            grid = (K * triton.cdiv(C * p * p, block),)
+    band = gps.BAND if case.op == "ps_roi_pool" else 0
+    sums = Accumulator(lv.grad, x.shape, bins=p * p, band=band)
+    for kind, block, warps, inner in _configs("scatter", PS_SCATTER_CONFIGS, "ps scatter"):
+        grid = (K * triton.cdiv(C * p * p, block),)
+        if case.op == "ps_roi_pool":
             fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
                 gps.ps_roi_pool_backward_kernel[g](
                     lv.grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sums.log2_count,
-                    PH=p, PW=p, BLOCK=b, ROIS_INNER=i, BAND=sums.band, num_warps=w,
+                    PH=p, PW=p, BLOCK=b, ROIS_INNER=i, BAND=band, num_warps=w,
+                )
+            )  # fmt: skip
+        else:
+            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
+                ga.ps_roi_align_backward_kernel[g](
+                    lv.grad, rois, sums.amax, sums.acc, N, C, H, W, bits,
+                    case.sampling_ratio, sums.log2_count, PH=p, PW=p, ALIGNED=True, BLOCK=b,
+                    SPAN=ga.SPAN, ROIS_INNER=i, num_warps=w,
                 )
             )  # fmt: skip
     return bench.time_interleaved(fns, device, ROUNDS)
@@ -668,6 +682,9 @@ def summary(report: dict) -> str:
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
+        if "scatter_per_bin" in t:
+            row(f"{case} bwd ms, a program per bin: scatter / op",
+                f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
             row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
                 f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "

@@ -192,8 +192,8 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     }
     assert set(times["roi_pool tiny"]) == forwards | {"scatter 4x2/1", "scatter, rois inner 2x4/1"}
     ps_scatter = {"scatter 64/2", "scatter, rois inner 32/1"}
-    assert set(times["ps_roi_pool tiny ps"]) == forwards | ps_scatter
-    assert set(times["ps_roi_align tiny ps"]) == forwards
+    for op in ("ps_roi_pool", "ps_roi_align"):
+        assert set(times[f"{op} tiny ps"]) == forwards | ps_scatter
     assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
@@ -274,17 +274,20 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (0, 1, 16)}  # fmt: skip
+    per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
+    extras = {"roi_align": roi_sums, "ps_roi_pool": bands, "ps_roi_align": per_bin}
     for case, t in times.items():
-        extra = roi_sums if case.startswith("roi_align ") else set()
-        assert set(t) == passes | (bands if case.startswith("ps_roi_pool") else extra)
+        assert set(t) == passes | extras.get(case.split()[0], set())
         assert all(ms > 0 for ms in t.values())
-    assert not gpu_align.ROI_SUMS and gpu_ps_pool.BAND == 8  # put back after the timing
+    # put back after the timing
+    assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 8
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / op / tv" in table
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
+    assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 16 rows: scatter + convert / op" in table
 
 

@@ -617,6 +617,29 @@ def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("span", [8, 2])
+@pytest.mark.parametrize("ratio", [2, 0])
+def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, span):
+    # a RoI's (bin, channel) outputs in the lanes of a program (PS_LANES) or a program
+    # per bin: the same contributions, so the same bits; with invalid RoIs, an adaptive
+    # sampling grid, and windows of 2 cells (several per bin)
+    monkeypatch.setattr(gpu_align, "SPAN", span)
+    x, rois, grad = position_sensitive_case(rng, (3, 2))
+    rois = torch.cat([rois, on_device(np.array(BAD_ROIS[:4]), torch.float32)])
+    grad = torch.cat([grad, on_device(rng.standard_normal((4, 3, 3, 2)), torch.float32)])
+    grad_input = []
+    for lanes in (True, False):
+        monkeypatch.setattr(gpu_align, "PS_LANES", lanes)
+        gx = torch.full_like(x, float("nan"))
+        grad_input.append(
+            gpu_align.roi_align_backward(grad, rois, None, gx, 0.5, 3, 2, ratio, True, True)
+        )
+    assert torch.equal(grad_input[0], grad_input[1])
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.ps_roi_align_backward(grad[:8], rois[:8], 0.5, 3, 2, ratio, *x.shape)
+    torch.testing.assert_close(grad_input[0], ref, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("output_size", [(3, 2), 2])
 def test_ps_roi_pool_matches_reference(rng, output_size):
     x, rois, grad = position_sensitive_case(rng, output_size)

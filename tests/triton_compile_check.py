@@ -59,6 +59,7 @@ from roiops.gpu.roi_align import (  # noqa: E402
     WINDOW_CHANNELS,
     WINDOW_SPAN,
     WINDOW_WARPS,
+    ps_roi_align_backward_kernel,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
@@ -66,6 +67,7 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_small_backward_kernel,
     roi_align_window_forward_kernel,
 )
+from roiops.gpu.roi_align import PS_BACKWARD_BLOCK as PS_ALIGN_BLOCK  # noqa: E402
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
     roi_align_rotated_forward_kernel,
@@ -283,6 +285,12 @@ def main() -> int:
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
             {**ps, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True}, bwd_warps,
+        )  # fmt: skip
+        # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES, the launcher's)
+        compile_for_gpu(
+            ps_roi_align_backward_kernel, {k: v for k, v in bwd.items() if k != "ARGMAX"},
+            {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK": PS_ALIGN_BLOCK, "SPAN": SPAN},
+            PS_ALIGN_BLOCK // 32,
         )  # fmt: skip
         levels = {f"X{i}": f"*{dt}" for i in range(5)} | {"LEVELS": "*i64"}
         fpn = {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "ALIGNED": False}

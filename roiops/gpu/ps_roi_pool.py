@@ -30,7 +30,7 @@ from roiops.gpu.tiles import (
     check_grid,
     kernel,
     output_offsets,
-    roi_and_block,
+    roi_outputs_tile,
     store_bins,
 )
 
@@ -105,12 +105,7 @@ def ps_roi_pool_backward_kernel(
     left and + at its bottom right (corners past the map's last row or column are left
     out: no cell sums them); with BAND 0 to each of its cells."""
     P: tl.constexpr = PH * PW
-    k, block = roi_and_block(tl.cdiv(C * P, BLOCK), ROIS_INNER)
-    # (in int64: C * P may pass 2**31)
-    output = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    p = (output // C).to(tl.int32)
-    c = (output % C).to(tl.int32)
-    ok = p < P
+    k, p, c, ok = roi_outputs_tile(C, P, BLOCK, ROIS_INNER)
     n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)

@@ -44,6 +44,7 @@ from roiops.gpu.tiles import (
     kernel,
     output_offsets,
     roi_channels_tile,
+    roi_outputs_tile,
     store_bins,
 )
 
@@ -58,6 +59,14 @@ SPAN = 8
 ROI_SUMS = False
 ROI_SPAN = 16
 ROI_CHANNELS = 32
+# Position-sensitive backward (ps_roi_align) with PS_BACKWARD_BLOCK of a RoI's (bin,
+# channel) outputs a program, one a thread (``ps_roi_align_backward_kernel``), instead of
+# one program per (RoI, bin, block of output channels), which held 21 of 32 lanes busy
+# on one warp for R-FCN's 21 classes (8 for its box coordinates) and summed each window's
+# weights with a reduction across the lanes per cell. The same bits either way; not yet
+# timed on a GPU (`make gpu`'s backward_passes part times both).
+PS_LANES = True
+PS_BACKWARD_BLOCK = 256
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
 # cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
 # channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
@@ -400,6 +409,22 @@ def _bins_cell_weights(start, bin_size, grid, limit, first, P, BLOCK_P: tl.const
 
 
 @triton.jit
+def _lanes_cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.constexpr):
+    """[SPAN, lanes]: ``_cell_weights`` of each lane's bin ``bin_index`` over its cells
+    ``first .. first + SPAN - 1`` (per lane; the same sums in the same order). The lanes
+    go last, so that Triton lays the tile out with a lane's SPAN weights in one thread
+    (lanes first, it put 8 threads along SPAN: every weight picked was a reduction
+    across threads)."""
+    cells = tl.arange(0, SPAN)[:, None] + first[None, :]
+    weights = tl.zeros(cells.shape, dtype=start.dtype)
+    for i in range(0, grid):
+        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
+        weights += tl.where(cells == low[None, :], tl.where(inside, w_low, 0.0)[None, :], 0.0)
+        weights += tl.where(cells == high[None, :], tl.where(inside, w_high, 0.0)[None, :], 0.0)
+    return weights
+
+
+@triton.jit
 def _cell_range(start, bin_size, bin_index, grid, limit):
     """[first, last]: the cells the bin's points along one axis can touch (points run
     forwards, or backwards in an inverted aligned RoI: the ends bound them)."""
@@ -432,6 +457,52 @@ def roi_align_backward_kernel(
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
                  SPAN, ARGMAX_CM, SKIP_SMALL)  # fmt: skip
+
+
+@kernel
+def ps_roi_align_backward_kernel(
+    G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, sampling_ratio, log2_count,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    SPAN: tl.constexpr, ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """``roi_align_backward_kernel``'s position-sensitive average (ps_roi_align), with a
+    block of BLOCK of one RoI's outputs a program instead of one bin, lane (p, c) bin p
+    of output channel c, channels innermost (``roi_outputs_tile``): each lane sums its
+    bin's weights per cell as that kernel does (SPAN x SPAN windows, the same sums), and
+    adds one atomic per cell with a weight, into ACC[N, H, W, C * PH * PW]'s channel
+    ``p * C + c`` (``Accumulator(bins=PH * PW)``); the same contributions, so the same
+    bits."""
+    P: tl.constexpr = PH * PW
+    k, p, c, ok = roi_outputs_tile(C, P, BLOCK, ROIS_INNER)
+    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+    )
+    ph = p // PW
+    pw = p % PW
+    g_at, _ = output_offsets(k, c, p, C, P)
+    dt = start_h.dtype
+    g = tl.load(G + g_at, mask=ok, other=0.0).to(dt)
+    scale, _, _ = fixed_point_scale(AMAX, log2_count)
+    c_acc, C_acc = accumulator_channel(c, p, C, P, True)
+    channel = ACC + n * H * W * C_acc + c_acc
+    if (gh > 0) & (gw > 0):
+        g = div_rn(g, (gh * gw).to(dt))
+        y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
+        x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
+        # the windows cover every lane's cells; past a lane's own, its weights are 0
+        rows = tl.max(tl.where(ok, y_last + 1 - y_first, 0), axis=0)
+        cols = tl.max(tl.where(ok, x_last + 1 - x_first, 0), axis=0)
+        span = tl.arange(0, SPAN)[:, None]
+        for y0 in range(0, rows, SPAN):
+            a_y = _lanes_cell_weights(start_h, bin_h, ph, gh, H, y_first + y0, SPAN)
+            for x0 in range(0, cols, SPAN):
+                a_x = _lanes_cell_weights(start_w, bin_w, pw, gw, W, x_first + x0, SPAN)
+                for dy in range(0, tl.minimum(SPAN, rows - y0)):
+                    w_row = tl.sum(tl.where(span == dy, a_y, 0.0), axis=0)
+                    row = (y_first + y0 + dy).to(tl.int64) * W + x_first + x0
+                    for dx in range(0, tl.minimum(SPAN, cols - x0)):
+                        w = w_row * tl.sum(tl.where(span == dx, a_x, 0.0), axis=0)
+                        add_to_cell(channel, row + dx, C_acc, g * w, scale, ok & (w != 0))
 
 
 @triton.jit
@@ -661,6 +732,15 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
     grad = grad.contiguous()
     bits = scale_bits(spatial_scale)
+    if position_sensitive and PS_LANES:  # (position-sensitive: average mode)
+        outputs = C * pooled_h * pooled_w
+        block = min(PS_BACKWARD_BLOCK, triton.next_power_of_2(outputs))
+        ps_roi_align_backward_kernel[check_grid(K * triton.cdiv(outputs, block), "ps_roi_align")](
+            grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
+            sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
+            SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=max(1, block // 32),
+        )  # fmt: skip
+        return
     small_rois = ROI_SUMS and not max_mode and not position_sensitive
     if small_rois:
         block_c = min(ROI_CHANNELS, triton.next_power_of_2(C))

@@ -164,6 +164,19 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr 
 
 
 @triton.jit
+def roi_outputs_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr = False):
+    """(k, p, c, ok): this program's RoI and, per lane, flattened bin and channel of a
+    block of BLOCK of the RoI's ``C * P`` outputs, channels innermost (the backward's
+    lanes for the position-sensitive ops, whose accumulator channels ``p * C + c`` then
+    lie side by side); a grid of ``K * cdiv(C * P, BLOCK)`` programs."""
+    k, block = roi_and_block(tl.cdiv(C * P, BLOCK), ROIS_INNER)
+    # (in int64: C * P may pass 2**31)
+    output = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    p = (output // C).to(tl.int32)
+    return k, p, (output % C).to(tl.int32), p < P
+
+
+@triton.jit
 def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
                STORE_ARGMAX: tl.constexpr, CHANNEL_MAJOR: tl.constexpr = True):  # fmt: skip
     """OUT[k, c, p] = values; ARGMAX[k, p, c] = argmax (``output_offsets``)."""
