@@ -36,8 +36,9 @@ from roiops.gpu.tiles import (
 
 # The backward's scatter adds a bin's value to its cells as differences
 # (``Accumulator(band=BAND)``): at most 4 atomics per band of BAND rows the bin crosses,
-# instead of one per cell (a bin of 3x4 cells: 4 instead of 12); the conversion then adds
-# up each band's rows one after the other. 0: one atomic per cell.
+# instead of one per cell (a bin of 3x4 cells: 4 instead of 12; 4.28 instead of 10.25 a
+# bin on average over the R-FCN boxes of `roiops bench --device cuda`); the conversion then
+# adds up each band's rows one after the other. 0: one atomic per cell.
 BAND = 8
 # The backward's programs: BACKWARD_BLOCK of a RoI's outputs, one a thread (8 warps), as
 # roi_align's scatter (``roiops.gpu.tiles``: threads in flight for the atomics to wait
