@@ -330,7 +330,8 @@ def _with_settings(fn, module, **values):
     launch grids, which ``roiops.gpu.tiles`` caches from its sizes, are computed again."""
     from roiops.gpu import tiles
 
-    grids = (tiles.bins_grid, tiles.bin_channels_grid, tiles.roi_channels_grid)
+    grids = (tiles.bins_grid, tiles.bin_channels_grid, tiles.roi_channels_grid,
+             tiles.roi_outputs_grid)  # fmt: skip
 
     def run():
         before = {name: getattr(module, name) for name in values}

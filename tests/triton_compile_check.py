@@ -45,7 +45,6 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_box_backward_kernel,
     prroi_pool_forward_kernel,
 )
-from roiops.gpu.ps_roi_pool import BACKWARD_BLOCK as PS_BACKWARD_BLOCK  # noqa: E402
 from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
@@ -67,7 +66,6 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_small_backward_kernel,
     roi_align_window_forward_kernel,
 )
-from roiops.gpu.roi_align import PS_BACKWARD_BLOCK as PS_ALIGN_BLOCK  # noqa: E402
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
     roi_align_rotated_forward_kernel,
@@ -82,6 +80,7 @@ from roiops.gpu.tiles import (  # noqa: E402
     bin_channels_grid,
     bins_grid,
     roi_channels_grid,
+    roi_outputs_grid,
 )
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -214,6 +213,7 @@ def main() -> int:
     _, block_c, bwd_warps = bin_channels_grid(1, 256, 7, 7)
     _, nhwc_c, nhwc_warps = bin_channels_grid(1, 256, 7, 7, forward=True)
     _, block_p, argmax_c, argmax_warps = roi_channels_grid(1, 256, 49)
+    _, ps_block, ps_warps = roi_outputs_grid(1, 21 * 49)  # (R-FCN's 21 classes)
     argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
     for dt in ("fp32", "fp16", "bf16", "fp64"):
         rois = amax = "*fp64" if dt == "fp64" else "*fp32"
@@ -289,8 +289,8 @@ def main() -> int:
         # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES, the launcher's)
         compile_for_gpu(
             ps_roi_align_backward_kernel, {k: v for k, v in bwd.items() if k != "ARGMAX"},
-            {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK": PS_ALIGN_BLOCK, "SPAN": SPAN},
-            PS_ALIGN_BLOCK // 32,
+            {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK": ps_block, "SPAN": SPAN},
+            ps_warps,
         )  # fmt: skip
         levels = {f"X{i}": f"*{dt}" for i in range(5)} | {"LEVELS": "*i64"}
         fpn = {"NUM_LEVELS": 4, "PH": 7, "PW": 7, "ALIGNED": False}
@@ -333,7 +333,7 @@ def main() -> int:
         for band in sorted({0, PS_BAND}):
             compile_for_gpu(
                 ps_roi_pool_backward_kernel, bwd,
-                {**ps_pool, "BLOCK": PS_BACKWARD_BLOCK, "BAND": band}, PS_BACKWARD_BLOCK // 32,
+                {**ps_pool, "BLOCK": ps_block, "BAND": band}, ps_warps,
             )  # fmt: skip
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}

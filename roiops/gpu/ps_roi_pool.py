@@ -27,9 +27,9 @@ from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
-    check_grid,
     kernel,
     output_offsets,
+    roi_outputs_grid,
     roi_outputs_tile,
     store_bins,
 )
@@ -40,12 +40,6 @@ from roiops.gpu.tiles import (
 # bin on average over the R-FCN boxes of `roiops bench --device cuda`); the conversion then
 # adds up each band's rows one after the other. 0: one atomic per cell.
 BAND = 8
-# The backward's programs: BACKWARD_BLOCK of a RoI's outputs, one a thread (8 warps), as
-# roi_align's scatter (``roiops.gpu.tiles``: threads in flight for the atomics to wait
-# on). A program per (RoI, bin) with lanes over output channels, as before, held 21 of 32
-# lanes busy on one warp on R-FCN's 21 classes (8 on its 8 box coordinates), and
-# computed the RoI's geometry once per bin.
-BACKWARD_BLOCK = 256
 
 
 @triton.jit
@@ -177,11 +171,9 @@ def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     N, H, W = sums.acc.shape[:3]
     K, C, pooled_h, pooled_w = grad.shape
     assert sums.bins == pooled_h * pooled_w, "a position-sensitive sum goes bin by bin"
-    outputs = C * pooled_h * pooled_w
-    block = min(BACKWARD_BLOCK, triton.next_power_of_2(outputs))
-    grid = check_grid(K * triton.cdiv(outputs, block), "ps_roi_pool")
+    grid, block, num_warps = roi_outputs_grid(K, C * pooled_h * pooled_w, "ps_roi_pool")
     ps_roi_pool_backward_kernel[grid](
         grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
         sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=max(1, block // 32),
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=num_warps,
     )  # fmt: skip

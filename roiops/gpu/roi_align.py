@@ -44,6 +44,7 @@ from roiops.gpu.tiles import (
     kernel,
     output_offsets,
     roi_channels_tile,
+    roi_outputs_grid,
     roi_outputs_tile,
     store_bins,
 )
@@ -59,14 +60,13 @@ SPAN = 8
 ROI_SUMS = False
 ROI_SPAN = 16
 ROI_CHANNELS = 32
-# Position-sensitive backward (ps_roi_align) with PS_BACKWARD_BLOCK of a RoI's (bin,
-# channel) outputs a program, one a thread (``ps_roi_align_backward_kernel``), instead of
-# one program per (RoI, bin, block of output channels), which held 21 of 32 lanes busy
-# on one warp for R-FCN's 21 classes (8 for its box coordinates) and summed each window's
-# weights with a reduction across the lanes per cell. The same bits either way; not yet
-# timed on a GPU (`make gpu`'s backward_passes part times both).
+# Position-sensitive backward (ps_roi_align) with a block of a RoI's (bin, channel)
+# outputs a program (``ps_roi_align_backward_kernel``, ``tiles.roi_outputs_grid``),
+# instead of one program per (RoI, bin, block of output channels), which held 21 of 32
+# lanes busy on one warp for R-FCN's 21 classes (8 for its box coordinates) and summed
+# each window's weights with a reduction across the lanes per cell. The same bits either
+# way; not yet timed on a GPU (`make gpu`'s backward_passes part times both).
 PS_LANES = True
-PS_BACKWARD_BLOCK = 256
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
 # cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
 # channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
@@ -733,12 +733,11 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     grad = grad.contiguous()
     bits = scale_bits(spatial_scale)
     if position_sensitive and PS_LANES:  # (position-sensitive: average mode)
-        outputs = C * pooled_h * pooled_w
-        block = min(PS_BACKWARD_BLOCK, triton.next_power_of_2(outputs))
-        ps_roi_align_backward_kernel[check_grid(K * triton.cdiv(outputs, block), "ps_roi_align")](
+        grid, block, num_warps = roi_outputs_grid(K, C * pooled_h * pooled_w, "ps_roi_align")
+        ps_roi_align_backward_kernel[grid](
             grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
             sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-            SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=max(1, block // 32),
+            SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
         )  # fmt: skip
         return
     small_rois = ROI_SUMS and not max_mode and not position_sensitive

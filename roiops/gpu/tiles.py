@@ -64,6 +64,10 @@ BACKWARD_CHANNELS = 256
 BACKWARD_PER_THREAD = 1
 NHWC_FORWARD_CHANNELS = 64
 NHWC_FORWARD_PER_THREAD = 2
+# - position-sensitive backward (``roi_outputs_tile``): 256 of a RoI's (bin, channel)
+#   outputs a program, one a thread, as the scatter above (NOT YET TIMED on a GPU; a
+#   program per (RoI, bin) held 21 busy lanes of one warp for R-FCN's 21 classes)
+PS_BACKWARD_OUTPUTS = 256
 # Program order (module docstring), read at every launch. RoI-major, the NCHW forward
 # kernels fetch 1.5 / 2.5 / 3.2 GB from memory on the bench's roi_align 'b sr=2', 'a
 # large sr=2' and roi_pool 'b' cases (a 32-byte sector for each row of a RoI's window
@@ -161,6 +165,14 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr 
     lane = (first % P).to(tl.int32) + tl.arange(0, BLOCK)
     c = (first // P).to(tl.int32) + lane // P
     return k, c, lane % P, c < C
+
+
+@functools.lru_cache(maxsize=256)
+def roi_outputs_grid(num_rois: int, outputs: int, op: str = "backward"):
+    """``(grid, block, num_warps)`` for a launch of ``roi_outputs_tile`` programs over
+    ``num_rois`` RoIs of ``outputs`` outputs each, one a thread."""
+    block = min(PS_BACKWARD_OUTPUTS, triton.next_power_of_2(outputs))
+    return check_grid(num_rois * triton.cdiv(outputs, block), op), block, max(1, block // 32)
 
 
 @triton.jit
