@@ -23,6 +23,21 @@ def _body(X, Y, n, size, scale, flag, BLOCK: tl.constexpr, MODE: tl.constexpr = 
     pass
 
 
+def fingerprint(value, specialised=True) -> tuple:
+    """What ``launch.fingerprinter`` is to give for one argument, written out: of an int
+    its value mod 16, whether it is 1 and its width (its width only where Triton does
+    not specialise it); of a tensor its dtype and address mod 16; of a float, bool or
+    None nothing; of anything else its value."""
+    if type(value) is int:
+        width = (-(2**31) <= value <= 2**31 - 1, value <= 2**63 - 1)
+        return (value & 15, value == 1, *width) if specialised else width
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() & 15
+    if type(value) in (float, bool, type(None)):
+        return ()
+    return (value,)
+
+
 @pytest.fixture
 def kernel():
     # a compiled-kernel JITFunction whatever TRITON_INTERPRET says (triton.jit would make
@@ -92,7 +107,7 @@ def test_what_triton_s_path_takes(kernel, monkeypatch):
             kernel[(1,)](x, x, n, 4, 1.0, False, BLOCK=8)
         # (device, switches, kwargs, types, (X's 2, Y's 2, n's 4, size's width, ...))
         ns = [key[4][4:10] for key in kernel.table]
-        expected = [(*launch.fingerprint(n), *launch.fingerprint(4, False)) for n in (17, 18)]
+        expected = [(*fingerprint(n), *fingerprint(4, False)) for n in (17, 18)]
         assert ns == expected
         with pytest.raises(TypeError):  # too many arguments: Triton's path, Triton's error
             kernel[(1,)](x, x, 3, 4, 1.0, False, 8, 0, 9)
@@ -103,13 +118,7 @@ def test_generated_fingerprints_are_the_arguments_fingerprints(specialised):
     base = torch.zeros(8)
     args = (base, base[2:], base[1:].half(), *INTS, 0.5, True, None, "text",
             torch.nn.Parameter(base))  # fmt: skip
-    expected = []
-    for value in args:
-        part = launch.fingerprint(value, specialised)
-        if type(value) is str:
-            expected.append(value)  # (by value; its type is in the key)
-        elif type(part) is tuple:
-            expected += part
+    expected = [part for value in args for part in fingerprint(value, specialised)]
     types = tuple(map(type, args))
     assert launch.fingerprinter(types, (specialised,) * len(args))(*args) == tuple(expected)
     assert len(expected) == 2 * 4 + len(INTS) * (4 if specialised else 2) + 1

@@ -58,26 +58,15 @@ def fast_launch_supported() -> bool:
     return FAST_VERSIONS[0] <= (major, minor) <= FAST_VERSIONS[1]
 
 
-def fingerprint(value: object, specialised: bool = True) -> object:
-    """What of an argument can decide Triton's specialisation, or more (module
-    docstring); of an int that is not ``specialised`` (``do_not_specialize``), its width
-    only, as Triton. ``fingerprinter`` writes the same out, argument by argument."""
-    kind = type(value)
-    if kind is int:
-        width = _INT32_MIN <= value <= _INT32_MAX, value <= _INT64_MAX
-        return (value & 15, value == 1, *width) if specialised else width
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() & 15
-    if kind is float or kind is bool or value is None:
-        return kind
-    return kind, value  # (an unhashable one takes Triton's path)
-
-
 def fingerprinter(types: tuple[type, ...], specialised: tuple[bool, ...]):
     """A function of arguments of these ``types`` (position by position; ints
-    ``specialised`` or not) that returns ``fingerprint`` of each, flattened into one
-    tuple (their types left out: the key holds them): one generated expression per
-    argument instead of a call, as Triton generates its binder."""
+    ``specialised`` or not) that returns what of each can decide Triton's specialisation,
+    or more (module docstring), flattened into one tuple: of an int its value mod 16,
+    whether it is 1 and its width, or (not ``specialised``: ``do_not_specialize``) its
+    width only, as Triton; of a tensor its dtype and address mod 16; of a float, bool or
+    None nothing (their types are in the key); of anything else its value (an unhashable
+    one takes Triton's path). One generated expression per argument instead of a call,
+    as Triton generates its binder."""
     names = [f"a{i}" for i in range(len(types))]
     parts = []
     for a, kind, special in zip(names, types, specialised, strict=True):
