@@ -269,8 +269,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     times = gpu_report.backward_passes(device, cases)
     assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0", "ps_roi_pool tiny ps",
                           "ps_roi_align tiny ps"}  # fmt: skip
-    passes = {"zero_int64", "max_abs_grad", "scatter", "convert", "torchvision_backward",
-              "roiops_backward"}  # fmt: skip
+    passes = {"zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
+              "torchvision_backward", "roiops_backward"}  # fmt: skip
     roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (0, 1, 16)}  # fmt: skip
@@ -284,7 +284,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
-    assert "roi_pool tiny bwd ms: zero + max|g| + scatter + convert / op / tv" in table
+    assert "roi_pool tiny bwd ms: zero and max|g| + scatter + convert / op / tv" in table
+    assert "roi_pool tiny bwd ms, zero and max|g|: one launch / torch.zeros + vector_norm" in table
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table

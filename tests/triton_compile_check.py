@@ -28,11 +28,15 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from roiops.gpu.fixed_point import (  # noqa: E402
+    AMAX_BLOCK,
     BAND_TILE,
     CONVERT_CELLS,
     CONVERT_CHANNELS,
+    ZERO_BLOCK,
+    ZERO_WARPS,
     fixed_point_bands_to_float_kernel,
     fixed_point_to_float_kernel,
+    zero_and_bound_kernel,
 )
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
@@ -118,22 +122,33 @@ def registers_and_spills(ptx: str) -> tuple[int, int]:
     return int(registers.group(1)), int(spilled.group(1))
 
 
-BLOCKED_LAYOUT = re.compile(r"^#(blocked\d*) = #ttg\.blocked<\{.*threadsPerWarp = \[(\d+), (\d+)\]")
+BLOCKED_LAYOUT = re.compile(
+    r"^#(blocked\d*) = #ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], "
+    r"threadsPerWarp = \[(\d+), (\d+)\]"
+)
 STORE_2D = re.compile(r"tt\.store .*: tensor<\d+x\d+x!tt\.ptr<\w+>, #(blocked\d*)>")
 LOAD_2D = re.compile(r"tt\.load .*: tensor<\d+x\d+x!tt\.ptr<(\w+)>, #(blocked\d*)>")
 
 
 def warp_lanes(ttgir: str) -> dict:
     """{blocked layout: lanes of a warp along the first axis}"""
-    return {m.group(1): int(m.group(2)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m}
+    return {m.group(1): int(m.group(4)) for m in map(BLOCKED_LAYOUT.match, ttgir.splitlines()) if m}
+
+
+def warp_run(ttgir: str) -> dict:
+    """{blocked layout: consecutive elements a warp covers along the second axis (its
+    lanes there times each lane's vector)}"""
+    layouts = filter(None, map(BLOCKED_LAYOUT.match, ttgir.splitlines()))
+    return {m.group(1): int(m.group(3)) * int(m.group(5)) for m in layouts}
 
 
 def loads_coalesced(ttgir: str, argmax_channel_major: bool) -> bool:
     """Whether the argmax backward's [bins, channels] loads are coalesced: the output
     gradient (floats, contiguous along bins) with a warp's lanes along bins, the argmax
-    (int32) likewise when it lies channel-major, and with runs of at least 8 lanes (a
-    32-byte sector) along channels when it lies channels last."""
-    lanes = warp_lanes(ttgir)
+    (int32) likewise when it lies channel-major, and in runs of at least 8 elements (a
+    32-byte sector) along channels when it lies channels last (lanes, or vectors of them:
+    Triton loads 4 channels a lane where the argmax is 16-byte aligned)."""
+    lanes, run = warp_lanes(ttgir), warp_run(ttgir)
     loads = LOAD_2D.findall(ttgir)
     floats = [layout for element, layout in loads if element.startswith(("f", "bf"))]
     ints = [layout for element, layout in loads if element == "i32"]
@@ -141,7 +156,7 @@ def loads_coalesced(ttgir: str, argmax_channel_major: bool) -> bool:
     if argmax_channel_major:
         along_bins += [lanes[x] >= 8 for x in ints]
     else:
-        along_bins += [32 // lanes[x] >= 8 for x in ints]
+        along_bins += [run[x] >= 8 for x in ints]
     return bool(floats and ints) and all(along_bins)
 
 
@@ -173,7 +188,15 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     # channel count and a unit stride are
     unspecialised = {p.name for p in fn.params if p.do_not_specialize}
     assert unspecialised == UNSPECIALISED.intersection(fn.arg_names), fn.__name__
-    source = ASTSource(getattr(fn, "jit", fn), signature, constexprs)  # (launch.Kernel's)
+    # as launched: tensors' data 16-byte aligned (torch's allocations are), and the
+    # channel count (specialised) a multiple of 16 (256 channels), which Triton
+    # specialises on; vector loads and stores depend on it
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if signature[name].startswith("*") or name == "C"
+    }
+    source = ASTSource(getattr(fn, "jit", fn), signature, constexprs, aligned)  # (launch.Kernel's)
     kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
@@ -216,7 +239,8 @@ def main() -> int:
     _, ps_block, ps_warps = roi_outputs_grid(1, 21 * 49)  # (R-FCN's 21 classes)
     argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
     for dt in ("fp32", "fp16", "bf16", "fp64"):
-        rois = amax = "*fp64" if dt == "fp64" else "*fp32"
+        rois = "*fp64" if dt == "fp64" else "*fp32"
+        amax = "*i64" if dt == "fp64" else "*i32"  # (max |grad| in pieces, as bits)
         fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
         bwd = {"ROIS": rois, "ARGMAX": "*i32", "G": f"*{dt}", "AMAX": amax, "ACC": "*i64"}
         for aligned in (False, True):
@@ -345,6 +369,10 @@ def main() -> int:
             compile_for_gpu(
                 roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
             )
+        compile_for_gpu(
+            zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
+            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": AMAX_BLOCK}, ZERO_WARPS,
+        )  # fmt: skip
         # NCHW output: stride_w is 1, which Triton specialises as a constant; the
         # position-sensitive ops' sums go bin by bin (7x7 bins)
         for bins in (1, 49):

@@ -45,6 +45,17 @@ import triton.language as tl
 
 from roiops.gpu.tiles import kernel
 
+# max |grad| comes in AMAX_PARTS pieces, from the first AMAX_PARTS programs of the launch
+# that zeroes the accumulator (``zero_and_bound_kernel``), each the max over every
+# AMAX_PARTS-th block of AMAX_BLOCK gradients; a kernel that needs the bound loads them all
+# (``_exponent_bound``). One launch where ``torch.zeros`` and ``torch.linalg.vector_norm``
+# took two, its gradient read beside the zeroing: 128 programs of 16 KB (float32) of loads
+# at a time keep ~2 MB in flight, the zeroing programs 32 KB of stores each (sm_90, 8
+# warps: 52 registers a thread for float32, 80 for float64, where 4 warps took 80 / 168)
+AMAX_PARTS = tl.constexpr(128)
+AMAX_BLOCK = 4096
+ZERO_BLOCK = 4096
+ZERO_WARPS = 8
 # the conversion's tile: cells of one row x channels
 CONVERT_CELLS = 32
 CONVERT_CHANNELS = 32
@@ -57,15 +68,16 @@ BAND_TILE = 2048
 
 @triton.jit
 def _exponent_bound(AMAX):
-    """(E, finite): ``amax < 2**E`` exactly, from the exponent bits of ``AMAX[0]`` (>= 0,
-    float32 or float64)."""
-    a = tl.load(AMAX)
-    if a.dtype == tl.float64:
-        field = ((a.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32)
+    """(E, finite): ``amax < 2**E`` exactly, from the exponent bits of max |grad|, whose
+    AMAX_PARTS pieces ``AMAX`` holds as the bits of float32 magnitudes (int32), or of
+    float64 ones (int64): a magnitude's bits order as its value, NaN's above inf's."""
+    bits = tl.max(tl.load(AMAX + tl.arange(0, AMAX_PARTS)), axis=0)
+    if bits.dtype == tl.int64:
+        field = ((bits >> 52) & 0x7FF).to(tl.int32)
         bound = field - 1022
         finite = field != 0x7FF
     else:
-        field = (a.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        field = (bits >> 23) & 0xFF
         bound = field - 126
         finite = field != 0xFF
     return bound, finite
@@ -108,6 +120,52 @@ def accumulator_channel(c, p, C, P: tl.constexpr, PS: tl.constexpr):
     if PS:
         return p * C + c, C * P
     return c, C
+
+
+@triton.jit
+def _magnitude_bits(g):
+    """The bits of float64 ``g`` (int64), or of ``g`` in float32 (int32)."""
+    if g.dtype == tl.float64:
+        bits = g.to(tl.int64, bitcast=True)
+    else:
+        bits = g.to(tl.float32).to(tl.int32, bitcast=True)
+    return bits
+
+
+@kernel
+def zero_and_bound_kernel(ACC, G, AMAX, acc_size, grad_size, BLOCK: tl.constexpr,
+                          GRAD_BLOCK: tl.constexpr):  # fmt: skip
+    """AMAX[i] = max |G| over G's blocks of GRAD_BLOCK numbered i modulo AMAX_PARTS (the
+    bits of the float32 magnitude, int32; float64's for float64 G, int64) for the first
+    AMAX_PARTS programs (each writes its piece, so AMAX need not be zeroed), and
+    ACC[:acc_size] = 0 a block of BLOCK for the others."""
+    program = tl.program_id(0)
+    if program < AMAX_PARTS:
+        lane = tl.arange(0, GRAD_BLOCK)
+        if G.dtype.element_ty == tl.float64:
+            sign = 0x7FFFFFFFFFFFFFFF
+            best = tl.zeros((GRAD_BLOCK,), tl.int64)
+        else:
+            sign = 0x7FFFFFFF
+            best = tl.zeros((GRAD_BLOCK,), tl.int32)
+        # the whole blocks unmasked (vector loads, which a mask against a size of unknown
+        # divisibility would split into single elements), then the partial one, if any,
+        # by the program whose turn it is
+        whole = grad_size // GRAD_BLOCK
+        for i in range(0, tl.cdiv(whole - program, AMAX_PARTS)):
+            g = tl.load(G + (tl.cast(i, tl.int64) * AMAX_PARTS + program) * GRAD_BLOCK + lane)
+            best = tl.maximum(best, _magnitude_bits(g) & sign)
+        at = tl.cast(whole, tl.int64) * GRAD_BLOCK + lane
+        g = tl.load(G + at, mask=(at < grad_size) & (whole % AMAX_PARTS == program), other=0.0)
+        best = tl.maximum(best, _magnitude_bits(g) & sign)
+        tl.store(AMAX + program, tl.max(best, axis=0))
+    else:
+        start = tl.cast(program - AMAX_PARTS, tl.int64) * BLOCK
+        cells = start + tl.arange(0, BLOCK)
+        if start + BLOCK <= acc_size:
+            tl.store(ACC + cells, tl.zeros((BLOCK,), tl.int64))
+        else:
+            tl.store(ACC + cells, tl.zeros((BLOCK,), tl.int64), mask=cells < acc_size)
 
 
 @kernel
@@ -185,19 +243,13 @@ def _write_sums(GX, acc, AMAX, log2_count, n, h, w, c, ok, C, stride_n, stride_c
 
 
 # ----------------------------------------------------------------------------- launchers
-def max_abs(grad: torch.Tensor) -> torch.Tensor:
-    """``max |grad|`` as a 0-d float32 tensor (float64 for float64), on the device: the
-    bound the fixed-point scale is chosen from. A max is exact in any order, so the scale
-    does not depend on how threads are scheduled."""
-    wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    return torch.linalg.vector_norm(grad, float("inf"), dtype=wide)
-
-
 class Accumulator:
     """One backward's fixed-point sums, for one input or several (the levels of a feature
     pyramid): ``parts[i]`` (zeroed int64 NHWC views of one buffer ``flat``, part i at
-    element ``offsets[i]``), ``amax`` (a 0-d tensor on the device, ``max |grad|``) and
-    ``log2_count``, as the scatter kernels take them; ``acc`` is ``parts[0]``. ``bins``
+    element ``offsets[i]``), ``amax`` (``max |grad|`` in AMAX_PARTS pieces, on the device:
+    the bound the fixed-point scale is chosen from; a max is exact in any order, so the
+    scale does not depend on how threads are scheduled) and ``log2_count``, as the
+    scatter kernels take them; ``acc`` is ``parts[0]``. ``bins``
     > 1: the channels go bin by bin (position-sensitive ops, ``accumulator_channel``).
 
     ``band`` > 0: the scatter adds differences, not values (for a value added over a
@@ -213,17 +265,22 @@ class Accumulator:
         k, _, ph, pw = grad.shape
         sizes = [n * h * w * c for n, c, h, w in input_shapes]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.flat = torch.zeros(sum(sizes), dtype=torch.int64, device=grad.device)
+        self.flat = torch.empty(sum(sizes), dtype=torch.int64, device=grad.device)
         self.parts = [
             self.flat[o : o + size].view(n, h, w, c)
             for o, size, (n, c, h, w) in zip(self.offsets, sizes, input_shapes, strict=True)
         ]
         self.acc = self.parts[0]
-        self.amax = max_abs(grad)
+        self.amax = zero_and_bound(self.flat, grad)
         self.log2_count = max(k * ph * pw - 1, 0).bit_length()  # ceil(log2(count))
         self.bins = bins
         assert band == 0 or all(map(self.takes_bands, input_shapes)), "rows too long"
         self.band = band
+
+    def max_abs(self) -> torch.Tensor:
+        """``max |grad|`` (0-d, float32; float64 for a float64 gradient) from ``amax``."""
+        wide = torch.float64 if self.amax.dtype == torch.int64 else torch.float32
+        return self.amax.max().view(wide)
 
     @staticmethod
     def takes_bands(shape) -> bool:
@@ -254,3 +311,16 @@ class Accumulator:
             BINS=self.bins, num_warps=4,
         )  # fmt: skip
         return grad_input
+
+
+def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Zero the int64 buffer ``flat`` and return ``max |grad|`` in AMAX_PARTS pieces
+    (``zero_and_bound_kernel``), in one launch."""
+    wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
+    amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
+    grid = (AMAX_PARTS.value + triton.cdiv(flat.numel(), ZERO_BLOCK),)
+    zero_and_bound_kernel[grid](
+        flat, grad.contiguous(), amax, flat.numel(), grad.numel(), BLOCK=ZERO_BLOCK,
+        GRAD_BLOCK=AMAX_BLOCK, num_warps=ZERO_WARPS,
+    )  # fmt: skip
+    return amax
