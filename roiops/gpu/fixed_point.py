@@ -60,9 +60,10 @@ ZERO_WARPS = 8
 CONVERT_CELLS = 32
 CONVERT_CHANNELS = 32
 # the conversion of sums scattered as differences: a whole row's cells x channels, at most
-# BAND_TILE elements and 32 channels (sm_90: 128 registers a thread at 8 warps, two
-# programs an SM, for 64 to 256 cells a row; a tile of 128 x 32 took 194); a row of more
-# than BAND_TILE cells cannot be scattered so (``Accumulator.takes_bands``)
+# BAND_TILE elements and 32 channels (sm_90, 8 warps, compiled as launched, 16-byte
+# aligned: 80 registers a thread on Triton 3.8, 114 on 3.6, for 64 to 256 cells a row;
+# unaligned it took 128, and a tile of 128 x 32 194); a row of more than BAND_TILE cells
+# cannot be scattered so (``Accumulator.takes_bands``)
 BAND_TILE = 2048
 
 
