@@ -150,6 +150,44 @@ def test_recorded_eager_calls_give_the_ops_gradients(op):
         assert (got is None and want is None) or torch.equal(got, want)
 
 
+def test_calls_through_torch_ops_take_roiops_autograd_kernel():
+    # through torch.ops, CPU and CUDA tensors reach roiops's autograd kernel
+    # (ops._autograd_kernel): a call autograd records runs under the op's formulas as an
+    # eager public call does; a pyramid's features (a list, which an autograd.Function
+    # does not see) take the custom op's own Function; under a dispatch mode, the op's
+    # own kernel (the mode sees the op); the same outputs and gradients every way
+    leaf = X.clone().requires_grad_()
+    boxes = ROIS.clone().requires_grad_()
+    plain = torch.ops.roiops.roi_align(X, ROIS, 1.0, 2, 2, 2, True)
+    out = torch.ops.roiops.roi_align(leaf, boxes, 1.0, 2, 2, 2, True)
+    assert type(out.grad_fn).__name__ == "roi_align_eagerBackward"
+    out.backward(torch.ones_like(out))
+    with OpLog() as log:
+        leaf_op, boxes_op = X.clone().requires_grad_(), ROIS.clone().requires_grad_()
+        through_op = torch.ops.roiops.roi_align(leaf_op, boxes_op, 1.0, 2, 2, 2, True)
+        through_op.backward(torch.ones_like(through_op))
+    assert "roiops.roi_align.default" in log.names
+    assert not type(through_op.grad_fn).__name__.endswith("_eagerBackward")
+    assert torch.equal(plain, out.detach()) and torch.equal(out.detach(), through_op.detach())
+    assert torch.equal(leaf.grad, leaf_op.grad) and torch.equal(boxes.grad, boxes_op.grad)
+
+    levels = torch.tensor([0, 1])
+    fine, coarse = X.clone().requires_grad_(), X[:, :, :4, :4].clone().requires_grad_()
+    pooled = torch.ops.roiops.multi_scale_roi_align([fine, coarse], ROIS, levels, [1.0, 0.5],
+                                                    2, 2, 2, True)  # fmt: skip
+    pooled.backward(torch.ones_like(pooled))
+    assert fine.grad.abs().sum() > 0 and coarse.grad.abs().sum() > 0
+    with OpLog():
+        fine_op, coarse_op = fine.detach().clone(), coarse.detach().clone()
+        fine_op.requires_grad_(), coarse_op.requires_grad_()
+        pooled_op = torch.ops.roiops.multi_scale_roi_align(
+            [fine_op, coarse_op], ROIS, levels, [1.0, 0.5], 2, 2, 2, True
+        )
+        pooled_op.backward(torch.ones_like(pooled_op))
+    assert torch.equal(pooled.detach(), pooled_op.detach())
+    assert torch.equal(fine.grad, fine_op.grad) and torch.equal(coarse.grad, coarse_op.grad)
+
+
 def test_dispatch_modes_and_the_profiler_still_see_the_ops():
     log = OpLog()
     with log:
