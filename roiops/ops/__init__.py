@@ -77,6 +77,18 @@ def _registered(name: str, fn: Callable):
 
 # the autograd dispatch keys of KERNEL_KEYS' tensors, where :func:`_autograd_kernel` goes
 AUTOGRAD_KEYS = ("AutogradCPU", "AutogradCUDA")
+# dispatch key set (its raw bits) -> whether below autograd it leads straight to a CPU or
+# CUDA kernel (:func:`_direct_below_autograd`; a dict lookup is a fifth of the test)
+_DIRECT_BELOW_AUTOGRAD: dict[int, bool] = {}
+
+
+def _direct_below_autograd(keyset) -> bool:
+    C = torch._C
+    # (ADInplaceOrView: a fallthrough for ops that do not mutate their inputs)
+    below = (keyset & C._after_autograd_keyset).remove(C.DispatchKey.ADInplaceOrView)
+    direct = below.highestPriorityTypeId() in (C.DispatchKey.CPU, C.DispatchKey.CUDA)
+    _DIRECT_BELOW_AUTOGRAD[keyset.raw_repr()] = direct
+    return direct
 
 
 def _autograd_kernel(op, run: Callable) -> Callable | None:
@@ -90,7 +102,8 @@ def _autograd_kernel(op, run: Callable) -> Callable | None:
     call through ``torch.ops`` (``roiops bench``, a ``torch.compile``d model at run time)
     then skips the custom op's Python autograd layer and a second trip through the
     dispatcher: 8.6 -> 8.0 us of host time for ``torch.ops.roiops.ps_roi_align``, 9.0 ->
-    8.3 for ``roi_align`` (this project's VM, kernels not launched, A/B). None where
+    8.3 for ``roi_align`` (this project's VM, kernels not launched, A/B), and 7.85 with
+    the keys' answer looked up by their bits (``_DIRECT_BELOW_AUTOGRAD``). None where
     this torch lacks the private helper that builds the custom op's own kernel (the op
     then keeps it)."""
     try:
@@ -100,15 +113,15 @@ def _autograd_kernel(op, run: Callable) -> Callable | None:
     except (ImportError, AttributeError, TypeError):
         return None
     C = torch._C
-    below = C._after_autograd_keyset
-    view = C.DispatchKey.ADInplaceOrView  # (a fallthrough for ops that do not mutate)
-    backends = (C.DispatchKey.CPU, C.DispatchKey.CUDA)
     # (a torch.autograd.Function does not see the tensors in a list: a pyramid's features
     # take the custom op's own Function, which does, when they need a gradient)
     recordable = not any(a.type.kind() == "ListType" for a in op._opoverload._schema.arguments)
 
     def kernel(keyset, *args, **kwargs):
-        if (keyset & below).remove(view).highestPriorityTypeId() in backends and not kwargs:
+        direct = _DIRECT_BELOW_AUTOGRAD.get(keyset.raw_repr())
+        if direct is None:
+            direct = _direct_below_autograd(keyset)
+        if direct and not kwargs:
             if not (C.is_grad_enabled() and C._any_requires_grad(*args)):
                 return run(*args)
             if recordable and op in _EAGER_AUTOGRAD:
