@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from roiops.gpu.tiles import kernel
+from roiops.gpu.tiles import cdiv, kernel, next_power_of_2
 
 # max |grad| comes in AMAX_PARTS pieces, from the first AMAX_PARTS programs of the launch
 # that zeroes the accumulator (``zero_and_bound_kernel``), each the max over every
@@ -287,7 +287,7 @@ class Accumulator:
     def takes_bands(shape) -> bool:
         """Whether a map of ``shape`` (N, C, H, W) can take sums as differences: its rows
         fit the conversion's tile."""
-        return triton.next_power_of_2(shape[3]) <= BAND_TILE
+        return next_power_of_2(shape[3]) <= BAND_TILE
 
     def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
         """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
@@ -296,16 +296,16 @@ class Accumulator:
         if n * h * w == 0 or c == 0:
             return grad_input
         if self.band:
-            block_w = triton.next_power_of_2(w)
-            block_c = max(1, min(32, BAND_TILE // block_w, triton.next_power_of_2(c)))
-            grid = (n * triton.cdiv(h, self.band) * triton.cdiv(c, block_c),)
+            block_w = next_power_of_2(w)
+            block_c = max(1, min(32, BAND_TILE // block_w, next_power_of_2(c)))
+            grid = (n * cdiv(h, self.band) * cdiv(c, block_c),)
             fixed_point_bands_to_float_kernel[grid](
                 self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
                 *grad_input.stride(), BAND=self.band, BLOCK_W=block_w, BLOCK_C=block_c,
                 BINS=self.bins, num_warps=max(1, min(8, block_w * block_c // 256)),
             )  # fmt: skip
             return grad_input
-        grid = (n * h * triton.cdiv(w, CONVERT_CELLS) * triton.cdiv(c, CONVERT_CHANNELS),)
+        grid = (n * h * cdiv(w, CONVERT_CELLS) * cdiv(c, CONVERT_CHANNELS),)
         fixed_point_to_float_kernel[grid](
             self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
             *grad_input.stride(), BLOCK_W=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS,
@@ -319,7 +319,7 @@ def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     (``zero_and_bound_kernel``), in one launch."""
     wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
     amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
-    grid = (AMAX_PARTS.value + triton.cdiv(flat.numel(), ZERO_BLOCK),)
+    grid = (AMAX_PARTS.value + cdiv(flat.numel(), ZERO_BLOCK),)
     zero_and_bound_kernel[grid](
         flat, grad.contiguous(), amax, flat.numel(), grad.numel(), BLOCK=ZERO_BLOCK,
         GRAD_BLOCK=AMAX_BLOCK, num_warps=ZERO_WARPS,

@@ -39,9 +39,11 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    cdiv,
     check_grid,
     is_channels_last,
     kernel,
+    next_power_of_2,
     output_offsets,
     roi_channels_tile,
     roi_outputs_grid,
@@ -694,11 +696,11 @@ def roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, al
     K, C, pooled_h, pooled_w = out.shape
     N, _, H, W = input.shape
     block_c = channels or WINDOW_CHANNELS
-    grid = check_grid(K * triton.cdiv(C, block_c), "roi_align")
+    grid = check_grid(K * cdiv(C, block_c), "roi_align")
     roi_align_window_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_PH=triton.next_power_of_2(pooled_h),
-        BLOCK_PW=triton.next_power_of_2(pooled_w), BLOCK_C=block_c, SPAN=span or WINDOW_SPAN,
+        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_PH=next_power_of_2(pooled_h),
+        BLOCK_PW=next_power_of_2(pooled_w), BLOCK_C=block_c, SPAN=span or WINDOW_SPAN,
         ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps or WINDOW_WARPS,
         AHEAD=WINDOW_AHEAD if ahead is None else ahead,
     )  # fmt: skip
@@ -742,11 +744,11 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
         return
     small_rois = ROI_SUMS and not max_mode and not position_sensitive
     if small_rois:
-        block_c = min(ROI_CHANNELS, triton.next_power_of_2(C))
-        roi_align_small_backward_kernel[check_grid(K * triton.cdiv(C, block_c), "roi_align")](
+        block_c = min(ROI_CHANNELS, next_power_of_2(C))
+        roi_align_small_backward_kernel[check_grid(K * cdiv(C, block_c), "roi_align")](
             grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
             sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-            BLOCK_PH=triton.next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
+            BLOCK_PH=next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
             ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=8,
         )  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")

@@ -105,6 +105,19 @@ UNSPECIALISED = frozenset(
 )  # fmt: skip
 
 
+def cdiv(a: int, b: int) -> int:
+    """``cdiv(a, b)`` for host code (b > 0): Triton's is a constexpr function whose
+    call costs ~1.45 us outside a kernel (Triton 3.6 and 3.8 alike), and launchers made
+    up to four a call."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``next_power_of_2(n)`` for host code (as ``cdiv``): the least power of two
+    >= n, 0 for 0."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def kernel(fn):
     """``triton.jit`` of a kernel whose ``UNSPECIALISED`` arguments are not specialised,
     launched by ``roiops.gpu.launch.Kernel`` (less host time a launch)."""
@@ -138,9 +151,9 @@ def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: st
         if adaptive
         else (FORWARD_BLOCK, FORWARD_PER_THREAD)
     )
-    block = min(most, triton.next_power_of_2(outputs))
+    block = min(most, next_power_of_2(outputs))
     num_warps = min(max(block // (32 * per_thread), 1), 8)
-    return check_grid(num_rois * triton.cdiv(outputs, block), op), block, num_warps
+    return check_grid(num_rois * cdiv(outputs, block), op), block, num_warps
 
 
 @triton.jit
@@ -171,8 +184,8 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr 
 def roi_outputs_grid(num_rois: int, outputs: int, op: str = "backward"):
     """``(grid, block, num_warps)`` for a launch of ``roi_outputs_tile`` programs over
     ``num_rois`` RoIs of ``outputs`` outputs each, one a thread."""
-    block = min(PS_BACKWARD_OUTPUTS, triton.next_power_of_2(outputs))
-    return check_grid(num_rois * triton.cdiv(outputs, block), op), block, max(1, block // 32)
+    block = min(PS_BACKWARD_OUTPUTS, next_power_of_2(outputs))
+    return check_grid(num_rois * cdiv(outputs, block), op), block, max(1, block // 32)
 
 
 @triton.jit
@@ -208,9 +221,9 @@ def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int
         if forward
         else (BACKWARD_CHANNELS, BACKWARD_PER_THREAD)
     )
-    block_c = min(most, triton.next_power_of_2(channels))
+    block_c = min(most, next_power_of_2(channels))
     num_warps = max(1, block_c // (32 * per_thread))
-    programs = num_rois * pooled_h * pooled_w * triton.cdiv(channels, block_c)
+    programs = num_rois * pooled_h * pooled_w * cdiv(channels, block_c)
     return check_grid(programs, op), block_c, num_warps
 
 
@@ -218,10 +231,10 @@ def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int
 def roi_channels_grid(num_rois: int, channels: int, bins: int, op: str = "backward"):
     """``(grid, block_p, block_c, num_warps)`` for a launch of one program per (RoI,
     block of channels) that visits the RoI's ``bins`` in [block_p, block_c] tiles."""
-    block_p = min(triton.next_power_of_2(bins), ARGMAX_BINS)
-    block_c = max(1, min(ARGMAX_TILE // block_p, triton.next_power_of_2(channels)))
+    block_p = min(next_power_of_2(bins), ARGMAX_BINS)
+    block_c = max(1, min(ARGMAX_TILE // block_p, next_power_of_2(channels)))
     num_warps = max(1, min(4, block_p * block_c // 256))
-    return check_grid(num_rois * triton.cdiv(channels, block_c), op), block_p, block_c, num_warps
+    return check_grid(num_rois * cdiv(channels, block_c), op), block_p, block_c, num_warps
 
 
 @triton.jit
