@@ -113,6 +113,28 @@ def test_what_triton_s_path_takes(kernel, monkeypatch):
             kernel[(1,)](x, x, 3, 4, 1.0, False, 8, 0, 9)
 
 
+def test_a_changed_global_takes_triton_s_path(kernel, monkeypatch):
+    # Triton records the globals a kernel read when it compiles it (here by hand: the
+    # stand-in compiler does not) and refuses a launch once one has changed; the direct
+    # launch checks the same, the same object first (comparing tl.constexpr objects is slow)
+    fake = load_benchmark("launch_overhead")
+    x = torch.zeros(8)
+    scope = {"PARTS": tl.constexpr(128)}
+    through_triton = []
+    run = kernel.jit.run
+    monkeypatch.setattr(kernel.jit, "run", lambda *a, **k: through_triton.append(1) or run(*a, **k))
+    with fake.fake_gpu():
+        kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+        kernel.jit.used_global_vals[("PARTS", id(scope))] = (scope["PARTS"], scope)
+        kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+        scope["PARTS"] = tl.constexpr(128)  # another object of the same value
+        kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+        assert len(through_triton) == 1  # the first call only
+        scope["PARTS"] = tl.constexpr(64)
+        with pytest.raises(RuntimeError, match="PARTS has changed"):
+            kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
+
+
 @pytest.mark.parametrize("specialised", [True, False])
 def test_generated_fingerprints_are_the_arguments_fingerprints(specialised):
     base = torch.zeros(8)
