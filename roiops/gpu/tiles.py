@@ -106,14 +106,14 @@ UNSPECIALISED = frozenset(
 
 
 def cdiv(a: int, b: int) -> int:
-    """``cdiv(a, b)`` for host code (b > 0): Triton's is a constexpr function whose
-    call costs ~1.45 us outside a kernel (Triton 3.6 and 3.8 alike), and launchers made
-    up to four a call."""
+    """``triton.cdiv(a, b)`` for host code (b > 0): Triton's is a constexpr function whose
+    call costs ~1.45 us outside a kernel (Triton 3.6 and 3.8 alike), and a backward's
+    launchers made up to seven."""
     return -(-a // b)
 
 
 def next_power_of_2(n: int) -> int:
-    """``next_power_of_2(n)`` for host code (as ``cdiv``): the least power of two
+    """``triton.next_power_of_2(n)`` for host code (as ``cdiv``): the least power of two
     >= n, 0 for 0."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
 
