@@ -439,7 +439,7 @@ def test_zero_and_bound_zeroes_and_takes_the_max_in_pieces(rng, dtype):
     # partial) and one of a single element (most pieces see nothing); the largest
     # magnitude negative and in the last, partial block; a non-finite value anywhere
     # makes the max non-finite, NaN (above inf in the bits) or inf
-    parts, block = fixed_point.AMAX_PARTS.value, fixed_point.AMAX_BLOCK
+    parts, block = fixed_point.AMAX_PARTS.value, fixed_point.amax_block(dtype)
     for size in (parts * block + block // 2 + 3, 1):
         grad = on_device(rng.uniform(-1, 1, size), dtype)
         grad[-1] = -3.0

@@ -23,17 +23,18 @@ import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # before triton.jit runs on the kernels
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from roiops.gpu.fixed_point import (  # noqa: E402
-    AMAX_BLOCK,
     BAND_TILE,
     CONVERT_CELLS,
     CONVERT_CHANNELS,
     ZERO_BLOCK,
     ZERO_WARPS,
+    amax_block,
     fixed_point_bands_to_float_kernel,
     fixed_point_to_float_kernel,
     zero_and_bound_kernel,
@@ -88,6 +89,8 @@ from roiops.gpu.tiles import (  # noqa: E402
 )
 
 TARGET = GPUTarget("cuda", 90, 32)
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                "fp64": torch.float64}  # fmt: skip
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
 # float32 -> half conversions other than round-to-nearest-even (torch's rounding)
@@ -371,7 +374,7 @@ def main() -> int:
             )
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
-            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": AMAX_BLOCK}, ZERO_WARPS,
+            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": amax_block(TORCH_DTYPES[dt])}, ZERO_WARPS,
         )  # fmt: skip
         # NCHW output: stride_w is 1, which Triton specialises as a constant; the
         # position-sensitive ops' sums go bin by bin (7x7 bins)

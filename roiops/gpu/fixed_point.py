@@ -47,13 +47,15 @@ from roiops.gpu.tiles import cdiv, kernel, next_power_of_2
 
 # max |grad| comes in AMAX_PARTS pieces, from the first AMAX_PARTS programs of the launch
 # that zeroes the accumulator (``zero_and_bound_kernel``), each the max over every
-# AMAX_PARTS-th block of AMAX_BLOCK gradients; a kernel that needs the bound loads them all
-# (``_exponent_bound``). One launch where ``torch.zeros`` and ``torch.linalg.vector_norm``
-# took two, its gradient read beside the zeroing: 128 programs of 16 KB (float32) of loads
-# at a time keep ~2 MB in flight, the zeroing programs 32 KB of stores each (sm_90, 8
-# warps: 52 registers a thread for float32, 80 for float64, where 4 warps took 80 / 168)
+# AMAX_PARTS-th block of ``amax_block`` gradients; a kernel that needs the bound loads them
+# all (``_exponent_bound``). One launch where ``torch.zeros`` and
+# ``torch.linalg.vector_norm`` took two, its gradient read beside the zeroing. 128
+# programs of 32 KB of loads at a time (8192 gradients, 4096 in float64) keep ~4 MB in
+# flight, about what an H100's bandwidth needs for a gradient larger than the map; the
+# zeroing programs store 32 KB each (sm_90, 8 warps: 80 registers a thread, float64's 101
+# on Triton 3.6; 4096 float32 gradients a round took 52, 8192 float64 ones 163)
 AMAX_PARTS = tl.constexpr(128)
-AMAX_BLOCK = 4096
+AMAX_BLOCK = 8192
 ZERO_BLOCK = 4096
 ZERO_WARPS = 8
 # the conversion's tile: cells of one row x channels
@@ -318,6 +320,12 @@ class Accumulator:
         return grad_input
 
 
+def amax_block(dtype: torch.dtype) -> int:
+    """Gradients a ``zero_and_bound_kernel`` program reads at a time: AMAX_BLOCK, half
+    that in float64 (32 KB either way)."""
+    return AMAX_BLOCK // 2 if dtype == torch.float64 else AMAX_BLOCK
+
+
 def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Zero the int64 buffer ``flat`` and return ``max |grad|`` in AMAX_PARTS pieces
     (``zero_and_bound_kernel``), in one launch."""
@@ -326,6 +334,6 @@ def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     grid = (AMAX_PARTS.value + cdiv(flat.numel(), ZERO_BLOCK),)
     zero_and_bound_kernel[grid](
         flat, grad.contiguous(), amax, flat.numel(), grad.numel(), BLOCK=ZERO_BLOCK,
-        GRAD_BLOCK=AMAX_BLOCK, num_warps=ZERO_WARPS,
+        GRAD_BLOCK=amax_block(grad.dtype), num_warps=ZERO_WARPS,
     )  # fmt: skip
     return amax
