@@ -74,6 +74,8 @@ def main(argv=None) -> None:
     leaf = x.clone().requires_grad_()
     scores = torch.randn(1, 21 * 49, 10, 10)  # R-FCN's position-sensitive class scores
     rois = torch.tensor([[i % 2, 10.0 + i, 10.0, 100.0 + i, 120.0] for i in range(16)])
+    grad = torch.randn(16, 256, 7, 7)
+    ps_grad = torch.randn(16, 21, 7, 7)
 
     @torch.library.custom_op("roiops_bench::empty", mutates_args=())
     def empty_op(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,19 @@ def main(argv=None) -> None:
         ),
         "torch.ops.roiops.ps_roi_align": (
             lambda: torch.ops.roiops.ps_roi_align(scores, rois, 1 / 16, 7, 7, 2)
+        ),
+        # the backwards as the bench calls them (each builds the fixed-point accumulator
+        # and launches three kernels: zero and max |grad|, scatter, conversion)
+        "torch.ops.roiops.roi_align_backward": lambda: torch.ops.roiops.roi_align_backward(
+            grad, rois, 0.25, 7, 7, 2, True, 2, 256, 50, 68
+        ),
+        "torch.ops.roiops.ps_roi_pool_backward": lambda: torch.ops.roiops.ps_roi_pool_backward(
+            ps_grad, rois, 1 / 16, 7, 7, 1, 21 * 49, 10, 10
+        ),
+        "torch.ops.roiops.ps_roi_align_backward": (
+            lambda: torch.ops.roiops.ps_roi_align_backward(
+                ps_grad, rois, 1 / 16, 7, 7, 2, 1, 21 * 49, 10, 10
+            )
         ),
         "the launcher alone": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
         "an empty custom op (new_empty)": lambda: empty_op(x, rois),
