@@ -349,6 +349,7 @@ def run(
     rows = []
     todo = cases(quick, device)
     peak = peak_bandwidth(device)
+    spin_up(device)
     total = sum(2 * len(directions(case)) for case in todo)
     bar = tqdm(total=total, disable=not progress, desc="bench", leave=False)
     for case in todo:
@@ -369,6 +370,25 @@ def run(
             rows.append(row)
     bar.close()
     return rows
+
+
+# GPU work before the first timed case: an idle GPU runs at a lower clock for its first
+# few hundred ms of work (at 004ba59 the first case, `a small sr=0`, had 2-3x the host
+# gap between its per-call and back-to-back times of every other case, for both
+# libraries)
+SPIN_UP_S = 0.5
+
+
+def spin_up(device: str, seconds: float = SPIN_UP_S) -> None:
+    """Keep a CUDA ``device`` busy with matrix products for ``seconds`` (nothing on CPU)."""
+    if not device.startswith("cuda"):
+        return
+    a = torch.randn(2048, 2048, device=device)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(10):
+            a = torch.mm(a, a).clamp_(-1, 1)
+        _sync(device)
 
 
 def geometric_mean(values) -> float:
