@@ -284,11 +284,6 @@ class Accumulator:
         assert band == 0 or all(map(self.takes_bands, input_shapes)), "rows too long"
         self.band = band
 
-    def max_abs(self) -> torch.Tensor:
-        """``max |grad|`` (0-d, float32; float64 for a float64 gradient) from ``amax``."""
-        wide = torch.float64 if self.amax.dtype == torch.int64 else torch.float32
-        return self.amax.max().view(wide)
-
     @staticmethod
     def takes_bands(shape) -> bool:
         """Whether a map of ``shape`` (N, C, H, W) can take sums as differences: its rows
