@@ -128,6 +128,7 @@ def latency(rng) -> dict:
     x = torch.randn(2, 256, 50, 68, device="cuda")
     leaf = x.clone().requires_grad_()
     rois = box_rows(rng, 2, 16, 200, 272)
+    grad = torch.randn(16, 256, 7, 7, device="cuda")
     return {
         "roiops_us": host_us_per_call(lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True)),
         "torchvision_us": host_us_per_call(
@@ -140,6 +141,24 @@ def latency(rng) -> dict:
         ),
         "recording_autograd_us": host_us_per_call(
             lambda: roiops.roi_align(leaf, rois, 7, 0.25, 2, True)
+        ),
+        # the bench's calls: each library's op through torch.ops, forward and backward
+        # (benchmarks/host_overhead.py's rows on a CPU, kernels not launched)
+        "ops_forward_us": host_us_per_call(
+            lambda: torch.ops.roiops.roi_align(x, rois, 0.25, 7, 7, 2, True)
+        ),
+        "torchvision_ops_forward_us": host_us_per_call(
+            lambda: torch.ops.torchvision.roi_align(x, rois, 0.25, 7, 7, 2, True)
+        ),
+        "ops_backward_us": host_us_per_call(
+            lambda: torch.ops.roiops.roi_align_backward(
+                grad, rois, 0.25, 7, 7, 2, True, 2, 256, 50, 68
+            )
+        ),
+        "torchvision_ops_backward_us": host_us_per_call(
+            lambda: torch.ops.torchvision._roi_align_backward(
+                grad, rois, 0.25, 7, 7, 2, 256, 50, 68, 2, True
+            )
         ),
     }
 
@@ -657,6 +676,11 @@ def summary(report: dict) -> str:
         if "launcher_us" in lat:
             row("16-RoI call, host us: launcher alone / recording autograd",
                 f"{lat['launcher_us']:.0f} / {lat['recording_autograd_us']:.0f}")  # fmt: skip
+        if "ops_forward_us" in lat:
+            us = [lat[f"{lib}ops_{d}_us"] for d in ("forward", "backward")
+                  for lib in ("", "torchvision_")]  # fmt: skip
+            row("16-RoI torch.ops calls, host us: fwd roiops / tv, bwd roiops / tv",
+                f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
     det = report.get("deterministic")
     if det is None:
         row("deterministic mode and distinct gradients", "not measured")

@@ -54,6 +54,10 @@ def test_summary_table():
             "torchvision_us": 20.0,
             "launcher_us": 12.0,
             "recording_autograd_us": 41.0,
+            "ops_forward_us": 26.0,
+            "torchvision_ops_forward_us": 11.0,
+            "ops_backward_us": 52.0,
+            "torchvision_ops_backward_us": 13.0,
         },
         "deterministic": {
             "roiops_ms": 1.0,
@@ -70,6 +74,7 @@ def test_summary_table():
     assert "float32 forward: fpn 8x512" in table and "1.20x" in table
     assert "float32 back to back, forward: geometric mean" in table
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
+    assert "fwd roiops / tv, bwd roiops / tv" in table and "26 / 11, 52 / 13" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
 
