@@ -248,11 +248,11 @@ def test_the_ops_run_on_their_tensors_gpu(monkeypatch):
         yield
 
     monkeypatch.setattr(torch.cuda, "device", device)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ops, "current_cuda_device", lambda: 0)
     run = ops.on_tensors_device(lambda *args: "ran")
     assert run([OnGpu1()], X) == "ran" and entered == ["cuda:1"]
     assert run(X, ROIS) == "ran" and entered == ["cuda:1"]  # CPU tensors: no device
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(ops, "current_cuda_device", lambda: 1)
     assert run([OnGpu1()]) == "ran" and entered == ["cuda:1"]  # already current
     # every custom op's implementation is wrapped (the forward ones as ``call`` runs them)
     assert all(fn.__wrapped__ for fn in ops._IMPLEMENTATIONS.values())

@@ -131,6 +131,12 @@ def _autograd_kernel(op, run: Callable) -> Callable | None:
     return kernel
 
 
+def current_cuda_device() -> int:
+    """``torch.cuda.current_device()`` where CUDA is initialised (a CUDA tensor exists):
+    without its lazy-initialisation check, three Python calls of every CUDA op call."""
+    return torch._C._cuda_getDevice()
+
+
 def on_tensors_device(fn: Callable) -> Callable:
     """``fn``, run with its tensors' CUDA device as the current one. Triton launches its
     kernels on the current device (as torchvision's C++ kernels take a device guard, and
@@ -142,7 +148,7 @@ def on_tensors_device(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(*args, **kwargs):
         first = args[0] if isinstance(args[0], Tensor) else args[0][0]
-        if first.is_cuda and first.get_device() != torch.cuda.current_device():
+        if first.is_cuda and first.get_device() != current_cuda_device():
             with torch.cuda.device(first.device):
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
