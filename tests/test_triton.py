@@ -726,6 +726,45 @@ def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
         assert torch.equal(gx, grad_input[0, torch.contiguous_format])
 
 
+@settings(max_examples=24, deadline=None)
+@given(
+    op=st.sampled_from(["ps_roi_pool", "ps_roi_align"]),
+    c=st.integers(1, 2),
+    oh=st.integers(1, 3),
+    ow=st.integers(1, 3),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    k=st.integers(0, 5),
+    ratio=st.integers(-1, 2),
+    band=st.sampled_from([0, 1, 2, 8]),
+    lanes=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_position_sensitive_triton_equals_reference(op, c, oh, ow, h, w, k, ratio,
+                                                             band, lanes, seed):  # fmt: skip
+    # any map, bin grid and boxes (degenerate and outside ones among them); ps_roi_pool's
+    # backward in bands of 1, 2 or 8 rows or cell by cell, ps_roi_align's by lanes or by
+    # bin: the reference's forward (ps_roi_pool bit for bit) and gradient
+    rng = np.random.default_rng(seed)
+    x = on_device(rng.standard_normal((2, c * oh * ow, h, w)), torch.float32)
+    rois = on_device(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
+    grad = on_device(rng.standard_normal((k, c, oh, ow)), torch.float32)
+    if op == "ps_roi_pool":
+        module, setting, fn = gpu_ps_pool, ("BAND", band), roiops.ps_roi_pool
+        call = lambda t: fn(t, rois, (oh, ow), 0.5)  # noqa: E731
+    else:
+        module, setting, fn = gpu_align, ("PS_LANES", lanes), roiops.ps_roi_align
+        call = lambda t: fn(t, rois, (oh, ow), 0.5, ratio)  # noqa: E731
+    before = getattr(module, setting[0])
+    setattr(module, setting[0], setting[1])
+    try:
+        (out, gx), (ref_out, ref_gx) = triton_and_reference(call, x, grad)
+    finally:
+        setattr(module, setting[0], before)
+    assert_forward_matches("pool" if op == "ps_roi_pool" else "avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("aligned,ratio", [(False, 2), (True, 0)])
 def test_multi_scale_roi_align_matches_reference(rng, aligned, ratio):
     # every level in one launch: each program picks its RoI's level
