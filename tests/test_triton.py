@@ -444,8 +444,8 @@ def test_zero_and_bound_zeroes_and_takes_the_max_in_pieces(rng, dtype):
     # one launch zeroes the accumulator and takes max |grad| in AMAX_PARTS pieces: a
     # gradient of more than AMAX_PARTS blocks (some programs take two, the last block is
     # partial) and one of a single element (most pieces see nothing); the largest
-    # magnitude negative and in the last, partial block; a non-finite value anywhere
-    # makes the max non-finite, NaN (above inf in the bits) or inf
+    # magnitude negative and in the last, partial block; a non-finite value anywhere, in
+    # either gradient, makes the max non-finite, NaN (above inf in the bits) or inf
     parts, block = fixed_point.AMAX_PARTS.value, fixed_point.amax_block(dtype)
     for size in (parts * block + block // 2 + 3, 1):
         grad = on_device(rng.uniform(-1, 1, size), dtype)
@@ -455,11 +455,12 @@ def test_zero_and_bound_zeroes_and_takes_the_max_in_pieces(rng, dtype):
         assert amax.shape == (parts,) and torch.equal(flat, torch.zeros_like(flat))
         assert amax.dtype == (torch.int64 if dtype == torch.float64 else torch.int32)
         assert max_abs(amax) == 3.0
-    for bad in (float("nan"), float("-inf")):
-        grad[rng.integers(size)] = bad
-        amax = fixed_point.zero_and_bound(flat, grad)
-        assert max_abs(amax) == abs(bad) or np.isnan(bad)
-        assert not np.isfinite(max_abs(amax))
+        for bad in (float("nan"), float("-inf")):
+            spoilt = grad.clone()
+            spoilt[rng.integers(size)] = bad
+            amax = fixed_point.zero_and_bound(flat, spoilt)
+            assert max_abs(amax) == abs(bad) or np.isnan(bad)
+            assert not np.isfinite(max_abs(amax))
 
 
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])

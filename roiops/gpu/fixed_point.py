@@ -127,11 +127,11 @@ def accumulator_channel(c, p, C, P: tl.constexpr, PS: tl.constexpr):
 
 @triton.jit
 def _magnitude_bits(g):
-    """The bits of float64 ``g`` (int64), or of ``g`` in float32 (int32)."""
+    """The bits of ``|g|``: of float64 ``g`` as int64, of ``g`` in float32 as int32."""
     if g.dtype == tl.float64:
-        bits = g.to(tl.int64, bitcast=True)
+        bits = g.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
     else:
-        bits = g.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = g.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
     return bits
 
 
@@ -145,22 +145,17 @@ def zero_and_bound_kernel(ACC, G, AMAX, acc_size, grad_size, BLOCK: tl.constexpr
     program = tl.program_id(0)
     if program < AMAX_PARTS:
         lane = tl.arange(0, GRAD_BLOCK)
-        if G.dtype.element_ty == tl.float64:
-            sign = 0x7FFFFFFFFFFFFFFF
-            best = tl.zeros((GRAD_BLOCK,), tl.int64)
-        else:
-            sign = 0x7FFFFFFF
-            best = tl.zeros((GRAD_BLOCK,), tl.int32)
+        best = _magnitude_bits(tl.zeros((GRAD_BLOCK,), G.dtype.element_ty))
         # the whole blocks unmasked (vector loads, which a mask against a size of unknown
         # divisibility would split into single elements), then the partial one, if any,
         # by the program whose turn it is
         whole = grad_size // GRAD_BLOCK
         for i in range(0, tl.cdiv(whole - program, AMAX_PARTS)):
             g = tl.load(G + (tl.cast(i, tl.int64) * AMAX_PARTS + program) * GRAD_BLOCK + lane)
-            best = tl.maximum(best, _magnitude_bits(g) & sign)
+            best = tl.maximum(best, _magnitude_bits(g))
         at = tl.cast(whole, tl.int64) * GRAD_BLOCK + lane
         g = tl.load(G + at, mask=(at < grad_size) & (whole % AMAX_PARTS == program), other=0.0)
-        best = tl.maximum(best, _magnitude_bits(g) & sign)
+        best = tl.maximum(best, _magnitude_bits(g))
         tl.store(AMAX + program, tl.max(best, axis=0))
     else:
         start = tl.cast(program - AMAX_PARTS, tl.int64) * BLOCK
