@@ -266,7 +266,8 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     kernel and the conversion to float, each timed alone (host time of a call and a
     synchronisation), beside torchvision's whole (float-atomic) backward; for roi_align,
     the scatter and the op also with small RoIs summed per cell first
-    (``roiops.gpu.roi_align.ROI_SUMS``)."""
+    (``roiops.gpu.roi_align.ROI_SUMS``); for roi_pool, whose op sums by tiles without
+    those passes (``roiops.gpu.roi_pool.GATHER_BACKWARD``), the op by the scatter too."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -328,6 +329,15 @@ def _pass_times(case, device: str) -> dict:
                                                    lv.spatial_scale)  # fmt: skip
             fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
             fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
+    if case.op == "roi_pool":
+        # the fixed-point scatter (the passes above) against the launcher's backward by
+        # tiles (GATHER_BACKWARD), and the tiles' other sizes: 32 channels a program,
+        # rows of 16 cells
+        fns["roiops_backward_scatter"] = _with_settings(ours, gp, GATHER_BACKWARD=False)
+        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, GATHER_CHANNELS=32)
+        fns["roiops_backward_tiles_4x16"] = _with_settings(
+            ours, gp, GATHER_TILE_H=4, GATHER_TILE_W=16
+        )
     if case.op == "ps_roi_align":
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
@@ -713,6 +723,11 @@ def summary(report: dict) -> str:
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
+        if "roiops_backward_scatter" in t:
+            row(f"{case} bwd ms, op: by tiles (16 ch 8x8) / scatter / 32 ch / 4x16 cells",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
+                f"{t['roiops_backward_tiles_32_channels']:.2f} / "
+                f"{t['roiops_backward_tiles_4x16']:.2f}")  # fmt: skip
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip

@@ -89,14 +89,81 @@ def test_roi_align_matches_reference(rng, dtype, mode, aligned, ratio, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [0.5, 1 / 3])
-def test_roi_pool_matches_reference(rng, dtype, scale):
+@pytest.mark.parametrize("gather", [True, False])
+def test_roi_pool_matches_reference(rng, monkeypatch, dtype, scale, gather):
+    monkeypatch.setattr(gpu_pool, "GATHER_BACKWARD", gather)
     x = on_device(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), dtype)  # ties included
     rois = on_device(random_rois(rng, 2, 8, 9 / scale, 11 / scale), dtype)
     grad = on_device(rng.standard_normal((8, 5, 3, 4)), dtype)
     out, gx = pool("triton", x, rois, (3, 4), scale, grad)
     ref_out, ref_gx = pool("reference", x, rois, (3, 4), scale, grad)
     assert_forward_matches("pool", out, ref_out)
-    torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
+    if gather:
+        # the reference's additions in its order, compiled or not (sums alone: no
+        # multiply-add to contract)
+        assert torch.equal(gx, ref_gx)
+    else:  # fixed-point sums: exact to far below float rounding, not the same bits
+        torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
+
+
+def valid_rois(rois: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Which rows of ``rois`` the ops' value check would pass (finite coordinates, a whole
+    batch index in range): those the reference takes."""
+    index = rois[:, 0]
+    whole = (index == torch.floor(index)) & (index >= 0) & (index < batch_size)
+    return torch.isfinite(rois[:, 1:]).all(1) & whole
+
+
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.float64, True)])
+def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(rng, dtype, channels_last):
+    # the backward by tiles (GATHER_BACKWARD) against the reference, over what could make
+    # it miss an output or take one twice: RoIs of a cell or less under 7x7 bins (a cell
+    # in up to 49 bins), larger ones over many tiles, dozens over one cell, boxes beyond
+    # the map and far beyond it, 19 channels (blocks of 16) and a map of partial tiles,
+    # either argmax layout; and RoIs the kernels must skip (NaN, inf, a batch index out of
+    # range or not whole: no gradient, as the reference without them)
+    n, c, h, w = 2, 19, 21, 19
+    x = on_device(np.round(rng.standard_normal((n, c, h, w)) * 2), dtype)  # ties included
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    boxes = np.concatenate(
+        [
+            random_rois(rng, n, 16, 2 * h, 2 * w, min_size=-4, max_size=6),
+            random_rois(rng, n, 8, 2 * h, 2 * w, min_size=10, max_size=40),
+            [[0, 1e9, 1e9, 2e9, 2e9], [1, -1e9, -1e9, 1e9, 1e9], [1, 9.0, 9.0, 9.2, 9.2]],
+            [[0, np.nan, 1, 2, 3], [1, 1, 2, np.inf, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
+        ]
+    )
+    rois = on_device(boxes, dtype)
+    grad = on_device(rng.standard_normal((len(boxes), c, 7, 7)), dtype)
+    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 7, 7)
+    prefilled = torch.full_like(x, float("nan"), memory_format=torch.contiguous_format)
+    gx = gpu_pool.roi_pool_backward(grad, rois, argmax, prefilled, 0.5)
+    ok = valid_rois(rois, n)
+    assert not ok.all()
+    _, ref = pool("reference", x, rois[ok], 7, 0.5, grad[ok])
+    assert torch.equal(gx, ref)
+
+
+@pytest.mark.parametrize("output_size", [(1, 1), (2, 5), (8, 3)])
+def test_roi_pool_backward_by_tiles_any_bin_grid(rng, monkeypatch, output_size):
+    # bin grids whose sizes take 1 to 4 bits of binary search; a tile as large as the map
+    # and one of a single cell (tiles of any shape); and the scatter where the RoI lists
+    # would pass GATHER_LIST_LIMIT
+    x = on_device(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), torch.float32)
+    rois = on_device(random_rois(rng, 2, 12, 18, 22), torch.float32)
+    grad = on_device(rng.standard_normal((12, 5, *output_size)), torch.float32)
+    _, ref = pool("reference", x, rois, output_size, 0.5, grad)
+    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, *output_size)
+    for tile_h, tile_w, limit in ((8, 8, 2**24), (16, 16, 2**24), (1, 1, 2**24), (8, 8, 0)):
+        monkeypatch.setattr(gpu_pool, "GATHER_TILE_H", tile_h)
+        monkeypatch.setattr(gpu_pool, "GATHER_TILE_W", tile_w)
+        monkeypatch.setattr(gpu_pool, "GATHER_LIST_LIMIT", limit)
+        gx = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
+        if limit:
+            assert torch.equal(gx, ref)
+        else:
+            torch.testing.assert_close(gx, ref, **TOL[torch.float32])
 
 
 @settings(max_examples=8)
@@ -191,7 +258,7 @@ def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, ali
     ``grad_input``; the forward runs on the Triton kernels."""
     if mode == "pool":
         _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, output_size, output_size)
-        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input)
+        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input, 0.5)
     argmax = None
     if mode == "max":
         _, argmax = gpu_align.roi_align_forward(
@@ -419,17 +486,24 @@ def test_window_forward_serves_adaptive_grids_when_on(rng, monkeypatch, ratio, d
     torch.testing.assert_close(fast[1], ref[1], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-2)))
 
 
-@pytest.mark.parametrize("mode", ["avg", "max", "pool"])
-def test_non_finite_output_gradient_gives_nan_input_gradient(rng, mode):
+@pytest.mark.parametrize("mode", ["avg", "max", "pool scatter", "pool"])
+def test_non_finite_output_gradient_gives_nan_input_gradient(rng, monkeypatch, mode):
     # fixed point cannot carry NaN or inf to the cells they reach: the whole input
-    # gradient is NaN (visible; what AMP's GradScaler checks for to skip a step)
+    # gradient is NaN (visible; what AMP's GradScaler checks for to skip a step); roi_pool's
+    # backward by tiles adds floats, as the reference does: NaN and inf reach their cells
+    monkeypatch.setattr(gpu_pool, "GATHER_BACKWARD", mode == "pool")
     x = on_device(rng.standard_normal((2, 3, 8, 8)), torch.float32)
     rois = on_device(random_rois(rng, 2, 4, 16, 16, min_size=2.0), torch.float32)
     for bad in (float("nan"), float("inf")):
         grad = on_device(rng.standard_normal((4, 3, 2, 2)), torch.float32)
         grad[1, 2, 0, 1] = bad
-        gx = backward_launch(mode, x, rois, grad, torch.empty_like(x))
-        assert torch.isnan(gx).all()
+        gx = backward_launch(mode.split()[0], x, rois, grad, torch.empty_like(x))
+        if mode == "pool":
+            ref = run("reference", "pool", x, rois, 2, 0.5, grad)[1]
+            assert not torch.isfinite(ref).all()
+            torch.testing.assert_close(gx, ref, rtol=0, atol=0, equal_nan=True)
+        else:
+            assert torch.isnan(gx).all()
 
 
 def max_abs(amax: torch.Tensor) -> float:

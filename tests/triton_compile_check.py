@@ -76,9 +76,16 @@ from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_forward_kernel,
 )
 from roiops.gpu.roi_pool import (  # noqa: E402
+    GATHER_CHANNELS,
+    GATHER_LIST_BLOCK,
+    GATHER_TILE_H,
+    GATHER_TILE_W,
+    GATHER_WARPS,
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
+    roi_pool_gather_backward_kernel,
+    roi_pool_tile_lists_kernel,
 )
 from roiops.gpu.tiles import (  # noqa: E402
     UNSPECIALISED,
@@ -372,6 +379,23 @@ def main() -> int:
             compile_for_gpu(
                 roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
             )
+        # the backward by tiles (GATHER_BACKWARD): the RoI lists, the gather into an NCHW
+        # gradient (stride_w 1, specialised) from either argmax layout
+        gather = {"PH": 7, "PW": 7, "TILE_H": GATHER_TILE_H, "TILE_W": GATHER_TILE_W}
+        if dt in ("fp32", "fp64"):  # (the lists read the RoIs alone)
+            compile_for_gpu(
+                roi_pool_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
+                {**gather, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
+            )  # fmt: skip
+        for cm in (True, False):
+            compile_for_gpu(
+                roi_pool_gather_backward_kernel,
+                {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32",
+                 "COUNTS": "*i32", "GX": f"*{dt}"},
+                {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": GATHER_CHANNELS,
+                 "ARGMAX_CM": cm, "stride_w": 1},
+                GATHER_WARPS,
+            )  # fmt: skip
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
             {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": amax_block(TORCH_DTYPES[dt])}, ZERO_WARPS,

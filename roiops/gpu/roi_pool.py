@@ -1,10 +1,13 @@
 """RoIPool in Triton: forward (max + argmax) and a deterministic backward.
 
 The forward runs one program per (RoI, block of its outputs), as
-``roiops.gpu.roi_align``'s; the backward one program per (RoI, block of channels) over
-all of the RoI's bins (``roiops.gpu.tiles``), each output adding its gradient to its
-argmax cell in the fixed-point accumulator of ``roiops.gpu.fixed_point`` (one int64
-atomic per output), so the sum is the same bits on every run. Quantization follows
+``roiops.gpu.roi_align``'s. The backward gathers (``GATHER_BACKWARD``): one program per
+(tile of cells, block of channels) sums, cell by cell, the gradients of the outputs whose
+argmax the cell is, in the reference's order, so the same bits on every run and as the
+reference. Where its RoI lists would not fit, and for the FPN pooler's levels, one
+program per (RoI, block of channels) over all of the RoI's bins (``roiops.gpu.tiles``)
+adds each output's gradient to its argmax cell in the fixed-point accumulator of
+``roiops.gpu.fixed_point`` (one int64 atomic per output). Quantization follows
 ``roiops.reference.roi_pool``; the bin edges ``floor(p * size / pooled)`` and
 ``ceil((p + 1) * size / pooled)`` divide in IEEE, as torchvision's CUDA kernel does, so
 the bins, the forward and the argmax are torchvision's bit for bit.
@@ -25,8 +28,11 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
+    cdiv,
+    check_grid,
     is_channels_last,
     kernel,
+    next_power_of_2,
     output_offsets,
     roi_channels_grid,
     roi_channels_tile,
@@ -35,6 +41,25 @@ from roiops.gpu.tiles import (
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
+
+# The backward by tiles (``GATHER_BACKWARD``): one program per (tile of GATHER_TILE_H x
+# GATHER_TILE_W cells, block of GATHER_CHANNELS channels) sums, for each of its cells,
+# the gradients of the outputs whose argmax it is, over the RoIs whose bins reach the
+# tile (a list per tile, made first by one program per tile, GATHER_LIST_BLOCK RoIs at a
+# time), and writes its cells once: no fixed-point accumulator to zero and convert (20
+# bytes a cell and channel of memory traffic, ~0.2 ms on the bench's 'a small' map, as
+# much as torchvision's whole backward there), no atomics, no max |grad| pass, and the
+# reference's order of additions, so the same bits as the reference and the CPU kernels.
+# Its work grows with the RoIs over a cell (the scatter's with the outputs): NOT YET
+# TIMED on a GPU (`make gpu-tune`'s backward_passes part times it against the scatter).
+# The lists take ``tiles * K`` int32; above GATHER_LIST_LIMIT entries the scatter runs.
+GATHER_BACKWARD = True
+GATHER_TILE_H = 8
+GATHER_TILE_W = 8
+GATHER_CHANNELS = 16
+GATHER_WARPS = 4
+GATHER_LIST_BLOCK = 256
+GATHER_LIST_LIMIT = 2**24
 
 
 @triton.jit
@@ -60,11 +85,23 @@ def _quantized_roi(ROIS, k, N, SCALE_BITS):
 
 
 @triton.jit
+def bin_start(p, bin_size):
+    """First cell of bins p along one axis, from the RoI's first cell: floor(p * size)."""
+    return tl.floor(p.to(bin_size.dtype) * bin_size).to(tl.int32)
+
+
+@triton.jit
+def bin_end(p, bin_size):
+    """One past the last cell of bins p, from the RoI's first cell: ceil((p + 1) * size)."""
+    return tl.ceil((p + 1).to(bin_size.dtype) * bin_size).to(tl.int32)
+
+
+@triton.jit
 def bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.constexpr):
     """Cell range [start, end) of bins p along one axis, clipped to [0, limit]."""
     bin_size = div_rn(roi_size.to(DT), POOLED)
-    start = tl.floor(p.to(DT) * bin_size).to(tl.int32) + roi_start
-    end = tl.ceil((p + 1).to(DT) * bin_size).to(tl.int32) + roi_start
+    start = bin_start(p, bin_size) + roi_start
+    end = bin_end(p, bin_size) + roi_start
     return tl.minimum(tl.maximum(start, 0), limit), tl.minimum(tl.maximum(end, 0), limit)
 
 
@@ -151,6 +188,124 @@ def roi_pool_forward_nhwc_kernel(
     store_bins(OUT, ARGMAX, best, best_at, k, c, p, c_ok, C, PH * PW, STORE_ARGMAX, False)
 
 
+@triton.jit
+def _bins_before(r, bin_size, POOLED: tl.constexpr, BITS: tl.constexpr, ENDS: tl.constexpr):
+    """How many of the bins 0..POOLED-1 along one axis have their end (ENDS) or their start
+    at or before cell ``r`` (counted from the RoI's first cell): ``bin_end(p) <= r`` or
+    ``bin_start(p) <= r``, both nondecreasing in p, by binary search over the BITS bits of
+    POOLED; the forward's arithmetic, so exact for any value."""
+    count = tl.zeros_like(r)
+    for b in tl.static_range(BITS - 1, -1, -1):
+        t = count + (1 << b)
+        edge = bin_end(t - 1, bin_size) if ENDS else bin_start(t - 1, bin_size)
+        count = tl.where((t <= POOLED) & (edge <= r), t, count)
+    return count
+
+
+@triton.jit
+def _bins_over(cells, roi_start, roi_size, POOLED: tl.constexpr, BITS: tl.constexpr,
+               DT: tl.constexpr):  # fmt: skip
+    """(first, stop): the bins along one axis that hold each of ``cells`` are
+    ``first <= p < stop`` (none where stop <= first), as the forward's edges say."""
+    bin_size = div_rn(roi_size.to(DT), POOLED)
+    r = cells - roi_start
+    first = _bins_before(r, bin_size, POOLED, BITS, True)
+    stop = _bins_before(r, bin_size, POOLED, BITS, False)
+    return first, stop
+
+
+@kernel
+def roi_pool_tile_lists_kernel(
+    ROIS, LISTS, COUNTS, N, H, W, K, scale_bits,
+    PH: tl.constexpr, PW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """For tile t of TILE_H x TILE_W cells (tiles numbered image by image, row by row),
+    ``LISTS[t, :COUNTS[t]]``: the valid RoIs whose bins reach a cell of the tile, in
+    ascending order (``LISTS[t]`` holds K entries). One program per tile."""
+    tile = tl.program_id(0)
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    n = tile // (tiles_h * tiles_w)
+    h0 = (tile // tiles_w % tiles_h) * TILE_H
+    w0 = (tile % tiles_w) * TILE_W
+    count = tl.sum(tl.zeros((BLOCK_K,), tl.int32), axis=0)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        rn, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(
+            ROIS, tl.where(k_ok, k, 0), N, scale_bits
+        )
+        DT = ROIS.dtype.element_ty
+        # the bins of a RoI cover [start, start + bin_end(last)) along each axis
+        last = tl.zeros_like(roi_h) + (PH - 1)
+        end_h = start_h + bin_end(last, div_rn(roi_h.to(DT), PH))
+        last = tl.zeros_like(roi_w) + (PW - 1)
+        end_w = start_w + bin_end(last, div_rn(roi_w.to(DT), PW))
+        hit = k_ok & valid & (rn == n) & (start_h < h0 + TILE_H) & (end_h > h0)
+        hit = hit & (start_w < w0 + TILE_W) & (end_w > w0)
+        hits = hit.to(tl.int32)
+        at = tl.cumsum(hits, axis=0) - 1 + count
+        tl.store(LISTS + tl.cast(tile, tl.int64) * K + at, k, mask=hit)
+        count += tl.sum(hits, axis=0)
+    tl.store(COUNTS + tile, count)
+
+
+@kernel
+def roi_pool_gather_backward_kernel(
+    G, ARGMAX, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits,
+    stride_n, stride_c, stride_h, stride_w,
+    PH: tl.constexpr, PW: tl.constexpr, PH_BITS: tl.constexpr, PW_BITS: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ARGMAX_CM: tl.constexpr,
+):  # fmt: skip
+    """GX[n, c, h, w] (any strides) = the sum of G[k, c, p] over the outputs whose argmax
+    (ARGMAX[K, P, C], channel-major if ARGMAX_CM) is cell (h, w), RoIs in ascending order
+    and a RoI's bins in row-major order: the reference's order of additions, in float32
+    (float64 for float64 G). One program per (tile of ``roi_pool_tile_lists_kernel``,
+    block of BLOCK_C channels) writes its [channels, cells] tile whole, visiting the
+    tile's RoIs and, for each cell, the bins that hold it."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // c_blocks
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    n = tile // (tiles_h * tiles_w)
+    i = tl.arange(0, TILE_H * TILE_W)
+    h = (tile // tiles_w % tiles_h) * TILE_H + i // TILE_W
+    w = (tile % tiles_w) * TILE_W + i % TILE_W
+    in_map = (h < H) & (w < W)
+    cell = h * W + w
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    acc_dtype = tl.float64 if G.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), acc_dtype)
+    DT = ROIS.dtype.element_ty
+    for j in range(0, tl.load(COUNTS + tile)):
+        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
+        _, start_h, start_w, roi_h, roi_w, _ = _quantized_roi(ROIS, k, N, scale_bits)
+        roi_g = G + tl.cast(k, tl.int64) * C * (PH * PW)
+        roi_argmax = ARGMAX + tl.cast(k, tl.int64) * C * (PH * PW)
+        ph0, ph_stop = _bins_over(h, start_h, roi_h, PH, PH_BITS, DT)
+        pw0, pw_stop = _bins_over(w, start_w, roi_w, PW, PW_BITS, DT)
+        ph_stop = tl.where(in_map, ph_stop, ph0)
+        for dph in range(0, tl.max(ph_stop - ph0, axis=0)):
+            ph = ph0 + dph
+            for dpw in range(0, tl.max(pw_stop - pw0, axis=0)):
+                pw = pw0 + dpw
+                holds = (ph < ph_stop) & (pw < pw_stop)
+                # (offsets within RoI k's outputs, in int32: C * PH * PW < 2**31)
+                p = (ph * PW + pw)[None, :]
+                g_at = c[:, None] * (PH * PW) + p
+                argmax_at = g_at if ARGMAX_CM else p * C + c[:, None]
+                routes = c_ok[:, None] & holds[None, :]
+                won = tl.load(roi_argmax + argmax_at, mask=routes, other=-1) == cell[None, :]
+                g = tl.load(roi_g + g_at, mask=won, other=0.0).to(acc_dtype)
+                acc = tl.where(won, acc + g, acc)
+    at = (tl.cast(n, tl.int64) * stride_n + c.to(tl.int64)[:, None] * stride_c
+          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
+    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+
+
 @kernel
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
@@ -227,11 +382,35 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     return out, argmax
 
 
-def roi_pool_backward(grad, rois, argmax, grad_input):
-    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    sums = Accumulator(grad, grad_input.shape)
-    roi_pool_scatter(sums, grad, rois, argmax)
-    return sums.write_to(grad_input)
+def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: by
+    tiles (``GATHER_BACKWARD``, where the tiles' RoI lists fit ``GATHER_LIST_LIMIT``), else
+    by the fixed-point scatter."""
+    N, C, H, W = grad_input.shape
+    K, _, pooled_h, pooled_w = grad.shape
+    tiles = N * cdiv(H, GATHER_TILE_H) * cdiv(W, GATHER_TILE_W)
+    if not GATHER_BACKWARD or tiles * K > GATHER_LIST_LIMIT:
+        sums = Accumulator(grad, grad_input.shape)
+        roi_pool_scatter(sums, grad, rois, argmax)
+        return sums.write_to(grad_input)
+    if tiles == 0:
+        return grad_input
+    lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
+    counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+    bits = scale_bits(spatial_scale)
+    mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=GATHER_TILE_H, TILE_W=GATHER_TILE_W)
+    roi_pool_tile_lists_kernel[check_grid(tiles, "roi_pool")](
+        rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=GATHER_LIST_BLOCK, num_warps=4
+    )
+    argmax, channel_major = readable_argmax(argmax)
+    block_c = min(GATHER_CHANNELS, next_power_of_2(C))
+    roi_pool_gather_backward_kernel[check_grid(tiles * cdiv(C, block_c), "roi_pool")](
+        grad.contiguous(), argmax, rois, lists, counts, grad_input, N, C, H, W, K, bits,
+        *grad_input.stride(), **mode, PH_BITS=pooled_h.bit_length(),
+        PW_BITS=pooled_w.bit_length(), BLOCK_C=block_c, ARGMAX_CM=channel_major,
+        num_warps=GATHER_WARPS,
+    )  # fmt: skip
+    return grad_input
 
 
 def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
