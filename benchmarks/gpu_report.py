@@ -331,10 +331,11 @@ def _pass_times(case, device: str) -> dict:
             fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
     if case.op == "roi_pool":
         # the fixed-point scatter (the passes above) against the launcher's backward by
-        # tiles (GATHER_BACKWARD), and the tiles' other sizes: 32 channels a program,
-        # rows of 16 cells
+        # tiles (GATHER_BACKWARD), its lanes over cells (GATHER_LANES), and other sizes: 32
+        # channels a program, tiles of 4 rows of 16 cells
         fns["roiops_backward_scatter"] = _with_settings(ours, gp, GATHER_BACKWARD=False)
-        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, GATHER_CHANNELS=32)
+        fns["roiops_backward_tiles_cells"] = _with_settings(ours, gp, GATHER_LANES="cells")
+        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, TILE_CHANNELS=32)
         fns["roiops_backward_tiles_4x16"] = _with_settings(
             ours, gp, GATHER_TILE_H=4, GATHER_TILE_W=16
         )
@@ -724,8 +725,9 @@ def summary(report: dict) -> str:
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
         if "roiops_backward_scatter" in t:
-            row(f"{case} bwd ms, op: by tiles (16 ch 8x8) / scatter / 32 ch / 4x16 cells",
+            row(f"{case} bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16",
                 f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
+                f"{t['roiops_backward_tiles_cells']:.2f} / "
                 f"{t['roiops_backward_tiles_32_channels']:.2f} / "
                 f"{t['roiops_backward_tiles_4x16']:.2f}")  # fmt: skip
         if "scatter_per_bin" in t:

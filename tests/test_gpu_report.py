@@ -281,8 +281,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (0, 1, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
-    tiles = {"roiops_backward_scatter", "roiops_backward_tiles_32_channels",
-             "roiops_backward_tiles_4x16"}  # fmt: skip
+    tiles = {"roiops_backward_scatter", "roiops_backward_tiles_cells",
+             "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16"}  # fmt: skip
     extras = {"roi_align": roi_sums, "ps_roi_pool": bands, "ps_roi_align": per_bin,
               "roi_pool": tiles}  # fmt: skip
     for case, t in times.items():
@@ -290,7 +290,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
         assert all(ms > 0 for ms in t.values())
     # put back after the timing
     assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 8
-    assert gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_CHANNELS == 16
+    assert gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_LANES == "channels"
+    assert gpu_pool.TILE_CHANNELS == 128
     assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
@@ -300,7 +301,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
-    assert "roi_pool tiny bwd ms, op: by tiles (16 ch 8x8) / scatter / 32 ch / 4x16 cells" in table
+    assert "roi_pool tiny bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 16 rows: scatter + convert / op" in table
 
 

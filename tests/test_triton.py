@@ -114,14 +114,26 @@ def valid_rois(rois: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.isfinite(rois[:, 1:]).all(1) & whole
 
 
-@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.float64, True)])
-def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(rng, dtype, channels_last):
+@pytest.mark.parametrize(
+    "dtype,channels_last,lanes",
+    [
+        (torch.float32, False, "channels"),
+        (torch.float64, True, "channels"),
+        (torch.float16, False, "channels"),
+        (torch.float32, True, "cells"),
+    ],
+)
+def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(
+    rng, monkeypatch, dtype, channels_last, lanes
+):
     # the backward by tiles (GATHER_BACKWARD) against the reference, over what could make
     # it miss an output or take one twice: RoIs of a cell or less under 7x7 bins (a cell
     # in up to 49 bins), larger ones over many tiles, dozens over one cell, boxes beyond
     # the map and far beyond it, 19 channels (blocks of 16) and a map of partial tiles,
-    # either argmax layout; and RoIs the kernels must skip (NaN, inf, a batch index out of
-    # range or not whole: no gradient, as the reference without them)
+    # either argmax layout, either kernel (GATHER_LANES), half precision summed in float32;
+    # and RoIs the kernels must skip (NaN, inf, a batch index out of range or not whole:
+    # no gradient, as the reference without them)
+    monkeypatch.setattr(gpu_pool, "GATHER_LANES", lanes)
     n, c, h, w = 2, 19, 21, 19
     x = on_device(np.round(rng.standard_normal((n, c, h, w)) * 2), dtype)  # ties included
     if channels_last:
@@ -134,7 +146,7 @@ def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(rng, dtype, cha
             [[0, np.nan, 1, 2, 3], [1, 1, 2, np.inf, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
         ]
     )
-    rois = on_device(boxes, dtype)
+    rois = on_device(boxes, torch.float64 if dtype == torch.float64 else torch.float32)
     grad = on_device(rng.standard_normal((len(boxes), c, 7, 7)), dtype)
     _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 7, 7)
     prefilled = torch.full_like(x, float("nan"), memory_format=torch.contiguous_format)

@@ -81,10 +81,12 @@ from roiops.gpu.roi_pool import (  # noqa: E402
     GATHER_TILE_H,
     GATHER_TILE_W,
     GATHER_WARPS,
+    TILE_CHANNELS,
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
     roi_pool_gather_backward_kernel,
+    roi_pool_tile_backward_kernel,
     roi_pool_tile_lists_kernel,
 )
 from roiops.gpu.tiles import (  # noqa: E402
@@ -387,6 +389,15 @@ def main() -> int:
                 roi_pool_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
                 {**gather, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
             )  # fmt: skip
+        # (lanes over channels, GATHER_LANES "channels": sums made in a float32 gradient for
+        # half precision, float64 for float64)
+        compile_for_gpu(
+            roi_pool_tile_backward_kernel,
+            {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32",
+             "GX": "*fp64" if dt == "fp64" else "*fp32"},
+            {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": TILE_CHANNELS, "stride_w": 1},
+            TILE_CHANNELS // 32,
+        )  # fmt: skip
         for cm in (True, False):
             compile_for_gpu(
                 roi_pool_gather_backward_kernel,

@@ -42,18 +42,30 @@ from roiops.gpu.tiles import (
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
-# The backward by tiles (``GATHER_BACKWARD``): one program per (tile of GATHER_TILE_H x
-# GATHER_TILE_W cells, block of GATHER_CHANNELS channels) sums, for each of its cells,
-# the gradients of the outputs whose argmax it is, over the RoIs whose bins reach the
-# tile (a list per tile, made first by one program per tile, GATHER_LIST_BLOCK RoIs at a
-# time), and writes its cells once: no fixed-point accumulator to zero and convert (20
-# bytes a cell and channel of memory traffic, ~0.2 ms on the bench's 'a small' map, as
-# much as torchvision's whole backward there), no atomics, no max |grad| pass, and the
-# reference's order of additions, so the same bits as the reference and the CPU kernels.
-# Its work grows with the RoIs over a cell (the scatter's with the outputs): NOT YET
-# TIMED on a GPU (`make gpu-tune`'s backward_passes part times it against the scatter).
-# The lists take ``tiles * K`` int32; above GATHER_LIST_LIMIT entries the scatter runs.
+# The backward by tiles (``GATHER_BACKWARD``): a first kernel lists, for each tile of
+# GATHER_TILE_H x GATHER_TILE_W cells, the RoIs whose bins reach it (one program per tile,
+# GATHER_LIST_BLOCK RoIs at a time, in ascending order); then one program per (tile,
+# block of channels) owns those cells of the gradient and writes them: no fixed-point
+# accumulator to zero and convert (20 bytes a cell and channel of memory traffic, ~0.2 ms
+# on the bench's 'a small' map, as much as torchvision's whole backward there), no
+# atomics, no max |grad| pass, and the reference's order of additions (RoIs ascending, a
+# RoI's bins row-major), so the same bits as the reference and the CPU kernels.
+# GATHER_LANES "channels" (``roi_pool_tile_backward_kernel``, TILE_CHANNELS a program, a
+# thread each): the program zeroes its cells, visits the bins that reach the tile, and each
+# lane adds its channel's gradient to the argmax cell where the tile holds it (a load and
+# a store; one lane owns a cell and channel): work per bin visited, not per cell. "cells"
+# (``roi_pool_gather_backward_kernel``, GATHER_CHANNELS x the tile's cells on
+# GATHER_WARPS warps): each lane looks up its cell's bins and compares their argmax with
+# it: work per cell, RoI and bin over the cell, which on the bench's 'b' case (some 25
+# RoIs over a cell) counts to ~1 ms of instructions, above the scatter's 0.7. By
+# instruction and latency counts the lanes over channels take ~0.1 ms on 'a small' and
+# ~0.3 on 'b' (torchvision 0.22 and 0.45), bound by each bin's chain of loads, add and
+# store (the argmax is loaded a bin ahead): NOT YET TIMED on a GPU (`make gpu-tune`'s
+# backward_passes part times the kernels, sizes and the scatter). The lists take
+# ``tiles * K`` int32; above GATHER_LIST_LIMIT entries the scatter runs.
 GATHER_BACKWARD = True
+GATHER_LANES = "channels"
+TILE_CHANNELS = 128
 GATHER_TILE_H = 8
 GATHER_TILE_W = 8
 GATHER_CHANNELS = 16
@@ -252,6 +264,72 @@ def roi_pool_tile_lists_kernel(
 
 
 @kernel
+def roi_pool_tile_backward_kernel(
+    G, ARGMAX, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits,
+    stride_n, stride_c, stride_h, stride_w,
+    PH: tl.constexpr, PW: tl.constexpr, PH_BITS: tl.constexpr, PW_BITS: tl.constexpr,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """``roi_pool_gather_backward_kernel``'s sums with lanes over channels: the program
+    owns its tile's cells of BLOCK_C channels in GX (float32 or float64: the sums are
+    made there), zeroes them, then visits, RoI by RoI of the tile's list, the bins that
+    reach the tile, row-major, and each lane adds its channel's output gradient to the
+    argmax cell where that cell is in the tile (a load and a store: no other thread
+    writes that cell and channel). ARGMAX lies channels last ([K, P, C], a lane's load
+    contiguous with its neighbours'); G is [K, C, P]."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // c_blocks
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    n = tile // (tiles_h * tiles_w)
+    h0 = (tile // tiles_w % tiles_h) * TILE_H
+    w0 = (tile % tiles_w) * TILE_W
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    planes = GX + tl.cast(n, tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    # the tile's cells zeroed a row at a time, along the row, then the barrier: the lanes
+    # that add into a cell are not those that zeroed it
+    cols = w0 + tl.arange(0, TILE_W)
+    zero = tl.zeros((BLOCK_C, TILE_W), GX.dtype.element_ty)
+    in_row = c_ok[:, None] & (cols < W)[None, :]
+    for row in range(h0, tl.minimum(h0 + TILE_H, H)):
+        at = tl.cast(row, tl.int64) * stride_h + cols.to(tl.int64) * stride_w
+        tl.store(planes[:, None] + at[None, :], zero, mask=in_row)
+    tl.debug_barrier()
+    DT = ROIS.dtype.element_ty
+    for j in range(0, tl.load(COUNTS + tile)):
+        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
+        _, start_h, start_w, roi_h, roi_w, _ = _quantized_roi(ROIS, k, N, scale_bits)
+        # the bins whose cells reach the tile's rows and columns
+        ph0, _ = _bins_over(h0, start_h, roi_h, PH, PH_BITS, DT)
+        _, ph1 = _bins_over(h0 + TILE_H - 1, start_h, roi_h, PH, PH_BITS, DT)
+        pw0, _ = _bins_over(w0, start_w, roi_w, PW, PW_BITS, DT)
+        _, pw1 = _bins_over(w0 + TILE_W - 1, start_w, roi_w, PW, PW_BITS, DT)
+        roi_g = G + tl.cast(k, tl.int64) * C * (PH * PW) + c * (PH * PW)
+        roi_argmax = ARGMAX + tl.cast(k, tl.int64) * (PH * PW) * C + c
+        # the bins row-major, each one's argmax loaded a bin ahead (the adds into the
+        # gradient wait on their loads: the next argmax load need not)
+        row_bins = tl.maximum(pw1 - pw0, 0)
+        bins = tl.maximum(ph1 - ph0, 0) * row_bins
+        p = ph0 * PW + pw0
+        cell = tl.load(roi_argmax + p * C, mask=c_ok & (bins > 0), other=-1)
+        for q in range(0, bins):
+            ahead = q + 1
+            p_ahead = (ph0 + ahead // row_bins) * PW + pw0 + ahead % row_bins
+            cell_ahead = tl.load(roi_argmax + p_ahead * C, mask=c_ok & (ahead < bins), other=-1)
+            h = cell // W
+            w = cell - h * W
+            mine = c_ok & (cell >= 0) & (h >= h0) & (h < h0 + TILE_H) & (h < H)
+            mine = mine & (w >= w0) & (w < w0 + TILE_W)
+            at = planes + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w
+            g = tl.load(roi_g + p, mask=mine, other=0.0)
+            total = tl.load(at, mask=mine, other=0.0) + g.to(GX.dtype.element_ty)
+            tl.store(at, total, mask=mine)
+            cell = cell_ahead
+            p = p_ahead
+
+
+@kernel
 def roi_pool_gather_backward_kernel(
     G, ARGMAX, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits,
     stride_n, stride_c, stride_h, stride_w,
@@ -402,12 +480,22 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     roi_pool_tile_lists_kernel[check_grid(tiles, "roi_pool")](
         rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=GATHER_LIST_BLOCK, num_warps=4
     )
+    mode.update(PH_BITS=pooled_h.bit_length(), PW_BITS=pooled_w.bit_length())
+    if GATHER_LANES == "channels":
+        # the sums are made in the gradient itself, or in float32 for half precision
+        wide = grad_input.dtype in (torch.float32, torch.float64)
+        sums = grad_input if wide else torch.empty(grad_input.shape, device=grad.device)
+        block_c = min(TILE_CHANNELS, next_power_of_2(C))
+        roi_pool_tile_backward_kernel[check_grid(tiles * cdiv(C, block_c), "roi_pool")](
+            grad.contiguous(), argmax.contiguous(), rois, lists, counts, sums, N, C, H, W, K,
+            bits, *sums.stride(), **mode, BLOCK_C=block_c, num_warps=max(1, block_c // 32),
+        )  # fmt: skip
+        return grad_input if wide else grad_input.copy_(sums)
     argmax, channel_major = readable_argmax(argmax)
     block_c = min(GATHER_CHANNELS, next_power_of_2(C))
     roi_pool_gather_backward_kernel[check_grid(tiles * cdiv(C, block_c), "roi_pool")](
         grad.contiguous(), argmax, rois, lists, counts, grad_input, N, C, H, W, K, bits,
-        *grad_input.stride(), **mode, PH_BITS=pooled_h.bit_length(),
-        PW_BITS=pooled_w.bit_length(), BLOCK_C=block_c, ARGMAX_CM=channel_major,
+        *grad_input.stride(), **mode, BLOCK_C=block_c, ARGMAX_CM=channel_major,
         num_warps=GATHER_WARPS,
     )  # fmt: skip
     return grad_input
