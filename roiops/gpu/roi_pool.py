@@ -305,18 +305,19 @@ def roi_pool_tile_backward_kernel(
         _, ph1 = _bins_over(h0 + TILE_H - 1, start_h, roi_h, PH, PH_BITS, DT)
         pw0, _ = _bins_over(w0, start_w, roi_w, PW, PW_BITS, DT)
         _, pw1 = _bins_over(w0 + TILE_W - 1, start_w, roi_w, PW, PW_BITS, DT)
-        roi_g = G + tl.cast(k, tl.int64) * C * (PH * PW) + c * (PH * PW)
+        roi_g = G + (tl.cast(k, tl.int64) * C + c) * (PH * PW)
         roi_argmax = ARGMAX + tl.cast(k, tl.int64) * (PH * PW) * C + c
         # the bins row-major, each one's argmax loaded a bin ahead (the adds into the
         # gradient wait on their loads: the next argmax load need not)
         row_bins = tl.maximum(pw1 - pw0, 0)
         bins = tl.maximum(ph1 - ph0, 0) * row_bins
         p = ph0 * PW + pw0
-        cell = tl.load(roi_argmax + p * C, mask=c_ok & (bins > 0), other=-1)
+        cell = tl.load(roi_argmax + tl.cast(p, tl.int64) * C, mask=c_ok & (bins > 0), other=-1)
         for q in range(0, bins):
             ahead = q + 1
             p_ahead = (ph0 + ahead // row_bins) * PW + pw0 + ahead % row_bins
-            cell_ahead = tl.load(roi_argmax + p_ahead * C, mask=c_ok & (ahead < bins), other=-1)
+            cell_ahead = tl.load(roi_argmax + tl.cast(p_ahead, tl.int64) * C,
+                                 mask=c_ok & (ahead < bins), other=-1)  # fmt: skip
             h = cell // W
             w = cell - h * W
             mine = c_ok & (cell >= 0) & (h >= h0) & (h < h0 + TILE_H) & (h < H)
@@ -467,7 +468,12 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     N, C, H, W = grad_input.shape
     K, _, pooled_h, pooled_w = grad.shape
     tiles = N * cdiv(H, GATHER_TILE_H) * cdiv(W, GATHER_TILE_W)
-    if not GATHER_BACKWARD or tiles * K > GATHER_LIST_LIMIT:
+    lanes_over_cells = GATHER_LANES == "cells"
+    # (the cells kernel's offsets within a RoI's outputs are int32)
+    too_many = tiles * K > GATHER_LIST_LIMIT or (
+        lanes_over_cells and C * pooled_h * pooled_w >= 2**31
+    )
+    if not GATHER_BACKWARD or too_many:
         sums = Accumulator(grad, grad_input.shape)
         roi_pool_scatter(sums, grad, rois, argmax)
         return sums.write_to(grad_input)
@@ -481,7 +487,7 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
         rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=GATHER_LIST_BLOCK, num_warps=4
     )
     mode.update(PH_BITS=pooled_h.bit_length(), PW_BITS=pooled_w.bit_length())
-    if GATHER_LANES == "channels":
+    if not lanes_over_cells:
         # the sums are made in the gradient itself, or in float32 for half precision
         wide = grad_input.dtype in (torch.float32, torch.float64)
         sums = grad_input if wide else torch.empty(grad_input.shape, device=grad.device)
