@@ -490,7 +490,9 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     if not lanes_over_cells:
         # the sums are made in the gradient itself, or in float32 for half precision
         wide = grad_input.dtype in (torch.float32, torch.float64)
-        sums = grad_input if wide else torch.empty(grad_input.shape, device=grad.device)
+        sums = grad_input
+        if not wide:
+            sums = torch.empty(grad_input.shape, dtype=torch.float32, device=grad.device)
         block_c = min(TILE_CHANNELS, next_power_of_2(C))
         roi_pool_tile_backward_kernel[check_grid(tiles * cdiv(C, block_c), "roi_pool")](
             grad.contiguous(), argmax.contiguous(), rois, lists, counts, sums, N, C, H, W, K,
