@@ -328,7 +328,12 @@ def _pass_times(case, device: str) -> dict:
             fns[f"scatter_band_{other}"] = partial(gps.ps_roi_pool_scatter, cells, grad, rois,
                                                    lv.spatial_scale)  # fmt: skip
             fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
-            fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
+            fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other,
+                                                                  TILES=False)  # fmt: skip
+        # the launcher's backward by tiles (TILES) against its scatter in bands, and 32
+        # channels a program
+        fns["roiops_backward_scatter"] = _with_settings(ours, gps, TILES=False)
+        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gps, TILE_CHANNELS=32)
     if case.op == "roi_pool":
         # the fixed-point scatter (the passes above) against the launcher's backward by
         # tiles (GATHER_BACKWARD), its lanes over cells (GATHER_LANES), and other sizes: 32
@@ -724,7 +729,11 @@ def summary(report: dict) -> str:
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
-        if "roiops_backward_scatter" in t:
+        if "roiops_backward_scatter" in t and "roiops_backward_tiles_cells" not in t:
+            row(f"{case} bwd ms, op: tiles / scatter in bands / tiles of 32 ch",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
+                f"{t['roiops_backward_tiles_32_channels']:.2f}")  # fmt: skip
+        if "roiops_backward_tiles_cells" in t:
             row(f"{case} bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16",
                 f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
                 f"{t['roiops_backward_tiles_cells']:.2f} / "

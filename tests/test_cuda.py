@@ -144,6 +144,13 @@ def test_ps_roi_pool_equals_torchvision(rng):
     x = torch.randn(2, 4 * 49, 50, 68, device="cuda")
     rois = cuda(detection_rois(rng, 2, 300, 200, 272, True))
     assert torch.equal(roiops.ps_roi_pool(x, rois, 7, 0.25), tv_ops.ps_roi_pool(x, rois, 7, 0.25))
+    # the backward by tiles adds the CPU kernels' shares in their order: their bits
+    xr = x.clone().requires_grad_()
+    xc = x.cpu().requires_grad_()
+    grad = torch.randn(len(rois), 4, 7, 7, device="cuda")
+    roiops.ps_roi_pool(xr, rois, 7, 0.25).backward(grad)
+    roiops.ps_roi_pool(xc, rois.cpu(), 7, 0.25).backward(grad.cpu())
+    assert torch.equal(xr.grad.cpu(), xc.grad)
 
 
 def test_multi_scale_roi_align_module_matches_torchvision(rng):

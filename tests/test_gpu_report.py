@@ -283,7 +283,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
     tiles = {"roiops_backward_scatter", "roiops_backward_tiles_cells",
              "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16"}  # fmt: skip
-    extras = {"roi_align": roi_sums, "ps_roi_pool": bands, "ps_roi_align": per_bin,
+    ps_tiles = {"roiops_backward_scatter", "roiops_backward_tiles_32_channels"}
+    extras = {"roi_align": roi_sums, "ps_roi_pool": bands | ps_tiles, "ps_roi_align": per_bin,
               "roi_pool": tiles}  # fmt: skip
     for case, t in times.items():
         assert set(t) == passes | extras.get(case.split()[0], set())
@@ -291,6 +292,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # put back after the timing
     assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 8
     assert gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_LANES == "channels"
+    assert gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16
     assert gpu_pool.TILE_CHANNELS == 128
     assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
@@ -303,6 +305,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
     assert "roi_pool tiny bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 16 rows: scatter + convert / op" in table
+    assert "ps_roi_pool tiny ps bwd ms, op: tiles / scatter in bands / tiles of 32 ch" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

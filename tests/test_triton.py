@@ -758,17 +758,25 @@ def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, 
 
 
 @pytest.mark.parametrize("output_size", [(3, 2), 2])
-def test_ps_roi_pool_matches_reference(rng, output_size):
+@pytest.mark.parametrize("by_tiles", [True, False])
+def test_ps_roi_pool_matches_reference(rng, monkeypatch, output_size, by_tiles):
+    monkeypatch.setattr(gpu_ps_pool, "TILES", by_tiles)
     x, rois, grad = position_sensitive_case(rng, output_size)
     (out, gx), (ref_out, ref_gx) = triton_and_reference(
         lambda t: roiops.ps_roi_pool(t, rois, output_size, 0.5), x, grad
     )
-    # sums of cells and one IEEE division: no multiply-add to contract
+    # sums of cells and one IEEE division: no multiply-add to contract; the backward by
+    # tiles adds the reference's shares in its order
     assert torch.equal(out, ref_out)
-    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    if by_tiles:
+        assert torch.equal(gx, ref_gx)
+    else:
+        torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
-def test_ps_roi_pool_kernels_take_any_roi_value(rng):
+@pytest.mark.parametrize("by_tiles", [True, False])
+def test_ps_roi_pool_kernels_take_any_roi_value(rng, monkeypatch, by_tiles):
+    monkeypatch.setattr(gpu_ps_pool, "TILES", by_tiles)
     x = on_device(rng.standard_normal((2, 8, 9, 11)), torch.float32)
     rois = on_device(np.concatenate([random_rois(rng, 2, 2, 18, 22), BAD_ROIS]), torch.float32)
     out = gpu_ps_pool.ps_roi_pool_forward(x, rois, 0.5, 2, 2)
@@ -788,8 +796,10 @@ def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
     # reference's; so with invalid RoIs, empty bins, zero gradients, the last row and
     # column (which torchvision's bins never reach) and a channels_last gradient. Rows
     # longer than the conversion's tile (16 cells): the scatter goes cell by cell; a
-    # tile of 64: 4 channels a program
+    # tile of 64: 4 channels a program. (The backward by tiles, TILES, the reference's
+    # bits: the same inputs, last.)
     monkeypatch.setattr(fixed_point, "BAND_TILE", tile)
+    monkeypatch.setattr(gpu_ps_pool, "TILES", False)
     n, c, h, w = shape = (2, 12, 13, 11 if tile > 16 else 17)
     assert fixed_point.Accumulator.takes_bands(shape) == (tile > 16)
     x = on_device(rng.standard_normal(shape), torch.float32)
@@ -811,6 +821,10 @@ def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
     assert ref[:, :, :-1, :-1].abs().sum() > 0 and not ref[:, :, -1].any()
     for gx in grad_input.values():
         assert torch.equal(gx, grad_input[0, torch.contiguous_format])
+    monkeypatch.setattr(gpu_ps_pool, "TILES", True)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        gx = torch.full_like(x, float("nan")).contiguous(memory_format=layout)
+        assert torch.equal(gpu_ps_pool.ps_roi_pool_backward(grad, rois, gx, 0.5), ref)
 
 
 @settings(max_examples=24, deadline=None)
@@ -830,26 +844,32 @@ def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
 def test_property_position_sensitive_triton_equals_reference(op, c, oh, ow, h, w, k, ratio,
                                                              band, lanes, seed):  # fmt: skip
     # any map, bin grid and boxes (degenerate and outside ones among them); ps_roi_pool's
-    # backward in bands of 1, 2 or 8 rows or cell by cell, ps_roi_align's by lanes or by
-    # bin: the reference's forward (ps_roi_pool bit for bit) and gradient
+    # backward by tiles (``lanes``: the reference's bits) or scattered in bands of 1, 2 or
+    # 8 rows or cell by cell, ps_roi_align's by lanes or by bin: the reference's forward
+    # (ps_roi_pool bit for bit) and gradient
     rng = np.random.default_rng(seed)
     x = on_device(rng.standard_normal((2, c * oh * ow, h, w)), torch.float32)
     rois = on_device(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
     grad = on_device(rng.standard_normal((k, c, oh, ow)), torch.float32)
     if op == "ps_roi_pool":
-        module, setting, fn = gpu_ps_pool, ("BAND", band), roiops.ps_roi_pool
+        module, settings, fn = gpu_ps_pool, {"TILES": lanes, "BAND": band}, roiops.ps_roi_pool
         call = lambda t: fn(t, rois, (oh, ow), 0.5)  # noqa: E731
     else:
-        module, setting, fn = gpu_align, ("PS_LANES", lanes), roiops.ps_roi_align
+        module, settings, fn = gpu_align, {"PS_LANES": lanes}, roiops.ps_roi_align
         call = lambda t: fn(t, rois, (oh, ow), 0.5, ratio)  # noqa: E731
-    before = getattr(module, setting[0])
-    setattr(module, setting[0], setting[1])
+    before = {name: getattr(module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(module, name, value)
     try:
         (out, gx), (ref_out, ref_gx) = triton_and_reference(call, x, grad)
     finally:
-        setattr(module, setting[0], before)
+        for name, value in before.items():
+            setattr(module, name, value)
     assert_forward_matches("pool" if op == "ps_roi_pool" else "avg", out, ref_out)
-    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    if op == "ps_roi_pool" and lanes:
+        assert torch.equal(gx, ref_gx)
+    else:
+        torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("aligned,ratio", [(False, 2), (True, 0)])

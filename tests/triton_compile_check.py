@@ -51,9 +51,12 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_forward_kernel,
 )
 from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
+from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_TILE_CHANNELS  # noqa: E402
+from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_TILE_WARPS  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
+    ps_roi_pool_tile_backward_kernel,
 )
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
@@ -364,7 +367,20 @@ def main() -> int:
             {"NUM_LEVELS": 4, **argmax_tile, "ARGMAX_CM": True}, argmax_warps,
         )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
+        gather = {"PH": 7, "PW": 7, "TILE_H": GATHER_TILE_H, "TILE_W": GATHER_TILE_W}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
+        # the backward by tiles (TILES): the RoI lists of position-sensitive boxes, the sums
+        # into an NCHW gradient
+        if dt in ("fp32", "fp64"):
+            compile_for_gpu(
+                roi_pool_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
+                {**gather, "BLOCK_K": GATHER_LIST_BLOCK, "PS": True}, 4,
+            )  # fmt: skip
+        compile_for_gpu(
+            ps_roi_pool_tile_backward_kernel,
+            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
+            {**gather, "BLOCK_C": PS_TILE_CHANNELS, "stride_w": 1}, PS_TILE_WARPS,
+        )  # fmt: skip
         # the scatter to every cell, and as differences in the launcher's bands of rows
         for band in sorted({0, PS_BAND}):
             compile_for_gpu(

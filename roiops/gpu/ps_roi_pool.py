@@ -3,18 +3,21 @@
 Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, bins clipped to
 the last row and column), with roi_pool's rounding and bin edges
 (``roiops.gpu.roi_pool``), dividing in IEEE. Forward: one program per (RoI, block of its
-outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward: one
-program per (RoI, block of its outputs), lane (p, c) adding ``grad / area`` to the cells
-of bin p in the fixed-point accumulator (``roiops.gpu.fixed_point``), as differences at
-the corners of the bin's rectangle (``BAND``), which the conversion sums up.
+outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward by
+tiles (``TILES``): one program per (tile of cells, bin p, block of output channels) sums
+``grad / area`` of the RoIs whose bin p holds each cell, in the reference's order, and
+writes its cells once. Otherwise (RoI lists too large) one program per (RoI, block of its
+outputs), lane (p, c) adding ``grad / area`` to the cells of bin p in the fixed-point
+accumulator (``roiops.gpu.fixed_point``), as differences at the corners of the bin's
+rectangle (``BAND``), which the conversion sums up.
 """
 
 from __future__ import annotations
 
-import triton
+import torch
 import triton.language as tl
 
-from roiops.gpu import tiles
+from roiops.gpu import roi_pool, tiles
 from roiops.gpu.fixed_point import (
     Accumulator,
     accumulator_channel,
@@ -22,12 +25,15 @@ from roiops.gpu.fixed_point import (
     fixed_point_scale,
 )
 from roiops.gpu.roi_align import input_channel
-from roiops.gpu.roi_pool import bin_edges, round_half_away
-from roiops.gpu.rois import div_rn, load_roi, scale_bits
+from roiops.gpu.roi_pool import bin_edges, ps_quantized_roi
+from roiops.gpu.rois import div_rn, scale_bits
 from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
+    cdiv,
+    check_grid,
     kernel,
+    next_power_of_2,
     output_offsets,
     roi_outputs_grid,
     roi_outputs_tile,
@@ -40,17 +46,20 @@ from roiops.gpu.tiles import (
 # bin on average over the R-FCN boxes of `roiops bench --device cuda`); the conversion then
 # adds up each band's rows one after the other. 0: one atomic per cell.
 BAND = 8
-
-
-@triton.jit
-def _ps_quantized_roi(ROIS, k, N, SCALE_BITS):
-    """(n, start_h, start_w, height, width, valid) in whole cells, end exclusive."""
-    n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
-    start_w = round_half_away(x1)
-    start_h = round_half_away(y1)
-    height = tl.maximum(round_half_away(y2) - start_h, 1)
-    width = tl.maximum(round_half_away(x2) - start_w, 1)
-    return n, start_h, start_w, height, width, valid
+# The backward by tiles (``TILES``), as roi_pool's (``roiops.gpu.roi_pool``, whose RoI
+# lists and tile sizes it shares): one program per (tile, bin p, TILE_CHANNELS output
+# channels: input channels ``c * PH * PW + p``) sums in registers, for each of its cells
+# and channels, ``grad / area`` of the listed RoIs whose bin p holds the cell, and writes
+# its cells once: none of the fixed-point passes (zeroing, max |grad|, conversion: 0.12 ms
+# of the 0.28 the op took on the bench's R-FCN case on an H100 at c140be5, torchvision's
+# whole backward 0.12), no atomics, the reference's bits. By instruction count (~43 RoIs
+# listed a tile, the bin of ~4 of them reaching it: 126 x 49 x 2 programs of 16
+# channels)
+# well under 0.05 ms on that case: NOT YET TIMED on a GPU (`backward_passes` times it
+# against the scatter in bands).
+TILES = True
+TILE_CHANNELS = 16
+TILE_WARPS = 4
 
 
 @kernel
@@ -61,7 +70,7 @@ def ps_roi_pool_forward_kernel(
 ):  # fmt: skip
     """OUT[K, C, PH, PW] from X[N, C * PH * PW, H, W]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
-    n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
+    n, start_h, start_w, roi_h, roi_w, valid = ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     # torchvision's forward clips to the last index
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
@@ -101,7 +110,7 @@ def ps_roi_pool_backward_kernel(
     out: no cell sums them); with BAND 0 to each of its cells."""
     P: tl.constexpr = PH * PW
     k, p, c, ok = roi_outputs_tile(C, P, BLOCK, ROIS_INNER)
-    n, start_h, start_w, roi_h, roi_w, valid = _ps_quantized_roi(ROIS, k, N, scale_bits)
+    n, start_h, start_w, roi_h, roi_w, valid = ps_quantized_roi(ROIS, k, N, scale_bits)
     dt = ROIS.dtype.element_ty
     h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
     w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
@@ -141,6 +150,55 @@ def ps_roi_pool_backward_kernel(
             add_to_cell(channel, at + w1, C_acc, share, scale, right & piece & ends)
 
 
+@kernel
+def ps_roi_pool_tile_backward_kernel(
+    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits,
+    stride_n, stride_c, stride_h, stride_w,
+    PH: tl.constexpr, PW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """GX[n, c * PH * PW + p, h, w] (any strides) = the sum of ``grad[k, c, p] / area``
+    over the RoIs k of the tile's list (``roi_pool_tile_lists_kernel`` with PS) whose bin
+    p holds cell (h, w), in ascending order: the reference's additions in its order. One
+    program per (tile, bin p, block of BLOCK_C output channels), whose input channels all
+    take bin p: its edges are the same for every lane, and a RoI whose bin p misses the
+    tile costs its geometry alone; a [channels, cells] tile summed in registers and
+    written once."""
+    P: tl.constexpr = PH * PW
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // (P * c_blocks)
+    p = tl.program_id(0) // c_blocks % P
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    n = tile // (tiles_h * tiles_w)
+    top = (tile // tiles_w % tiles_h) * TILE_H
+    left = (tile % tiles_w) * TILE_W
+    i = tl.arange(0, TILE_H * TILE_W)
+    h = top + i // TILE_W
+    w = left + i % TILE_W
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    dt = ROIS.dtype.element_ty
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
+    for j in range(0, tl.load(COUNTS + tile)):
+        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
+        _, start_h, start_w, roi_h, roi_w, _ = ps_quantized_roi(ROIS, k, N, scale_bits)
+        # bin p, clipped to the last row and column as the forward's
+        h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
+        w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
+        if (h0 < top + TILE_H) & (h1 > top) & (w0 < left + TILE_W) & (w1 > left):
+            at = (tl.cast(k, tl.int64) * C + c) * P + p
+            g = tl.load(G + at, mask=c_ok, other=0.0).to(dt)
+            share = div_rn(g, ((h1 - h0) * (w1 - w0)).to(dt))
+            holds = (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
+            acc = tl.where(holds[None, :], acc + share[:, None], acc)
+    c_in = c.to(tl.int64) * P + p
+    at = (tl.cast(n, tl.int64) * stride_n + c_in[:, None] * stride_c
+          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
+    in_map = (h < H) & (w < W)
+    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+
+
 # ----------------------------------------------------------------------------- launchers
 def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     """``out[K, C // (ph * pw), ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW)."""
@@ -158,7 +216,31 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
-    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: by
+    tiles (``TILES``, where the tiles' RoI lists fit ``roi_pool.GATHER_LIST_LIMIT``), else
+    by the fixed-point scatter."""
+    N, C_in, H, W = grad_input.shape
+    K, C, pooled_h, pooled_w = grad.shape
+    tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
+    tiles = N * cdiv(H, tile_h) * cdiv(W, tile_w)
+    if TILES and tiles * K <= roi_pool.GATHER_LIST_LIMIT:
+        if tiles == 0:
+            return grad_input
+        lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
+        counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+        bits = scale_bits(spatial_scale)
+        mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=tile_h, TILE_W=tile_w)
+        roi_pool.roi_pool_tile_lists_kernel[check_grid(tiles, "ps_roi_pool")](
+            rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=roi_pool.GATHER_LIST_BLOCK,
+            PS=True, num_warps=4,
+        )  # fmt: skip
+        block_c = min(TILE_CHANNELS, next_power_of_2(C))
+        programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
+        ps_roi_pool_tile_backward_kernel[check_grid(programs, "ps_roi_pool")](
+            grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
+            *grad_input.stride(), **mode, BLOCK_C=block_c, num_warps=TILE_WARPS,
+        )  # fmt: skip
+        return grad_input
     band = BAND if Accumulator.takes_bands(grad_input.shape) else 0
     sums = Accumulator(grad, grad_input.shape, bins=grad.shape[2] * grad.shape[3], band=band)
     ps_roi_pool_scatter(sums, grad, rois, spatial_scale)

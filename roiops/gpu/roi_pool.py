@@ -97,6 +97,18 @@ def _quantized_roi(ROIS, k, N, SCALE_BITS):
 
 
 @triton.jit
+def ps_quantized_roi(ROIS, k, N, SCALE_BITS):
+    """Position-sensitive pooling's (n, start_h, start_w, height, width, valid) in whole
+    cells, end exclusive (``roiops.reference.ps_roi_pool``)."""
+    n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
+    start_w = round_half_away(x1)
+    start_h = round_half_away(y1)
+    height = tl.maximum(round_half_away(y2) - start_h, 1)
+    width = tl.maximum(round_half_away(x2) - start_w, 1)
+    return n, start_h, start_w, height, width, valid
+
+
+@triton.jit
 def bin_start(p, bin_size):
     """First cell of bins p along one axis, from the RoI's first cell: floor(p * size)."""
     return tl.floor(p.to(bin_size.dtype) * bin_size).to(tl.int32)
@@ -230,11 +242,12 @@ def _bins_over(cells, roi_start, roi_size, POOLED: tl.constexpr, BITS: tl.conste
 def roi_pool_tile_lists_kernel(
     ROIS, LISTS, COUNTS, N, H, W, K, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PS: tl.constexpr = False,
 ):  # fmt: skip
     """For tile t of TILE_H x TILE_W cells (tiles numbered image by image, row by row),
     ``LISTS[t, :COUNTS[t]]``: the valid RoIs whose bins reach a cell of the tile, in
-    ascending order (``LISTS[t]`` holds K entries). One program per tile."""
+    ascending order (``LISTS[t]`` holds K entries); RoIs quantized as roi_pool's, or
+    with PS as position-sensitive pooling's. One program per tile."""
     tile = tl.program_id(0)
     tiles_w = tl.cdiv(W, TILE_W)
     tiles_h = tl.cdiv(H, TILE_H)
@@ -245,9 +258,14 @@ def roi_pool_tile_lists_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        rn, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(
-            ROIS, tl.where(k_ok, k, 0), N, scale_bits
-        )
+        if PS:
+            rn, start_h, start_w, roi_h, roi_w, valid = ps_quantized_roi(
+                ROIS, tl.where(k_ok, k, 0), N, scale_bits
+            )
+        else:
+            rn, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(
+                ROIS, tl.where(k_ok, k, 0), N, scale_bits
+            )
         DT = ROIS.dtype.element_ty
         # the bins of a RoI cover [start, start + bin_end(last)) along each axis
         last = tl.zeros_like(roi_h) + (PH - 1)
