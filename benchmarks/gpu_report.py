@@ -347,7 +347,9 @@ def _pass_times(case, device: str) -> dict:
     if case.op == "ps_roi_align":
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
-        fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
+        fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False, PS_TILES=False)
+        # the launcher's backward by tiles (PS_TILES) against its scatter (by lanes)
+        fns["roiops_backward_scatter"] = _with_settings(ours, ga, PS_TILES=False)
     if case.op == "roi_align":
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
@@ -729,7 +731,7 @@ def summary(report: dict) -> str:
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
-        if "roiops_backward_scatter" in t and "roiops_backward_tiles_cells" not in t:
+        if "roiops_backward_tiles_32_channels" in t and "roiops_backward_tiles_cells" not in t:
             row(f"{case} bwd ms, op: tiles / scatter in bands / tiles of 32 ch",
                 f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
                 f"{t['roiops_backward_tiles_32_channels']:.2f}")  # fmt: skip
@@ -742,6 +744,8 @@ def summary(report: dict) -> str:
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
+            row(f"{case} bwd ms, op: tiles / scatter by lanes",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
             row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
                 f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "

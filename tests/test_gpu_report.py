@@ -280,7 +280,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (0, 1, 16)}  # fmt: skip
-    per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
+    per_bin = {"scatter_per_bin", "roiops_backward_per_bin", "roiops_backward_scatter"}
     tiles = {"roiops_backward_scatter", "roiops_backward_tiles_cells",
              "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16"}  # fmt: skip
     ps_tiles = {"roiops_backward_scatter", "roiops_backward_tiles_32_channels"}
@@ -292,7 +292,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # put back after the timing
     assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 8
     assert gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_LANES == "channels"
-    assert gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16
+    assert gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16 and gpu_align.PS_TILES
     assert gpu_pool.TILE_CHANNELS == 128
     assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
@@ -303,6 +303,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
+    assert "ps_roi_align tiny ps bwd ms, op: tiles / scatter by lanes" in table
     assert "roi_pool tiny bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 16 rows: scatter + convert / op" in table
     assert "ps_roi_pool tiny ps bwd ms, op: tiles / scatter in bands / tiles of 32 ch" in table

@@ -740,7 +740,10 @@ def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, 
     # a RoI's (bin, channel) outputs in the lanes of a program (PS_LANES) or a program
     # per bin: the same contributions, so the same bits; with invalid RoIs, an adaptive
     # sampling grid, and windows of 2 cells (several per bin)
+    # (the scatter's: the backward by tiles, PS_TILES, off); and by tiles, the reference's
+    # gradient within float rounding, a channels_last gradient written the same
     monkeypatch.setattr(gpu_align, "SPAN", span)
+    monkeypatch.setattr(gpu_align, "PS_TILES", False)
     x, rois, grad = position_sensitive_case(rng, (3, 2))
     rois = torch.cat([rois, on_device(np.array(BAD_ROIS[:4]), torch.float32)])
     grad = torch.cat([grad, on_device(rng.standard_normal((4, 3, 3, 2)), torch.float32)])
@@ -755,6 +758,15 @@ def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, 
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.ps_roi_align_backward(grad[:8], rois[:8], 0.5, 3, 2, ratio, *x.shape)
     torch.testing.assert_close(grad_input[0], ref, **TOL[torch.float32])
+    monkeypatch.setattr(gpu_align, "PS_TILES", True)
+    tiled = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        gx = torch.full_like(x, float("nan")).contiguous(memory_format=layout)
+        tiled.append(
+            gpu_align.roi_align_backward(grad, rois, None, gx, 0.5, 3, 2, ratio, True, True)
+        )
+    assert torch.equal(tiled[0], tiled[1])
+    torch.testing.assert_close(tiled[0], ref, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("output_size", [(3, 2), 2])
@@ -845,8 +857,8 @@ def test_property_position_sensitive_triton_equals_reference(op, c, oh, ow, h, w
                                                              band, lanes, seed):  # fmt: skip
     # any map, bin grid and boxes (degenerate and outside ones among them); ps_roi_pool's
     # backward by tiles (``lanes``: the reference's bits) or scattered in bands of 1, 2 or
-    # 8 rows or cell by cell, ps_roi_align's by lanes or by bin: the reference's forward
-    # (ps_roi_pool bit for bit) and gradient
+    # 8 rows or cell by cell, ps_roi_align's by tiles (bands 2, 8) or scattered by lanes or
+    # by bin: the reference's forward (ps_roi_pool bit for bit) and gradient
     rng = np.random.default_rng(seed)
     x = on_device(rng.standard_normal((2, c * oh * ow, h, w)), torch.float32)
     rois = on_device(random_rois(rng, 2, k, 2 * h, 2 * w), torch.float32)
@@ -855,7 +867,13 @@ def test_property_position_sensitive_triton_equals_reference(op, c, oh, ow, h, w
         module, settings, fn = gpu_ps_pool, {"TILES": lanes, "BAND": band}, roiops.ps_roi_pool
         call = lambda t: fn(t, rois, (oh, ow), 0.5)  # noqa: E731
     else:
-        module, settings, fn = gpu_align, {"PS_LANES": lanes}, roiops.ps_roi_align
+        # (band 0 and 1: the scatter, by lanes or by bin; else by tiles)
+        tiled = band > 1
+        module, settings, fn = (
+            gpu_align,
+            {"PS_LANES": lanes, "PS_TILES": tiled},
+            roiops.ps_roi_align,
+        )
         call = lambda t: fn(t, rois, (oh, ow), 0.5, ratio)  # noqa: E731
     before = {name: getattr(module, name) for name in settings}
     for name, value in settings.items():

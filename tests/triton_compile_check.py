@@ -51,8 +51,8 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_forward_kernel,
 )
 from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
-from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_TILE_CHANNELS  # noqa: E402
-from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_TILE_WARPS  # noqa: E402
+from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_POOL_TILE_CHANNELS  # noqa: E402
+from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_POOL_TILE_WARPS  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
@@ -60,6 +60,7 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
 )
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
+    PS_TILE_CHANNELS,
     ROI_CHANNELS,
     ROI_SPAN,
     SPAN,
@@ -67,11 +68,13 @@ from roiops.gpu.roi_align import (  # noqa: E402
     WINDOW_SPAN,
     WINDOW_WARPS,
     ps_roi_align_backward_kernel,
+    ps_roi_align_tile_backward_kernel,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
     roi_align_small_backward_kernel,
+    roi_align_tile_lists_kernel,
     roi_align_window_forward_kernel,
 )
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
@@ -325,7 +328,20 @@ def main() -> int:
             roi_align_backward_kernel, bwd,
             {**ps, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True}, bwd_warps,
         )  # fmt: skip
-        # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES, the launcher's)
+        # (by tiles, PS_TILES, the launcher's: the RoI lists, the sums into an NCHW gradient)
+        tiled = {"PH": 7, "PW": 7, "ALIGNED": True, "TILE_H": GATHER_TILE_H,
+                 "TILE_W": GATHER_TILE_W}  # fmt: skip
+        if dt in ("fp32", "fp64"):
+            compile_for_gpu(
+                roi_align_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
+                {**tiled, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
+            )  # fmt: skip
+        compile_for_gpu(
+            ps_roi_align_tile_backward_kernel,
+            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
+            {**tiled, "BLOCK_C": PS_TILE_CHANNELS, "stride_w": 1}, 4,
+        )  # fmt: skip
+        # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES)
         compile_for_gpu(
             ps_roi_align_backward_kernel, {k: v for k, v in bwd.items() if k != "ARGMAX"},
             {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK": ps_block, "SPAN": SPAN},
@@ -379,7 +395,7 @@ def main() -> int:
         compile_for_gpu(
             ps_roi_pool_tile_backward_kernel,
             {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
-            {**gather, "BLOCK_C": PS_TILE_CHANNELS, "stride_w": 1}, PS_TILE_WARPS,
+            {**gather, "BLOCK_C": PS_POOL_TILE_CHANNELS, "stride_w": 1}, PS_POOL_TILE_WARPS,
         )  # fmt: skip
         # the scatter to every cell, and as differences in the launcher's bands of rows
         for band in sorted({0, PS_BAND}):

@@ -26,13 +26,14 @@ import triton
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
-from roiops.gpu import tiles
+from roiops.gpu import roi_pool, tiles
 from roiops.gpu.fixed_point import (
     Accumulator,
     accumulator_channel,
     add_to_cell,
     fixed_point_scale,
 )
+from roiops.gpu.roi_pool import list_hits, tile_origin
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -69,6 +70,17 @@ ROI_CHANNELS = 32
 # each window's weights with a reduction across the lanes per cell. The same bits either
 # way; not yet timed on a GPU (`make gpu`'s backward_passes part times both).
 PS_LANES = True
+# Position-sensitive backward by tiles (``PS_TILES``), as ps_roi_pool's
+# (``roiops.gpu.ps_roi_pool.TILES``, roi_pool's RoI lists and tile sizes): one program per
+# (tile, bin p, PS_TILE_CHANNELS output channels) sums each cell's share of the RoIs whose
+# bin p reaches it (the gradient over the sample count times the bin's separable bilinear
+# weights at the cell) in registers, in ascending RoI order, and writes its cells once:
+# none of the fixed-point passes (0.12 ms of the 0.29 the op took on the bench's R-FCN
+# case on an H100 at c140be5; torchvision's whole backward 0.15), no atomics. Float32
+# sums in a fixed order: deterministic, the reference's within float rounding. NOT YET
+# TIMED on a GPU (`backward_passes` times it against the scatter).
+PS_TILES = True
+PS_TILE_CHANNELS = 16
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
 # cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
 # channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
@@ -383,8 +395,13 @@ def _cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.const
     """[SPAN]: the summed bilinear weights that the ``grid`` points of bin ``bin_index``
     along one axis give cells ``first .. first + SPAN - 1`` (a point more than one cell
     outside the map gives none)."""
-    cells = first + tl.arange(0, SPAN)
-    weights = tl.zeros((SPAN,), dtype=start.dtype)
+    return _weights_at(start, bin_size, bin_index, grid, limit, first + tl.arange(0, SPAN))
+
+
+@triton.jit
+def _weights_at(start, bin_size, bin_index, grid, limit, cells):
+    """``_cell_weights`` at any vector of ``cells`` (the same sums in the same order)."""
+    weights = tl.zeros(cells.shape, dtype=start.dtype)
     for i in range(0, grid):
         low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
         weights += tl.where(cells == low, tl.where(inside, w_low, 0.0), 0.0)
@@ -651,6 +668,94 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
                                                 c_ok)  # fmt: skip
 
 
+@triton.jit
+def _rows_reached(start, extent, limit):
+    """[first, stop): cells along one axis that points from ``start`` over ``extent``
+    (either sign) can reach with their bilinear neighbours, widened by a cell each way
+    (clamped first, so that any value converts)."""
+    a = tl.minimum(tl.maximum(tl.minimum(start, start + extent), -2.0), limit + 2.0)
+    b = tl.minimum(tl.maximum(tl.maximum(start, start + extent), -2.0), limit + 2.0)
+    return tl.floor(a).to(tl.int32) - 1, tl.floor(b).to(tl.int32) + 2
+
+
+@kernel
+def roi_align_tile_lists_kernel(
+    ROIS, LISTS, COUNTS, N, H, W, K, scale_bits, sampling_ratio,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``roiops.gpu.roi_pool.roi_pool_tile_lists_kernel`` for RoIAlign's RoIs: the valid
+    RoIs with sampling points whose neighbour cells can reach the tile."""
+    tile = tl.program_id(0)
+    n, top, left = tile_origin(tile, H, W, TILE_H, TILE_W)
+    count = tl.sum(tl.zeros((BLOCK_K,), tl.int32), axis=0)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        rn, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
+            ROIS, tl.where(k_ok, k, 0), N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+        )
+        h0, h1 = _rows_reached(start_h, bin_h * PH, H)
+        w0, w1 = _rows_reached(start_w, bin_w * PW, W)
+        hit = k_ok & valid & (gh > 0) & (gw > 0) & (rn == n)
+        hit = hit & (h0 < top + TILE_H) & (h1 > top) & (w0 < left + TILE_W) & (w1 > left)
+        count = list_hits(LISTS, tile, K, k, hit, count)
+    tl.store(COUNTS + tile, count)
+
+
+@kernel
+def ps_roi_align_tile_backward_kernel(
+    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits, sampling_ratio,
+    stride_n, stride_c, stride_h, stride_w,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Position-sensitive RoIAlign's input gradient (average mode) by tiles, as
+    ``roiops.gpu.ps_roi_pool.ps_roi_pool_tile_backward_kernel``'s: one program per (tile,
+    bin p, block of BLOCK_C output channels) sums, for each of its cells, ``grad[k, c, p] /
+    count`` times the bin's separable bilinear weights at the cell, over the RoIs of the
+    tile's list (``roi_align_tile_lists_kernel``) in ascending order, in registers, and
+    writes GX[n, c * PH * PW + p] (any strides) once."""
+    P: tl.constexpr = PH * PW
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // (P * c_blocks)
+    p = tl.program_id(0) // c_blocks % P
+    ph = p // PW
+    pw = p % PW
+    n, top, left = tile_origin(tile, H, W, TILE_H, TILE_W)
+    i = tl.arange(0, TILE_H * TILE_W)
+    h = top + i // TILE_W
+    w = left + i % TILE_W
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    dt = ROIS.dtype.element_ty
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
+    for j in range(0, tl.load(COUNTS + tile)):
+        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
+        _, start_h, start_w, bin_h, bin_w, gh, gw, _ = _roi_geometry(
+            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+        )
+        y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
+        x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
+        if (
+            (y_first < top + TILE_H)
+            & (y_last >= top)
+            & (x_first < left + TILE_W)
+            & (x_last >= left)
+        ):
+            weight = _weights_at(start_h, bin_h, ph, gh, H, h)
+            weight = weight * _weights_at(start_w, bin_w, pw, gw, W, w)
+            at = (tl.cast(k, tl.int64) * C + c) * P + p
+            g = tl.load(G + at, mask=c_ok, other=0.0).to(dt)
+            g = div_rn(g, (gh * gw).to(dt))
+            acc += g[:, None] * weight[None, :]
+    c_in = c.to(tl.int64) * P + p
+    at = (tl.cast(n, tl.int64) * stride_n + c_in[:, None] * stride_c
+          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
+    in_map = (h < H) & (w < W)
+    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+
+
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode, position_sensitive=False):  # fmt: skip
@@ -713,11 +818,43 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
+    if position_sensitive and PS_TILES and argmax is None:
+        done = _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned)
+        if done is not None:
+            return done
     sums = Accumulator(grad, grad_input.shape,
                        bins=pooled_h * pooled_w if position_sensitive else 1)  # fmt: skip
     roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                       sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
     return sums.write_to(grad_input)
+
+
+def _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned):
+    """``grad_input`` written by ``ps_roi_align_tile_backward_kernel``, or None where the
+    tiles' RoI lists would pass ``roi_pool.GATHER_LIST_LIMIT`` (the scatter's turn)."""
+    N, _, H, W = grad_input.shape
+    K, C, pooled_h, pooled_w = grad.shape
+    tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
+    tiles = N * cdiv(H, tile_h) * cdiv(W, tile_w)
+    if tiles * K > roi_pool.GATHER_LIST_LIMIT:
+        return None
+    if tiles == 0:
+        return grad_input
+    lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
+    counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+    bits = scale_bits(spatial_scale)
+    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, TILE_H=tile_h, TILE_W=tile_w)
+    roi_align_tile_lists_kernel[check_grid(tiles, "ps_roi_align")](
+        rois, lists, counts, N, H, W, K, bits, sampling_ratio, **mode,
+        BLOCK_K=roi_pool.GATHER_LIST_BLOCK, num_warps=4,
+    )  # fmt: skip
+    block_c = min(PS_TILE_CHANNELS, next_power_of_2(C))
+    programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
+    ps_roi_align_tile_backward_kernel[check_grid(programs, "ps_roi_align")](
+        grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
+        sampling_ratio, *grad_input.stride(), **mode, BLOCK_C=block_c, num_warps=4,
+    )  # fmt: skip
+    return grad_input
 
 
 def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pooled_h,

@@ -249,11 +249,7 @@ def roi_pool_tile_lists_kernel(
     ascending order (``LISTS[t]`` holds K entries); RoIs quantized as roi_pool's, or
     with PS as position-sensitive pooling's. One program per tile."""
     tile = tl.program_id(0)
-    tiles_w = tl.cdiv(W, TILE_W)
-    tiles_h = tl.cdiv(H, TILE_H)
-    n = tile // (tiles_h * tiles_w)
-    h0 = (tile // tiles_w % tiles_h) * TILE_H
-    w0 = (tile % tiles_w) * TILE_W
+    n, h0, w0 = tile_origin(tile, H, W, TILE_H, TILE_W)
     count = tl.sum(tl.zeros((BLOCK_K,), tl.int32), axis=0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -274,11 +270,31 @@ def roi_pool_tile_lists_kernel(
         end_w = start_w + bin_end(last, div_rn(roi_w.to(DT), PW))
         hit = k_ok & valid & (rn == n) & (start_h < h0 + TILE_H) & (end_h > h0)
         hit = hit & (start_w < w0 + TILE_W) & (end_w > w0)
-        hits = hit.to(tl.int32)
-        at = tl.cumsum(hits, axis=0) - 1 + count
-        tl.store(LISTS + tl.cast(tile, tl.int64) * K + at, k, mask=hit)
-        count += tl.sum(hits, axis=0)
+        count = list_hits(LISTS, tile, K, k, hit, count)
     tl.store(COUNTS + tile, count)
+
+
+@triton.jit
+def tile_origin(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """(n, top, left): the image and first cell of tile ``tile`` (tiles of TILE_H x TILE_W
+    cells, numbered image by image, row by row)."""
+    tiles_w = tl.cdiv(W, TILE_W)
+    tiles_h = tl.cdiv(H, TILE_H)
+    return (
+        tile // (tiles_h * tiles_w),
+        (tile // tiles_w % tiles_h) * TILE_H,
+        (tile % tiles_w) * TILE_W,
+    )
+
+
+@triton.jit
+def list_hits(LISTS, tile, K, k, hit, count):
+    """Append the RoIs ``k`` that ``hit`` the tile to its list (``LISTS[tile]``, holding
+    ``count`` of K entries), in order; the new count."""
+    hits = hit.to(tl.int32)
+    at = tl.cumsum(hits, axis=0) - 1 + count
+    tl.store(LISTS + tl.cast(tile, tl.int64) * K + at, k, mask=hit)
+    return count + tl.sum(hits, axis=0)
 
 
 @kernel
