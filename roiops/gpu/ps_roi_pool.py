@@ -14,7 +14,6 @@ rectangle (``BAND``), which the conversion sums up.
 
 from __future__ import annotations
 
-import torch
 import triton.language as tl
 
 from roiops.gpu import roi_pool, tiles
@@ -25,7 +24,13 @@ from roiops.gpu.fixed_point import (
     fixed_point_scale,
 )
 from roiops.gpu.roi_align import input_channel
-from roiops.gpu.roi_pool import bin_edges, ps_quantized_roi
+from roiops.gpu.roi_pool import (
+    bin_edges,
+    ps_quantized_roi,
+    store_tile,
+    tile_bin_channels,
+    tile_cells,
+)
 from roiops.gpu.rois import div_rn, scale_bits
 from roiops.gpu.tiles import (
     bins_grid,
@@ -165,19 +170,8 @@ def ps_roi_pool_tile_backward_kernel(
     tile costs its geometry alone; a [channels, cells] tile summed in registers and
     written once."""
     P: tl.constexpr = PH * PW
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    tile = tl.program_id(0) // (P * c_blocks)
-    p = tl.program_id(0) // c_blocks % P
-    tiles_w = tl.cdiv(W, TILE_W)
-    tiles_h = tl.cdiv(H, TILE_H)
-    n = tile // (tiles_h * tiles_w)
-    top = (tile // tiles_w % tiles_h) * TILE_H
-    left = (tile % tiles_w) * TILE_W
-    i = tl.arange(0, TILE_H * TILE_W)
-    h = top + i // TILE_W
-    w = left + i % TILE_W
-    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
+    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
     dt = ROIS.dtype.element_ty
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
     for j in range(0, tl.load(COUNTS + tile)):
@@ -189,14 +183,11 @@ def ps_roi_pool_tile_backward_kernel(
         if (h0 < top + TILE_H) & (h1 > top) & (w0 < left + TILE_W) & (w1 > left):
             at = (tl.cast(k, tl.int64) * C + c) * P + p
             g = tl.load(G + at, mask=c_ok, other=0.0).to(dt)
-            share = div_rn(g, ((h1 - h0) * (w1 - w0)).to(dt))
+            share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))  # (0: an empty bin)
             holds = (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
             acc = tl.where(holds[None, :], acc + share[:, None], acc)
     c_in = c.to(tl.int64) * P + p
-    at = (tl.cast(n, tl.int64) * stride_n + c_in[:, None] * stride_c
-          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
-    in_map = (h < H) & (w < W)
-    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+    store_tile(GX, acc, n, c_in, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -226,8 +217,7 @@ def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     if TILES and tiles * K <= roi_pool.GATHER_LIST_LIMIT:
         if tiles == 0:
             return grad_input
-        lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
-        counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+        lists, counts = roi_pool.new_tile_lists(tiles, K, grad.device)
         bits = scale_bits(spatial_scale)
         mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=tile_h, TILE_W=tile_w)
         roi_pool.roi_pool_tile_lists_kernel[check_grid(tiles, "ps_roi_pool")](

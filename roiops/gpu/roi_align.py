@@ -33,7 +33,7 @@ from roiops.gpu.fixed_point import (
     add_to_cell,
     fixed_point_scale,
 )
-from roiops.gpu.roi_pool import list_hits, tile_origin
+from roiops.gpu.roi_pool import list_hits, store_tile, tile_bin_channels, tile_cells, tile_origin
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -717,17 +717,10 @@ def ps_roi_align_tile_backward_kernel(
     tile's list (``roi_align_tile_lists_kernel``) in ascending order, in registers, and
     writes GX[n, c * PH * PW + p] (any strides) once."""
     P: tl.constexpr = PH * PW
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    tile = tl.program_id(0) // (P * c_blocks)
-    p = tl.program_id(0) // c_blocks % P
+    tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
     ph = p // PW
     pw = p % PW
-    n, top, left = tile_origin(tile, H, W, TILE_H, TILE_W)
-    i = tl.arange(0, TILE_H * TILE_W)
-    h = top + i // TILE_W
-    w = left + i % TILE_W
-    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
+    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
     dt = ROIS.dtype.element_ty
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
     for j in range(0, tl.load(COUNTS + tile)):
@@ -750,10 +743,7 @@ def ps_roi_align_tile_backward_kernel(
             g = div_rn(g, (gh * gw).to(dt))
             acc += g[:, None] * weight[None, :]
     c_in = c.to(tl.int64) * P + p
-    at = (tl.cast(n, tl.int64) * stride_n + c_in[:, None] * stride_c
-          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
-    in_map = (h < H) & (w < W)
-    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+    store_tile(GX, acc, n, c_in, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -840,8 +830,7 @@ def _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, ali
         return None
     if tiles == 0:
         return grad_input
-    lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
-    counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+    lists, counts = roi_pool.new_tile_lists(tiles, K, grad.device)
     bits = scale_bits(spatial_scale)
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, TILE_H=tile_h, TILE_W=tile_w)
     roi_align_tile_lists_kernel[check_grid(tiles, "ps_roi_align")](

@@ -288,6 +288,38 @@ def tile_origin(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
 
 
 @triton.jit
+def tile_cells(tile, H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """(n, top, left, h, w, in_map): ``tile_origin`` and the row and column of each of
+    the tile's cells, row by row, and whether it lies in the map (a tile at the map's
+    bottom or right edge is partial)."""
+    n, top, left = tile_origin(tile, H, W, TILE_H, TILE_W)
+    i = tl.arange(0, TILE_H * TILE_W)
+    h = top + i // TILE_W
+    w = left + i % TILE_W
+    return n, top, left, h, w, (h < H) & (w < W)
+
+
+@triton.jit
+def tile_bin_channels(C, P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(tile, p, c, c_ok): this program's tile, bin and output channels, one program per
+    (tile, bin p of P, block of BLOCK_C output channels), tiles outermost (the
+    position-sensitive backwards by tiles)."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // (P * c_blocks)
+    p = tl.program_id(0) // c_blocks % P
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tile, p, c, c < C
+
+
+@triton.jit
+def store_tile(GX, values, n, c, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w):
+    """GX[n, c, h, w] = values (any strides, int64 offsets) over a [channels, cells] tile."""
+    at = (tl.cast(n, tl.int64) * stride_n + c.to(tl.int64)[:, None] * stride_c
+          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
+    tl.store(GX + at, values.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+
+
+@triton.jit
 def list_hits(LISTS, tile, K, k, hit, count):
     """Append the RoIs ``k`` that ``hit`` the tile to its list (``LISTS[tile]``, holding
     ``count`` of K entries), in order; the new count."""
@@ -313,11 +345,7 @@ def roi_pool_tile_backward_kernel(
     contiguous with its neighbours'); G is [K, C, P]."""
     c_blocks = tl.cdiv(C, BLOCK_C)
     tile = tl.program_id(0) // c_blocks
-    tiles_w = tl.cdiv(W, TILE_W)
-    tiles_h = tl.cdiv(H, TILE_H)
-    n = tile // (tiles_h * tiles_w)
-    h0 = (tile // tiles_w % tiles_h) * TILE_H
-    w0 = (tile % tiles_w) * TILE_W
+    n, h0, w0 = tile_origin(tile, H, W, TILE_H, TILE_W)
     c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     planes = GX + tl.cast(n, tl.int64) * stride_n + c.to(tl.int64) * stride_c
@@ -380,13 +408,7 @@ def roi_pool_gather_backward_kernel(
     tile's RoIs and, for each cell, the bins that hold it."""
     c_blocks = tl.cdiv(C, BLOCK_C)
     tile = tl.program_id(0) // c_blocks
-    tiles_w = tl.cdiv(W, TILE_W)
-    tiles_h = tl.cdiv(H, TILE_H)
-    n = tile // (tiles_h * tiles_w)
-    i = tl.arange(0, TILE_H * TILE_W)
-    h = (tile // tiles_w % tiles_h) * TILE_H + i // TILE_W
-    w = (tile % tiles_w) * TILE_W + i % TILE_W
-    in_map = (h < H) & (w < W)
+    n, _top, _left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
     cell = h * W + w
     c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -414,9 +436,7 @@ def roi_pool_gather_backward_kernel(
                 won = tl.load(roi_argmax + argmax_at, mask=routes, other=-1) == cell[None, :]
                 g = tl.load(roi_g + g_at, mask=won, other=0.0).to(acc_dtype)
                 acc = tl.where(won, acc + g, acc)
-    at = (tl.cast(n, tl.int64) * stride_n + c.to(tl.int64)[:, None] * stride_c
-          + h.to(tl.int64)[None, :] * stride_h + w.to(tl.int64)[None, :] * stride_w)  # fmt: skip
-    tl.store(GX + at, acc.to(GX.dtype.element_ty), mask=c_ok[:, None] & in_map[None, :])
+    store_tile(GX, acc, n, c, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
 
 
 @kernel
@@ -495,6 +515,13 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     return out, argmax
 
 
+def new_tile_lists(tiles: int, num_rois: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lists, counts)`` for ``roi_pool_tile_lists_kernel`` and its kin: ``num_rois``
+    entries a tile, and each tile's count (both written by the kernel, not zeroed)."""
+    lists = torch.empty(tiles * num_rois, dtype=torch.int32, device=device)
+    return lists, torch.empty(tiles, dtype=torch.int32, device=device)
+
+
 def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: by
     tiles (``GATHER_BACKWARD``, where the tiles' RoI lists fit ``GATHER_LIST_LIMIT``), else
@@ -513,8 +540,7 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
         return sums.write_to(grad_input)
     if tiles == 0:
         return grad_input
-    lists = torch.empty(tiles * K, dtype=torch.int32, device=grad.device)
-    counts = torch.empty(tiles, dtype=torch.int32, device=grad.device)
+    lists, counts = new_tile_lists(tiles, K, grad.device)
     bits = scale_bits(spatial_scale)
     mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=GATHER_TILE_H, TILE_W=GATHER_TILE_W)
     roi_pool_tile_lists_kernel[check_grid(tiles, "roi_pool")](
