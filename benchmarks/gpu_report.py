@@ -351,6 +351,8 @@ def _pass_times(case, device: str) -> dict:
         # the launcher's backward by tiles (PS_TILES) against its scatter (by lanes)
         fns["roiops_backward_scatter"] = _with_settings(ours, ga, PS_TILES=False)
     if case.op == "roi_align":
+        # average mode by tiles (TILES, off in the launchers until this times it)
+        fns["roiops_backward_tiles"] = _with_settings(ours, ga, TILES=True)
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
         # RoIs of up to 32 cells a side (FPN's are 14-28 at their level), 8 channels a program
@@ -746,6 +748,9 @@ def summary(report: dict) -> str:
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
             row(f"{case} bwd ms, op: tiles / scatter by lanes",
                 f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f}")  # fmt: skip
+        if "roiops_backward_tiles" in t:
+            row(f"{case} bwd ms, op: scatter / by tiles",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
             row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
                 f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "

@@ -277,7 +277,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
                           "ps_roi_align tiny ps"}  # fmt: skip
     passes = {"zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
               "torchvision_backward", "roiops_backward"}  # fmt: skip
-    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
+    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8",
+                "roiops_backward_tiles"}  # fmt: skip
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (0, 1, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin", "roiops_backward_scatter"}
@@ -293,7 +294,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 8
     assert gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_LANES == "channels"
     assert gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16 and gpu_align.PS_TILES
-    assert gpu_pool.TILE_CHANNELS == 128
+    assert gpu_pool.TILE_CHANNELS == 128 and not gpu_align.TILES
     assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
@@ -301,6 +302,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert "roi_pool tiny bwd ms: zero and max|g| + scatter + convert / op / tv" in table
     assert "roi_pool tiny bwd ms, zero and max|g|: one launch / torch.zeros + vector_norm" in table
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
+    assert "roi_align tiny sr=0 bwd ms, op: scatter / by tiles" in table
     assert "ps_roi_pool tiny ps bwd ms, sums cell by cell: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
     assert "ps_roi_align tiny ps bwd ms, op: tiles / scatter by lanes" in table

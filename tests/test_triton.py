@@ -769,6 +769,31 @@ def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, 
     torch.testing.assert_close(tiled[0], ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("ratio,aligned", [(2, True), (0, False), (-1, True)])
+def test_roi_align_backward_by_tiles(rng, monkeypatch, ratio, aligned):
+    # average mode by tiles (TILES, off by default until timed): the reference's gradient
+    # within float rounding, with invalid RoIs (no gradient), 21 channels (blocks of 16),
+    # partial tiles, an adaptive grid, either gradient layout (the same bits), and the
+    # scatter where the RoI lists would pass GATHER_LIST_LIMIT
+    monkeypatch.setattr(gpu_align, "TILES", True)
+    x = on_device(rng.standard_normal((2, 21, 11, 19)), torch.float32)
+    good = random_rois(rng, 2, 10, 22, 38)
+    rois = on_device(np.concatenate([good, BAD_ROIS[:4]]), torch.float32)
+    grad = on_device(rng.standard_normal((14, 21, 3, 2)), torch.float32)
+    tiled = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        gx = torch.full_like(x, float("nan")).contiguous(memory_format=layout)
+        gx = gpu_align.roi_align_backward(grad, rois, None, gx, 0.5, 3, 2, ratio, aligned)
+        tiled.append(gx)
+    assert torch.equal(tiled[0], tiled[1])
+    ref = run("reference", "avg", x, rois[:10], (3, 2), 0.5, grad[:10], ratio, aligned)[1]
+    torch.testing.assert_close(tiled[0], ref, **TOL[torch.float32])
+    monkeypatch.setattr(gpu_pool, "GATHER_LIST_LIMIT", 0)
+    gx = gpu_align.roi_align_backward(grad, rois, None, torch.empty_like(x), 0.5, 3, 2, ratio,
+                                      aligned)  # fmt: skip
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("output_size", [(3, 2), 2])
 @pytest.mark.parametrize("by_tiles", [True, False])
 def test_ps_roi_pool_matches_reference(rng, monkeypatch, output_size, by_tiles):

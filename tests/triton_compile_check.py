@@ -74,9 +74,11 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
     roi_align_small_backward_kernel,
+    roi_align_tile_backward_kernel,
     roi_align_tile_lists_kernel,
     roi_align_window_forward_kernel,
 )
+from roiops.gpu.roi_align import TILE_CHANNELS as ALIGN_TILE_CHANNELS  # noqa: E402
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
     roi_align_rotated_forward_kernel,
@@ -336,6 +338,11 @@ def main() -> int:
                 roi_align_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
                 {**tiled, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
             )  # fmt: skip
+        compile_for_gpu(
+            roi_align_tile_backward_kernel,
+            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
+            {**tiled, "BLOCK_C": ALIGN_TILE_CHANNELS, "stride_w": 1}, 4,
+        )  # fmt: skip
         compile_for_gpu(
             ps_roi_align_tile_backward_kernel,
             {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},

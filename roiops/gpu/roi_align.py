@@ -81,6 +81,14 @@ PS_LANES = True
 # TIMED on a GPU (`backward_passes` times it against the scatter).
 PS_TILES = True
 PS_TILE_CHANNELS = 16
+# Average-mode backward by tiles (``TILES``, roi_align_tile_backward_kernel), as the
+# position-sensitive one with all of a RoI's bins in each program (TILE_CHANNELS channels
+# a program): none of the fixed-point passes (0.34 ms of the 0.63 the op took on the
+# bench's 'a small sr=0' at c140be5, torchvision 0.47), float32 sums in RoI order. By
+# instruction count ~0.25 ms on 'a small sr=0', ~1 ms on 'b sr=2' (the scatter's op 1.31,
+# torchvision 2.46). Off until timed on a GPU (`backward_passes` times the op with it).
+TILES = False
+TILE_CHANNELS = 16
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
 # cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
 # channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
@@ -746,6 +754,46 @@ def ps_roi_align_tile_backward_kernel(
     store_tile(GX, acc, n, c_in, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
 
 
+@kernel
+def roi_align_tile_backward_kernel(
+    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits, sampling_ratio,
+    stride_n, stride_c, stride_h, stride_w,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """RoIAlign's input gradient (average mode) by tiles (``TILES``), as
+    ``ps_roi_align_tile_backward_kernel``'s with every bin in one program: one program per
+    (tile, block of BLOCK_C channels) sums, for each of its cells, ``grad[k, c, p] /
+    count`` times bin p's separable bilinear weights at the cell, over the RoIs of the
+    tile's list in ascending order and the bins whose points reach the tile, in
+    registers, and writes GX[n, c] (any strides) once."""
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tile = tl.program_id(0) // c_blocks
+    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    dt = ROIS.dtype.element_ty
+    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
+    for j in range(0, tl.load(COUNTS + tile)):
+        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
+        _, start_h, start_w, bin_h, bin_w, gh, gw, _ = _roi_geometry(
+            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+        )
+        roi_g = G + (tl.cast(k, tl.int64) * C + c) * (PH * PW)
+        for ph in range(0, PH):
+            y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
+            if (y_first < top + TILE_H) & (y_last >= top):
+                weight_y = _weights_at(start_h, bin_h, ph, gh, H, h)
+                for pw in range(0, PW):
+                    x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
+                    if (x_first < left + TILE_W) & (x_last >= left):
+                        weight = weight_y * _weights_at(start_w, bin_w, pw, gw, W, w)
+                        g = tl.load(roi_g + (ph * PW + pw), mask=c_ok, other=0.0).to(dt)
+                        g = div_rn(g, (gh * gw).to(dt))
+                        acc += g[:, None] * weight[None, :]
+    store_tile(GX, acc, n, c, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
+
+
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode, position_sensitive=False):  # fmt: skip
@@ -808,8 +856,9 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
-    if position_sensitive and PS_TILES and argmax is None:
-        done = _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned)
+    if argmax is None and (PS_TILES if position_sensitive else TILES):
+        done = _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned,
+                              position_sensitive)  # fmt: skip
         if done is not None:
             return done
     sums = Accumulator(grad, grad_input.shape,
@@ -819,9 +868,11 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     return sums.write_to(grad_input)
 
 
-def _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned):
-    """``grad_input`` written by ``ps_roi_align_tile_backward_kernel``, or None where the
-    tiles' RoI lists would pass ``roi_pool.GATHER_LIST_LIMIT`` (the scatter's turn)."""
+def _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned,
+                   position_sensitive):  # fmt: skip
+    """``grad_input`` written by ``ps_roi_align_tile_backward_kernel`` (position-sensitive)
+    or ``roi_align_tile_backward_kernel``, or None where the tiles' RoI lists would pass
+    ``roi_pool.GATHER_LIST_LIMIT`` (the scatter's turn)."""
     N, _, H, W = grad_input.shape
     K, C, pooled_h, pooled_w = grad.shape
     tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
@@ -833,13 +884,19 @@ def _ps_tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, ali
     lists, counts = roi_pool.new_tile_lists(tiles, K, grad.device)
     bits = scale_bits(spatial_scale)
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, TILE_H=tile_h, TILE_W=tile_w)
-    roi_align_tile_lists_kernel[check_grid(tiles, "ps_roi_align")](
+    roi_align_tile_lists_kernel[check_grid(tiles, "roi_align")](
         rois, lists, counts, N, H, W, K, bits, sampling_ratio, **mode,
         BLOCK_K=roi_pool.GATHER_LIST_BLOCK, num_warps=4,
     )  # fmt: skip
-    block_c = min(PS_TILE_CHANNELS, next_power_of_2(C))
-    programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
-    ps_roi_align_tile_backward_kernel[check_grid(programs, "ps_roi_align")](
+    if position_sensitive:
+        block_c = min(PS_TILE_CHANNELS, next_power_of_2(C))
+        programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
+        fn = ps_roi_align_tile_backward_kernel
+    else:
+        block_c = min(TILE_CHANNELS, next_power_of_2(C))
+        programs = tiles * cdiv(C, block_c)
+        fn = roi_align_tile_backward_kernel
+    fn[check_grid(programs, "roi_align")](
         grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
         sampling_ratio, *grad_input.stride(), **mode, BLOCK_C=block_c, num_warps=4,
     )  # fmt: skip
