@@ -68,7 +68,6 @@ from roiops.gpu.roi_align import (  # noqa: E402
     WINDOW_SPAN,
     WINDOW_WARPS,
     ps_roi_align_backward_kernel,
-    ps_roi_align_tile_backward_kernel,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
@@ -338,16 +337,13 @@ def main() -> int:
                 roi_align_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
                 {**tiled, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
             )  # fmt: skip
-        compile_for_gpu(
-            roi_align_tile_backward_kernel,
-            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
-            {**tiled, "BLOCK_C": ALIGN_TILE_CHANNELS, "stride_w": 1}, 4,
-        )  # fmt: skip
-        compile_for_gpu(
-            ps_roi_align_tile_backward_kernel,
-            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
-            {**tiled, "BLOCK_C": PS_TILE_CHANNELS, "stride_w": 1}, 4,
-        )  # fmt: skip
+        # (average mode, every bin a program; position-sensitive, a bin a program)
+        for ps, channels in ((False, ALIGN_TILE_CHANNELS), (True, PS_TILE_CHANNELS)):
+            compile_for_gpu(
+                roi_align_tile_backward_kernel,
+                {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
+                {**tiled, "BLOCK_C": channels, "stride_w": 1, "PS": ps}, 4,
+            )  # fmt: skip
         # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES)
         compile_for_gpu(
             ps_roi_align_backward_kernel, {k: v for k, v in bwd.items() if k != "ARGMAX"},

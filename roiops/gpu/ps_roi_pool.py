@@ -212,18 +212,15 @@ def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
     by the fixed-point scatter."""
     N, C_in, H, W = grad_input.shape
     K, C, pooled_h, pooled_w = grad.shape
-    tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
-    tiles = N * cdiv(H, tile_h) * cdiv(W, tile_w)
+    tiles = roi_pool.tile_count(N, H, W)
     if TILES and tiles * K <= roi_pool.GATHER_LIST_LIMIT:
         if tiles == 0:
             return grad_input
-        lists, counts = roi_pool.new_tile_lists(tiles, K, grad.device)
         bits = scale_bits(spatial_scale)
-        mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=tile_h, TILE_W=tile_w)
-        roi_pool.roi_pool_tile_lists_kernel[check_grid(tiles, "ps_roi_pool")](
-            rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=roi_pool.GATHER_LIST_BLOCK,
-            PS=True, num_warps=4,
-        )  # fmt: skip
+        lists, counts = roi_pool.pool_tile_lists(rois, N, H, W, tiles, bits, pooled_h,
+                                                 pooled_w, ps=True, op="ps_roi_pool")  # fmt: skip
+        mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=roi_pool.GATHER_TILE_H,
+                    TILE_W=roi_pool.GATHER_TILE_W)  # fmt: skip
         block_c = min(TILE_CHANNELS, next_power_of_2(C))
         programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
         ps_roi_pool_tile_backward_kernel[check_grid(programs, "ps_roi_pool")](

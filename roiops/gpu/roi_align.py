@@ -712,66 +712,39 @@ def roi_align_tile_lists_kernel(
 
 
 @kernel
-def ps_roi_align_tile_backward_kernel(
-    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits, sampling_ratio,
-    stride_n, stride_c, stride_h, stride_w,
-    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """Position-sensitive RoIAlign's input gradient (average mode) by tiles, as
-    ``roiops.gpu.ps_roi_pool.ps_roi_pool_tile_backward_kernel``'s: one program per (tile,
-    bin p, block of BLOCK_C output channels) sums, for each of its cells, ``grad[k, c, p] /
-    count`` times the bin's separable bilinear weights at the cell, over the RoIs of the
-    tile's list (``roi_align_tile_lists_kernel``) in ascending order, in registers, and
-    writes GX[n, c * PH * PW + p] (any strides) once."""
-    P: tl.constexpr = PH * PW
-    tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
-    ph = p // PW
-    pw = p % PW
-    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
-    dt = ROIS.dtype.element_ty
-    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
-    for j in range(0, tl.load(COUNTS + tile)):
-        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
-        _, start_h, start_w, bin_h, bin_w, gh, gw, _ = _roi_geometry(
-            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-        )
-        y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
-        x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
-        if (
-            (y_first < top + TILE_H)
-            & (y_last >= top)
-            & (x_first < left + TILE_W)
-            & (x_last >= left)
-        ):
-            weight = _weights_at(start_h, bin_h, ph, gh, H, h)
-            weight = weight * _weights_at(start_w, bin_w, pw, gw, W, w)
-            at = (tl.cast(k, tl.int64) * C + c) * P + p
-            g = tl.load(G + at, mask=c_ok, other=0.0).to(dt)
-            g = div_rn(g, (gh * gw).to(dt))
-            acc += g[:, None] * weight[None, :]
-    c_in = c.to(tl.int64) * P + p
-    store_tile(GX, acc, n, c_in, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
-
-
-@kernel
 def roi_align_tile_backward_kernel(
     G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits, sampling_ratio,
     stride_n, stride_c, stride_h, stride_w,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr, PS: tl.constexpr = False,
 ):  # fmt: skip
-    """RoIAlign's input gradient (average mode) by tiles (``TILES``), as
-    ``ps_roi_align_tile_backward_kernel``'s with every bin in one program: one program per
-    (tile, block of BLOCK_C channels) sums, for each of its cells, ``grad[k, c, p] /
-    count`` times bin p's separable bilinear weights at the cell, over the RoIs of the
-    tile's list in ascending order and the bins whose points reach the tile, in
-    registers, and writes GX[n, c] (any strides) once."""
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    tile = tl.program_id(0) // c_blocks
+    """RoIAlign's input gradient (average mode) by tiles: one program per (tile, block of
+    BLOCK_C channels) sums, for each of its cells, ``grad[k, c, p] / count`` times bin p's
+    separable bilinear weights at the cell, over the RoIs of the tile's list
+    (``roi_align_tile_lists_kernel``) in ascending order and their bins whose points reach
+    the tile, in registers, and writes GX[n, c] (any strides) once. With PS
+    (position-sensitive, as ``roiops.gpu.ps_roi_pool.ps_roi_pool_tile_backward_kernel``)
+    one program per (tile, bin p, block of output channels) visits bin p alone and writes
+    GX[n, c * PH * PW + p]."""
+    P: tl.constexpr = PH * PW
+    if PS:
+        tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
+        ph_first = p // PW
+        pw_first = p % PW
+        ph_stop = ph_first + 1
+        pw_stop = pw_first + 1
+        c_out = c.to(tl.int64) * P + p
+    else:
+        c_blocks = tl.cdiv(C, BLOCK_C)
+        tile = tl.program_id(0) // c_blocks
+        c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_ok = c < C
+        ph_first = 0
+        pw_first = 0
+        ph_stop = PH
+        pw_stop = PW
+        c_out = c
     n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
-    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
     dt = ROIS.dtype.element_ty
     acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
     for j in range(0, tl.load(COUNTS + tile)):
@@ -779,19 +752,19 @@ def roi_align_tile_backward_kernel(
         _, start_h, start_w, bin_h, bin_w, gh, gw, _ = _roi_geometry(
             ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
         )
-        roi_g = G + (tl.cast(k, tl.int64) * C + c) * (PH * PW)
-        for ph in range(0, PH):
+        roi_g = G + (tl.cast(k, tl.int64) * C + c) * P
+        for ph in range(ph_first, ph_stop):
             y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
             if (y_first < top + TILE_H) & (y_last >= top):
                 weight_y = _weights_at(start_h, bin_h, ph, gh, H, h)
-                for pw in range(0, PW):
+                for pw in range(pw_first, pw_stop):
                     x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
                     if (x_first < left + TILE_W) & (x_last >= left):
                         weight = weight_y * _weights_at(start_w, bin_w, pw, gw, W, w)
                         g = tl.load(roi_g + (ph * PW + pw), mask=c_ok, other=0.0).to(dt)
                         g = div_rn(g, (gh * gw).to(dt))
                         acc += g[:, None] * weight[None, :]
-    store_tile(GX, acc, n, c, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
+    store_tile(GX, acc, n, c_out, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -870,13 +843,13 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
 
 def _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned,
                    position_sensitive):  # fmt: skip
-    """``grad_input`` written by ``ps_roi_align_tile_backward_kernel`` (position-sensitive)
-    or ``roi_align_tile_backward_kernel``, or None where the tiles' RoI lists would pass
+    """``grad_input`` written by ``roi_align_tile_backward_kernel`` (its PS programs where
+    ``position_sensitive``), or None where the tiles' RoI lists would pass
     ``roi_pool.GATHER_LIST_LIMIT`` (the scatter's turn)."""
     N, _, H, W = grad_input.shape
     K, C, pooled_h, pooled_w = grad.shape
     tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
-    tiles = N * cdiv(H, tile_h) * cdiv(W, tile_w)
+    tiles = roi_pool.tile_count(N, H, W)
     if tiles * K > roi_pool.GATHER_LIST_LIMIT:
         return None
     if tiles == 0:
@@ -888,17 +861,13 @@ def _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligne
         rois, lists, counts, N, H, W, K, bits, sampling_ratio, **mode,
         BLOCK_K=roi_pool.GATHER_LIST_BLOCK, num_warps=4,
     )  # fmt: skip
-    if position_sensitive:
-        block_c = min(PS_TILE_CHANNELS, next_power_of_2(C))
-        programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
-        fn = ps_roi_align_tile_backward_kernel
-    else:
-        block_c = min(TILE_CHANNELS, next_power_of_2(C))
-        programs = tiles * cdiv(C, block_c)
-        fn = roi_align_tile_backward_kernel
-    fn[check_grid(programs, "roi_align")](
+    block_c = min(PS_TILE_CHANNELS if position_sensitive else TILE_CHANNELS,
+                  next_power_of_2(C))  # fmt: skip
+    programs = tiles * cdiv(C, block_c) * (pooled_h * pooled_w if position_sensitive else 1)
+    roi_align_tile_backward_kernel[check_grid(programs, "roi_align")](
         grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
-        sampling_ratio, *grad_input.stride(), **mode, BLOCK_C=block_c, num_warps=4,
+        sampling_ratio, *grad_input.stride(), **mode, BLOCK_C=block_c, PS=position_sensitive,
+        num_warps=4,
     )  # fmt: skip
     return grad_input
 

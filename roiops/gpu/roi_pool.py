@@ -515,11 +515,29 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     return out, argmax
 
 
+def tile_count(N: int, H: int, W: int) -> int:
+    """The tiles of GATHER_TILE_H x GATHER_TILE_W cells over N maps of H x W."""
+    return N * cdiv(H, GATHER_TILE_H) * cdiv(W, GATHER_TILE_W)
+
+
 def new_tile_lists(tiles: int, num_rois: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lists, counts)`` for ``roi_pool_tile_lists_kernel`` and its kin: ``num_rois``
     entries a tile, and each tile's count (both written by the kernel, not zeroed)."""
     lists = torch.empty(tiles * num_rois, dtype=torch.int32, device=device)
     return lists, torch.empty(tiles, dtype=torch.int32, device=device)
+
+
+def pool_tile_lists(rois, N, H, W, tiles, bits, pooled_h, pooled_w, ps=False, op="roi_pool"):
+    """``(lists, counts)`` of ``tiles`` tiles, filled by ``roi_pool_tile_lists_kernel``
+    (``ps``: position-sensitive pooling's quantization)."""
+    K = rois.shape[0]
+    lists, counts = new_tile_lists(tiles, K, rois.device)
+    roi_pool_tile_lists_kernel[check_grid(tiles, op)](
+        rois, lists, counts, N, H, W, K, bits, PH=pooled_h, PW=pooled_w,
+        TILE_H=GATHER_TILE_H, TILE_W=GATHER_TILE_W, BLOCK_K=GATHER_LIST_BLOCK, PS=ps,
+        num_warps=4,
+    )  # fmt: skip
+    return lists, counts
 
 
 def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
@@ -528,7 +546,7 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     by the fixed-point scatter."""
     N, C, H, W = grad_input.shape
     K, _, pooled_h, pooled_w = grad.shape
-    tiles = N * cdiv(H, GATHER_TILE_H) * cdiv(W, GATHER_TILE_W)
+    tiles = tile_count(N, H, W)
     lanes_over_cells = GATHER_LANES == "cells"
     # (the cells kernel's offsets within a RoI's outputs are int32)
     too_many = tiles * K > GATHER_LIST_LIMIT or (
@@ -540,13 +558,10 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
         return sums.write_to(grad_input)
     if tiles == 0:
         return grad_input
-    lists, counts = new_tile_lists(tiles, K, grad.device)
     bits = scale_bits(spatial_scale)
-    mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=GATHER_TILE_H, TILE_W=GATHER_TILE_W)
-    roi_pool_tile_lists_kernel[check_grid(tiles, "roi_pool")](
-        rois, lists, counts, N, H, W, K, bits, **mode, BLOCK_K=GATHER_LIST_BLOCK, num_warps=4
-    )
-    mode.update(PH_BITS=pooled_h.bit_length(), PW_BITS=pooled_w.bit_length())
+    lists, counts = pool_tile_lists(rois, N, H, W, tiles, bits, pooled_h, pooled_w)
+    mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=GATHER_TILE_H, TILE_W=GATHER_TILE_W,
+                PH_BITS=pooled_h.bit_length(), PW_BITS=pooled_w.bit_length())  # fmt: skip
     if not lanes_over_cells:
         # the sums are made in the gradient itself, or in float32 for half precision
         wide = grad_input.dtype in (torch.float32, torch.float64)
