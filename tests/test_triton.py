@@ -36,6 +36,27 @@ def on_device(array, dtype):
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
+# Kernels the launchers do not take by default (alternatives kept for a GPU's timing, or
+# fallbacks above a size limit) run one case of each test of theirs in the default run and
+# the others under ``-m slow`` (ROIOPS_SLOW=1), to keep the default run short: the switch
+# and the value it has while that holds. Turning one of them on (or the default off)
+# fails ``test_slow_alternatives_are_as_marked``: its slow cases go back to the default run.
+SLOW_ALTERNATIVES = {
+    (gpu_align, "ROI_SUMS"): False,
+    (gpu_align, "WINDOW_FORWARD"): False,
+    (gpu_align, "PS_TILES"): True,  # (the scatter, PS_LANES or not, its fallback)
+    (gpu_ps_pool, "TILES"): True,  # (the scatter in bands, its fallback)
+    (gpu_pool, "GATHER_LANES"): "channels",  # (lanes over cells the alternative)
+}
+
+
+def test_slow_alternatives_are_as_marked():
+    for (module, name), value in SLOW_ALTERNATIVES.items():
+        assert getattr(module, name) == value, (
+            f"{module.__name__}.{name} is no longer {value!r}: unmark the slow cases that "
+            "test its kernels (SLOW_ALTERNATIVES)"
+        )
+
 
 def assert_forward_matches(mode, out, ref):
     """The reference's outputs: bit for bit in the interpreter (the reference's
@@ -120,7 +141,8 @@ def valid_rois(rois: torch.Tensor, batch_size: int) -> torch.Tensor:
         (torch.float32, False, "channels"),
         (torch.float64, True, "channels"),
         (torch.float16, False, "channels"),
-        (torch.float32, True, "cells"),
+        # (lanes over cells: an alternative, off; one case of its own in the default run)
+        pytest.param(torch.float32, True, "cells", marks=pytest.mark.slow),
     ],
 )
 def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(
@@ -238,7 +260,11 @@ def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned,
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("aligned,ratio,roi_span", [(True, 2, 16), (False, 0, 4)])
+@pytest.mark.parametrize(
+    "aligned,ratio,roi_span",
+    # (ROI_SUMS is off: its other case in the slow run, SLOW_ALTERNATIVES)
+    [(True, 2, 16), pytest.param(False, 0, 4, marks=pytest.mark.slow)],
+)
 def test_small_roi_sums_match_reference(rng, monkeypatch, aligned, ratio, roi_span):
     # average mode with ROI_SUMS: RoIs whose points fit ROI_SPAN cells a side are summed
     # per cell first (one program per RoI and channel block), the others go bin by bin;
@@ -444,8 +470,12 @@ def test_kernels_take_any_roi_value(rng, mode):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("aligned,ratio,ahead", [(True, 0, False), (False, 2, False),
-                                                 (True, 0, True), (False, 2, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "aligned,ratio,ahead",
+    # (WINDOW_FORWARD is off: its other cases in the slow run, SLOW_ALTERNATIVES)
+    [(False, 2, False), *(pytest.param(*case, marks=pytest.mark.slow)
+                          for case in ((True, 0, False), (True, 0, True), (False, 2, True)))],
+)  # fmt: skip
 def test_window_forward_matches_reference(rng, aligned, ratio, ahead):
     # the average-mode forward by RoI windows (WINDOW_FORWARD): the reference's values up
     # to float rounding (it sums in another order), with windows of 4 cells so that boxes
@@ -734,8 +764,12 @@ def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("span", [8, 2])
-@pytest.mark.parametrize("ratio", [2, 0])
+@pytest.mark.parametrize(
+    "ratio,span",
+    # (the scatter is the fallback of PS_TILES: its other cases in the slow run,
+    # SLOW_ALTERNATIVES)
+    [(2, 8), *(pytest.param(*case, marks=pytest.mark.slow) for case in ((2, 2), (0, 8), (0, 2)))],
+)
 def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, span):
     # a RoI's (bin, channel) outputs in the lanes of a program (PS_LANES) or a program
     # per bin: the same contributions, so the same bits; with invalid RoIs, an adaptive
@@ -825,7 +859,12 @@ def test_ps_roi_pool_kernels_take_any_roi_value(rng, monkeypatch, by_tiles):
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("tile", [fixed_point.BAND_TILE, 64, 16])
+@pytest.mark.parametrize(
+    "tile",
+    # (the scatter is the fallback of TILES: its other cases in the slow run,
+    # SLOW_ALTERNATIVES)
+    [fixed_point.BAND_TILE, *(pytest.param(t, marks=pytest.mark.slow) for t in (64, 16))],
+)
 def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
     # the backward's scatter by the corners of each bin's rectangle, in bands of 1, 3 or
     # 8 rows (13 rows: the last band short; bins of up to 11 rows cross bands), is the

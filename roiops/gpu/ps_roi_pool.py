@@ -30,6 +30,7 @@ from roiops.gpu.roi_pool import (
     store_tile,
     tile_bin_channels,
     tile_cells,
+    widest_bin,
 )
 from roiops.gpu.rois import div_rn, scale_bits
 from roiops.gpu.tiles import (
@@ -84,8 +85,7 @@ def ps_roi_pool_forward_kernel(
     plane = X + (n * C_in + c_in.to(tl.int64)) * H * W
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros((BLOCK,), acc_dtype)
-    span_h = tl.where(valid, tl.minimum(tl.cdiv(roi_h, PH) + 1, H), 0)
-    span_w = tl.where(valid, tl.minimum(tl.cdiv(roi_w, PW) + 1, W), 0)
+    span_h, span_w = widest_bin(h0, h1, w0, w1, tl.where(valid, ok, False))
     for dh in range(0, span_h):
         for dw in range(0, span_w):
             h = h0 + dh

@@ -129,6 +129,15 @@ def bin_edges(roi_start, roi_size, p, POOLED: tl.constexpr, limit, DT: tl.conste
     return tl.minimum(tl.maximum(start, 0), limit), tl.minimum(tl.maximum(end, 0), limit)
 
 
+@triton.jit
+def widest_bin(h0, h1, w0, w1, visits):
+    """(rows, columns): the most cells along each axis of the (clipped) bins of the lanes
+    that ``visits``: the loops of a program that visits its lanes' bins cell by cell. A
+    bin clipped away (a box beyond the map) adds none, an invalid RoI's lanes none."""
+    rows = tl.max(tl.where(visits, h1 - h0, 0), axis=0)
+    return rows, tl.max(tl.where(visits, w1 - w0, 0), axis=0)
+
+
 @kernel
 def roi_pool_forward_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
@@ -157,10 +166,7 @@ def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     best = tl.full((BLOCK,), FLT_LOWEST, acc_dtype)
     best_at = tl.full((BLOCK,), -1, tl.int32)
-    # the widest bin spans at most ceil(size / pooled) + 1 cells, and the clipped bins
-    # at most the map (an invalid RoI none)
-    span_h = tl.where(valid, tl.minimum(tl.cdiv(roi_h, PH) + 1, H), 0)
-    span_w = tl.where(valid, tl.minimum(tl.cdiv(roi_w, PW) + 1, W), 0)
+    span_h, span_w = widest_bin(h0, h1, w0, w1, tl.where(valid, ok, False))
     for dh in range(0, span_h):
         for dw in range(0, span_w):
             h = h0 + dh
