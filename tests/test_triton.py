@@ -1188,7 +1188,13 @@ PROGRAM_ORDER_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", PROGRAM_ORDER_CASES)
+@pytest.mark.parametrize(
+    "case",
+    # (the cases of switches that are off, ROI_SUMS and WINDOW_FORWARD, in the slow run:
+    # SLOW_ALTERNATIVES)
+    [pytest.param(case, marks=pytest.mark.slow) if "," in case else case
+     for case in PROGRAM_ORDER_CASES],
+)  # fmt: skip
 def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, case):
     # RoIs innermost (tiles.GATHER_ROIS_INNER / SCATTER_ROIS_INNER) only changes which
     # programs run together: every output, and every input gradient (integer sums), is
