@@ -50,6 +50,14 @@ SLOW_ALTERNATIVES = {
 }
 
 
+def slow_cases(*cases):
+    """Parameter ``cases`` (tuples, or single values) of the slow run: SLOW_ALTERNATIVES."""
+    return [
+        pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=pytest.mark.slow)
+        for case in cases
+    ]
+
+
 def test_slow_alternatives_are_as_marked():
     for (module, name), value in SLOW_ALTERNATIVES.items():
         assert getattr(module, name) == value, (
@@ -142,7 +150,7 @@ def valid_rois(rois: torch.Tensor, batch_size: int) -> torch.Tensor:
         (torch.float64, True, "channels"),
         (torch.float16, False, "channels"),
         # (lanes over cells: an alternative, off; one case of its own in the default run)
-        pytest.param(torch.float32, True, "cells", marks=pytest.mark.slow),
+        *slow_cases((torch.float32, True, "cells")),
     ],
 )
 def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(
@@ -263,7 +271,7 @@ def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned,
 @pytest.mark.parametrize(
     "aligned,ratio,roi_span",
     # (ROI_SUMS is off: its other case in the slow run, SLOW_ALTERNATIVES)
-    [(True, 2, 16), pytest.param(False, 0, 4, marks=pytest.mark.slow)],
+    [(True, 2, 16), *slow_cases((False, 0, 4))],
 )
 def test_small_roi_sums_match_reference(rng, monkeypatch, aligned, ratio, roi_span):
     # average mode with ROI_SUMS: RoIs whose points fit ROI_SPAN cells a side are summed
@@ -473,9 +481,8 @@ def test_kernels_take_any_roi_value(rng, mode):
 @pytest.mark.parametrize(
     "aligned,ratio,ahead",
     # (WINDOW_FORWARD is off: its other cases in the slow run, SLOW_ALTERNATIVES)
-    [(False, 2, False), *(pytest.param(*case, marks=pytest.mark.slow)
-                          for case in ((True, 0, False), (True, 0, True), (False, 2, True)))],
-)  # fmt: skip
+    [(False, 2, False), *slow_cases((True, 0, False), (True, 0, True), (False, 2, True))],
+)
 def test_window_forward_matches_reference(rng, aligned, ratio, ahead):
     # the average-mode forward by RoI windows (WINDOW_FORWARD): the reference's values up
     # to float rounding (it sums in another order), with windows of 4 cells so that boxes
@@ -768,7 +775,7 @@ def test_ps_roi_align_matches_reference(rng, ratio, output_size, channels_last):
     "ratio,span",
     # (the scatter is the fallback of PS_TILES: its other cases in the slow run,
     # SLOW_ALTERNATIVES)
-    [(2, 8), *(pytest.param(*case, marks=pytest.mark.slow) for case in ((2, 2), (0, 8), (0, 2)))],
+    [(2, 8), *slow_cases((2, 2), (0, 8), (0, 2))],
 )
 def test_ps_roi_align_backward_by_lanes_changes_no_bit(rng, monkeypatch, ratio, span):
     # a RoI's (bin, channel) outputs in the lanes of a program (PS_LANES) or a program
@@ -863,7 +870,7 @@ def test_ps_roi_pool_kernels_take_any_roi_value(rng, monkeypatch, by_tiles):
     "tile",
     # (the scatter is the fallback of TILES: its other cases in the slow run,
     # SLOW_ALTERNATIVES)
-    [fixed_point.BAND_TILE, *(pytest.param(t, marks=pytest.mark.slow) for t in (64, 16))],
+    [fixed_point.BAND_TILE, *slow_cases(64, 16)],
 )
 def test_ps_roi_pool_sums_as_differences_change_no_bit(rng, monkeypatch, tile):
     # the backward's scatter by the corners of each bin's rectangle, in bands of 1, 3 or
@@ -1192,9 +1199,9 @@ PROGRAM_ORDER_CASES = [
     "case",
     # (the cases of switches that are off, ROI_SUMS and WINDOW_FORWARD, in the slow run:
     # SLOW_ALTERNATIVES)
-    [pytest.param(case, marks=pytest.mark.slow) if "," in case else case
-     for case in PROGRAM_ORDER_CASES],
-)  # fmt: skip
+    [case for case in PROGRAM_ORDER_CASES if "," not in case]
+    + slow_cases(*(case for case in PROGRAM_ORDER_CASES if "," in case)),
+)
 def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, case):
     # RoIs innermost (tiles.GATHER_ROIS_INNER / SCATTER_ROIS_INNER) only changes which
     # programs run together: every output, and every input gradient (integer sums), is
