@@ -81,8 +81,38 @@ def patch_the_language_once_a_launch():
     interpreter._patch_lang = once
 
 
+def look_up_numpy_dtypes_in_a_table():
+    """The interpreter's ``_get_np_dtype`` (Triton dtype -> NumPy dtype, ~470,000 calls in
+    one test) builds its 19-entry dict, hashing each key, at every call: 11 us against
+    0.4 for a lookup in a table kept between calls (~10% of the interpreter's time). The
+    same answers: pointers (of blocks or not) are uint64 and a block is its element's."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    np_dtype = getattr(interpreter, "_get_np_dtype", None)
+    if np_dtype is None or getattr(np_dtype, "roiops_table", False):
+        return
+    table = {}
+
+    def look_up(tt_dtype):
+        if isinstance(tt_dtype, tl.block_type):
+            tt_dtype = tt_dtype.element_ty
+        if isinstance(tt_dtype, tl.pointer_type):
+            return np.dtype(np.uint64)
+        found = table.get(tt_dtype)
+        if found is None:
+            found = table[tt_dtype] = np_dtype(tt_dtype)
+        return found
+
+    look_up.roiops_table = True
+    interpreter._get_np_dtype = look_up
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     patch_the_language_once_a_launch()
+    look_up_numpy_dtypes_in_a_table()
 
 
 def pytest_collection_modifyitems(config, items):
