@@ -344,6 +344,10 @@ def _pass_times(case, device: str) -> dict:
         fns["roiops_backward_tiles_4x16"] = _with_settings(
             ours, gp, GATHER_TILE_H=4, GATHER_TILE_W=16
         )
+        # the argmax copied channels last first, against read as the forward wrote it
+        fns["roiops_backward_tiles_argmax_copied"] = _with_settings(
+            ours, gp, TILE_ARGMAX_AS_IT_LIES=False
+        )
     if case.op == "ps_roi_align":
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
@@ -743,6 +747,9 @@ def summary(report: dict) -> str:
                 f"{t['roiops_backward_tiles_cells']:.2f} / "
                 f"{t['roiops_backward_tiles_32_channels']:.2f} / "
                 f"{t['roiops_backward_tiles_4x16']:.2f}")  # fmt: skip
+            row(f"{case} bwd ms, op: argmax as the forward wrote it / copied channels last",
+                f"{t['roiops_backward']:.3f} / "
+                f"{t['roiops_backward_tiles_argmax_copied']:.3f}")  # fmt: skip
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip

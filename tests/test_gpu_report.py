@@ -283,7 +283,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
              for b in (0, 1, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin", "roiops_backward_scatter"}
     tiles = {"roiops_backward_scatter", "roiops_backward_tiles_cells",
-             "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16"}  # fmt: skip
+             "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16",
+             "roiops_backward_tiles_argmax_copied"}  # fmt: skip
     ps_tiles = {"roiops_backward_scatter", "roiops_backward_tiles_32_channels"}
     extras = {"roi_align": roi_sums, "ps_roi_pool": bands | ps_tiles, "ps_roi_align": per_bin,
               "roi_pool": tiles}  # fmt: skip
@@ -296,6 +297,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16 and gpu_align.PS_TILES
     assert gpu_pool.TILE_CHANNELS == 128 and not gpu_align.TILES
     assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
+    assert gpu_pool.TILE_ARGMAX_AS_IT_LIES
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)

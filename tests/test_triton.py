@@ -190,17 +190,22 @@ def test_roi_pool_backward_by_tiles_is_the_reference_bit_for_bit(
 @pytest.mark.parametrize("output_size", [(1, 1), (2, 5), (8, 3)])
 def test_roi_pool_backward_by_tiles_any_bin_grid(rng, monkeypatch, output_size):
     # bin grids whose sizes take 1 to 4 bits of binary search; a tile as large as the map
-    # and one of a single cell (tiles of any shape); and the scatter where the RoI lists
-    # would pass GATHER_LIST_LIMIT
+    # and one of a single cell (tiles of any shape); the NCHW forward's argmax copied
+    # channels last first (TILE_ARGMAX_AS_IT_LIES off); and the scatter where the RoI
+    # lists would pass GATHER_LIST_LIMIT
     x = on_device(np.round(rng.standard_normal((2, 5, 9, 11)) * 2), torch.float32)
     rois = on_device(random_rois(rng, 2, 12, 18, 22), torch.float32)
     grad = on_device(rng.standard_normal((12, 5, *output_size)), torch.float32)
     _, ref = pool("reference", x, rois, output_size, 0.5, grad)
     _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, *output_size)
-    for tile_h, tile_w, limit in ((8, 8, 2**24), (16, 16, 2**24), (1, 1, 2**24), (8, 8, 0)):
+    for tile_h, tile_w, limit, as_it_lies in (
+        (8, 8, 2**24, True), (16, 16, 2**24, True), (1, 1, 2**24, True), (8, 8, 2**24, False),
+        (8, 8, 0, True),
+    ):  # fmt: skip
         monkeypatch.setattr(gpu_pool, "GATHER_TILE_H", tile_h)
         monkeypatch.setattr(gpu_pool, "GATHER_TILE_W", tile_w)
         monkeypatch.setattr(gpu_pool, "GATHER_LIST_LIMIT", limit)
+        monkeypatch.setattr(gpu_pool, "TILE_ARGMAX_AS_IT_LIES", as_it_lies)
         gx = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
         if limit:
             assert torch.equal(gx, ref)

@@ -426,14 +426,15 @@ def main() -> int:
             )  # fmt: skip
         # (lanes over channels, GATHER_LANES "channels": sums made in a float32 gradient for
         # half precision, float64 for float64)
-        compile_for_gpu(
-            roi_pool_tile_backward_kernel,
-            {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32",
-             "GX": "*fp64" if dt == "fp64" else "*fp32"},
-            {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": TILE_CHANNELS, "stride_w": 1},
-            TILE_CHANNELS // 32,
-        )  # fmt: skip
         for cm in (True, False):
+            compile_for_gpu(
+                roi_pool_tile_backward_kernel,
+                {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32",
+                 "COUNTS": "*i32", "GX": "*fp64" if dt == "fp64" else "*fp32"},
+                {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": TILE_CHANNELS,
+                 "ARGMAX_CM": cm, "stride_w": 1},
+                TILE_CHANNELS // 32,
+            )  # fmt: skip
             compile_for_gpu(
                 roi_pool_gather_backward_kernel,
                 {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32",

@@ -66,6 +66,14 @@ FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 GATHER_BACKWARD = True
 GATHER_LANES = "channels"
 TILE_CHANNELS = 128
+# The lanes over channels read the argmax as the forward wrote it (channel-major from the
+# NCHW forward, [K, C, P]: each lane's loads a bin apart, as its loads of G [K, C, P]
+# already are), rather than a channels-last copy made first (``argmax.contiguous()``: a
+# read and a write of K x C x P int32, 51 MB and ~0.03 ms by bandwidth on the bench's 'a
+# small'). The same DRAM bytes either way when a lane's next bins stay in L1 (the program
+# visits a RoI's bins in order, 128 lanes x a 32-byte sector); more L1 requests a load.
+# NOT YET TIMED on a GPU: `make gpu-tune`'s backward_passes times both.
+TILE_ARGMAX_AS_IT_LIES = True
 GATHER_TILE_H = 8
 GATHER_TILE_W = 8
 GATHER_CHANNELS = 16
@@ -341,14 +349,17 @@ def roi_pool_tile_backward_kernel(
     stride_n, stride_c, stride_h, stride_w,
     PH: tl.constexpr, PW: tl.constexpr, PH_BITS: tl.constexpr, PW_BITS: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ARGMAX_CM: tl.constexpr,
 ):  # fmt: skip
     """``roi_pool_gather_backward_kernel``'s sums with lanes over channels: the program
     owns its tile's cells of BLOCK_C channels in GX (float32 or float64: the sums are
     made there), zeroes them, then visits, RoI by RoI of the tile's list, the bins that
     reach the tile, row-major, and each lane adds its channel's output gradient to the
     argmax cell where that cell is in the tile (a load and a store: no other thread
-    writes that cell and channel). ARGMAX lies channels last ([K, P, C], a lane's load
-    contiguous with its neighbours'); G is [K, C, P]."""
+    writes that cell and channel). G is [K, C, P]; ARGMAX [K, P, C] lies channel-major
+    if ARGMAX_CM (as the NCHW forward writes it: a lane's loads a bin apart, as G's, the
+    next bins' in the same sector), else channels last (a lane's load contiguous with its
+    neighbours')."""
     c_blocks = tl.cdiv(C, BLOCK_C)
     tile = tl.program_id(0) // c_blocks
     n, h0, w0 = tile_origin(tile, H, W, TILE_H, TILE_W)
@@ -374,17 +385,24 @@ def roi_pool_tile_backward_kernel(
         pw0, _ = _bins_over(w0, start_w, roi_w, PW, PW_BITS, DT)
         _, pw1 = _bins_over(w0 + TILE_W - 1, start_w, roi_w, PW, PW_BITS, DT)
         roi_g = G + (tl.cast(k, tl.int64) * C + c) * (PH * PW)
-        roi_argmax = ARGMAX + tl.cast(k, tl.int64) * (PH * PW) * C + c
+        # a bin's argmax at roi_argmax + p * bin_step
+        if ARGMAX_CM:
+            roi_argmax = ARGMAX + (tl.cast(k, tl.int64) * C + c) * (PH * PW)
+            bin_step = 1
+        else:
+            roi_argmax = ARGMAX + tl.cast(k, tl.int64) * (PH * PW) * C + c
+            bin_step = C
         # the bins row-major, each one's argmax loaded a bin ahead (the adds into the
         # gradient wait on their loads: the next argmax load need not)
         row_bins = tl.maximum(pw1 - pw0, 0)
         bins = tl.maximum(ph1 - ph0, 0) * row_bins
         p = ph0 * PW + pw0
-        cell = tl.load(roi_argmax + tl.cast(p, tl.int64) * C, mask=c_ok & (bins > 0), other=-1)
+        cell = tl.load(roi_argmax + tl.cast(p, tl.int64) * bin_step, mask=c_ok & (bins > 0),
+                       other=-1)  # fmt: skip
         for q in range(0, bins):
             ahead = q + 1
             p_ahead = (ph0 + ahead // row_bins) * PW + pw0 + ahead % row_bins
-            cell_ahead = tl.load(roi_argmax + tl.cast(p_ahead, tl.int64) * C,
+            cell_ahead = tl.load(roi_argmax + tl.cast(p_ahead, tl.int64) * bin_step,
                                  mask=c_ok & (ahead < bins), other=-1)  # fmt: skip
             h = cell // W
             w = cell - h * W
@@ -575,9 +593,14 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
         if not wide:
             sums = torch.empty(grad_input.shape, dtype=torch.float32, device=grad.device)
         block_c = min(TILE_CHANNELS, next_power_of_2(C))
+        if TILE_ARGMAX_AS_IT_LIES:
+            argmax, channel_major = readable_argmax(argmax)
+        else:
+            argmax, channel_major = argmax.contiguous(), False
         roi_pool_tile_backward_kernel[check_grid(tiles * cdiv(C, block_c), "roi_pool")](
-            grad.contiguous(), argmax.contiguous(), rois, lists, counts, sums, N, C, H, W, K,
-            bits, *sums.stride(), **mode, BLOCK_C=block_c, num_warps=max(1, block_c // 32),
+            grad.contiguous(), argmax, rois, lists, counts, sums, N, C, H, W, K,
+            bits, *sums.stride(), **mode, BLOCK_C=block_c, ARGMAX_CM=channel_major,
+            num_warps=max(1, block_c // 32),
         )  # fmt: skip
         return grad_input if wide else grad_input.copy_(sums)
     argmax, channel_major = readable_argmax(argmax)
