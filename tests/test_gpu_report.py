@@ -133,20 +133,24 @@ def test_a_test_run_past_its_time_is_stopped():
 
 def test_test_processes_share_the_tests_out_and_their_counts_add_up(monkeypatch):
     gpu_report = load()
-    this = "tests/test_gpu_report.py"
-    # two modules, one with a module-scoped fixture: each test runs once, in one process
-    chosen = "summary_table or past_its_time or opset"
-    monkeypatch.setattr(gpu_report, "TEST_ARGS", (this, "tests/test_onnx.py", "-k", chosen))
+    # tests of two modules, one with a module-scoped fixture (test_onnx.py's exports),
+    # named one by one: each runs once, in one of the processes
+    chosen = (
+        "tests/test_gpu_report.py::test_summary_table",
+        "tests/test_onnx.py::test_opset_22_roi_align_matches_onnx_reference_evaluator"
+        "[16-torchscript]",
+        "tests/test_onnx.py::test_opset_22_roi_align_matches_onnx_reference_evaluator"
+        "[22-torchscript]",
+        "tests/test_onnx.py::test_aligned_needs_opset_16_with_the_torchscript_exporter",
+    )
+    monkeypatch.setattr(gpu_report, "TEST_ARGS", chosen)
     result = gpu_report.run_tests(timeout_s=300, workers=3)
-    alone = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *gpu_report.TEST_ARGS],
-        capture_output=True, text=True, cwd=gpu_report.ROOT,
-    )  # fmt: skip
-    expected = int(re.search(r"(\d+) passed", alone.stdout).group(1))
     assert result["ok"] is True and result["workers"] == 3
-    assert result["counts"] == {"passed": expected} and expected >= 3
-    ran = re.findall(r"(\d+) passed", result["log"])
-    assert len(ran) == 3 and sum(map(int, ran)) == expected
+    assert result["counts"] == {"passed": len(chosen)}
+    # shared out: each test once, in at least two processes (the last to start may find
+    # every test taken)
+    ran = [int(n) for n in re.findall(r"(\d+) passed", result["log"])]
+    assert sum(ran) == len(chosen) and len(ran) >= 2
 
 
 def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):

@@ -1,4 +1,5 @@
-"""Compile every Triton kernel for a Hopper GPU (sm_90), no GPU needed: run as a script.
+"""Compile every Triton kernel for a Hopper GPU (sm_90), no GPU needed: run as a script
+(``python tests/triton_compile_check.py [fp32 fp16 bf16 fp64]``, all four by default).
 
 Triton's interpreter (how the other tests run the kernels here) accepts code that the
 compiler rejects, e.g. a non-constexpr global; this catches it on CPU-only machines.
@@ -246,7 +247,13 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     assert spilled <= SPILL_ALLOWANCE or dtype == "*fp64", f"{name} spills {spilled} bytes"
 
 
-def main() -> int:
+DTYPES = ("fp32", "fp16", "bf16", "fp64")
+
+
+def main(dtypes=DTYPES) -> int:
+    """Compile every kernel in each of ``dtypes`` (its inputs' and outputs' element type)."""
+    unknown = set(dtypes) - set(DTYPES)
+    assert not unknown, f"dtypes {sorted(unknown)} are not among {DTYPES}"
     # the launch configuration of 256 channels and 7x7 bins
     _, block, fwd_warps = bins_grid(1, 256, 7, 7)
     # (roi_align's kernels with an adaptive sampling grid: one output a thread)
@@ -257,7 +264,7 @@ def main() -> int:
     _, block_p, argmax_c, argmax_warps = roi_channels_grid(1, 256, 49)
     _, ps_block, ps_warps = roi_outputs_grid(1, 21 * 49)  # (R-FCN's 21 classes)
     argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
-    for dt in ("fp32", "fp16", "bf16", "fp64"):
+    for dt in dtypes:
         rois = "*fp64" if dt == "fp64" else "*fp32"
         amax = "*i64" if dt == "fp64" else "*i32"  # (max |grad| in pieces, as bits)
         fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
@@ -475,4 +482,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # python tests/triton_compile_check.py [DTYPE ...] (all four by default)
+    sys.exit(main(tuple(sys.argv[1:]) or DTYPES))
