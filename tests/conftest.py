@@ -116,8 +116,8 @@ def skip_the_discarded_overflow_checks():
     the resulting ``device_assert`` is then dropped, as every assert is without ``debug``
     (an int32 product that wraps raises nothing: checked by hand). ~40% of what the
     interpreter spends after the two fixes above, for no check; off, the same kernels and
-    results. (Turning ``debug`` on would make the checks real, and flag the wrapped
-    addresses of masked-off lanes too: not done.)"""
+    results. (Turning ``debug`` on would make the checks real; it might also flag int32
+    arithmetic that wraps harmlessly in masked-off lanes: not tried.)"""
     import dataclasses
 
     try:
