@@ -133,7 +133,7 @@ def test_a_test_run_past_its_time_is_stopped():
 
 def test_test_processes_share_the_tests_out_and_their_counts_add_up(monkeypatch):
     gpu_report = load()
-    # tests of two modules, one with a module-scoped fixture (test_onnx.py's exports),
+    # tests of two modules, one with a module-scoped fixture (test_onnx.py's ``data``),
     # named one by one: each runs once, in one of the processes
     chosen = (
         "tests/test_gpu_report.py::test_summary_table",
