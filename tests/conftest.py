@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -28,7 +29,7 @@ settings.register_profile(
 settings.load_profile("roiops")
 
 
-def patch_the_language_once_a_launch():
+def patch_the_language_once_a_launch(interpreter, tl):
     """Triton's interpreter patches ``triton.language`` for a kernel's launch
     (``GridExecutor``), and again at every call of a ``@triton.jit`` helper inside it
     (``InterpretedFunction.__call__``): a scan of the language's modules
@@ -39,11 +40,6 @@ def patch_the_language_once_a_launch():
     patching it again for a helper changes nothing. This patches each once a launch (and
     undoes the helpers' patches with the launch's); outside a launch (a helper called from
     Python) and on a Triton whose interpreter differs, everything runs as before."""
-    try:
-        import triton.language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return
     patch_lang = getattr(interpreter, "_patch_lang", None)
     executor = getattr(interpreter, "GridExecutor", None)
     if patch_lang is None or executor is None or getattr(patch_lang, "roiops_once", False):
@@ -81,16 +77,11 @@ def patch_the_language_once_a_launch():
     interpreter._patch_lang = once
 
 
-def look_up_numpy_dtypes_in_a_table():
+def look_up_numpy_dtypes_in_a_table(interpreter, tl):
     """The interpreter's ``_get_np_dtype`` (Triton dtype -> NumPy dtype, ~470,000 calls in
     one test) builds its 19-entry dict, hashing each key, at every call: 11 us against
     0.4 for a lookup in a table kept between calls (~10% of the interpreter's time). The
     same answers: pointers (of blocks or not) are uint64 and a block is its element's."""
-    try:
-        import triton.language as tl
-        from triton.runtime import interpreter
-    except ImportError:
-        return
     np_dtype = getattr(interpreter, "_get_np_dtype", None)
     if np_dtype is None or getattr(np_dtype, "roiops_table", False):
         return
@@ -110,7 +101,7 @@ def look_up_numpy_dtypes_in_a_table():
     interpreter._get_np_dtype = look_up
 
 
-def skip_the_discarded_overflow_checks():
+def skip_the_discarded_overflow_checks(interpreter):
     """The interpreter's builder has ``sanitize_overflow`` on and ``debug`` off: every int32
     add, subtract and multiply is redone in int64 and compared with int32's range, and
     the resulting ``device_assert`` is then dropped, as every assert is without ``debug``
@@ -118,12 +109,6 @@ def skip_the_discarded_overflow_checks():
     interpreter spends after the two fixes above, for no check; off, the same kernels and
     results. (Turning ``debug`` on would make the checks real; it might also flag int32
     arithmetic that wraps harmlessly in masked-off lanes: not tried.)"""
-    import dataclasses
-
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
     builder = getattr(interpreter, "interpreter_builder", None)
     options = getattr(builder, "options", None)
     if options is None or getattr(options, "debug", True):
@@ -132,10 +117,21 @@ def skip_the_discarded_overflow_checks():
         builder.options = dataclasses.replace(options, sanitize_overflow=False)
 
 
+def speed_up_the_interpreter():
+    """The three fixes above, each applied where this Triton's interpreter has what it
+    replaces."""
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch_the_language_once_a_launch(interpreter, tl)
+    look_up_numpy_dtypes_in_a_table(interpreter, tl)
+    skip_the_discarded_overflow_checks(interpreter)
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
-    patch_the_language_once_a_launch()
-    look_up_numpy_dtypes_in_a_table()
-    skip_the_discarded_overflow_checks()
+    speed_up_the_interpreter()
 
 
 def pytest_collection_modifyitems(config, items):
