@@ -266,8 +266,10 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     kernel and the conversion to float, each timed alone (host time of a call and a
     synchronisation), beside torchvision's whole (float-atomic) backward; for roi_align,
     the scatter and the op also with small RoIs summed per cell first
-    (``roiops.gpu.roi_align.ROI_SUMS``); for roi_pool, whose op sums by tiles without
-    those passes (``roiops.gpu.roi_pool.GATHER_BACKWARD``), the op by the scatter too."""
+    (``roiops.gpu.roi_align.ROI_SUMS``); for roi_pool and the position-sensitive ops,
+    the op also by tiles, without those passes (``roiops.gpu.roi_pool.GATHER_BACKWARD``,
+    ``roiops.gpu.ps_roi_pool.TILES``, ``roiops.gpu.roi_align.PS_TILES``: off, slower on
+    an H100 at 5b130dd)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -322,38 +324,41 @@ def _pass_times(case, device: str) -> dict:
         "roiops_backward": ours,
     }
     if case.op == "ps_roi_pool":
-        # the scatter to every cell (BAND 0) and other bands of rows against the launcher's
-        for other in sorted({0, 1, 16} - {band}):
+        # the scatter in bands of rows (and to every cell, BAND 0) against the launcher's
+        for other in (b for b in (0, 1, 8, 16) if b != band):
             cells = Accumulator(grad, x.shape, bins=bins, band=other)
             fns[f"scatter_band_{other}"] = partial(gps.ps_roi_pool_scatter, cells, grad, rois,
                                                    lv.spatial_scale)  # fmt: skip
             fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
             fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other,
                                                                   TILES=False)  # fmt: skip
-        # the launcher's backward by tiles (TILES) against its scatter in bands, and 32
-        # channels a program
-        fns["roiops_backward_scatter"] = _with_settings(ours, gps, TILES=False)
-        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gps, TILE_CHANNELS=32)
-    if case.op == "roi_pool":
-        # the fixed-point scatter (the passes above) against the launcher's backward by
-        # tiles (GATHER_BACKWARD), its lanes over cells (GATHER_LANES), and other sizes: 32
-        # channels a program, tiles of 4 rows of 16 cells
-        fns["roiops_backward_scatter"] = _with_settings(ours, gp, GATHER_BACKWARD=False)
-        fns["roiops_backward_tiles_cells"] = _with_settings(ours, gp, GATHER_LANES="cells")
-        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, TILE_CHANNELS=32)
-        fns["roiops_backward_tiles_4x16"] = _with_settings(
-            ours, gp, GATHER_TILE_H=4, GATHER_TILE_W=16
+        # the backward by tiles (TILES, off), with 16 and 32 channels a program
+        fns["roiops_backward_tiles"] = _with_settings(ours, gps, TILES=True)
+        fns["roiops_backward_tiles_32_channels"] = _with_settings(
+            ours, gps, TILES=True, TILE_CHANNELS=32
         )
-        # the argmax copied channels last first, against read as the forward wrote it
+    if case.op == "roi_pool":
+        # the backward by tiles (GATHER_BACKWARD, off): lanes over channels, lanes over
+        # cells (GATHER_LANES), 32 channels a program, tiles of 4 rows of 16 cells, and the
+        # argmax copied channels last first rather than read as the forward wrote it
+        tiles = dict(GATHER_BACKWARD=True)
+        fns["roiops_backward_tiles"] = _with_settings(ours, gp, **tiles)
+        fns["roiops_backward_tiles_cells"] = _with_settings(ours, gp, **tiles,
+                                                            GATHER_LANES="cells")  # fmt: skip
+        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, **tiles,
+                                                                  TILE_CHANNELS=32)  # fmt: skip
+        fns["roiops_backward_tiles_4x16"] = _with_settings(
+            ours, gp, **tiles, GATHER_TILE_H=4, GATHER_TILE_W=16
+        )
         fns["roiops_backward_tiles_argmax_copied"] = _with_settings(
-            ours, gp, TILE_ARGMAX_AS_IT_LIES=False
+            ours, gp, **tiles, TILE_ARGMAX_AS_IT_LIES=False
         )
     if case.op == "ps_roi_align":
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
-        fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False, PS_TILES=False)
-        # the launcher's backward by tiles (PS_TILES) against its scatter (by lanes)
-        fns["roiops_backward_scatter"] = _with_settings(ours, ga, PS_TILES=False)
+        fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
+        # the backward by tiles (PS_TILES, off)
+        fns["roiops_backward_tiles"] = _with_settings(ours, ga, PS_TILES=True)
     if case.op == "roi_align":
         # average mode by tiles (TILES, off in the launchers until this times it)
         fns["roiops_backward_tiles"] = _with_settings(ours, ga, TILES=True)
@@ -398,20 +403,21 @@ def _with_settings(fn, module, **values):
     return run
 
 
-# The program orders `program_order` times beside the launchers' (roiops.gpu.tiles):
-# RoI-major and RoIs innermost for every kernel, and the latter with blocks of 32 or 16
-# channels for the kernels whose programs are (RoI, bin, block of channels): with 256
-# channels a block, a map of 256 channels is one block and the order would not change;
-# smaller blocks keep the accumulator's share of a block in L2 (8 bytes a channel: 28 MB
-# at 32 channels, 14 at 16, for the bench's 'b' map against 50 MB of L2; 16 leaves half
-# of a warp's lanes idle)
+# The program orders `program_order` times beside the launchers' (roiops.gpu.tiles: RoIs
+# innermost, 32 channels a scatter program): RoI-major for every kernel with 256 channels
+# a scatter program (the launchers' before 2026-11-27), RoIs innermost with 256, and
+# with 16 channels (the accumulator's share of a block in L2: 8 bytes a channel, 14 MB
+# for the bench's 'b' map against 50 MB of L2; 16 leaves half of a warp's lanes idle)
+# and 32 channels for the NHWC forward too
 PROGRAM_ORDERS = {
-    "rois major": dict(GATHER_ROIS_INNER=False, SCATTER_ROIS_INNER=False),
-    "rois inner": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True),
-    "rois inner, 32 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
-                                    BACKWARD_CHANNELS=32, NHWC_FORWARD_CHANNELS=32),
+    "rois major": dict(GATHER_ROIS_INNER=False, SCATTER_ROIS_INNER=False,
+                       BACKWARD_CHANNELS=256),
+    "rois inner, 256 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
+                                     BACKWARD_CHANNELS=256),
     "rois inner, 16 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
-                                    BACKWARD_CHANNELS=16, NHWC_FORWARD_CHANNELS=32),
+                                    BACKWARD_CHANNELS=16),
+    "rois inner, 32 channels NHWC": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
+                                         NHWC_FORWARD_CHANNELS=32),
 }  # fmt: skip
 
 
@@ -443,7 +449,8 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
 
 # (outputs a program, warps) of the NCHW forward: the launchers' for a fixed sampling grid
 # first, then theirs for an adaptive one (one output a thread), then the others; (channels,
-# warps) of the NHWC forward and of the backward scatter, the launchers' first
+# warps) of the NHWC forward, the launchers' first, and of the backward scatter RoI-major
+# (the launchers' before 2026-11-27 first; theirs now: the first with RoIs innermost)
 FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256, 4), (512, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
@@ -461,7 +468,7 @@ ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
     "window forward": (((16, 16), 8),),
     "nhwc forward": ((64, 1), (32, 1)),
-    "scatter": ((256, 8), (16, 1), (32, 1), (64, 2), (128, 4)),
+    "scatter": ((32, 1), (16, 1), (64, 2), (128, 4), (256, 8)),
     "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),
     "ps scatter": ((256, 8), (128, 4)),
 }
@@ -738,26 +745,24 @@ def summary(report: dict) -> str:
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
         if "roiops_backward_tiles_32_channels" in t and "roiops_backward_tiles_cells" not in t:
-            row(f"{case} bwd ms, op: tiles / scatter in bands / tiles of 32 ch",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
+            row(f"{case} bwd ms, op: scatter / tiles / tiles of 32 ch",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f} / "
                 f"{t['roiops_backward_tiles_32_channels']:.2f}")  # fmt: skip
-        if "roiops_backward_tiles_cells" in t:
-            row(f"{case} bwd ms, op: tiles / scatter / lanes over cells / 32 ch / 4x16",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f} / "
+        elif "roiops_backward_tiles_cells" in t:
+            row(f"{case} bwd ms, op: scatter / tiles / lanes over cells / 32 ch / 4x16",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f} / "
                 f"{t['roiops_backward_tiles_cells']:.2f} / "
                 f"{t['roiops_backward_tiles_32_channels']:.2f} / "
                 f"{t['roiops_backward_tiles_4x16']:.2f}")  # fmt: skip
-            row(f"{case} bwd ms, op: argmax as the forward wrote it / copied channels last",
-                f"{t['roiops_backward']:.3f} / "
+            row(f"{case} bwd ms, tiles: argmax as the forward wrote it / copied channels last",
+                f"{t['roiops_backward_tiles']:.3f} / "
                 f"{t['roiops_backward_tiles_argmax_copied']:.3f}")  # fmt: skip
+        elif "roiops_backward_tiles" in t:
+            row(f"{case} bwd ms, op: scatter / by tiles",
+                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f}")  # fmt: skip
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
-            row(f"{case} bwd ms, op: tiles / scatter by lanes",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_scatter']:.2f}")  # fmt: skip
-        if "roiops_backward_tiles" in t:
-            row(f"{case} bwd ms, op: scatter / by tiles",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f}")  # fmt: skip
         if "scatter_roi_sums" in t:
             row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
                 f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "

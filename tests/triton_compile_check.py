@@ -51,14 +51,14 @@ from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_box_backward_kernel,
     prroi_pool_forward_kernel,
 )
-from roiops.gpu.ps_roi_pool import BAND as PS_BAND  # noqa: E402
-from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_POOL_TILE_CHANNELS  # noqa: E402
-from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_POOL_TILE_WARPS  # noqa: E402
 from roiops.gpu.ps_roi_pool import (  # noqa: E402
+    BAND,
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
     ps_roi_pool_tile_backward_kernel,
 )
+from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_POOL_TILE_CHANNELS  # noqa: E402
+from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_POOL_TILE_WARPS  # noqa: E402
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
     PS_TILE_CHANNELS,
@@ -106,6 +106,9 @@ from roiops.gpu.tiles import (  # noqa: E402
 )
 
 TARGET = GPUTarget("cuda", 90, 32)
+# ps_roi_pool's scatter as differences in bands of rows: the launcher's BAND, or 8 rows
+# where the launcher scatters to every cell (BAND 0; the bands' kernels an alternative)
+PS_BAND = BAND or 8
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
                 "fp64": torch.float64}  # fmt: skip
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -407,7 +410,7 @@ def main(dtypes=DTYPES) -> int:
             {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
             {**gather, "BLOCK_C": PS_POOL_TILE_CHANNELS, "stride_w": 1}, PS_POOL_TILE_WARPS,
         )  # fmt: skip
-        # the scatter to every cell, and as differences in the launcher's bands of rows
+        # the scatter to every cell, and as differences in bands of PS_BAND rows
         for band in sorted({0, PS_BAND}):
             compile_for_gpu(
                 ps_roi_pool_backward_kernel, bwd,

@@ -3,13 +3,14 @@
 Quantization as ``roiops.reference.ps_roi_pool`` (torchvision's forward, bins clipped to
 the last row and column), with roi_pool's rounding and bin edges
 (``roiops.gpu.roi_pool``), dividing in IEEE. Forward: one program per (RoI, block of its
-outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward by
-tiles (``TILES``): one program per (tile of cells, bin p, block of output channels) sums
-``grad / area`` of the RoIs whose bin p holds each cell, in the reference's order, and
-writes its cells once. Otherwise (RoI lists too large) one program per (RoI, block of its
-outputs), lane (p, c) adding ``grad / area`` to the cells of bin p in the fixed-point
-accumulator (``roiops.gpu.fixed_point``), as differences at the corners of the bin's
-rectangle (``BAND``), which the conversion sums up.
+outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Backward:
+one program per (RoI, block of its outputs), lane (p, c) adding ``grad / area`` to the
+cells of bin p in the fixed-point accumulator (``roiops.gpu.fixed_point``), to each cell
+or, with ``BAND`` > 0, as differences at the corners of the bin's rectangle, which the
+conversion sums up. Built and tested but off, both slower on an H100: the differences
+(``BAND``), and a backward by tiles (``TILES``: one program per (tile of cells, bin p,
+block of output channels) sums ``grad / area`` of the RoIs whose bin p holds each cell,
+in the reference's order, and writes its cells once).
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ from roiops.gpu.tiles import (
 # (``Accumulator(band=BAND)``): at most 4 atomics per band of BAND rows the bin crosses,
 # instead of one per cell (a bin of 3x4 cells: 4 instead of 12; 4.28 instead of 10.25 a
 # bin on average over the R-FCN boxes of `roiops bench --device cuda`); the conversion then
-# adds up each band's rows one after the other. 0: one atomic per cell.
-BAND = 8
+# adds up each band's rows one after the other. 0: one atomic per cell, the fastest on an
+# H100 (5b130dd, the bench's R-FCN case, the op: 0.18 ms; bands of 1, 8 and 16 rows
+# 0.22, 0.25 and 0.28: the bands' conversion, 0.12-0.18 ms against 0.06, costs more than
+# the atomics save; torchvision 0.13).
+BAND = 0
 # The backward by tiles (``TILES``), as roi_pool's (``roiops.gpu.roi_pool``, whose RoI
 # lists and tile sizes it shares): one program per (tile, bin p, TILE_CHANNELS output
 # channels: input channels ``c * PH * PW + p``) sums in registers, for each of its cells
@@ -61,9 +65,9 @@ BAND = 8
 # whole backward 0.12), no atomics, the reference's bits. By instruction count (~43 RoIs
 # listed a tile, the bin of ~4 of them reaching it: 126 x 49 x 2 programs of 16
 # channels)
-# well under 0.05 ms on that case: NOT YET TIMED on a GPU (`backward_passes` times it
-# against the scatter in bands).
-TILES = True
+# well under 0.05 ms on that case. OFF: timed on an H100 (5b130dd), 0.62 ms (0.49 with
+# 32 channels a program) against the scatter's 0.18-0.25.
+TILES = False
 TILE_CHANNELS = 16
 TILE_WARPS = 4
 

@@ -58,8 +58,9 @@ SPAN = 8
 # channels): a RoI whose sampling points touch at most ROI_SPAN x ROI_SPAN cells has its
 # bins' contributions summed per cell in registers first, then one atomic per cell and
 # channel (a RoI of 5x5 cells under 7x7 bins of 2x2 points: 36 atomics a channel instead
-# of 49 bins x 4 = 196). Off by default (ROI_SUMS) until it is measured on a GPU; `make
-# gpu`'s backward_passes part times both.
+# of 49 bins x 4 = 196). Off (ROI_SUMS): timed on an H100 (5b130dd, the op, ms), 1.45
+# on 'a small sr=0', 1.48 on 'a small sr=2', 1.45 on 'b sr=2', 1.07 on FPN's P2, against
+# the scatter bin by bin's 0.68, 0.69, 1.37, 0.98.
 ROI_SUMS = False
 ROI_SPAN = 16
 ROI_CHANNELS = 32
@@ -68,7 +69,8 @@ ROI_CHANNELS = 32
 # instead of one program per (RoI, bin, block of output channels), which held 21 of 32
 # lanes busy on one warp for R-FCN's 21 classes (8 for its box coordinates) and summed
 # each window's weights with a reduction across the lanes per cell. The same bits either
-# way; not yet timed on a GPU (`make gpu`'s backward_passes part times both).
+# way. Timed on an H100 (5b130dd, the bench's R-FCN case): 0.17 ms against 0.18 a
+# program per bin (the op; torchvision 0.16).
 PS_LANES = True
 # Position-sensitive backward by tiles (``PS_TILES``), as ps_roi_pool's
 # (``roiops.gpu.ps_roi_pool.TILES``, roi_pool's RoI lists and tile sizes): one program per
@@ -77,16 +79,18 @@ PS_LANES = True
 # weights at the cell) in registers, in ascending RoI order, and writes its cells once:
 # none of the fixed-point passes (0.12 ms of the 0.29 the op took on the bench's R-FCN
 # case on an H100 at c140be5; torchvision's whole backward 0.15), no atomics. Float32
-# sums in a fixed order: deterministic, the reference's within float rounding. NOT YET
-# TIMED on a GPU (`backward_passes` times it against the scatter).
-PS_TILES = True
+# sums in a fixed order: deterministic, the reference's within float rounding. OFF: timed
+# on an H100 (5b130dd, that case), 0.81 ms against the scatter by lanes' 0.17.
+PS_TILES = False
 PS_TILE_CHANNELS = 16
 # Average-mode backward by tiles (``TILES``, roi_align_tile_backward_kernel), as the
 # position-sensitive one with all of a RoI's bins in each program (TILE_CHANNELS channels
 # a program): none of the fixed-point passes (0.34 ms of the 0.63 the op took on the
 # bench's 'a small sr=0' at c140be5, torchvision 0.47), float32 sums in RoI order. By
 # instruction count ~0.25 ms on 'a small sr=0', ~1 ms on 'b sr=2' (the scatter's op 1.31,
-# torchvision 2.46). Off until timed on a GPU (`backward_passes` times the op with it).
+# torchvision 2.46). OFF: timed on an H100 (5b130dd, the op, ms), 1.63 on 'a small sr=0',
+# 1.87 on 'a small sr=2', 6.30 on 'b sr=2', 1.12 on FPN's P2, against the scatter's 0.68,
+# 0.69, 1.37 and 0.98.
 TILES = False
 TILE_CHANNELS = 16
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of

@@ -1,13 +1,14 @@
 """RoIPool in Triton: forward (max + argmax) and a deterministic backward.
 
 The forward runs one program per (RoI, block of its outputs), as
-``roiops.gpu.roi_align``'s. The backward gathers (``GATHER_BACKWARD``): one program per
-(tile of cells, block of channels) sums, cell by cell, the gradients of the outputs whose
-argmax the cell is, in the reference's order, so the same bits on every run and as the
-reference. Where its RoI lists would not fit, and for the FPN pooler's levels, one
-program per (RoI, block of channels) over all of the RoI's bins (``roiops.gpu.tiles``)
-adds each output's gradient to its argmax cell in the fixed-point accumulator of
-``roiops.gpu.fixed_point`` (one int64 atomic per output). Quantization follows
+``roiops.gpu.roi_align``'s. The backward scatters: one program per (RoI, block of
+channels) over all of the RoI's bins (``roiops.gpu.tiles``) adds each output's gradient
+to its argmax cell in the fixed-point accumulator of ``roiops.gpu.fixed_point`` (one
+int64 atomic per output), the same bits on every run. A backward by tiles
+(``GATHER_BACKWARD``: one program per (tile of cells, block of channels) sums, cell by
+cell, the gradients of the outputs whose argmax the cell is, in the reference's order, so
+the reference's bits) is built and tested but off: on an H100 it was 1.5-2.5x slower
+than the scatter. Quantization follows
 ``roiops.reference.roi_pool``; the bin edges ``floor(p * size / pooled)`` and
 ``ceil((p + 1) * size / pooled)`` divide in IEEE, as torchvision's CUDA kernel does, so
 the bins, the forward and the argmax are torchvision's bit for bit.
@@ -60,10 +61,12 @@ FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 # RoIs over a cell) counts to ~1 ms of instructions, above the scatter's 0.7. By
 # instruction and latency counts the lanes over channels take ~0.1 ms on 'a small' and
 # ~0.3 on 'b' (torchvision 0.22 and 0.45), bound by each bin's chain of loads, add and
-# store (the argmax is loaded a bin ahead): NOT YET TIMED on a GPU (`make gpu-tune`'s
-# backward_passes part times the kernels, sizes and the scatter). The lists take
-# ``tiles * K`` int32; above GATHER_LIST_LIMIT entries the scatter runs.
-GATHER_BACKWARD = True
+# store (the argmax is loaded a bin ahead). The lists take ``tiles * K`` int32; above
+# GATHER_LIST_LIMIT entries the scatter runs. OFF: timed on an H100 (5b130dd, the op, ms,
+# 'a small' / 'b'), the tiles took 1.39 / 1.17, with 32 channels 1.11 / 1.01, tiles of
+# 4x16 1.23 / 1.03, lanes over cells 0.51 / 4.21, against the scatter's 0.56 / 0.79
+# (torchvision 0.26 / 0.49): those counts were 5-10x short of the time.
+GATHER_BACKWARD = False
 GATHER_LANES = "channels"
 TILE_CHANNELS = 128
 # The lanes over channels read the argmax as the forward wrote it (channel-major from the
@@ -72,8 +75,10 @@ TILE_CHANNELS = 128
 # read and a write of K x C x P int32, 51 MB and ~0.03 ms by bandwidth on the bench's 'a
 # small'). The same DRAM bytes either way when a lane's next bins stay in L1 (the program
 # visits a RoI's bins in order, 128 lanes x a 32-byte sector); more L1 requests a load.
-# NOT YET TIMED on a GPU: `make gpu-tune`'s backward_passes times both.
-TILE_ARGMAX_AS_IT_LIES = True
+# Off: timed on an H100 (5b130dd), the tiles took 1.39 / 1.17 ms ('a small' / 'b')
+# reading it as it lies, 0.88 / 0.87 with the copy first (the L1 requests cost more than
+# the copy's bytes); the scatter 0.56 / 0.79.
+TILE_ARGMAX_AS_IT_LIES = False
 GATHER_TILE_H = 8
 GATHER_TILE_W = 8
 GATHER_CHANNELS = 16

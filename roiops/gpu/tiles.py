@@ -51,22 +51,28 @@ from roiops.gpu.launch import Kernel
 #   grow with its size) one output a thread, 256 on 8 warps: 0.59 of the time on 'a
 #   large sr=0' (7.35 ms, torchvision 8.16; 2 a thread: 9.4-15.4 ms, whatever the
 #   program), where a bin holds up to 19x19 points, but 1.19 on 'a small sr=0';
-# - backward scatter: one channel per thread (256 channels on 8 warps): 0.362 / 1.148 /
-#   0.202 ms, against 0.447 / 1.567 / 0.280 for 2 a thread (4 warps): twice the threads
-#   in flight for the atomics to wait on;
+# - backward scatter: one channel per thread, 32 channels on one warp, with the RoIs
+#   innermost (SCATTER_ROIS_INNER): on an H100 at 5b130dd, the op's backward on roi_align
+#   'a large sr=0' / 'a large sr=2' / 'b sr=2' / 'b sr=2 NHWC' / FPN took 5.64 / 1.22 /
+#   1.12 / 1.09 / 3.33 ms, against 13.63 / 1.71 / 1.55 / 1.57 / 3.52 for 256 channels on
+#   8 warps RoI-major (and 9.1 / 2.0 / 1.6 / 1.6 / 5.1 for 16 channels): the programs in
+#   flight add into a few channels of every RoI's window, whose accumulator lines L2
+#   keeps; the kernels alone (kernel_configs) took roi_align's scatter 'b sr=2' 0.70 ms
+#   against 1.16, roi_pool's 'b' 0.27 against 0.53. (Earlier, RoI-major: 256 channels on
+#   8 warps 0.362 / 1.148 / 0.202 ms, against 0.447 / 1.567 / 0.280 for 2 a thread.)
 # - NHWC forward: 64 channels on 1 warp, 2 a thread: 0.307 ms on 'b sr=2 NHWC', 0.320 for
 #   128 on 2 warps, 0.333 for 256 on 4.
 FORWARD_BLOCK = 64
 FORWARD_PER_THREAD = 2
 ADAPTIVE_FORWARD_BLOCK = 256
 ADAPTIVE_FORWARD_PER_THREAD = 1
-BACKWARD_CHANNELS = 256
+BACKWARD_CHANNELS = 32
 BACKWARD_PER_THREAD = 1
 NHWC_FORWARD_CHANNELS = 64
 NHWC_FORWARD_PER_THREAD = 2
 # - position-sensitive backward (``roi_outputs_tile``): 256 of a RoI's (bin, channel)
-#   outputs a program, one a thread, as the scatter above (NOT YET TIMED on a GPU; a
-#   program per (RoI, bin) held 21 busy lanes of one warp for R-FCN's 21 classes)
+#   outputs a program, one a thread (on an H100, 0.17 ms for the R-FCN case's op against
+#   0.18 a program per (RoI, bin), which held 21 busy lanes of one warp for 21 classes)
 PS_BACKWARD_OUTPUTS = 256
 # Program order (module docstring), read at every launch. RoI-major, the NCHW forward
 # kernels fetch 1.5 / 2.5 / 3.2 GB from memory on the bench's roi_align 'b sr=2', 'a
@@ -77,15 +83,14 @@ PS_BACKWARD_OUTPUTS = 256
 # ms there, torchvision (RoI-major too) 0.54-0.68 / 0.85-0.87 / 1.20-1.22: they wait on memory.
 # RoIs innermost, the maps are fetched about once (0.03-0.04 ms) and the rest read from
 # L2, which the same sectors pass through in either order: the forward kernels read the
-# maps with RoIs innermost, a choice by that count, NOT YET TIMED on a GPU (`make gpu`'s
-# program_order part times both orders against torchvision). The scatter kernels stay
-# RoI-major: roi_align's adds 256 channels a program, so a 256-channel map is one block
-# and the order changes nothing, and roi_pool's one atomic per output (12.5M in 0.51 ms
-# on 'b') is not bound by the accumulator's memory traffic (at most a 128-byte line read
-# and written per bin and block of 16 channels: 0.2 GB); program_order also times them
-# RoIs innermost, with 32 channels a program.
+# maps with RoIs innermost, a choice by that count (on an H100 at 5b130dd, program_order:
+# 'b sr=2' 0.33 ms against 0.56 RoI-major, 'a large sr=2' 0.43 against 0.85, roi_pool
+# 'b' 0.97 against 1.36; equal within noise on the small cases). The scatter kernels too,
+# with 32 channels a program (BACKWARD_CHANNELS above): 1.1-2.4x faster where the RoIs
+# are large or many; RoI-major with 256 channels a program, a 256-channel map was one
+# block and the order changed nothing.
 GATHER_ROIS_INNER = True
-SCATTER_ROIS_INNER = False
+SCATTER_ROIS_INNER = True
 # The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
 # of up to this many elements (bins in steps of up to ARGMAX_BINS)
 ARGMAX_TILE = 1024
