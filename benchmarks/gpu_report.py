@@ -266,10 +266,8 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     kernel and the conversion to float, each timed alone (host time of a call and a
     synchronisation), beside torchvision's whole (float-atomic) backward; for roi_align,
     the scatter and the op also with small RoIs summed per cell first
-    (``roiops.gpu.roi_align.ROI_SUMS``); for roi_pool and the position-sensitive ops,
-    the op also by tiles, without those passes (``roiops.gpu.roi_pool.GATHER_BACKWARD``,
-    ``roiops.gpu.ps_roi_pool.TILES``, ``roiops.gpu.roi_align.PS_TILES``: off, slower on
-    an H100 at 5b130dd)."""
+    (``roiops.gpu.roi_align.ROI_SUMS``); for ps_roi_pool, the scatter in bands of rows
+    (``BAND``); for ps_roi_align, a program per bin (``PS_LANES`` off)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -330,38 +328,12 @@ def _pass_times(case, device: str) -> dict:
             fns[f"scatter_band_{other}"] = partial(gps.ps_roi_pool_scatter, cells, grad, rois,
                                                    lv.spatial_scale)  # fmt: skip
             fns[f"convert_band_{other}"] = partial(cells.write_to, gx)
-            fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other,
-                                                                  TILES=False)  # fmt: skip
-        # the backward by tiles (TILES, off), with 16 and 32 channels a program
-        fns["roiops_backward_tiles"] = _with_settings(ours, gps, TILES=True)
-        fns["roiops_backward_tiles_32_channels"] = _with_settings(
-            ours, gps, TILES=True, TILE_CHANNELS=32
-        )
-    if case.op == "roi_pool":
-        # the backward by tiles (GATHER_BACKWARD, off): lanes over channels, lanes over
-        # cells (GATHER_LANES), 32 channels a program, tiles of 4 rows of 16 cells, and the
-        # argmax copied channels last first rather than read as the forward wrote it
-        tiles = dict(GATHER_BACKWARD=True)
-        fns["roiops_backward_tiles"] = _with_settings(ours, gp, **tiles)
-        fns["roiops_backward_tiles_cells"] = _with_settings(ours, gp, **tiles,
-                                                            GATHER_LANES="cells")  # fmt: skip
-        fns["roiops_backward_tiles_32_channels"] = _with_settings(ours, gp, **tiles,
-                                                                  TILE_CHANNELS=32)  # fmt: skip
-        fns["roiops_backward_tiles_4x16"] = _with_settings(
-            ours, gp, **tiles, GATHER_TILE_H=4, GATHER_TILE_W=16
-        )
-        fns["roiops_backward_tiles_argmax_copied"] = _with_settings(
-            ours, gp, **tiles, TILE_ARGMAX_AS_IT_LIES=False
-        )
+            fns[f"roiops_backward_band_{other}"] = _with_settings(ours, gps, BAND=other)
     if case.op == "ps_roi_align":
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
         fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
-        # the backward by tiles (PS_TILES, off)
-        fns["roiops_backward_tiles"] = _with_settings(ours, ga, PS_TILES=True)
     if case.op == "roi_align":
-        # average mode by tiles (TILES, off in the launchers until this times it)
-        fns["roiops_backward_tiles"] = _with_settings(ours, ga, TILES=True)
         fns["scatter_roi_sums"] = _with_roi_sums(scatter)
         fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
         # RoIs of up to 32 cells a side (FPN's are 14-28 at their level), 8 channels a program
@@ -404,20 +376,21 @@ def _with_settings(fn, module, **values):
 
 
 # The program orders `program_order` times beside the launchers' (roiops.gpu.tiles: RoIs
-# innermost, 32 channels a scatter program): RoI-major for every kernel with 256 channels
-# a scatter program (the launchers' before 2026-11-27), RoIs innermost with 256, and
+# innermost but for adaptive grids' forwards, 32 channels a scatter program): RoI-major
+# for every kernel with 256 channels a scatter program (the launchers' scatters before
+# 2026-11-27), RoIs innermost everywhere with 256, and
 # with 16 channels (the accumulator's share of a block in L2: 8 bytes a channel, 14 MB
 # for the bench's 'b' map against 50 MB of L2; 16 leaves half of a warp's lanes idle)
 # and 32 channels for the NHWC forward too
 PROGRAM_ORDERS = {
     "rois major": dict(GATHER_ROIS_INNER=False, SCATTER_ROIS_INNER=False,
-                       BACKWARD_CHANNELS=256),
+                       ADAPTIVE_ROIS_INNER=False, BACKWARD_CHANNELS=256),
     "rois inner, 256 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
-                                     BACKWARD_CHANNELS=256),
+                                     ADAPTIVE_ROIS_INNER=True, BACKWARD_CHANNELS=256),
     "rois inner, 16 channels": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
-                                    BACKWARD_CHANNELS=16),
+                                    ADAPTIVE_ROIS_INNER=True, BACKWARD_CHANNELS=16),
     "rois inner, 32 channels NHWC": dict(GATHER_ROIS_INNER=True, SCATTER_ROIS_INNER=True,
-                                         NHWC_FORWARD_CHANNELS=32),
+                                         ADAPTIVE_ROIS_INNER=True, NHWC_FORWARD_CHANNELS=32),
 }  # fmt: skip
 
 
@@ -744,22 +717,6 @@ def summary(report: dict) -> str:
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",
                 f"{t[f'scatter_band_{other}']:.2f} + {t[f'convert_band_{other}']:.2f} / "
                 f"{t[f'roiops_backward_band_{other}']:.2f}")  # fmt: skip
-        if "roiops_backward_tiles_32_channels" in t and "roiops_backward_tiles_cells" not in t:
-            row(f"{case} bwd ms, op: scatter / tiles / tiles of 32 ch",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f} / "
-                f"{t['roiops_backward_tiles_32_channels']:.2f}")  # fmt: skip
-        elif "roiops_backward_tiles_cells" in t:
-            row(f"{case} bwd ms, op: scatter / tiles / lanes over cells / 32 ch / 4x16",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f} / "
-                f"{t['roiops_backward_tiles_cells']:.2f} / "
-                f"{t['roiops_backward_tiles_32_channels']:.2f} / "
-                f"{t['roiops_backward_tiles_4x16']:.2f}")  # fmt: skip
-            row(f"{case} bwd ms, tiles: argmax as the forward wrote it / copied channels last",
-                f"{t['roiops_backward_tiles']:.3f} / "
-                f"{t['roiops_backward_tiles_argmax_copied']:.3f}")  # fmt: skip
-        elif "roiops_backward_tiles" in t:
-            row(f"{case} bwd ms, op: scatter / by tiles",
-                f"{t['roiops_backward']:.2f} / {t['roiops_backward_tiles']:.2f}")  # fmt: skip
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip

@@ -266,7 +266,6 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
 
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
-    from roiops.gpu import roi_pool as gpu_pool
 
     gpu_report = load()
     plumbing_only(monkeypatch, gpu_report)
@@ -282,41 +281,25 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
                           "ps_roi_align tiny ps"}  # fmt: skip
     passes = {"zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
               "torchvision_backward", "roiops_backward"}  # fmt: skip
-    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8",
-                "roiops_backward_tiles"}  # fmt: skip
+    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (1, 8, 16)}  # fmt: skip
-    per_bin = {"scatter_per_bin", "roiops_backward_per_bin", "roiops_backward_tiles"}
-    tiles = {"roiops_backward_tiles", "roiops_backward_tiles_cells",
-             "roiops_backward_tiles_32_channels", "roiops_backward_tiles_4x16",
-             "roiops_backward_tiles_argmax_copied"}  # fmt: skip
-    ps_tiles = {"roiops_backward_tiles", "roiops_backward_tiles_32_channels"}
-    extras = {"roi_align": roi_sums, "ps_roi_pool": bands | ps_tiles, "ps_roi_align": per_bin,
-              "roi_pool": tiles}  # fmt: skip
+    per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
+    extras = {"roi_align": roi_sums, "ps_roi_pool": bands, "ps_roi_align": per_bin}
     for case, t in times.items():
         assert set(t) == passes | extras.get(case.split()[0], set())
         assert all(ms > 0 for ms in t.values())
     # put back after the timing
     assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
-    assert not gpu_pool.GATHER_BACKWARD and gpu_pool.GATHER_LANES == "channels"
-    assert not gpu_ps_pool.TILES and gpu_ps_pool.TILE_CHANNELS == 16 and not gpu_align.PS_TILES
-    assert gpu_pool.TILE_CHANNELS == 128 and not gpu_align.TILES
-    assert (gpu_pool.GATHER_TILE_H, gpu_pool.GATHER_TILE_W) == (8, 8)
-    assert not gpu_pool.TILE_ARGMAX_AS_IT_LIES
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_pool tiny bwd ms: zero and max|g| + scatter + convert / op / tv" in table
     assert "roi_pool tiny bwd ms, zero and max|g|: one launch / torch.zeros + vector_norm" in table
     assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
-    assert "roi_align tiny sr=0 bwd ms, op: scatter / by tiles" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 1 rows: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
-    assert "ps_roi_align tiny ps bwd ms, op: scatter / by tiles" in table
-    assert "roi_pool tiny bwd ms, op: scatter / tiles / lanes over cells / 32 ch / 4x16" in table
-    assert "roi_pool tiny bwd ms, tiles: argmax as the forward wrote it / copied" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 8 rows: scatter + convert / op" in table
-    assert "ps_roi_pool tiny ps bwd ms, op: scatter / tiles / tiles of 32 ch" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

@@ -55,13 +55,9 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
     BAND,
     ps_roi_pool_backward_kernel,
     ps_roi_pool_forward_kernel,
-    ps_roi_pool_tile_backward_kernel,
 )
-from roiops.gpu.ps_roi_pool import TILE_CHANNELS as PS_POOL_TILE_CHANNELS  # noqa: E402
-from roiops.gpu.ps_roi_pool import TILE_WARPS as PS_POOL_TILE_WARPS  # noqa: E402
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
-    PS_TILE_CHANNELS,
     ROI_CHANNELS,
     ROI_SPAN,
     SPAN,
@@ -74,28 +70,16 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
     roi_align_small_backward_kernel,
-    roi_align_tile_backward_kernel,
-    roi_align_tile_lists_kernel,
     roi_align_window_forward_kernel,
 )
-from roiops.gpu.roi_align import TILE_CHANNELS as ALIGN_TILE_CHANNELS  # noqa: E402
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
     roi_align_rotated_forward_kernel,
 )
 from roiops.gpu.roi_pool import (  # noqa: E402
-    GATHER_CHANNELS,
-    GATHER_LIST_BLOCK,
-    GATHER_TILE_H,
-    GATHER_TILE_W,
-    GATHER_WARPS,
-    TILE_CHANNELS,
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
-    roi_pool_gather_backward_kernel,
-    roi_pool_tile_backward_kernel,
-    roi_pool_tile_lists_kernel,
 )
 from roiops.gpu.tiles import (  # noqa: E402
     UNSPECIALISED,
@@ -339,21 +323,6 @@ def main(dtypes=DTYPES) -> int:
             roi_align_backward_kernel, bwd,
             {**ps, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True}, bwd_warps,
         )  # fmt: skip
-        # (by tiles, PS_TILES, the launcher's: the RoI lists, the sums into an NCHW gradient)
-        tiled = {"PH": 7, "PW": 7, "ALIGNED": True, "TILE_H": GATHER_TILE_H,
-                 "TILE_W": GATHER_TILE_W}  # fmt: skip
-        if dt in ("fp32", "fp64"):
-            compile_for_gpu(
-                roi_align_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
-                {**tiled, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
-            )  # fmt: skip
-        # (average mode, every bin a program; position-sensitive, a bin a program)
-        for ps, channels in ((False, ALIGN_TILE_CHANNELS), (True, PS_TILE_CHANNELS)):
-            compile_for_gpu(
-                roi_align_tile_backward_kernel,
-                {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
-                {**tiled, "BLOCK_C": channels, "stride_w": 1, "PS": ps}, 4,
-            )  # fmt: skip
         # (and with a RoI's (bin, channel) outputs in the lanes: PS_LANES)
         compile_for_gpu(
             ps_roi_align_backward_kernel, {k: v for k, v in bwd.items() if k != "ARGMAX"},
@@ -396,20 +365,7 @@ def main(dtypes=DTYPES) -> int:
             {"NUM_LEVELS": 4, **argmax_tile, "ARGMAX_CM": True}, argmax_warps,
         )  # fmt: skip
         ps_pool = {"PH": 7, "PW": 7}
-        gather = {"PH": 7, "PW": 7, "TILE_H": GATHER_TILE_H, "TILE_W": GATHER_TILE_W}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
-        # the backward by tiles (TILES): the RoI lists of position-sensitive boxes, the sums
-        # into an NCHW gradient
-        if dt in ("fp32", "fp64"):
-            compile_for_gpu(
-                roi_pool_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
-                {**gather, "BLOCK_K": GATHER_LIST_BLOCK, "PS": True}, 4,
-            )  # fmt: skip
-        compile_for_gpu(
-            ps_roi_pool_tile_backward_kernel,
-            {"G": f"*{dt}", "ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32", "GX": f"*{dt}"},
-            {**gather, "BLOCK_C": PS_POOL_TILE_CHANNELS, "stride_w": 1}, PS_POOL_TILE_WARPS,
-        )  # fmt: skip
         # the scatter to every cell, and as differences in bands of PS_BAND rows
         for band in sorted({0, PS_BAND}):
             compile_for_gpu(
@@ -426,33 +382,6 @@ def main(dtypes=DTYPES) -> int:
             compile_for_gpu(
                 roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
             )
-        # the backward by tiles (GATHER_BACKWARD): the RoI lists, the gather into an NCHW
-        # gradient (stride_w 1, specialised) from either argmax layout
-        gather = {"PH": 7, "PW": 7, "TILE_H": GATHER_TILE_H, "TILE_W": GATHER_TILE_W}
-        if dt in ("fp32", "fp64"):  # (the lists read the RoIs alone)
-            compile_for_gpu(
-                roi_pool_tile_lists_kernel, {"ROIS": rois, "LISTS": "*i32", "COUNTS": "*i32"},
-                {**gather, "BLOCK_K": GATHER_LIST_BLOCK}, 4,
-            )  # fmt: skip
-        # (lanes over channels, GATHER_LANES "channels": sums made in a float32 gradient for
-        # half precision, float64 for float64)
-        for cm in (True, False):
-            compile_for_gpu(
-                roi_pool_tile_backward_kernel,
-                {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32",
-                 "COUNTS": "*i32", "GX": "*fp64" if dt == "fp64" else "*fp32"},
-                {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": TILE_CHANNELS,
-                 "ARGMAX_CM": cm, "stride_w": 1},
-                TILE_CHANNELS // 32,
-            )  # fmt: skip
-            compile_for_gpu(
-                roi_pool_gather_backward_kernel,
-                {"G": f"*{dt}", "ARGMAX": "*i32", "ROIS": rois, "LISTS": "*i32",
-                 "COUNTS": "*i32", "GX": f"*{dt}"},
-                {**gather, "PH_BITS": 3, "PW_BITS": 3, "BLOCK_C": GATHER_CHANNELS,
-                 "ARGMAX_CM": cm, "stride_w": 1},
-                GATHER_WARPS,
-            )  # fmt: skip
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
             {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": amax_block(TORCH_DTYPES[dt])}, ZERO_WARPS,

@@ -124,7 +124,7 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
+        ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0), num_warps=num_warps,
     )  # fmt: skip
     return out
 

@@ -7,17 +7,17 @@ outputs), lane (c, p) averaging bin p of input channel ``c * PH * PW + p``. Back
 one program per (RoI, block of its outputs), lane (p, c) adding ``grad / area`` to the
 cells of bin p in the fixed-point accumulator (``roiops.gpu.fixed_point``), to each cell
 or, with ``BAND`` > 0, as differences at the corners of the bin's rectangle, which the
-conversion sums up. Built and tested but off, both slower on an H100: the differences
-(``BAND``), and a backward by tiles (``TILES``: one program per (tile of cells, bin p,
-block of output channels) sums ``grad / area`` of the RoIs whose bin p holds each cell,
-in the reference's order, and writes its cells once).
+conversion sums up (off: slower on an H100). (A backward by tiles, one program per
+tile of cells, bin p and block of output channels summing ``grad / area`` of the RoIs
+whose bin p holds each cell, was built and measured on an H100 at 5b130dd: 0.62 ms on
+the bench's R-FCN case against this scatter's 0.18; removed.)
 """
 
 from __future__ import annotations
 
 import triton.language as tl
 
-from roiops.gpu import roi_pool, tiles
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import (
     Accumulator,
     accumulator_channel,
@@ -28,19 +28,13 @@ from roiops.gpu.roi_align import input_channel
 from roiops.gpu.roi_pool import (
     bin_edges,
     ps_quantized_roi,
-    store_tile,
-    tile_bin_channels,
-    tile_cells,
     widest_bin,
 )
 from roiops.gpu.rois import div_rn, scale_bits
 from roiops.gpu.tiles import (
     bins_grid,
     bins_tile,
-    cdiv,
-    check_grid,
     kernel,
-    next_power_of_2,
     output_offsets,
     roi_outputs_grid,
     roi_outputs_tile,
@@ -56,20 +50,6 @@ from roiops.gpu.tiles import (
 # 0.22, 0.25 and 0.28: the bands' conversion, 0.12-0.18 ms against 0.06, costs more than
 # the atomics save; torchvision 0.13).
 BAND = 0
-# The backward by tiles (``TILES``), as roi_pool's (``roiops.gpu.roi_pool``, whose RoI
-# lists and tile sizes it shares): one program per (tile, bin p, TILE_CHANNELS output
-# channels: input channels ``c * PH * PW + p``) sums in registers, for each of its cells
-# and channels, ``grad / area`` of the listed RoIs whose bin p holds the cell, and writes
-# its cells once: none of the fixed-point passes (zeroing, max |grad|, conversion: 0.12 ms
-# of the 0.28 the op took on the bench's R-FCN case on an H100 at c140be5, torchvision's
-# whole backward 0.12), no atomics, the reference's bits. By instruction count (~43 RoIs
-# listed a tile, the bin of ~4 of them reaching it: 126 x 49 x 2 programs of 16
-# channels)
-# well under 0.05 ms on that case. OFF: timed on an H100 (5b130dd), 0.62 ms (0.49 with
-# 32 channels a program) against the scatter's 0.18-0.25.
-TILES = False
-TILE_CHANNELS = 16
-TILE_WARPS = 4
 
 
 @kernel
@@ -159,41 +139,6 @@ def ps_roi_pool_backward_kernel(
             add_to_cell(channel, at + w1, C_acc, share, scale, right & piece & ends)
 
 
-@kernel
-def ps_roi_pool_tile_backward_kernel(
-    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits,
-    stride_n, stride_c, stride_h, stride_w,
-    PH: tl.constexpr, PW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    """GX[n, c * PH * PW + p, h, w] (any strides) = the sum of ``grad[k, c, p] / area``
-    over the RoIs k of the tile's list (``roi_pool_tile_lists_kernel`` with PS) whose bin
-    p holds cell (h, w), in ascending order: the reference's additions in its order. One
-    program per (tile, bin p, block of BLOCK_C output channels), whose input channels all
-    take bin p: its edges are the same for every lane, and a RoI whose bin p misses the
-    tile costs its geometry alone; a [channels, cells] tile summed in registers and
-    written once."""
-    P: tl.constexpr = PH * PW
-    tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
-    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
-    dt = ROIS.dtype.element_ty
-    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
-    for j in range(0, tl.load(COUNTS + tile)):
-        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
-        _, start_h, start_w, roi_h, roi_w, _ = ps_quantized_roi(ROIS, k, N, scale_bits)
-        # bin p, clipped to the last row and column as the forward's
-        h0, h1 = bin_edges(start_h, roi_h, p // PW, PH, H - 1, dt)
-        w0, w1 = bin_edges(start_w, roi_w, p % PW, PW, W - 1, dt)
-        if (h0 < top + TILE_H) & (h1 > top) & (w0 < left + TILE_W) & (w1 > left):
-            at = (tl.cast(k, tl.int64) * C + c) * P + p
-            g = tl.load(G + at, mask=c_ok, other=0.0).to(dt)
-            share = div_rn(g, tl.maximum((h1 - h0) * (w1 - w0), 1).to(dt))  # (0: an empty bin)
-            holds = (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
-            acc = tl.where(holds[None, :], acc + share[:, None], acc)
-    c_in = c.to(tl.int64) * P + p
-    store_tile(GX, acc, n, c_in, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
-
-
 # ----------------------------------------------------------------------------- launchers
 def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     """``out[K, C // (ph * pw), ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW)."""
@@ -211,27 +156,8 @@ def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
 
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):
-    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: by
-    tiles (``TILES``, where the tiles' RoI lists fit ``roi_pool.GATHER_LIST_LIMIT``), else
-    by the fixed-point scatter."""
-    N, C_in, H, W = grad_input.shape
-    K, C, pooled_h, pooled_w = grad.shape
-    tiles = roi_pool.tile_count(N, H, W)
-    if TILES and tiles * K <= roi_pool.GATHER_LIST_LIMIT:
-        if tiles == 0:
-            return grad_input
-        bits = scale_bits(spatial_scale)
-        lists, counts = roi_pool.pool_tile_lists(rois, N, H, W, tiles, bits, pooled_h,
-                                                 pooled_w, ps=True, op="ps_roi_pool")  # fmt: skip
-        mode = dict(PH=pooled_h, PW=pooled_w, TILE_H=roi_pool.GATHER_TILE_H,
-                    TILE_W=roi_pool.GATHER_TILE_W)  # fmt: skip
-        block_c = min(TILE_CHANNELS, next_power_of_2(C))
-        programs = tiles * pooled_h * pooled_w * cdiv(C, block_c)
-        ps_roi_pool_tile_backward_kernel[check_grid(programs, "ps_roi_pool")](
-            grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
-            *grad_input.stride(), **mode, BLOCK_C=block_c, num_warps=TILE_WARPS,
-        )  # fmt: skip
-        return grad_input
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: the
+    fixed-point scatter, then the conversion."""
     band = BAND if Accumulator.takes_bands(grad_input.shape) else 0
     sums = Accumulator(grad, grad_input.shape, bins=grad.shape[2] * grad.shape[3], band=band)
     ps_roi_pool_scatter(sums, grad, rois, spatial_scale)

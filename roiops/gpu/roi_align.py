@@ -13,7 +13,10 @@ the bilinear weights of all the bin's sampling points: the weight a cell (y, x) 
 separable, ``Ay[y] * Ax[x]`` with ``Ay[y]`` the summed row weights of the bin's sampling
 rows (``Ax`` likewise), so a bin of 2x2 points over one cell costs 9 atomics instead of
 16, and a bin of 10x10 points over 10 cells 121 instead of 400. Max mode adds the winning
-point's four weights (each channel its own point).
+point's four weights (each channel its own point). (Backwards by tiles of cells, each
+program summing the RoIs listed over its tile in registers, for the average and
+position-sensitive modes, were built and measured on an H100 at 5b130dd: 1.1-4.8x
+slower than this scatter; removed.)
 
 Arithmetic follows ``roiops.reference.roi_align`` (same conventions, IEEE division);
 compute is in float32 (float64 for float64 inputs).
@@ -26,14 +29,13 @@ import triton
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
-from roiops.gpu import roi_pool, tiles
+from roiops.gpu import tiles
 from roiops.gpu.fixed_point import (
     Accumulator,
     accumulator_channel,
     add_to_cell,
     fixed_point_scale,
 )
-from roiops.gpu.roi_pool import list_hits, store_tile, tile_bin_channels, tile_cells, tile_origin
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -72,27 +74,6 @@ ROI_CHANNELS = 32
 # way. Timed on an H100 (5b130dd, the bench's R-FCN case): 0.17 ms against 0.18 a
 # program per bin (the op; torchvision 0.16).
 PS_LANES = True
-# Position-sensitive backward by tiles (``PS_TILES``), as ps_roi_pool's
-# (``roiops.gpu.ps_roi_pool.TILES``, roi_pool's RoI lists and tile sizes): one program per
-# (tile, bin p, PS_TILE_CHANNELS output channels) sums each cell's share of the RoIs whose
-# bin p reaches it (the gradient over the sample count times the bin's separable bilinear
-# weights at the cell) in registers, in ascending RoI order, and writes its cells once:
-# none of the fixed-point passes (0.12 ms of the 0.29 the op took on the bench's R-FCN
-# case on an H100 at c140be5; torchvision's whole backward 0.15), no atomics. Float32
-# sums in a fixed order: deterministic, the reference's within float rounding. OFF: timed
-# on an H100 (5b130dd, that case), 0.81 ms against the scatter by lanes' 0.17.
-PS_TILES = False
-PS_TILE_CHANNELS = 16
-# Average-mode backward by tiles (``TILES``, roi_align_tile_backward_kernel), as the
-# position-sensitive one with all of a RoI's bins in each program (TILE_CHANNELS channels
-# a program): none of the fixed-point passes (0.34 ms of the 0.63 the op took on the
-# bench's 'a small sr=0' at c140be5, torchvision 0.47), float32 sums in RoI order. By
-# instruction count ~0.25 ms on 'a small sr=0', ~1 ms on 'b sr=2' (the scatter's op 1.31,
-# torchvision 2.46). OFF: timed on an H100 (5b130dd, the op, ms), 1.63 on 'a small sr=0',
-# 1.87 on 'a small sr=2', 6.30 on 'b sr=2', 1.12 on FPN's P2, against the scatter's 0.68,
-# 0.69, 1.37 and 0.98.
-TILES = False
-TILE_CHANNELS = 16
 # Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
 # cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
 # channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
@@ -680,97 +661,6 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
                                                 c_ok)  # fmt: skip
 
 
-@triton.jit
-def _rows_reached(start, extent, limit):
-    """[first, stop): cells along one axis that points from ``start`` over ``extent``
-    (either sign) can reach with their bilinear neighbours, widened by a cell each way
-    (clamped first, so that any value converts)."""
-    a = tl.minimum(tl.maximum(tl.minimum(start, start + extent), -2.0), limit + 2.0)
-    b = tl.minimum(tl.maximum(tl.maximum(start, start + extent), -2.0), limit + 2.0)
-    return tl.floor(a).to(tl.int32) - 1, tl.floor(b).to(tl.int32) + 2
-
-
-@kernel
-def roi_align_tile_lists_kernel(
-    ROIS, LISTS, COUNTS, N, H, W, K, scale_bits, sampling_ratio,
-    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """``roiops.gpu.roi_pool.roi_pool_tile_lists_kernel`` for RoIAlign's RoIs: the valid
-    RoIs with sampling points whose neighbour cells can reach the tile."""
-    tile = tl.program_id(0)
-    n, top, left = tile_origin(tile, H, W, TILE_H, TILE_W)
-    count = tl.sum(tl.zeros((BLOCK_K,), tl.int32), axis=0)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        rn, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-            ROIS, tl.where(k_ok, k, 0), N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-        )
-        h0, h1 = _rows_reached(start_h, bin_h * PH, H)
-        w0, w1 = _rows_reached(start_w, bin_w * PW, W)
-        hit = k_ok & valid & (gh > 0) & (gw > 0) & (rn == n)
-        hit = hit & (h0 < top + TILE_H) & (h1 > top) & (w0 < left + TILE_W) & (w1 > left)
-        count = list_hits(LISTS, tile, K, k, hit, count)
-    tl.store(COUNTS + tile, count)
-
-
-@kernel
-def roi_align_tile_backward_kernel(
-    G, ROIS, LISTS, COUNTS, GX, N, C, H, W, K, scale_bits, sampling_ratio,
-    stride_n, stride_c, stride_h, stride_w,
-    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, TILE_H: tl.constexpr,
-    TILE_W: tl.constexpr, BLOCK_C: tl.constexpr, PS: tl.constexpr = False,
-):  # fmt: skip
-    """RoIAlign's input gradient (average mode) by tiles: one program per (tile, block of
-    BLOCK_C channels) sums, for each of its cells, ``grad[k, c, p] / count`` times bin p's
-    separable bilinear weights at the cell, over the RoIs of the tile's list
-    (``roi_align_tile_lists_kernel``) in ascending order and their bins whose points reach
-    the tile, in registers, and writes GX[n, c] (any strides) once. With PS
-    (position-sensitive, as ``roiops.gpu.ps_roi_pool.ps_roi_pool_tile_backward_kernel``)
-    one program per (tile, bin p, block of output channels) visits bin p alone and writes
-    GX[n, c * PH * PW + p]."""
-    P: tl.constexpr = PH * PW
-    if PS:
-        tile, p, c, c_ok = tile_bin_channels(C, P, BLOCK_C)
-        ph_first = p // PW
-        pw_first = p % PW
-        ph_stop = ph_first + 1
-        pw_stop = pw_first + 1
-        c_out = c.to(tl.int64) * P + p
-    else:
-        c_blocks = tl.cdiv(C, BLOCK_C)
-        tile = tl.program_id(0) // c_blocks
-        c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_ok = c < C
-        ph_first = 0
-        pw_first = 0
-        ph_stop = PH
-        pw_stop = PW
-        c_out = c
-    n, top, left, h, w, in_map = tile_cells(tile, H, W, TILE_H, TILE_W)
-    dt = ROIS.dtype.element_ty
-    acc = tl.zeros((BLOCK_C, TILE_H * TILE_W), dt)
-    for j in range(0, tl.load(COUNTS + tile)):
-        k = tl.load(LISTS + tl.cast(tile, tl.int64) * K + j)
-        _, start_h, start_w, bin_h, bin_w, gh, gw, _ = _roi_geometry(
-            ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-        )
-        roi_g = G + (tl.cast(k, tl.int64) * C + c) * P
-        for ph in range(ph_first, ph_stop):
-            y_first, y_last = _cell_range(start_h, bin_h, ph, gh, H)
-            if (y_first < top + TILE_H) & (y_last >= top):
-                weight_y = _weights_at(start_h, bin_h, ph, gh, H, h)
-                for pw in range(pw_first, pw_stop):
-                    x_first, x_last = _cell_range(start_w, bin_w, pw, gw, W)
-                    if (x_first < left + TILE_W) & (x_last >= left):
-                        weight = weight_y * _weights_at(start_w, bin_w, pw, gw, W, w)
-                        g = tl.load(roi_g + (ph * PW + pw), mask=c_ok, other=0.0).to(dt)
-                        g = div_rn(g, (gh * gw).to(dt))
-                        acc += g[:, None] * weight[None, :]
-    store_tile(GX, acc, n, c_out, h, w, c_ok, in_map, stride_n, stride_c, stride_h, stride_w)
-
-
 # ----------------------------------------------------------------------------- launchers
 def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                       max_mode, position_sensitive=False):  # fmt: skip
@@ -802,6 +692,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     else:
         grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
                                            adaptive=sampling_ratio <= 0)  # fmt: skip
+        mode["ROIS_INNER"] = tiles.forward_rois_inner(sampling_ratio <= 0)
         roi_align_forward_kernel[grid](
             input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
         )
@@ -833,47 +724,11 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
     selects max mode, ``onnx_max`` ONNX's max)."""
-    if argmax is None and (PS_TILES if position_sensitive else TILES):
-        done = _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned,
-                              position_sensitive)  # fmt: skip
-        if done is not None:
-            return done
     sums = Accumulator(grad, grad_input.shape,
                        bins=pooled_h * pooled_w if position_sensitive else 1)  # fmt: skip
     roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                       sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
     return sums.write_to(grad_input)
-
-
-def _tile_backward(grad, rois, grad_input, spatial_scale, sampling_ratio, aligned,
-                   position_sensitive):  # fmt: skip
-    """``grad_input`` written by ``roi_align_tile_backward_kernel`` (its PS programs where
-    ``position_sensitive``), or None where the tiles' RoI lists would pass
-    ``roi_pool.GATHER_LIST_LIMIT`` (the scatter's turn)."""
-    N, _, H, W = grad_input.shape
-    K, C, pooled_h, pooled_w = grad.shape
-    tile_h, tile_w = roi_pool.GATHER_TILE_H, roi_pool.GATHER_TILE_W
-    tiles = roi_pool.tile_count(N, H, W)
-    if tiles * K > roi_pool.GATHER_LIST_LIMIT:
-        return None
-    if tiles == 0:
-        return grad_input
-    lists, counts = roi_pool.new_tile_lists(tiles, K, grad.device)
-    bits = scale_bits(spatial_scale)
-    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, TILE_H=tile_h, TILE_W=tile_w)
-    roi_align_tile_lists_kernel[check_grid(tiles, "roi_align")](
-        rois, lists, counts, N, H, W, K, bits, sampling_ratio, **mode,
-        BLOCK_K=roi_pool.GATHER_LIST_BLOCK, num_warps=4,
-    )  # fmt: skip
-    block_c = min(PS_TILE_CHANNELS if position_sensitive else TILE_CHANNELS,
-                  next_power_of_2(C))  # fmt: skip
-    programs = tiles * cdiv(C, block_c) * (pooled_h * pooled_w if position_sensitive else 1)
-    roi_align_tile_backward_kernel[check_grid(programs, "roi_align")](
-        grad.contiguous(), rois, lists, counts, grad_input, N, C, H, W, K, bits,
-        sampling_ratio, *grad_input.stride(), **mode, BLOCK_C=block_c, PS=position_sensitive,
-        num_warps=4,
-    )  # fmt: skip
-    return grad_input
 
 
 def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pooled_h,

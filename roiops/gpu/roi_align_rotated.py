@@ -176,7 +176,8 @@ def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sa
     roi_align_rotated_forward_kernel[grid](
         input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,
-        BLOCK=block, ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
+        BLOCK=block, ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0),
+        num_warps=num_warps,
     )  # fmt: skip
     return out
 

@@ -50,7 +50,13 @@ from roiops.gpu.launch import Kernel
 #   With an adaptive sampling grid (roi_align's sampling_ratio <= 0: the points a bin
 #   grow with its size) one output a thread, 256 on 8 warps: 0.59 of the time on 'a
 #   large sr=0' (7.35 ms, torchvision 8.16; 2 a thread: 9.4-15.4 ms, whatever the
-#   program), where a bin holds up to 19x19 points, but 1.19 on 'a small sr=0';
+#   program), where a bin holds up to 19x19 points, but 1.19 on 'a small sr=0'. At
+#   5b130dd (kernel_configs) RoI-major (ADAPTIVE_ROIS_INNER) took 0.186 / 7.39 ms on 'a
+#   small sr=0' / 'a large sr=0', against 0.197 / 7.60 with the RoIs innermost
+#   (program_order, the op: 0.212 / 7.38 against 0.227 / 7.67): the adaptive grids'
+#   loops, not the map's fetches, bound those kernels. (128 on 4 warps RoI-major took
+#   0.180 / 7.29, within the noise of it, and makes roi_align_rotated's forward spill on
+#   Triton 3.6);
 # - backward scatter: one channel per thread, 32 channels on one warp, with the RoIs
 #   innermost (SCATTER_ROIS_INNER): on an H100 at 5b130dd, the op's backward on roi_align
 #   'a large sr=0' / 'a large sr=2' / 'b sr=2' / 'b sr=2 NHWC' / FPN took 5.64 / 1.22 /
@@ -91,6 +97,8 @@ PS_BACKWARD_OUTPUTS = 256
 # block and the order changed nothing.
 GATHER_ROIS_INNER = True
 SCATTER_ROIS_INNER = True
+# the NCHW forwards with an adaptive sampling grid: RoI-major (measured above)
+ADAPTIVE_ROIS_INNER = False
 # The argmax backward (roi_pool) takes all bins of a RoI at once, a [bins, channels] tile
 # of up to this many elements (bins in steps of up to ARGMAX_BINS)
 ARGMAX_TILE = 1024
@@ -143,6 +151,12 @@ def check_grid(programs: int, op: str) -> tuple[int]:
             "split the boxes into several calls"
         )
     return (programs,)
+
+
+def forward_rois_inner(adaptive: bool) -> bool:
+    """The program order of an NCHW forward launch (``ROIS_INNER``): GATHER_ROIS_INNER, or
+    ADAPTIVE_ROIS_INNER where the kernel samples an adaptive grid."""
+    return ADAPTIVE_ROIS_INNER if adaptive else GATHER_ROIS_INNER
 
 
 @functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
