@@ -264,10 +264,9 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     """Where the deterministic backward's time goes (ms, float32, the bench's inputs, a
     pyramid's finest level): zeroing the int64 accumulator, ``max |grad|``, the scatter
     kernel and the conversion to float, each timed alone (host time of a call and a
-    synchronisation), beside torchvision's whole (float-atomic) backward; for roi_align,
-    the scatter and the op also with small RoIs summed per cell first
-    (``roiops.gpu.roi_align.ROI_SUMS``); for ps_roi_pool, the scatter in bands of rows
-    (``BAND``); for ps_roi_align, a program per bin (``PS_LANES`` off)."""
+    synchronisation), beside torchvision's whole (float-atomic) backward; for ps_roi_pool,
+    the scatter in bands of rows (``BAND``); for ps_roi_align, a program per bin
+    (``PS_LANES`` off)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -333,21 +332,7 @@ def _pass_times(case, device: str) -> dict:
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
         fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
-    if case.op == "roi_align":
-        fns["scatter_roi_sums"] = _with_roi_sums(scatter)
-        fns["roiops_backward_roi_sums"] = _with_roi_sums(ours)
-        # RoIs of up to 32 cells a side (FPN's are 14-28 at their level), 8 channels a program
-        fns["scatter_roi_sums_32x8"] = _with_roi_sums(scatter, span=32, channels=8)
     return bench.time_interleaved(fns, device, ROUNDS)
-
-
-def _with_roi_sums(fn, span: int | None = None, channels: int | None = None):
-    """``fn`` run with roi_align's average-mode backward summing small RoIs (up to
-    ``span`` cells a side; ``channels`` a program) per cell (``ROI_SUMS``)."""
-    from roiops.gpu import roi_align as ga
-
-    return _with_settings(fn, ga, ROI_SUMS=True, ROI_SPAN=span or ga.ROI_SPAN,
-                          ROI_CHANNELS=channels or ga.ROI_CHANNELS)  # fmt: skip
 
 
 def _with_settings(fn, module, **values):
@@ -433,13 +418,9 @@ ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((6
 # (outputs, warps) of the position-sensitive backward programs (the first is their
 # launchers')
 PS_SCATTER_CONFIGS = ((256, 8), (128, 4), (512, 16), (64, 2), (256, 4))
-# ((channels, span), warps) of roi_align's average-mode forward by RoI windows
-# (roiops.gpu.roi_align.WINDOW_FORWARD; the first is its launcher's), on NCHW cases
-WINDOW_CONFIGS = (((16, 16), 8), ((8, 16), 4), ((32, 16), 8), ((16, 32), 8))
 # the same kernels with RoIs innermost (``roiops.gpu.tiles``), timed as "<kind>, rois inner"
 ROIS_INNER_CONFIGS = {
     "forward": ((64, 1), (256, 8), (128, 4)),
-    "window forward": (((16, 16), 8),),
     "nhwc forward": ((64, 1), (32, 1)),
     "scatter": ((32, 1), (16, 1), (64, 2), (128, 4), (256, 8)),
     "argmax scatter": (((64, 16), 4), ((64, 8), 2), ((64, 4), 1)),
@@ -559,28 +540,6 @@ def _config_times(case, device: str) -> dict:
                     x, *args, **mode, BLOCK=b, ROIS_INNER=i, num_warps=w
                 )  # fmt: skip
             )
-        # average mode by RoI windows (WINDOW_FORWARD): one program per (RoI, channels)
-        p_block = triton.next_power_of_2(p)
-        for kind, (block_c, span), warps, inner in _configs("window forward", WINDOW_CONFIGS):
-            grid = (K * triton.cdiv(C, block_c),)
-            fns[f"{kind} {block_c}x{span}/{warps}"] = (
-                lambda g=grid, b=block_c, s=span, w=warps, i=inner: (
-                    ga.roi_align_window_forward_kernel[g](
-                        x, rois, out, N, C, H, W, scale_bits(lv.spatial_scale),
-                        case.sampling_ratio, PH=p, PW=p, ALIGNED=case.aligned,
-                        BLOCK_PH=p_block, BLOCK_PW=p_block, BLOCK_C=b, SPAN=s, ROIS_INNER=i,
-                        num_warps=w,
-                    )
-                )
-            )  # fmt: skip
-        # and its launcher's program with the next row's load issued ahead (AHEAD)
-        (block_c, span), warps = WINDOW_CONFIGS[0]
-        fns[f"window forward {block_c}x{span}/{warps}, row ahead"] = (
-            lambda b=block_c, s=span, w=warps: ga.roi_align_window_forward(
-                x, rois, out, lv.spatial_scale, case.sampling_ratio, case.aligned, b, s, w,
-                ahead=True,
-            )
-        )  # fmt: skip
         sums = Accumulator(grad, x.shape)
         for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
@@ -720,30 +679,15 @@ def summary(report: dict) -> str:
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
-        if "scatter_roi_sums" in t:
-            row(f"{case} bwd ms, small RoIs summed per cell: scatter / op / scatter 32x8",
-                f"{t['scatter_roi_sums']:.2f} / {t['roiops_backward_roi_sums']:.2f} / "
-                f"{t['scatter_roi_sums_32x8']:.2f}")  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
-                     "nhwc forward, rois inner", "scatter, rois inner", "window forward",
-                     "window forward, rois inner"):  # fmt: skip
+                     "nhwc forward, rois inner", "scatter, rois inner"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
                 row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
-        # WINDOW_FORWARD's decision: the fastest window program (without and with the row
-        # ahead, the launcher's program size) against the fastest bin-by-bin one
-        windows = {k: v for k, v in t.items() if k.startswith("window forward")}
-        window = [v for k, v in windows.items() if not k.endswith(", row ahead")]
-        ahead = [v for k, v in windows.items() if k.endswith(", row ahead")]
-        bins = [v for k, v in t.items() if k.startswith("forward")]
-        if window and bins:
-            row(f"{case}: window forward / with row ahead / bin by bin (fastest), ms",
-                f"{min(window):.3f} / {min(ahead, default=float('nan')):.3f} / "
-                f"{min(bins):.3f}")  # fmt: skip
     if "run_s" in report:
         # the limit applies to `make gpu`'s parts (a run of others shows its time only)
         limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""

@@ -165,11 +165,9 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "NHWC_CONFIGS": ((4, 1),),
         "SCATTER_CONFIGS": ((4, 1),),
         "ARGMAX_CONFIGS": (((4, 2), 1),),
-        "WINDOW_CONFIGS": (((2, 4), 1),),
         "PS_SCATTER_CONFIGS": ((64, 2),),
         "ROIS_INNER_CONFIGS": {
             "forward": ((32, 1),),
-            "window forward": (((4, 8), 1),),
             "nhwc forward": ((2, 1),),
             "scatter": ((2, 1),),
             "argmax scatter": (((2, 4), 1),),
@@ -190,9 +188,6 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert set(times["roi_align tiny"]) == forwards | {
         "scatter 4/1",
         "scatter, rois inner 2/1",
-        "window forward 2x4/1",
-        "window forward 2x4/1, row ahead",
-        "window forward, rois inner 4x8/1",
     }
     assert set(times["roi_align tiny NHWC"]) == {
         "torchvision forward",
@@ -212,8 +207,6 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_pool tiny: scatter 4x2/1 / best" in table
     assert "ps_roi_pool tiny ps: scatter 64/2 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
-    assert "roi_align tiny: window forward / with row ahead / bin by bin (fastest), ms" in table
-    assert "roi_align tiny: window forward 2x4/1 / best" in table
 
 
 def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch):
@@ -281,22 +274,20 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
                           "ps_roi_align tiny ps"}  # fmt: skip
     passes = {"zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
               "torchvision_backward", "roiops_backward"}  # fmt: skip
-    roi_sums = {"scatter_roi_sums", "roiops_backward_roi_sums", "scatter_roi_sums_32x8"}
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (1, 8, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
-    extras = {"roi_align": roi_sums, "ps_roi_pool": bands, "ps_roi_align": per_bin}
+    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin}
     for case, t in times.items():
         assert set(t) == passes | extras.get(case.split()[0], set())
         assert all(ms > 0 for ms in t.values())
     # put back after the timing
-    assert not gpu_align.ROI_SUMS and gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
+    assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
     assert "roi_pool tiny bwd ms: zero and max|g| + scatter + convert / op / tv" in table
     assert "roi_pool tiny bwd ms, zero and max|g|: one launch / torch.zeros + vector_norm" in table
-    assert "roi_align tiny sr=0 bwd ms, small RoIs summed per cell: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 1 rows: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 8 rows: scatter + convert / op" in table

@@ -42,8 +42,6 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12
 # and the value it has while that holds. Turning one of them on (or the default off)
 # fails ``test_slow_alternatives_are_as_marked``: its slow cases go back to the default run.
 SLOW_ALTERNATIVES = {
-    (gpu_align, "ROI_SUMS"): False,
-    (gpu_align, "WINDOW_FORWARD"): False,
     (gpu_ps_pool, "BAND"): 0,  # (the scatter in bands of rows: slower, off)
 }
 
@@ -243,37 +241,6 @@ def test_backward_over_large_bins_and_many_rois(rng, monkeypatch, mode, aligned,
     torch.testing.assert_close(fast[1], ref[1], **TOL[torch.float32])
 
 
-@pytest.mark.parametrize(
-    "aligned,ratio,roi_span",
-    # (ROI_SUMS is off: its other case in the slow run, SLOW_ALTERNATIVES)
-    [(True, 2, 16), *slow_cases((False, 0, 4))],
-)
-def test_small_roi_sums_match_reference(rng, monkeypatch, aligned, ratio, roi_span):
-    # average mode with ROI_SUMS: RoIs whose points fit ROI_SPAN cells a side are summed
-    # per cell first (one program per RoI and channel block), the others go bin by bin;
-    # together the reference's gradient, and the same bits on every run
-    x = on_device(rng.standard_normal((2, 5, 21, 27)), torch.float32)
-    rois = random_rois(rng, 2, 12, 21 / 0.5, 27 / 0.5)
-    rois[:8, 1:] = [[-20, -20, 70, 60], [3, 3, 9, 7], [0, 0, 54, 42], [50, 40, 44, 36],
-                    [30, 10, 31, 11], [52, 40, 55, 43], [-3, -3, 2, 2],
-                    [40, 30, 60, 50]]  # fmt: skip
-    rois = on_device(rois, torch.float32)
-    grad = on_device(rng.standard_normal((12, 5, 3, 4)), torch.float32)
-    _, ref = run("reference", "avg", x, rois, (3, 4), 0.5, grad, ratio, aligned)
-
-    def backward(roi_sums):
-        monkeypatch.setattr(gpu_align, "ROI_SUMS", roi_sums)
-        grad_input = torch.empty_like(x)
-        return gpu_align.roi_align_backward(grad, rois, None, grad_input, 0.5, 3, 4, ratio,
-                                            aligned)  # fmt: skip
-
-    monkeypatch.setattr(gpu_align, "ROI_SPAN", roi_span)
-    summed = [backward(True) for _ in range(2)]
-    assert torch.equal(summed[0], summed[1])
-    torch.testing.assert_close(summed[0], ref, **TOL[torch.float32])
-    torch.testing.assert_close(summed[0], backward(False), **TOL[torch.float32])
-
-
 def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, aligned=True):
     """The Triton backward launcher of ``mode`` with the forward's argmax, writing into
     ``grad_input``; the forward runs on the Triton kernels."""
@@ -458,59 +425,22 @@ def test_kernels_take_any_roi_value(rng, mode):
 
 
 @pytest.mark.parametrize(
-    "aligned,ratio,ahead",
-    # (WINDOW_FORWARD is off: its other cases in the slow run, SLOW_ALTERNATIVES)
-    [(False, 2, False), *slow_cases((True, 0, False), (True, 0, True), (False, 2, True))],
-)
-def test_window_forward_matches_reference(rng, aligned, ratio, ahead):
-    # the average-mode forward by RoI windows (WINDOW_FORWARD): the reference's values up
-    # to float rounding (it sums in another order), with windows of 4 cells so that boxes
-    # over the map and beyond, inverted, tiny or at the far corner take several, and 2
-    # channels a program so that the last block is partial; bad boxes give NaN; with a
-    # row's load ahead (AHEAD) or not
-    x = on_device(rng.standard_normal((2, 3, 21, 27)), torch.float32)
-    good = random_rois(rng, 2, 8, 21 / 0.5, 27 / 0.5)
-    good[:6, 1:] = [[-20, -20, 70, 60], [3, 3, 9, 7], [50, 40, 4, 6], [30, 10, 31, 11],
-                    [52, 40, 55, 43], [-3, -3, 2, 2]]  # fmt: skip
-    rois = np.concatenate([good[:4], BAD_ROIS, good[4:]])
-    is_bad = torch.zeros(len(rois), dtype=torch.bool)
-    is_bad[4 : 4 + len(BAD_ROIS)] = True
-    out = on_device(np.full((len(rois), 3, 3, 4), 7.0), torch.float32)
-    gpu_align.roi_align_window_forward(x, on_device(rois, torch.float32), out, 0.5, ratio,
-                                       aligned, channels=2, span=4, ahead=ahead)  # fmt: skip
-    assert torch.isnan(out[is_bad]).all()
-    with roiops.use_backend("reference"):
-        expected = roiops.roi_align(x, on_device(good, torch.float32), (3, 4), 0.5, ratio, aligned)
-    torch.testing.assert_close(out[~is_bad], expected, **TOL[torch.float32])
-
-
-@pytest.mark.parametrize(
     "ratio,dtype",
     [(0, torch.float32), (2, torch.float32), (0, torch.float64), (0, torch.float16),
      (0, torch.bfloat16)],
 )  # fmt: skip
-def test_window_forward_serves_adaptive_grids_when_on(rng, monkeypatch, ratio, dtype):
-    # with WINDOW_FORWARD the op's average-mode forward on an NCHW map with an adaptive
-    # grid (ratio 0) is read by RoI windows, in every dtype (halves read as they are and
-    # summed in float32); a fixed grid still goes bin by bin (the reference's bits in the
-    # interpreter)
-    calls = []
-    window = gpu_align.roi_align_window_forward
-    monkeypatch.setattr(gpu_align, "roi_align_window_forward",
-                        lambda *a, **k: calls.append(1) or window(*a, **k))  # fmt: skip
-    monkeypatch.setattr(gpu_align, "WINDOW_FORWARD", True)
+def test_adaptive_and_fixed_grids_in_every_dtype(rng, ratio, dtype):
+    # the average-mode forward and backward on an NCHW map with an adaptive grid (ratio
+    # 0; RoI-major, ADAPTIVE_ROIS_INNER) or a fixed one, in every dtype (halves read as
+    # they are and summed in float32)
     x = on_device(rng.standard_normal((2, 3, 10, 12)), dtype)
     box_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     rois = on_device(random_rois(rng, 2, 5, 20, 24, min_size=1.0), box_dtype)
     grad = on_device(rng.standard_normal((5, 3, 2, 2)), dtype)
     fast, ref = (run(b, "avg", x, rois, 2, 0.5, grad, ratio) for b in ("triton", "reference"))
-    assert len(calls) == (ratio == 0) and fast[0].dtype == dtype
+    assert fast[0].dtype == dtype
     # (halves: both sum in float32 and round once; the interpreter truncates to bfloat16)
-    tol = TOL.get(dtype, dict(rtol=1e-2, atol=1e-3))
-    if ratio == 0:
-        torch.testing.assert_close(fast[0], ref[0], **tol)
-    else:
-        assert_forward_matches("avg", fast[0], ref[0])
+    torch.testing.assert_close(fast[0], ref[0], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-3)))
     torch.testing.assert_close(fast[1], ref[1], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-2)))
 
 
@@ -1099,29 +1029,19 @@ def program_order_cases(rng):
 # the interpreter)
 PROGRAM_ORDER_CASES = [
     "roi_align avg", "roi_pool", "roi_pool channels_last", "ps_roi_align", "ps_roi_pool",
-    "multi_scale_roi_pool", "roi_align avg, small RoIs summed", "roi_align avg adaptive",
+    "multi_scale_roi_pool", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
-    "roi_align_rotated", "prroi_pool", "roi_align avg adaptive, by windows",
+    "roi_align_rotated", "prroi_pool",
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "case",
-    # (the cases of switches that are off, ROI_SUMS and WINDOW_FORWARD, in the slow run:
-    # SLOW_ALTERNATIVES)
-    [case for case in PROGRAM_ORDER_CASES if "," not in case]
-    + slow_cases(*(case for case in PROGRAM_ORDER_CASES if "," in case)),
-)
+@pytest.mark.parametrize("case", PROGRAM_ORDER_CASES)
 def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, case):
     # RoIs innermost (tiles.GATHER_ROIS_INNER / SCATTER_ROIS_INNER / ADAPTIVE_ROIS_INNER,
     # an adaptive grid's forward) only changes which
     # programs run together: every output, and every input gradient (integer sums), is
     # the same bits as RoI-major; and the reference's, within float rounding
-    if case.endswith("small RoIs summed"):
-        monkeypatch.setattr(gpu_align, "ROI_SUMS", True)
-    if case.endswith("by windows"):
-        monkeypatch.setattr(gpu_align, "WINDOW_FORWARD", True)
-    fn = program_order_cases(rng)[case.split(",")[0]]
+    fn = program_order_cases(rng)[case]
     results = {}
     for rois_inner in (False, True):
         monkeypatch.setattr(gpu_tiles, "GATHER_ROIS_INNER", rois_inner)

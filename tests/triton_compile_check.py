@@ -58,19 +58,12 @@ from roiops.gpu.ps_roi_pool import (  # noqa: E402
 )
 from roiops.gpu.roi_align import (  # noqa: E402
     ONNX_MAX_MODE,
-    ROI_CHANNELS,
-    ROI_SPAN,
     SPAN,
-    WINDOW_CHANNELS,
-    WINDOW_SPAN,
-    WINDOW_WARPS,
     ps_roi_align_backward_kernel,
     roi_align_backward_kernel,
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
-    roi_align_small_backward_kernel,
-    roi_align_window_forward_kernel,
 )
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
@@ -208,7 +201,6 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     ptx = kernel.asm["ptx"]
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
-    mode += " row ahead" if constexprs.get("AHEAD") else ""
     mode += f" band {constexprs['BAND']}" if constexprs.get("BAND") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
@@ -280,39 +272,14 @@ def main(dtypes=DTYPES) -> int:
                         {**mode, "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": cm},
                         bwd_warps,
                     )
-        # the scatter in blocks of 32 and 16 channels on one warp (RoIs innermost: what
-        # make gpu-tune's program_order part times)
-        for channels in (32, 16) if dt == "fp32" else ():
+        # the scatter in blocks of 256 channels on 8 warps and 16 on one (RoIs innermost:
+        # what make gpu-tune's program_order part times beside the launchers' 32 on one)
+        for channels, warps in ((256, 8), (16, 1)) if dt == "fp32" else ():
             compile_for_gpu(
                 roi_align_backward_kernel, bwd,
                 {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
                  "BLOCK_C": channels, "SPAN": SPAN, "ARGMAX_CM": True, "ROIS_INNER": True},
-                1,
-            )  # fmt: skip
-        # average mode with ROI_SUMS: small RoIs summed per cell, the others bin by bin
-        # (and RoIs of up to 32 cells, 8 channels a program: what make gpu-tune also times)
-        for span, channels in ((ROI_SPAN, ROI_CHANNELS), (32, 8)):
-            compile_for_gpu(
-                roi_align_small_backward_kernel,
-                {k: v for k, v in bwd.items() if k != "ARGMAX"},
-                {"PH": 7, "PW": 7, "ALIGNED": True, "BLOCK_PH": 8, "BLOCK_C": channels,
-                 "SPAN": span},
-                8,
-            )  # fmt: skip
-        compile_for_gpu(
-            roi_align_backward_kernel, bwd,
-            {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
-             "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True, "SKIP_SMALL": ROI_SPAN},
-            bwd_warps,
-        )  # fmt: skip
-        # average mode by RoI windows (WINDOW_FORWARD), with the next row's load ahead or not
-        for aligned, ahead in ((False, False), (True, False), (True, True)):
-            compile_for_gpu(
-                roi_align_window_forward_kernel,
-                {k: v for k, v in fwd.items() if k != "ARGMAX"},
-                {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK_PH": 8, "BLOCK_PW": 8,
-                 "BLOCK_C": WINDOW_CHANNELS, "SPAN": WINDOW_SPAN, "AHEAD": ahead},
-                WINDOW_WARPS,
+                warps,
             )  # fmt: skip
         # position-sensitive (ps_roi_align): aligned, average
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}

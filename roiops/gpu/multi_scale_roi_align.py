@@ -68,7 +68,7 @@ def multi_scale_roi_align_backward_kernel(
     _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
     backward_bin(G, ROIS, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
                  sampling_ratio, log2_count, usable, PH, PW, ALIGNED, False, False,
-                 SPAN, True, 0)  # fmt: skip
+                 SPAN, True)  # fmt: skip
 
 
 @kernel

@@ -3,8 +3,9 @@
 Forward: one program per (RoI, block of its outputs); it computes the RoI's geometry once,
 loops over the RoI's sampling grid and gathers the four neighbours of every point from
 NCHW input for each of its (channel, bin) outputs. (Channels-last maps: lanes over
-channels instead; average mode by RoI windows, ``WINDOW_FORWARD``: the RoI's cells read
-once, with the bins' separable per-cell weights.)
+channels instead.) (A forward by RoI windows, each RoI's cells read once with the bins'
+separable per-cell weights, was built and measured on an H100 at 5b130dd: 2x slower
+than this one where it applies, an adaptive grid; removed.)
 
 Backward: one program per (RoI, bin, block of channels) scatters the bin's gradient into
 the fixed-point accumulator of ``roiops.gpu.fixed_point`` with 64-bit integer atomics,
@@ -42,13 +43,9 @@ from roiops.gpu.tiles import (
     bin_channels_tile,
     bins_grid,
     bins_tile,
-    cdiv,
-    check_grid,
     is_channels_last,
     kernel,
-    next_power_of_2,
     output_offsets,
-    roi_channels_tile,
     roi_outputs_grid,
     roi_outputs_tile,
     store_bins,
@@ -56,16 +53,6 @@ from roiops.gpu.tiles import (
 
 # cells per side of the window over which the backward sums a bin's weights at once
 SPAN = 8
-# Average-mode backward of small RoIs, one program per (RoI, block of ROI_CHANNELS
-# channels): a RoI whose sampling points touch at most ROI_SPAN x ROI_SPAN cells has its
-# bins' contributions summed per cell in registers first, then one atomic per cell and
-# channel (a RoI of 5x5 cells under 7x7 bins of 2x2 points: 36 atomics a channel instead
-# of 49 bins x 4 = 196). Off (ROI_SUMS): timed on an H100 (5b130dd, the op, ms), 1.45
-# on 'a small sr=0', 1.48 on 'a small sr=2', 1.45 on 'b sr=2', 1.07 on FPN's P2, against
-# the scatter bin by bin's 0.68, 0.69, 1.37, 0.98.
-ROI_SUMS = False
-ROI_SPAN = 16
-ROI_CHANNELS = 32
 # Position-sensitive backward (ps_roi_align) with a block of a RoI's (bin, channel)
 # outputs a program (``ps_roi_align_backward_kernel``, ``tiles.roi_outputs_grid``),
 # instead of one program per (RoI, bin, block of output channels), which held 21 of 32
@@ -74,17 +61,6 @@ ROI_CHANNELS = 32
 # way. Timed on an H100 (5b130dd, the bench's R-FCN case): 0.17 ms against 0.18 a
 # program per bin (the op; torchvision 0.16).
 PS_LANES = True
-# Average-mode forward with an adaptive sampling grid on NCHW maps by the RoI's window of
-# cells (roi_align_window_forward_kernel): one program per (RoI, WINDOW_CHANNELS
-# channels), WINDOW_SPAN x WINDOW_SPAN cells at a time. Off by default (WINDOW_FORWARD)
-# until it is measured on a GPU; `make gpu-tune`'s kernel_configs part times it.
-WINDOW_FORWARD = False
-WINDOW_CHANNELS = 16
-WINDOW_SPAN = 16
-WINDOW_WARPS = 8
-# the next row's load issued before a row's sums (the kernel's AHEAD): off until timed
-# (80 registers on sm_90 against 79 without on Triton 3.6, 64 on Triton 3.8; no spill)
-WINDOW_AHEAD = False
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -306,83 +282,6 @@ def roi_align_forward_nhwc_kernel(
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE, False)
 
 
-@kernel
-def roi_align_window_forward_kernel(
-    X, ROIS, OUT,
-    N, C, H, W, scale_bits, sampling_ratio,
-    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
-    BLOCK_PW: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False, AHEAD: tl.constexpr = False,
-):  # fmt: skip
-    """Average-mode OUT[K, C, PH, PW] from NCHW X, one program per (RoI, block of
-    channels), reading the RoI's window of cells once, a row of SPAN cells at a time,
-    instead of four neighbours per sampling point. A bin's mean is separable: bin (ph, pw)
-    weighs cell (y, x) by ``Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``: the summed
-    bilinear weights of its points along each axis), so
-    ``out[c, ph, pw] = sum_y Ay[ph, y] * sum_x X[c, y, x] * Ax[pw, x] / count`` over
-    SPAN x SPAN windows of the cells the RoI's points touch. The same value as
-    ``roi_align_forward_kernel`` up to float rounding (another order of sums): where a
-    bin has many points (adaptive grids on large boxes) it reads each cell once instead
-    of ~4 times a point (``WINDOW_FORWARD``). With AHEAD the next row's load is issued
-    before this row's sums: Triton does not pipeline the loop (its TTGIR has no
-    asynchronous copy), so each row waits for its load; 80 registers on sm_90 against 79
-    without on Triton 3.6 and 64 on 3.8 (3 programs of 8 warps an SM against 4 there), so
-    it is off (``WINDOW_AHEAD``) until ``make gpu-tune`` has timed both."""
-    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
-    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-    )
-    # (an empty or invalid grid has no window; a valid one lies in the map, clamped anyway)
-    has_points, y_first, y_last, x_first, x_last = _points_window(
-        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW
-    )
-    y_last = tl.where(has_points, tl.minimum(y_last, H - 1), -1)
-    x_last = tl.where(has_points, tl.minimum(x_last, W - 1), -1)
-    y_first = tl.maximum(y_first, 0)
-    x_first = tl.maximum(x_first, 0)
-    dt = start_h.dtype
-    phs = tl.arange(0, BLOCK_PH)
-    pws = tl.arange(0, BLOCK_PW)
-    span = tl.arange(0, SPAN)
-    planes = X + (n * C + c.to(tl.int64)) * H * W
-    acc = tl.zeros((BLOCK_C, BLOCK_PH, BLOCK_PW), dt)
-    for y0 in range(y_first, y_last + 1, SPAN):
-        a_y = _bins_cell_weights(start_h, bin_h, gh, H, y0, PH, BLOCK_PH, SPAN)  # Ay[ph, y]
-        rows = tl.minimum(SPAN, y_last + 1 - y0)
-        for x0 in range(x_first, x_last + 1, SPAN):
-            a_x = _bins_cell_weights(start_w, bin_w, gw, W, x0, PW, BLOCK_PW, SPAN)
-            xs = x0 + span
-            cells_ok = c_ok[:, None] & (xs[None, :] <= x_last)
-            if AHEAD:  # the next row's load in flight while this row's sums run
-                first_row = planes[:, None] + (tl.cast(y0, tl.int64) * W + xs[None, :])
-                ahead = tl.load(first_row, mask=cells_ok, other=0.0)
-                for dy in range(0, rows):
-                    v = ahead.to(dt)  # [channels, cells]
-                    ahead = tl.load(first_row + tl.cast(dy + 1, tl.int64) * W,
-                                    mask=cells_ok & (dy + 1 < rows), other=0.0)  # fmt: skip
-                    acc = _add_window_row(acc, v, a_x, a_y, span, dy)
-            else:
-                for dy in range(0, rows):
-                    row_at = planes[:, None] + (tl.cast(y0 + dy, tl.int64) * W + xs[None, :])
-                    v = tl.load(row_at, mask=cells_ok, other=0.0).to(dt)  # [channels, cells]
-                    acc = _add_window_row(acc, v, a_x, a_y, span, dy)
-    value = div_rn(acc, tl.maximum(gh * gw, 1).to(dt))
-    value = tl.where(valid, value, float("nan"))
-    bins = phs[None, :, None] * PW + pws[None, None, :]
-    out_at = (k.to(tl.int64) * C + c[:, None, None]) * (PH * PW) + bins
-    ok = c_ok[:, None, None] & (phs[None, :, None] < PH) & (pws[None, None, :] < PW)
-    tl.store(OUT + out_at, value.to(OUT.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def _add_window_row(acc, v, a_x, a_y, span, dy):
-    """``acc[c, ph, pw] += Ay[ph, y] * sum_x v[c, x] * Ax[pw, x]`` for the window's row
-    ``dy`` (``v``: its cells in every channel; ``a_y``: Ay of the window's rows)."""
-    t = tl.sum(v[:, None, :] * a_x[None, :, :], axis=2)  # [channels, pw]
-    a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
-    return acc + a_col[None, :, None] * t[:, None, :]
-
-
 @triton.jit
 def _cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl.constexpr):
     """[SPAN]: the summed bilinear weights that the ``grid`` points of bin ``bin_index``
@@ -399,24 +298,6 @@ def _weights_at(start, bin_size, bin_index, grid, limit, cells):
         low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
         weights += tl.where(cells == low, tl.where(inside, w_low, 0.0), 0.0)
         weights += tl.where(cells == high, tl.where(inside, w_high, 0.0), 0.0)
-    return weights
-
-
-@triton.jit
-def _bins_cell_weights(start, bin_size, grid, limit, first, P, BLOCK_P: tl.constexpr,
-                       SPAN: tl.constexpr):  # fmt: skip
-    """[BLOCK_P, SPAN]: ``_cell_weights`` of every bin along one axis at once (row p for
-    bin p < P; the same sums in the same order), the bins in the lanes."""
-    bins = tl.arange(0, BLOCK_P)
-    cells = first + tl.arange(0, SPAN)
-    weights = tl.zeros((BLOCK_P, SPAN), dtype=start.dtype)
-    for i in range(0, grid):
-        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bins, i, grid, limit)
-        inside = inside & (bins < P)
-        w_low = tl.where(inside, w_low, 0.0)
-        w_high = tl.where(inside, w_high, 0.0)
-        weights += tl.where(cells[None, :] == low[:, None], w_low[:, None], 0.0)
-        weights += tl.where(cells[None, :] == high[:, None], w_high[:, None], 0.0)
     return weights
 
 
@@ -457,18 +338,16 @@ def roi_align_backward_kernel(
     N, C, H, W, scale_bits, sampling_ratio, log2_count,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK_C: tl.constexpr, SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
-    SKIP_SMALL: tl.constexpr = 0,
     ROIS_INNER: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += the input gradient of one (RoI, bin, block
     of channels), from G[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, lying
     channel-major if ARGMAX_CM); with PS, ACC[N, H, W, C * PH * PW] and bin p of channel
-    c feeds channel c * PH * PW + p. SKIP_SMALL > 0: RoIs within that many cells a side
-    are left to ``roi_align_small_backward_kernel`` (average mode)."""
+    c feeds channel c * PH * PW + p."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
     backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, True, PH, PW, ALIGNED, MAX_MODE, PS,
-                 SPAN, ARGMAX_CM, SKIP_SMALL)  # fmt: skip
+                 SPAN, ARGMAX_CM)  # fmt: skip
 
 
 @kernel
@@ -518,88 +397,10 @@ def ps_roi_align_backward_kernel(
 
 
 @triton.jit
-def _points_window(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
-                   PW: tl.constexpr):  # fmt: skip
-    """(has_points, y_first, y_last, x_first, x_last): the cells a RoI's sampling points
-    can touch (meaningful where it has points: a valid RoI with a non-empty grid)."""
-    y_a, y_b = _cell_range(start_h, bin_h, 0, gh, H)
-    y_c, y_d = _cell_range(start_h, bin_h, PH - 1, gh, H)
-    x_a, x_b = _cell_range(start_w, bin_w, 0, gw, W)
-    x_c, x_d = _cell_range(start_w, bin_w, PW - 1, gw, W)
-    # bins run forwards, or backwards in an inverted aligned RoI: the end bins bound them
-    y_first = tl.minimum(y_a, y_c)
-    y_last = tl.maximum(y_b, y_d)
-    x_first = tl.minimum(x_a, x_c)
-    x_last = tl.maximum(x_b, x_d)
-    return valid & (gh > 0) & (gw > 0), y_first, y_last, x_first, x_last
-
-
-@triton.jit
-def _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH: tl.constexpr,
-               PW: tl.constexpr, SPAN: tl.constexpr):  # fmt: skip
-    """(small, y_first, y_last, x_first, x_last): the cells a RoI's sampling points can
-    touch, and whether it has points and they fit SPAN x SPAN cells."""
-    has_points, y_first, y_last, x_first, x_last = _points_window(
-        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW
-    )
-    fits = (y_last - y_first < SPAN) & (x_last - x_first < SPAN)
-    return has_points & fits, y_first, y_last, x_first, x_last
-
-
-@kernel
-def roi_align_small_backward_kernel(
-    G, ROIS, AMAX, ACC,
-    N, C, H, W, scale_bits, sampling_ratio, log2_count,
-    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_PH: tl.constexpr,
-    BLOCK_C: tl.constexpr, SPAN: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
-):  # fmt: skip
-    """ACC[N, H, W, C] (int64 fixed point) += the average-mode input gradient of one
-    (RoI, block of channels) whose sampling points fit SPAN x SPAN cells (other RoIs:
-    nothing; ``roi_align_backward_kernel`` with SKIP_SMALL does those): the bins'
-    contributions summed per cell first, separably. Bin (ph, pw) gives cell (y, x)
-    ``g * Ay[ph, y] * Ax[pw, x] / count`` (``_cell_weights``), so the RoI gives it
-    ``sum_ph Ay[ph, y] * T[ph, x]`` with ``T[ph, x] = sum_pw g[ph, pw] * Ax[pw, x]``;
-    then one atomic per cell and channel, a row of cells at a time."""
-    k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
-    n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
-    )
-    small, y_first, y_last, x_first, x_last = _small_roi(
-        start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W, PH, PW, SPAN
-    )
-    if small:
-        dt = start_h.dtype
-        count = (gh * gw).to(dt)
-        phs = tl.arange(0, BLOCK_PH)
-        span = tl.arange(0, SPAN)
-        # Ay[ph, y] of every bin row, once
-        a_y = _bins_cell_weights(start_h, bin_h, gh, H, y_first, PH, BLOCK_PH, SPAN)
-        # T[c, ph, x], a bin column at a time
-        g_at = (k.to(tl.int64) * C + c[:, None]) * (PH * PW) + phs[None, :] * PW  # + pw
-        g_ok = c_ok[:, None] & (phs[None, :] < PH)
-        t = tl.zeros((BLOCK_C, BLOCK_PH, SPAN), dt)
-        for pw in range(0, PW):
-            g = div_rn(tl.load(G + g_at + pw, mask=g_ok, other=0.0).to(dt), count)
-            a_x = _cell_weights(start_w, bin_w, pw, gw, W, x_first, SPAN)
-            t += g[:, :, None] * a_x[None, None, :]
-        scale, _, _ = fixed_point_scale(AMAX, log2_count)
-        image = ACC + n * H * W * C + c[:, None]
-        xs = x_first + span
-        x_ok = c_ok[:, None] & (xs[None, :] <= x_last)
-        for dy in range(0, y_last - y_first + 1):
-            a_col = tl.sum(tl.where(span[None, :] == dy, a_y, 0.0), axis=1)  # Ay[:, y]
-            sums = tl.sum(t * a_col[None, :, None], axis=1)  # [channels, cells of row y]
-            cells = tl.cast(y_first + dy, tl.int64) * W + xs[None, :]
-            add_to_cell(image, cells, C, sums, scale, x_ok)
-
-
-@triton.jit
 def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
                  sampling_ratio, log2_count, usable, PH: tl.constexpr, PW: tl.constexpr,
                  ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr, PS: tl.constexpr,
-                 SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr,
-                 SKIP_SMALL: tl.constexpr):  # fmt: skip
+                 SPAN: tl.constexpr, ARGMAX_CM: tl.constexpr):  # fmt: skip
     """The backward of RoI k's bin p for channels c into the NHWC accumulator ACC: the
     body of ``roi_align_backward_kernel``, shared with the FPN pooler's kernel."""
     ph = p // PW
@@ -607,10 +408,6 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
         ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED
     )
-    if SKIP_SMALL > 0:  # such a RoI is roi_align_small_backward_kernel's: no points here
-        small, _, _, _, _ = _small_roi(start_h, start_w, bin_h, bin_w, gh, gw, valid, H, W,
-                                       PH, PW, SKIP_SMALL)  # fmt: skip
-        gh = tl.where(small, 0, gh)
     g_at, argmax_at = output_offsets(k, c, p, C, PH * PW, ARGMAX_CM)
     dt = start_h.dtype
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
@@ -681,9 +478,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
             sampling_ratio)  # fmt: skip
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
                 PS=position_sensitive, ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
-    if WINDOW_FORWARD and not (nhwc or max_mode or position_sensitive) and sampling_ratio <= 0:
-        roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, aligned)
-    elif nhwc:
+    if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
         roi_align_forward_nhwc_kernel[grid](
@@ -697,25 +492,6 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
             input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
         )
     return out, argmax
-
-
-def roi_align_window_forward(input, rois, out, spatial_scale, sampling_ratio, aligned,
-                             channels=None, span=None, num_warps=None, ahead=None):  # fmt: skip
-    """Write the average-mode ``out[K, C, ph, pw]`` of NCHW ``input`` by RoI windows
-    (``roi_align_window_forward_kernel``; ``channels``, ``span``, ``num_warps``: the
-    program size, ``ahead``: a row's load ahead, WINDOW_* by default)."""
-    K, C, pooled_h, pooled_w = out.shape
-    N, _, H, W = input.shape
-    block_c = channels or WINDOW_CHANNELS
-    grid = check_grid(K * cdiv(C, block_c), "roi_align")
-    roi_align_window_forward_kernel[grid](
-        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_PH=next_power_of_2(pooled_h),
-        BLOCK_PW=next_power_of_2(pooled_w), BLOCK_C=block_c, SPAN=span or WINDOW_SPAN,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps or WINDOW_WARPS,
-        AHEAD=WINDOW_AHEAD if ahead is None else ahead,
-    )  # fmt: skip
-    return out
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,
@@ -753,22 +529,12 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
             SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
         )  # fmt: skip
         return
-    small_rois = ROI_SUMS and not max_mode and not position_sensitive
-    if small_rois:
-        block_c = min(ROI_CHANNELS, next_power_of_2(C))
-        roi_align_small_backward_kernel[check_grid(K * cdiv(C, block_c), "roi_align")](
-            grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
-            sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-            BLOCK_PH=next_power_of_2(pooled_h), BLOCK_C=block_c, SPAN=ROI_SPAN,
-            ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=8,
-        )  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
     roi_align_backward_kernel[grid](
         grad, rois, argmax, sums.amax, sums.acc,
         N, C, H, W, bits, sampling_ratio, sums.log2_count,
         PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
         BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major,
-        SKIP_SMALL=ROI_SPAN if small_rois else 0,
         ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
     )  # fmt: skip
 
