@@ -7,7 +7,7 @@ to its argmax cell in the fixed-point accumulator of ``roiops.gpu.fixed_point`` 
 int64 atomic per output), the same bits on every run. (A backward by tiles, one program
 per tile of cells and block of channels summing the gradients of the outputs whose
 argmax each cell is, in the reference's order, was built and measured on an H100 at
-5b130dd: 1.5-2x slower than this scatter; removed.) Quantization follows
+5b130dd: 1.5-2.5x slower than this scatter; removed.) Quantization follows
 ``roiops.reference.roi_pool``; the bin edges ``floor(p * size / pooled)`` and
 ``ceil((p + 1) * size / pooled)`` divide in IEEE, as torchvision's CUDA kernel does, so
 the bins, the forward and the argmax are torchvision's bit for bit.
