@@ -412,7 +412,7 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
 FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256, 4), (512, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
-# ((bins, channels), warps) of roi_pool's backward tiles
+# ((bins, channels), warps) of roi_pool's backward scatter (a RoI's [bins, channels] tile)
 ARGMAX_CONFIGS = (((64, 16), 4), ((64, 8), 2), ((64, 16), 2), ((64, 16), 8), ((64, 32), 4),
                   ((64, 32), 8))  # fmt: skip
 # (outputs, warps) of the position-sensitive backward programs (the first is their
