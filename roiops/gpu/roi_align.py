@@ -477,20 +477,22 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
             sampling_ratio)  # fmt: skip
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-                PS=position_sensitive, ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
+                PS=position_sensitive)  # fmt: skip
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
         roi_align_forward_nhwc_kernel[grid](
-            input, *args, **mode, BLOCK_C=block_c, num_warps=num_warps
-        )
+            input, *args, **mode, BLOCK_C=block_c, ROIS_INNER=tiles.GATHER_ROIS_INNER,
+            num_warps=num_warps,
+        )  # fmt: skip
     else:
+        adaptive = sampling_ratio <= 0
         grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
-                                           adaptive=sampling_ratio <= 0)  # fmt: skip
-        mode["ROIS_INNER"] = tiles.forward_rois_inner(sampling_ratio <= 0)
+                                           adaptive=adaptive)  # fmt: skip
         roi_align_forward_kernel[grid](
-            input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
-        )
+            input.contiguous(), *args, **mode, BLOCK=block,
+            ROIS_INNER=tiles.forward_rois_inner(adaptive), num_warps=num_warps,
+        )  # fmt: skip
     return out, argmax
 
 
