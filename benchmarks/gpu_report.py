@@ -248,6 +248,11 @@ def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int =
     return out
 
 
+# the backward's passes timed again BACK_TO_BACK calls a synchronisation (the GPU's time)
+BACK_TO_BACK = 10
+BACK_TO_BACK_PASSES = ("zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
+                       "regions", "zero_regions_and_bound", "scatter_regions",
+                       "convert_regions")  # fmt: skip
 BACKWARD_PASS_CASES = (
     "a small sr=0",
     "a small sr=2",
@@ -264,9 +269,12 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     """Where the deterministic backward's time goes (ms, float32, the bench's inputs, a
     pyramid's finest level): zeroing the int64 accumulator, ``max |grad|``, the scatter
     kernel and the conversion to float, each timed alone (host time of a call and a
-    synchronisation), beside torchvision's whole (float-atomic) backward; for ps_roi_pool,
-    the scatter in bands of rows (``BAND``); for ps_roi_align, a program per bin
-    (``PS_LANES`` off)."""
+    synchronisation), beside torchvision's whole (float-atomic) backward, and the passes
+    again BACK_TO_BACK calls a synchronisation (``<pass> back to back``: the GPU's time,
+    without the host's); for ps_roi_pool, the scatter in bands of rows (``BAND``); for
+    ps_roi_align, a program per bin (``PS_LANES`` off); for roi_pool, the sums in the
+    RoIs' regions (``REGIONS``: their kernel, zeroing, scatter, conversion and the op; and
+    ``regions_chosen``, whether the case's RoIs chose them)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -332,7 +340,22 @@ def _pass_times(case, device: str) -> dict:
         # a program per (RoI, bin, block of channels), against the launcher's PS_LANES
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
         fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
-    return bench.time_interleaved(fns, device, ROUNDS)
+    chosen = {}
+    if case.op == "roi_pool":
+        # the sums zeroed and converted in the RoIs' regions only, where those are chosen
+        regions = gp.roi_pool_regions(rois, x.shape, lv.spatial_scale, p, p)
+        in_regions = Accumulator(grad, x.shape, regions=regions)
+        chosen["regions_chosen"] = regions.chosen()
+        fns["regions"] = partial(gp.roi_pool_regions, rois, x.shape, lv.spatial_scale, p, p)
+        fns["zero_regions_and_bound"] = partial(regions.zero_and_bound, in_regions.flat, grad,
+                                                x.shape[1])  # fmt: skip
+        fns["scatter_regions"] = partial(gp.roi_pool_scatter, in_regions, grad, rois, argmax)
+        fns["convert_regions"] = partial(in_regions.write_to, gx)
+        fns["roiops_backward_regions"] = _with_settings(ours, gp, REGIONS=True)
+    times = bench.time_interleaved(fns, device, ROUNDS)
+    passes = {name: fn for name, fn in fns.items() if name in BACK_TO_BACK_PASSES}
+    gpu_times = bench.time_interleaved(passes, device, ROUNDS, calls=BACK_TO_BACK)
+    return {**times, **{f"{name} back to back": ms for name, ms in gpu_times.items()}, **chosen}
 
 
 def _with_settings(fn, module, **values):
@@ -578,7 +601,7 @@ def _pool_config_times(case, device: str) -> dict:
         grid = (K * triton.cdiv(C, block_c),)
         fns[f"{kind} {block_p}x{block_c}/{warps}"] = (
             lambda g=grid, bp=block_p, bc=block_c, w=warps, i=inner: gp.roi_pool_backward_kernel[g](
-                grad, rois, argmax, sums.amax, sums.acc, N, C, H, W, sums.log2_count,
+                grad, rois, argmax, sums.amax, sums.acc, rois, N, C, H, W, sums.log2_count,
                 P=p * p, BLOCK_P=bp, BLOCK_C=bc, ARGMAX_CM=True, ROIS_INNER=i, num_warps=w,
             )
         )  # fmt: skip
@@ -679,6 +702,19 @@ def summary(report: dict) -> str:
         if "scatter_per_bin" in t:
             row(f"{case} bwd ms, a program per bin: scatter / op",
                 f"{t['scatter_per_bin']:.2f} / {t['roiops_backward_per_bin']:.2f}")  # fmt: skip
+        passes = ("zero_and_bound", "scatter", "convert")
+        if all(f"{name} back to back" in t for name in passes):
+            row(f"{case} bwd GPU ms (back to back): zero and max|g| + scatter + convert",
+                " + ".join(f"{t[f'{name} back to back']:.3f}" for name in passes))  # fmt: skip
+        if "roiops_backward_regions" in t:
+            regions = ("regions", "zero_regions_and_bound", "scatter_regions", "convert_regions")
+            how = "chosen" if t["regions_chosen"] else "not chosen"
+            row(f"{case} bwd ms, sums in regions ({how}): regions + zero + scatter + convert / op",
+                " + ".join(f"{t[name]:.2f}" for name in regions)
+                + f" / {t['roiops_backward_regions']:.2f}")  # fmt: skip
+            if all(f"{name} back to back" in t for name in regions):
+                row(f"{case} bwd GPU ms (back to back), sums in regions",
+                    " + ".join(f"{t[f'{name} back to back']:.3f}" for name in regions))  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",

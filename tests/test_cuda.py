@@ -228,6 +228,59 @@ def test_no_host_synchronisation(rng):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_roi_pool_sums_in_regions_choose_on_the_device(rng, monkeypatch):
+    # roi_pool's backward with its sums in the RoIs' regions (``REGIONS``, off by default)
+    # chooses between them and the whole map on the device: no host synchronisation, and
+    # a captured graph chooses again for the RoIs it replays with; the same bits as the
+    # whole map's sums either way
+    from roiops.gpu import fixed_point
+    from roiops.gpu import roi_pool as gpu_pool
+
+    x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
+    grad7 = torch.randn(64, 16, 7, 7, device="cuda")
+    large = detection_rois(rng, 2, 64, 200, 272)
+    small = large.copy()
+    small[:, 3:] = small[:, 1:3] + (small[:, 3:] - small[:, 1:3]) * 0.05  # 0.2-10 px
+    large, small = cuda(large), cuda(small)
+    rois = small.clone()
+
+    def step():
+        out = roiops.roi_pool(x, rois, 7, 0.25)
+        return torch.autograd.grad(out, x, grad7)[0]
+
+    expected = {}
+    for name, boxes in (("large", large), ("small", small)):
+        rois.copy_(boxes)
+        expected[name] = step()
+    monkeypatch.setattr(gpu_pool, "REGIONS", True)
+    for boxes, chosen in ((large, False), (small, True)):
+        regions = gpu_pool.roi_pool_regions(boxes, x.shape, 0.25, 7, 7)
+        fixed_point.Accumulator(grad7, x.shape, regions=regions)
+        assert regions.chosen() == chosen
+    step()  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for name, boxes in (("large", large), ("small", small)):
+            rois.copy_(boxes)
+            assert torch.equal(step(), expected[name])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for name, boxes in (("large", large), ("small", small), ("large", large)):
+        rois.copy_(boxes)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, expected[name])
+
+
 def test_direct_launches_give_triton_s_results(rng, monkeypatch):
     # roiops.gpu.launch.Kernel launches the kernels Triton would, with the same arguments
     # (tests/test_launch.py, against stand-ins); here the real thing, on unaligned views

@@ -28,6 +28,7 @@ def plumbing_only(monkeypatch, gpu_report):
     (on CPU the Triton interpreter runs every program of every call)."""
     monkeypatch.setattr(gpu_report.bench, "MIN_TIMED_S", 0.0)
     monkeypatch.setattr(gpu_report, "ROUNDS", 1)
+    monkeypatch.setattr(gpu_report, "BACK_TO_BACK", 1)
 
 
 def test_summary_table():
@@ -259,6 +260,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
 
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import roi_pool as gpu_pool
 
     gpu_report = load()
     plumbing_only(monkeypatch, gpu_report)
@@ -277,12 +279,21 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (1, 8, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
-    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin}
+    regions = {"regions", "zero_regions_and_bound", "scatter_regions", "convert_regions"}
+    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin,
+              "roi_pool": regions | {"roiops_backward_regions"}}  # fmt: skip
     for case, t in times.items():
-        assert set(t) == passes | extras.get(case.split()[0], set())
-        assert all(ms > 0 for ms in t.values())
+        op = case.split()[0]
+        timed = passes | extras.get(op, set())
+        again = timed & set(gpu_report.BACK_TO_BACK_PASSES)
+        back_to_back = {f"{name} back to back" for name in again}
+        chosen = {"regions_chosen"} if op == "roi_pool" else set()
+        assert set(t) == timed | back_to_back | chosen
+        assert all(t[name] > 0 for name in timed | back_to_back)
+    # the tiny case's RoIs reach most of its map: the whole map is zeroed
+    assert times["roi_pool tiny"]["regions_chosen"] is False
     # put back after the timing
-    assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
+    assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0 and not gpu_pool.REGIONS
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
@@ -291,6 +302,10 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 1 rows: scatter + convert / op" in table
     assert "ps_roi_align tiny ps bwd ms, a program per bin: scatter / op" in table
     assert "ps_roi_pool tiny ps bwd ms, sums in bands of 8 rows: scatter + convert / op" in table
+    assert "roi_pool tiny bwd GPU ms (back to back): zero and max|g| + scatter + convert" in table
+    assert ("roi_pool tiny bwd ms, sums in regions (not chosen): regions + zero + scatter + "
+            "convert / op") in table  # fmt: skip
+    assert "roi_pool tiny bwd GPU ms (back to back), sums in regions" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

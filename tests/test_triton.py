@@ -21,6 +21,7 @@ from roiops.gpu import ps_roi_pool as gpu_ps_pool
 from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
 from roiops.gpu import tiles as gpu_tiles
+from roiops.reference import roi_pool as ref_roi_pool
 
 # compiled kernels on a GPU, the interpreter on CPU tensors elsewhere
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,6 +44,7 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12
 # fails ``test_slow_alternatives_are_as_marked``: its slow cases go back to the default run.
 SLOW_ALTERNATIVES = {
     (gpu_ps_pool, "BAND"): 0,  # (the scatter in bands of rows: slower, off)
+    (gpu_pool, "REGIONS"): False,  # (roi_pool's sums in the RoIs' regions: untimed, off)
 }
 
 
@@ -160,7 +162,7 @@ def test_roi_pool_backward_over_hard_boxes(rng, dtype, channels_last):
     grad = on_device(rng.standard_normal((len(boxes), c, 7, 7)), dtype)
     _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 7, 7)
     prefilled = torch.full_like(x, float("nan"), memory_format=torch.contiguous_format)
-    gx = gpu_pool.roi_pool_backward(grad, rois, argmax, prefilled)
+    gx = gpu_pool.roi_pool_backward(grad, rois, argmax, prefilled, 0.5)
     ok = valid_rois(rois, n)
     assert not ok.all()
     _, ref = pool("reference", x, rois[ok], 7, 0.5, grad[ok])
@@ -177,8 +179,149 @@ def test_roi_pool_backward_any_bin_grid(rng, output_size):
     _, ref = pool("reference", x, rois, output_size, 0.5, grad)
     _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, *output_size)
     for layout in (argmax, argmax.contiguous()):
-        gx = gpu_pool.roi_pool_backward(grad, rois, layout, torch.empty_like(x))
+        gx = gpu_pool.roi_pool_backward(grad, rois, layout, torch.empty_like(x), 0.5)
         torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+def spoil_regions(monkeypatch) -> list:
+    """Every ``Regions`` made from now on, its buffers filled with garbage when made, and
+    every accumulator zeroed by regions, before: a region's cells must be zeroed, the
+    flags cleared, nothing else read. Returns the list the regions go to."""
+    made = []
+    init, zero_and_bound = fixed_point.Regions.__init__, fixed_point.Regions.zero_and_bound
+
+    def spoilt_init(self, rois, shape):
+        init(self, rois, shape)
+        for buffer, junk in ((self.rects, 7), (self.parts, 3), (self.flags, 1)):
+            buffer.fill_(junk)
+        made.append(self)
+
+    def spoilt_zero(self, flat, grad, channels):
+        flat.fill_(-(2**40) + 5)
+        return zero_and_bound(self, flat, grad, channels)
+
+    monkeypatch.setattr(fixed_point.Regions, "__init__", spoilt_init)
+    monkeypatch.setattr(fixed_point.Regions, "zero_and_bound", spoilt_zero)
+    return made
+
+
+def regions_backward(monkeypatch, grad, rois, argmax, grad_input, chosen):
+    """(gradient, regions) of roi_pool's backward with REGIONS (spatial_scale 0.5, into
+    ``grad_input``), from garbage (``spoil_regions``); the regions ``chosen``, or the
+    whole map (their share made unreachable)."""
+    made = spoil_regions(monkeypatch)
+    monkeypatch.setattr(gpu_pool, "REGIONS", True)
+    monkeypatch.setattr(fixed_point, "REGION_SUM_SHARE", 2 if chosen else 2**62)
+    gx = gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input, 0.5)
+    monkeypatch.undo()
+    (regions,) = made
+    return gx, regions
+
+
+def region_boxes(rng, n, h, w, huge):
+    """RoIs of 0-4 cells on a map of h x w cells at spatial_scale 0.5, some partly or
+    wholly beyond it, and RoIs the kernels skip (NaN, inf, a batch index out of range or
+    not whole); ``huge``: one more over the whole map (the regions then sum to more than
+    the map's share)."""
+    boxes = [
+        random_rois(rng, n, 24, 2 * h, 2 * w, min_size=-4, max_size=8),
+        [[0, 1e9, 1e9, 2e9, 2e9], [1, -30.0, -30.0, 3.0, 3.0], [1, 2 * w - 3, 9, 2 * w + 9, 12]],
+        [[0, np.nan, 1, 2, 3], [1, 1, 2, np.inf, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
+    ]
+    if huge:
+        boxes.append([[1, -1e9, -1e9, 1e9, 1e9]])
+    return np.concatenate(boxes)
+
+
+@pytest.mark.parametrize(
+    "dtype,channels_last,chosen",
+    [(torch.float32, False, True)]
+    + slow_cases((torch.float32, False, False), (torch.float64, True, True),
+                 (torch.float16, True, False)),
+)  # fmt: skip
+def test_roi_pool_backward_in_regions_changes_no_bit(rng, monkeypatch, dtype, channels_last,
+                                                     chosen):  # fmt: skip
+    # the fixed-point sums zeroed and read only in the RoIs' regions (or the whole map,
+    # when they are not chosen) give the bits of the whole accumulator's, from either
+    # argmax layout, over RoIs the kernels skip, boxes beyond the map and channels past a
+    # block of 128 (the regions' zeroing) and of 32 (the conversion)
+    n, c, h, w = 2, 130, 24, 21
+    x = on_device(np.round(rng.standard_normal((n, c, h, w)) * 2), dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    boxes = region_boxes(rng, n, h, w, huge=not chosen)
+    rois = on_device(boxes, torch.float64 if dtype == torch.float64 else torch.float32)
+    grad = on_device(rng.standard_normal((len(boxes), c, 3, 2)), dtype)
+    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 2)
+    whole = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
+    prefilled = torch.full_like(x, float("nan"))
+    gx, regions = regions_backward(monkeypatch, grad, rois, argmax, prefilled, chosen)
+    assert regions.chosen() == chosen
+    assert torch.equal(gx, whole)
+
+
+def union_of_bins(box, scale, pooled, h, w):
+    """(h0, h1, w0, w1): the reference's bins' union for one RoI (empty: h1 == h0)."""
+    q = ref_roi_pool.quantize_roi(box, scale, np.float32)
+    rows = [ref_roi_pool.bin_edges(q.start_h, q.height, pooled[0], i, h, np.float32)
+            for i in range(pooled[0])]  # fmt: skip
+    cols = [ref_roi_pool.bin_edges(q.start_w, q.width, pooled[1], j, w, np.float32)
+            for j in range(pooled[1])]  # fmt: skip
+    h0, h1 = min(r[0] for r in rows), max(r[1] for r in rows)
+    w0, w1 = min(r[0] for r in cols), max(r[1] for r in cols)
+    return (h0, h1, w0, w1) if h0 < h1 and w0 < w1 else (h0, h0, w0, max(w1, w0))
+
+
+def test_roi_pool_regions_are_the_union_of_the_bins(rng, monkeypatch):
+    # each RoI's region is its bins' union as the reference cuts them (bins of 0-4 cells
+    # that overlap, partly or wholly beyond the map), an invalid RoI's empty; the areas'
+    # pieces sum to the areas where some programs take two rounds of 16 RoIs, the last
+    # one partial; the flags are cleared, garbage before
+    n, h, w = 2, 13, 11
+    boxes = np.concatenate([region_boxes(rng, n, h, w, huge=True)] * 12)
+    rois = on_device(boxes, torch.float32)
+    monkeypatch.setattr(gpu_pool, "REGION_ROIS", 16)
+    assert fixed_point.REGION_PARTS.value * 16 < len(boxes) < fixed_point.REGION_PARTS.value * 32
+    spoil_regions(monkeypatch)
+    regions = gpu_pool.roi_pool_regions(rois, (n, 3, h, w), 0.5, 3, 5)
+    rects = regions.rects.cpu().numpy()
+    ok = valid_rois(rois, n).cpu().numpy()
+    for rect, box, valid in zip(rects, boxes, ok, strict=True):
+        want = union_of_bins(box[1:], 0.5, (3, 5), h, w) if valid else None
+        if want is None:
+            assert rect[1] == rect[2], box
+        else:
+            assert tuple(rect[1:]) == want and rect[0] == int(box[0]), box
+    areas = (rects[:, 2] - rects[:, 1]).astype(np.int64) * (rects[:, 4] - rects[:, 3])
+    parts = regions.parts.cpu().numpy()
+    half = fixed_point.REGION_PARTS.value
+    assert parts[:half].sum() == areas.sum() and parts[half : 2 * half].max() == areas.max()
+    assert not regions.flags.any()
+
+
+@pytest.mark.parametrize("chosen", [True, *slow_cases(False)])
+def test_roi_pool_backward_in_regions_drops_a_foreign_argmax(rng, monkeypatch, chosen):
+    # an argmax the forward did not write (any cell of the plane, -1, past it) adds only
+    # inside its RoI's region (the forward's never lies outside), whichever is zeroed
+    n, c, h, w = 2, 6, 16, 14
+    boxes = region_boxes(rng, n, h, w, huge=not chosen)
+    rois = on_device(boxes, torch.float32)
+    grad = on_device(rng.standard_normal((len(boxes), c, 2, 3)), torch.float32)
+    argmax = rng.integers(-1, h * w + 3, (len(boxes), c, 2, 3)).astype(np.int32)
+    inside = np.zeros(argmax.shape, bool)
+    ok = valid_rois(rois, n).cpu().numpy()
+    for k, box in enumerate(boxes):
+        if ok[k]:
+            h0, h1, w0, w1 = union_of_bins(box[1:], 0.5, (2, 3), h, w)
+            rows, cols = argmax[k] // w, argmax[k] % w
+            inside[k] = (argmax[k] >= 0) & (rows >= h0) & (rows < h1) & (cols >= w0) & (cols < w1)
+    kept = np.where(inside, argmax, -1)
+    ref = ref_roi_pool.roi_pool_backward(grad.cpu().numpy()[ok], rois.cpu().numpy()[ok],
+                                         kept[ok], (n, c, h, w))  # fmt: skip
+    # (the kernels take the argmax [K, ph, pw, C] channel-major: [K, C, ph, pw]'s memory)
+    laid = on_device(argmax, torch.int32).permute(0, 2, 3, 1)
+    gx, _ = regions_backward(monkeypatch, grad, rois, laid, grad.new_empty((n, c, h, w)), chosen)
+    torch.testing.assert_close(gx, on_device(ref, torch.float32), **TOL[torch.float32])
 
 
 @settings(max_examples=8)
@@ -246,7 +389,7 @@ def backward_launch(mode, x, rois, grad, grad_input, output_size=2, ratio=2, ali
     ``grad_input``; the forward runs on the Triton kernels."""
     if mode == "pool":
         _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, output_size, output_size)
-        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input)
+        return gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input, 0.5)
     argmax = None
     if mode == "max":
         _, argmax = gpu_align.roi_align_forward(

@@ -33,12 +33,18 @@ from roiops.gpu.fixed_point import (  # noqa: E402
     BAND_TILE,
     CONVERT_CELLS,
     CONVERT_CHANNELS,
+    REGION_CELLS,
+    REGION_CHANNELS,
+    REGION_ROIS,
+    REGION_ROWS,
+    WHOLE_PROGRAMS,
     ZERO_BLOCK,
     ZERO_WARPS,
     amax_block,
     fixed_point_bands_to_float_kernel,
     fixed_point_to_float_kernel,
     zero_and_bound_kernel,
+    zero_regions_and_bound_kernel,
 )
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
@@ -73,6 +79,7 @@ from roiops.gpu.roi_pool import (  # noqa: E402
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
+    roi_pool_regions_kernel,
 )
 from roiops.gpu.tiles import (  # noqa: E402
     UNSPECIALISED,
@@ -95,6 +102,8 @@ INEXACT_HALF_ROUNDING = re.compile(r"\bcvt\.r[zmp]\.(bf16|f16)(x2)?\.f32\b")
 NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 # integer arguments that hold 64-bit values
 INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
+# the fixed-point sums' regions (``roiops.gpu.fixed_point.Regions``), as launched
+REGIONS = {"RECTS": "*i32", "PARTS": "*i64", "FLAGS": "*i8"}
 
 
 # bytes a kernel may spill: ptxas (Triton 3.8's) keeps the FPN pooler's forward at 40
@@ -202,6 +211,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
     mode += f" band {constexprs['BAND']}" if constexprs.get("BAND") else ""
+    mode += " regions" if constexprs.get("REGIONS") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
@@ -345,22 +355,37 @@ def main(dtypes=DTYPES) -> int:
             compile_for_gpu(
                 roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": nhwc_c}, nhwc_warps
             )
+        # (without regions the launcher passes the accumulator for RECTS, FLAGS, PARTS)
+        unused = {"RECTS": rois, "FLAGS": "*i64", "PARTS": "*i64"}
         for cm in (True, False):
-            compile_for_gpu(
-                roi_pool_backward_kernel, bwd, {**argmax_tile, "ARGMAX_CM": cm}, argmax_warps
-            )
+            for regions in (False, True):
+                compile_for_gpu(
+                    roi_pool_backward_kernel, {**bwd, **(REGIONS if regions else unused)},
+                    {**argmax_tile, "ARGMAX_CM": cm, "REGIONS": regions}, argmax_warps,
+                )  # fmt: skip
+        compile_for_gpu(
+            roi_pool_regions_kernel, {"ROIS": rois, **REGIONS},
+            {"PH": 7, "PW": 7, "BLOCK": REGION_ROIS}, 4,
+        )  # fmt: skip
+        grad_block = amax_block(TORCH_DTYPES[dt])
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
-            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": amax_block(TORCH_DTYPES[dt])}, ZERO_WARPS,
+            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": grad_block}, ZERO_WARPS,
+        )  # fmt: skip
+        compile_for_gpu(
+            zero_regions_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax, **REGIONS},
+            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": grad_block, "WHOLE": WHOLE_PROGRAMS,
+             "ROWS": REGION_ROWS, "CELLS": REGION_CELLS, "BLOCK_C": REGION_CHANNELS},
+            ZERO_WARPS,
         )  # fmt: skip
         # NCHW output: stride_w is 1, which Triton specialises as a constant; the
-        # position-sensitive ops' sums go bin by bin (7x7 bins)
-        for bins in (1, 49):
+        # position-sensitive ops' sums go bin by bin (7x7 bins); read where regions mark
+        for bins, regions in ((1, False), (49, False), (1, True)):
             compile_for_gpu(
                 fixed_point_to_float_kernel,
-                {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
+                {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}", **(REGIONS if regions else unused)},
                 {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS,
-                 "BINS": bins},
+                 "BINS": bins, "REGIONS": regions},
                 4,
             )  # fmt: skip
         # sums as differences (ps_roi_pool's): R-FCN's map of 68 cells a row (16 channels

@@ -21,7 +21,16 @@ import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu import tiles
-from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.fixed_point import (
+    REGION_PARTS,
+    REGION_ROIS,
+    Accumulator,
+    Regions,
+    add_to_cell,
+    finish_plan,
+    fixed_point_scale,
+    record_regions,
+)
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -35,6 +44,11 @@ from roiops.gpu.tiles import (
     roi_channels_tile,
     store_bins,
 )
+
+# the backward's fixed-point sums zeroed and converted only in the RoIs' regions where
+# those are a small part of the map (``roiops.gpu.fixed_point.Regions``), off until timed
+# on a GPU
+REGIONS = False
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
@@ -186,32 +200,41 @@ def roi_pool_forward_nhwc_kernel(
 
 @kernel
 def roi_pool_backward_kernel(
-    G, ROIS, ARGMAX, AMAX, ACC, N, C, H, W, log2_count,
+    G, ROIS, ARGMAX, AMAX, ACC, RECTS, N, C, H, W, log2_count,
     P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ARGMAX_CM: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, REGIONS: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell
     (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one RoI and block of channels, all
-    of its bins."""
+    of its bins; with REGIONS only at cells inside the RoI's region RECTS[k]
+    (``roi_pool_regions_kernel``)."""
     k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
     n, valid = batch_index(ROIS, k, N, 5)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     scatter_to_argmax(G, ARGMAX, ACC + n * H * W * C, k, c, c_ok, valid, C, H * W, scale,
-                      P, BLOCK_P, ARGMAX_CM)  # fmt: skip
+                      P, BLOCK_P, ARGMAX_CM, RECTS, W, REGIONS)  # fmt: skip
 
 
 @triton.jit
 def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
-                      P: tl.constexpr, BLOCK_P: tl.constexpr,
-                      ARGMAX_CM: tl.constexpr):  # fmt: skip
+                      P: tl.constexpr, BLOCK_P: tl.constexpr, ARGMAX_CM: tl.constexpr,
+                      RECTS=None, W=0, REGIONS: tl.constexpr = False):  # fmt: skip
     """IMAGE[cell, c] += G[k, c, p] (fixed point, IMAGE an NHWC image of the accumulator)
     at the argmax cell ``ARGMAX[k, p, c]`` of every bin p of RoI k, channels c: tiles of
     [BLOCK_P bins, channels], loaded along bins from G and from a channel-major
     (ARGMAX_CM) argmax, along channels from a channels-last one.
     A RoI that is not ``valid``, an argmax of -1 (an empty bin) or outside the image's
-    ``cells`` routes nothing."""
+    ``cells`` routes nothing; with REGIONS neither does one outside the RoI's region
+    RECTS[k] (rows [h0, h1), columns [w0, w1) of a map W cells wide), which the forward's
+    argmax never is."""
+    if REGIONS:
+        rect = RECTS + tl.cast(k, tl.int64) * 5
+        h0 = tl.load(rect + 1)
+        h1 = tl.load(rect + 2)
+        w0 = tl.load(rect + 3)
+        w1 = tl.load(rect + 4)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)[:, None]
         ok = (p < P) & c_ok[None, :]
@@ -220,7 +243,41 @@ def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
         # (a scalar & a tensor trips the interpreter)
         cell = tl.load(ARGMAX + argmax_at, mask=tl.where(valid, ok, False), other=-1)
         ok = ok & (cell >= 0) & (cell < cells)
+        if REGIONS:
+            h = cell // W
+            w = cell - h * W
+            ok = ok & (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
         add_to_cell(IMAGE + c[None, :], cell.to(tl.int64), C, g, scale, ok)
+
+
+@kernel
+def roi_pool_regions_kernel(
+    ROIS, RECTS, PARTS, FLAGS, K, N, H, W, scale_bits, flag_count,
+    PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """RoIPool's ``roiops.gpu.fixed_point.Regions``: RECTS[k] = the union of RoI k's bins
+    as the forward cuts them (from the first bin's first cell to the last bin's end,
+    clipped to the map; bins grow monotonically and touch or overlap), the areas' pieces
+    and the flags zeroed (``finish_plan``); one of REGION_PARTS programs, BLOCK RoIs a
+    round, every REGION_PARTS-th round."""
+    program = tl.program_id(0)
+    areas = tl.zeros((BLOCK,), tl.int64)
+    largest = tl.zeros((BLOCK,), tl.int64)
+    for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK) - program, REGION_PARTS)):
+        k = (i * REGION_PARTS + program) * BLOCK + tl.arange(0, BLOCK)
+        in_range = k < K
+        n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(
+            ROIS, tl.where(in_range, k, 0), N, scale_bits
+        )
+        first = tl.zeros((BLOCK,), tl.int32)
+        h0, _ = bin_edges(start_h, roi_h, first, PH, H, ROIS.dtype.element_ty)
+        _, h1 = bin_edges(start_h, roi_h, first + (PH - 1), PH, H, ROIS.dtype.element_ty)
+        w0, _ = bin_edges(start_w, roi_w, first, PW, W, ROIS.dtype.element_ty)
+        _, w1 = bin_edges(start_w, roi_w, first + (PW - 1), PW, W, ROIS.dtype.element_ty)
+        area = record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid)
+        areas += area
+        largest = tl.maximum(largest, area)
+    finish_plan(PARTS, FLAGS, program, areas, largest, flag_count)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -260,22 +317,42 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     return out, argmax
 
 
-def roi_pool_backward(grad, rois, argmax, grad_input):
+def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``: the
-    fixed-point scatter to the forward's argmax cells, then the conversion."""
-    sums = Accumulator(grad, grad_input.shape)
+    fixed-point scatter to the forward's argmax cells, then the conversion; with REGIONS,
+    in the RoIs' regions (``roi_pool_regions``)."""
+    regions = None
+    if REGIONS:
+        regions = roi_pool_regions(rois, grad_input.shape, spatial_scale, *grad.shape[2:])
+    sums = Accumulator(grad, grad_input.shape, regions=regions)
     roi_pool_scatter(sums, grad, rois, argmax)
     return sums.write_to(grad_input)
 
 
+def roi_pool_regions(rois, shape, spatial_scale, pooled_h, pooled_w) -> Regions:
+    """The ``Regions`` of ``rois`` on a map of ``shape`` (N, C, H, W), filled by
+    ``roi_pool_regions_kernel``."""
+    regions = Regions(rois, shape)
+    n, _, h, w = shape
+    roi_pool_regions_kernel[(REGION_PARTS.value,)](
+        rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
+        scale_bits(spatial_scale), regions.flags.numel(), PH=pooled_h, PW=pooled_w,
+        BLOCK=REGION_ROIS, num_warps=4,
+    )  # fmt: skip
+    return regions
+
+
 def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
-    """Add ``grad[K, C, ph, pw]`` at the forward's argmax cells into ``sums.acc``."""
+    """Add ``grad[K, C, ph, pw]`` at the forward's argmax cells into ``sums.acc`` (with
+    ``sums.regions``, only inside each RoI's region)."""
     N, H, W, C = sums.acc.shape
     K, _, pooled_h, pooled_w = grad.shape
     grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w, "roi_pool")
     argmax, channel_major = readable_argmax(argmax)
+    regions = sums.regions
     roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, argmax, sums.amax, sums.acc, N, C, H, W,
-        sums.log2_count, P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        ARGMAX_CM=channel_major, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
+        grad.contiguous(), rois, argmax, sums.amax, sums.acc,
+        rois if regions is None else regions.rects, N, C, H, W, sums.log2_count,
+        P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c, ARGMAX_CM=channel_major,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, REGIONS=regions is not None, num_warps=num_warps,
     )  # fmt: skip

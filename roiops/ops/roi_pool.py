@@ -118,7 +118,7 @@ def roi_pool_backward_op(
         from roiops.gpu import roi_pool as gpu
 
         grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
-        return gpu.roi_pool_backward(grad, rois, argmax, grad_input)
+        return gpu.roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale)
     g = grad.to(_validate.compute_dtype(grad.dtype))
     grad_input = new_input_grad(shape, g.dtype, g.device)
     if backend == "numba":
