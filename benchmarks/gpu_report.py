@@ -272,9 +272,9 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     synchronisation), beside torchvision's whole (float-atomic) backward, and the passes
     again BACK_TO_BACK calls a synchronisation (``<pass> back to back``: the GPU's time,
     without the host's); for ps_roi_pool, the scatter in bands of rows (``BAND``); for
-    ps_roi_align, a program per bin (``PS_LANES`` off); for roi_pool, the sums in the
-    RoIs' regions (``REGIONS``: their kernel, zeroing, scatter, conversion and the op; and
-    ``regions_chosen``, whether the case's RoIs chose them)."""
+    ps_roi_align, a program per bin (``PS_LANES`` off); for roi_pool and roi_align, the
+    sums in the RoIs' regions (``REGIONS``: their kernel, zeroing, scatter, conversion and
+    the op; and ``regions_chosen``, whether the case's RoIs chose them)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -341,17 +341,29 @@ def _pass_times(case, device: str) -> dict:
         fns["scatter_per_bin"] = _with_settings(scatter, ga, PS_LANES=False)
         fns["roiops_backward_per_bin"] = _with_settings(ours, ga, PS_LANES=False)
     chosen = {}
-    if case.op == "roi_pool":
+    if case.op in ("roi_pool", "roi_align"):
         # the sums zeroed and converted in the RoIs' regions only, where those are chosen
-        regions = gp.roi_pool_regions(rois, x.shape, lv.spatial_scale, p, p)
+        if case.op == "roi_pool":
+            module = gp
+            find = partial(gp.roi_pool_regions, rois, x.shape, lv.spatial_scale, p, p)
+        else:
+            module = ga
+            find = partial(ga.roi_align_regions, rois, x.shape, lv.spatial_scale, p, p,
+                           case.sampling_ratio, case.aligned)  # fmt: skip
+        regions = find()
         in_regions = Accumulator(grad, x.shape, regions=regions)
         chosen["regions_chosen"] = regions.chosen()
-        fns["regions"] = partial(gp.roi_pool_regions, rois, x.shape, lv.spatial_scale, p, p)
+        fns["regions"] = find
         fns["zero_regions_and_bound"] = partial(regions.zero_and_bound, in_regions.flat, grad,
                                                 x.shape[1])  # fmt: skip
-        fns["scatter_regions"] = partial(gp.roi_pool_scatter, in_regions, grad, rois, argmax)
+        if case.op == "roi_pool":
+            fns["scatter_regions"] = partial(gp.roi_pool_scatter, in_regions, grad, rois, argmax)
+        else:
+            fns["scatter_regions"] = partial(ga.roi_align_scatter, in_regions, grad, rois, None,
+                                             lv.spatial_scale, p, p, case.sampling_ratio,
+                                             case.aligned)  # fmt: skip
         fns["convert_regions"] = partial(in_regions.write_to, gx)
-        fns["roiops_backward_regions"] = _with_settings(ours, gp, REGIONS=True)
+        fns["roiops_backward_regions"] = _with_settings(ours, module, REGIONS=True)
     times = bench.time_interleaved(fns, device, ROUNDS)
     passes = {name: fn for name, fn in fns.items() if name in BACK_TO_BACK_PASSES}
     gpu_times = bench.time_interleaved(passes, device, ROUNDS, calls=BACK_TO_BACK)

@@ -228,12 +228,13 @@ def test_no_host_synchronisation(rng):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_roi_pool_sums_in_regions_choose_on_the_device(rng, monkeypatch):
-    # roi_pool's backward with its sums in the RoIs' regions (``REGIONS``, off by default)
-    # chooses between them and the whole map on the device: no host synchronisation, and
-    # a captured graph chooses again for the RoIs it replays with; the same bits as the
-    # whole map's sums either way
+def test_sums_in_regions_choose_on_the_device(rng, monkeypatch):
+    # roi_pool's and roi_align's backward with their sums in the RoIs' regions
+    # (``REGIONS``, off by default) choose between them and the whole map on the device:
+    # no host synchronisation, and a captured graph chooses again for the RoIs it
+    # replays with; the same bits as the whole map's sums either way
     from roiops.gpu import fixed_point
+    from roiops.gpu import roi_align as gpu_align
     from roiops.gpu import roi_pool as gpu_pool
 
     x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
@@ -245,25 +246,31 @@ def test_roi_pool_sums_in_regions_choose_on_the_device(rng, monkeypatch):
     rois = small.clone()
 
     def step():
-        out = roiops.roi_pool(x, rois, 7, 0.25)
-        return torch.autograd.grad(out, x, grad7)[0]
+        pooled = roiops.roi_pool(x, rois, 7, 0.25)
+        aligned = roiops.roi_align(x, rois, 7, 0.25, 0, True)
+        return [torch.autograd.grad(out, x, grad7)[0] for out in (pooled, aligned)]
 
     expected = {}
     for name, boxes in (("large", large), ("small", small)):
         rois.copy_(boxes)
         expected[name] = step()
     monkeypatch.setattr(gpu_pool, "REGIONS", True)
+    monkeypatch.setattr(gpu_align, "REGIONS", True)
     for boxes, chosen in ((large, False), (small, True)):
-        regions = gpu_pool.roi_pool_regions(boxes, x.shape, 0.25, 7, 7)
-        fixed_point.Accumulator(grad7, x.shape, regions=regions)
-        assert regions.chosen() == chosen
+        for regions in (
+            gpu_pool.roi_pool_regions(boxes, x.shape, 0.25, 7, 7),
+            gpu_align.roi_align_regions(boxes, x.shape, 0.25, 7, 7, 0, True),
+        ):
+            fixed_point.Accumulator(grad7, x.shape, regions=regions)
+            assert regions.chosen() == chosen
     step()  # compile first
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for name, boxes in (("large", large), ("small", small)):
             rois.copy_(boxes)
-            assert torch.equal(step(), expected[name])
+            got = step()
+            assert all(map(torch.equal, got, expected[name]))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     side = torch.cuda.Stream()
@@ -278,7 +285,7 @@ def test_roi_pool_sums_in_regions_choose_on_the_device(rng, monkeypatch):
         rois.copy_(boxes)
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(captured, expected[name])
+        assert all(map(torch.equal, captured, expected[name]))
 
 
 def test_direct_launches_give_triton_s_results(rng, monkeypatch):

@@ -280,20 +280,23 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
              for b in (1, 8, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
     regions = {"regions", "zero_regions_and_bound", "scatter_regions", "convert_regions"}
-    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin,
-              "roi_pool": regions | {"roiops_backward_regions"}}  # fmt: skip
+    in_regions = regions | {"roiops_backward_regions"}
+    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin, "roi_pool": in_regions,
+              "roi_align": in_regions}  # fmt: skip
     for case, t in times.items():
         op = case.split()[0]
         timed = passes | extras.get(op, set())
         again = timed & set(gpu_report.BACK_TO_BACK_PASSES)
         back_to_back = {f"{name} back to back" for name in again}
-        chosen = {"regions_chosen"} if op == "roi_pool" else set()
+        chosen = {"regions_chosen"} if op in ("roi_pool", "roi_align") else set()
         assert set(t) == timed | back_to_back | chosen
         assert all(t[name] > 0 for name in timed | back_to_back)
-    # the tiny case's RoIs reach most of its map: the whole map is zeroed
+    # the tiny cases' RoIs reach most of their map: the whole map is zeroed
     assert times["roi_pool tiny"]["regions_chosen"] is False
+    assert times["roi_align tiny sr=0"]["regions_chosen"] is False
     # put back after the timing
-    assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0 and not gpu_pool.REGIONS
+    assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
+    assert not gpu_pool.REGIONS and not gpu_align.REGIONS
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)

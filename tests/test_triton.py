@@ -7,6 +7,7 @@ imported. Shapes are small: the interpreter runs every program in NumPy.
 import os
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -205,14 +206,15 @@ def spoil_regions(monkeypatch) -> list:
     return made
 
 
-def regions_backward(monkeypatch, grad, rois, argmax, grad_input, chosen):
-    """(gradient, regions) of roi_pool's backward with REGIONS (spatial_scale 0.5, into
-    ``grad_input``), from garbage (``spoil_regions``); the regions ``chosen``, or the
-    whole map (their share made unreachable)."""
+def regions_backward(monkeypatch, backward, chosen):
+    """(gradient, regions) of ``backward()`` (a backward launcher's call) with REGIONS,
+    from garbage (``spoil_regions``); the regions ``chosen``, or the whole map (their
+    share made unreachable)."""
     made = spoil_regions(monkeypatch)
     monkeypatch.setattr(gpu_pool, "REGIONS", True)
+    monkeypatch.setattr(gpu_align, "REGIONS", True)
     monkeypatch.setattr(fixed_point, "REGION_SUM_SHARE", 2 if chosen else 2**62)
-    gx = gpu_pool.roi_pool_backward(grad, rois, argmax, grad_input, 0.5)
+    gx = backward()
     monkeypatch.undo()
     (regions,) = made
     return gx, regions
@@ -225,7 +227,8 @@ def region_boxes(rng, n, h, w, huge):
     the map's share)."""
     boxes = [
         random_rois(rng, n, 24, 2 * h, 2 * w, min_size=-4, max_size=8),
-        [[0, 1e9, 1e9, 2e9, 2e9], [1, -30.0, -30.0, 3.0, 3.0], [1, 2 * w - 3, 9, 2 * w + 9, 12]],
+        [[0, 1e6, 1e6, 1e6 + 8, 1e6 + 5], [1, -30.0, -30.0, 3.0, 3.0]],
+        [[1, 2 * w - 3, 9, 2 * w + 9, 12]],
         [[0, np.nan, 1, 2, 3], [1, 1, 2, np.inf, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
     ]
     if huge:
@@ -234,30 +237,35 @@ def region_boxes(rng, n, h, w, huge):
 
 
 @pytest.mark.parametrize(
-    "dtype,channels_last,chosen",
-    [(torch.float32, False, True)]
-    + slow_cases((torch.float32, False, False), (torch.float64, True, True),
-                 (torch.float16, True, False)),
+    "mode,dtype,channels_last,chosen",
+    [("pool", torch.float32, False, True), ("avg", torch.float32, False, True)]
+    + slow_cases(("pool", torch.float32, False, False), ("pool", torch.float64, True, True),
+                 ("pool", torch.float16, True, False), ("max", torch.float32, True, True),
+                 ("avg", torch.float64, False, False), ("max", torch.bfloat16, False, True)),
 )  # fmt: skip
-def test_roi_pool_backward_in_regions_changes_no_bit(rng, monkeypatch, dtype, channels_last,
-                                                     chosen):  # fmt: skip
+def test_backward_in_regions_changes_no_bit(rng, monkeypatch, mode, dtype, channels_last,
+                                            chosen):  # fmt: skip
     # the fixed-point sums zeroed and read only in the RoIs' regions (or the whole map,
-    # when they are not chosen) give the bits of the whole accumulator's, from either
-    # argmax layout, over RoIs the kernels skip, boxes beyond the map and channels past a
-    # block of 128 (the regions' zeroing) and of 32 (the conversion)
-    n, c, h, w = 2, 130, 24, 21
+    # when they are not chosen) give the bits of the whole accumulator's: roi_pool from
+    # either argmax layout, roi_align aligned or not, with a fixed and an adaptive grid
+    # (inverted aligned boxes' points run backwards), over RoIs the kernels skip, boxes
+    # beyond the map and channels past a block of 128 (the regions' zeroing; roi_pool) and
+    # of 32 (the conversion)
+    n, c, h, w = 2, 130 if mode == "pool" else 36, 24, 21
     x = on_device(np.round(rng.standard_normal((n, c, h, w)) * 2), dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    boxes = region_boxes(rng, n, h, w, huge=not chosen)
+    # (a box over the whole map would make an adaptive grid of 10**9 points a side)
+    boxes = region_boxes(rng, n, h, w, huge=False)
     rois = on_device(boxes, torch.float64 if dtype == torch.float64 else torch.float32)
-    grad = on_device(rng.standard_normal((len(boxes), c, 3, 2)), dtype)
-    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 2)
-    whole = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
-    prefilled = torch.full_like(x, float("nan"))
-    gx, regions = regions_backward(monkeypatch, grad, rois, argmax, prefilled, chosen)
-    assert regions.chosen() == chosen
-    assert torch.equal(gx, whole)
+    grad = on_device(rng.standard_normal((len(boxes), c, 2, 2)), dtype)
+    for ratio, aligned in [(2, True), (0, False)] if mode != "pool" else [(2, True)]:
+        whole = backward_launch(mode, x, rois, grad, torch.empty_like(x), 2, ratio, aligned)
+        prefilled = torch.full_like(x, float("nan"))
+        launch = partial(backward_launch, mode, x, rois, grad, prefilled, 2, ratio, aligned)
+        gx, regions = regions_backward(monkeypatch, launch, chosen)
+        assert regions.chosen() == chosen
+        assert torch.equal(gx, whole)
 
 
 def union_of_bins(box, scale, pooled, h, w):
@@ -320,7 +328,10 @@ def test_roi_pool_backward_in_regions_drops_a_foreign_argmax(rng, monkeypatch, c
                                          kept[ok], (n, c, h, w))  # fmt: skip
     # (the kernels take the argmax [K, ph, pw, C] channel-major: [K, C, ph, pw]'s memory)
     laid = on_device(argmax, torch.int32).permute(0, 2, 3, 1)
-    gx, _ = regions_backward(monkeypatch, grad, rois, laid, grad.new_empty((n, c, h, w)), chosen)
+    into = grad.new_empty((n, c, h, w))
+    gx, _ = regions_backward(
+        monkeypatch, lambda: gpu_pool.roi_pool_backward(grad, rois, laid, into, 0.5), chosen
+    )
     torch.testing.assert_close(gx, on_device(ref, torch.float32), **TOL[torch.float32])
 
 

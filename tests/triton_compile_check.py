@@ -70,6 +70,7 @@ from roiops.gpu.roi_align import (  # noqa: E402
     roi_align_box_backward_kernel,
     roi_align_forward_kernel,
     roi_align_forward_nhwc_kernel,
+    roi_align_regions_kernel,
 )
 from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
@@ -367,6 +368,11 @@ def main(dtypes=DTYPES) -> int:
             roi_pool_regions_kernel, {"ROIS": rois, **REGIONS},
             {"PH": 7, "PW": 7, "BLOCK": REGION_ROIS}, 4,
         )  # fmt: skip
+        for aligned in (False, True):
+            compile_for_gpu(
+                roi_align_regions_kernel, {"ROIS": rois, **REGIONS},
+                {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK": REGION_ROIS}, 4,
+            )  # fmt: skip
         grad_block = amax_block(TORCH_DTYPES[dt])
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},

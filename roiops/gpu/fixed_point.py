@@ -194,12 +194,15 @@ def zero_and_bound_kernel(ACC, G, AMAX, acc_size, grad_size, BLOCK: tl.constexpr
 
 # ------------------------------------------------------- sums in the regions RoIs reach
 @triton.jit
-def record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid):
+def record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W):
     """RECTS[k] = (n, h0, h1, w0, w1) for the lanes ``in_range``: RoI k's region, the
-    cells [h0, h1) x [w0, w1) of image n (empty for a RoI that is not ``valid``); returns
-    the regions' areas in cells (int64; 0 out of range)."""
-    h1 = tl.where(valid & (w0 < w1), tl.maximum(h1, h0), h0)
-    w1 = tl.maximum(w1, w0)
+    cells [h0, h1) x [w0, w1) of image n clipped to the H x W map (empty for a RoI that
+    is not ``valid``); returns the regions' areas in cells (int64; 0 out of range)."""
+    h0 = tl.minimum(tl.maximum(h0, 0), H)
+    w0 = tl.minimum(tl.maximum(w0, 0), W)
+    h1 = tl.minimum(tl.maximum(h1, h0), H)
+    w1 = tl.minimum(tl.maximum(w1, w0), W)
+    h1 = tl.where(valid & (w0 < w1), h1, h0)
     at = RECTS + k.to(tl.int64) * 5
     tl.store(at, n.to(tl.int32), mask=in_range)
     tl.store(at + 1, h0, mask=in_range)

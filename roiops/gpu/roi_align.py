@@ -32,10 +32,15 @@ import triton.language as tl
 from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import (
+    REGION_PARTS,
+    REGION_ROIS,
     Accumulator,
+    Regions,
     accumulator_channel,
     add_to_cell,
+    finish_plan,
     fixed_point_scale,
+    record_regions,
 )
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -53,6 +58,10 @@ from roiops.gpu.tiles import (
 
 # cells per side of the window over which the backward sums a bin's weights at once
 SPAN = 8
+# the backward's fixed-point sums zeroed and converted only in the RoIs' regions where
+# those are a small part of the map (``roiops.gpu.fixed_point.Regions``; not for
+# position-sensitive pooling, whose maps its RoIs cover), off until timed on a GPU
+REGIONS = False
 # Position-sensitive backward (ps_roi_align) with a block of a RoI's (bin, channel)
 # outputs a program (``ps_roi_align_backward_kernel``, ``tiles.roi_outputs_grid``),
 # instead of one program per (RoI, bin, block of output channels), which held 21 of 32
@@ -326,6 +335,43 @@ def _cell_range(start, bin_size, bin_index, grid, limit):
     return tl.minimum(low_a, low_b), tl.maximum(high_a, high_b)
 
 
+@kernel
+def roi_align_regions_kernel(
+    ROIS, RECTS, PARTS, FLAGS, K, N, H, W, scale_bits, sampling_ratio, flag_count,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """RoIAlign's ``roiops.gpu.fixed_point.Regions``: RECTS[k] = the cells that RoI k's
+    sampling points can touch (``_cell_range`` of its first and last bins along each
+    axis: the points run monotonically through the bins, forwards or, in an inverted
+    aligned RoI, backwards), the areas' pieces and the flags zeroed (``finish_plan``);
+    one of REGION_PARTS programs, BLOCK RoIs a round, every REGION_PARTS-th round. A RoI
+    without points (invalid, or an empty adaptive grid) has an empty region."""
+    program = tl.program_id(0)
+    areas = tl.zeros((BLOCK,), tl.int64)
+    largest = tl.zeros((BLOCK,), tl.int64)
+    for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK) - program, REGION_PARTS)):
+        k = (i * REGION_PARTS + program) * BLOCK + tl.arange(0, BLOCK)
+        in_range = k < K
+        n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid = _roi_geometry(
+            ROIS, tl.where(in_range, k, 0), N, scale_bits, sampling_ratio, True, PH, PW,
+            ALIGNED,
+        )  # fmt: skip
+        valid = valid & (grid_h > 0) & (grid_w > 0)
+        grid_h = tl.maximum(grid_h, 1)  # (a RoI without points: no division by 0)
+        grid_w = tl.maximum(grid_w, 1)
+        h0, h1 = _cell_range(start_h, bin_h, 0, grid_h, H)
+        last_h0, last_h1 = _cell_range(start_h, bin_h, PH - 1, grid_h, H)
+        w0, w1 = _cell_range(start_w, bin_w, 0, grid_w, W)
+        last_w0, last_w1 = _cell_range(start_w, bin_w, PW - 1, grid_w, W)
+        area = record_regions(
+            RECTS, k, in_range, n, tl.minimum(h0, last_h0), tl.maximum(h1, last_h1) + 1,
+            tl.minimum(w0, last_w0), tl.maximum(w1, last_w1) + 1, valid, H, W,
+        )  # fmt: skip
+        areas += area
+        largest = tl.maximum(largest, area)
+    finish_plan(PARTS, FLAGS, program, areas, largest, flag_count)
+
+
 @triton.jit
 def _pick(values, i):
     """values[i] as a scalar."""
@@ -501,12 +547,31 @@ def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, 
                        onnx_max=False):  # fmt: skip
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]`` (with
     ``position_sensitive``, ``grad_input`` has ``C * ph * pw`` channels; an ``argmax``
-    selects max mode, ``onnx_max`` ONNX's max)."""
-    sums = Accumulator(grad, grad_input.shape,
+    selects max mode, ``onnx_max`` ONNX's max); with REGIONS, not position-sensitive,
+    the sums in the RoIs' regions (``roi_align_regions``)."""
+    regions = None
+    if REGIONS and not position_sensitive:
+        regions = roi_align_regions(rois, grad_input.shape, spatial_scale, pooled_h, pooled_w,
+                                    sampling_ratio, aligned)  # fmt: skip
+    sums = Accumulator(grad, grad_input.shape, regions=regions,
                        bins=pooled_h * pooled_w if position_sensitive else 1)  # fmt: skip
     roi_align_scatter(sums, grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                       sampling_ratio, aligned, position_sensitive, onnx_max)  # fmt: skip
     return sums.write_to(grad_input)
+
+
+def roi_align_regions(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                      aligned) -> Regions:  # fmt: skip
+    """The ``Regions`` of ``rois`` on a map of ``shape`` (N, C, H, W), filled by
+    ``roi_align_regions_kernel``."""
+    regions = Regions(rois, shape)
+    n, _, h, w = shape
+    roi_align_regions_kernel[(REGION_PARTS.value,)](
+        rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
+        scale_bits(spatial_scale), sampling_ratio, regions.flags.numel(), PH=pooled_h,
+        PW=pooled_w, ALIGNED=aligned, BLOCK=REGION_ROIS, num_warps=4,
+    )  # fmt: skip
+    return regions
 
 
 def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pooled_h,

@@ -274,7 +274,7 @@ def roi_pool_regions_kernel(
         _, h1 = bin_edges(start_h, roi_h, first + (PH - 1), PH, H, ROIS.dtype.element_ty)
         w0, _ = bin_edges(start_w, roi_w, first, PW, W, ROIS.dtype.element_ty)
         _, w1 = bin_edges(start_w, roi_w, first + (PW - 1), PW, W, ROIS.dtype.element_ty)
-        area = record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid)
+        area = record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W)
         areas += area
         largest = tl.maximum(largest, area)
     finish_plan(PARTS, FLAGS, program, areas, largest, flag_count)
