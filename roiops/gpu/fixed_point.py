@@ -194,10 +194,26 @@ def zero_and_bound_kernel(ACC, G, AMAX, acc_size, grad_size, BLOCK: tl.constexpr
 
 # ------------------------------------------------------- sums in the regions RoIs reach
 @triton.jit
-def record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W):
+def region_rounds(K, BLOCK: tl.constexpr):
+    """Rounds of a regions kernel's program: BLOCK RoIs a round, every REGION_PARTS-th
+    round of K RoIs its own (``region_rois``)."""
+    return tl.cdiv(tl.cdiv(K, BLOCK) - tl.program_id(0), REGION_PARTS)
+
+
+@triton.jit
+def region_rois(i, K, BLOCK: tl.constexpr):
+    """(k, in_range, readable): the RoIs of this program's round i, which of them exist,
+    and k where it does, 0 elsewhere (an index every load may take, K >= 1)."""
+    k = (i * REGION_PARTS + tl.program_id(0)) * BLOCK + tl.arange(0, BLOCK)
+    return k, k < K, tl.where(k < K, k, 0)
+
+
+@triton.jit
+def record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W, areas, largest):
     """RECTS[k] = (n, h0, h1, w0, w1) for the lanes ``in_range``: RoI k's region, the
     cells [h0, h1) x [w0, w1) of image n clipped to the H x W map (empty for a RoI that
-    is not ``valid``); returns the regions' areas in cells (int64; 0 out of range)."""
+    is not ``valid``); returns ``areas`` and ``largest`` (per lane, int64) with these
+    regions' areas in cells added and taken the max of."""
     h0 = tl.minimum(tl.maximum(h0, 0), H)
     w0 = tl.minimum(tl.maximum(w0, 0), W)
     h1 = tl.minimum(tl.maximum(h1, h0), H)
@@ -209,13 +225,15 @@ def record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W):
     tl.store(at + 2, h1, mask=in_range)
     tl.store(at + 3, w0, mask=in_range)
     tl.store(at + 4, w1, mask=in_range)
-    return tl.where(in_range, (h1 - h0).to(tl.int64) * (w1 - w0).to(tl.int64), 0)
+    area = tl.where(in_range, (h1 - h0).to(tl.int64) * (w1 - w0).to(tl.int64), 0)
+    return areas + area, tl.maximum(largest, area)
 
 
 @triton.jit
-def finish_plan(PARTS, FLAGS, program, areas, largest, flag_count):
+def finish_plan(PARTS, FLAGS, areas, largest, flag_count):
     """The end of a regions kernel's program (``Regions``): its piece of the areas' sum
     and largest, and its share of the zeroing of the flags, FLAG_BLOCK bytes a round."""
+    program = tl.program_id(0)
     tl.store(PARTS + program, tl.sum(areas, axis=0))
     tl.store(PARTS + REGION_PARTS + program, tl.max(largest, axis=0))
     lane = tl.arange(0, FLAG_BLOCK)

@@ -41,6 +41,8 @@ from roiops.gpu.fixed_point import (
     finish_plan,
     fixed_point_scale,
     record_regions,
+    region_rois,
+    region_rounds,
 )
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -346,16 +348,13 @@ def roi_align_regions_kernel(
     aligned RoI, backwards), the areas' pieces and the flags zeroed (``finish_plan``);
     one of REGION_PARTS programs, BLOCK RoIs a round, every REGION_PARTS-th round. A RoI
     without points (invalid, or an empty adaptive grid) has an empty region."""
-    program = tl.program_id(0)
     areas = tl.zeros((BLOCK,), tl.int64)
     largest = tl.zeros((BLOCK,), tl.int64)
-    for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK) - program, REGION_PARTS)):
-        k = (i * REGION_PARTS + program) * BLOCK + tl.arange(0, BLOCK)
-        in_range = k < K
+    for i in range(0, region_rounds(K, BLOCK)):
+        k, in_range, readable = region_rois(i, K, BLOCK)
         n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid = _roi_geometry(
-            ROIS, tl.where(in_range, k, 0), N, scale_bits, sampling_ratio, True, PH, PW,
-            ALIGNED,
-        )  # fmt: skip
+            ROIS, readable, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
+        )
         valid = valid & (grid_h > 0) & (grid_w > 0)
         grid_h = tl.maximum(grid_h, 1)  # (a RoI without points: no division by 0)
         grid_w = tl.maximum(grid_w, 1)
@@ -363,13 +362,11 @@ def roi_align_regions_kernel(
         last_h0, last_h1 = _cell_range(start_h, bin_h, PH - 1, grid_h, H)
         w0, w1 = _cell_range(start_w, bin_w, 0, grid_w, W)
         last_w0, last_w1 = _cell_range(start_w, bin_w, PW - 1, grid_w, W)
-        area = record_regions(
+        areas, largest = record_regions(
             RECTS, k, in_range, n, tl.minimum(h0, last_h0), tl.maximum(h1, last_h1) + 1,
-            tl.minimum(w0, last_w0), tl.maximum(w1, last_w1) + 1, valid, H, W,
+            tl.minimum(w0, last_w0), tl.maximum(w1, last_w1) + 1, valid, H, W, areas, largest,
         )  # fmt: skip
-        areas += area
-        largest = tl.maximum(largest, area)
-    finish_plan(PARTS, FLAGS, program, areas, largest, flag_count)
+    finish_plan(PARTS, FLAGS, areas, largest, flag_count)
 
 
 @triton.jit

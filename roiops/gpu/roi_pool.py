@@ -30,6 +30,8 @@ from roiops.gpu.fixed_point import (
     finish_plan,
     fixed_point_scale,
     record_regions,
+    region_rois,
+    region_rounds,
 )
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -260,24 +262,19 @@ def roi_pool_regions_kernel(
     clipped to the map; bins grow monotonically and touch or overlap), the areas' pieces
     and the flags zeroed (``finish_plan``); one of REGION_PARTS programs, BLOCK RoIs a
     round, every REGION_PARTS-th round."""
-    program = tl.program_id(0)
     areas = tl.zeros((BLOCK,), tl.int64)
     largest = tl.zeros((BLOCK,), tl.int64)
-    for i in range(0, tl.cdiv(tl.cdiv(K, BLOCK) - program, REGION_PARTS)):
-        k = (i * REGION_PARTS + program) * BLOCK + tl.arange(0, BLOCK)
-        in_range = k < K
-        n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(
-            ROIS, tl.where(in_range, k, 0), N, scale_bits
-        )
+    for i in range(0, region_rounds(K, BLOCK)):
+        k, in_range, readable = region_rois(i, K, BLOCK)
+        n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, readable, N, scale_bits)
         first = tl.zeros((BLOCK,), tl.int32)
         h0, _ = bin_edges(start_h, roi_h, first, PH, H, ROIS.dtype.element_ty)
         _, h1 = bin_edges(start_h, roi_h, first + (PH - 1), PH, H, ROIS.dtype.element_ty)
         w0, _ = bin_edges(start_w, roi_w, first, PW, W, ROIS.dtype.element_ty)
         _, w1 = bin_edges(start_w, roi_w, first + (PW - 1), PW, W, ROIS.dtype.element_ty)
-        area = record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W)
-        areas += area
-        largest = tl.maximum(largest, area)
-    finish_plan(PARTS, FLAGS, program, areas, largest, flag_count)
+        areas, largest = record_regions(RECTS, k, in_range, n, h0, h1, w0, w1, valid, H, W,
+                                        areas, largest)  # fmt: skip
+    finish_plan(PARTS, FLAGS, areas, largest, flag_count)
 
 
 # ----------------------------------------------------------------------------- launchers
