@@ -46,6 +46,7 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12
 SLOW_ALTERNATIVES = {
     (gpu_ps_pool, "BAND"): 0,  # (the scatter in bands of rows: slower, off)
     (gpu_pool, "REGIONS"): False,  # (roi_pool's sums in the RoIs' regions: untimed, off)
+    (gpu_pool, "RUNS"): False,  # (roi_pool's scatter adding runs of bins once: untimed, off)
 }
 
 
@@ -266,6 +267,36 @@ def test_backward_in_regions_changes_no_bit(rng, monkeypatch, mode, dtype, chann
         gx, regions = regions_backward(monkeypatch, launch, chosen)
         assert regions.chosen() == chosen
         assert torch.equal(gx, whole)
+
+
+@pytest.mark.parametrize(
+    "output_size,channels_last,regions",
+    [((7, 7), False, False)] + slow_cases(((9, 9), True, True), ((3, 5), False, True)),
+)  # fmt: skip
+def test_roi_pool_scatter_in_runs_changes_no_bit(rng, monkeypatch, output_size, channels_last,
+                                                 regions):  # fmt: skip
+    # runs of bins on one argmax cell added once (RUNS) give the bits of an atomic each:
+    # RoIs of a cell or two under many bins (runs across rows of bins, up to every bin),
+    # ties, RoIs the kernels skip and boxes beyond the map (bins of argmax -1 inside and
+    # between runs), 81 bins (a run cut by the end of a tile of 64), either argmax layout,
+    # with and without regions
+    n, c, h, w = 2, 19, 16, 14
+    x = on_device(np.round(rng.standard_normal((n, c, h, w))), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    tiny = random_rois(rng, n, 12, 2 * h, 2 * w, min_size=0, max_size=3)
+    boxes = np.concatenate([region_boxes(rng, n, h, w, huge=False), tiny])
+    rois = on_device(boxes, torch.float32)
+    grad = on_device(rng.standard_normal((len(boxes), c, *output_size)), torch.float32)
+    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, *output_size)
+    monkeypatch.setattr(gpu_pool, "REGIONS", regions)
+    each = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
+    monkeypatch.setattr(gpu_pool, "RUNS", True)
+    runs = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
+    assert torch.equal(runs, each)
+    _, ref = pool("reference", x, rois[valid_rois(rois, n)], output_size, 0.5,
+                  grad[valid_rois(rois, n)])  # fmt: skip
+    torch.testing.assert_close(runs, ref, **TOL[torch.float32])
 
 
 def union_of_bins(box, scale, pooled, h, w):

@@ -213,6 +213,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
     mode += f" band {constexprs['BAND']}" if constexprs.get("BAND") else ""
     mode += " regions" if constexprs.get("REGIONS") else ""
+    mode += " runs" if constexprs.get("RUNS") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
@@ -359,10 +360,12 @@ def main(dtypes=DTYPES) -> int:
         # (without regions the launcher passes the accumulator for RECTS, FLAGS, PARTS)
         unused = {"RECTS": rois, "FLAGS": "*i64", "PARTS": "*i64"}
         for cm in (True, False):
-            for regions in (False, True):
+            # (the scatter alone, in regions, adding runs of bins once, both)
+            for regions, runs in ((False, False), (True, False), (False, True), (True, True)):
                 compile_for_gpu(
                     roi_pool_backward_kernel, {**bwd, **(REGIONS if regions else unused)},
-                    {**argmax_tile, "ARGMAX_CM": cm, "REGIONS": regions}, argmax_warps,
+                    {**argmax_tile, "ARGMAX_CM": cm, "REGIONS": regions, "RUNS": runs},
+                    argmax_warps,
                 )  # fmt: skip
         compile_for_gpu(
             roi_pool_regions_kernel, {"ROIS": rois, **REGIONS},

@@ -32,7 +32,7 @@ the conversion puts them back.
 Its fixed cost is memory traffic over the whole map: zeroing (8 bytes a cell and
 channel), then the conversion (8 read, 4 written), against the 4 bytes of a float
 gradient's zero fill. ``Regions`` cut it where the RoIs reach a small part of the map
-(zeroing and converting only there; roi_pool, behind ``roiops.gpu.roi_pool.REGIONS``).
+(zeroing and converting only there; roi_pool and roi_align, behind their ``REGIONS``).
 """
 
 from __future__ import annotations
@@ -494,7 +494,8 @@ class Regions:
     zeroing and conversion over every cell reading the marks, was measured at 0d8c98e on
     an H100 and lost, each of its passes timed with its host time: 0.18 + 0.16 ms
     against 0.10 + 0.19 on 'a small'. This zeroes only the regions, no pass over the
-    map but the conversion, and roi_pool's regions are its bins' union exactly.)"""
+    map but the conversion, and the regions are exact: roi_pool's its bins' union,
+    roi_align's the cells its first and last bins' points touch.)"""
 
     def __init__(self, rois: torch.Tensor, shape) -> None:
         n, _, h, w = shape

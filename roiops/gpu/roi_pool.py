@@ -32,6 +32,7 @@ from roiops.gpu.fixed_point import (
     record_regions,
     region_rois,
     region_rounds,
+    to_fixed,
 )
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
@@ -51,6 +52,9 @@ from roiops.gpu.tiles import (
 # those are a small part of the map (``roiops.gpu.fixed_point.Regions``), off until timed
 # on a GPU
 REGIONS = False
+# the scatter adds a run of consecutive bins whose argmax is the same cell once, their
+# sum (``scatter_to_argmax``), off until timed on a GPU
+RUNS = False
 
 # bins start from -FLT_MAX, as in torchvision and the reference
 FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
@@ -204,25 +208,27 @@ def roi_pool_forward_nhwc_kernel(
 def roi_pool_backward_kernel(
     G, ROIS, ARGMAX, AMAX, ACC, RECTS, N, C, H, W, log2_count,
     P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ARGMAX_CM: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False, REGIONS: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, REGIONS: tl.constexpr = False, RUNS: tl.constexpr = False,
 ):  # fmt: skip
     """ACC[N, H, W, C] (int64 fixed point) += G[k, c, p] at each channel's argmax cell
     (ARGMAX[K, P, C], channel-major if ARGMAX_CM), for one RoI and block of channels, all
     of its bins; with REGIONS only at cells inside the RoI's region RECTS[k]
-    (``roi_pool_regions_kernel``)."""
+    (``roi_pool_regions_kernel``); RUNS: a run of bins on one cell adds once
+    (``scatter_to_argmax``)."""
     k, c, c_ok = roi_channels_tile(C, BLOCK_C, ROIS_INNER)
     # the forward's argmax is -1 for an invalid RoI; the batch index is checked again so
     # that no argmax handed to this kernel can make it write outside the accumulator
     n, valid = batch_index(ROIS, k, N, 5)
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     scatter_to_argmax(G, ARGMAX, ACC + n * H * W * C, k, c, c_ok, valid, C, H * W, scale,
-                      P, BLOCK_P, ARGMAX_CM, RECTS, W, REGIONS)  # fmt: skip
+                      P, BLOCK_P, ARGMAX_CM, RECTS, W, REGIONS, RUNS)  # fmt: skip
 
 
 @triton.jit
 def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
                       P: tl.constexpr, BLOCK_P: tl.constexpr, ARGMAX_CM: tl.constexpr,
-                      RECTS=None, W=0, REGIONS: tl.constexpr = False):  # fmt: skip
+                      RECTS=None, W=0, REGIONS: tl.constexpr = False,
+                      RUNS: tl.constexpr = False):  # fmt: skip
     """IMAGE[cell, c] += G[k, c, p] (fixed point, IMAGE an NHWC image of the accumulator)
     at the argmax cell ``ARGMAX[k, p, c]`` of every bin p of RoI k, channels c: tiles of
     [BLOCK_P bins, channels], loaded along bins from G and from a channel-major
@@ -230,26 +236,61 @@ def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
     A RoI that is not ``valid``, an argmax of -1 (an empty bin) or outside the image's
     ``cells`` routes nothing; with REGIONS neither does one outside the RoI's region
     RECTS[k] (rows [h0, h1), columns [w0, w1) of a map W cells wide), which the forward's
-    argmax never is."""
+    argmax never is. RUNS: consecutive bins of a tile whose argmax is the same cell (a
+    RoI of a few cells under 7x7 bins: up to 49 bins on one cell) add their sum once, at
+    the run's last bin (a segmented scan of the fixed-point values, exact: the same bits
+    as an atomic each)."""
+    h0, h1, w0, w1 = 0, 0, 0, 0
     if REGIONS:
-        rect = RECTS + tl.cast(k, tl.int64) * 5
-        h0 = tl.load(rect + 1)
-        h1 = tl.load(rect + 2)
-        w0 = tl.load(rect + 3)
-        w1 = tl.load(rect + 4)
+        at = RECTS + tl.cast(k, tl.int64) * 5
+        h0, h1, w0, w1 = tl.load(at + 1), tl.load(at + 2), tl.load(at + 3), tl.load(at + 4)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)[:, None]
         ok = (p < P) & c_ok[None, :]
-        g_at, argmax_at = output_offsets(k, c[None, :], p, C, P, ARGMAX_CM)
+        g_at, _ = output_offsets(k, c[None, :], p, C, P, ARGMAX_CM)
         g = tl.load(G + g_at, mask=ok, other=0.0)
-        # (a scalar & a tensor trips the interpreter)
-        cell = tl.load(ARGMAX + argmax_at, mask=tl.where(valid, ok, False), other=-1)
-        ok = ok & (cell >= 0) & (cell < cells)
-        if REGIONS:
-            h = cell // W
-            w = cell - h * W
-            ok = ok & (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
-        add_to_cell(IMAGE + c[None, :], cell.to(tl.int64), C, g, scale, ok)
+        cell, ok = _routed_cell(ARGMAX, k, c, p, ok, valid, C, cells, P, ARGMAX_CM, h0, h1,
+                                w0, w1, W, REGIONS)  # fmt: skip
+        if RUNS:
+            # the cells of the bins before and after in the tile (-1 past its ends, as
+            # for a bin that routes nothing): a run starts where the cell changes
+            fixed = tl.where(ok, to_fixed(g, scale), 0)
+            last = p0 + BLOCK_P - 1
+            before, _ = _routed_cell(ARGMAX, k, c, p - 1, (p > p0) & (p <= P) & c_ok[None, :],
+                                     valid, C, cells, P, ARGMAX_CM, h0, h1, w0, w1, W,
+                                     REGIONS)  # fmt: skip
+            after, _ = _routed_cell(ARGMAX, k, c, p + 1, (p < last) & (p + 1 < P) & c_ok[None, :],
+                                    valid, C, cells, P, ARGMAX_CM, h0, h1, w0, w1, W,
+                                    REGIONS)  # fmt: skip
+            _, sums = tl.associative_scan((cell != before, fixed), 0, _segmented_sum)
+            ends = cell != after
+            tl.atomic_add(IMAGE + c[None, :] + cell.to(tl.int64) * C, sums,
+                          mask=ok & ends & (sums != 0), sem="relaxed")  # fmt: skip
+        else:
+            add_to_cell(IMAGE + c[None, :], cell.to(tl.int64), C, g, scale, ok)
+
+
+@triton.jit
+def _routed_cell(ARGMAX, k, c, p, ok, valid, C, cells, P: tl.constexpr,
+                 ARGMAX_CM: tl.constexpr, h0, h1, w0, w1, W, REGIONS: tl.constexpr):  # fmt: skip
+    """(cell, routed): the argmax cell of RoI k's bins p, channels c (where ``ok``; -1
+    elsewhere), and whether it takes the gradient (``scatter_to_argmax``'s rules); a cell
+    that does not is -1."""
+    _, argmax_at = output_offsets(k, c[None, :], p, C, P, ARGMAX_CM)
+    # (a scalar & a tensor trips the interpreter)
+    cell = tl.load(ARGMAX + argmax_at, mask=tl.where(valid, ok, False), other=-1)
+    routed = ok & (cell >= 0) & (cell < cells)
+    if REGIONS:
+        h = cell // W
+        w = cell - h * W
+        routed = routed & (h >= h0) & (h < h1) & (w >= w0) & (w < w1)
+    return tl.where(routed, cell, -1), routed
+
+
+@triton.jit
+def _segmented_sum(start_a, sum_a, start_b, sum_b):
+    """A segmented scan's step: b's sum, plus a's where b does not start a segment."""
+    return start_a | start_b, tl.where(start_b, sum_b, sum_a + sum_b)
 
 
 @kernel
@@ -351,5 +392,6 @@ def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
         grad.contiguous(), rois, argmax, sums.amax, sums.acc,
         rois if regions is None else regions.rects, N, C, H, W, sums.log2_count,
         P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c, ARGMAX_CM=channel_major,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, REGIONS=regions is not None, num_warps=num_warps,
+        ROIS_INNER=tiles.SCATTER_ROIS_INNER, REGIONS=regions is not None, RUNS=RUNS,
+        num_warps=num_warps,
     )  # fmt: skip
