@@ -319,7 +319,7 @@ def test_roi_pool_regions_are_the_union_of_the_bins(rng, monkeypatch):
     n, h, w = 2, 13, 11
     boxes = np.concatenate([region_boxes(rng, n, h, w, huge=True)] * 12)
     rois = on_device(boxes, torch.float32)
-    monkeypatch.setattr(gpu_pool, "REGION_ROIS", 16)
+    monkeypatch.setattr(fixed_point, "REGION_ROIS", 16)
     assert fixed_point.REGION_PARTS.value * 16 < len(boxes) < fixed_point.REGION_PARTS.value * 32
     spoil_regions(monkeypatch)
     regions = gpu_pool.roi_pool_regions(rois, (n, 3, h, w), 0.5, 3, 5)

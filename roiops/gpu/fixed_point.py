@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from roiops.gpu.rois import scale_bits
 from roiops.gpu.tiles import cdiv, check_grid, kernel, next_power_of_2
 
 # max |grad| comes in AMAX_PARTS pieces, from the first AMAX_PARTS programs of the launch
@@ -504,6 +505,21 @@ class Regions:
         self.rects = torch.empty((rois.shape[0], 5), dtype=torch.int32, device=device)
         self.parts = torch.empty(2 * REGION_PARTS.value + 1, dtype=torch.int64, device=device)
         self.flags = torch.empty(n * h * w, dtype=torch.int8, device=device)
+
+    @classmethod
+    def found_by(cls, kernel, rois: torch.Tensor, shape, spatial_scale: float, *args,
+                 **constexprs) -> Regions:  # fmt: skip
+        """The regions of ``rois`` on a map of ``shape`` (N, C, H, W), filled by an op's
+        regions ``kernel`` (REGION_PARTS programs), which takes ``(ROIS, RECTS, PARTS,
+        FLAGS, K, N, H, W, scale_bits, flag_count, *args, **constexprs, BLOCK)``."""
+        regions = cls(rois, shape)
+        n, _, h, w = shape
+        kernel[(REGION_PARTS.value,)](
+            rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
+            scale_bits(spatial_scale), regions.flags.numel(), *args, **constexprs,
+            BLOCK=REGION_ROIS, num_warps=4,
+        )  # fmt: skip
+        return regions
 
     def zero_and_bound(self, flat: torch.Tensor, grad: torch.Tensor, channels: int):
         """``zero_and_bound`` of ``flat``, an accumulator of these regions' map with

@@ -32,8 +32,6 @@ import triton.language as tl
 from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import (
-    REGION_PARTS,
-    REGION_ROIS,
     Accumulator,
     Regions,
     accumulator_channel,
@@ -339,7 +337,7 @@ def _cell_range(start, bin_size, bin_index, grid, limit):
 
 @kernel
 def roi_align_regions_kernel(
-    ROIS, RECTS, PARTS, FLAGS, K, N, H, W, scale_bits, sampling_ratio, flag_count,
+    ROIS, RECTS, PARTS, FLAGS, K, N, H, W, scale_bits, flag_count, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """RoIAlign's ``roiops.gpu.fixed_point.Regions``: RECTS[k] = the cells that RoI k's
@@ -561,14 +559,8 @@ def roi_align_regions(rois, shape, spatial_scale, pooled_h, pooled_w, sampling_r
                       aligned) -> Regions:  # fmt: skip
     """The ``Regions`` of ``rois`` on a map of ``shape`` (N, C, H, W), filled by
     ``roi_align_regions_kernel``."""
-    regions = Regions(rois, shape)
-    n, _, h, w = shape
-    roi_align_regions_kernel[(REGION_PARTS.value,)](
-        rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
-        scale_bits(spatial_scale), sampling_ratio, regions.flags.numel(), PH=pooled_h,
-        PW=pooled_w, ALIGNED=aligned, BLOCK=REGION_ROIS, num_warps=4,
-    )  # fmt: skip
-    return regions
+    return Regions.found_by(roi_align_regions_kernel, rois, shape, spatial_scale,
+                            sampling_ratio, PH=pooled_h, PW=pooled_w, ALIGNED=aligned)  # fmt: skip
 
 
 def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pooled_h,

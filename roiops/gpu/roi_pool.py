@@ -22,8 +22,6 @@ import triton.language as tl
 from roiops._layout import new_argmax, readable_argmax
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import (
-    REGION_PARTS,
-    REGION_ROIS,
     Accumulator,
     Regions,
     add_to_cell,
@@ -370,14 +368,8 @@ def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):
 def roi_pool_regions(rois, shape, spatial_scale, pooled_h, pooled_w) -> Regions:
     """The ``Regions`` of ``rois`` on a map of ``shape`` (N, C, H, W), filled by
     ``roi_pool_regions_kernel``."""
-    regions = Regions(rois, shape)
-    n, _, h, w = shape
-    roi_pool_regions_kernel[(REGION_PARTS.value,)](
-        rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
-        scale_bits(spatial_scale), regions.flags.numel(), PH=pooled_h, PW=pooled_w,
-        BLOCK=REGION_ROIS, num_warps=4,
-    )  # fmt: skip
-    return regions
+    return Regions.found_by(roi_pool_regions_kernel, rois, shape, spatial_scale, PH=pooled_h,
+                            PW=pooled_w)  # fmt: skip
 
 
 def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
