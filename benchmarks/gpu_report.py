@@ -252,7 +252,7 @@ def forward_layouts(rng, device: str = "cuda", cases=LAYOUT_CASES, pooled: int =
 BACK_TO_BACK = 10
 BACK_TO_BACK_PASSES = ("zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
                        "regions", "zero_regions_and_bound", "scatter_regions",
-                       "convert_regions", "scatter_runs")  # fmt: skip
+                       "convert_regions", "scatter_each")  # fmt: skip
 BACKWARD_PASS_CASES = (
     "a small sr=0",
     "a small sr=2",
@@ -275,8 +275,8 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
     ps_roi_align, a program per bin (``PS_LANES`` off); for roi_pool and roi_align, the
     sums in the RoIs' regions (``REGIONS``: their kernel, zeroing, scatter, conversion and
     the op; and ``regions_chosen``, whether the case's RoIs chose them); for roi_pool, its
-    scatter adding runs of bins on one cell once (``RUNS``: the scatter and the op, alone
-    and with the regions)."""
+    scatter with an atomic a bin (``RUNS`` off: the scatter and the op; the launchers add
+    runs of bins on one cell once)."""
     if cases is None:
         cases = [c for c in bench.cases(device="cuda") if c.name in BACKWARD_PASS_CASES]
     return {f"{c.op} {c.name}": _pass_times(c, device) for c in cases}
@@ -367,10 +367,10 @@ def _pass_times(case, device: str) -> dict:
         fns["convert_regions"] = partial(in_regions.write_to, gx)
         fns["roiops_backward_regions"] = _with_settings(ours, module, REGIONS=True)
     if case.op == "roi_pool":
-        # runs of bins on one argmax cell added once (RUNS), alone and with the regions
-        fns["scatter_runs"] = _with_settings(scatter, gp, RUNS=True)
-        fns["roiops_backward_runs"] = _with_settings(ours, gp, RUNS=True)
-        fns["roiops_backward_regions_runs"] = _with_settings(ours, gp, REGIONS=True, RUNS=True)
+        # an atomic a bin (RUNS off), against the launchers' runs of bins on one argmax
+        # cell added once
+        fns["scatter_each"] = _with_settings(scatter, gp, RUNS=False)
+        fns["roiops_backward_each"] = _with_settings(ours, gp, RUNS=False)
     times = bench.time_interleaved(fns, device, ROUNDS)
     passes = {name: fn for name, fn in fns.items() if name in BACK_TO_BACK_PASSES}
     gpu_times = bench.time_interleaved(passes, device, ROUNDS, calls=BACK_TO_BACK)
@@ -734,13 +734,11 @@ def summary(report: dict) -> str:
             if all(f"{name} back to back" in t for name in regions):
                 row(f"{case} bwd GPU ms (back to back), sums in regions",
                     " + ".join(f"{t[f'{name} back to back']:.3f}" for name in regions))  # fmt: skip
-        if "roiops_backward_runs" in t:
-            names = ("scatter_runs", "scatter_runs back to back", "roiops_backward_runs",
-                     "roiops_backward_regions_runs")  # fmt: skip
+        if "roiops_backward_each" in t:
+            names = ("scatter_each", "scatter_each back to back", "roiops_backward_each")
             ms = [t[name] for name in names]
-            row(f"{case} bwd ms, runs of bins added once: scatter (back to back) / op / "
-                "op in regions",
-                f"{ms[0]:.2f} ({ms[1]:.3f}) / {ms[2]:.2f} / {ms[3]:.2f}")  # fmt: skip
+            row(f"{case} bwd ms, an atomic a bin (no runs): scatter (back to back) / op",
+                f"{ms[0]:.2f} ({ms[1]:.3f}) / {ms[2]:.2f}")  # fmt: skip
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",

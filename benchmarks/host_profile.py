@@ -30,6 +30,7 @@ def rows() -> dict:
     import torchvision
 
     from roiops.gpu import roi_align as gpu
+    from roiops.gpu.fixed_point import Accumulator
     from roiops.gpu.rois import scale_bits
     from roiops.gpu.tiles import bins_grid
 
@@ -61,6 +62,10 @@ def rows() -> dict:
                      None, None, *all_args)  # fmt: skip
 
     ops = torch.ops.roiops
+    tv_ops = torch.ops.torchvision
+    grad = torch.randn(16, 256, 7, 7, device="cuda")
+    grad_input = torch.empty_like(x)
+    sums = Accumulator(grad, x.shape)
     return {
         "CompiledKernel.run, arguments ready": compiled_run,
         "CompiledKernel[grid](...)": lambda: runner(*all_args),
@@ -86,6 +91,22 @@ def rows() -> dict:
         ),
         "torch.ops.torchvision.roi_pool": lambda: torch.ops.torchvision.roi_pool(
             x, rois, 0.25, 7, 7
+        ),
+        # the backward (deterministic: three launches, an int64 accumulator) from the
+        # bottom up
+        "Accumulator (allocation, zero_and_bound)": lambda: Accumulator(grad, x.shape),
+        "roi_align_scatter": lambda: gpu.roi_align_scatter(
+            sums, grad, rois, None, 0.25, 7, 7, 2, True
+        ),
+        "Accumulator.write_to": lambda: sums.write_to(grad_input),
+        "launcher roi_align_backward": lambda: gpu.roi_align_backward(
+            grad, rois, None, grad_input, 0.25, 7, 7, 2, True
+        ),
+        "torch.ops.roiops.roi_align_backward": lambda: ops.roi_align_backward(
+            grad, rois, 0.25, 7, 7, 2, True, 2, 256, 50, 68
+        ),
+        "torch.ops.torchvision._roi_align_backward": lambda: tv_ops._roi_align_backward(
+            grad, rois, 0.25, 7, 7, 2, 256, 50, 68, 2, True
         ),
     }
 
@@ -118,6 +139,7 @@ def main(argv=None) -> None:
         "kernel[grid](...) (roiops.gpu.launch.Kernel)",
         "roiops.roi_align, recording autograd",
         "torch.ops.roiops.roi_pool (with argmax)",
+        "torch.ops.roiops.roi_align_backward",
     )
     for name in profiled if args.profile else ():
         print(f"\n--- {name}: {args.calls} calls, by own time")

@@ -281,8 +281,8 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
     regions = {"regions", "zero_regions_and_bound", "scatter_regions", "convert_regions"}
     in_regions = regions | {"roiops_backward_regions"}
-    runs = {"scatter_runs", "roiops_backward_runs", "roiops_backward_regions_runs"}
-    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin, "roi_pool": in_regions | runs,
+    each = {"scatter_each", "roiops_backward_each"}
+    extras = {"ps_roi_pool": bands, "ps_roi_align": per_bin, "roi_pool": in_regions | each,
               "roi_align": in_regions}  # fmt: skip
     for case, t in times.items():
         op = case.split()[0]
@@ -297,7 +297,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert times["roi_align tiny sr=0"]["regions_chosen"] is False
     # put back after the timing
     assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
-    assert not gpu_pool.REGIONS and not gpu_align.REGIONS and not gpu_pool.RUNS
+    assert not gpu_pool.REGIONS and not gpu_align.REGIONS and gpu_pool.RUNS
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
@@ -310,8 +310,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert ("roi_pool tiny bwd ms, sums in regions (not chosen): regions + zero + scatter + "
             "convert / op") in table  # fmt: skip
     assert "roi_pool tiny bwd GPU ms (back to back), sums in regions" in table
-    assert ("roi_pool tiny bwd ms, runs of bins added once: scatter (back to back) / op / "
-            "op in regions") in table  # fmt: skip
+    assert "roi_pool tiny bwd ms, an atomic a bin (no runs): scatter (back to back) / op" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

@@ -46,7 +46,6 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12
 SLOW_ALTERNATIVES = {
     (gpu_ps_pool, "BAND"): 0,  # (the scatter in bands of rows: slower, off)
     (gpu_pool, "REGIONS"): False,  # (roi_pool's sums in the RoIs' regions: untimed, off)
-    (gpu_pool, "RUNS"): False,  # (roi_pool's scatter adding runs of bins once: untimed, off)
 }
 
 
@@ -275,7 +274,8 @@ def test_backward_in_regions_changes_no_bit(rng, monkeypatch, mode, dtype, chann
 )  # fmt: skip
 def test_roi_pool_scatter_in_runs_changes_no_bit(rng, monkeypatch, output_size, channels_last,
                                                  regions):  # fmt: skip
-    # runs of bins on one argmax cell added once (RUNS) give the bits of an atomic each:
+    # runs of bins on one argmax cell added once (RUNS, the default) give the bits of an
+    # atomic each:
     # RoIs of a cell or two under many bins (runs across rows of bins, up to every bin),
     # ties, RoIs the kernels skip and boxes beyond the map (bins of argmax -1 inside and
     # between runs), 81 bins (a run cut by the end of a tile of 64), either argmax layout,
@@ -290,6 +290,7 @@ def test_roi_pool_scatter_in_runs_changes_no_bit(rng, monkeypatch, output_size, 
     grad = on_device(rng.standard_normal((len(boxes), c, *output_size)), torch.float32)
     _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, *output_size)
     monkeypatch.setattr(gpu_pool, "REGIONS", regions)
+    monkeypatch.setattr(gpu_pool, "RUNS", False)
     each = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
     monkeypatch.setattr(gpu_pool, "RUNS", True)
     runs = gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
