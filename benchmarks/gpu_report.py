@@ -606,13 +606,14 @@ def _pool_config_times(case, device: str) -> dict:
     # the forward's argmax, which every timed forward writes again and the scatter reads
     out, argmax = gp.roi_pool_forward(x, rois, lv.spatial_scale, p, p, nhwc=False)
     args = (rois, out, argmax, N, C, H, W, scale_bits(lv.spatial_scale))
-    for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
-        grid = (K * triton.cdiv(C * p * p, block),)
-        fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
-            gp.roi_pool_forward_kernel[g](
-                x, *args, PH=p, PW=p, BLOCK=b, STORE_ARGMAX=True, ROIS_INNER=i, num_warps=w
+    # (and each visiting its bins 2x2 cells at a time: VISIT_2X2)
+    for visit_2x2, name in ((False, "forward"), (True, "forward 2x2")):
+        for kind, block, warps, inner in _configs(name, FORWARD_CONFIGS, "forward"):
+            grid = (K * triton.cdiv(C * p * p, block),)
+            fns[f"{kind} {block}/{warps}"] = partial(
+                gp.roi_pool_forward_kernel[grid], x, *args, PH=p, PW=p, BLOCK=block,
+                STORE_ARGMAX=True, ROIS_INNER=inner, VISIT_2X2=visit_2x2, num_warps=warps,
             )  # fmt: skip
-        )
     sums = Accumulator(grad, x.shape)
     for kind, (block_p, block_c), warps, inner in _configs(
         "scatter", ARGMAX_CONFIGS, "argmax scatter"
@@ -742,7 +743,8 @@ def summary(report: dict) -> str:
     for case, t in report.get("kernel_configs", {}).items():
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
-                     "nhwc forward, rois inner", "scatter, rois inner"):  # fmt: skip
+                     "nhwc forward, rois inner", "scatter, rois inner", "forward 2x2",
+                     "forward 2x2, rois inner"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import roiops
 from roiops.gpu import fixed_point
+from roiops.gpu import multi_scale_roi_align as gpu_multi
 from roiops.gpu import ps_roi_pool as gpu_ps_pool
 from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
@@ -168,6 +169,70 @@ def test_roi_pool_backward_over_hard_boxes(rng, dtype, channels_last):
     assert not ok.all()
     _, ref = pool("reference", x, rois[ok], 7, 0.5, grad[ok])
     torch.testing.assert_close(gx, ref, **TOL.get(dtype, dict(rtol=1e-3, atol=1e-3)))
+
+
+@pytest.mark.parametrize(
+    "output_size,dtype",
+    [((7, 7), torch.float32)] + slow_cases(((3, 5), torch.float16), ((2, 2), torch.float32)),
+)
+def test_roi_pool_forward_2x2_at_a_time_changes_no_bit(rng, monkeypatch, output_size, dtype):
+    # the NCHW forward visiting its bins 2x2 cells at a time (VISIT_2X2) gives the
+    # outputs and argmax of the cell-by-cell visit, bit for bit, and the reference's:
+    # three values only (ties across blocks: the lowest cell wins, the first of a
+    # row-major visit; -0.0 and 0.0 too, equal: the first's sign), NaN and -inf patches
+    # (never a winner), bins of a cell or less and of up to a dozen cells a side, boxes
+    # beyond the map, RoIs the kernels skip; half precision; the FPN pooler's kernel
+    n, c, h, w = 2, 3, 17, 15
+    values = rng.integers(-1, 2, (n, c, h, w)).astype(np.float64)
+    values[values == 0] *= rng.choice([-1.0, 1.0], np.count_nonzero(values == 0))
+    values[0, 1, 3:9, 2:7] = np.nan
+    values[1, 2, :, 4] = -np.inf
+    boxes = np.concatenate(
+        [
+            random_rois(rng, n, 8, 2 * h, 2 * w, min_size=-4, max_size=8),
+            random_rois(rng, n, 6, 2 * h, 2 * w, min_size=20, max_size=60),
+            [[0, 1e9, 1e9, 2e9, 2e9], [1, 20, -1e9, 24, 1e9]],
+            [[0, np.nan, 1, 2, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
+        ]
+    )
+    rois = on_device(boxes, torch.float32)
+    ok = valid_rois(rois, n)
+
+    def both(forward):
+        monkeypatch.setattr(gpu_pool, "VISIT_2X2", False)
+        cell_by_cell = forward()
+        monkeypatch.setattr(gpu_pool, "VISIT_2X2", True)
+        return cell_by_cell, forward()
+
+    def assert_same_bits(got, expected):  # (NaN for the skipped RoIs; -0.0 is not 0.0)
+        assert torch.equal(got.isnan(), expected.isnan())
+        assert torch.equal(got.nan_to_num().view(torch.int16 if got.element_size() == 2
+                                                 else torch.int32),
+                           expected.nan_to_num().view(torch.int16 if got.element_size() == 2
+                                                      else torch.int32))  # fmt: skip
+
+    x = on_device(values, dtype)
+    (out, argmax), (got, got_argmax) = both(
+        partial(gpu_pool.roi_pool_forward, x, rois, 0.5, *output_size)
+    )
+    assert_same_bits(got, out)
+    assert torch.equal(got_argmax, argmax)
+    ref, _ = pool("reference", x, rois[ok], output_size, 0.5, torch.zeros_like(got[ok]))
+    assert_same_bits(got[ok], ref)
+    features = [x[:, :, : h >> i, : w >> i].contiguous() for i in range(2)]
+    levels = torch.from_numpy(rng.integers(0, 2, len(boxes))).to(DEVICE)
+    (out, argmax), (got, got_argmax) = both(
+        partial(
+            gpu_multi.multi_scale_roi_pool_forward,
+            features,
+            rois,
+            levels,
+            [0.5, 0.25],
+            *output_size,
+        )  # fmt: skip
+    )
+    assert_same_bits(got, out)
+    assert torch.equal(got_argmax, argmax)
 
 
 @pytest.mark.parametrize("output_size", [(1, 1), (2, 5), (8, 3)])

@@ -16,6 +16,7 @@ Triton's own ptxas reports:
   (the fixed-point conversion's stores, the argmax backward's loads).
 """
 
+import inspect
 import os
 import re
 import subprocess
@@ -187,6 +188,10 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         for rois_inner in (False, True) if dtype == "*fp32" else (False,):
             compile_for_gpu(fn, pointers, {**constexprs, "ROIS_INNER": rois_inner}, num_warps)
         return
+    # a constexpr left out takes its default, as a launch that does not pass it
+    defaults = {p.name: p.default for p in getattr(fn, "jit", fn).params
+                if p.is_constexpr and p.default is not inspect.Parameter.empty}  # fmt: skip
+    constexprs = {**defaults, **constexprs}
     signature = {
         name: pointers.get(
             name,
@@ -214,6 +219,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode += f" band {constexprs['BAND']}" if constexprs.get("BAND") else ""
     mode += " regions" if constexprs.get("REGIONS") else ""
     mode += " runs" if constexprs.get("RUNS") else ""
+    mode += " 2x2" if constexprs.get("VISIT_2X2") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
@@ -353,7 +359,12 @@ def main(dtypes=DTYPES) -> int:
             )  # fmt: skip
         for store in (False, True):
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
-            compile_for_gpu(roi_pool_forward_kernel, fwd, {**pool, "BLOCK": block}, fwd_warps)
+            # (a bin cell by cell, and 2x2 cells at a time: VISIT_2X2)
+            for visit_2x2 in (False, True):
+                compile_for_gpu(
+                    roi_pool_forward_kernel, fwd,
+                    {**pool, "BLOCK": block, "VISIT_2X2": visit_2x2}, fwd_warps,
+                )  # fmt: skip
             compile_for_gpu(
                 roi_pool_forward_nhwc_kernel, fwd, {**pool, "BLOCK_C": nhwc_c}, nhwc_warps
             )

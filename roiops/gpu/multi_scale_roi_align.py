@@ -13,6 +13,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
+from roiops.gpu import roi_pool as gpu_pool
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
@@ -76,16 +77,17 @@ def multi_scale_roi_pool_forward_kernel(
     X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, ARGMAX, N, C,
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, VISIT_2X2: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and ARGMAX[K, PH, PW, C] (channel-major): RoI k max-pooled from
-    its level."""
+    its level (VISIT_2X2: ``roiops.gpu.roi_pool.VISIT_2X2``)."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
-    pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, bits, usable, PH, PW, BLOCK, True)
+    pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, bits, usable, PH, PW, BLOCK, True,
+              VISIT_2X2)  # fmt: skip
 
 
 @kernel
@@ -161,7 +163,7 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
+        ROIS_INNER=tiles.GATHER_ROIS_INNER, VISIT_2X2=gpu_pool.VISIT_2X2, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax
 

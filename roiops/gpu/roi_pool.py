@@ -50,6 +50,12 @@ from roiops.gpu.tiles import (
 # those are a small part of the map (``roiops.gpu.fixed_point.Regions``), off until timed
 # on a GPU
 REGIONS = False
+# the NCHW forward visits a bin 2x2 cells at a time, the four loads issued before the
+# comparisons (``visit_2x2``: the same outputs and argmax), instead of cell by cell, a
+# load and a comparison at a time. A bin of a small RoI holds a cell or two a side: a
+# lane that waits for each load has one in flight, with 2x2 its whole bin. Off until
+# timed on a GPU (``make gpu-tune``'s ``kernel_configs``)
+VISIT_2X2 = False
 # the scatter adds a run of consecutive bins whose argmax is the same cell once, their
 # sum (``scatter_to_argmax``); on an H100 (2026-11-27, the bench's inputs, the op alone
 # in the same rounds) 0.68 -> 0.61 ms on `a small`, 0.63 -> 0.59 on `b`
@@ -127,19 +133,20 @@ def widest_bin(h0, h1, w0, w1, visits):
 def roi_pool_forward_kernel(
     X, ROIS, OUT, ARGMAX, N, C, H, W, scale_bits,
     PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr, STORE_ARGMAX: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, VISIT_2X2: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] and (STORE_ARGMAX) ARGMAX[K, PH, PW, C] (cell h * W + w, or -1;
-    channel-major) from X[N, C, H, W]."""
+    channel-major) from X[N, C, H, W]; VISIT_2X2: a lane loads 2x2 cells of its bin at
+    once."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, True, PH, PW, BLOCK,
-              STORE_ARGMAX)  # fmt: skip
+              STORE_ARGMAX, VISIT_2X2)  # fmt: skip
 
 
 @triton.jit
 def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
               PH: tl.constexpr, PW: tl.constexpr, BLOCK: tl.constexpr,
-              STORE_ARGMAX: tl.constexpr):  # fmt: skip
+              STORE_ARGMAX: tl.constexpr, VISIT_2X2: tl.constexpr = False):  # fmt: skip
     """RoI k's outputs (c, p) from NCHW X: the body of ``roi_pool_forward_kernel``,
     shared with the FPN pooler's; a RoI that is not ``usable`` is invalid."""
     n, start_h, start_w, roi_h, roi_w, valid = _quantized_roi(ROIS, k, N, scale_bits)
@@ -152,23 +159,71 @@ def pool_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, usable,
     best = tl.full((BLOCK,), FLT_LOWEST, acc_dtype)
     best_at = tl.full((BLOCK,), -1, tl.int32)
     span_h, span_w = widest_bin(h0, h1, w0, w1, tl.where(valid, ok, False))
-    for dh in range(0, span_h):
-        for dw in range(0, span_w):
-            h = h0 + dh
-            w = w0 + dw
-            inside = (h < h1) & (w < w1) & ok
-            cell = h * W + w
-            v = tl.load(plane + cell, mask=inside, other=0.0).to(best.dtype)
-            # row-major visit and strict >: the first maximum wins, as in the reference
-            wins = inside & (v > best)
-            best = tl.where(wins, v, best)
-            best_at = tl.where(wins, cell, best_at)
+    if not VISIT_2X2:
+        for dh in range(0, span_h):
+            for dw in range(0, span_w):
+                h = h0 + dh
+                w = w0 + dw
+                inside = (h < h1) & (w < w1) & ok
+                cell = h * W + w
+                v = tl.load(plane + cell, mask=inside, other=0.0).to(best.dtype)
+                # row-major visit and strict >: the first maximum wins, as in the reference
+                wins = inside & (v > best)
+                best = tl.where(wins, v, best)
+                best_at = tl.where(wins, cell, best_at)
+    else:
+        for dh in range(0, span_h, 2):
+            for dw in range(0, span_w, 2):
+                best, best_at = visit_2x2(X, plane, h0 + dh, h1, w0 + dw, w1, ok, W, best,
+                                          best_at)  # fmt: skip
     empty = (h1 <= h0) | (w1 <= w0)
     # (lanes past the last channel are zeroed too: -FLT_MAX would overflow a half cast)
     best = tl.where(empty | ~ok, 0.0, best)
     # an invalid RoI's outputs are NaN: visible, not silently zero
     best = tl.where(valid, best, float("nan"))
     store_bins(OUT, ARGMAX, best, best_at, k, c, p, ok, C, PH * PW, STORE_ARGMAX)
+
+
+@triton.jit
+def visit_2x2(X, plane, h, h1, w, w1, ok, W, best, best_at):
+    """``(best, best_at)`` after the cells [h, h + 2) x [w, w + 2) of each lane's bin
+    (those below h1 and w1), the four loads issued before any comparison (cell by cell,
+    ptxas puts each comparison right after its load: one load in flight a lane). The
+    largest value wins and, among equal ones, the lowest cell h * W + w, the first of a
+    row-major visit (the reference's strict >): the same maximum and argmax in any order
+    of blocks (and of -0.0 and 0.0, equal: the first's sign). NaN never wins, as under
+    >."""
+    a, at_a = _cell(X, plane, h, w, h1, w1, ok, W, best.dtype)
+    b, at_b = _cell(X, plane, h, w + 1, h1, w1, ok, W, best.dtype)
+    c, at_c = _cell(X, plane, h + 1, w, h1, w1, ok, W, best.dtype)
+    d, at_d = _cell(X, plane, h + 1, w + 1, h1, w1, ok, W, best.dtype)
+    # (a tree: the first comparison needs all four values)
+    ab, at_ab = _better(b, at_b, a, at_a)
+    cd, at_cd = _better(d, at_d, c, at_c)
+    top, at = _better(cd, at_cd, ab, at_ab)
+    return _better(top, at, best, best_at)
+
+
+@triton.jit
+def _cell(X, plane, h, w, h1, w1, ok, W, dtype: tl.constexpr):
+    """(value, cell): cell (h, w) of each lane's plane, -inf where it lies outside the
+    bin or is NaN. Not a masked load: a lane outside reads X[0] (the map's first value,
+    which exists where any bin is not empty), so that the compiler needs no predicate
+    register per load (sm_90 has 7: with one each, ptxas interleaved the loads with the
+    comparisons)."""
+    inside = (h < h1) & (w < w1) & ok
+    cell = h * W + w
+    v = tl.load(tl.where(inside, plane + cell, X)).to(dtype)
+    # outside: -inf, which never wins; NaN too, as it never does under > (max ignores NaN)
+    return tl.maximum(tl.where(inside, v, float("-inf")), float("-inf")), cell
+
+
+@triton.jit
+def _better(v, cell, best, best_at):
+    """``(best, best_at)`` with ``v`` at ``cell`` taken where larger, or equal at a lower
+    cell (``visit_2x2``; -inf never wins over the lowest finite value bins start from)."""
+    wins = (v > best) | ((v == best) & (cell < best_at))
+    return tl.where(wins, v, best), tl.where(wins, cell, best_at)
 
 
 @kernel
@@ -349,8 +404,9 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     else:
         grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_pool")
         roi_pool_forward_kernel[grid](
-            input.contiguous(), *args, **mode, BLOCK=block, num_warps=num_warps
-        )
+            input.contiguous(), *args, **mode, BLOCK=block, VISIT_2X2=VISIT_2X2,
+            num_warps=num_warps,
+        )  # fmt: skip
     return out, argmax
 
 
