@@ -274,11 +274,12 @@ def spoil_regions(monkeypatch) -> list:
 def regions_backward(monkeypatch, backward, chosen):
     """(gradient, regions) of ``backward()`` (a backward launcher's call) with REGIONS,
     from garbage (``spoil_regions``); the regions ``chosen``, or the whole map (their
-    share made unreachable)."""
+    share made unreachable; by 3 programs, each zeroing several blocks)."""
     made = spoil_regions(monkeypatch)
     monkeypatch.setattr(gpu_pool, "REGIONS", True)
     monkeypatch.setattr(gpu_align, "REGIONS", True)
     monkeypatch.setattr(fixed_point, "REGION_SUM_SHARE", 2 if chosen else 2**62)
+    monkeypatch.setattr(fixed_point, "WHOLE_PROGRAMS", 3)
     gx = backward()
     monkeypatch.undo()
     (regions,) = made

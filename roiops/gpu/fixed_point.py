@@ -72,7 +72,7 @@ BAND_TILE = 2048
 # accumulator's cells and the largest to 1 / REGION_LARGEST_SHARE (so that no program
 # zeroes much more than a whole-map program would: a region's rows go to REGION_ROWS
 # programs a block of REGION_CHANNELS channels, REGION_CELLS cells of a row a round),
-# else the whole accumulator, by WHOLE_PROGRAMS programs
+# else the whole accumulator, by WHOLE_PROGRAMS programs (fewer on a map of fewer blocks)
 REGION_PARTS = tl.constexpr(16)
 REGION_ROIS = 256
 FLAG_BLOCK = tl.constexpr(4096)
@@ -256,7 +256,7 @@ def regions_chosen(PARTS, limit_sum, limit_largest):
 @kernel
 def zero_regions_and_bound_kernel(
     ACC, G, AMAX, RECTS, PARTS, FLAGS, acc_size, grad_size, H, W, C, limit_sum, limit_largest,
-    BLOCK: tl.constexpr, GRAD_BLOCK: tl.constexpr, WHOLE: tl.constexpr, ROWS: tl.constexpr,
+    whole, BLOCK: tl.constexpr, GRAD_BLOCK: tl.constexpr, ROWS: tl.constexpr,
     CELLS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """``zero_and_bound_kernel`` for an accumulator with ``Regions``: the first AMAX_PARTS
@@ -264,8 +264,8 @@ def zero_regions_and_bound_kernel(
     (``regions_chosen``, which program AMAX_PARTS stores as PARTS[2 * REGION_PARTS]),
     programs of (RoI k, block of BLOCK_C channels, row r modulo ROWS) zero the rows of
     region RECTS[k] that are theirs, CELLS cells a round, and mark them in FLAGS (the
-    channel block 0 programs); else WHOLE programs zero ACC[:acc_size], a block of BLOCK
-    every WHOLE-th round (a flat grid the size of the map would launch its programs
+    channel block 0 programs); else ``whole`` programs zero ACC[:acc_size], a block of
+    BLOCK every whole-th round (a flat grid the size of the map would launch its programs
     whichever is chosen)."""
     program = tl.program_id(0)
     if program < AMAX_PARTS:
@@ -275,13 +275,13 @@ def zero_regions_and_bound_kernel(
         if program == AMAX_PARTS:
             tl.store(PARTS + 2 * REGION_PARTS, chosen.to(tl.int64))
         part = program - AMAX_PARTS
-        if part < WHOLE:
+        if part < whole:
             if not chosen:
-                for i in range(0, tl.cdiv(tl.cdiv(acc_size, BLOCK) - part, WHOLE)):
-                    _zero_block(ACC, (tl.cast(i, tl.int64) * WHOLE + part) * BLOCK, acc_size,
+                for i in range(0, tl.cdiv(tl.cdiv(acc_size, BLOCK) - part, whole)):
+                    _zero_block(ACC, (tl.cast(i, tl.int64) * whole + part) * BLOCK, acc_size,
                                 BLOCK)  # fmt: skip
         elif chosen:
-            r = part - WHOLE
+            r = part - whole
             c_blocks = tl.cdiv(C, BLOCK_C)
             k = r // (c_blocks * ROWS)
             block = r // ROWS % c_blocks
@@ -530,13 +530,15 @@ class Regions:
         cells = self.flags.numel()
         block_c = min(REGION_CHANNELS, next_power_of_2(channels))
         regions = self.rects.shape[0] * cdiv(channels, block_c) * REGION_ROWS
-        grid = check_grid(AMAX_PARTS.value + WHOLE_PROGRAMS + regions, "backward")
+        # (no more whole-map programs than blocks to zero: a small map takes a few)
+        whole = max(1, min(WHOLE_PROGRAMS, cdiv(flat.numel(), ZERO_BLOCK)))
+        grid = check_grid(AMAX_PARTS.value + whole + regions, "backward")
         zero_regions_and_bound_kernel[grid](
             flat, grad.contiguous(), amax, self.rects, self.parts, self.flags, flat.numel(),
             grad.numel(), h, w, channels, cells // REGION_SUM_SHARE,
-            cells // REGION_LARGEST_SHARE, BLOCK=ZERO_BLOCK, GRAD_BLOCK=amax_block(grad.dtype),
-            WHOLE=WHOLE_PROGRAMS, ROWS=REGION_ROWS, CELLS=REGION_CELLS, BLOCK_C=block_c,
-            num_warps=ZERO_WARPS,
+            cells // REGION_LARGEST_SHARE, whole, BLOCK=ZERO_BLOCK,
+            GRAD_BLOCK=amax_block(grad.dtype), ROWS=REGION_ROWS, CELLS=REGION_CELLS,
+            BLOCK_C=block_c, num_warps=ZERO_WARPS,
         )  # fmt: skip
         return amax
 
