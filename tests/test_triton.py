@@ -139,7 +139,8 @@ def valid_rois(rois: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "dtype,channels_last",
-    [(torch.float32, False), (torch.float64, True), (torch.float16, False)],
+    # (float16 in the slow run: the default suite is near its 10 minutes on 2 cores)
+    [(torch.float32, False), (torch.float64, True)] + slow_cases((torch.float16, False)),
 )
 def test_roi_pool_backward_over_hard_boxes(rng, dtype, channels_last):
     # the backward against the reference, over what could make it miss an output or take
@@ -304,8 +305,10 @@ def region_boxes(rng, n, h, w, huge):
 
 @pytest.mark.parametrize(
     "mode,dtype,channels_last,chosen",
-    [("pool", torch.float32, False, True), ("avg", torch.float32, False, True)]
-    + slow_cases(("pool", torch.float32, False, False), ("pool", torch.float64, True, True),
+    # (REGIONS is off: one case by default, SLOW_ALTERNATIVES)
+    [("pool", torch.float32, False, True)]
+    + slow_cases(("avg", torch.float32, False, True), ("pool", torch.float32, False, False),
+                 ("pool", torch.float64, True, True),
                  ("pool", torch.float16, True, False), ("max", torch.float32, True, True),
                  ("avg", torch.float64, False, False), ("max", torch.bfloat16, False, True)),
 )  # fmt: skip
