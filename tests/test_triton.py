@@ -207,10 +207,8 @@ def test_roi_pool_forward_2x2_at_a_time_changes_no_bit(rng, monkeypatch, output_
 
     def assert_same_bits(got, expected):  # (NaN for the skipped RoIs; -0.0 is not 0.0)
         assert torch.equal(got.isnan(), expected.isnan())
-        assert torch.equal(got.nan_to_num().view(torch.int16 if got.element_size() == 2
-                                                 else torch.int32),
-                           expected.nan_to_num().view(torch.int16 if got.element_size() == 2
-                                                      else torch.int32))  # fmt: skip
+        ints = torch.int16 if got.element_size() == 2 else torch.int32
+        assert torch.equal(got.nan_to_num().view(ints), expected.nan_to_num().view(ints))
 
     x = on_device(values, dtype)
     (out, argmax), (got, got_argmax) = both(
