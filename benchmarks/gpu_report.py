@@ -452,6 +452,9 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
 # warps) of the NHWC forward, the launchers' first, and of the backward scatter RoI-major
 # (the launchers' before 2026-11-27 first; theirs now: the first with RoIs innermost)
 FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256, 4), (512, 8))
+# roi_align's NCHW forward with its points reusing their row's loads (REUSE_LOADS): the
+# launchers' splits (a fixed grid's, an adaptive one's), and RoIs innermost as "forward"
+REUSE_CONFIGS = ((64, 1), (256, 8))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # ((bins, channels), warps) of roi_pool's backward scatter (a RoI's [bins, channels] tile)
@@ -526,13 +529,17 @@ def _ps_config_times(case, device: str) -> dict:
                 gps.ps_roi_pool_forward_kernel[g](x, rois, out, N, C, H, W, bits, PH=p, PW=p,
                                                   BLOCK=b, ROIS_INNER=i, num_warps=w)
             )  # fmt: skip
-        else:
-            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
-                ga.roi_align_forward_kernel[g](
-                    x, rois, out, out, N, C, H, W, bits, case.sampling_ratio, PH=p, PW=p,
-                    ALIGNED=True, MAX_MODE=False, PS=True, BLOCK=b, ROIS_INNER=i, num_warps=w,
-                )
-            )  # fmt: skip
+    # ps_roi_align's, also with its points reusing their row's loads (REUSE_LOADS)
+    for reuse, name, configs in ((False, "forward", FORWARD_CONFIGS),
+                                 (True, "forward reuse", REUSE_CONFIGS)):  # fmt: skip
+        for kind, block, warps, inner in _configs(name, configs, "forward"):
+            if case.op == "ps_roi_align":
+                grid = (K * triton.cdiv(C * p * p, block),)
+                fns[f"{kind} {block}/{warps}"] = partial(
+                    ga.roi_align_forward_kernel[grid], x, rois, out, out, N, C, H, W, bits,
+                    case.sampling_ratio, PH=p, PW=p, ALIGNED=True, MAX_MODE=False, PS=True,
+                    BLOCK=block, ROIS_INNER=inner, REUSE=reuse, num_warps=warps,
+                )  # fmt: skip
     band = gps.BAND if case.op == "ps_roi_pool" else 0
     sums = Accumulator(lv.grad, x.shape, bins=p * p, band=band)
     for kind, block, warps, inner in _configs("scatter", PS_SCATTER_CONFIGS, "ps scatter"):
@@ -575,13 +582,15 @@ def _config_times(case, device: str) -> dict:
                 )  # fmt: skip
             )
     else:
-        for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
-            grid = (K * triton.cdiv(C * p * p, block),)
-            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
-                ga.roi_align_forward_kernel[g](
-                    x, *args, **mode, BLOCK=b, ROIS_INNER=i, num_warps=w
+        # (and with the points reusing their row's loads: REUSE_LOADS)
+        for reuse, name, configs in ((False, "forward", FORWARD_CONFIGS),
+                                     (True, "forward reuse", REUSE_CONFIGS)):  # fmt: skip
+            for kind, block, warps, inner in _configs(name, configs, "forward"):
+                grid = (K * triton.cdiv(C * p * p, block),)
+                fns[f"{kind} {block}/{warps}"] = partial(
+                    ga.roi_align_forward_kernel[grid], x, *args, **mode, BLOCK=block,
+                    ROIS_INNER=inner, REUSE=reuse, num_warps=warps,
                 )  # fmt: skip
-            )
         sums = Accumulator(grad, x.shape)
         for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
             grid = (K * p * p * triton.cdiv(C, block_c),)
@@ -744,7 +753,8 @@ def summary(report: dict) -> str:
         row(f"{case}: torchvision forward, ms", f"{t['torchvision forward']:.3f}")
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
                      "nhwc forward, rois inner", "scatter, rois inner", "forward 2x2",
-                     "forward 2x2, rois inner"):  # fmt: skip
+                     "forward 2x2, rois inner", "forward reuse",
+                     "forward reuse, rois inner"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)

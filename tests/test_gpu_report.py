@@ -163,6 +163,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     # one program size of each kind in each order (the interpreter runs every program)
     monkey = {
         "FORWARD_CONFIGS": ((64, 2),),
+        "REUSE_CONFIGS": ((64, 2),),
         "NHWC_CONFIGS": ((4, 1),),
         "SCATTER_CONFIGS": ((4, 1),),
         "ARGMAX_CONFIGS": (((4, 2), 1),),
@@ -186,7 +187,9 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     ]
     times = gpu_report.kernel_configs(device, cases)
     forwards = {"torchvision forward", "forward 64/2", "forward, rois inner 32/1"}
-    assert set(times["roi_align tiny"]) == forwards | {
+    # (roi_align's NCHW forward also with its points reusing their row's loads)
+    reuse = {"forward reuse 64/2", "forward reuse, rois inner 32/1"}
+    assert set(times["roi_align tiny"]) == forwards | reuse | {
         "scatter 4/1",
         "scatter, rois inner 2/1",
     }
@@ -203,8 +206,8 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "scatter, rois inner 2x4/1",
     }
     ps_scatter = {"scatter 64/2", "scatter, rois inner 32/1"}
-    for op in ("ps_roi_pool", "ps_roi_align"):
-        assert set(times[f"{op} tiny ps"]) == forwards | ps_scatter
+    assert set(times["ps_roi_pool tiny ps"]) == forwards | ps_scatter
+    assert set(times["ps_roi_align tiny ps"]) == forwards | reuse | ps_scatter
     assert all(ms > 0 for t in times.values() for ms in t.values())
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "kernel_configs": times}  # fmt: skip
@@ -215,6 +218,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_pool tiny: forward 2x2 64/2 / best" in table
     assert "ps_roi_pool tiny ps: scatter 64/2 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
+    assert "roi_align tiny: forward reuse 64/2 / best" in table
 
 
 def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch):

@@ -234,6 +234,76 @@ def test_roi_pool_forward_2x2_at_a_time_changes_no_bit(rng, monkeypatch, output_
     assert torch.equal(got_argmax, argmax)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, *slow_cases(torch.float16)])
+def test_roi_align_forward_reusing_loads_changes_no_bit(rng, monkeypatch, dtype):
+    # the NCHW forward's points taking the columns the previous point of their row
+    # loaded (REUSE_LOADS) give the outputs and argmax of loading every corner, bit for
+    # bit, in average, max and ONNX max modes, and the reference's: an adaptive grid (its
+    # points at most a cell apart) and a fixed one of 3 crowding into small bins; NaN
+    # and inf patches (a value taken again is the same NaN); points beyond the map's end
+    # after points inside (0, not the columns before them: ONNX max's corner of a 0 that
+    # wins over negative values) and inside after points beyond its start; bins of a
+    # cell or less and of a dozen cells; inverted RoIs (their points run backwards); the
+    # legacy convention; RoIs the kernels skip; position-sensitive pooling and the FPN
+    # pooler's kernel
+    n, c, h, w = 2, 2, 17, 15
+    values = rng.standard_normal((n, c, h, w))
+    values[0, 1, 3:9, 2:7] = np.nan
+    values[1, 1, :, 4] = np.inf
+    values[1, 0, 6, :] = -np.inf
+    values[0, 0] = -np.abs(values[0, 0])  # (ONNX max: a point beyond the map, 0, wins)
+    boxes = np.concatenate(
+        [
+            random_rois(rng, n, 6, 2 * h, 2 * w, min_size=-6, max_size=8),
+            random_rois(rng, n, 3, 2 * h, 2 * w, min_size=16, max_size=30),
+            [[0, 40, 40, 60, 60], [1, 20, -10, 24, 50], [1, 28, 30, 4, 2]],
+            # (columns off the map's end: a fixed grid's points 1.67 cells apart, the last
+            # inside at 13.5 (both weights > 0), the next at 15.17; off its start: points
+            # at -1.5 (outside) then -0.67 (inside, column 0 loaded); rows off the end)
+            [[0, 26.34, 2, 66.34, 22], [1, -2.833, 2, 17.167, 22], [0, 20, 4, 40, 14]],
+            [[0, 4, 24, 14, 44]],
+            [[0, np.nan, 1, 2, 3], [2, 1, 1, 9, 9], [0.5, 1, 1, 9, 9]],
+        ]
+    )
+    rois = on_device(boxes, torch.float32)
+    ok = valid_rois(rois, n)
+    x = on_device(values, dtype)
+
+    def both(forward):
+        monkeypatch.setattr(gpu_align, "REUSE_LOADS", False)
+        every_corner = forward()
+        monkeypatch.setattr(gpu_align, "REUSE_LOADS", True)
+        return every_corner, forward()
+
+    def assert_same_bits(got, expected):  # (NaN for the skipped RoIs; -0.0 is not 0.0)
+        assert torch.equal(got.isnan(), expected.isnan())
+        ints = torch.int16 if got.element_size() == 2 else torch.int32
+        assert torch.equal(got.nan_to_num().view(ints), expected.nan_to_num().view(ints))
+
+    modes = (False, True, gpu_align.ONNX_MAX_MODE)
+    combinations = [(0, True, False), (0, True, True), (3, True, modes[2]), (3, False, False)]
+    if dtype == torch.float16:  # (the slow case: every mode on both grids)
+        combinations = [*((r, True, m) for r in (0, 3) for m in modes), (3, False, False)]
+    for ratio, aligned, mode in combinations:
+        (out, argmax), (got, got_argmax) = both(
+            partial(gpu_align.roi_align_forward, x, rois, 0.5, 3, 4, ratio, aligned, mode)
+        )
+        assert_same_bits(got, out)
+        if mode:
+            assert torch.equal(got_argmax, argmax)
+    ref, _ = align("reference", x, rois[ok], (3, 4), 0.5, 0, True, "avg", torch.zeros_like(got[ok]))
+    assert_same_bits(gpu_align.roi_align_forward(x, rois[ok], 0.5, 3, 4, 0, True, False)[0], ref)
+    scores = on_device(rng.standard_normal((n, 2 * 6, 9, 8)), dtype)  # 2 outputs of 2x3 bins
+    forward = partial(gpu_align.roi_align_forward, position_sensitive=True)
+    (out, _), (got, _) = both(partial(forward, scores, rois, 0.5, 2, 3, 0, True, False))
+    assert_same_bits(got, out)
+    features = [x[:, :, : h >> i, : w >> i].contiguous() for i in range(2)]
+    levels = torch.from_numpy(rng.integers(0, 2, len(boxes))).to(DEVICE)
+    forward = partial(gpu_multi.multi_scale_roi_align_forward, features, rois, levels)
+    out, got = both(partial(forward, [0.5, 0.25], 3, 4, 3, True))
+    assert_same_bits(got, out)
+
+
 @pytest.mark.parametrize("output_size", [(1, 1), (2, 5), (8, 3)])
 def test_roi_pool_backward_any_bin_grid(rng, output_size):
     # bin grids whose bins share rows or columns (roi_pool's bins overlap by a cell where

@@ -219,6 +219,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode += " regions" if constexprs.get("REGIONS") else ""
     mode += " runs" if constexprs.get("RUNS") else ""
     mode += " 2x2" if constexprs.get("VISIT_2X2") else ""
+    mode += " reuse" if constexprs.get("REUSE") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
@@ -270,6 +271,15 @@ def main(dtypes=DTYPES) -> int:
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 for b, warps in sampled:
                     compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
+                # (the points of a row loading each column once, REUSE_LOADS, off: aligned,
+                # as `kernel_configs` times it, an adaptive grid's split in every mode in
+                # float32, the average in float16, RoI-major)
+                reuse = aligned and (dt == "fp32" or (dt == "fp16" and not max_mode))
+                for b, warps in sampled[1:] if reuse else ():
+                    compile_for_gpu(
+                        roi_align_forward_kernel, fwd,
+                        {**mode, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
+                    )  # fmt: skip
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": nhwc_c}, nhwc_warps
                 )
@@ -302,6 +312,12 @@ def main(dtypes=DTYPES) -> int:
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:
             compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": b}, warps)
+        if dt == "fp32":  # (REUSE_LOADS, the bench's R-FCN case's split)
+            compile_for_gpu(
+                roi_align_forward_kernel, fwd,
+                {**ps, "BLOCK": sampled[0][0], "REUSE": True, "ROIS_INNER": False},
+                sampled[0][1],
+            )  # fmt: skip
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
@@ -319,6 +335,12 @@ def main(dtypes=DTYPES) -> int:
             compile_for_gpu(
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": b},
                 warps,
+            )  # fmt: skip
+        if dt == "fp32":  # (REUSE_LOADS, the fixed grid's split: the bench's FPN case)
+            compile_for_gpu(
+                multi_scale_roi_align_forward_kernel, {**fwd, **levels},
+                {**fpn, "BLOCK": sampled[0][0], "REUSE": True, "ROIS_INNER": False},
+                sampled[0][1],
             )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from roiops._layout import new_argmax, readable_argmax
+from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
@@ -38,17 +39,18 @@ def multi_scale_roi_align_forward_kernel(
     H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, sampling_ratio,
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, REUSE: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
-    sizes are H_l x W_l and spatial_scale the float64 with bits S_l."""
+    sizes are H_l x W_l and spatial_scale the float64 with bits S_l (REUSE:
+    ``roiops.gpu.roi_align.REUSE_LOADS``)."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
     forward_bins(X, ROIS, OUT, OUT, k, c, p, ok, N, C, H, W, bits, sampling_ratio, usable,
-                 PH, PW, ALIGNED, False, False, BLOCK)  # fmt: skip
+                 PH, PW, ALIGNED, False, False, BLOCK, REUSE)  # fmt: skip
 
 
 @kernel
@@ -126,7 +128,8 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
         *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
         *per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
         NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-        ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0), num_warps=num_warps,
+        ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0), REUSE=gpu_align.REUSE_LOADS,
+        num_warps=num_warps,
     )  # fmt: skip
     return out
 

@@ -70,6 +70,16 @@ REGIONS = False
 # way. Timed on an H100 (5b130dd, the bench's R-FCN case): 0.17 ms against 0.18 a
 # program per bin (the op; torchvision 0.16).
 PS_LANES = True
+# The NCHW forward's points take from the previous point of their row the columns it
+# loaded (``_reused_corners``: the same values, so the same bits): points closer than a
+# cell share both columns, points a cell apart one, so a row of an adaptive grid's points
+# (at most a cell apart) loads about two values a point instead of four, fewer where a
+# fixed grid's points crowd into a small bin. Why it may pay: on the bench's 'a large
+# sr=0' case (an H100, 7.4 ms) the kernel issues ~53 instructions a point and its four
+# loads, each lane's in another bin (a sector apiece), about twice the time that issuing
+# them alone would take: the loads' L1 traffic, which this halves, for ~10 instructions
+# more a point. Off until timed on a GPU (``make gpu-tune``'s ``kernel_configs``)
+REUSE_LOADS = False
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -126,47 +136,82 @@ def bilinear_axis(v, limit):
 
 
 @triton.jit
-def _bilinear(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT: tl.constexpr):
-    """A sampling point's value from its four neighbours (``row_*`` point at the two rows,
-    ``x_*`` are the columns' offsets in them), in the reference's order of operations."""
+def _corners(row_lo, row_hi, x_lo, x_hi, mask, DT: tl.constexpr):
+    """A sampling point's four neighbours as DT (``row_*`` point at the two rows, ``x_*``
+    are the columns' offsets in them; 0 where masked): (lo lo, lo hi, hi lo, hi hi)."""
     return (
-        wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0).to(DT)
-        + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=mask, other=0.0).to(DT)
-        + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0).to(DT)
-        + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=mask, other=0.0).to(DT)
+        tl.load(row_lo + x_lo, mask=mask, other=0.0).to(DT),
+        tl.load(row_lo + x_hi, mask=mask, other=0.0).to(DT),
+        tl.load(row_hi + x_lo, mask=mask, other=0.0).to(DT),
+        tl.load(row_hi + x_hi, mask=mask, other=0.0).to(DT),
     )
 
 
 @triton.jit
-def _corner_max(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT: tl.constexpr):
+def _bilinear(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi):
+    """A sampling point's value from its four neighbours' values (``_corners``), in the
+    reference's order of operations."""
+    return wy_lo * wx_lo * v_ll + wy_lo * wx_hi * v_lh + wy_hi * wx_lo * v_hl + wy_hi * wx_hi * v_hh
+
+
+@triton.jit
+def _corner_max(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi):
     """ONNX RoiAlign's max of a sampling point: ``(largest w_i * v_i, its corner 0-3)``,
     the first of equal ones, corners in ``_bilinear``'s order (all 0 where masked)."""
-    best = wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=mask, other=0.0).to(DT)
+    best = wy_lo * wx_lo * v_ll
     corner = tl.zeros(best.shape, tl.int32)
-    term = wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=mask, other=0.0).to(DT)
+    term = wy_lo * wx_hi * v_lh
     corner = tl.where(term > best, 1, corner)
     best = tl.maximum(best, term)
-    term = wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=mask, other=0.0).to(DT)
+    term = wy_hi * wx_lo * v_hl
     corner = tl.where(term > best, 2, corner)
     best = tl.maximum(best, term)
-    term = wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=mask, other=0.0).to(DT)
+    term = wy_hi * wx_hi * v_hh
     corner = tl.where(term > best, 3, corner)
     best = tl.maximum(best, term)
     return best, corner
 
 
 @triton.jit
-def _sample_value(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, s,
-                  DT: tl.constexpr, MAX_MODE: tl.constexpr):  # fmt: skip
-    """(value, argmax candidate) of sample s: its interpolated value and s, or (ONNX max,
-    ``MAX_MODE == ONNX_MAX``) its largest weighted corner term and ``4 * s + corner``."""
+def _sample_value(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi, s,
+                  MAX_MODE: tl.constexpr):  # fmt: skip
+    """(value, argmax candidate) of sample s from its neighbours' values: its
+    interpolated value and s, or (ONNX max, ``MAX_MODE == ONNX_MAX``) its largest
+    weighted corner term and ``4 * s + corner``."""
     if MAX_MODE == ONNX_MAX:
-        v, corner = _corner_max(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT)
+        v, corner = _corner_max(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi)
         candidate = 4 * s + corner
     else:
-        v = _bilinear(row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, mask, DT)
+        v = _bilinear(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi)
         candidate = tl.zeros(v.shape, tl.int32) + s
     return v, candidate
+
+
+@triton.jit
+def _reused_corners(row_lo, row_hi, x_lo, x_hi, mask, seen_lo, seen_hi, c_ll, c_lh, c_hl,
+                    c_hh, DT: tl.constexpr):  # fmt: skip
+    """``_corners`` where the previous sampling point of the row of points (the same two
+    rows) loaded columns ``seen_lo`` and ``seen_hi`` (-1: none), whose values were
+    ``c_*``: a column seen is taken from there and not loaded again (points closer than
+    a cell share both columns, points a cell apart the one between them). The same
+    values, so the same bits. Returns the four values, which the next point takes as its
+    ``c_*``, and the columns to carry on: this point's, or none where ``mask`` loaded
+    nothing (its values are 0, as ``_corners``')."""
+    lo_at_lo = mask & (x_lo == seen_lo)
+    lo_at_hi = mask & (x_lo == seen_hi)
+    hi_at_hi = mask & (x_hi == seen_hi)
+    hi_at_lo = mask & (x_hi == seen_lo)
+    load_lo = mask & ~(lo_at_lo | lo_at_hi)
+    load_hi = mask & ~(hi_at_hi | hi_at_lo)
+    v_ll = tl.where(lo_at_lo, c_ll, tl.where(lo_at_hi, c_lh,
+                    tl.load(row_lo + x_lo, mask=load_lo, other=0.0).to(DT)))  # fmt: skip
+    v_hl = tl.where(lo_at_lo, c_hl, tl.where(lo_at_hi, c_hh,
+                    tl.load(row_hi + x_lo, mask=load_lo, other=0.0).to(DT)))  # fmt: skip
+    v_lh = tl.where(hi_at_hi, c_lh, tl.where(hi_at_lo, c_ll,
+                    tl.load(row_lo + x_hi, mask=load_hi, other=0.0).to(DT)))  # fmt: skip
+    v_hh = tl.where(hi_at_hi, c_hh, tl.where(hi_at_lo, c_hl,
+                    tl.load(row_hi + x_hi, mask=load_hi, other=0.0).to(DT)))  # fmt: skip
+    return v_ll, v_lh, v_hl, v_hh, tl.where(mask, x_lo, -1), tl.where(mask, x_hi, -1)
 
 
 @triton.jit
@@ -211,22 +256,24 @@ def roi_align_forward_kernel(
     N, C, H, W, scale_bits, sampling_ratio,
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK: tl.constexpr,
-    ROIS_INNER: tl.constexpr = False,
+    ROIS_INNER: tl.constexpr = False, REUSE: tl.constexpr = False,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channel-major) from
     X[N, C, H, W]; with PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of
-    channel c reading input channel c * PH * PW + p."""
+    channel c reading input channel c * PH * PW + p. REUSE: ``REUSE_LOADS``."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
-                 True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK)  # fmt: skip
+                 True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK, REUSE)  # fmt: skip
 
 
 @triton.jit
 def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
                  usable, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
-                 MAX_MODE: tl.constexpr, PS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+                 MAX_MODE: tl.constexpr, PS: tl.constexpr, BLOCK: tl.constexpr,
+                 REUSE: tl.constexpr = False):  # fmt: skip
     """The forward of RoI k's outputs (c, p) from NCHW X: the body of
-    ``roi_align_forward_kernel``, shared with the FPN pooler's kernel."""
+    ``roi_align_forward_kernel``, shared with the FPN pooler's kernel; REUSE: a point
+    takes the columns the previous point of its row loaded from it (``_reused_corners``)."""
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
@@ -238,12 +285,28 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
     best_s = tl.full((BLOCK,), -1, tl.int32)
     for iy in range(0, gh):
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+        row_lo = plane + y_lo * W
+        row_hi = plane + y_hi * W
+        # (REUSE: the columns the row's previous point loaded, none yet, and their values)
+        seen_lo = tl.full((BLOCK,), -1, tl.int32)
+        seen_hi = seen_lo
+        c_ll = tl.zeros((BLOCK,), acc.dtype)
+        c_lh = c_ll
+        c_hl = c_ll
+        c_hh = c_ll
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
             inside = y_in & x_in & ok
+            if REUSE:
+                v_ll, v_lh, v_hl, v_hh, seen_lo, seen_hi = _reused_corners(
+                    row_lo, row_hi, x_lo, x_hi, inside, seen_lo, seen_hi, c_ll, c_lh, c_hl, c_hh,
+                    acc.dtype,
+                )  # fmt: skip
+                c_ll, c_lh, c_hl, c_hh = v_ll, v_lh, v_hl, v_hh
+            else:
+                v_ll, v_lh, v_hl, v_hh = _corners(row_lo, row_hi, x_lo, x_hi, inside, acc.dtype)
             s = iy * gw + ix
-            v, candidate = _sample_value(plane + y_lo * W, plane + y_hi * W, x_lo, x_hi,
-                                         wy_lo, wy_hi, wx_lo, wx_hi, inside, s, acc.dtype,
+            v, candidate = _sample_value(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi, s,
                                          MAX_MODE)  # fmt: skip
             acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), candidate, s == 0,
                                        MAX_MODE)  # fmt: skip
@@ -283,9 +346,10 @@ def roi_align_forward_nhwc_kernel(
             if y_in & x_in:
                 row_lo = image + y_lo.to(tl.int64) * W * C_in
                 row_hi = image + y_hi.to(tl.int64) * W * C_in
-                v, candidate = _sample_value(row_lo, row_hi, x_lo * C_in, x_hi * C_in,
-                                             wy_lo, wy_hi, wx_lo, wx_hi, c_ok, s, acc.dtype,
-                                             MAX_MODE)  # fmt: skip
+                v_ll, v_lh, v_hl, v_hh = _corners(row_lo, row_hi, x_lo * C_in, x_hi * C_in, c_ok,
+                                                  acc.dtype)  # fmt: skip
+                v, candidate = _sample_value(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi,
+                                             s, MAX_MODE)  # fmt: skip
             acc, best_s = _pool_sample(acc, best_s, v, candidate, s == 0, MAX_MODE)
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, c_ok, C, PH * PW, MAX_MODE, False)
@@ -532,7 +596,8 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
                                            adaptive=adaptive)  # fmt: skip
         roi_align_forward_kernel[grid](
             input.contiguous(), *args, **mode, BLOCK=block,
-            ROIS_INNER=tiles.forward_rois_inner(adaptive), num_warps=num_warps,
+            ROIS_INNER=tiles.forward_rois_inner(adaptive), REUSE=REUSE_LOADS,
+            num_warps=num_warps,
         )  # fmt: skip
     return out, argmax
 
