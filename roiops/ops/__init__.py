@@ -3,8 +3,9 @@
 The layouts every backend shares (argmax, input gradient) are in ``roiops._layout``;
 this module adapts the NumPy reference's readable ``[K, C, ph, pw]`` argmax to them.
 
-The public functions call an op's forward through :func:`call`, which skips torch's
-dispatcher in plain eager inference (see :func:`dispatcher_free`).
+The public functions call an op's forward, and its autograd formulas its backward,
+through :func:`call`, which skips torch's dispatcher in plain eager calls (see
+:func:`eager`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from torch import Tensor
 from roiops import _validate
 from roiops._backend import select_backend
 
-# forward custom op -> its implementation (the function it was made from, run on its
-# tensors' device), which :func:`call` runs directly
+# custom op -> its implementation (the function it was made from, run on its tensors'
+# device), which :func:`call` runs directly; the forward ops (:func:`forward_op`)
 _IMPLEMENTATIONS: dict[object, Callable] = {}
+_FORWARD_OPS: set[object] = set()
 
 
 # the dispatcher's kernels for CPU and CUDA tensors, one library per namespace
@@ -41,17 +43,20 @@ def custom_op(name: str):
     tensors, autograd and other devices are the custom op's."""
 
     def register(fn: Callable):
-        return _registered(name, fn)[0]
+        op, run = _registered(name, fn)
+        _IMPLEMENTATIONS[op] = run
+        return op
 
     return register
 
 
 def forward_op(name: str):
-    """:func:`custom_op`, for an op that the public functions call through :func:`call`."""
+    """:func:`custom_op`, for an op that the public functions call through :func:`call`
+    (and whose autograd formulas :func:`register_autograd` also gives eager calls)."""
 
     def register(fn: Callable):
-        op, run = _registered(name, fn)
-        _IMPLEMENTATIONS[op] = run
+        op = custom_op(name)(fn)
+        _FORWARD_OPS.add(op)
         return op
 
     return register
@@ -167,11 +172,12 @@ def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
     implementation, which :func:`call` runs for eager calls that autograd records: the
     same saved tensors and backward, without the custom op's Python autograd wrappers
     (~40 us of host time a call on an H100 machine) or the zero tensor those materialise
-    for the argmax's (never used) gradient."""
+    for the argmax's (never used) gradient. (``backward`` calls the backward ops through
+    :func:`call` itself.)"""
     op.register_autograd(backward, setup_context=setup_context)
-    impl = _IMPLEMENTATIONS.get(op)
-    if impl is None:
+    if op not in _FORWARD_OPS:
         return
+    impl = _IMPLEMENTATIONS[op]
 
     def forward(ctx, *args):
         # no zeros for the gradients autograd has not got (the argmax's never)

@@ -26,6 +26,7 @@ from roiops.onnx import refuse_custom_op
 from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
+    call,
     checked_backend,
     custom_op,
     forward_op,
@@ -160,7 +161,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     rois, levels = ctx.saved_tensors
-    grads = multi_scale_roi_align_backward_op(grad, rois, levels, *ctx.params, *ctx.sizes)
+    grads = call(multi_scale_roi_align_backward_op, grad, rois, levels, *ctx.params, *ctx.sizes)
     return list(grads), None, None, None, None, None, None, None
 
 
@@ -280,7 +281,7 @@ def _pool_setup_context(ctx, inputs, output):
 
 def _pool_backward(ctx, grad, _grad_argmax):
     argmax, rois, levels = ctx.saved_tensors
-    grads = multi_scale_roi_pool_backward_op(grad, argmax, rois, levels, *ctx.sizes)
+    grads = call(multi_scale_roi_pool_backward_op, grad, argmax, rois, levels, *ctx.sizes)
     return list(grads), None, None, None, None, None
 
 

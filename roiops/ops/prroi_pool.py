@@ -11,7 +11,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import prroi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import prroi_pool as reference
 
 OP = "prroi_pool"
@@ -146,9 +146,9 @@ def _backward(ctx, grad):
     rois, input, output = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = prroi_pool_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+        grad_input = call(prroi_pool_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
     if ctx.needs_input_grad[1]:
-        grad_rois = prroi_pool_box_backward_op(grad, input, rois, output, *ctx.params)
+        grad_rois = call(prroi_pool_box_backward_op, grad, input, rois, output, *ctx.params)
     return grad_input, grad_rois, None, None, None
 
 

@@ -14,7 +14,7 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_align as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import ps_roi_align as reference
 
 OP = "ps_roi_align"
@@ -132,7 +132,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     (rois,) = ctx.saved_tensors
-    grad_input = ps_roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    grad_input = call(ps_roi_align_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
     return grad_input, None, None, None, None, None
 
 

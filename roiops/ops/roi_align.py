@@ -28,6 +28,7 @@ from roiops.onnx import refuse_custom_op
 from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
+    call,
     checked_backend,
     custom_op,
     forward_op,
@@ -294,9 +295,10 @@ def _backward(ctx, grad, _grad_argmax=None):
     rois, argmax, input = ctx.saved_tensors
     grad_input = grad_rois = None
     if ctx.needs_input_grad[0]:
-        grad_input = roi_align_backward_op(grad, rois, *ctx.params, *ctx.input_shape, argmax)
+        grad_input = call(roi_align_backward_op, grad, rois, *ctx.params, *ctx.input_shape,
+                          argmax)  # fmt: skip
     if ctx.needs_input_grad[1]:
-        grad_rois = roi_align_box_backward_op(grad, input, rois, *ctx.params, argmax)
+        grad_rois = call(roi_align_box_backward_op, grad, input, rois, *ctx.params, argmax)
     return grad_input, grad_rois, None, None, None, None, None
 
 
@@ -306,9 +308,8 @@ def _onnx_max_backward(ctx, grad, _grad_argmax=None):
         raise NotImplementedError("roi_align: mode='onnx_max' has no gradient w.r.t. the boxes")
     grad_input = None
     if ctx.needs_input_grad[0]:
-        grad_input = roi_align_backward_op(
-            grad, rois, *ctx.params, *ctx.input_shape, argmax, onnx_max=True
-        )
+        grad_input = call(roi_align_backward_op, grad, rois, *ctx.params, *ctx.input_shape,
+                          argmax, True)  # fmt: skip
     return grad_input, None, None, None, None, None, None
 
 

@@ -15,7 +15,7 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import layout
 from roiops.cpu import roi_align_rotated as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
 from roiops.reference import roi_align_rotated as reference
 
 OP = "roi_align_rotated"
@@ -134,7 +134,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     (rois,) = ctx.saved_tensors
-    grad_input = roi_align_rotated_backward_op(grad, rois, *ctx.params, *ctx.input_shape)
+    grad_input = call(roi_align_rotated_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
     return grad_input, None, None, None, None, None, None, None, None
 
 

@@ -21,6 +21,7 @@ from roiops.onnx import refuse_custom_op
 from roiops.ops import (
     argmax_from_reference,
     argmax_to_reference,
+    call,
     checked_backend,
     custom_op,
     forward_op,
@@ -149,7 +150,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_argmax):
     rois, argmax = ctx.saved_tensors
-    grad_input = roi_pool_backward_op(grad, argmax, rois, ctx.spatial_scale, *ctx.input_shape)
+    grad_input = call(roi_pool_backward_op, grad, argmax, rois, ctx.spatial_scale,
+                      *ctx.input_shape)  # fmt: skip
     return grad_input, None, None, None, None
 
 
