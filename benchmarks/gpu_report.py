@@ -285,6 +285,7 @@ def backward_passes(device: str = "cuda", cases: list | None = None) -> dict:
 def _pass_times(case, device: str) -> dict:
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 
+    from roiops.gpu import fixed_point
     from roiops.gpu import ps_roi_pool as gps
     from roiops.gpu import roi_align as ga
     from roiops.gpu import roi_pool as gp
@@ -371,10 +372,16 @@ def _pass_times(case, device: str) -> dict:
         # cell added once
         fns["scatter_each"] = _with_settings(scatter, gp, RUNS=False)
         fns["roiops_backward_each"] = _with_settings(ours, gp, RUNS=False)
+    # the op with max |grad| taken the other way than TORCH_BOUND_GRADIENTS has it take it
+    torch_bound = grad.numel() >= fixed_point.TORCH_BOUND_GRADIENTS
+    other = 2**62 if torch_bound else 0
+    fns["roiops_backward_other_bound"] = _with_settings(ours, fixed_point,
+                                                        TORCH_BOUND_GRADIENTS=other)  # fmt: skip
     times = bench.time_interleaved(fns, device, ROUNDS)
     passes = {name: fn for name, fn in fns.items() if name in BACK_TO_BACK_PASSES}
     gpu_times = bench.time_interleaved(passes, device, ROUNDS, calls=BACK_TO_BACK)
-    return {**times, **{f"{name} back to back": ms for name, ms in gpu_times.items()}, **chosen}
+    return {**times, **{f"{name} back to back": ms for name, ms in gpu_times.items()}, **chosen,
+            "torch_bound": torch_bound}  # fmt: skip
 
 
 def _with_settings(fn, module, **values):
@@ -718,11 +725,18 @@ def summary(report: dict) -> str:
         row(f"NCHW map, {case}: NCHW kernel / copy + NHWC kernel, ms",
             f"{t['nchw_ms']:.2f} / {t['copy_then_nhwc_ms']:.2f}")  # fmt: skip
     for case, t in report.get("backward_passes", {}).items():
-        ours = " + ".join(f"{t[k]:.2f}" for k in ("zero_and_bound", "scatter", "convert"))
+        # (the zeroing and max |grad| the launchers take: TORCH_BOUND_GRADIENTS)
+        first = "zeros_then_vector_norm" if t.get("torch_bound") else "zero_and_bound"
+        ours = " + ".join(f"{t[k]:.2f}" for k in (first, "scatter", "convert"))
         row(f"{case} bwd ms: zero and max|g| + scatter + convert / op / tv",
             f"{ours} / {t['roiops_backward']:.2f} / {t['torchvision_backward']:.2f}")  # fmt: skip
         row(f"{case} bwd ms, zero and max|g|: one launch / torch.zeros + vector_norm",
             f"{t['zero_and_bound']:.3f} / {t['zeros_then_vector_norm']:.3f}")  # fmt: skip
+        if "roiops_backward_other_bound" in t:
+            how = ("torch's two calls / one launch" if t.get("torch_bound")
+                   else "one launch / torch's two calls")  # fmt: skip
+            row(f"{case} bwd ms, the op with zero and max|g| by {how}",
+                f"{t['roiops_backward']:.3f} / {t['roiops_backward_other_bound']:.3f}")  # fmt: skip
         for other in sorted(int(k.rsplit("_", 1)[1]) for k in t if k.startswith("scatter_band_")):
             how = f"in bands of {other} rows" if other else "cell by cell"
             row(f"{case} bwd ms, sums {how}: scatter + convert / op",

@@ -269,6 +269,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     # the kernels run compiled on a GPU, through Triton's interpreter elsewhere
     import torch
 
+    from roiops.gpu import fixed_point
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
     from roiops.gpu import roi_pool as gpu_pool
@@ -286,7 +287,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
     assert set(times) == {"roi_pool tiny", "roi_align tiny sr=0", "ps_roi_pool tiny ps",
                           "ps_roi_align tiny ps"}  # fmt: skip
     passes = {"zero_and_bound", "zeros_then_vector_norm", "scatter", "convert",
-              "torchvision_backward", "roiops_backward"}  # fmt: skip
+              "torchvision_backward", "roiops_backward", "roiops_backward_other_bound"}  # fmt: skip
     bands = {f"{name}_band_{b}" for name in ("scatter", "convert", "roiops_backward")
              for b in (1, 8, 16)}  # fmt: skip
     per_bin = {"scatter_per_bin", "roiops_backward_per_bin"}
@@ -301,14 +302,16 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
         again = timed & set(gpu_report.BACK_TO_BACK_PASSES)
         back_to_back = {f"{name} back to back" for name in again}
         chosen = {"regions_chosen"} if op in ("roi_pool", "roi_align") else set()
-        assert set(t) == timed | back_to_back | chosen
+        assert set(t) == timed | back_to_back | chosen | {"torch_bound"}
         assert all(t[name] > 0 for name in timed | back_to_back)
+        assert t["torch_bound"] is False  # (tiny gradients: max |grad| in pieces)
     # the tiny cases' RoIs reach most of their map: the whole map is zeroed
     assert times["roi_pool tiny"]["regions_chosen"] is False
     assert times["roi_align tiny sr=0"]["regions_chosen"] is False
     # put back after the timing
     assert gpu_align.PS_LANES and gpu_ps_pool.BAND == 0
     assert not gpu_pool.REGIONS and not gpu_align.REGIONS and gpu_pool.RUNS
+    assert fixed_point.TORCH_BOUND_GRADIENTS == 1 << 22
     report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
               "backward_passes": times}  # fmt: skip
     table = gpu_report.summary(report)
@@ -322,6 +325,7 @@ def test_backward_passes_times_every_pass_on_a_small_case(monkeypatch):
             "convert / op") in table  # fmt: skip
     assert "roi_pool tiny bwd GPU ms (back to back), sums in regions" in table
     assert "roi_pool tiny bwd ms, an atomic a bin (no runs): scatter (back to back) / op" in table
+    assert "roi_pool tiny bwd ms, the op with zero and max|g| by one launch / torch's two" in table
 
 
 def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):

@@ -782,9 +782,55 @@ def test_non_finite_output_gradient_gives_nan_input_gradient(rng, mode):
 
 def max_abs(amax: torch.Tensor) -> float:
     """``max |grad|`` from its pieces (``Accumulator.amax``: the bits of float32
-    magnitudes, or of float64 ones)."""
+    magnitudes, or of float64 ones), or torch's float (TORCH_BOUND_GRADIENTS)."""
+    if amax.is_floating_point():
+        return float(amax)
     wide = torch.float64 if amax.dtype == torch.int64 else torch.float32
     return float(amax.max().view(wide))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_max_grad_by_torch_changes_no_bit(rng, monkeypatch, dtype):
+    # max |grad| taken by torch's vector_norm (a float, from TORCH_BOUND_GRADIENTS
+    # gradients on) instead of in pieces by zero_and_bound_kernel: the same max, so the
+    # same fixed-point scale and the same gradient bits, for each backward scatter (the
+    # FPN pooler's and ps_roi_pool's sums as differences too); NaN and inf still make the
+    # whole gradient NaN
+    x = on_device(rng.standard_normal((2, 3, 8, 8)), dtype)
+    rois = on_device(random_rois(rng, 2, 4, 16, 16, min_size=2.0), torch.float32)
+    grad = on_device(rng.standard_normal((4, 3, 2, 2)) * 1e3, dtype)
+    scores = on_device(rng.standard_normal((2, 3 * 4, 8, 8)), dtype)
+    levels = torch.tensor([0, 1, 1, 0], device=DEVICE)
+    monkeypatch.setattr(gpu_ps_pool, "BAND", 2)
+
+    def backwards(g):
+        out = [backward_launch("avg", x, rois, g, torch.empty_like(x))]
+        if dtype != torch.float32:  # (the max's other bits; the other kernels in float32)
+            return out
+        out += [backward_launch(mode, x, rois, g, torch.empty_like(x)) for mode in ("max", "pool")]
+        out.append(gpu_ps_pool.ps_roi_pool_backward(g, rois, torch.empty_like(scores), 0.5))
+        features = [x.clone(), x[:, :, :4, :4].clone()]
+        grads = [torch.empty_like(f) for f in features]
+        gpu_multi.multi_scale_roi_align_backward(g, rois, levels, [0.5, 0.25], grads, 2, True)
+        return out + grads
+
+    def both(g):
+        monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 2**62)
+        in_pieces = backwards(g)
+        monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 0)
+        return in_pieces, backwards(g)
+
+    for got, expected in zip(*both(grad), strict=True):
+        assert torch.equal(got, expected)
+        assert got.abs().sum() > 0
+    for bound in (0, 2**62):  # (either way, the max itself)
+        monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", bound)
+        assert max_abs(fixed_point.Accumulator(grad, x.shape).amax) == grad.abs().max()
+    for bad in (float("nan"), float("inf")):
+        worse = grad.clone()
+        worse[2, 1, 1, 0] = bad
+        monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 0)
+        assert torch.isnan(backward_launch("avg", x, rois, worse, torch.empty_like(x))).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

@@ -220,6 +220,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode += " runs" if constexprs.get("RUNS") else ""
     mode += " 2x2" if constexprs.get("VISIT_2X2") else ""
     mode += " reuse" if constexprs.get("REUSE") else ""
+    mode += " torch max" if not pointers.get("AMAX", "*i").startswith("*i") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
     name = f"{fn.__name__} {dtype} {mode}"
@@ -429,6 +430,28 @@ def main(dtypes=DTYPES) -> int:
                 {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS,
                  "BINS": bins, "REGIONS": regions},
                 4,
+            )  # fmt: skip
+        # max |grad| as torch's float of the gradient's dtype (TORCH_BOUND_GRADIENTS): the
+        # conversion in each dtype, the scatters that the bench's large cases run in float32
+        float_amax = {"AMAX": f"*{dt}"}
+        compile_for_gpu(
+            fixed_point_to_float_kernel, {"ACC": "*i64", "GX": f"*{dt}", **unused, **float_amax},
+            {"stride_w": 1, "BLOCK_W": CONVERT_CELLS, "BLOCK_C": CONVERT_CHANNELS, "BINS": 1,
+             "REGIONS": False},
+            4,
+        )  # fmt: skip
+        if dt == "fp32":
+            compile_for_gpu(
+                roi_align_backward_kernel, {**bwd, **float_amax},
+                {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": False,
+                 "BLOCK_C": block_c, "SPAN": SPAN, "ARGMAX_CM": True, "ROIS_INNER": True},
+                bwd_warps,
+            )  # fmt: skip
+            compile_for_gpu(
+                roi_pool_backward_kernel, {**bwd, **unused, **float_amax},
+                {**argmax_tile, "ARGMAX_CM": True, "REGIONS": False, "RUNS": True,
+                 "ROIS_INNER": True},
+                argmax_warps,
             )  # fmt: skip
         # sums as differences (ps_roi_pool's): R-FCN's map of 68 cells a row (16 channels
         # a program of 8 warps), and the widest rows (one channel)
