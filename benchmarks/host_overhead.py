@@ -76,6 +76,11 @@ def main(argv=None) -> None:
     rois = torch.tensor([[i % 2, 10.0 + i, 10.0, 100.0 + i, 120.0] for i in range(16)])
     grad = torch.randn(16, 256, 7, 7)
     ps_grad = torch.randn(16, 21, 7, 7)
+    small, small_grad = torch.randn(2, 8, 10, 10), torch.randn(16, 8, 7, 7)
+
+    def step(op, *params):
+        leaf = small.detach().requires_grad_()
+        op(leaf, rois, *params).backward(small_grad)
 
     @torch.library.custom_op("roiops_bench::empty", mutates_args=())
     def empty_op(x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
@@ -109,6 +114,10 @@ def main(argv=None) -> None:
                 ps_grad, rois, 1 / 16, 7, 7, 2, 1, 21 * 49, 10, 10
             )
         ),
+        # forward and backward through autograd, as training runs them (a small map: the
+        # proxy's CPU tensors would otherwise time autograd's copies of a large gradient)
+        "roiops.roi_align, a training step": lambda: step(roiops.roi_align, 7, 0.25, 2, True),
+        "roiops.roi_pool, a training step": lambda: step(roiops.roi_pool, 7, 0.25),
         "the launcher alone": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
         "an empty custom op (new_empty)": lambda: empty_op(x, rois),
         "new_empty": lambda: x.new_empty((16, 256, 7, 7)),
