@@ -172,6 +172,21 @@ def test_roi_pool_backward_over_hard_boxes(rng, dtype, channels_last):
     torch.testing.assert_close(gx, ref, **TOL.get(dtype, dict(rtol=1e-3, atol=1e-3)))
 
 
+def off_then_on(monkeypatch, module, switch, forward):
+    """``(forward() with module.switch False, forward() with it True)``."""
+    monkeypatch.setattr(module, switch, False)
+    off = forward()
+    monkeypatch.setattr(module, switch, True)
+    return off, forward()
+
+
+def assert_same_bits(got, expected):
+    """The same values bit for bit (NaN for the skipped RoIs; -0.0 is not 0.0)."""
+    assert torch.equal(got.isnan(), expected.isnan())
+    ints = torch.int16 if got.element_size() == 2 else torch.int32
+    assert torch.equal(got.nan_to_num().view(ints), expected.nan_to_num().view(ints))
+
+
 @pytest.mark.parametrize(
     "output_size,dtype",
     [((7, 7), torch.float32)] + slow_cases(((3, 5), torch.float16), ((2, 2), torch.float32)),
@@ -199,17 +214,7 @@ def test_roi_pool_forward_2x2_at_a_time_changes_no_bit(rng, monkeypatch, output_
     rois = on_device(boxes, torch.float32)
     ok = valid_rois(rois, n)
 
-    def both(forward):
-        monkeypatch.setattr(gpu_pool, "VISIT_2X2", False)
-        cell_by_cell = forward()
-        monkeypatch.setattr(gpu_pool, "VISIT_2X2", True)
-        return cell_by_cell, forward()
-
-    def assert_same_bits(got, expected):  # (NaN for the skipped RoIs; -0.0 is not 0.0)
-        assert torch.equal(got.isnan(), expected.isnan())
-        ints = torch.int16 if got.element_size() == 2 else torch.int32
-        assert torch.equal(got.nan_to_num().view(ints), expected.nan_to_num().view(ints))
-
+    both = partial(off_then_on, monkeypatch, gpu_pool, "VISIT_2X2")
     x = on_device(values, dtype)
     (out, argmax), (got, got_argmax) = both(
         partial(gpu_pool.roi_pool_forward, x, rois, 0.5, *output_size)
@@ -269,17 +274,7 @@ def test_roi_align_forward_reusing_loads_changes_no_bit(rng, monkeypatch, dtype)
     ok = valid_rois(rois, n)
     x = on_device(values, dtype)
 
-    def both(forward):
-        monkeypatch.setattr(gpu_align, "REUSE_LOADS", False)
-        every_corner = forward()
-        monkeypatch.setattr(gpu_align, "REUSE_LOADS", True)
-        return every_corner, forward()
-
-    def assert_same_bits(got, expected):  # (NaN for the skipped RoIs; -0.0 is not 0.0)
-        assert torch.equal(got.isnan(), expected.isnan())
-        ints = torch.int16 if got.element_size() == 2 else torch.int32
-        assert torch.equal(got.nan_to_num().view(ints), expected.nan_to_num().view(ints))
-
+    both = partial(off_then_on, monkeypatch, gpu_align, "REUSE_LOADS")
     modes = (False, True, gpu_align.ONNX_MAX_MODE)
     combinations = [(0, True, False), (0, True, True), (3, True, modes[2]), (3, False, False)]
     if dtype == torch.float16:  # (the slow case: every mode on both grids)
