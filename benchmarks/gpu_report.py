@@ -529,19 +529,19 @@ def _ps_config_times(case, device: str) -> dict:
     C = C_in // (p * p)
     out = x.new_empty((K, C, p, p))
     bits = scale_bits(lv.spatial_scale)
-    for kind, block, warps, inner in _configs("forward", FORWARD_CONFIGS):
-        grid = (K * triton.cdiv(C * p * p, block),)
-        if case.op == "ps_roi_pool":
-            fns[f"{kind} {block}/{warps}"] = lambda g=grid, b=block, w=warps, i=inner: (
-                gps.ps_roi_pool_forward_kernel[g](x, rois, out, N, C, H, W, bits, PH=p, PW=p,
-                                                  BLOCK=b, ROIS_INNER=i, num_warps=w)
-            )  # fmt: skip
-    # ps_roi_align's, also with its points reusing their row's loads (REUSE_LOADS)
-    for reuse, name, configs in ((False, "forward", FORWARD_CONFIGS),
-                                 (True, "forward reuse", REUSE_CONFIGS)):  # fmt: skip
+    # (ps_roi_align's also with its points reusing their row's loads: REUSE_LOADS)
+    reuses = ((False, "forward", FORWARD_CONFIGS),)
+    if case.op == "ps_roi_align":
+        reuses += ((True, "forward reuse", REUSE_CONFIGS),)
+    for reuse, name, configs in reuses:
         for kind, block, warps, inner in _configs(name, configs, "forward"):
-            if case.op == "ps_roi_align":
-                grid = (K * triton.cdiv(C * p * p, block),)
+            grid = (K * triton.cdiv(C * p * p, block),)
+            if case.op == "ps_roi_pool":
+                fns[f"{kind} {block}/{warps}"] = partial(
+                    gps.ps_roi_pool_forward_kernel[grid], x, rois, out, N, C, H, W, bits,
+                    PH=p, PW=p, BLOCK=block, ROIS_INNER=inner, num_warps=warps,
+                )  # fmt: skip
+            else:
                 fns[f"{kind} {block}/{warps}"] = partial(
                     ga.roi_align_forward_kernel[grid], x, rois, out, out, N, C, H, W, bits,
                     case.sampling_ratio, PH=p, PW=p, ALIGNED=True, MAX_MODE=False, PS=True,

@@ -77,8 +77,9 @@ PS_LANES = True
 # fixed grid's points crowd into a small bin. Why it may pay: on the bench's 'a large
 # sr=0' case (an H100, 7.4 ms) the kernel issues ~53 instructions a point and its four
 # loads, each lane's in another bin (a sector apiece), about twice the time that issuing
-# them alone would take: the loads' L1 traffic, which this halves, for ~10 instructions
-# more a point. Off until timed on a GPU (``make gpu-tune``'s ``kernel_configs``)
+# them alone would take: the loads' L1 traffic, which this halves, for ~17 instructions
+# more a point (~70 in sm_90 SASS). Off until timed on a GPU (``make gpu-tune``'s
+# ``kernel_configs``)
 REUSE_LOADS = False
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
@@ -287,13 +288,13 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
         row_lo = plane + y_lo * W
         row_hi = plane + y_hi * W
-        # (REUSE: the columns the row's previous point loaded, none yet, and their values)
-        seen_lo = tl.full((BLOCK,), -1, tl.int32)
-        seen_hi = seen_lo
-        c_ll = tl.zeros((BLOCK,), acc.dtype)
-        c_lh = c_ll
-        c_hl = c_ll
-        c_hh = c_ll
+        if REUSE:  # (the columns the row's previous point loaded, none yet, their values)
+            seen_lo = tl.full((BLOCK,), -1, tl.int32)
+            seen_hi = seen_lo
+            c_ll = tl.zeros((BLOCK,), acc.dtype)
+            c_lh = c_ll
+            c_hl = c_ll
+            c_hh = c_ll
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
             inside = y_in & x_in & ok
