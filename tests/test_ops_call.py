@@ -286,5 +286,5 @@ def test_the_ops_run_on_their_tensors_gpu(monkeypatch):
     assert run(X, ROIS) == "ran" and entered == ["cuda:1"]  # CPU tensors: no device
     monkeypatch.setattr(ops, "current_cuda_device", lambda: 1)
     assert run([OnGpu1()]) == "ran" and entered == ["cuda:1"]  # already current
-    # every custom op's implementation is wrapped (the forward ones as ``call`` runs them)
+    # every custom op's implementation is wrapped (as ``call`` runs them, forward and backward)
     assert all(fn.__wrapped__ for fn in ops._IMPLEMENTATIONS.values())

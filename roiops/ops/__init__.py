@@ -203,7 +203,7 @@ def call(op, *args):
     function it was made from, called directly: the same kernels and result without the
     ~6 us that a trip through torch's dispatcher and the custom op's Python wrappers
     costs a call (of ~15 us in all; it is most of an op's host time on CUDA, where the
-    kernel runs asynchronously); under the op's autograd formulas where autograd
+    kernel runs asynchronously); under a forward op's autograd formulas where autograd
     records the call (:func:`register_autograd`)."""
     how = eager(args)
     if how == PLAIN:
