@@ -385,26 +385,24 @@ def _pass_times(case, device: str) -> dict:
 
 
 def _with_settings(fn, module, **values):
-    """``fn`` run with ``module``'s constants set to ``values`` (and back after it); the
-    launch grids, which ``roiops.gpu.tiles`` caches from its sizes, are computed again."""
+    """``fn`` run with ``module``'s constants set to ``values`` (and back after it); with
+    ``roiops.gpu.tiles``'s, the grids and launches it caches from its sizes are computed
+    again (another module's settings are in the keys of the launches that read them)."""
     from roiops.gpu import tiles
-
-    grids = (tiles.bins_grid, tiles.bin_channels_grid, tiles.roi_channels_grid,
-             tiles.roi_outputs_grid)  # fmt: skip
 
     def run():
         before = {name: getattr(module, name) for name in values}
         for name, value in values.items():
             setattr(module, name, value)
-        for grid in grids:
-            grid.cache_clear()
+        if module is tiles:
+            tiles.clear_caches()
         try:
             return fn()
         finally:
             for name, value in before.items():
                 setattr(module, name, value)
-            for grid in grids:
-                grid.cache_clear()
+            if module is tiles:
+                tiles.clear_caches()
 
     return run
 

@@ -1,13 +1,16 @@
 """Host time per call of the CUDA path, measured on CPU: a proxy for small-call latency.
 
 On CUDA the kernels run asynchronously, so a call with few RoIs costs what its Python
-costs. This runs the Triton backend on CPU tensors with every Triton kernel launch
-replaced by a no-op (and the CPU-only box-value check off, as on CUDA), so that only the
-Python around the kernels is timed: validation, backend choice, the custom op's
-dispatch, allocation and the launch arguments. A real launch adds Triton's own launch
-cost (~10 us on the H200 host of ``../shared/gpu/H200-baseline.md``), and a GPU host may
-run Python at another speed: compare rows within one run. ``make gpu`` measures the
-real thing on a GPU (``gpu_report.latency``).
+costs. This runs the Triton backend on CPU tensors, its kernels compiled and launched
+against stand-ins (``launch_overhead.fake_gpu``: Triton's driver answers device 0 and
+stream 0, and a compiled kernel's launcher records its arguments and returns), so that
+only the Python around and of the launches is timed: validation, backend choice, the
+custom op's dispatch, allocation, the launchers' arguments and ``roiops.gpu.launch``'s
+direct launches (the box-value check is off, as on CUDA). A real launch adds the
+compiled launcher's C code and the CUDA driver's (6.5 us on an H100 machine's host,
+``benchmarks/host_profile.py``), and a GPU host may run Python at another speed: compare
+rows within one run. ``make gpu`` measures the real thing on a GPU
+(``gpu_report.latency``).
 
     python benchmarks/host_overhead.py [--calls 2000]
 """
@@ -16,37 +19,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import pkgutil
 import statistics
+import sys
 import time
 
-os.environ["TRITON_INTERPRET"] = "1"  # the Triton backend accepts CPU tensors
+# compiled kernels (JITFunction), not interpreted ones: set before roiops.gpu is imported
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
+from launch_overhead import fake_gpu  # noqa: E402
 
 import roiops  # noqa: E402
-import roiops.gpu  # noqa: E402
 from roiops import _backend  # noqa: E402
 
 
-class NoLaunch:
-    """Stands for a ``@triton.jit`` kernel: ``kernel[grid](*args)`` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
-
-
-def disable_kernels() -> None:
-    """Every Triton kernel of ``roiops.gpu`` becomes a no-op, and CPU tensors take the
-    CUDA path: roiops takes their device for a CUDA one (``_backend.device_type``), so
-    that the default backend choice picks Triton and the box values are not read, as
-    on CUDA, through the same code."""
-    for info in pkgutil.iter_modules(roiops.gpu.__path__):
-        module = __import__(f"roiops.gpu.{info.name}", fromlist=["_"])
-        for name, value in vars(module).items():
-            if isinstance(value, triton.runtime.KernelInterface) and name.endswith("_kernel"):
-                setattr(module, name, NoLaunch())
+def take_cuda_path() -> None:
+    """CPU tensors take the CUDA path: roiops takes their device for a CUDA one
+    (``_backend.device_type``), so that the default backend choice picks Triton and the
+    box values are not read, as on CUDA, through the same code."""
     _backend._DEVICE_TYPES[torch.device("cpu")] = "cuda"
 
 
@@ -67,7 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    disable_kernels()
+    take_cuda_path()
     from roiops.gpu.roi_align import roi_align_forward
 
     x = torch.randn(2, 256, 50, 68)  # the shapes of gpu_report.latency
@@ -122,9 +113,11 @@ def main(argv=None) -> None:
         "an empty custom op (new_empty)": lambda: empty_op(x, rois),
         "new_empty": lambda: x.new_empty((16, 256, 7, 7)),
     }
-    print(f"host us per call, kernels not launched ({args.calls} calls x 7 rounds, median)")
-    for name, fn in rows.items():
-        print(f"{name:40s} {us_per_call(fn, args.calls):7.1f}")
+    print(f"host us per call, kernels launched against stand-ins ({args.calls} calls x 7 "
+          "rounds, median)")  # fmt: skip
+    with fake_gpu():
+        for name, fn in rows.items():
+            print(f"{name:40s} {us_per_call(fn, args.calls):7.1f}")
 
 
 if __name__ == "__main__":

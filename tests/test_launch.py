@@ -135,6 +135,65 @@ def test_a_changed_global_takes_triton_s_path(kernel, monkeypatch):
             kernel[(1,)](x, x, 3, 4, 1.0, False, BLOCK=8)
 
 
+def test_a_launch_repeats_what_triton_would_launch(kernel, monkeypatch):
+    # a launcher's ``Launch``: the first call through ``Kernel``, the next ones directly,
+    # each what Triton's own path launches for the same arguments; a call whose tensors
+    # Triton would specialise otherwise goes through ``Kernel`` again
+    fake = load_benchmark("launch_overhead")
+    base = torch.zeros(64)
+    half = torch.zeros(64, dtype=torch.float16)
+    through_kernel = []
+    via = kernel._launch
+    monkeypatch.setattr(kernel, "_launch", lambda *a, **k: through_kernel.append(1) or via(*a, **k))
+    repeat = launch.Launch(kernel, (3, 1, 2), (17, 2**31, 0.5, True), BLOCK=32, num_warps=2)
+    calls = [  # (X, Y), and whether the call goes through Kernel
+        ((base, base[4:]), True),
+        ((base[8:], base[12:]), False),  # other tensors, the same dtype and alignment
+        ((base[1:], base[4:]), True),  # X not 16-byte aligned: another compiled kernel
+        ((base[1:], base[8:]), False),
+        ((half, base), True),  # another dtype
+        ((base, base[4:]), True),  # back
+    ]
+    with fake.fake_gpu():
+        for i, (tensors, _) in enumerate(calls):
+            ours = repeat(*tensors)
+            launched = ours.launches[-1]
+            assert len(through_kernel) == sum(f for _, f in calls[: i + 1]), i
+            theirs = kernel.jit[(3, 1, 2)](*tensors, 17, 2**31, 0.5, True, BLOCK=32, num_warps=2)
+            assert ours is theirs, i
+            assert launched == theirs.launches[-1], i  # grid, stream, ..., every argument
+        # switched off, or a pre-run hook: Triton's path, every call
+        monkeypatch.setenv(launch.ENV_VAR, "0")
+        repeat(base, base[4:])
+        monkeypatch.delenv(launch.ENV_VAR)
+        hooked = []
+        kernel.jit.add_pre_run_hook(lambda *args, **kwargs: hooked.append(1))
+        repeat(base, base[4:])
+        assert len(through_kernel) == 4 and hooked == [1]
+        kernel.jit.pre_run_hooks.clear()
+        # a changed global: Triton's refusal, as a direct launch through Kernel gets it
+        scope = {"PARTS": tl.constexpr(128)}
+        kernel.jit.used_global_vals[("PARTS", id(scope))] = (scope["PARTS"], scope)
+        repeat(base, base[4:])
+        assert len(through_kernel) == 4
+        scope["PARTS"] = tl.constexpr(64)
+        with pytest.raises(RuntimeError, match="PARTS has changed"):
+            repeat(base, base[4:])
+
+
+def test_a_launch_of_a_stand_in_kernel_calls_it():
+    # (benchmarks/host_overhead.py's stand-ins, and any kernel that is not a Kernel)
+    calls = []
+
+    class StandIn:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((grid, args, kwargs))
+
+    x = torch.zeros(4)
+    launch.Launch(StandIn(), (2,), (5,), BLOCK=8)(x)
+    assert calls == [((2,), (x, 5), {"BLOCK": 8})]
+
+
 @pytest.mark.parametrize("specialised", [True, False])
 def test_generated_fingerprints_are_the_arguments_fingerprints(specialised):
     base = torch.zeros(8)
@@ -172,3 +231,92 @@ def test_host_cdiv_and_next_power_of_2_are_triton_s():
         assert next_power_of_2(n) == triton.next_power_of_2(n), n
         for d in (1, 7, 16, 32, 49, 4096):
             assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+
+
+def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypatch):
+    # a forward launcher keeps its launch by a key of the call's sizes, parameters and
+    # settings (tiles.cached): whatever setting changed since it was kept, it launches
+    # what it computes afresh (grid, values and keyword arguments; its tensors' shapes)
+    from roiops.gpu import ps_roi_pool as gpu_ps_pool
+    from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import roi_pool as gpu_pool
+    from roiops.gpu import tiles
+
+    launched = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                args = [(a.shape, a.stride(), a.dtype) if torch.is_tensor(a) else a for a in args]
+                launched.append((grid, args, kwargs))
+
+            return record
+
+    for module, name in ((gpu_align, "roi_align_forward_kernel"),
+                         (gpu_align, "roi_align_forward_nhwc_kernel"),
+                         (gpu_pool, "roi_pool_forward_kernel"),
+                         (gpu_pool, "roi_pool_forward_nhwc_kernel"),
+                         (gpu_ps_pool, "ps_roi_pool_forward_kernel")):  # fmt: skip
+        monkeypatch.setattr(module, name, Recorder())
+    tiles.clear_caches()
+    x = torch.zeros(2, 8, 10, 12)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    scores = torch.zeros(1, 2 * 9, 6, 6)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
+    calls = [
+        lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 2, True, False),
+        lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 0, False, True),
+        lambda: gpu_align.roi_align_forward(nhwc, rois, 0.5, 3, 3, 0, True, False),
+        lambda: gpu_align.roi_align_forward(scores, rois, 0.5, 3, 3, 2, True, False, True),
+        lambda: gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 3),
+        lambda: gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 3, with_argmax=False),
+        lambda: gpu_pool.roi_pool_forward(nhwc, rois, 0.5, 3, 3),
+        lambda: gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 3, nhwc=True),
+        lambda: gpu_ps_pool.ps_roi_pool_forward(scores, rois, 0.5, 3, 3),
+    ]
+
+    def launches():
+        launched.clear()
+        for call in calls:
+            call()
+        return list(launched)
+
+    settings = ((gpu_align, "REUSE_LOADS"), (gpu_pool, "VISIT_2X2"),
+                (tiles, "GATHER_ROIS_INNER"), (tiles, "ADAPTIVE_ROIS_INNER"))  # fmt: skip
+    launches()  # kept under the settings as they are
+    seen = set()
+    for values in itertools.product((False, True), repeat=len(settings)):
+        for (module, name), value in zip(settings, values, strict=True):
+            monkeypatch.setattr(module, name, value)
+        kept = launches()
+        tiles.clear_caches()
+        fresh = launches()
+        assert len(fresh) == len(calls) and kept == fresh, values
+        # each setting where it belongs (the second call samples an adaptive grid on NCHW)
+        for i, (_, _, kwargs) in enumerate(fresh):
+            inner = tiles.ADAPTIVE_ROIS_INNER if i == 1 else tiles.GATHER_ROIS_INNER
+            assert kwargs["ROIS_INNER"] == inner, (values, i)
+            assert kwargs.get("REUSE", gpu_align.REUSE_LOADS) == gpu_align.REUSE_LOADS
+            assert kwargs.get("VISIT_2X2", gpu_pool.VISIT_2X2) == gpu_pool.VISIT_2X2
+        seen.add(repr(fresh))
+    assert len(seen) == 2 ** len(settings)
+    monkeypatch.undo()
+    tiles.clear_caches()
+
+
+def test_the_host_time_proxy_runs_every_row():
+    # benchmarks/host_overhead.py: every row through the CUDA path's code, the kernels
+    # compiled and launched against stand-ins (its own process: compiled kernels)
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "host_overhead.py"),
+                          "--calls", "2"], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = run.stdout.splitlines()[1:]
+    assert len(rows) == 14 and all(float(row.split()[-1]) > 0 for row in rows), run.stdout

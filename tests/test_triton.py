@@ -1327,18 +1327,15 @@ def test_multi_scale_roi_pool_matches_reference(rng):
 def small_program_blocks(monkeypatch):
     """Program sizes small enough that the tests' few channels take several programs a
     RoI (blocks of outputs or of channels), so that the program order has orders to
-    differ in; the grids' caches are emptied before and after."""
-    grids = (gpu_tiles.bins_grid, gpu_tiles.bin_channels_grid, gpu_tiles.roi_channels_grid)
+    differ in; the caches of grids and launches are emptied before and after."""
     sizes = dict(FORWARD_BLOCK=4, ADAPTIVE_FORWARD_BLOCK=4, NHWC_FORWARD_CHANNELS=4,
                  BACKWARD_CHANNELS=4, ARGMAX_TILE=8)  # fmt: skip
     for name, value in sizes.items():
         monkeypatch.setattr(gpu_tiles, name, value)
-    for grid in grids:
-        grid.cache_clear()
+    gpu_tiles.clear_caches()
     yield
     monkeypatch.undo()
-    for grid in grids:
-        grid.cache_clear()
+    gpu_tiles.clear_caches()
 
 
 def program_order_cases(rng):

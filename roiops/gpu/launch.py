@@ -110,22 +110,25 @@ class Kernel(KernelInterface):
     def warmup(self, *args, **kwargs):
         return self.jit.warmup(*args, **kwargs)
 
+    def direct_now(self) -> bool:
+        """Whether a launch may skip Triton's ``JITFunction.run`` now: a compiled kernel of a
+        Triton whose convention this mirrors, not switched off (``ROIOPS_FAST_LAUNCH=0``),
+        and nothing that Triton runs before a launch, or adds to its key (pre-run hooks, a
+        stage-inspection hook): those take Triton's path only."""
+        return (
+            self.fast
+            and getenv(ENV_VAR, "1") != "0"
+            and not self.jit.pre_run_hooks
+            and getattr(triton.knobs.runtime, "add_stages_inspection_hook", None) is None
+        )
+
     def __getitem__(self, grid):
-        if (
-            not self.fast
-            or getenv(ENV_VAR, "1") == "0"
-            or callable(grid)
-            # what Triton runs before a launch, or adds to its key: its path only
-            or self.jit.pre_run_hooks
-            or getattr(triton.knobs.runtime, "add_stages_inspection_hook", None) is not None
-        ):
+        if callable(grid) or not self.direct_now():
             return self.jit[grid]
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid, *args, **kwargs):
         device = driver.active.get_current_device()
-        knobs = triton.knobs
-        switches = (knobs.runtime.debug, knobs.compilation.instrumentation_mode)
         types = tuple(map(type, args))
         fingerprints = self.fingerprinters.get(types)
         if fingerprints is None:
@@ -134,20 +137,33 @@ class Kernel(KernelInterface):
             fingerprints = fingerprinter(types, self._specialised[: len(types)])
             self.fingerprinters[types] = fingerprints
         try:
-            key = (device, switches, tuple(kwargs.items()), types, fingerprints(*args))
+            key = (device, _switches(), tuple(kwargs.items()), types, fingerprints(*args))
             entry = self.table.get(key)
         except TypeError:  # an unhashable argument
             return self.jit[grid](*args, **kwargs)
         if entry is None:
             return self._first(key, grid, args, kwargs)
+        if not self.globals_unchanged():  # Triton raises, saying which
+            return self.jit[grid](*args, **kwargs)
+        compiled, tail = entry
+        return self.fire(compiled, grid, device, (*args, *tail))
+
+    def globals_unchanged(self) -> bool:
+        """Whether the globals the kernel read when it was compiled are still the values it
+        read (Triton refuses a launch otherwise)."""
         for (name, _), (value, scope) in self.jit.used_global_vals.items():
             now = scope.get(name, _MISSING)
             # (the same object first: comparing tl.constexpr globals costs ~0.4 us)
-            if now is not value and now != value:  # Triton raises, saying which
-                return self.jit[grid](*args, **kwargs)
-        compiled, tail = entry
-        arguments = (*args, *tail)
+            if now is not value and now != value:
+                return False
+        return True
+
+    @staticmethod
+    def fire(compiled, grid, device, arguments):
+        """Launch ``compiled`` on ``grid`` with every argument (``tail`` included), on the
+        current stream of ``device``, with Triton's launch hooks (profilers)."""
         stream = driver.active.get_current_stream(device)
+        knobs = triton.knobs
         enter = knobs.runtime.launch_enter_hook
         metadata = None if enter is None else compiled.launch_metadata(grid, stream, *arguments)
         n = len(grid)
@@ -156,21 +172,73 @@ class Kernel(KernelInterface):
                      knobs.runtime.launch_exit_hook, *arguments)  # fmt: skip
         return compiled
 
+    def tail(self, count: int, kwargs: dict) -> tuple:
+        """Every parameter after the first ``count``, as Triton passes them to a compiled
+        kernel: by keyword or by default (constexprs among them, which its launcher
+        skips)."""
+        return tuple(
+            kwargs[name] if name in kwargs else self._defaults[name] for name in self._names[count:]
+        )
+
     def _first(self, key, grid, args, kwargs):
         """Triton's path; its compiled kernel is launched directly for ``key`` from then."""
         compiled = self.jit[grid](*args, **kwargs)
-        if compiled is None or hasattr(compiled, "result"):  # (an asynchronous compile)
+        if not _reusable(compiled, kwargs):
             return compiled
-        if any(isinstance(value, torch.Tensor) for value in kwargs.values()):
-            return compiled  # (keyed by identity, and kept alive by the table: not kept)
         if len(self.table) >= MAX_ENTRIES:
             self.table.clear()
             self.fingerprinters.clear()
-        # every parameter after the positional ones, as Triton passes them: by keyword
-        # or by default (constexprs among them, which the compiled launcher skips)
-        tail = tuple(
-            kwargs[name] if name in kwargs else self._defaults[name]
-            for name in self._names[len(args) :]
-        )
-        self.table[key] = (compiled, tail)
+        self.table[key] = (compiled, self.tail(len(args), kwargs))
+        return compiled
+
+
+def _switches() -> tuple:
+    """Triton's switches that change what it compiles (its key holds them)."""
+    knobs = triton.knobs
+    return knobs.runtime.debug, knobs.compilation.instrumentation_mode
+
+
+def _reusable(compiled, kwargs: dict) -> bool:
+    """Whether a launch's compiled kernel may be launched again directly: compiled (not
+    an asynchronous compile in progress) and given no tensor by keyword (keyed by
+    identity, and kept alive by the table)."""
+    if compiled is None or hasattr(compiled, "result"):
+        return False
+    return not any(isinstance(value, torch.Tensor) for value in kwargs.values())
+
+
+class Launch:
+    """A launch that a launcher makes call after call: ``kernel[grid](*tensors, *values,
+    **kwargs)`` with the grid, the values and the keyword arguments fixed and each call's
+    tensors. A launcher keeps one for each key of what decides those (sizes, scalars and
+    settings: ``roiops.gpu.tiles.cached``) and calls it with a call's tensors, which the
+    key must give the same dtypes.
+
+    The first call goes through ``kernel`` (Triton's path for a call it has not seen);
+    from then on, while the tensors' dtypes and 16-byte alignment, the device, Triton's
+    switches and the kernel's globals are those it was launched with, the compiled kernel
+    is launched directly: without ``Kernel``'s fingerprint and table, and without the
+    launcher's grid and arguments, which were computed once (``benchmarks/
+    host_overhead.py``). Anything else, or a kernel that is not a ``Kernel``, takes
+    ``kernel[grid](...)``, and the next direct launch is of what that launched."""
+
+    __slots__ = ("kernel", "grid", "values", "kwargs", "seen")
+
+    def __init__(self, kernel, grid: tuple, values: tuple = (), **kwargs):
+        self.kernel, self.grid, self.values, self.kwargs = kernel, grid, values, kwargs
+        self.seen = None  # (state, compiled, every argument after the tensors)
+
+    def __call__(self, *tensors):
+        kernel = self.kernel
+        seen = self.seen
+        direct = isinstance(kernel, Kernel) and kernel.direct_now()
+        if direct:
+            device = driver.active.get_current_device()
+            state = (device, _switches(), *[(t.dtype, t.data_ptr() & 15) for t in tensors])
+            if seen is not None and seen[0] == state and kernel.globals_unchanged():
+                return kernel.fire(seen[1], self.grid, device, (*tensors, *seen[2]))
+        args = (*tensors, *self.values)
+        compiled = kernel[self.grid](*args, **self.kwargs)
+        if direct and _reusable(compiled, self.kwargs):
+            self.seen = (state, compiled, (*self.values, *kernel.tail(len(args), self.kwargs)))
         return compiled

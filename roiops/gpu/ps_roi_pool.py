@@ -24,6 +24,7 @@ from roiops.gpu.fixed_point import (
     add_to_cell,
     fixed_point_scale,
 )
+from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import input_channel
 from roiops.gpu.roi_pool import (
     bin_edges,
@@ -143,16 +144,26 @@ def ps_roi_pool_backward_kernel(
 def ps_roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
     """``out[K, C // (ph * pw), ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW)."""
     K = rois.shape[0]
-    N, C_in, H, W = input.shape
-    C = C_in // (pooled_h * pooled_w)
-    out = input.new_empty((K, C, pooled_h, pooled_w))
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
-    ps_roi_pool_forward_kernel[grid](
-        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale),
-        PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    sizes = input.shape
+    out = input.new_empty((K, sizes[1] // (pooled_h * pooled_w), pooled_h, pooled_w))
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), K, spatial_scale,
+                             pooled_h, pooled_w, tiles.GATHER_ROIS_INNER)  # fmt: skip
+    launch(input.contiguous(), rois, out)
     return out
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, spatial_scale, pooled_h, pooled_w,
+                    rois_inner) -> Launch:  # fmt: skip
+    """``ps_roi_pool_forward``'s launch for a map of ``sizes`` (N, C, H, W) of ``dtype`` on
+    ``device`` (those two keep apart the launches of different tensors), K RoIs, these
+    parameters and settings: its tensors ``(input, rois, out)``."""
+    N, C_in, H, W = sizes
+    C = C_in // (pooled_h * pooled_w)
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "ps_roi_pool")
+    return Launch(ps_roi_pool_forward_kernel, grid, (N, C, H, W, scale_bits(spatial_scale)),
+                  PH=pooled_h, PW=pooled_w, BLOCK=block, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def ps_roi_pool_backward(grad, rois, grad_input, spatial_scale):

@@ -42,6 +42,7 @@ from roiops.gpu.fixed_point import (
     region_rois,
     region_rounds,
 )
+from roiops.gpu.launch import Launch
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -572,35 +573,43 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     argmax channels last), any other is made NCHW-contiguous (the argmax channel-major). With
     ``position_sensitive``, ``out`` is ``[K, C // (ph * pw), ph, pw]`` (ps_roi_align)."""
     K = rois.shape[0]
-    N, C, H, W = input.shape
-    if position_sensitive:
-        C //= pooled_h * pooled_w
+    sizes = input.shape
+    C = sizes[1] // (pooled_h * pooled_w) if position_sensitive else sizes[1]
     shape = (K, C, pooled_h, pooled_w)
     out = input.new_empty(shape)
     nhwc = is_channels_last(input)
     # avg mode stores no argmax: the kernel gets ``out`` in its place and never writes it
     argmax = new_argmax(input, shape, channel_major=not nhwc) if max_mode else None
-    args = (rois, out, argmax if max_mode else out, N, C, H, W, scale_bits(spatial_scale),
-            sampling_ratio)  # fmt: skip
+    rois_inner = tiles.GATHER_ROIS_INNER if nhwc else tiles.forward_rois_inner(sampling_ratio <= 0)
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), K, nhwc, spatial_scale,
+                             pooled_h, pooled_w, sampling_ratio, aligned, max_mode,
+                             position_sensitive, rois_inner, REUSE_LOADS)  # fmt: skip
+    launch(input if nhwc else input.contiguous(), rois, out, out if argmax is None else argmax)
+    return out, argmax
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, nhwc, spatial_scale, pooled_h, pooled_w,
+                    sampling_ratio, aligned, max_mode, position_sensitive, rois_inner,
+                    reuse) -> Launch:  # fmt: skip
+    """``roi_align_forward``'s launch for a map of ``sizes`` (N, C, H, W) of ``dtype`` on
+    ``device`` (those two keep apart the launches of different tensors), K RoIs, these
+    parameters and settings: its tensors ``(input, rois, out, argmax or out)``."""
+    N, C, H, W = sizes
+    if position_sensitive:
+        C //= pooled_h * pooled_w
+    values = (N, C, H, W, scale_bits(spatial_scale), sampling_ratio)
     mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode,
-                PS=position_sensitive)  # fmt: skip
+                PS=position_sensitive, ROIS_INNER=rois_inner)  # fmt: skip
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align",
                                                      forward=True)  # fmt: skip
-        roi_align_forward_nhwc_kernel[grid](
-            input, *args, **mode, BLOCK_C=block_c, ROIS_INNER=tiles.GATHER_ROIS_INNER,
-            num_warps=num_warps,
-        )  # fmt: skip
-    else:
-        adaptive = sampling_ratio <= 0
-        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
-                                           adaptive=adaptive)  # fmt: skip
-        roi_align_forward_kernel[grid](
-            input.contiguous(), *args, **mode, BLOCK=block,
-            ROIS_INNER=tiles.forward_rois_inner(adaptive), REUSE=REUSE_LOADS,
-            num_warps=num_warps,
-        )  # fmt: skip
-    return out, argmax
+        return Launch(roi_align_forward_nhwc_kernel, grid, values, **mode, BLOCK_C=block_c,
+                      num_warps=num_warps)  # fmt: skip
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
+                                       adaptive=sampling_ratio <= 0)  # fmt: skip
+    return Launch(roi_align_forward_kernel, grid, values, **mode, BLOCK=block, REUSE=reuse,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,

@@ -32,6 +32,7 @@ from roiops.gpu.fixed_point import (
     region_rounds,
     to_fixed,
 )
+from roiops.gpu.launch import Launch
 from roiops.gpu.rois import batch_index, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -384,30 +385,38 @@ def roi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w, with_argmax
     (training forward) on a [1, 512, 256, 256] map with 512 RoIs of 1-8 cells, where the
     copy outweighs the work and the NHWC kernel's programs hold a cell or two each."""
     K = rois.shape[0]
-    N, C, H, W = input.shape
-    shape = (K, C, pooled_h, pooled_w)
+    sizes = input.shape
+    shape = (K, sizes[1], pooled_h, pooled_w)
     out = input.new_empty(shape)
     if nhwc is None:
         nhwc = is_channels_last(input)
     # each kernel stores the argmax the way its lanes lie (``roiops._layout``)
     argmax = new_argmax(input, shape, channel_major=not nhwc) if with_argmax else None
-    args = (rois, out, argmax if with_argmax else out, N, C, H, W, scale_bits(spatial_scale))
-    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax,
-                ROIS_INNER=tiles.GATHER_ROIS_INNER)  # fmt: skip
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), K, nhwc, spatial_scale,
+                             pooled_h, pooled_w, with_argmax, tiles.GATHER_ROIS_INNER,
+                             VISIT_2X2)  # fmt: skip
+    input = input.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    launch(input, rois, out, argmax if with_argmax else out)
+    return out, argmax
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, nhwc, spatial_scale, pooled_h, pooled_w,
+                    with_argmax, rois_inner, visit_2x2) -> Launch:  # fmt: skip
+    """``roi_pool_forward``'s launch for a map of ``sizes`` (N, C, H, W) of ``dtype`` on
+    ``device`` (those two keep apart the launches of different tensors), K RoIs, these
+    parameters and settings: its tensors ``(input, rois, out, argmax or out)``."""
+    N, C, H, W = sizes
+    values = (N, C, H, W, scale_bits(spatial_scale))
+    mode = dict(PH=pooled_h, PW=pooled_w, STORE_ARGMAX=with_argmax, ROIS_INNER=rois_inner)
     if nhwc:
         grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_pool",
                                                      forward=True)  # fmt: skip
-        roi_pool_forward_nhwc_kernel[grid](
-            input.contiguous(memory_format=torch.channels_last), *args, **mode,
-            BLOCK_C=block_c, num_warps=num_warps,
-        )  # fmt: skip
-    else:
-        grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_pool")
-        roi_pool_forward_kernel[grid](
-            input.contiguous(), *args, **mode, BLOCK=block, VISIT_2X2=VISIT_2X2,
-            num_warps=num_warps,
-        )  # fmt: skip
-    return out, argmax
+        return Launch(roi_pool_forward_nhwc_kernel, grid, values, **mode, BLOCK_C=block_c,
+                      num_warps=num_warps)  # fmt: skip
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_pool")
+    return Launch(roi_pool_forward_kernel, grid, values, **mode, BLOCK=block,
+                  VISIT_2X2=visit_2x2, num_warps=num_warps)  # fmt: skip
 
 
 def roi_pool_backward(grad, rois, argmax, grad_input, spatial_scale):

@@ -138,6 +138,27 @@ def kernel(fn):
     return Kernel(triton.jit(do_not_specialize=names)(fn))
 
 
+# every cache of what the launchers compute from a call's sizes and settings (``cached``)
+_CACHES: list = []
+
+
+def cached(fn):
+    """``functools.lru_cache`` of a function of a launch's sizes and settings: a grid, or
+    a launcher's ``roiops.gpu.launch.Launch``, which reads none of the settings it is not
+    given but those of this module. A change of this module's program sizes must be
+    followed by ``clear_caches``; a launcher's other settings are arguments (its key)."""
+    wrapped = functools.lru_cache(maxsize=256)(fn)  # a few microseconds a call otherwise
+    _CACHES.append(wrapped)
+    return wrapped
+
+
+def clear_caches() -> None:
+    """Empty every ``cached`` function (after a change of this module's settings, or of a
+    kernel that a launcher's ``Launch`` holds)."""
+    for cache in _CACHES:
+        cache.cache_clear()
+
+
 def per_level(values, fill) -> list:
     """``values`` (one per pyramid level) padded with ``fill`` to the MAX_LEVELS arguments
     of a kernel that takes every level side by side."""
@@ -159,7 +180,7 @@ def forward_rois_inner(adaptive: bool) -> bool:
     return ADAPTIVE_ROIS_INNER if adaptive else GATHER_ROIS_INNER
 
 
-@functools.lru_cache(maxsize=256)  # a few microseconds a call otherwise
+@cached
 def bins_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int, op: str = "forward",
               adaptive: bool = False):  # fmt: skip
     """``(grid, block, num_warps)`` for a forward launch, on a 1-D grid; ``adaptive``: the
@@ -199,7 +220,7 @@ def bins_tile(C, P: tl.constexpr, BLOCK: tl.constexpr, ROIS_INNER: tl.constexpr 
     return k, c, lane % P, c < C
 
 
-@functools.lru_cache(maxsize=256)
+@cached
 def roi_outputs_grid(num_rois: int, outputs: int, op: str = "backward"):
     """``(grid, block, num_warps)`` for a launch of ``roi_outputs_tile`` programs over
     ``num_rois`` RoIs of ``outputs`` outputs each, one a thread."""
@@ -230,7 +251,7 @@ def store_bins(OUT, ARGMAX, values, argmax, k, c, p, ok, C, P: tl.constexpr,
         tl.store(ARGMAX + argmax_at, argmax, mask=ok)
 
 
-@functools.lru_cache(maxsize=256)
+@cached
 def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int,
                       op: str = "backward", forward: bool = False):  # fmt: skip
     """``(grid, block_c, num_warps)`` for a backward launch (``forward``: an NHWC
@@ -246,7 +267,7 @@ def bin_channels_grid(num_rois: int, channels: int, pooled_h: int, pooled_w: int
     return check_grid(programs, op), block_c, num_warps
 
 
-@functools.lru_cache(maxsize=256)
+@cached
 def roi_channels_grid(num_rois: int, channels: int, bins: int, op: str = "backward"):
     """``(grid, block_p, block_c, num_warps)`` for a launch of one program per (RoI,
     block of channels) that visits the RoI's ``bins`` in [block_p, block_c] tiles."""
