@@ -242,23 +242,11 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
     from roiops.gpu import roi_pool as gpu_pool
     from roiops.gpu import tiles
 
-    launched = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            def record(*args, **kwargs):
-                args = [(a.shape, a.stride(), a.dtype) if torch.is_tensor(a) else a for a in args]
-                launched.append((grid, args, kwargs))
-
-            return record
-
-    for module, name in ((gpu_align, "roi_align_forward_kernel"),
-                         (gpu_align, "roi_align_forward_nhwc_kernel"),
-                         (gpu_pool, "roi_pool_forward_kernel"),
-                         (gpu_pool, "roi_pool_forward_nhwc_kernel"),
-                         (gpu_ps_pool, "ps_roi_pool_forward_kernel")):  # fmt: skip
-        monkeypatch.setattr(module, name, Recorder())
-    tiles.clear_caches()
+    launched = _record_launches(monkeypatch, [
+        (gpu_align, "roi_align_forward_kernel"), (gpu_align, "roi_align_forward_nhwc_kernel"),
+        (gpu_pool, "roi_pool_forward_kernel"), (gpu_pool, "roi_pool_forward_nhwc_kernel"),
+        (gpu_ps_pool, "ps_roi_pool_forward_kernel"),
+    ])  # fmt: skip
     x = torch.zeros(2, 8, 10, 12)
     nhwc = x.contiguous(memory_format=torch.channels_last)
     scores = torch.zeros(1, 2 * 9, 6, 6)
@@ -293,13 +281,108 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         fresh = launches()
         assert len(fresh) == len(calls) and kept == fresh, values
         # each setting where it belongs (the second call samples an adaptive grid on NCHW)
-        for i, (_, _, kwargs) in enumerate(fresh):
+        for i, (_, _, _, kwargs) in enumerate(fresh):
             inner = tiles.ADAPTIVE_ROIS_INNER if i == 1 else tiles.GATHER_ROIS_INNER
             assert kwargs["ROIS_INNER"] == inner, (values, i)
             assert kwargs.get("REUSE", gpu_align.REUSE_LOADS) == gpu_align.REUSE_LOADS
             assert kwargs.get("VISIT_2X2", gpu_pool.VISIT_2X2) == gpu_pool.VISIT_2X2
         seen.add(repr(fresh))
     assert len(seen) == 2 ** len(settings)
+    monkeypatch.undo()
+    tiles.clear_caches()
+
+
+def _record_launches(monkeypatch, kernels) -> list:
+    """Each of ``kernels`` ((module, name) pairs) replaced by a recorder that launches
+    nothing and appends ``(name, grid, arguments, keyword arguments)`` to the list
+    returned (a tensor argument as its shape, strides and dtype); the launches kept
+    (``tiles.cached``) are emptied, which hold the kernels."""
+    from roiops.gpu import tiles
+
+    launched = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                args = [(a.shape, a.stride(), a.dtype) if torch.is_tensor(a) else a for a in args]
+                launched.append((self.name, grid, args, kwargs))
+
+            return record
+
+    for module, name in kernels:
+        monkeypatch.setattr(module, name, Recorder(name))
+    tiles.clear_caches()
+    return launched
+
+
+def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch):
+    # the backward's launches (the scatters, zeroing and conversion) are kept by keys of
+    # the call's sizes, parameters and settings too: after any one setting changes, each
+    # launches what it computes afresh, and the setting where it belongs
+    from roiops.gpu import fixed_point, tiles
+    from roiops.gpu import ps_roi_pool as gpu_ps_pool
+    from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import roi_pool as gpu_pool
+
+    launched = _record_launches(monkeypatch, [
+        (gpu_align, "roi_align_backward_kernel"), (gpu_align, "ps_roi_align_backward_kernel"),
+        (gpu_pool, "roi_pool_backward_kernel"), (gpu_ps_pool, "ps_roi_pool_backward_kernel"),
+        (fixed_point, "zero_and_bound_kernel"), (fixed_point, "fixed_point_to_float_kernel"),
+        (fixed_point, "fixed_point_bands_to_float_kernel"),
+    ])  # fmt: skip
+    monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 2**62)  # (the kernel's bound)
+    x = torch.zeros(2, 8, 10, 12)
+    scores = torch.zeros(1, 2 * 9, 6, 6)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
+    grad, ps_grad = torch.zeros(2, 8, 3, 3), torch.zeros(2, 2, 3, 3)
+    argmax = torch.zeros(2, 8, 3, 3, dtype=torch.int32).permute(0, 2, 3, 1)
+    calls = [
+        lambda: gpu_align.roi_align_backward(
+            grad, rois, None, torch.empty_like(x), 0.5, 3, 3, 2, True
+        ),  # fmt: skip
+        lambda: gpu_align.roi_align_backward(
+            grad, rois, argmax, torch.empty_like(x), 0.5, 3, 3, 0, False
+        ),  # fmt: skip
+        lambda: gpu_align.roi_align_backward(
+            ps_grad, rois, None, torch.empty_like(scores), 0.5, 3, 3, 2, True, True
+        ),  # fmt: skip
+        lambda: gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5),
+        lambda: gpu_ps_pool.ps_roi_pool_backward(ps_grad, rois, torch.empty_like(scores), 0.5),
+    ]
+
+    def launches():
+        launched.clear()
+        for call in calls:
+            call()
+        return list(launched)
+
+    flips = [(gpu_align, "SPAN", 4), (gpu_align, "PS_LANES", False), (gpu_pool, "RUNS", False),
+             (tiles, "SCATTER_ROIS_INNER", False), (gpu_ps_pool, "BAND", 2),
+             (fixed_point, "BAND_TILE", 16)]  # fmt: skip
+    launches()  # kept under the settings as they are
+    for module, name, value in flips:
+        for setting in (value, getattr(module, name)):  # changed, and back
+            monkeypatch.setattr(module, name, setting)
+            kept = launches()
+            tiles.clear_caches()
+            fresh = launches()
+            assert kept == fresh, (name, setting)
+            for kernel, _, _, kwargs in fresh:
+                assert kwargs.get("SPAN", gpu_align.SPAN) == gpu_align.SPAN
+                assert kwargs.get("RUNS", gpu_pool.RUNS) == gpu_pool.RUNS
+                if kernel.endswith("backward_kernel"):
+                    assert kwargs["ROIS_INNER"] == tiles.SCATTER_ROIS_INNER
+                if kernel == "ps_roi_pool_backward_kernel":
+                    assert kwargs["BAND"] == gpu_ps_pool.BAND
+            names = [kernel for kernel, *_ in fresh]
+            assert ("ps_roi_align_backward_kernel" in names) == gpu_align.PS_LANES
+            assert ("fixed_point_bands_to_float_kernel" in names) == (gpu_ps_pool.BAND > 0)
+            if gpu_ps_pool.BAND:  # the bands' conversion: BAND_TILE // 8 (cells a row) channels
+                ((_, _, _, kwargs),) = (f for f in fresh if f[0].startswith("fixed_point_bands"))
+                assert kwargs["BLOCK_C"] == min(32, fixed_point.BAND_TILE // 8)
     monkeypatch.undo()
     tiles.clear_caches()
 

@@ -41,8 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
+from roiops.gpu.launch import Launch
 from roiops.gpu.rois import scale_bits
-from roiops.gpu.tiles import cdiv, check_grid, kernel, next_power_of_2
+from roiops.gpu.tiles import cached, cdiv, check_grid, kernel, next_power_of_2
 
 # max |grad| comes in AMAX_PARTS pieces, from the first AMAX_PARTS programs of the launch
 # that zeroes the accumulator (``zero_and_bound_kernel``), each the max over every
@@ -466,29 +467,42 @@ class Accumulator:
     def write_to(self, grad_input: torch.Tensor, part: int = 0) -> torch.Tensor:
         """Convert sum ``part`` into ``grad_input[N, C, H, W]`` (any strides); every cell
         is written."""
-        n, c, h, w = grad_input.shape
+        n, c, h, w = sizes = grad_input.shape
         if n * h * w == 0 or c == 0:
             return grad_input
-        if self.band:
-            block_w = next_power_of_2(w)
-            block_c = max(1, min(32, BAND_TILE // block_w, next_power_of_2(c)))
-            grid = (n * cdiv(h, self.band) * cdiv(c, block_c),)
-            fixed_point_bands_to_float_kernel[grid](
-                self.parts[part], self.amax, grad_input, h, w, c, self.log2_count,
-                *grad_input.stride(), BAND=self.band, BLOCK_W=block_w, BLOCK_C=block_c,
-                BINS=self.bins, num_warps=max(1, min(8, block_w * block_c // 256)),
-            )  # fmt: skip
-            return grad_input
-        grid = (n * h * cdiv(w, CONVERT_CELLS) * cdiv(c, CONVERT_CHANNELS),)
+        launch = _conversion_launch(sizes, grad_input.stride(), grad_input.dtype,
+                                    grad_input.get_device(), self.log2_count, self.bins,
+                                    self.band, self.regions is not None, BAND_TILE)  # fmt: skip
         regions = self.regions
-        fixed_point_to_float_kernel[grid](
-            self.parts[part], self.amax, grad_input,
-            self.flat if regions is None else regions.flags,
-            self.flat if regions is None else regions.parts, h, w, c, self.log2_count,
-            *grad_input.stride(), BLOCK_W=CONVERT_CELLS, BLOCK_C=CONVERT_CHANNELS,
-            BINS=self.bins, REGIONS=regions is not None, num_warps=4,
-        )  # fmt: skip
+        if self.band:
+            launch(self.parts[part], self.amax, grad_input)
+        elif regions is None:
+            launch(self.parts[part], self.amax, grad_input, self.flat, self.flat)
+        else:
+            launch(self.parts[part], self.amax, grad_input, regions.flags, regions.parts)
         return grad_input
+
+
+@cached
+def _conversion_launch(sizes, strides, dtype, device, log2_count, bins, band, regions,
+                       band_tile) -> Launch:  # fmt: skip
+    """``Accumulator.write_to``'s launch into a gradient of ``sizes`` (N, C, H, W),
+    ``strides`` and ``dtype`` on ``device``, for sums over ``2**log2_count`` outputs, their
+    channels bin by bin for ``bins`` > 1, in bands of ``band`` rows (0: none), or in
+    regions; its tensors ``(acc, amax, grad_input)``, and without bands ``flags, parts``
+    (the regions', or the accumulator in their place)."""
+    n, c, h, w = sizes
+    values = (h, w, c, log2_count, *strides)
+    if band:
+        block_w = next_power_of_2(w)
+        block_c = max(1, min(32, band_tile // block_w, next_power_of_2(c)))
+        grid = (n * cdiv(h, band) * cdiv(c, block_c),)
+        return Launch(fixed_point_bands_to_float_kernel, grid, values, BAND=band,
+                      BLOCK_W=block_w, BLOCK_C=block_c, BINS=bins,
+                      num_warps=max(1, min(8, block_w * block_c // 256)))  # fmt: skip
+    grid = (n * h * cdiv(w, CONVERT_CELLS) * cdiv(c, CONVERT_CHANNELS),)
+    return Launch(fixed_point_to_float_kernel, grid, values, BLOCK_W=CONVERT_CELLS,
+                  BLOCK_C=CONVERT_CHANNELS, BINS=bins, REGIONS=regions, num_warps=4)  # fmt: skip
 
 
 class Regions:
@@ -578,9 +592,16 @@ def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     (``zero_and_bound_kernel``), in one launch."""
     wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
     amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
-    grid = (AMAX_PARTS.value + cdiv(flat.numel(), ZERO_BLOCK),)
-    zero_and_bound_kernel[grid](
-        flat, grad.contiguous(), amax, flat.numel(), grad.numel(), BLOCK=ZERO_BLOCK,
-        GRAD_BLOCK=amax_block(grad.dtype), num_warps=ZERO_WARPS,
-    )  # fmt: skip
+    launch = _zero_and_bound_launch(flat.numel(), grad.numel(), grad.dtype, grad.get_device())
+    launch(flat, grad.contiguous(), amax)
     return amax
+
+
+@cached
+def _zero_and_bound_launch(acc_size: int, grad_size: int, dtype, device) -> Launch:
+    """``zero_and_bound``'s launch for an accumulator of ``acc_size`` elements and
+    ``grad_size`` gradients of ``dtype`` on ``device``: its tensors ``(flat, grad,
+    amax)``."""
+    grid = (AMAX_PARTS.value + cdiv(acc_size, ZERO_BLOCK),)
+    return Launch(zero_and_bound_kernel, grid, (acc_size, grad_size), BLOCK=ZERO_BLOCK,
+                  GRAD_BLOCK=amax_block(dtype), num_warps=ZERO_WARPS)  # fmt: skip

@@ -181,9 +181,20 @@ def ps_roi_pool_scatter(sums: Accumulator, grad, rois, spatial_scale):
     N, H, W = sums.acc.shape[:3]
     K, C, pooled_h, pooled_w = grad.shape
     assert sums.bins == pooled_h * pooled_w, "a position-sensitive sum goes bin by bin"
+    launch = _scatter_launch(K, C, N, H, W, grad.dtype, grad.get_device(), spatial_scale,
+                             pooled_h, pooled_w, sums.log2_count, sums.band,
+                             tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, sums.amax, sums.acc)
+
+
+@tiles.cached
+def _scatter_launch(K, C, N, H, W, dtype, device, spatial_scale, pooled_h, pooled_w,
+                    log2_count, band, rois_inner) -> Launch:  # fmt: skip
+    """``ps_roi_pool_scatter``'s launch for ``grad[K, C, ph, pw]`` of ``dtype`` on
+    ``device`` into an accumulator of N images of H x W cells (in bands of ``band`` rows,
+    0: none), these parameters and settings: its tensors ``(grad, rois, amax, acc)``."""
     grid, block, num_warps = roi_outputs_grid(K, C * pooled_h * pooled_w, "ps_roi_pool")
-    ps_roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, BAND=sums.band, num_warps=num_warps,
-    )  # fmt: skip
+    return Launch(ps_roi_pool_backward_kernel, grid,
+                  (N, C, H, W, scale_bits(spatial_scale), log2_count), PH=pooled_h,
+                  PW=pooled_w, BLOCK=block, ROIS_INNER=rois_inner, BAND=band,
+                  num_warps=num_warps)  # fmt: skip

@@ -650,24 +650,36 @@ def roi_align_scatter(sums: Accumulator, grad, rois, argmax, spatial_scale, pool
     assert sums.bins == bins, "a position-sensitive sum goes bin by bin, another by channel"
     max_mode = ONNX_MAX_MODE if onnx_max else argmax is not None
     argmax, channel_major = readable_argmax(argmax) if max_mode else (rois, True)
-    grad = grad.contiguous()
-    bits = scale_bits(spatial_scale)
-    if position_sensitive and PS_LANES:  # (position-sensitive: average mode)
+    lanes = position_sensitive and PS_LANES  # (position-sensitive: average mode)
+    launch = _scatter_launch(K, C, N, H, W, grad.dtype, grad.get_device(), spatial_scale,
+                             pooled_h, pooled_w, sampling_ratio, aligned, max_mode,
+                             position_sensitive, channel_major, sums.log2_count, lanes, SPAN,
+                             tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    if lanes:
+        launch(grad.contiguous(), rois, sums.amax, sums.acc)
+    else:
+        launch(grad.contiguous(), rois, argmax, sums.amax, sums.acc)
+
+
+@tiles.cached
+def _scatter_launch(K, C, N, H, W, dtype, device, spatial_scale, pooled_h, pooled_w,
+                    sampling_ratio, aligned, max_mode, position_sensitive, channel_major,
+                    log2_count, ps_lanes, span, rois_inner) -> Launch:  # fmt: skip
+    """``roi_align_scatter``'s launch for ``grad[K, C, ph, pw]`` of ``dtype`` on
+    ``device`` into an accumulator of N images of H x W cells, these parameters and
+    settings: its tensors ``(grad, rois, argmax or rois, amax, acc)``, or with
+    ``ps_lanes`` (position-sensitive lanes over a RoI's outputs) ``(grad, rois, amax,
+    acc)``."""
+    values = (N, C, H, W, scale_bits(spatial_scale), sampling_ratio, log2_count)
+    mode = dict(PH=pooled_h, PW=pooled_w, ALIGNED=aligned, SPAN=span, ROIS_INNER=rois_inner)
+    if ps_lanes:
         grid, block, num_warps = roi_outputs_grid(K, C * pooled_h * pooled_w, "ps_roi_align")
-        ps_roi_align_backward_kernel[grid](
-            grad, rois, sums.amax, sums.acc, N, C, H, W, bits, sampling_ratio,
-            sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-            SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-        )  # fmt: skip
-        return
+        return Launch(ps_roi_align_backward_kernel, grid, values, **mode, BLOCK=block,
+                      num_warps=num_warps)  # fmt: skip
     grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align")
-    roi_align_backward_kernel[grid](
-        grad, rois, argmax, sums.amax, sums.acc,
-        N, C, H, W, bits, sampling_ratio, sums.log2_count,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, MAX_MODE=max_mode, PS=position_sensitive,
-        BLOCK_C=block_c, SPAN=SPAN, ARGMAX_CM=channel_major,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    return Launch(roi_align_backward_kernel, grid, values, **mode, MAX_MODE=max_mode,
+                  PS=position_sensitive, BLOCK_C=block_c, ARGMAX_CM=channel_major,
+                  num_warps=num_warps)  # fmt: skip
 
 
 @triton.jit

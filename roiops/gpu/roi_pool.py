@@ -443,13 +443,24 @@ def roi_pool_scatter(sums: Accumulator, grad, rois, argmax):
     ``sums.regions``, only inside each RoI's region)."""
     N, H, W, C = sums.acc.shape
     K, _, pooled_h, pooled_w = grad.shape
-    grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w, "roi_pool")
     argmax, channel_major = readable_argmax(argmax)
     regions = sums.regions
-    roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, argmax, sums.amax, sums.acc,
-        rois if regions is None else regions.rects, N, C, H, W, sums.log2_count,
-        P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c, ARGMAX_CM=channel_major,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, REGIONS=regions is not None, RUNS=RUNS,
-        num_warps=num_warps,
-    )  # fmt: skip
+    launch = _scatter_launch(N, C, H, W, K, grad.dtype, grad.get_device(), pooled_h * pooled_w,
+                             sums.log2_count, channel_major, regions is not None,
+                             tiles.SCATTER_ROIS_INNER, RUNS)  # fmt: skip
+    launch(grad.contiguous(), rois, argmax, sums.amax, sums.acc,
+           rois if regions is None else regions.rects)  # fmt: skip
+
+
+@tiles.cached
+def _scatter_launch(N, C, H, W, K, dtype, device, bins, log2_count, channel_major, regions,
+                    rois_inner, runs) -> Launch:  # fmt: skip
+    """``roi_pool_scatter``'s launch for ``grad[K, C, ph, pw]`` (``bins`` = ph * pw) of
+    ``dtype`` on ``device`` into an accumulator of N images of H x W cells, these
+    parameters and settings: its tensors ``(grad, rois, argmax, amax, acc, rects or
+    rois)``."""
+    grid, block_p, block_c, num_warps = roi_channels_grid(K, C, bins, "roi_pool")
+    return Launch(roi_pool_backward_kernel, grid, (N, C, H, W, log2_count), P=bins,
+                  BLOCK_P=block_p, BLOCK_C=block_c, ARGMAX_CM=channel_major,
+                  ROIS_INNER=rois_inner, REGIONS=regions, RUNS=runs,
+                  num_warps=num_warps)  # fmt: skip
