@@ -143,7 +143,7 @@ def latency(rng) -> dict:
             lambda: roiops.roi_align(leaf, rois, 7, 0.25, 2, True)
         ),
         # the bench's calls: each library's op through torch.ops, forward and backward
-        # (benchmarks/host_overhead.py's rows on a CPU, kernels not launched)
+        # (benchmarks/host_overhead.py's rows on a CPU, launched against stand-ins)
         "ops_forward_us": host_us_per_call(
             lambda: torch.ops.roiops.roi_align(x, rois, 0.25, 7, 7, 2, True)
         ),

@@ -26,6 +26,12 @@ kernel read have not changed since it was compiled is kept, and so are its launc
 (profilers); a kernel with pre-run hooks, or a stage-inspection hook set, takes Triton's
 path. The launch goes to the current stream, as Triton's (CUDA graph capture).
 
+``Launch`` goes further for a launcher that makes the same launch call after call: its
+grid, values and keyword arguments fixed (computed once per key of the call's sizes and
+settings, ``roiops.gpu.tiles.cached``), it launches the compiled kernel its first call
+got while the tensors' dtypes and alignment, the device, the switches and the globals
+stay those of that call, without the fingerprint and the launcher's arithmetic.
+
 It relies on how Triton's ``JITFunction.run`` calls a compiled kernel, which this was
 written against for Triton 3.6 and 3.8 (``FAST_VERSIONS``); any other version, the
 interpreter (``TRITON_INTERPRET=1``) and ``ROIOPS_FAST_LAUNCH=0`` (read at every call)
