@@ -237,6 +237,7 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
     # a forward launcher keeps its launch by a key of the call's sizes, parameters and
     # settings (tiles.cached): whatever setting changed since it was kept, it launches
     # what it computes afresh (grid, values and keyword arguments; its tensors' shapes)
+    from roiops.gpu import multi_scale_roi_align as gpu_pyramid
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
     from roiops.gpu import roi_pool as gpu_pool
@@ -246,11 +247,14 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         (gpu_align, "roi_align_forward_kernel"), (gpu_align, "roi_align_forward_nhwc_kernel"),
         (gpu_pool, "roi_pool_forward_kernel"), (gpu_pool, "roi_pool_forward_nhwc_kernel"),
         (gpu_ps_pool, "ps_roi_pool_forward_kernel"),
+        (gpu_pyramid, "multi_scale_roi_align_forward_kernel"),
+        (gpu_pyramid, "multi_scale_roi_pool_forward_kernel"),
     ])  # fmt: skip
     x = torch.zeros(2, 8, 10, 12)
     nhwc = x.contiguous(memory_format=torch.channels_last)
     scores = torch.zeros(1, 2 * 9, 6, 6)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
+    pyramid, levels = [x, torch.zeros(2, 8, 5, 6)], torch.tensor([0, 1])
     calls = [
         lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 2, True, False),
         lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 0, False, True),
@@ -261,7 +265,17 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         lambda: gpu_pool.roi_pool_forward(nhwc, rois, 0.5, 3, 3),
         lambda: gpu_pool.roi_pool_forward(x, rois, 0.5, 3, 3, nhwc=True),
         lambda: gpu_ps_pool.ps_roi_pool_forward(scores, rois, 0.5, 3, 3),
+        lambda: gpu_pyramid.multi_scale_roi_align_forward(
+            pyramid, rois, levels, (0.5, 0.25), 3, 3, 0, True
+        ),  # fmt: skip
+        lambda: gpu_pyramid.multi_scale_roi_align_forward(
+            pyramid, rois, levels, (0.5, 0.25), 3, 3, 2, False
+        ),  # fmt: skip
+        lambda: gpu_pyramid.multi_scale_roi_pool_forward(
+            pyramid, rois, levels, (0.5, 0.25), 3, 3
+        ),  # fmt: skip
     ]
+    adaptive = (1, 9)  # (the calls that sample an adaptive grid from an NCHW map)
 
     def launches():
         launched.clear()
@@ -282,7 +296,7 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         assert len(fresh) == len(calls) and kept == fresh, values
         # each setting where it belongs (the second call samples an adaptive grid on NCHW)
         for i, (_, _, _, kwargs) in enumerate(fresh):
-            inner = tiles.ADAPTIVE_ROIS_INNER if i == 1 else tiles.GATHER_ROIS_INNER
+            inner = tiles.ADAPTIVE_ROIS_INNER if i in adaptive else tiles.GATHER_ROIS_INNER
             assert kwargs["ROIS_INNER"] == inner, (values, i)
             assert kwargs.get("REUSE", gpu_align.REUSE_LOADS) == gpu_align.REUSE_LOADS
             assert kwargs.get("VISIT_2X2", gpu_pool.VISIT_2X2) == gpu_pool.VISIT_2X2
@@ -323,6 +337,7 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
     # the call's sizes, parameters and settings too: after any one setting changes, each
     # launches what it computes afresh, and the setting where it belongs
     from roiops.gpu import fixed_point, tiles
+    from roiops.gpu import multi_scale_roi_align as gpu_pyramid
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
     from roiops.gpu import roi_pool as gpu_pool
@@ -332,11 +347,14 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         (gpu_pool, "roi_pool_backward_kernel"), (gpu_ps_pool, "ps_roi_pool_backward_kernel"),
         (fixed_point, "zero_and_bound_kernel"), (fixed_point, "fixed_point_to_float_kernel"),
         (fixed_point, "fixed_point_bands_to_float_kernel"),
+        (gpu_pyramid, "multi_scale_roi_align_backward_kernel"),
+        (gpu_pyramid, "multi_scale_roi_pool_backward_kernel"),
     ])  # fmt: skip
     monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 2**62)  # (the kernel's bound)
     x = torch.zeros(2, 8, 10, 12)
     scores = torch.zeros(1, 2 * 9, 6, 6)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
+    pyramid, levels = [x, torch.zeros(2, 8, 5, 6)], torch.tensor([0, 1])
     grad, ps_grad = torch.zeros(2, 8, 3, 3), torch.zeros(2, 2, 3, 3)
     argmax = torch.zeros(2, 8, 3, 3, dtype=torch.int32).permute(0, 2, 3, 1)
     calls = [
@@ -351,6 +369,12 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         ),  # fmt: skip
         lambda: gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5),
         lambda: gpu_ps_pool.ps_roi_pool_backward(ps_grad, rois, torch.empty_like(scores), 0.5),
+        lambda: gpu_pyramid.multi_scale_roi_align_backward(
+            grad, rois, levels, (0.5, 0.25), [torch.empty_like(p) for p in pyramid], 2, True
+        ),
+        lambda: gpu_pyramid.multi_scale_roi_pool_backward(
+            grad, argmax, rois, levels, [torch.empty_like(p) for p in pyramid]
+        ),
     ]
 
     def launches():

@@ -432,16 +432,16 @@ class Accumulator:
     def __init__(self, grad: torch.Tensor, *input_shapes, bins: int = 1, band: int = 0,
                  regions: Regions | None = None):  # fmt: skip
         k, _, ph, pw = grad.shape
-        sizes = [n * h * w * c for n, c, h, w in input_shapes]
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.flat = torch.empty(sum(sizes), dtype=torch.int64, device=grad.device)
+        self.offsets = offsets = self.offsets_of(input_shapes)
+        n, c, h, w = input_shapes[-1]
+        self.flat = torch.empty(offsets[-1] + n * h * w * c, dtype=torch.int64,
+                                device=grad.device)  # fmt: skip
         if len(input_shapes) == 1:  # (a view of the whole: half the host time of a slice's)
-            n, c, h, w = input_shapes[0]
             self.parts = [self.flat.view(n, h, w, c)]
         else:
             self.parts = [
-                self.flat[o : o + size].view(n, h, w, c)
-                for o, size, (n, c, h, w) in zip(self.offsets, sizes, input_shapes, strict=True)
+                self.flat[o : o + n * h * w * c].view(n, h, w, c)
+                for o, (n, c, h, w) in zip(offsets, input_shapes, strict=True)
             ]
         self.acc = self.parts[0]
         self.regions = regions
@@ -457,6 +457,15 @@ class Accumulator:
         self.bins = bins
         assert band == 0 or all(map(self.takes_bands, input_shapes)), "rows too long"
         self.band = band
+
+    @staticmethod
+    def offsets_of(input_shapes) -> list[int]:
+        """Where the sums of each input of ``input_shapes`` (N, C, H, W) start in
+        ``flat``: one after the other."""
+        offsets = [0]
+        for n, c, h, w in input_shapes[:-1]:
+            offsets.append(offsets[-1] + n * h * w * c)
+        return offsets
 
     @staticmethod
     def takes_bands(shape) -> bool:

@@ -17,7 +17,8 @@ from roiops.gpu import roi_align as gpu_align
 from roiops.gpu import roi_pool as gpu_pool
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
-from roiops.gpu.roi_align import SPAN, backward_bin, forward_bins
+from roiops.gpu.launch import Launch
+from roiops.gpu.roi_align import backward_bin, forward_bins
 from roiops.gpu.roi_pool import pool_bins, scatter_to_argmax
 from roiops.gpu.rois import batch_index, scale_bits
 from roiops.gpu.tiles import (
@@ -117,74 +118,123 @@ def multi_scale_roi_pool_backward_kernel(
 def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pooled_w,
                                   sampling_ratio, aligned):  # fmt: skip
     """``out[K, C, ph, pw]`` for ``features[l][N, C, H_l, W_l]`` (read as NCHW)."""
-    K = rois.shape[0]
-    N, C = features[0].shape[:2]
     xs = [f.contiguous() for f in features]
-    out = xs[0].new_empty((K, C, pooled_h, pooled_w))
+    first = xs[0]
+    out = first.new_empty((rois.shape[0], first.shape[1], pooled_h, pooled_w))
+    launch = _align_forward_launch(tuple(f.shape for f in xs), first.dtype, first.get_device(),
+                                   rois.shape[0], tuple(scales), pooled_h, pooled_w,
+                                   sampling_ratio, aligned,
+                                   tiles.forward_rois_inner(sampling_ratio <= 0),
+                                   gpu_align.REUSE_LOADS)  # fmt: skip
+    launch(*per_level(xs, first), rois, levels, out)
+    return out
+
+
+@tiles.cached
+def _align_forward_launch(sizes, dtype, device, K, scales, pooled_h, pooled_w, sampling_ratio,
+                          aligned, rois_inner, reuse) -> Launch:  # fmt: skip
+    """``multi_scale_roi_align_forward``'s launch for levels of ``sizes`` (N, C, H_l, W_l)
+    of ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors
+    ``(*levels padded to MAX_LEVELS, rois, levels, out)``."""
+    N, C = sizes[0][:2]
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align",
                                        adaptive=sampling_ratio <= 0)  # fmt: skip
-    multi_scale_roi_align_forward_kernel[grid](
-        *per_level(xs, xs[0]), rois, levels, out, N, C,
-        *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
-        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)), sampling_ratio,
-        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
-        ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0), REUSE=gpu_align.REUSE_LOADS,
-        num_warps=num_warps,
-    )  # fmt: skip
-    return out
+    values = (N, C, *_level_sizes(sizes, scales), sampling_ratio)
+    return Launch(multi_scale_roi_align_forward_kernel, grid, values, NUM_LEVELS=len(sizes),
+                  PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block, ROIS_INNER=rois_inner,
+                  REUSE=reuse, num_warps=num_warps)  # fmt: skip
+
+
+def _level_sizes(sizes, scales=None, offsets=None) -> list:
+    """The kernels' per-level values: every level's H, then every W, then (given) the
+    scales' bits and the accumulator offsets, each padded to MAX_LEVELS."""
+    values = per_level([s[2] for s in sizes], 0) + per_level([s[3] for s in sizes], 0)
+    if scales is not None:
+        values += per_level([scale_bits(s) for s in scales], scale_bits(1.0))
+    if offsets is not None:
+        values += per_level(list(offsets), 0)
+    return values
 
 
 def multi_scale_roi_align_backward(grad, rois, levels, scales, grad_inputs, sampling_ratio,
                                    aligned):  # fmt: skip
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
-    K, C, pooled_h, pooled_w = grad.shape
-    N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
-    multi_scale_roi_align_backward_kernel[grid](
-        grad.contiguous(), rois, levels, sums.amax, sums.flat, N, C,
-        *per_level([g.shape[2] for g in grad_inputs], 0),
-        *per_level([g.shape[3] for g in grad_inputs], 0),
-        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
-        *per_level(sums.offsets, 0), sampling_ratio, sums.log2_count,
-        NUM_LEVELS=len(grad_inputs), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-        BLOCK_C=block_c, SPAN=SPAN, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    sizes = tuple(g.shape for g in grad_inputs)
+    sums = Accumulator(grad, *sizes)
+    launch = _align_backward_launch(sizes, grad.shape, grad.dtype, grad.get_device(),
+                                    tuple(scales), sampling_ratio, aligned, sums.log2_count,
+                                    gpu_align.SPAN, tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, levels, sums.amax, sums.flat)
     return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
+
+
+@tiles.cached
+def _align_backward_launch(sizes, grad_sizes, dtype, device, scales, sampling_ratio, aligned,
+                           log2_count, span, rois_inner) -> Launch:  # fmt: skip
+    """``multi_scale_roi_align_backward``'s launch for ``grad`` of ``grad_sizes`` (K, C,
+    ph, pw) and ``dtype`` on ``device`` into levels of ``sizes`` (N, C, H_l, W_l), these
+    parameters and settings: its tensors ``(grad, rois, levels, amax, acc)``."""
+    K, C, pooled_h, pooled_w = grad_sizes
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "multi_scale")
+    offsets = Accumulator.offsets_of(sizes)
+    values = (sizes[0][0], C, *_level_sizes(sizes, scales, offsets), sampling_ratio, log2_count)
+    return Launch(multi_scale_roi_align_backward_kernel, grid, values, NUM_LEVELS=len(sizes),
+                  PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_C=block_c, SPAN=span,
+                  ROIS_INNER=rois_inner, num_warps=num_warps)  # fmt: skip
 
 
 def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, pooled_w):
     """``(out[K, C, ph, pw], argmax[K, ph, pw, C])`` for ``features[l]`` (read as NCHW)."""
-    K = rois.shape[0]
-    N, C = features[0].shape[:2]
     xs = [f.contiguous() for f in features]
-    out = xs[0].new_empty((K, C, pooled_h, pooled_w))
-    argmax = new_argmax(out, (K, C, pooled_h, pooled_w), channel_major=True)
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_pool")
-    multi_scale_roi_pool_forward_kernel[grid](
-        *per_level(xs, xs[0]), rois, levels, out, argmax, N, C,
-        *per_level([f.shape[2] for f in xs], 0), *per_level([f.shape[3] for f in xs], 0),
-        *per_level([scale_bits(s) for s in scales], scale_bits(1.0)),
-        NUM_LEVELS=len(xs), PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, VISIT_2X2=gpu_pool.VISIT_2X2, num_warps=num_warps,
-    )  # fmt: skip
+    first = xs[0]
+    shape = (rois.shape[0], first.shape[1], pooled_h, pooled_w)
+    out = first.new_empty(shape)
+    argmax = new_argmax(out, shape, channel_major=True)
+    launch = _pool_forward_launch(tuple(f.shape for f in xs), first.dtype, first.get_device(),
+                                  rois.shape[0], tuple(scales), pooled_h, pooled_w,
+                                  tiles.GATHER_ROIS_INNER, gpu_pool.VISIT_2X2)  # fmt: skip
+    launch(*per_level(xs, first), rois, levels, out, argmax)
     return out, argmax
+
+
+@tiles.cached
+def _pool_forward_launch(sizes, dtype, device, K, scales, pooled_h, pooled_w, rois_inner,
+                         visit_2x2) -> Launch:  # fmt: skip
+    """``multi_scale_roi_pool_forward``'s launch for levels of ``sizes`` (N, C, H_l, W_l)
+    of ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors
+    ``(*levels padded to MAX_LEVELS, rois, levels, out, argmax)``."""
+    N, C = sizes[0][:2]
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_pool")
+    return Launch(multi_scale_roi_pool_forward_kernel, grid,
+                  (N, C, *_level_sizes(sizes, scales)), NUM_LEVELS=len(sizes), PH=pooled_h,
+                  PW=pooled_w, BLOCK=block, ROIS_INNER=rois_inner, VISIT_2X2=visit_2x2,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def multi_scale_roi_pool_backward(grad, argmax, rois, levels, grad_inputs):
     """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
-    K, C, pooled_h, pooled_w = grad.shape
-    N = grad_inputs[0].shape[0]
-    sums = Accumulator(grad, *(g.shape for g in grad_inputs))
+    sizes = tuple(g.shape for g in grad_inputs)
+    sums = Accumulator(grad, *sizes)
+    argmax, channel_major = readable_argmax(argmax)
+    launch = _pool_backward_launch(sizes, grad.shape, grad.dtype, grad.get_device(),
+                                   sums.log2_count, channel_major,
+                                   tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, levels, argmax, sums.amax, sums.flat)
+    return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
+
+
+@tiles.cached
+def _pool_backward_launch(sizes, grad_sizes, dtype, device, log2_count, channel_major,
+                          rois_inner) -> Launch:  # fmt: skip
+    """``multi_scale_roi_pool_backward``'s launch for ``grad`` of ``grad_sizes`` (K, C,
+    ph, pw) and ``dtype`` on ``device`` into levels of ``sizes`` (N, C, H_l, W_l), these
+    parameters and settings: its tensors ``(grad, rois, levels, argmax, amax, acc)``."""
+    K, C, pooled_h, pooled_w = grad_sizes
     grid, block_p, block_c, num_warps = roi_channels_grid(K, C, pooled_h * pooled_w,
                                                           "multi_scale")  # fmt: skip
-    argmax, channel_major = readable_argmax(argmax)
-    multi_scale_roi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, levels, argmax, sums.amax, sums.flat, N, C,
-        *per_level([g.shape[2] for g in grad_inputs], 0),
-        *per_level([g.shape[3] for g in grad_inputs], 0),
-        *per_level(sums.offsets, 0), sums.log2_count,
-        NUM_LEVELS=len(grad_inputs), P=pooled_h * pooled_w, BLOCK_P=block_p, BLOCK_C=block_c,
-        ARGMAX_CM=channel_major, ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
-    return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
+    offsets = Accumulator.offsets_of(sizes)
+    return Launch(multi_scale_roi_pool_backward_kernel, grid,
+                  (sizes[0][0], C, *_level_sizes(sizes, offsets=offsets), log2_count),
+                  NUM_LEVELS=len(sizes), P=pooled_h * pooled_w, BLOCK_P=block_p,
+                  BLOCK_C=block_c, ARGMAX_CM=channel_major, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
