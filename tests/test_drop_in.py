@@ -144,6 +144,8 @@ def test_unmodified_mask_rcnn_same_detections_and_losses(monkeypatch):
         )
 
 
+@pytest.mark.slow  # (~38 s: two exports of the model; the pooler's own export is in
+# test_onnx.py's default run, test_pyramid_pooler_exports_as_roi_align_per_level)
 def test_patched_mask_rcnn_exports_to_onnx_as_torchvision_s_does():
     # torchvision's detection models export with the TorchScript exporter; patched, the
     # FPN poolers export through roiops (RoiAlign per level, a gather) and onnxruntime

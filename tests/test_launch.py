@@ -349,6 +349,8 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         (fixed_point, "fixed_point_bands_to_float_kernel"),
         (gpu_pyramid, "multi_scale_roi_align_backward_kernel"),
         (gpu_pyramid, "multi_scale_roi_pool_backward_kernel"),
+        (gpu_align, "roi_align_regions_kernel"), (gpu_pool, "roi_pool_regions_kernel"),
+        (fixed_point, "zero_regions_and_bound_kernel"),
     ])  # fmt: skip
     monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 2**62)  # (the kernel's bound)
     x = torch.zeros(2, 8, 10, 12)
@@ -385,7 +387,8 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
 
     flips = [(gpu_align, "SPAN", 4), (gpu_align, "PS_LANES", False), (gpu_pool, "RUNS", False),
              (tiles, "SCATTER_ROIS_INNER", False), (gpu_ps_pool, "BAND", 2),
-             (fixed_point, "BAND_TILE", 16)]  # fmt: skip
+             (fixed_point, "BAND_TILE", 16), (gpu_pool, "REGIONS", True),
+             (gpu_align, "REGIONS", True)]  # fmt: skip
     launches()  # kept under the settings as they are
     for module, name, value in flips:
         for setting in (value, getattr(module, name)):  # changed, and back
@@ -401,7 +404,12 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
                     assert kwargs["ROIS_INNER"] == tiles.SCATTER_ROIS_INNER
                 if kernel == "ps_roi_pool_backward_kernel":
                     assert kwargs["BAND"] == gpu_ps_pool.BAND
+                if kernel == "roi_pool_backward_kernel":
+                    assert kwargs["REGIONS"] == gpu_pool.REGIONS
             names = [kernel for kernel, *_ in fresh]
+            for op in (gpu_align, gpu_pool):  # (their sums in regions, each a kernel)
+                regions = f"{op.__name__.split('.')[-1]}_regions_kernel"
+                assert (regions in names) == op.REGIONS
             assert ("ps_roi_align_backward_kernel" in names) == gpu_align.PS_LANES
             assert ("fixed_point_bands_to_float_kernel" in names) == (gpu_ps_pool.BAND > 0)
             if gpu_ps_pool.BAND:  # the bands' conversion: BAND_TILE // 8 (cells a row) channels

@@ -556,12 +556,10 @@ class Regions:
         regions ``kernel`` (REGION_PARTS programs), which takes ``(ROIS, RECTS, PARTS,
         FLAGS, K, N, H, W, scale_bits, flag_count, *args, **constexprs, BLOCK)``."""
         regions = cls(rois, shape)
-        n, _, h, w = shape
-        kernel[(REGION_PARTS.value,)](
-            rois, regions.rects, regions.parts, regions.flags, rois.shape[0], n, h, w,
-            scale_bits(spatial_scale), regions.flags.numel(), *args, **constexprs,
-            BLOCK=REGION_ROIS, num_warps=4,
-        )  # fmt: skip
+        launch = _regions_launch(kernel, rois.shape[0], regions.shape, rois.dtype,
+                                 rois.get_device(), spatial_scale, args,
+                                 tuple(constexprs.items()))  # fmt: skip
+        launch(rois, regions.rects, regions.parts, regions.flags)
         return regions
 
     def zero_and_bound(self, flat: torch.Tensor, grad: torch.Tensor, channels: int):
@@ -569,25 +567,45 @@ class Regions:
         ``channels`` channels, by ``zero_regions_and_bound_kernel``."""
         wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
         amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
-        _, _, h, w = self.shape
-        cells = self.flags.numel()
-        block_c = min(REGION_CHANNELS, next_power_of_2(channels))
-        regions = self.rects.shape[0] * cdiv(channels, block_c) * REGION_ROWS
-        # (no more whole-map programs than blocks to zero: a small map takes a few)
-        whole = max(1, min(WHOLE_PROGRAMS, cdiv(flat.numel(), ZERO_BLOCK)))
-        grid = check_grid(AMAX_PARTS.value + whole + regions, "backward")
-        zero_regions_and_bound_kernel[grid](
-            flat, grad.contiguous(), amax, self.rects, self.parts, self.flags, flat.numel(),
-            grad.numel(), h, w, channels, cells // REGION_SUM_SHARE,
-            cells // REGION_LARGEST_SHARE, whole, BLOCK=ZERO_BLOCK,
-            GRAD_BLOCK=amax_block(grad.dtype), ROWS=REGION_ROWS, CELLS=REGION_CELLS,
-            BLOCK_C=block_c, num_warps=ZERO_WARPS,
-        )  # fmt: skip
+        launch = _zero_regions_launch(flat.numel(), grad.numel(), grad.dtype, grad.get_device(),
+                                      self.shape, channels, self.rects.shape[0])  # fmt: skip
+        launch(flat, grad.contiguous(), amax, self.rects, self.parts, self.flags)
         return amax
 
     def chosen(self) -> bool:
         """Whether the regions were chosen (a host synchronisation: for tests)."""
         return bool(self.parts[2 * REGION_PARTS.value])
+
+
+@cached
+def _regions_launch(kernel, K, shape, dtype, device, spatial_scale, args, constexprs) -> Launch:
+    """``Regions.found_by``'s launch of a regions ``kernel`` for K RoIs of ``dtype`` on
+    ``device``, a map of ``shape`` (N, C, H, W) and the kernel's further ``args`` and
+    ``constexprs`` (name, value pairs): its tensors ``(rois, rects, parts, flags)``."""
+    n, _, h, w = shape
+    values = (K, n, h, w, scale_bits(spatial_scale), n * h * w, *args)
+    return Launch(kernel, (REGION_PARTS.value,), values, **dict(constexprs), BLOCK=REGION_ROIS,
+                  num_warps=4)  # fmt: skip
+
+
+@cached
+def _zero_regions_launch(acc_size, grad_size, dtype, device, shape, channels, K) -> Launch:
+    """``Regions.zero_and_bound``'s launch for an accumulator of ``acc_size`` elements
+    over a map of ``shape`` (N, C, H, W) with ``channels`` channels, ``grad_size``
+    gradients of ``dtype`` on ``device`` and K RoIs: its tensors ``(flat, grad, amax,
+    rects, parts, flags)``."""
+    _, _, h, w = shape
+    cells = shape[0] * h * w
+    block_c = min(REGION_CHANNELS, next_power_of_2(channels))
+    regions = K * cdiv(channels, block_c) * REGION_ROWS
+    # (no more whole-map programs than blocks to zero: a small map takes a few)
+    whole = max(1, min(WHOLE_PROGRAMS, cdiv(acc_size, ZERO_BLOCK)))
+    grid = check_grid(AMAX_PARTS.value + whole + regions, "backward")
+    values = (acc_size, grad_size, h, w, channels, cells // REGION_SUM_SHARE,
+              cells // REGION_LARGEST_SHARE, whole)  # fmt: skip
+    return Launch(zero_regions_and_bound_kernel, grid, values, BLOCK=ZERO_BLOCK,
+                  GRAD_BLOCK=amax_block(dtype), ROWS=REGION_ROWS, CELLS=REGION_CELLS,
+                  BLOCK_C=block_c, num_warps=ZERO_WARPS)  # fmt: skip
 
 
 def amax_block(dtype: torch.dtype) -> int:
