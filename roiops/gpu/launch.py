@@ -217,8 +217,9 @@ class Launch:
     """A launch that a launcher makes call after call: ``kernel[grid](*tensors, *values,
     **kwargs)`` with the grid, the values and the keyword arguments fixed and each call's
     tensors. A launcher keeps one for each key of what decides those (sizes, scalars and
-    settings: ``roiops.gpu.tiles.cached``) and calls it with a call's tensors, which the
-    key must give the same dtypes.
+    settings: ``roiops.gpu.tiles.cached``; its tensors' dtypes and device too, or calls
+    that alternate between them would take ``Kernel``'s path) and calls it with a call's
+    tensors.
 
     The first call goes through ``kernel`` (Triton's path for a call it has not seen);
     from then on, while the tensors' dtypes and 16-byte alignment, the device, Triton's

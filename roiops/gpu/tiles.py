@@ -144,9 +144,11 @@ _CACHES: list = []
 
 def cached(fn):
     """``functools.lru_cache`` of a function of a launch's sizes and settings: a grid, or
-    a launcher's ``roiops.gpu.launch.Launch``, which reads none of the settings it is not
-    given but those of this module. A change of this module's program sizes must be
-    followed by ``clear_caches``; a launcher's other settings are arguments (its key)."""
+    a launcher's ``roiops.gpu.launch.Launch``. Every switch such a function reads that
+    may change while a process runs (those the tests and ``make gpu-tune`` flip:
+    ``REUSE_LOADS``, ``RUNS``, ``SPAN``, ``BAND``, the program orders, ...) is one of its
+    arguments, so part of its key; this module's program sizes are the exception, and a
+    change of them must be followed by ``clear_caches``."""
     wrapped = functools.lru_cache(maxsize=256)(fn)  # a few microseconds a call otherwise
     _CACHES.append(wrapped)
     return wrapped
