@@ -4,6 +4,7 @@ conftest.py sets TRITON_INTERPRET=1 on machines without CUDA, before triton is f
 imported. Shapes are small: the interpreter runs every program in NumPy.
 """
 
+import itertools
 import os
 import subprocess
 import sys
@@ -953,6 +954,20 @@ def test_roi_pool_kernels_of_either_layout_agree(rng, channels_last):
     assert_forward_matches("pool", nchw[0], ref_out)
     assert_forward_matches("pool", nhwc[0], ref_out)
     assert torch.equal(nchw[1], nhwc[1])
+
+
+def test_a_channel_major_argmax_has_a_permuted_tensor_s_strides():
+    # roiops._layout.new_argmax allocates it with the strides (one call, not two): those
+    # of a contiguous [K, C, ph, pw] permuted, size-0 dimensions included
+    from roiops._layout import new_argmax
+
+    like = torch.zeros(1, device=DEVICE)
+    for shape in itertools.product((0, 1, 3), (0, 1, 4), (0, 1, 7), (0, 1, 3)):
+        argmax = new_argmax(like, shape, channel_major=True)
+        permuted = like.new_empty(shape, dtype=torch.int32).permute(0, 2, 3, 1)
+        assert (argmax.shape, argmax.stride()) == (permuted.shape, permuted.stride()), shape
+        assert argmax.dtype == torch.int32 and argmax.device == like.device
+        assert new_argmax(like, shape, channel_major=False).is_contiguous()
 
 
 @pytest.mark.parametrize("op", ["roi_pool", "roi_align_max"])
