@@ -238,8 +238,10 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
     # settings (tiles.cached): whatever setting changed since it was kept, it launches
     # what it computes afresh (grid, values and keyword arguments; its tensors' shapes)
     from roiops.gpu import multi_scale_roi_align as gpu_pyramid
+    from roiops.gpu import prroi_pool as gpu_prroi
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import roi_align_rotated as gpu_rotated
     from roiops.gpu import roi_pool as gpu_pool
     from roiops.gpu import tiles
 
@@ -249,12 +251,15 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         (gpu_ps_pool, "ps_roi_pool_forward_kernel"),
         (gpu_pyramid, "multi_scale_roi_align_forward_kernel"),
         (gpu_pyramid, "multi_scale_roi_pool_forward_kernel"),
+        (gpu_prroi, "prroi_pool_forward_kernel"),
+        (gpu_rotated, "roi_align_rotated_forward_kernel"),
     ])  # fmt: skip
     x = torch.zeros(2, 8, 10, 12)
     nhwc = x.contiguous(memory_format=torch.channels_last)
     scores = torch.zeros(1, 2 * 9, 6, 6)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
     pyramid, levels = [x, torch.zeros(2, 8, 5, 6)], torch.tensor([0, 1])
+    rotated = torch.tensor([[0, 4.0, 4.0, 5.0, 6.0, 30.0], [1, 6.0, 3.0, 9.0, 3.0, -45.0]])
     calls = [
         lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 2, True, False),
         lambda: gpu_align.roi_align_forward(x, rois, 0.5, 3, 3, 0, False, True),
@@ -274,8 +279,10 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         lambda: gpu_pyramid.multi_scale_roi_pool_forward(
             pyramid, rois, levels, (0.5, 0.25), 3, 3
         ),  # fmt: skip
+        lambda: gpu_prroi.prroi_pool_forward(x, rois, 0.5, 3, 3),
+        lambda: gpu_rotated.roi_align_rotated_forward(x, rotated, 0.5, 3, 3, 0, True, True, False),
     ]
-    adaptive = (1, 9)  # (the calls that sample an adaptive grid from an NCHW map)
+    adaptive = (1, 9, 13)  # (the calls that sample an adaptive grid from an NCHW map)
 
     def launches():
         launched.clear()
@@ -338,8 +345,10 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
     # launches what it computes afresh, and the setting where it belongs
     from roiops.gpu import fixed_point, tiles
     from roiops.gpu import multi_scale_roi_align as gpu_pyramid
+    from roiops.gpu import prroi_pool as gpu_prroi
     from roiops.gpu import ps_roi_pool as gpu_ps_pool
     from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import roi_align_rotated as gpu_rotated
     from roiops.gpu import roi_pool as gpu_pool
 
     launched = _record_launches(monkeypatch, [
@@ -351,12 +360,15 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         (gpu_pyramid, "multi_scale_roi_pool_backward_kernel"),
         (gpu_align, "roi_align_regions_kernel"), (gpu_pool, "roi_pool_regions_kernel"),
         (fixed_point, "zero_regions_and_bound_kernel"),
+        (gpu_prroi, "prroi_pool_backward_kernel"),
+        (gpu_rotated, "roi_align_rotated_backward_kernel"),
     ])  # fmt: skip
     monkeypatch.setattr(fixed_point, "TORCH_BOUND_GRADIENTS", 2**62)  # (the kernel's bound)
     x = torch.zeros(2, 8, 10, 12)
     scores = torch.zeros(1, 2 * 9, 6, 6)
     rois = torch.tensor([[0, 1.0, 1.0, 6.0, 7.0], [1, 0.0, 2.0, 9.0, 5.0]])
     pyramid, levels = [x, torch.zeros(2, 8, 5, 6)], torch.tensor([0, 1])
+    rotated = torch.tensor([[0, 4.0, 4.0, 5.0, 6.0, 30.0], [1, 6.0, 3.0, 9.0, 3.0, -45.0]])
     grad, ps_grad = torch.zeros(2, 8, 3, 3), torch.zeros(2, 2, 3, 3)
     argmax = torch.zeros(2, 8, 3, 3, dtype=torch.int32).permute(0, 2, 3, 1)
     calls = [
@@ -376,6 +388,10 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         ),
         lambda: gpu_pyramid.multi_scale_roi_pool_backward(
             grad, argmax, rois, levels, [torch.empty_like(p) for p in pyramid]
+        ),
+        lambda: gpu_prroi.prroi_pool_backward(grad, rois, torch.empty_like(x), 0.5),
+        lambda: gpu_rotated.roi_align_rotated_backward(
+            grad, rotated, torch.empty_like(x), 0.5, 3, 3, 2, True, True, False
         ),
     ]
 

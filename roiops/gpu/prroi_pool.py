@@ -15,6 +15,7 @@ import triton.language as tl
 
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.launch import Launch
 from roiops.gpu.rois import div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -234,30 +235,51 @@ def prroi_pool_box_backward_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 def prroi_pool_forward(input, rois, spatial_scale, pooled_h, pooled_w):
-    K = rois.shape[0]
-    N, C, H, W = input.shape
-    out = input.new_empty((K, C, pooled_h, pooled_w))
-    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "prroi_pool")
-    prroi_pool_forward_kernel[grid](
-        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale),
-        PH=pooled_h, PW=pooled_w, BLOCK=block,
-        ROIS_INNER=tiles.GATHER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    sizes = input.shape
+    out = input.new_empty((rois.shape[0], sizes[1], pooled_h, pooled_w))
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), rois.shape[0],
+                             spatial_scale, pooled_h, pooled_w,
+                             tiles.GATHER_ROIS_INNER)  # fmt: skip
+    launch(input.contiguous(), rois, out)
     return out
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, spatial_scale, pooled_h, pooled_w,
+                    rois_inner) -> Launch:  # fmt: skip
+    """``prroi_pool_forward``'s launch for a map of ``sizes`` (N, C, H, W) of ``dtype`` on
+    ``device``, K RoIs, these parameters and settings: its tensors ``(input, rois,
+    out)``."""
+    N, C, H, W = sizes
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "prroi_pool")
+    return Launch(prroi_pool_forward_kernel, grid, (N, C, H, W, scale_bits(spatial_scale)),
+                  PH=pooled_h, PW=pooled_w, BLOCK=block, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def prroi_pool_backward(grad, rois, grad_input, spatial_scale):
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    N, C, H, W = grad_input.shape
-    K, _, pooled_h, pooled_w = grad.shape
     sums = Accumulator(grad, grad_input.shape)
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "prroi_pool")
-    prroi_pool_backward_kernel[grid](
-        grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sums.log2_count, PH=pooled_h, PW=pooled_w, BLOCK_C=block_c,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    launch = _backward_launch(grad_input.shape, grad.shape, grad.dtype, grad.get_device(),
+                              spatial_scale, sums.log2_count,
+                              tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, sums.amax, sums.acc)
     return sums.write_to(grad_input)
+
+
+@tiles.cached
+def _backward_launch(sizes, grad_sizes, dtype, device, spatial_scale, log2_count,
+                     rois_inner) -> Launch:  # fmt: skip
+    """``prroi_pool_backward``'s launch for ``grad`` of ``grad_sizes`` (K, C, ph, pw) and
+    ``dtype`` on ``device`` into a map of ``sizes`` (N, C, H, W), these parameters and
+    settings: its tensors ``(grad, rois, amax, acc)``."""
+    N, C, H, W = sizes
+    K, _, pooled_h, pooled_w = grad_sizes
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "prroi_pool")
+    return Launch(prroi_pool_backward_kernel, grid,
+                  (N, C, H, W, scale_bits(spatial_scale), log2_count), PH=pooled_h,
+                  PW=pooled_w, BLOCK_C=block_c, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def prroi_pool_box_backward(grad, input, rois, output, spatial_scale):

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import bilinear_axis
 from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
@@ -168,31 +169,54 @@ def roi_align_rotated_backward_kernel(
 def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
                               aligned, degrees, clockwise):  # fmt: skip
     """``out[K, C, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW), ``rois[K, 6]``."""
-    K = rois.shape[0]
-    N, C, H, W = input.shape
-    out = input.new_empty((K, C, pooled_h, pooled_w))
+    sizes = input.shape
+    out = input.new_empty((rois.shape[0], sizes[1], pooled_h, pooled_w))
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), rois.shape[0],
+                             spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+                             degrees, clockwise,
+                             tiles.forward_rois_inner(sampling_ratio <= 0))  # fmt: skip
+    launch(input.contiguous(), rois, out)
+    return out
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, spatial_scale, pooled_h, pooled_w,
+                    sampling_ratio, aligned, degrees, clockwise, rois_inner) -> Launch:  # fmt: skip
+    """``roi_align_rotated_forward``'s launch for a map of ``sizes`` (N, C, H, W) of
+    ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors
+    ``(input, rois, out)``."""
+    N, C, H, W = sizes
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align_rotated",
                                        adaptive=sampling_ratio <= 0)  # fmt: skip
-    roi_align_rotated_forward_kernel[grid](
-        input.contiguous(), rois, out, N, C, H, W, scale_bits(spatial_scale), sampling_ratio,
-        PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,
-        BLOCK=block, ROIS_INNER=tiles.forward_rois_inner(sampling_ratio <= 0),
-        num_warps=num_warps,
-    )  # fmt: skip
-    return out
+    return Launch(roi_align_rotated_forward_kernel, grid,
+                  (N, C, H, W, scale_bits(spatial_scale), sampling_ratio), PH=pooled_h,
+                  PW=pooled_w, ALIGNED=aligned, DEGREES=degrees, CLOCKWISE=clockwise,
+                  BLOCK=block, ROIS_INNER=rois_inner, num_warps=num_warps)  # fmt: skip
 
 
 def roi_align_rotated_backward(grad, rois, grad_input, spatial_scale, pooled_h, pooled_w,
                                sampling_ratio, aligned, degrees, clockwise):  # fmt: skip
     """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
-    N, C, H, W = grad_input.shape
-    K = rois.shape[0]
     sums = Accumulator(grad, grad_input.shape)
-    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
-    roi_align_rotated_backward_kernel[grid](
-        grad.contiguous(), rois, sums.amax, sums.acc, N, C, H, W, scale_bits(spatial_scale),
-        sampling_ratio, sums.log2_count, PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
-        DEGREES=degrees, CLOCKWISE=clockwise, BLOCK_C=block_c,
-        ROIS_INNER=tiles.SCATTER_ROIS_INNER, num_warps=num_warps,
-    )  # fmt: skip
+    launch = _backward_launch(grad_input.shape, rois.shape[0], grad.dtype, grad.get_device(),
+                              spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
+                              degrees, clockwise, sums.log2_count,
+                              tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, sums.amax, sums.acc)
     return sums.write_to(grad_input)
+
+
+@tiles.cached
+def _backward_launch(sizes, K, dtype, device, spatial_scale, pooled_h, pooled_w,
+                     sampling_ratio, aligned, degrees, clockwise, log2_count,
+                     rois_inner) -> Launch:  # fmt: skip
+    """``roi_align_rotated_backward``'s launch for K RoIs' gradients of ``dtype`` on
+    ``device`` into a map of ``sizes`` (N, C, H, W), these parameters and settings: its
+    tensors ``(grad, rois, amax, acc)``."""
+    N, C, H, W = sizes
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "roi_align_rotated")
+    return Launch(roi_align_rotated_backward_kernel, grid,
+                  (N, C, H, W, scale_bits(spatial_scale), sampling_ratio, log2_count),
+                  PH=pooled_h, PW=pooled_w, ALIGNED=aligned, DEGREES=degrees,
+                  CLOCKWISE=clockwise, BLOCK_C=block_c, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
