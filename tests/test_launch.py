@@ -301,7 +301,7 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         tiles.clear_caches()
         fresh = launches()
         assert len(fresh) == len(calls) and kept == fresh, values
-        # each setting where it belongs (the second call samples an adaptive grid on NCHW)
+        # each setting where it belongs (``adaptive``: its own program order)
         for i, (_, _, _, kwargs) in enumerate(fresh):
             inner = tiles.ADAPTIVE_ROIS_INNER if i in adaptive else tiles.GATHER_ROIS_INNER
             assert kwargs["ROIS_INNER"] == inner, (values, i)
