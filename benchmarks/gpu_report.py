@@ -129,6 +129,7 @@ def latency(rng) -> dict:
     leaf = x.clone().requires_grad_()
     rois = box_rows(rng, 2, 16, 200, 272)
     grad = torch.randn(16, 256, 7, 7, device="cuda")
+    scores = torch.randn(2, 21 * 49, 50, 68, device="cuda")  # R-FCN's class scores
     return {
         "roiops_us": host_us_per_call(lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True)),
         "torchvision_us": host_us_per_call(
@@ -159,6 +160,20 @@ def latency(rng) -> dict:
             lambda: torch.ops.torchvision._roi_align_backward(
                 grad, rois, 0.25, 7, 7, 2, 256, 50, 68, 2, True
             )
+        ),
+        # the forwards of the bench's smallest cases, which host time decides per call:
+        # roi_pool's (with its argmax) and R-FCN's ps_roi_pool
+        "ops_roi_pool_forward_us": host_us_per_call(
+            lambda: torch.ops.roiops.roi_pool(x, rois, 0.25, 7, 7)
+        ),
+        "torchvision_ops_roi_pool_forward_us": host_us_per_call(
+            lambda: torch.ops.torchvision.roi_pool(x, rois, 0.25, 7, 7)
+        ),
+        "ops_ps_roi_pool_forward_us": host_us_per_call(
+            lambda: torch.ops.roiops.ps_roi_pool(scores, rois, 1 / 16, 7, 7)
+        ),
+        "torchvision_ops_ps_roi_pool_forward_us": host_us_per_call(
+            lambda: torch.ops.torchvision.ps_roi_pool(scores, rois, 1 / 16, 7, 7)
         ),
     }
 
@@ -700,6 +715,11 @@ def summary(report: dict) -> str:
             us = [lat[f"{lib}ops_{d}_us"] for d in ("forward", "backward")
                   for lib in ("", "torchvision_")]  # fmt: skip
             row("16-RoI torch.ops calls, host us: fwd roiops / tv, bwd roiops / tv",
+                f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
+        if "ops_roi_pool_forward_us" in lat:
+            us = [lat[f"{lib}ops_{op}_forward_us"] for op in ("roi_pool", "ps_roi_pool")
+                  for lib in ("", "torchvision_")]  # fmt: skip
+            row("16-RoI torch.ops fwd, host us: roi_pool roiops / tv, ps_roi_pool roiops / tv",
                 f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
     det = report.get("deterministic")
     if det is None:

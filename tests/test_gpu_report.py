@@ -59,6 +59,10 @@ def test_summary_table():
             "torchvision_ops_forward_us": 11.0,
             "ops_backward_us": 52.0,
             "torchvision_ops_backward_us": 13.0,
+            "ops_roi_pool_forward_us": 24.0,
+            "torchvision_ops_roi_pool_forward_us": 10.0,
+            "ops_ps_roi_pool_forward_us": 21.0,
+            "torchvision_ops_ps_roi_pool_forward_us": 9.0,
         },
         "deterministic": {
             "roiops_ms": 1.0,
@@ -76,6 +80,7 @@ def test_summary_table():
     assert "float32 back to back, forward: geometric mean" in table
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "fwd roiops / tv, bwd roiops / tv" in table and "26 / 11, 52 / 13" in table
+    assert "roi_pool roiops / tv, ps_roi_pool roiops / tv" in table and "24 / 10, 21 / 9" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
 
