@@ -3,6 +3,7 @@ Triton's own ``kernel[grid](...)`` would run, with the same arguments (Triton's 
 and compiler replaced by stand-ins: ``benchmarks/launch_overhead.fake_gpu``)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -290,11 +291,14 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
             call()
         return list(launched)
 
-    settings = ((gpu_align, "REUSE_LOADS"), (gpu_pool, "VISIT_2X2"),
-                (tiles, "GATHER_ROIS_INNER"), (tiles, "ADAPTIVE_ROIS_INNER"))  # fmt: skip
+    # (REUSE_LOADS also "adaptive": for the adaptive grids alone)
+    settings = {(gpu_align, "REUSE_LOADS"): (False, True, "adaptive"),
+                (gpu_pool, "VISIT_2X2"): (False, True),
+                (tiles, "GATHER_ROIS_INNER"): (False, True),
+                (tiles, "ADAPTIVE_ROIS_INNER"): (False, True)}  # fmt: skip
     launches()  # kept under the settings as they are
     seen = set()
-    for values in itertools.product((False, True), repeat=len(settings)):
+    for values in itertools.product(*settings.values()):
         for (module, name), value in zip(settings, values, strict=True):
             monkeypatch.setattr(module, name, value)
         kept = launches()
@@ -305,10 +309,11 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         for i, (_, _, _, kwargs) in enumerate(fresh):
             inner = tiles.ADAPTIVE_ROIS_INNER if i in adaptive else tiles.GATHER_ROIS_INNER
             assert kwargs["ROIS_INNER"] == inner, (values, i)
-            assert kwargs.get("REUSE", gpu_align.REUSE_LOADS) == gpu_align.REUSE_LOADS
+            reuse = gpu_align.reuse_loads(i in adaptive)
+            assert kwargs.get("REUSE", reuse) == reuse, (values, i)
             assert kwargs.get("VISIT_2X2", gpu_pool.VISIT_2X2) == gpu_pool.VISIT_2X2
         seen.add(repr(fresh))
-    assert len(seen) == 2 ** len(settings)
+    assert len(seen) == math.prod(len(choices) for choices in settings.values())
     monkeypatch.undo()
     tiles.clear_caches()
 

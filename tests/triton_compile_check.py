@@ -272,11 +272,10 @@ def main(dtypes=DTYPES) -> int:
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 for b, warps in sampled:
                     compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
-                # (the points of a row loading each column once, REUSE_LOADS, off: aligned,
-                # as `kernel_configs` times it, an adaptive grid's split in every mode in
-                # float32, the average in float16, RoI-major)
-                reuse = aligned and (dt == "fp32" or (dt == "fp16" and not max_mode))
-                for b, warps in sampled[1:] if reuse else ():
+                # (the points of a row loading each column once, REUSE_LOADS: the adaptive
+                # grid's split, which takes it by default, in every dtype and mode; the
+                # fixed grid's too in float32, as `kernel_configs` times it; RoI-major)
+                for b, warps in sampled if dt == "fp32" and aligned else sampled[1:]:
                     compile_for_gpu(
                         roi_align_forward_kernel, fwd,
                         {**mode, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
@@ -313,11 +312,11 @@ def main(dtypes=DTYPES) -> int:
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:
             compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": b}, warps)
-        if dt == "fp32":  # (REUSE_LOADS, the bench's R-FCN case's split)
+        # (REUSE_LOADS: the adaptive grid's split; the bench's R-FCN case's in float32)
+        for b, warps in sampled if dt == "fp32" else sampled[1:]:
             compile_for_gpu(
                 roi_align_forward_kernel, fwd,
-                {**ps, "BLOCK": sampled[0][0], "REUSE": True, "ROIS_INNER": False},
-                sampled[0][1],
+                {**ps, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
@@ -337,11 +336,12 @@ def main(dtypes=DTYPES) -> int:
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": b},
                 warps,
             )  # fmt: skip
-        if dt == "fp32":  # (REUSE_LOADS, the fixed grid's split: the bench's FPN case)
+        # (REUSE_LOADS: the adaptive grid's split; the fixed one's, the bench's FPN
+        # case's, in float32)
+        for b, warps in sampled if dt == "fp32" else sampled[1:]:
             compile_for_gpu(
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels},
-                {**fpn, "BLOCK": sampled[0][0], "REUSE": True, "ROIS_INNER": False},
-                sampled[0][1],
+                {**fpn, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},

@@ -44,7 +44,7 @@ def multi_scale_roi_align_forward_kernel(
 ):  # fmt: skip
     """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
     sizes are H_l x W_l and spatial_scale the float64 with bits S_l (REUSE:
-    ``roiops.gpu.roi_align.REUSE_LOADS``)."""
+    ``roiops.gpu.roi_align.reuse_loads``)."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
     _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
@@ -125,7 +125,7 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
                                    rois.shape[0], tuple(scales), pooled_h, pooled_w,
                                    sampling_ratio, aligned,
                                    tiles.forward_rois_inner(sampling_ratio <= 0),
-                                   gpu_align.REUSE_LOADS)  # fmt: skip
+                                   gpu_align.reuse_loads(sampling_ratio <= 0))  # fmt: skip
     launch(*per_level(xs, first), rois, levels, out)
     return out
 

@@ -75,16 +75,23 @@ PS_LANES = True
 # loaded (``_reused_corners``: the same values, so the same bits): points closer than a
 # cell share both columns, points a cell apart one, so a row of an adaptive grid's points
 # (at most a cell apart) loads about two values a point instead of four, fewer where a
-# fixed grid's points crowd into a small bin. Why it may pay: on the bench's 'a large
-# sr=0' case (an H100, 7.4 ms) the kernel issues ~53 instructions a point and its four
-# loads, each lane's in another bin (a sector apiece), about twice the time that issuing
-# them alone would take: the loads' L1 traffic, which this halves, for ~17 instructions
-# more a point (~70 in sm_90 SASS). Off until timed on a GPU (``make gpu-tune``'s
-# ``kernel_configs``)
-REUSE_LOADS = False
+# fixed grid's points crowd into a small bin. On the bench's 'a large sr=0' case the
+# kernel issues ~53 instructions a point and its four loads, each lane's in another bin
+# (a sector apiece); this halves the loads' L1 traffic for ~17 instructions more a point.
+# Timed on an H200 (1bb2d53, `kernel_configs`, the kernels alone, the adaptive grid's
+# split): 'a large sr=0' 7.56 -> 5.57 ms, 'a small sr=0' 0.205 -> 0.207; with a fixed
+# grid it loses ('b sr=2' RoIs innermost 0.233 -> 0.302, the FPN case's 0.077 -> 0.102).
+# So: "adaptive" (where the kernel samples an adaptive grid), True (always), False (never)
+REUSE_LOADS = "adaptive"
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
+
+
+def reuse_loads(adaptive: bool) -> bool:
+    """Whether an NCHW forward's points reuse their row's loads (``REUSE_LOADS``);
+    ``adaptive``: the kernel samples an adaptive grid (``sampling_ratio <= 0``)."""
+    return adaptive if REUSE_LOADS == "adaptive" else bool(REUSE_LOADS)
 
 
 @triton.jit
@@ -583,7 +590,8 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     rois_inner = tiles.GATHER_ROIS_INNER if nhwc else tiles.forward_rois_inner(sampling_ratio <= 0)
     launch = _forward_launch(sizes, input.dtype, input.get_device(), K, nhwc, spatial_scale,
                              pooled_h, pooled_w, sampling_ratio, aligned, max_mode,
-                             position_sensitive, rois_inner, REUSE_LOADS)  # fmt: skip
+                             position_sensitive, rois_inner,
+                             reuse_loads(sampling_ratio <= 0))  # fmt: skip
     launch(input if nhwc else input.contiguous(), rois, out, out if argmax is None else argmax)
     return out, argmax
 
