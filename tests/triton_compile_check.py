@@ -273,7 +273,7 @@ def main(dtypes=DTYPES) -> int:
                 for b, warps in sampled:
                     compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
                 # (the points of a row loading each column once, REUSE_LOADS: the adaptive
-                # grid's split, which takes it by default, in every dtype and mode; the
+                # grid's split, which "adaptive" gives it, in every dtype and mode; the
                 # fixed grid's too in float32, as `kernel_configs` times it; RoI-major)
                 for b, warps in sampled if dt == "fp32" and aligned else sampled[1:]:
                     compile_for_gpu(

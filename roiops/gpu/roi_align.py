@@ -78,11 +78,15 @@ PS_LANES = True
 # fixed grid's points crowd into a small bin. On the bench's 'a large sr=0' case the
 # kernel issues ~53 instructions a point and its four loads, each lane's in another bin
 # (a sector apiece); this halves the loads' L1 traffic for ~17 instructions more a point.
-# Timed on an H200 (1bb2d53, `kernel_configs`, the kernels alone, the adaptive grid's
-# split): 'a large sr=0' 7.56 -> 5.57 ms, 'a small sr=0' 0.205 -> 0.207; with a fixed
-# grid it loses ('b sr=2' RoIs innermost 0.233 -> 0.302, the FPN case's 0.077 -> 0.102).
-# So: "adaptive" (where the kernel samples an adaptive grid), True (always), False (never)
-REUSE_LOADS = "adaptive"
+# Timed on an H200: the kernels alone (1bb2d53, `kernel_configs`, the adaptive grid's
+# split) 'a large sr=0' 7.56 -> 5.57 ms, 'a small sr=0' 0.205 -> 0.207; with a fixed grid
+# it loses ('b sr=2' RoIs innermost 0.233 -> 0.302, the FPN case 0.077 -> 0.102). The op
+# with an adaptive grid (c9bf0ed, the same rounds, float32 back to back): 'a large sr=0'
+# 7.47 -> 5.50 ms and R-FCN's ps_roi_align with sr=0 0.092 -> 0.065, but 'a small sr=0'
+# 0.170 -> 0.180 and the FPN case with sr=0 (detectron2's default) 2.03 -> 2.39; float16
+# alike, except 'a large sr=0' (5.53 -> 5.57). So off by default: "adaptive" (where the
+# kernel samples an adaptive grid), True (always) or False (never)
+REUSE_LOADS = False
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
