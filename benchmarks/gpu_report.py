@@ -15,7 +15,9 @@ one run, ending in one table (``--parts``: which; the default is 1-5, within 8 m
    NHWC kernel (which is faster decides whether NCHW maps should be transposed first);
 8. where the deterministic backward's time goes: the int64 zero-fill, max |grad|, the
    scatter and the conversion, each timed alone, beside torchvision's whole backward;
-9. the kernels alone under other program sizes and orders than the launchers'.
+9. the kernels alone under other program sizes and orders than the launchers';
+10. roi_align's forward with its points reusing their row's loads or not (each of
+    ``REUSE_SETTINGS``), at the op, on adaptive sampling grids.
 
 While the tests run, as many processes compile the kernels of the timed parts (6-9 and
 the bench, ``warm_up``), so that those load them from Triton's disk cache when timed.
@@ -467,6 +469,45 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
     return rows
 
 
+# `reuse_loads`: the settings of roiops.gpu.roi_align's REUSE_LOADS it times at the op,
+# (value, REUSE_MIN_POINTS) by name, and its cases: the bench's with an adaptive grid, and
+# its FPN and R-FCN cases with one (sampling_ratio=0, detectron2's default)
+REUSE_SETTINGS = {"off": (False, None), "adaptive": ("adaptive", None), "wide 3": ("wide", 3),
+                  "wide 5": ("wide", 5), "wide 8": ("wide", 8)}  # fmt: skip
+REUSE_CASES = (("a small sr=0", None), ("a large sr=0", None), ("fpn 8x512", "fpn 8x512 sr=0"),
+               ("rfcn sr=2", "rfcn sr=0"))  # fmt: skip
+
+
+def reuse_loads(device: str = "cuda", cases: list | None = None) -> dict:
+    """ms of the op (``roiops bench``'s float32 forward through ``torch.ops``) under each
+    of ``REUSE_SETTINGS``, and torchvision's, in the same rounds, per call and
+    BACK_TO_BACK calls back to back: where the forward's points should reuse their row's
+    loads (``roiops.gpu.roi_align.REUSE_LOADS``), measured on the pyramid of detectron2's
+    default beside the large boxes that gain."""
+    from dataclasses import replace
+
+    from roiops.gpu import roi_align as gpu_align
+
+    if cases is None:
+        by_name = {c.name: c for c in bench.cases(device="cuda")}
+        cases = [by_name[name] if variant is None else
+                 replace(by_name[name], name=variant, sampling_ratio=0)
+                 for name, variant in REUSE_CASES]  # fmt: skip
+    out = {}
+    for case in cases:
+        fns = bench._callables(case, bench.make_inputs(case, device, torch.float32))
+        timed = {"torchvision": fns[("torchvision", "forward")]}
+        for name, (value, least) in REUSE_SETTINGS.items():
+            least = gpu_align.REUSE_MIN_POINTS if least is None else least
+            timed[name] = _with_settings(fns[("roiops", "forward")], gpu_align,
+                                         REUSE_LOADS=value, REUSE_MIN_POINTS=least)  # fmt: skip
+        out[f"{case.op} {case.name}"] = {
+            "per_call": bench.time_interleaved(timed, device, ROUNDS),
+            "back_to_back": bench.time_interleaved(timed, device, ROUNDS, BACK_TO_BACK),
+        }
+    return out
+
+
 # (outputs a program, warps) of the NCHW forward: the launchers' for a fixed sampling grid
 # first, then theirs for an adaptive one (one output a thread), then the others; (channels,
 # warps) of the NHWC forward, the launchers' first, and of the backward scatter RoI-major
@@ -792,6 +833,10 @@ def summary(report: dict) -> str:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
                 row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
+    for case, t in report.get("reuse_loads", {}).items():
+        names = list(t["back_to_back"])
+        row(f"{case} fwd ms back to back: {' / '.join(names)}",
+            " / ".join(f"{t['back_to_back'][n]:.3f}" for n in names))  # fmt: skip
     if "run_s" in report:
         # the limit applies to `make gpu`'s parts (a run of others shows its time only)
         limit = f"<= {CHECK_LIMIT_S} s" if set(report["parts"]) >= set(CHECK_PARTS) else ""
@@ -948,7 +993,8 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> li
 # what a run can measure, in this order
 # (torchvision's deterministic mode is slow to run: ~90 s on an H100 machine, last)
 PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "program_order",
-         "forward_layouts", "backward_passes", "kernel_configs", "deterministic")  # fmt: skip
+         "forward_layouts", "backward_passes", "kernel_configs", "reuse_loads",
+         "deterministic")  # fmt: skip
 # what `make gpu` runs, within issue 9's 8 minutes with the compilation: the compiled
 # tests, the bench in both dtypes, latency and the deterministic-mode and determinism
 # check (~230 + 100 + 95 s on an H100 machine)
@@ -956,7 +1002,8 @@ CHECK_PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "determ
 # what `make gpu-tune` runs: the measurements the launchers' choices were made from
 # (program order, layouts, the backward's passes, program sizes; kernel_configs compiles
 # ~70 kernel variants)
-TUNING_PARTS = ("program_order", "forward_layouts", "backward_passes", "kernel_configs")
+TUNING_PARTS = ("program_order", "forward_layouts", "backward_passes", "kernel_configs",
+                "reuse_loads")  # fmt: skip
 # names for several parts at once
 PART_GROUPS = {"all": PARTS, "tuning": TUNING_PARTS}
 # `make gpu`'s time limit (issue 9), against which a run's time is shown
@@ -1020,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
         "forward_layouts": lambda: forward_layouts(rng),
         "backward_passes": backward_passes,
         "kernel_configs": kernel_configs,
+        "reuse_loads": reuse_loads,
         "deterministic": lambda: deterministic_mode(rng),
     }
     for key, measure in measures.items():

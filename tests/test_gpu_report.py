@@ -226,6 +226,44 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "roi_align tiny: forward reuse 64/2 / best" in table
 
 
+def test_reuse_loads_times_each_setting_beside_torchvision_and_puts_it_back(monkeypatch):
+    # the op under each REUSE_LOADS setting, on an adaptive grid (roi_align's and
+    # ps_roi_align's forward, the interpreter's on CPU), then the settings as they were
+    import torch
+
+    import roiops
+    from roiops.gpu import roi_align as gpu_align
+
+    gpu_report = load()
+    plumbing_only(monkeypatch, gpu_report)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = [tiny_case("roi_align", sampling_ratio=0),
+             tiny_case("ps_roi_align", "tiny ps", channels=12, sampling_ratio=0)]  # fmt: skip
+    before = (gpu_align.REUSE_LOADS, gpu_align.REUSE_MIN_POINTS)
+    seen = []
+    real = gpu_align.roi_align_forward
+
+    def recording(*args, **kwargs):
+        seen.append(gpu_align.reuse_loads(args[5]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_align, "roi_align_forward", recording)
+    with roiops.use_backend("triton"):
+        times = gpu_report.reuse_loads(device, cases)
+    assert (gpu_align.REUSE_LOADS, gpu_align.REUSE_MIN_POINTS) == before
+    assert set(times) == {"roi_align tiny", "ps_roi_align tiny ps"}
+    names = {"torchvision", *gpu_report.REUSE_SETTINGS}
+    for t in times.values():
+        assert set(t) == {"per_call", "back_to_back"}
+        assert all(set(ms) == names and min(ms.values()) > 0 for ms in t.values())
+    # every setting reached the launcher: off, "adaptive" and "wide" from 3, 5 and 8 points
+    assert set(seen) == {(False, 0), (True, 0), (True, 3), (True, 5), (True, 8)}
+    report = {"gpu": "x", "torch": "x", "triton": "x", "tests": {"counts": {}}, "bench": {},
+              "reuse_loads": times}  # fmt: skip
+    table = gpu_report.summary(report)
+    assert "roi_align tiny fwd ms back to back: torchvision / off / adaptive / wide 3" in table
+
+
 def test_program_order_times_every_order_and_puts_the_launchers_back(monkeypatch):
     # the Triton kernels (the interpreter's on CPU) in each order of PROGRAM_ORDERS
     import torch
@@ -348,6 +386,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
         "forward_layouts": {},
         "backward_passes": {},
         "kernel_configs": {},
+        "reuse_loads": {},
     }  # fmt: skip
     for name, result in results.items():
         monkeypatch.setattr(
@@ -376,10 +415,11 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     assert "this run's time after its imports, s" in table and "<= 480 s" in table
     measured.clear()
     gpu_report.main(["--parts", "tuning"])
-    assert measured == ["program_order", "forward_layouts", "backward_passes", "kernel_configs"]
+    assert measured == ["program_order", "forward_layouts", "backward_passes", "kernel_configs",
+                        "reuse_loads"]  # fmt: skip
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 9
+    assert "run_tests" not in measured and len(measured) == 10
     warmed.clear()
     gpu_report.main(["--parts", "float32", "--no-warm-up", "--json", str(path)])
     assert not warmed and "warm_up" not in json.loads(path.read_text())["seconds"]

@@ -291,8 +291,11 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
             call()
         return list(launched)
 
-    # (REUSE_LOADS also "adaptive": for the adaptive grids alone)
-    settings = {(gpu_align, "REUSE_LOADS"): (False, True, "adaptive"),
+    # (REUSE_LOADS also "adaptive", for the adaptive grids alone, and "wide", for rows of
+    # REUSE_MIN_POINTS points or more: a fixed grid's 2 with 2, none with 5)
+    ratios = {0: 2, 1: 0, 3: 2, 9: 0, 10: 2}  # (the NCHW roi_align calls' sampling ratios)
+    settings = {(gpu_align, "REUSE_LOADS"): (False, True, "adaptive", "wide"),
+                (gpu_align, "REUSE_MIN_POINTS"): (2, 5),
                 (gpu_pool, "VISIT_2X2"): (False, True),
                 (tiles, "GATHER_ROIS_INNER"): (False, True),
                 (tiles, "ADAPTIVE_ROIS_INNER"): (False, True)}  # fmt: skip
@@ -309,13 +312,33 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         for i, (_, _, _, kwargs) in enumerate(fresh):
             inner = tiles.ADAPTIVE_ROIS_INNER if i in adaptive else tiles.GATHER_ROIS_INNER
             assert kwargs["ROIS_INNER"] == inner, (values, i)
-            reuse = gpu_align.reuse_loads(i in adaptive)
-            assert kwargs.get("REUSE", reuse) == reuse, (values, i)
+            if i in ratios:
+                reuse = gpu_align.reuse_loads(ratios[i])
+                assert (kwargs["REUSE"], kwargs["REUSE_MIN"]) == reuse, (values, i)
             assert kwargs.get("VISIT_2X2", gpu_pool.VISIT_2X2) == gpu_pool.VISIT_2X2
         seen.add(repr(fresh))
-    assert len(seen) == math.prod(len(choices) for choices in settings.values())
+    # (REUSE_MIN_POINTS matters with "wide" alone: 3 + 2 states of the two)
+    assert len(seen) == 5 * math.prod(len(choices) for choices in list(settings.values())[2:])
     monkeypatch.undo()
     tiles.clear_caches()
+
+
+def test_reuse_loads_says_which_rows_reuse_their_loads(monkeypatch):
+    # (REUSE, REUSE_MIN) of roi_align's NCHW forward launches by REUSE_LOADS and the
+    # sampling ratio (0: an adaptive grid, whose rows' points the kernel counts per RoI)
+    from roiops.gpu import roi_align as gpu_align
+
+    monkeypatch.setattr(gpu_align, "REUSE_MIN_POINTS", 5)
+    expected = {
+        False: {0: (False, 0), -1: (False, 0), 2: (False, 0), 6: (False, 0)},
+        True: {0: (True, 0), -1: (True, 0), 2: (True, 0), 6: (True, 0)},
+        "adaptive": {0: (True, 0), -1: (True, 0), 2: (False, 0), 6: (False, 0)},
+        "wide": {0: (True, 5), -1: (True, 5), 2: (False, 0), 4: (False, 0), 5: (True, 0)},
+    }
+    for setting, by_ratio in expected.items():
+        monkeypatch.setattr(gpu_align, "REUSE_LOADS", setting)
+        for ratio, answer in by_ratio.items():
+            assert gpu_align.reuse_loads(ratio) == answer, (setting, ratio)
 
 
 def _record_launches(monkeypatch, kernels) -> list:

@@ -289,6 +289,18 @@ def test_roi_align_forward_reusing_loads_changes_no_bit(rng, monkeypatch, dtype)
         assert_same_bits(got, out)
         if mode:
             assert torch.equal(got_argmax, argmax)
+    # "wide": a RoI's rows reuse where they have 3 points or more (the adaptive grid's
+    # rows here have 1 to 5: each RoI takes one branch or the other), a fixed grid of 3
+    # everywhere
+    monkeypatch.setattr(gpu_align, "REUSE_MIN_POINTS", 3)
+    for ratio in (0, 3):
+        forward = partial(gpu_align.roi_align_forward, x, rois, 0.5, 3, 4, ratio, True, modes[2])
+        monkeypatch.setattr(gpu_align, "REUSE_LOADS", False)
+        out, argmax = forward()
+        monkeypatch.setattr(gpu_align, "REUSE_LOADS", "wide")
+        got, got_argmax = forward()
+        assert_same_bits(got, out)
+        assert torch.equal(got_argmax, argmax)
     with roiops.use_backend("reference"):
         ref = roiops.roi_align(x, rois[ok], (3, 4), 0.5, 0, True)
     got, _ = gpu_align.roi_align_forward(x, rois[ok], 0.5, 3, 4, 0, True, False)

@@ -220,6 +220,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
     mode += " runs" if constexprs.get("RUNS") else ""
     mode += " 2x2" if constexprs.get("VISIT_2X2") else ""
     mode += " reuse" if constexprs.get("REUSE") else ""
+    mode += f" from {constexprs['REUSE_MIN']} points" if constexprs.get("REUSE_MIN") else ""
     mode += " torch max" if not pointers.get("AMAX", "*i").startswith("*i") else ""
     if fn is fixed_point_bands_to_float_kernel:
         mode += f" {constexprs['BLOCK_W']}x{constexprs['BLOCK_C']}"
@@ -273,12 +274,19 @@ def main(dtypes=DTYPES) -> int:
                 for b, warps in sampled:
                     compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
                 # (the points of a row loading each column once, REUSE_LOADS: the adaptive
-                # grid's split, which "adaptive" gives it, in every dtype and mode; the
-                # fixed grid's too in float32, as `kernel_configs` times it; RoI-major)
+                # grid's split, which "adaptive" gives it, in every dtype and mode, and
+                # with "wide" a branch on the RoI's points a row, aligned; the fixed
+                # grid's too in float32, as `kernel_configs` times it; RoI-major)
                 for b, warps in sampled if dt == "fp32" and aligned else sampled[1:]:
                     compile_for_gpu(
                         roi_align_forward_kernel, fwd,
                         {**mode, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
+                    )  # fmt: skip
+                for b, warps in sampled[1:] if aligned else ():
+                    compile_for_gpu(
+                        roi_align_forward_kernel, fwd,
+                        {**mode, "BLOCK": b, "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
+                        warps,
                     )  # fmt: skip
                 compile_for_gpu(
                     roi_align_forward_nhwc_kernel, fwd, {**mode, "BLOCK_C": nhwc_c}, nhwc_warps
@@ -312,12 +320,18 @@ def main(dtypes=DTYPES) -> int:
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:
             compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": b}, warps)
-        # (REUSE_LOADS: the adaptive grid's split; the bench's R-FCN case's in float32)
+        # (REUSE_LOADS: the adaptive grid's split, also with "wide"'s branch; the bench's
+        # R-FCN case's in float32)
         for b, warps in sampled if dt == "fp32" else sampled[1:]:
             compile_for_gpu(
                 roi_align_forward_kernel, fwd,
                 {**ps, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
+        compile_for_gpu(
+            roi_align_forward_kernel, fwd,
+            {**ps, "BLOCK": sampled[1][0], "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
+            sampled[1][1],
+        )  # fmt: skip
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
@@ -336,13 +350,18 @@ def main(dtypes=DTYPES) -> int:
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": b},
                 warps,
             )  # fmt: skip
-        # (REUSE_LOADS: the adaptive grid's split; the fixed one's, the bench's FPN
-        # case's, in float32)
+        # (REUSE_LOADS: the adaptive grid's split, also with "wide"'s branch; the fixed
+        # one's, the bench's FPN case's, in float32)
         for b, warps in sampled if dt == "fp32" else sampled[1:]:
             compile_for_gpu(
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels},
                 {**fpn, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
+        compile_for_gpu(
+            multi_scale_roi_align_forward_kernel, {**fwd, **levels},
+            {**fpn, "BLOCK": sampled[1][0], "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
+            sampled[1][1],
+        )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
             {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,

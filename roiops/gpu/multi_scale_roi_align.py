@@ -41,9 +41,10 @@ def multi_scale_roi_align_forward_kernel(
     NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
     ROIS_INNER: tl.constexpr = False, REUSE: tl.constexpr = False,
+    REUSE_MIN: tl.constexpr = 0,
 ):  # fmt: skip
     """OUT[K, C, PH, PW]: RoI k pooled from level LEVELS[k] of X0..X4 (NCHW), whose
-    sizes are H_l x W_l and spatial_scale the float64 with bits S_l (REUSE:
+    sizes are H_l x W_l and spatial_scale the float64 with bits S_l (REUSE, REUSE_MIN:
     ``roiops.gpu.roi_align.reuse_loads``)."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
@@ -51,7 +52,7 @@ def multi_scale_roi_align_forward_kernel(
     _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
     _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
     forward_bins(X, ROIS, OUT, OUT, k, c, p, ok, N, C, H, W, bits, sampling_ratio, usable,
-                 PH, PW, ALIGNED, False, False, BLOCK, REUSE)  # fmt: skip
+                 PH, PW, ALIGNED, False, False, BLOCK, REUSE, REUSE_MIN)  # fmt: skip
 
 
 @kernel
@@ -125,14 +126,14 @@ def multi_scale_roi_align_forward(features, rois, levels, scales, pooled_h, pool
                                    rois.shape[0], tuple(scales), pooled_h, pooled_w,
                                    sampling_ratio, aligned,
                                    tiles.forward_rois_inner(sampling_ratio <= 0),
-                                   gpu_align.reuse_loads(sampling_ratio <= 0))  # fmt: skip
+                                   *gpu_align.reuse_loads(sampling_ratio))  # fmt: skip
     launch(*per_level(xs, first), rois, levels, out)
     return out
 
 
 @tiles.cached
 def _align_forward_launch(sizes, dtype, device, K, scales, pooled_h, pooled_w, sampling_ratio,
-                          aligned, rois_inner, reuse) -> Launch:  # fmt: skip
+                          aligned, rois_inner, reuse, reuse_min) -> Launch:  # fmt: skip
     """``multi_scale_roi_align_forward``'s launch for levels of ``sizes`` (N, C, H_l, W_l)
     of ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors
     ``(*levels padded to MAX_LEVELS, rois, levels, out)``."""
@@ -142,7 +143,7 @@ def _align_forward_launch(sizes, dtype, device, K, scales, pooled_h, pooled_w, s
     values = (N, C, *_level_sizes(sizes, scales), sampling_ratio)
     return Launch(multi_scale_roi_align_forward_kernel, grid, values, NUM_LEVELS=len(sizes),
                   PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block, ROIS_INNER=rois_inner,
-                  REUSE=reuse, num_warps=num_warps)  # fmt: skip
+                  REUSE=reuse, REUSE_MIN=reuse_min, num_warps=num_warps)  # fmt: skip
 
 
 def _level_sizes(sizes, scales=None, offsets=None) -> list:

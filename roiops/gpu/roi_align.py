@@ -84,18 +84,29 @@ PS_LANES = True
 # with an adaptive grid (c9bf0ed, the same rounds, float32 back to back): 'a large sr=0'
 # 7.47 -> 5.50 ms and R-FCN's ps_roi_align with sr=0 0.092 -> 0.065, but 'a small sr=0'
 # 0.170 -> 0.180 and the FPN case with sr=0 (detectron2's default) 2.03 -> 2.39; float16
-# alike, except 'a large sr=0' (5.53 -> 5.57). So off by default: "adaptive" (where the
-# kernel samples an adaptive grid), True (always) or False (never)
+# alike, except 'a large sr=0' (5.53 -> 5.57). So off by default. Values: False (never),
+# True (always), "adaptive" (where the kernel samples an adaptive grid) or "wide" (where a
+# RoI's rows have at least REUSE_MIN_POINTS points: a fixed grid's count is known at the
+# launch, an adaptive grid's per RoI in the kernel; 'a large sr=0' has 5-19 points a row,
+# the FPN case with sr=0 mostly 1-4; untimed)
 REUSE_LOADS = False
+REUSE_MIN_POINTS = 5
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
 
 
-def reuse_loads(adaptive: bool) -> bool:
-    """Whether an NCHW forward's points reuse their row's loads (``REUSE_LOADS``);
-    ``adaptive``: the kernel samples an adaptive grid (``sampling_ratio <= 0``)."""
-    return adaptive if REUSE_LOADS == "adaptive" else bool(REUSE_LOADS)
+def reuse_loads(sampling_ratio: int) -> tuple[bool, int]:
+    """``(REUSE, REUSE_MIN)`` of an NCHW forward launch with this ``sampling_ratio``
+    (``REUSE_LOADS``): whether its points may reuse their row's loads, and the least
+    number of points a RoI's rows must have for them to (checked per RoI in the kernel;
+    0 or 1: every row)."""
+    adaptive = sampling_ratio <= 0
+    if REUSE_LOADS == "adaptive":
+        return adaptive, 0
+    if REUSE_LOADS == "wide":
+        return (True, REUSE_MIN_POINTS) if adaptive else (sampling_ratio >= REUSE_MIN_POINTS, 0)
+    return bool(REUSE_LOADS), 0
 
 
 @triton.jit
@@ -270,23 +281,59 @@ def roi_align_forward_kernel(
     PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
     PS: tl.constexpr, BLOCK: tl.constexpr,
     ROIS_INNER: tl.constexpr = False, REUSE: tl.constexpr = False,
+    REUSE_MIN: tl.constexpr = 0,
 ):  # fmt: skip
     """OUT[K, C, PH, PW] (and ARGMAX[K, PH, PW, C] in max mode, channel-major) from
     X[N, C, H, W]; with PS (position-sensitive) from X[N, C * PH * PW, H, W], bin p of
-    channel c reading input channel c * PH * PW + p. REUSE: ``REUSE_LOADS``."""
+    channel c reading input channel c * PH * PW + p. REUSE, REUSE_MIN: ``reuse_loads``."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
     forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
-                 True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK, REUSE)  # fmt: skip
+                 True, PH, PW, ALIGNED, MAX_MODE, PS, BLOCK, REUSE, REUSE_MIN)  # fmt: skip
+
+
+@triton.jit
+def _row_of_points(acc, best_s, row_lo, row_hi, wy_lo, wy_hi, y_in, iy, start_w, bin_w, pw,
+                   gw, W, MAX_MODE: tl.constexpr, REUSE: tl.constexpr):  # fmt: skip
+    """``(acc, best_s)`` after row iy of a bin's sampling points (``gw`` of them, between
+    map rows ``row_lo`` and ``row_hi``, weighted ``wy_lo`` and ``wy_hi``; ``y_in``: the
+    row is within a cell of the map, and the lane's output exists). REUSE: each point
+    takes the columns the previous one loaded (``_reused_corners``)."""
+    if REUSE:  # (the columns the row's previous point loaded, none yet, their values)
+        seen_lo = tl.full(acc.shape, -1, tl.int32)
+        seen_hi = seen_lo
+        c_ll = tl.zeros(acc.shape, acc.dtype)
+        c_lh = c_ll
+        c_hl = c_ll
+        c_hh = c_ll
+    for ix in range(0, gw):
+        x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+        inside = y_in & x_in
+        if REUSE:
+            v_ll, v_lh, v_hl, v_hh, seen_lo, seen_hi = _reused_corners(
+                row_lo, row_hi, x_lo, x_hi, inside, seen_lo, seen_hi, c_ll, c_lh, c_hl, c_hh,
+                acc.dtype,
+            )  # fmt: skip
+            c_ll, c_lh, c_hl, c_hh = v_ll, v_lh, v_hl, v_hh
+        else:
+            v_ll, v_lh, v_hl, v_hh = _corners(row_lo, row_hi, x_lo, x_hi, inside, acc.dtype)
+        s = iy * gw + ix
+        v, candidate = _sample_value(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi, s,
+                                     MAX_MODE)  # fmt: skip
+        acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), candidate, s == 0,
+                                   MAX_MODE)  # fmt: skip
+    return acc, best_s
 
 
 @triton.jit
 def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
                  usable, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
                  MAX_MODE: tl.constexpr, PS: tl.constexpr, BLOCK: tl.constexpr,
-                 REUSE: tl.constexpr = False):  # fmt: skip
+                 REUSE: tl.constexpr = False, REUSE_MIN: tl.constexpr = 0):  # fmt: skip
     """The forward of RoI k's outputs (c, p) from NCHW X: the body of
-    ``roi_align_forward_kernel``, shared with the FPN pooler's kernel; REUSE: a point
-    takes the columns the previous point of its row loaded from it (``_reused_corners``)."""
+    ``roi_align_forward_kernel``, shared with the FPN pooler's kernel. REUSE: a point
+    takes the columns the previous point of its row loaded from it (``_reused_corners``),
+    where the RoI's rows have at least REUSE_MIN points (a branch on RoI k's grid, the
+    same for the whole program: a program's outputs are one RoI's)."""
     ph = p // PW
     pw = p % PW
     n, start_h, start_w, bin_h, bin_w, gh, gw, valid = _roi_geometry(
@@ -300,29 +347,19 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
         y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
         row_lo = plane + y_lo * W
         row_hi = plane + y_hi * W
-        if REUSE:  # (the columns the row's previous point loaded, none yet, their values)
-            seen_lo = tl.full((BLOCK,), -1, tl.int32)
-            seen_hi = seen_lo
-            c_ll = tl.zeros((BLOCK,), acc.dtype)
-            c_lh = c_ll
-            c_hl = c_ll
-            c_hh = c_ll
-        for ix in range(0, gw):
-            x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
-            inside = y_in & x_in & ok
-            if REUSE:
-                v_ll, v_lh, v_hl, v_hh, seen_lo, seen_hi = _reused_corners(
-                    row_lo, row_hi, x_lo, x_hi, inside, seen_lo, seen_hi, c_ll, c_lh, c_hl, c_hh,
-                    acc.dtype,
-                )  # fmt: skip
-                c_ll, c_lh, c_hl, c_hh = v_ll, v_lh, v_hl, v_hh
+        y_in = y_in & ok
+        if REUSE and REUSE_MIN > 1:
+            if gw >= REUSE_MIN:
+                acc, best_s = _row_of_points(acc, best_s, row_lo, row_hi, wy_lo, wy_hi, y_in,
+                                             iy, start_w, bin_w, pw, gw, W, MAX_MODE,
+                                             True)  # fmt: skip
             else:
-                v_ll, v_lh, v_hl, v_hh = _corners(row_lo, row_hi, x_lo, x_hi, inside, acc.dtype)
-            s = iy * gw + ix
-            v, candidate = _sample_value(v_ll, v_lh, v_hl, v_hh, wy_lo, wy_hi, wx_lo, wx_hi, s,
-                                         MAX_MODE)  # fmt: skip
-            acc, best_s = _pool_sample(acc, best_s, tl.where(inside, v, 0.0), candidate, s == 0,
-                                       MAX_MODE)  # fmt: skip
+                acc, best_s = _row_of_points(acc, best_s, row_lo, row_hi, wy_lo, wy_hi, y_in,
+                                             iy, start_w, bin_w, pw, gw, W, MAX_MODE,
+                                             False)  # fmt: skip
+        else:
+            acc, best_s = _row_of_points(acc, best_s, row_lo, row_hi, wy_lo, wy_hi, y_in, iy,
+                                         start_w, bin_w, pw, gw, W, MAX_MODE, REUSE)  # fmt: skip
     acc = _bin_value(acc, gh * gw, valid, MAX_MODE)
     store_bins(OUT, ARGMAX, acc, best_s, k, c, p, ok, C, PH * PW, MAX_MODE)
 
@@ -595,7 +632,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
     launch = _forward_launch(sizes, input.dtype, input.get_device(), K, nhwc, spatial_scale,
                              pooled_h, pooled_w, sampling_ratio, aligned, max_mode,
                              position_sensitive, rois_inner,
-                             reuse_loads(sampling_ratio <= 0))  # fmt: skip
+                             *reuse_loads(sampling_ratio))  # fmt: skip
     launch(input if nhwc else input.contiguous(), rois, out, out if argmax is None else argmax)
     return out, argmax
 
@@ -603,7 +640,7 @@ def roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_r
 @tiles.cached
 def _forward_launch(sizes, dtype, device, K, nhwc, spatial_scale, pooled_h, pooled_w,
                     sampling_ratio, aligned, max_mode, position_sensitive, rois_inner,
-                    reuse) -> Launch:  # fmt: skip
+                    reuse, reuse_min) -> Launch:  # fmt: skip
     """``roi_align_forward``'s launch for a map of ``sizes`` (N, C, H, W) of ``dtype`` on
     ``device`` (those two keep apart the launches of different tensors), K RoIs, these
     parameters and settings: its tensors ``(input, rois, out, argmax or out)``."""
@@ -621,7 +658,7 @@ def _forward_launch(sizes, dtype, device, K, nhwc, spatial_scale, pooled_h, pool
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align",
                                        adaptive=sampling_ratio <= 0)  # fmt: skip
     return Launch(roi_align_forward_kernel, grid, values, **mode, BLOCK=block, REUSE=reuse,
-                  num_warps=num_warps)  # fmt: skip
+                  REUSE_MIN=reuse_min, num_warps=num_warps)  # fmt: skip
 
 
 def roi_align_backward(grad, rois, argmax, grad_input, spatial_scale, pooled_h, pooled_w,
