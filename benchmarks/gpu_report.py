@@ -112,6 +112,31 @@ def host_us_per_call(fn, calls: int = 200) -> float:
     return statistics.median(rounds)
 
 
+# GPU clock cycles a microsecond, roughly (torch.cuda._sleep counts cycles; H100/H200 run
+# at 1.6-2.0 GHz): for a wait of about the bench's small cases' kernels
+SLEEP_CYCLES_PER_US = 1800
+WAIT_US = 200
+
+
+def host_us_after_sync(fn, wait_us: float = 0.0, calls: int = 200) -> float:
+    """Median host time of one call made right after a synchronisation (the GPU idle)
+    that waited ``wait_us`` of GPU time (a sleep kernel): what a per-call sample of the
+    bench pays before its kernels start. (On an H200 host, 2026-11-28, roiops' calls
+    through torch.ops took 1-3x longer there than back to back, torchvision's not.)"""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(calls):
+        if wait_us:
+            torch.cuda._sleep(int(wait_us * SLEEP_CYCLES_PER_US))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def box_rows(rng, batch_size: int, count: int, image_h: float, image_w: float,
              sides_px=(16, 400), device: str = "cuda") -> torch.Tensor:  # fmt: skip
     sides = rng.uniform(*sides_px, (count, 2))
@@ -132,6 +157,13 @@ def latency(rng) -> dict:
     rois = box_rows(rng, 2, 16, 200, 272)
     grad = torch.randn(16, 256, 7, 7, device="cuda")
     scores = torch.randn(2, 21 * 49, 50, 68, device="cuda")  # R-FCN's class scores
+    one_at_a_time = {
+        "ops_forward": lambda: torch.ops.roiops.roi_align(x, rois, 0.25, 7, 7, 2, True),
+        "torchvision_ops_forward": lambda: torch.ops.torchvision.roi_align(
+            x, rois, 0.25, 7, 7, 2, True
+        ),
+        "launcher": lambda: roi_align_forward(x, rois, 0.25, 7, 7, 2, True, False),
+    }
     return {
         "roiops_us": host_us_per_call(lambda: roiops.roi_align(x, rois, 7, 0.25, 2, True)),
         "torchvision_us": host_us_per_call(
@@ -177,6 +209,13 @@ def latency(rng) -> dict:
         "torchvision_ops_ps_roi_pool_forward_us": host_us_per_call(
             lambda: torch.ops.torchvision.ps_roi_pool(scores, rois, 1 / 16, 7, 7)
         ),
+        # the forward through torch.ops (and roiops' launcher) one call at a time, right
+        # after a synchronisation, and after one that waited WAIT_US for the GPU
+        **{
+            f"{name}_after_{when}_us": host_us_after_sync(fn, wait)
+            for name, fn in one_at_a_time.items()
+            for when, wait in (("sync", 0.0), ("wait", WAIT_US))
+        },
     }
 
 
@@ -762,6 +801,12 @@ def summary(report: dict) -> str:
                   for lib in ("", "torchvision_")]  # fmt: skip
             row("16-RoI torch.ops fwd, host us: roi_pool roiops / tv, ps_roi_pool roiops / tv",
                 f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
+        if "ops_forward_after_sync_us" in lat:
+            for when, what in (("sync", "a sync"), ("wait", f"a {WAIT_US} us wait")):
+                names = ("ops_forward", "torchvision_ops_forward", "launcher")
+                us = [lat[f"{name}_after_{when}_us"] for name in names]
+                row(f"16-RoI fwd after {what}, host us: torch.ops roiops / tv, launcher",
+                    f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f}")  # fmt: skip
     det = report.get("deterministic")
     if det is None:
         row("deterministic mode and distinct gradients", "not measured")

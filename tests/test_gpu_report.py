@@ -63,6 +63,12 @@ def test_summary_table():
             "torchvision_ops_roi_pool_forward_us": 10.0,
             "ops_ps_roi_pool_forward_us": 21.0,
             "torchvision_ops_ps_roi_pool_forward_us": 9.0,
+            "ops_forward_after_sync_us": 33.0,
+            "torchvision_ops_forward_after_sync_us": 21.0,
+            "launcher_after_sync_us": 19.0,
+            "ops_forward_after_wait_us": 77.0,
+            "torchvision_ops_forward_after_wait_us": 22.0,
+            "launcher_after_wait_us": 22.0,
         },
         "deterministic": {
             "roiops_ms": 1.0,
@@ -81,6 +87,8 @@ def test_summary_table():
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "fwd roiops / tv, bwd roiops / tv" in table and "26 / 11, 52 / 13" in table
     assert "roi_pool roiops / tv, ps_roi_pool roiops / tv" in table and "24 / 10, 21 / 9" in table
+    assert "16-RoI fwd after a sync, host us: torch.ops roiops / tv, launcher" in table
+    assert "16-RoI fwd after a 200 us wait, host us" in table and "77 / 22, 22" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
     assert "30 / 20" in table and "25.0x" in table and "1 / 5" in table
 
