@@ -339,6 +339,10 @@ def test_reuse_loads_says_which_rows_reuse_their_loads(monkeypatch):
         monkeypatch.setattr(gpu_align, "REUSE_LOADS", setting)
         for ratio, answer in by_ratio.items():
             assert gpu_align.reuse_loads(ratio) == answer, (setting, ratio)
+    # a setting that is none of these says so (not "always", as a truthy string would)
+    monkeypatch.setattr(gpu_align, "REUSE_LOADS", "Wide")
+    with pytest.raises(ValueError, match="REUSE_LOADS: 'Wide' is none of"):
+        gpu_align.reuse_loads(0)
 
 
 def _record_launches(monkeypatch, kernels) -> list:

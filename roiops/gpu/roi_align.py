@@ -91,6 +91,7 @@ PS_LANES = True
 # the FPN case with sr=0 mostly 1-4; untimed)
 REUSE_LOADS = False
 REUSE_MIN_POINTS = 5
+REUSE_CHOICES = (False, True, "adaptive", "wide")
 # MAX_MODE of the kernels: 0/False average, 1/True the article's max, 2 ONNX RoiAlign's max
 ONNX_MAX_MODE = 2
 ONNX_MAX = tl.constexpr(ONNX_MAX_MODE)
@@ -101,6 +102,8 @@ def reuse_loads(sampling_ratio: int) -> tuple[bool, int]:
     (``REUSE_LOADS``): whether its points may reuse their row's loads, and the least
     number of points a RoI's rows must have for them to (checked per RoI in the kernel;
     0 or 1: every row)."""
+    if REUSE_LOADS not in REUSE_CHOICES:
+        raise ValueError(f"REUSE_LOADS: {REUSE_LOADS!r} is none of {REUSE_CHOICES}")
     adaptive = sampling_ratio <= 0
     if REUSE_LOADS == "adaptive":
         return adaptive, 0
