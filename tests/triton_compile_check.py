@@ -273,16 +273,17 @@ def main(dtypes=DTYPES) -> int:
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 for b, warps in sampled:
                     compile_for_gpu(roi_align_forward_kernel, fwd, {**mode, "BLOCK": b}, warps)
-                # (the points of a row loading each column once, REUSE_LOADS: the adaptive
-                # grid's split, which "adaptive" gives it, in every dtype and mode, and
-                # with "wide" a branch on the RoI's points a row, aligned; the fixed
-                # grid's too in float32, as `kernel_configs` times it; RoI-major)
-                for b, warps in sampled if dt == "fp32" and aligned else sampled[1:]:
+                # (the points of a row loading each column once, REUSE_LOADS, off: aligned,
+                # RoI-major, in every mode in float32 (what `make gpu-tune` times: both
+                # splits, and "wide"'s branch on the RoI's points a row with the
+                # adaptive grid's) and the average in float16)
+                reuse = aligned and (dt == "fp32" or (dt == "fp16" and not max_mode))
+                for b, warps in (sampled if dt == "fp32" else sampled[1:]) if reuse else ():
                     compile_for_gpu(
                         roi_align_forward_kernel, fwd,
                         {**mode, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
                     )  # fmt: skip
-                for b, warps in sampled[1:] if aligned else ():
+                for b, warps in sampled[1:] if reuse else ():
                     compile_for_gpu(
                         roi_align_forward_kernel, fwd,
                         {**mode, "BLOCK": b, "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
@@ -320,18 +321,17 @@ def main(dtypes=DTYPES) -> int:
         ps = {"PH": 7, "PW": 7, "ALIGNED": True, "MAX_MODE": False, "PS": True}
         for b, warps in sampled:
             compile_for_gpu(roi_align_forward_kernel, fwd, {**ps, "BLOCK": b}, warps)
-        # (REUSE_LOADS: the adaptive grid's split, also with "wide"'s branch; the bench's
-        # R-FCN case's in float32)
-        for b, warps in sampled if dt == "fp32" else sampled[1:]:
+        # (REUSE_LOADS, float32: both splits, and the adaptive one's with "wide"'s branch)
+        for b, warps in sampled if dt == "fp32" else ():
             compile_for_gpu(
                 roi_align_forward_kernel, fwd,
                 {**ps, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
-        compile_for_gpu(
-            roi_align_forward_kernel, fwd,
-            {**ps, "BLOCK": sampled[1][0], "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
-            sampled[1][1],
-        )  # fmt: skip
+        for b, warps in sampled[1:] if dt == "fp32" else ():
+            compile_for_gpu(
+                roi_align_forward_kernel, fwd,
+                {**ps, "BLOCK": b, "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False}, warps,
+            )  # fmt: skip
         compile_for_gpu(roi_align_forward_nhwc_kernel, fwd, {**ps, "BLOCK_C": nhwc_c}, nhwc_warps)
         compile_for_gpu(
             roi_align_backward_kernel, bwd,
@@ -350,18 +350,18 @@ def main(dtypes=DTYPES) -> int:
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels}, {**fpn, "BLOCK": b},
                 warps,
             )  # fmt: skip
-        # (REUSE_LOADS: the adaptive grid's split, also with "wide"'s branch; the fixed
-        # one's, the bench's FPN case's, in float32)
-        for b, warps in sampled if dt == "fp32" else sampled[1:]:
+        # (REUSE_LOADS, float32: both splits, and the adaptive one's with "wide"'s branch)
+        for b, warps in sampled if dt == "fp32" else ():
             compile_for_gpu(
                 multi_scale_roi_align_forward_kernel, {**fwd, **levels},
                 {**fpn, "BLOCK": b, "REUSE": True, "ROIS_INNER": False}, warps,
             )  # fmt: skip
-        compile_for_gpu(
-            multi_scale_roi_align_forward_kernel, {**fwd, **levels},
-            {**fpn, "BLOCK": sampled[1][0], "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
-            sampled[1][1],
-        )  # fmt: skip
+        for b, warps in sampled[1:] if dt == "fp32" else ():
+            compile_for_gpu(
+                multi_scale_roi_align_forward_kernel, {**fwd, **levels},
+                {**fpn, "BLOCK": b, "REUSE": True, "REUSE_MIN": 5, "ROIS_INNER": False},
+                warps,
+            )  # fmt: skip
         compile_for_gpu(
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
             {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,
