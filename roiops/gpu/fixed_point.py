@@ -565,8 +565,7 @@ class Regions:
     def zero_and_bound(self, flat: torch.Tensor, grad: torch.Tensor, channels: int):
         """``zero_and_bound`` of ``flat``, an accumulator of these regions' map with
         ``channels`` channels, by ``zero_regions_and_bound_kernel``."""
-        wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
-        amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
+        amax = new_amax(grad)
         launch = _zero_regions_launch(flat.numel(), grad.numel(), grad.dtype, grad.get_device(),
                                       self.shape, channels, self.rects.shape[0])  # fmt: skip
         launch(flat, grad.contiguous(), amax, self.rects, self.parts, self.flags)
@@ -608,6 +607,13 @@ def _zero_regions_launch(acc_size, grad_size, dtype, device, shape, channels, K)
                   BLOCK_C=block_c, num_warps=ZERO_WARPS)  # fmt: skip
 
 
+def new_amax(grad: torch.Tensor) -> torch.Tensor:
+    """An empty ``max |grad|`` in AMAX_PARTS pieces, as the zeroing kernels write it: the
+    bits of float32 magnitudes as int32, or of float64 ones as int64 for float64 ``grad``."""
+    wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
+    return torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
+
+
 def amax_block(dtype: torch.dtype) -> int:
     """Gradients a ``zero_and_bound_kernel`` program reads at a time: AMAX_BLOCK, half
     that in float64 (32 KB either way)."""
@@ -617,8 +623,7 @@ def amax_block(dtype: torch.dtype) -> int:
 def zero_and_bound(flat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Zero the int64 buffer ``flat`` and return ``max |grad|`` in AMAX_PARTS pieces
     (``zero_and_bound_kernel``), in one launch."""
-    wide = torch.int64 if grad.dtype == torch.float64 else torch.int32
-    amax = torch.empty(AMAX_PARTS.value, dtype=wide, device=grad.device)
+    amax = new_amax(grad)
     launch = _zero_and_bound_launch(flat.numel(), grad.numel(), grad.dtype, grad.get_device())
     launch(flat, grad.contiguous(), amax)
     return amax
