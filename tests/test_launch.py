@@ -39,6 +39,19 @@ def fingerprint(value, specialised=True) -> tuple:
     return (value,)
 
 
+def direct(triton_s: tuple, addresses: bool = False) -> tuple:
+    """What a direct launch passes the compiled kernel where Triton passes ``triton_s``
+    (grid, stream, function, packed metadata, launch metadata, enter hook, exit hook,
+    arguments...): no launch metadata and no hooks where Triton's hook chains are empty
+    (``launch.launch_hooks``); with ``addresses``, each tensor's address for the tensor."""
+    head, hooks, arguments = triton_s[:6], triton_s[6:9], triton_s[9:]
+    if launch.launch_hooks() == (None, None):
+        hooks = (None, None, None)
+    if addresses:
+        arguments = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in arguments)
+    return (*head, *hooks, *arguments)
+
+
 @pytest.fixture
 def kernel():
     # a compiled-kernel JITFunction whatever TRITON_INTERPRET says (triton.jit would make
@@ -69,11 +82,15 @@ def test_direct_launches_run_the_kernel_triton_would_with_its_arguments(kernel):
         for round_ in range(2):  # the first sees each call once (Triton's path), then direct
             for args, kwargs in calls:
                 grid = (3, 1, 2)
+                entries = len(kernel.table)
                 ours = kernel[grid](*args, **kwargs)
                 launched = ours.launches[-1]
                 theirs = kernel.jit[grid](*args, **kwargs)
                 assert ours is theirs, (round_, args[2:4], kwargs)
-                assert launched == theirs.launches[-1]  # grid, stream, ..., every argument
+                if len(kernel.table) > entries:  # a call not seen: Triton's own launch
+                    assert launched == theirs.launches[-1]  # grid, stream, ..., every argument
+                else:
+                    assert launched == direct(theirs.launches[-1])
                 assert launched[:3] == grid and len(launched) == 9 + 8
     # Triton's specialisations, each once: 1 is a constant, 16 | n, i32 / i64 / u64
     assert 10 < len(kernel.table) <= launch.MAX_ENTRIES
@@ -156,13 +173,19 @@ def test_a_launch_repeats_what_triton_would_launch(kernel, monkeypatch):
         ((base, base[4:]), True),  # back
     ]
     with fake.fake_gpu():
-        for i, (tensors, _) in enumerate(calls):
+        for i, (tensors, via_kernel) in enumerate(calls):
+            entries = len(kernel.table)
             ours = repeat(*tensors)
             launched = ours.launches[-1]
             assert len(through_kernel) == sum(f for _, f in calls[: i + 1]), i
             theirs = kernel.jit[(3, 1, 2)](*tensors, 17, 2**31, 0.5, True, BLOCK=32, num_warps=2)
             assert ours is theirs, i
-            assert launched == theirs.launches[-1], i  # grid, stream, ..., every argument
+            # grid, stream, ..., every argument: Triton's own launch where Kernel had not
+            # seen the call; the tensors' addresses where Launch launched directly
+            if len(kernel.table) > entries:
+                assert launched == theirs.launches[-1], i
+            else:
+                assert launched == direct(theirs.launches[-1], addresses=not via_kernel), i
         # switched off, or a pre-run hook: Triton's path, every call
         monkeypatch.setenv(launch.ENV_VAR, "0")
         repeat(base, base[4:])
@@ -180,6 +203,40 @@ def test_a_launch_repeats_what_triton_would_launch(kernel, monkeypatch):
         scope["PARTS"] = tl.constexpr(64)
         with pytest.raises(RuntimeError, match="PARTS has changed"):
             repeat(base, base[4:])
+
+
+def test_a_direct_launch_gives_addresses_and_a_launch_hook_what_triton_gives(kernel, monkeypatch):
+    # Launch's direct launches pass the tensors' addresses and no hooks while Triton's hook
+    # chains are empty; with a hook in a chain (a profiler), what Triton passes: the
+    # tensors, the launch's metadata and the chains. A tensor on another device than the
+    # first call's takes Kernel's path, where Triton's launcher checks its address.
+    fake = load_benchmark("launch_overhead")
+    x, y = torch.zeros(64), torch.zeros(64)
+    through_kernel = []
+    via = kernel._launch
+    monkeypatch.setattr(kernel, "_launch", lambda *a, **k: through_kernel.append(1) or via(*a, **k))
+    repeat = launch.Launch(kernel, (2,), (3, 4, 1.0, False), BLOCK=8)
+    metadata = object()
+    with fake.fake_gpu():
+        repeat(x, y)
+        monkeypatch.setattr(fake.FakeCompiled, "launch_metadata", lambda *a: metadata)
+        launched = repeat(x, y[4:]).launches[-1]
+        assert launched[6:] == (None, None, None, x.data_ptr(), y.data_ptr() + 16, 3, 4, 1.0,
+                                False, 8, 0)  # fmt: skip
+        assert launch.launch_hooks() == (None, None)
+        seen = []
+        enter = triton.knobs.runtime.launch_enter_hook
+        enter.add(seen.append)
+        try:
+            assert launch.launch_hooks() == (enter, triton.knobs.runtime.launch_exit_hook)
+            launched = repeat(x, y).launches[-1]
+            assert launched[6:8] == (metadata, enter) and launched[9:11] == (x, y)
+        finally:
+            enter.remove(seen.append)
+        assert len(through_kernel) == 1
+        monkeypatch.setattr(torch.Tensor, "get_device", lambda self: 1)
+        repeat(x, y)
+        assert len(through_kernel) == 2
 
 
 def test_a_launch_of_a_stand_in_kernel_calls_it():

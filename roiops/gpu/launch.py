@@ -152,7 +152,7 @@ class Kernel(KernelInterface):
         if not self.globals_unchanged():  # Triton raises, saying which
             return self.jit[grid](*args, **kwargs)
         compiled, tail = entry
-        return self.fire(compiled, grid, device, (*args, *tail))
+        return self.fire(compiled, grid, device, (*args, *tail), launch_hooks())
 
     def globals_unchanged(self) -> bool:
         """Whether the globals the kernel read when it was compiled are still the values it
@@ -165,17 +165,16 @@ class Kernel(KernelInterface):
         return True
 
     @staticmethod
-    def fire(compiled, grid, device, arguments):
+    def fire(compiled, grid, device, arguments, hooks):
         """Launch ``compiled`` on ``grid`` with every argument (``tail`` included), on the
-        current stream of ``device``, with Triton's launch hooks (profilers)."""
+        current stream of ``device``, with Triton's launch ``hooks`` (``launch_hooks``)."""
         stream = driver.active.get_current_stream(device)
-        knobs = triton.knobs
-        enter = knobs.runtime.launch_enter_hook
+        enter, leave = hooks
         metadata = None if enter is None else compiled.launch_metadata(grid, stream, *arguments)
         n = len(grid)
         compiled.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream,
-                     compiled.function, compiled.packed_metadata, metadata, enter,
-                     knobs.runtime.launch_exit_hook, *arguments)  # fmt: skip
+                     compiled.function, compiled.packed_metadata, metadata, enter, leave,
+                     *arguments)  # fmt: skip
         return compiled
 
     def tail(self, count: int, kwargs: dict) -> tuple:
@@ -196,6 +195,27 @@ class Kernel(KernelInterface):
             self.fingerprinters.clear()
         self.table[key] = (compiled, self.tail(len(args), kwargs))
         return compiled
+
+
+def launch_hooks() -> tuple:
+    """Triton's launch hooks ``(enter, exit)`` (profilers, e.g. proton), or ``(None, None)``
+    where neither would do anything. Triton keeps each in a chain (``HookChain``, 3.5 on),
+    which its launches call even when it is empty, after building the launch's metadata
+    for it (``CompiledKernel.launch_metadata``): a launch given None for both skips the
+    metadata and the two calls, and does nothing less."""
+    runtime = triton.knobs.runtime
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    if _idle(enter) and _idle(leave):
+        return None, None
+    return enter, leave
+
+
+def _idle(hook) -> bool:
+    """No hook, or a chain of none."""
+    return hook is None or (type(hook) is _HookChain and not hook.calls)
+
+
+_HookChain = getattr(triton.knobs, "HookChain", None)
 
 
 def _switches() -> tuple:
@@ -222,12 +242,17 @@ class Launch:
     tensors.
 
     The first call goes through ``kernel`` (Triton's path for a call it has not seen);
-    from then on, while the tensors' dtypes and 16-byte alignment, the device, Triton's
-    switches and the kernel's globals are those it was launched with, the compiled kernel
-    is launched directly: without ``Kernel``'s fingerprint and table, and without the
-    launcher's grid and arguments, which were computed once (``benchmarks/
-    host_overhead.py``). Anything else, or a kernel that is not a ``Kernel``, takes
-    ``kernel[grid](...)``, and the next direct launch is of what that launched."""
+    from then on, while the tensors' dtypes, devices and 16-byte alignment, the current
+    device, Triton's switches and the kernel's globals are those it was launched with,
+    the compiled kernel is launched directly: without ``Kernel``'s fingerprint and table,
+    and without the launcher's grid and arguments, which were computed once
+    (``benchmarks/host_overhead.py``). It is given the tensors' addresses, as ints: for
+    each tensor Triton's launcher would otherwise call its ``data_ptr()`` and then ask
+    the driver whether the address is the device's (``cuPointerGetAttribute``), which
+    the first call, on the same devices, answered (a launch hook, e.g. a profiler, which
+    may read the tensors, gets them instead). Anything else, or a kernel that is not a
+    ``Kernel``, takes ``kernel[grid](...)``, and the next direct launch is of what that
+    launched."""
 
     __slots__ = ("kernel", "grid", "values", "kwargs", "seen")
 
@@ -241,9 +266,15 @@ class Launch:
         direct = isinstance(kernel, Kernel) and kernel.direct_now()
         if direct:
             device = driver.active.get_current_device()
-            state = (device, _switches(), *[(t.dtype, t.data_ptr() & 15) for t in tensors])
+            pointers = [t.data_ptr() for t in tensors]
+            state = (device, _switches(), *[
+                (t.dtype, t.get_device(), p & 15) for t, p in zip(tensors, pointers, strict=True)
+            ])  # fmt: skip
             if seen is not None and seen[0] == state and kernel.globals_unchanged():
-                return kernel.fire(seen[1], self.grid, device, (*tensors, *seen[2]))
+                hooks = launch_hooks()
+                # the addresses, not the tensors (but for a launch hook, which may read them)
+                passed = pointers if hooks[0] is None else tensors
+                return kernel.fire(seen[1], self.grid, device, (*passed, *seen[2]), hooks)
         args = (*tensors, *self.values)
         compiled = kernel[self.grid](*args, **self.kwargs)
         if direct and _reusable(compiled, self.kwargs):
