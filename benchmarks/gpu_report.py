@@ -555,6 +555,11 @@ FORWARD_CONFIGS = ((64, 1), (256, 8), (32, 1), (64, 2), (128, 4), (128, 2), (256
 # roi_align's NCHW forward with its points reusing their row's loads (REUSE_LOADS): the
 # launchers' splits (a fixed grid's, an adaptive one's), and RoIs innermost as "forward"
 REUSE_CONFIGS = ((64, 1), (256, 8))
+# and, for an adaptive grid (sampling_ratio <= 0), with REUSE_LOADS="wide"'s per-RoI
+# branch (REUSE_MIN_POINTS), RoI-major: the launchers' one output a thread (256/8, 128/4)
+# against two (256/4, 128/2), which took 'a small sr=0' from 0.205 to 0.156 ms but 'a
+# large sr=0' from 7.56 to 10.13 without reuse (H200, 1bb2d53)
+WIDE_CONFIGS = ((256, 8), (256, 4), (128, 4), (128, 2))
 NHWC_CONFIGS = ((64, 1), (32, 1), (64, 2), (128, 2), (128, 4), (256, 4))
 SCATTER_CONFIGS = ((256, 8), (64, 2), (128, 2), (128, 4), (256, 4), (512, 16))
 # ((bins, channels), warps) of roi_pool's backward scatter (a RoI's [bins, channels] tile)
@@ -682,14 +687,19 @@ def _config_times(case, device: str) -> dict:
                 )  # fmt: skip
             )
     else:
-        # (and with the points reusing their row's loads: REUSE_LOADS)
-        for reuse, name, configs in ((False, "forward", FORWARD_CONFIGS),
-                                     (True, "forward reuse", REUSE_CONFIGS)):  # fmt: skip
-            for kind, block, warps, inner in _configs(name, configs, "forward"):
+        # (and with the points reusing their row's loads: REUSE_LOADS; "wide"'s branch
+        # for an adaptive grid)
+        series = [(False, 0, _configs("forward", FORWARD_CONFIGS)),
+                  (True, 0, _configs("forward reuse", REUSE_CONFIGS, "forward"))]  # fmt: skip
+        if case.sampling_ratio <= 0:
+            wide = (("forward wide", b, w, False) for b, w in WIDE_CONFIGS)
+            series.append((True, ga.REUSE_MIN_POINTS, wide))
+        for reuse, least, configs in series:
+            for kind, block, warps, inner in configs:
                 grid = (K * triton.cdiv(C * p * p, block),)
                 fns[f"{kind} {block}/{warps}"] = partial(
                     ga.roi_align_forward_kernel[grid], x, *args, **mode, BLOCK=block,
-                    ROIS_INNER=inner, REUSE=reuse, num_warps=warps,
+                    ROIS_INNER=inner, REUSE=reuse, REUSE_MIN=least, num_warps=warps,
                 )  # fmt: skip
         sums = Accumulator(grad, x.shape)
         for kind, block_c, warps, inner in _configs("scatter", SCATTER_CONFIGS):
@@ -872,7 +882,7 @@ def summary(report: dict) -> str:
         for kind in ("forward", "nhwc forward", "scatter", "forward, rois inner",
                      "nhwc forward, rois inner", "scatter, rois inner", "forward 2x2",
                      "forward 2x2, rois inner", "forward reuse",
-                     "forward reuse, rois inner"):  # fmt: skip
+                     "forward reuse, rois inner", "forward wide"):  # fmt: skip
             timed = {k.split()[-1]: v for k, v in t.items() if k.rsplit(" ", 1)[0] == kind}
             if timed:
                 first, best = next(iter(timed)), min(timed, key=timed.get)

@@ -177,6 +177,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     monkey = {
         "FORWARD_CONFIGS": ((64, 2),),
         "REUSE_CONFIGS": ((64, 2),),
+        "WIDE_CONFIGS": ((64, 2),),
         "NHWC_CONFIGS": ((4, 1),),
         "SCATTER_CONFIGS": ((4, 1),),
         "ARGMAX_CONFIGS": (((4, 2), 1),),
@@ -193,6 +194,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         setattr(gpu_report, name, value)
     cases = [
         tiny_case("roi_align"),
+        tiny_case("roi_align", "tiny sr=0", sampling_ratio=0),
         tiny_case("roi_align", "tiny NHWC", channels_last=True),
         tiny_case("roi_pool"),
         tiny_case("ps_roi_pool", "tiny ps", channels=12),
@@ -206,6 +208,8 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
         "scatter 4/1",
         "scatter, rois inner 2/1",
     }
+    # (and, on an adaptive grid, with REUSE_LOADS="wide"'s branch, RoI-major)
+    assert set(times["roi_align tiny sr=0"]) == set(times["roi_align tiny"]) | {"forward wide 64/2"}
     assert set(times["roi_align tiny NHWC"]) == {
         "torchvision forward",
         "nhwc forward 4/1",
@@ -232,6 +236,7 @@ def test_kernel_configs_time_each_split_on_small_cases(monkeypatch):
     assert "ps_roi_pool tiny ps: scatter 64/2 / best" in table
     assert "roi_align tiny: forward, rois inner 32/1 / best" in table
     assert "roi_align tiny: forward reuse 64/2 / best" in table
+    assert "roi_align tiny sr=0: forward wide 64/2 / best" in table
 
 
 def test_reuse_loads_times_each_setting_beside_torchvision_and_puts_it_back(monkeypatch):
