@@ -171,6 +171,8 @@ def test_a_launch_repeats_what_triton_would_launch(kernel, monkeypatch):
         ((base[1:], base[8:]), False),
         ((half, base), True),  # another dtype
         ((base, base[4:]), True),  # back
+        ((base[2:], base[4:]), True),  # X 8-byte aligned, not 16: another compiled kernel
+        ((base, base[4:]), True),
     ]
     with fake.fake_gpu():
         for i, (tensors, via_kernel) in enumerate(calls):
@@ -193,13 +195,13 @@ def test_a_launch_repeats_what_triton_would_launch(kernel, monkeypatch):
         hooked = []
         kernel.jit.add_pre_run_hook(lambda *args, **kwargs: hooked.append(1))
         repeat(base, base[4:])
-        assert len(through_kernel) == 4 and hooked == [1]
+        assert len(through_kernel) == 6 and hooked == [1]
         kernel.jit.pre_run_hooks.clear()
         # a changed global: Triton's refusal, as a direct launch through Kernel gets it
         scope = {"PARTS": tl.constexpr(128)}
         kernel.jit.used_global_vals[("PARTS", id(scope))] = (scope["PARTS"], scope)
         repeat(base, base[4:])
-        assert len(through_kernel) == 4
+        assert len(through_kernel) == 6
         scope["PARTS"] = tl.constexpr(64)
         with pytest.raises(RuntimeError, match="PARTS has changed"):
             repeat(base, base[4:])
