@@ -209,6 +209,8 @@ def latency(rng) -> dict:
         "torchvision_ops_ps_roi_pool_forward_us": host_us_per_call(
             lambda: torch.ops.torchvision.ps_roi_pool(scores, rois, 1 / 16, 7, 7)
         ),
+        # the forward's kept launch alone, as it launches and as Triton's path would
+        **{f"{name}_us": host_us_per_call(fn) for name, fn in launch_alone(x, rois).items()},
         # the forward through torch.ops (and roiops' launcher) one call at a time, right
         # after a synchronisation, and after one that waited WAIT_US for the GPU
         **{
@@ -217,6 +219,38 @@ def latency(rng) -> dict:
             for when, wait in (("sync", 0.0), ("wait", WAIT_US))
         },
     }
+
+
+def launch_alone(x, rois) -> dict:
+    """``{"launch": ..., "launch_as_triton": ...}``: two calls that launch roi_align's
+    kept forward launch (``roiops.gpu.launch.Launch``, 7x7 bins, sampling_ratio 2, its
+    output allocated once) on ``x`` and ``rois``: as it launches (the tensors' addresses,
+    no hooks while Triton's hook chains are empty), and the same compiled kernel as
+    Triton's path passes it (the tensors, the launch metadata, the chains), which direct
+    launches did before 4cd1f24. Empty where launches are not kept (Triton's path)."""
+    from roiops.gpu import launch as gpu_launch
+    from roiops.gpu import roi_align as gpu_align
+    from roiops.gpu import tiles
+
+    K, C = rois.shape[0], x.shape[1]
+    out = x.new_empty((K, C, 7, 7))
+    launch = gpu_align._forward_launch(x.shape, x.dtype, x.get_device(), K, False, 0.25, 7, 7,
+                                       2, True, False, False, tiles.forward_rois_inner(False),
+                                       *gpu_align.reuse_loads(2))  # fmt: skip
+    tensors = (x, rois, out, out)
+    launch(*tensors)
+    launch(*tensors)
+    if launch.seen is None:
+        return {}
+    _, compiled, tail = launch.seen
+    runtime = triton.knobs.runtime
+
+    def as_triton():
+        hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
+        device = gpu_launch.driver.active.get_current_device()
+        gpu_launch.Kernel.fire(compiled, launch.grid, device, (*tensors, *tail), hooks)
+
+    return {"launch": lambda: launch(*tensors), "launch_as_triton": as_triton}
 
 
 def forward_backward_ms(fn, x, grad) -> float:
@@ -811,6 +845,9 @@ def summary(report: dict) -> str:
                   for lib in ("", "torchvision_")]  # fmt: skip
             row("16-RoI torch.ops fwd, host us: roi_pool roiops / tv, ps_roi_pool roiops / tv",
                 f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
+        if "launch_us" in lat:
+            row("roi_align's kept launch alone, host us: now / as Triton's path passes it",
+                f"{lat['launch_us']:.1f} / {lat['launch_as_triton_us']:.1f}")  # fmt: skip
         if "ops_forward_after_sync_us" in lat:
             for when, what in (("sync", "a sync"), ("wait", f"a {WAIT_US} us wait")):
                 names = ("ops_forward", "torchvision_ops_forward", "launcher")

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 
+import pytest
 from conftest import load_benchmark
 
 
@@ -63,6 +64,8 @@ def test_summary_table():
             "torchvision_ops_roi_pool_forward_us": 10.0,
             "ops_ps_roi_pool_forward_us": 21.0,
             "torchvision_ops_ps_roi_pool_forward_us": 9.0,
+            "launch_us": 8.5,
+            "launch_as_triton_us": 11.25,
             "ops_forward_after_sync_us": 33.0,
             "torchvision_ops_forward_after_sync_us": 21.0,
             "launcher_after_sync_us": 19.0,
@@ -87,6 +90,8 @@ def test_summary_table():
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "fwd roiops / tv, bwd roiops / tv" in table and "26 / 11, 52 / 13" in table
     assert "roi_pool roiops / tv, ps_roi_pool roiops / tv" in table and "24 / 10, 21 / 9" in table
+    assert "kept launch alone, host us: now / as Triton's path passes it" in table
+    assert "8.5 / 11.2" in table
     assert "16-RoI fwd after a sync, host us: torch.ops roiops / tv, launcher" in table
     assert "16-RoI fwd after a 200 us wait, host us" in table and "77 / 22, 22" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
@@ -501,3 +506,49 @@ def test_warm_up_waits_for_its_workers_and_keeps_a_failed_one_s_last_lines():
     assert result["workers"] == 3 and result["returncodes"][:2] == [0, 3]
     assert result["returncodes"][2] != 0 and len(result["errors"]) == 2
     assert "compiling" in result["errors"][0]
+
+
+def test_launch_alone_launches_the_kept_launch_as_it_does_and_as_triton_would(monkeypatch):
+    # `latency`'s A/B of a direct launch: the same compiled kernel, given the tensors'
+    # addresses and no hooks, or the tensors, the launch metadata and Triton's hook chains
+    # (its kernels compiled, not interpreted, and compiled into stand-ins that record)
+    import inspect
+
+    import torch
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    from roiops.gpu import launch, tiles
+    from roiops.gpu import roi_align as gpu_align
+
+    gpu_report = load()
+    fake = load_benchmark("launch_overhead")
+    if not launch.fast_launch_supported():
+        pytest.skip("Triton's launch convention not mirrored")
+    interpreted = gpu_align.roi_align_forward_kernel.jit
+    unspecialised = [n for n in inspect.signature(interpreted.fn).parameters
+                     if n in tiles.UNSPECIALISED]  # fmt: skip
+    compiled = launch.Kernel(JITFunction(interpreted.fn, do_not_specialize=unspecialised))
+    monkeypatch.setattr(gpu_align, "roi_align_forward_kernel", compiled)
+    tiles.clear_caches()
+    x = torch.randn(2, 8, 10, 12)
+    rois = torch.tensor([[0, 1.0, 1.0, 30.0, 20.0], [1, 2.0, 3.0, 9.0, 9.0]])
+    metadata = object()
+    monkeypatch.setattr(fake.FakeCompiled, "launch_metadata", lambda *a: metadata)
+    try:
+        with fake.fake_gpu():
+            fns = gpu_report.launch_alone(x, rois)
+            assert set(fns) == {"launch", "launch_as_triton"}
+            fns["launch"]()
+            direct = next(iter(compiled.table.values()))[0].launches[-1]
+            fns["launch_as_triton"]()
+            as_triton = next(iter(compiled.table.values()))[0].launches[-1]
+    finally:
+        tiles.clear_caches()
+    runtime = triton.knobs.runtime
+    assert direct[:6] == as_triton[:6]  # grid, stream, function, packed metadata
+    assert direct[6:9] == (None, None, None)
+    assert as_triton[6:9] == (metadata, runtime.launch_enter_hook, runtime.launch_exit_hook)
+    tensors, values = as_triton[9:13], as_triton[13:]
+    assert tensors[:2] == (x, rois) and tensors[2] is tensors[3]
+    assert direct[9:13] == tuple(t.data_ptr() for t in tensors) and direct[13:] == values
