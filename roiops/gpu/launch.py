@@ -220,7 +220,7 @@ def _tensors_state(count: int):
 
 def launch_hooks() -> tuple:
     """Triton's launch hooks ``(enter, exit)`` (profilers, e.g. proton), or ``(None, None)``
-    where neither would do anything. Triton keeps each in a chain (``HookChain``, 3.5 on),
+    where neither would do anything. Triton keeps each in a chain (``HookChain``: 3.6, 3.8),
     which its launches call even when it is empty, after building the launch's metadata
     for it (``CompiledKernel.launch_metadata``): a launch given None for both skips the
     metadata and the two calls, and does nothing less."""
