@@ -222,12 +222,13 @@ def latency(rng) -> dict:
 
 
 def launch_alone(x, rois) -> dict:
-    """``{"launch": ..., "launch_as_triton": ...}``: two calls that launch roi_align's
-    kept forward launch (``roiops.gpu.launch.Launch``, 7x7 bins, sampling_ratio 2, its
-    output allocated once) on ``x`` and ``rois``: as it launches (the tensors' addresses,
-    no hooks while Triton's hook chains are empty), and the same compiled kernel as
-    Triton's path passes it (the tensors, the launch metadata, the chains), which direct
-    launches did before 4cd1f24. Empty where launches are not kept (Triton's path)."""
+    """Calls that launch roi_align's kept forward launch (``roiops.gpu.launch.Launch``,
+    7x7 bins, sampling_ratio 2, its output allocated once) on ``x`` and ``rois``:
+    ``launch``, the whole direct launch; ``fire``, its compiled kernel launched as it now
+    is (the tensors' addresses, no hooks while Triton's hook chains are empty); and
+    ``fire_as_triton``, the same kernel given what Triton's path gives it (the tensors,
+    the launch metadata, the chains), as direct launches did before 4cd1f24. Empty where
+    launches are not kept (Triton's path)."""
     from roiops.gpu import launch as gpu_launch
     from roiops.gpu import roi_align as gpu_align
     from roiops.gpu import tiles
@@ -243,14 +244,15 @@ def launch_alone(x, rois) -> dict:
     if launch.seen is None:
         return {}
     _, compiled, tail = launch.seen
-    runtime = triton.knobs.runtime
-
-    def as_triton():
-        hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
-        device = gpu_launch.driver.active.get_current_device()
-        gpu_launch.Kernel.fire(compiled, launch.grid, device, (*tensors, *tail), hooks)
-
-    return {"launch": lambda: launch(*tensors), "launch_as_triton": as_triton}
+    fire, grid, runtime = gpu_launch.Kernel.fire, launch.grid, triton.knobs.runtime
+    device = gpu_launch.driver.active.get_current_device()
+    addresses = tuple(t.data_ptr() for t in tensors)
+    chains = (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    return {
+        "launch": lambda: launch(*tensors),
+        "fire": lambda: fire(compiled, grid, device, (*addresses, *tail), (None, None)),
+        "fire_as_triton": lambda: fire(compiled, grid, device, (*tensors, *tail), chains),
+    }
 
 
 def forward_backward_ms(fn, x, grad) -> float:
@@ -846,8 +848,9 @@ def summary(report: dict) -> str:
             row("16-RoI torch.ops fwd, host us: roi_pool roiops / tv, ps_roi_pool roiops / tv",
                 f"{us[0]:.0f} / {us[1]:.0f}, {us[2]:.0f} / {us[3]:.0f}")  # fmt: skip
         if "launch_us" in lat:
-            row("roi_align's kept launch alone, host us: now / as Triton's path passes it",
-                f"{lat['launch_us']:.1f} / {lat['launch_as_triton_us']:.1f}")  # fmt: skip
+            row("roi_align's kept launch, host us: whole / fire / fire as Triton's path",
+                f"{lat['launch_us']:.1f} / {lat['fire_us']:.1f} / "
+                f"{lat['fire_as_triton_us']:.1f}")  # fmt: skip
         if "ops_forward_after_sync_us" in lat:
             for when, what in (("sync", "a sync"), ("wait", f"a {WAIT_US} us wait")):
                 names = ("ops_forward", "torchvision_ops_forward", "launcher")

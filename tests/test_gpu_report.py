@@ -64,8 +64,9 @@ def test_summary_table():
             "torchvision_ops_roi_pool_forward_us": 10.0,
             "ops_ps_roi_pool_forward_us": 21.0,
             "torchvision_ops_ps_roi_pool_forward_us": 9.0,
-            "launch_us": 8.5,
-            "launch_as_triton_us": 11.25,
+            "launch_us": 12.5,
+            "fire_us": 8.5,
+            "fire_as_triton_us": 11.25,
             "ops_forward_after_sync_us": 33.0,
             "torchvision_ops_forward_after_sync_us": 21.0,
             "launcher_after_sync_us": 19.0,
@@ -90,8 +91,8 @@ def test_summary_table():
     assert "launcher alone / recording autograd" in table and "12 / 41" in table
     assert "fwd roiops / tv, bwd roiops / tv" in table and "26 / 11, 52 / 13" in table
     assert "roi_pool roiops / tv, ps_roi_pool roiops / tv" in table and "24 / 10, 21 / 9" in table
-    assert "kept launch alone, host us: now / as Triton's path passes it" in table
-    assert "8.5 / 11.2" in table
+    assert "kept launch, host us: whole / fire / fire as Triton's path" in table
+    assert "12.5 / 8.5 / 11.2" in table
     assert "16-RoI fwd after a sync, host us: torch.ops roiops / tv, launcher" in table
     assert "16-RoI fwd after a 200 us wait, host us" in table and "77 / 22, 22" in table
     assert "roi_align b: NCHW kernel / copy + NHWC kernel, ms" in table and "0.50 / 0.75" in table
@@ -508,7 +509,7 @@ def test_warm_up_waits_for_its_workers_and_keeps_a_failed_one_s_last_lines():
     assert "compiling" in result["errors"][0]
 
 
-def test_launch_alone_launches_the_kept_launch_as_it_does_and_as_triton_would(monkeypatch):
+def test_launch_alone_fires_the_kept_launch_as_it_does_and_as_triton_would(monkeypatch):
     # `latency`'s A/B of a direct launch: the same compiled kernel, given the tensors'
     # addresses and no hooks, or the tensors, the launch metadata and Triton's hook chains
     # (its kernels compiled, not interpreted, and compiled into stand-ins that record)
@@ -538,14 +539,18 @@ def test_launch_alone_launches_the_kept_launch_as_it_does_and_as_triton_would(mo
     try:
         with fake.fake_gpu():
             fns = gpu_report.launch_alone(x, rois)
-            assert set(fns) == {"launch", "launch_as_triton"}
+            assert set(fns) == {"launch", "fire", "fire_as_triton"}
+            stand_in = next(iter(compiled.table.values()))[0]
             fns["launch"]()
-            direct = next(iter(compiled.table.values()))[0].launches[-1]
-            fns["launch_as_triton"]()
-            as_triton = next(iter(compiled.table.values()))[0].launches[-1]
+            direct = stand_in.launches[-1]
+            fns["fire"]()
+            fired = stand_in.launches[-1]
+            fns["fire_as_triton"]()
+            as_triton = stand_in.launches[-1]
     finally:
         tiles.clear_caches()
     runtime = triton.knobs.runtime
+    assert fired == direct
     assert direct[:6] == as_triton[:6]  # grid, stream, function, packed metadata
     assert direct[6:9] == (None, None, None)
     assert as_triton[6:9] == (metadata, runtime.launch_enter_hook, runtime.launch_exit_hook)
