@@ -422,6 +422,22 @@ def test_backward_in_regions_changes_no_bit(rng, monkeypatch, mode, dtype, chann
         assert torch.equal(gx, whole)
 
 
+def test_regions_choice_follows_its_settings_call_by_call(rng, monkeypatch):
+    # the zeroing's launch is kept per key (``tiles.cached``), which holds the choice's
+    # settings: one call's regions chosen do not make the next one's (the slow cases of
+    # roi_pool above failed so when run together)
+    n, c, h, w = 1, 3, 12, 10
+    x = on_device(rng.standard_normal((n, c, h, w)), torch.float32)
+    rois = on_device(random_rois(rng, n, 4, 2 * h, 2 * w, min_size=1, max_size=4), torch.float32)
+    grad = on_device(rng.standard_normal((4, c, 2, 2)), torch.float32)
+    for chosen in (True, False, True):
+        _, regions = regions_backward(
+            monkeypatch, partial(backward_launch, "pool", x, rois, grad, torch.empty_like(x)),
+            chosen,
+        )  # fmt: skip
+        assert regions.chosen() == chosen
+
+
 @pytest.mark.parametrize(
     "output_size,channels_last,regions",
     [((7, 7), False, False)] + slow_cases(((9, 9), True, True), ((3, 5), False, True)),

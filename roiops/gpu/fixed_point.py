@@ -567,7 +567,9 @@ class Regions:
         ``channels`` channels, by ``zero_regions_and_bound_kernel``."""
         amax = new_amax(grad)
         launch = _zero_regions_launch(flat.numel(), grad.numel(), grad.dtype, grad.get_device(),
-                                      self.shape, channels, self.rects.shape[0])  # fmt: skip
+                                      self.shape, channels, self.rects.shape[0],
+                                      REGION_SUM_SHARE, REGION_LARGEST_SHARE,
+                                      WHOLE_PROGRAMS)  # fmt: skip
         launch(flat, grad.contiguous(), amax, self.rects, self.parts, self.flags)
         return amax
 
@@ -588,20 +590,22 @@ def _regions_launch(kernel, K, shape, dtype, device, spatial_scale, args, conste
 
 
 @cached
-def _zero_regions_launch(acc_size, grad_size, dtype, device, shape, channels, K) -> Launch:
+def _zero_regions_launch(acc_size, grad_size, dtype, device, shape, channels, K, sum_share,
+                         largest_share, whole_programs) -> Launch:  # fmt: skip
     """``Regions.zero_and_bound``'s launch for an accumulator of ``acc_size`` elements
     over a map of ``shape`` (N, C, H, W) with ``channels`` channels, ``grad_size``
-    gradients of ``dtype`` on ``device`` and K RoIs: its tensors ``(flat, grad, amax,
-    rects, parts, flags)``."""
+    gradients of ``dtype`` on ``device``, K RoIs and the choice's settings
+    (REGION_SUM_SHARE, REGION_LARGEST_SHARE, WHOLE_PROGRAMS): its tensors ``(flat, grad,
+    amax, rects, parts, flags)``."""
     _, _, h, w = shape
     cells = shape[0] * h * w
     block_c = min(REGION_CHANNELS, next_power_of_2(channels))
     regions = K * cdiv(channels, block_c) * REGION_ROWS
     # (no more whole-map programs than blocks to zero: a small map takes a few)
-    whole = max(1, min(WHOLE_PROGRAMS, cdiv(acc_size, ZERO_BLOCK)))
+    whole = max(1, min(whole_programs, cdiv(acc_size, ZERO_BLOCK)))
     grid = check_grid(AMAX_PARTS.value + whole + regions, "backward")
-    values = (acc_size, grad_size, h, w, channels, cells // REGION_SUM_SHARE,
-              cells // REGION_LARGEST_SHARE, whole)  # fmt: skip
+    values = (acc_size, grad_size, h, w, channels, cells // sum_share, cells // largest_share,
+              whole)  # fmt: skip
     return Launch(zero_regions_and_bound_kernel, grid, values, BLOCK=ZERO_BLOCK,
                   GRAD_BLOCK=amax_block(dtype), ROWS=REGION_ROWS, CELLS=REGION_CELLS,
                   BLOCK_C=block_c, num_warps=ZERO_WARPS)  # fmt: skip
