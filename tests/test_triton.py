@@ -482,6 +482,29 @@ def union_of_bins(box, scale, pooled, h, w):
     return (h0, h1, w0, w1) if h0 < h1 and w0 < w1 else (h0, h0, w0, max(w1, w0))
 
 
+def test_the_regions_launch_follows_region_rois_call_by_call(rng, monkeypatch):
+    # the regions kernel's launch is kept per key (``tiles.cached``), which holds its RoIs
+    # a round: a call after REGION_ROIS changed builds its own
+    rois = on_device(region_boxes(rng, 2, 13, 11, huge=False), torch.float32)
+    blocks = []
+
+    class Recorded(fixed_point.Launch):
+        __slots__ = ()
+
+        def __init__(self, kernel, grid, values=(), **kwargs):
+            blocks.append(kwargs.get("BLOCK"))
+            super().__init__(kernel, grid, values, **kwargs)
+
+    monkeypatch.setattr(fixed_point, "Launch", Recorded)
+    gpu_tiles.clear_caches()
+    default = fixed_point.REGION_ROIS
+    first = gpu_pool.roi_pool_regions(rois, (2, 3, 13, 11), 0.5, 3, 5).rects
+    monkeypatch.setattr(fixed_point, "REGION_ROIS", 16)
+    again = gpu_pool.roi_pool_regions(rois, (2, 3, 13, 11), 0.5, 3, 5).rects
+    gpu_tiles.clear_caches()
+    assert blocks == [default, 16] and default != 16 and torch.equal(first, again)
+
+
 def test_roi_pool_regions_are_the_union_of_the_bins(rng, monkeypatch):
     # each RoI's region is its bins' union as the reference cuts them (bins of 0-4 cells
     # that overlap, partly or wholly beyond the map), an invalid RoI's empty; the areas'

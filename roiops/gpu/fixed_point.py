@@ -558,7 +558,7 @@ class Regions:
         regions = cls(rois, shape)
         launch = _regions_launch(kernel, rois.shape[0], regions.shape, rois.dtype,
                                  rois.get_device(), spatial_scale, args,
-                                 tuple(constexprs.items()))  # fmt: skip
+                                 tuple(constexprs.items()), REGION_ROIS)  # fmt: skip
         launch(rois, regions.rects, regions.parts, regions.flags)
         return regions
 
@@ -579,13 +579,15 @@ class Regions:
 
 
 @cached
-def _regions_launch(kernel, K, shape, dtype, device, spatial_scale, args, constexprs) -> Launch:
+def _regions_launch(kernel, K, shape, dtype, device, spatial_scale, args, constexprs,
+                    block) -> Launch:  # fmt: skip
     """``Regions.found_by``'s launch of a regions ``kernel`` for K RoIs of ``dtype`` on
-    ``device``, a map of ``shape`` (N, C, H, W) and the kernel's further ``args`` and
-    ``constexprs`` (name, value pairs): its tensors ``(rois, rects, parts, flags)``."""
+    ``device``, a map of ``shape`` (N, C, H, W), the kernel's further ``args`` and
+    ``constexprs`` (name, value pairs) and ``block`` RoIs a round (REGION_ROIS): its
+    tensors ``(rois, rects, parts, flags)``."""
     n, _, h, w = shape
     values = (K, n, h, w, scale_bits(spatial_scale), n * h * w, *args)
-    return Launch(kernel, (REGION_PARTS.value,), values, **dict(constexprs), BLOCK=REGION_ROIS,
+    return Launch(kernel, (REGION_PARTS.value,), values, **dict(constexprs), BLOCK=block,
                   num_warps=4)  # fmt: skip
 
 
