@@ -470,6 +470,39 @@ def test_roi_pool_scatter_in_runs_changes_no_bit(rng, monkeypatch, output_size, 
     torch.testing.assert_close(runs, ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("channels_last", [False] + slow_cases(True))
+def test_roi_pool_scatter_in_regions_drops_an_argmax_outside_the_region(rng, monkeypatch,
+                                                                       channels_last):  # fmt: skip
+    # with REGIONS the scatter adds only inside each RoI's region, where the forward's
+    # argmax always lies: an argmax elsewhere (here the map's last cell, beyond every RoI)
+    # routes nothing, by runs (RUNS: the neighbours skip the region test) as by an atomic
+    # each: the bits of the same argmax with those bins at -1. (The regions not chosen:
+    # the whole map is converted, so a cell added outside them would show.)
+    monkeypatch.setattr(fixed_point, "REGION_SUM_SHARE", 2**62)
+    n, c, h, w = 2, 5, 16, 14
+    x = on_device(np.round(rng.standard_normal((n, c, h, w))), torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    # RoIs of 0-3 cells over the map's first 10 or so rows and columns
+    rois = on_device(random_rois(rng, n, 12, h, w, min_size=0, max_size=3), torch.float32)
+    grad = on_device(rng.standard_normal((12, c, 7, 7)), torch.float32)
+    _, argmax = gpu_pool.roi_pool_forward(x, rois, 0.5, 7, 7)
+    elsewhere = torch.from_numpy(rng.random(tuple(argmax.shape)) < 0.3).to(argmax.device)
+    far, dropped = argmax.clone(), argmax.clone()  # (in the argmax's layout)
+    far[elsewhere] = h * w - 1
+    dropped[elsewhere] = -1
+
+    def backward(argmax, regions, runs):
+        monkeypatch.setattr(gpu_pool, "REGIONS", regions)
+        monkeypatch.setattr(gpu_pool, "RUNS", runs)
+        return gpu_pool.roi_pool_backward(grad, rois, argmax, torch.empty_like(x), 0.5)
+
+    expected = backward(dropped, False, False)
+    assert not torch.equal(backward(far, False, False), expected)  # (the far cell adds)
+    for runs in (False, True):
+        assert torch.equal(backward(far, True, runs), expected), runs
+
+
 def union_of_bins(box, scale, pooled, h, w):
     """(h0, h1, w0, w1): the reference's bins' union for one RoI (empty: h1 == h0)."""
     q = ref_roi_pool.quantize_roi(box, scale, np.float32)

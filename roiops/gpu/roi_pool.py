@@ -308,15 +308,18 @@ def scatter_to_argmax(G, ARGMAX, IMAGE, k, c, c_ok, valid, C, cells, scale,
                                 w0, w1, W, REGIONS)  # fmt: skip
         if RUNS:
             # the cells of the bins before and after in the tile (-1 past its ends, as
-            # for a bin that routes nothing): a run starts where the cell changes
+            # for a bin that routes nothing): a run starts where the cell changes. The
+            # neighbours skip the region test (a division a bin): a neighbour on a bin's
+            # routed cell lies in the same RoI's region, and one outside it differs from
+            # every routed cell either way, so the runs of routed cells are the same
             fixed = tl.where(ok, to_fixed(g, scale), 0)
             last = p0 + BLOCK_P - 1
             before, _ = _routed_cell(ARGMAX, k, c, p - 1, (p > p0) & (p <= P) & c_ok[None, :],
                                      valid, C, cells, P, ARGMAX_CM, h0, h1, w0, w1, W,
-                                     REGIONS)  # fmt: skip
+                                     False)  # fmt: skip
             after, _ = _routed_cell(ARGMAX, k, c, p + 1, (p < last) & (p + 1 < P) & c_ok[None, :],
                                     valid, C, cells, P, ARGMAX_CM, h0, h1, w0, w1, W,
-                                    REGIONS)  # fmt: skip
+                                    False)  # fmt: skip
             _, sums = tl.associative_scan((cell != before, fixed), 0, _segmented_sum)
             ends = cell != after
             tl.atomic_add(IMAGE + c[None, :] + cell.to(tl.int64) * C, sums,
