@@ -218,6 +218,10 @@ def _tensors_state(count: int):
     return state
 
 
+# Triton's chain of launch hooks (knobs.HookChain; read in 3.6 and 3.8), or None
+_HookChain = getattr(triton.knobs, "HookChain", None)
+
+
 def launch_hooks() -> tuple:
     """Triton's launch hooks ``(enter, exit)`` (profilers, e.g. proton), or ``(None, None)``
     where neither would do anything. Triton keeps each in a chain (``HookChain``: 3.6, 3.8),
@@ -232,9 +236,6 @@ def launch_hooks() -> tuple:
     ):
         return None, None
     return enter, leave
-
-
-_HookChain = getattr(triton.knobs, "HookChain", None)
 
 
 def _switches() -> tuple:
