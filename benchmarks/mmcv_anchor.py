@@ -1,16 +1,21 @@
-"""roi_align_rotated against mmcv's CPU kernel, built here from mmcv's source release.
+"""roi_align_rotated and roi_align (average and max) against mmcv's CPU kernels, built here
+from mmcv's source release.
 
 mmcv has no wheels for current torch and its full build does not compile against
 torch >= 2.10 headers as released (it asks for C++14/17; torch's headers need C++20).
 This script fetches mmcv 2.2.0's source release from PyPI (checked against its
-sha256), compiles only its rotated RoIAlign (the CPU kernel, its dispatcher and the
-two headers they include) with ``torch.utils.cpp_extension`` in C++20, and then
+sha256), compiles only its rotated and plain RoIAlign (the CPU kernels, their
+dispatchers and the two headers they include) with ``torch.utils.cpp_extension`` in
+C++20, and then
 
 * compares roiops with it on random rotated boxes (boxes past the map's edges too), all
   of mmcv's conventions (``clockwise``, ``aligned``), fixed and adaptive sampling,
   forward and input gradient, float32 and float64, and fails if they differ beyond
   ``TOLERANCE``;
-* times both, forward and backward, on one case.
+* does the same for ``roi_align`` in mmcv's two ``pool_mode``s, ``"avg"`` and
+  ``"max"`` (roiops' ``mode="max"``: mmcv is the library that ships the article's max
+  over the sampling points);
+* times both, forward and backward, on one case of the rotated op.
 
 Nothing of mmcv enters roiops: the source and the build stay in ``--cache``
 (default ``build/mmcv-anchor``, ignored by git). Run: ``python benchmarks/mmcv_anchor.py``.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import tarfile
 import time
@@ -42,6 +48,8 @@ NEEDED = [
     "common/pytorch_device_registry.hpp",
     "pytorch/roi_align_rotated.cpp",
     "pytorch/cpu/roi_align_rotated.cpp",
+    "pytorch/roi_align.cpp",
+    "pytorch/cpu/roi_align.cpp",
 ]
 BINDING = """
 #include <torch/extension.h>
@@ -51,9 +59,17 @@ void roi_align_rotated_forward(Tensor input, Tensor rois, Tensor output, int poo
 void roi_align_rotated_backward(Tensor grad_output, Tensor rois, Tensor grad_input,
     int pooled_height, int pooled_width, float spatial_scale, int sampling_ratio,
     bool aligned, bool clockwise);
+void roi_align_forward(Tensor input, Tensor rois, Tensor output, Tensor argmax_y,
+    Tensor argmax_x, int aligned_height, int aligned_width, float spatial_scale,
+    int sampling_ratio, int pool_mode, bool aligned);
+void roi_align_backward(Tensor grad_output, Tensor rois, Tensor argmax_y, Tensor argmax_x,
+    Tensor grad_input, int aligned_height, int aligned_width, float spatial_scale,
+    int sampling_ratio, int pool_mode, bool aligned);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &roi_align_rotated_forward);
   m.def("backward", &roi_align_rotated_backward);
+  m.def("roi_align_forward", &roi_align_forward);
+  m.def("roi_align_backward", &roi_align_backward);
 }
 """
 
@@ -80,12 +96,15 @@ def build(cache: Path):
     csrc = fetch(cache)
     binding = cache / "binding.cpp"
     binding.write_text(BINDING)
-    # the dispatcher and the CPU kernel share a file name: ninja needs distinct objects
-    dispatcher = cache / "dispatch_roi_align_rotated.cpp"
-    dispatcher.write_bytes((csrc / "pytorch/roi_align_rotated.cpp").read_bytes())
+    sources = [str(binding)]
+    for op in ("roi_align_rotated", "roi_align"):
+        # the dispatcher and the CPU kernel share a file name: ninja needs distinct objects
+        dispatcher = cache / f"dispatch_{op}.cpp"
+        dispatcher.write_bytes((csrc / f"pytorch/{op}.cpp").read_bytes())
+        sources += [str(dispatcher), str(csrc / f"pytorch/cpu/{op}.cpp")]
     return cpp_extension.load(
-        name="mmcv_roi_align_rotated",
-        sources=[str(binding), str(dispatcher), str(csrc / "pytorch/cpu/roi_align_rotated.cpp")],
+        name="mmcv_roi_align_ops",
+        sources=sources,
         extra_include_paths=[str(csrc / "common")],
         extra_cflags=["-O3", "-std=c++20"],
         build_directory=str(cache),
@@ -149,6 +168,107 @@ def compare(ext, rng) -> tuple[list[str], bool]:
     return lines, ok
 
 
+# roi_align against mmcv: the forward bit for bit in either mode (the same operations in
+# the same order as torchvision's CPU kernel), the max mode's gradient too; the average's
+# gradient divides by the sample count after the bilinear weight in mmcv (as in
+# torchvision), before it in roiops: a last-bit difference where the count is not a power
+# of two (an adaptive grid)
+GRADIENT_TOLERANCE = {
+    "avg": {torch.float32: 1e-5, torch.float64: 1e-14},
+    "max": {torch.float32: 0.0, torch.float64: 0.0},
+}
+# mmcv's pool_mode codes (mmcv.ops.roi_align's ``pool_mode``), by roiops' mode
+POOL_MODES = {"max": 0, "avg": 1}
+
+
+def mmcv_roi_align(ext, x, rois, size, scale, ratio, mode, aligned, grad):
+    """mmcv's roi_align forward and input gradient, as ``mmcv.ops.roi_align`` calls its
+    kernels (the argmax coordinates are its max mode's alone)."""
+    out = x.new_zeros((rois.shape[0], x.shape[1], size, size))
+    shape = out.shape if mode == "max" else (0,)
+    argmax_y, argmax_x = x.new_zeros(shape), x.new_zeros(shape)
+    args = (size, size, scale, ratio, POOL_MODES[mode], aligned)
+    ext.roi_align_forward(x, rois, out, argmax_y, argmax_x, *args)
+    gx = torch.zeros_like(x)
+    ext.roi_align_backward(grad.contiguous(), rois, argmax_y, argmax_x, gx, *args)
+    return out, gx
+
+
+def roiops_roi_align(x, rois, size, scale, ratio, mode, aligned, grad):
+    xr = x.detach().clone().requires_grad_(True)
+    out = roiops.roi_align(xr, rois, size, scale, ratio, aligned, mode=mode)
+    out.backward(grad)
+    return out.detach(), xr.grad
+
+
+def random_boxes(rng, dtype, n=2, h=24, w=30, k=64, scale=1.0):
+    """``Tensor[K, 5]`` in image coordinates: sides from a fifth of a cell to the map's,
+    some past its edges (none of negative size: mmcv's CPU kernel asserts on them when
+    aligned)."""
+    x1, y1 = rng.uniform(-4, w * 1.1, k), rng.uniform(-4, h * 1.1, k)
+    bw, bh = rng.uniform(0.2, w, k), rng.uniform(0.2, h, k)
+    rois = np.stack([rng.integers(0, n, k), x1, y1, x1 + bw, y1 + bh], 1)
+    rois[:, 1:] /= scale
+    return torch.from_numpy(rois).to(dtype)
+
+
+def compare_roi_align(ext, rng) -> tuple[list[str], bool]:
+    """roi_align's comparison table in both of mmcv's modes, and whether every difference
+    is within ``TOLERANCE``."""
+    ok = True
+    lines = ["dtype    mode aligned sr  scale  forward max|diff|  gradient max|diff|"]
+    for dtype in (torch.float32, torch.float64):
+        for mode in ("avg", "max"):
+            for aligned in (True, False):
+                for ratio, scale in ((2, 0.5), (0, 1.0), (1, 0.25)):
+                    x = torch.from_numpy(rng.standard_normal((2, 8, 24, 30))).to(dtype)
+                    rois = random_boxes(rng, dtype, scale=scale)
+                    grad = torch.randn((rois.shape[0], x.shape[1], 5, 5), dtype=dtype)
+                    a = mmcv_roi_align(ext, x, rois, 5, scale, ratio, mode, aligned, grad)
+                    b = roiops_roi_align(x, rois, 5, scale, ratio, mode, aligned, grad)
+                    fwd = (a[0] - b[0]).abs().max().item()
+                    bwd = (a[1] - b[1]).abs().max().item()
+                    ok &= fwd == 0 and bwd <= GRADIENT_TOLERANCE[mode][dtype]
+                    lines.append(f"{str(dtype)[6:]:8s} {mode:4s} {aligned!s:7s} {ratio:2d} "
+                                 f"{scale:5.2f}  {fwd:17.3g}  {bwd:18.3g}")  # fmt: skip
+    return lines, ok
+
+
+# the cases whose mmcv results ``--write-expected`` stores for tests/test_roi_align.py:
+# (mode, aligned, sampling_ratio, spatial_scale, map): "normal" values, or "ties", small
+# integers, so that many bins hold equal maxima (the first sampling point wins in both)
+EXPECTED_CASES = [
+    ("max", True, 2, 0.5, "normal"),
+    ("max", False, 0, 1.0, "ties"),
+    ("max", True, 0, 1.0, "ties"),
+    ("max", False, 1, 0.25, "normal"),
+]
+
+
+def write_expected(ext, path: Path) -> None:
+    """mmcv's roi_align outputs and input gradients on ``EXPECTED_CASES``, float32 and
+    float64, as JSON (exact: Python writes a float as the shortest text that reads back
+    as the same double)."""
+    rng = np.random.default_rng(2)
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+        for mode, aligned, ratio, scale, values in EXPECTED_CASES:
+            shape = (2, 2, 6, 7)
+            x = rng.standard_normal(shape) if values == "normal" else rng.integers(-2, 3, shape)
+            x = torch.from_numpy(x).to(dtype)
+            rois = random_boxes(rng, dtype, h=6, w=7, k=6, scale=scale)
+            grad = torch.from_numpy(rng.standard_normal((6, 2, 3, 3))).to(dtype)
+            out, gx = mmcv_roi_align(ext, x, rois, 3, scale, ratio, mode, aligned, grad)
+            cases.append({
+                "dtype": str(dtype)[6:], "mode": mode, "aligned": aligned,
+                "sampling_ratio": ratio, "spatial_scale": scale, "output_size": 3,
+                "input": x.tolist(), "rois": rois.tolist(), "grad_output": grad.tolist(),
+                "output": out.tolist(), "grad_input": gx.tolist(),
+            })  # fmt: skip
+    source = f"mmcv 2.2.0's CPU roi_align kernel ({SDIST.rsplit('/', 1)[1]}, sha256 {SHA256})"
+    path.write_text(json.dumps({"source": source, "cases": cases}) + "\n")
+
+
 def timed(fn, repeat=10):
     fn()
     samples = []
@@ -182,22 +302,40 @@ def bench(ext, rng) -> list[str]:
     ours = timed(lambda: ro.roi_align_rotated_backward(
         grad, rois, scale, size, size, 2, True, False, False, n, c, h, w))  # fmt: skip
     t["backward"] = (backward_ms, ours)
+    # roi_align's max mode on the same map, its boxes the rotated ones' upright corners
+    centre, half = rois[:, 1:3], rois[:, 3:5] / 2
+    boxes = torch.cat([rois[:, :1], centre - half, centre + half], 1)
+    t["roi_align max, forward + backward"] = (
+        timed(lambda: mmcv_roi_align(ext, x, boxes, size, scale, 2, "max", True, grad)),
+        timed(lambda: roiops_roi_align(x, boxes, size, scale, 2, "max", True, grad)),
+    )
     lines = [f"case: x {tuple(x.shape)} float32, {k} rotated boxes 16-200 px, 7x7, sr=2",
-             "direction  mmcv ms  roiops ms  speed-up"]  # fmt: skip
+             "direction                          mmcv ms  roiops ms  speed-up"]  # fmt: skip
     for direction, (theirs, mine) in t.items():
-        lines.append(f"{direction:9s} {theirs:8.2f} {mine:10.2f} {theirs / mine:8.1f}x")
+        lines.append(f"{direction:33s} {theirs:8.2f} {mine:10.2f} {theirs / mine:8.1f}x")
     return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cache", default="build/mmcv-anchor")
+    p.add_argument("--write-expected", metavar="PATH", type=Path,
+                   help="write mmcv's roi_align results on EXPECTED_CASES to PATH "
+                   "(tests/data/mmcv_roi_align.json) and stop")  # fmt: skip
     args = p.parse_args()
     ext = build(Path(args.cache))
+    if args.write_expected:
+        write_expected(ext, args.write_expected)
+        return
     rng = np.random.default_rng(0)
     lines, same = compare(ext, rng)
     print("\n".join(lines))
     print()
+    lines, same_roi_align = compare_roi_align(ext, rng)
+    print("roi_align (mmcv pool_mode avg / max = roiops mode avg / max)")
+    print("\n".join(lines))
+    print()
+    same &= same_roi_align
     print("\n".join(bench(ext, rng)))
     if not same:
         raise SystemExit("roiops and mmcv differ beyond the tolerance (see the table)")

@@ -1,5 +1,8 @@
 """roi_align: every backend vs the NumPy reference and vs torchvision, forward and backward."""
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +70,31 @@ def test_arange_image_four_samples_and_max():
     expected = torch.zeros(5, 5)
     expected[2:4, 2:4] = 0.25
     torch.testing.assert_close(x.grad[0, 0], expected)
+
+
+# mmcv's roi_align (pool_mode "max" is the article's max over the sampling points, which
+# neither torchvision nor detectron2 ships): outputs and input gradients of its CPU kernel,
+# stored by `python benchmarks/mmcv_anchor.py --write-expected tests/data/mmcv_roi_align.json`
+# (it builds the kernel from mmcv's source release, which a test cannot download). Maps
+# of small integers make many bins hold equal maxima: the first sampling point wins in
+# both. (Not covered, where mmcv differs: a bin with no sampling point, 0 here and
+# -10000 in mmcv's CPU kernel, -FLT_MAX in its CUDA one; values below -10000, which its
+# CPU kernel never outputs; NaN.)
+MMCV_ROI_ALIGN = json.loads(
+    (pathlib.Path(__file__).parent / "data" / "mmcv_roi_align.json").read_text()
+)["cases"]
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("case", range(len(MMCV_ROI_ALIGN)))
+def test_max_mode_is_mmcv_max_pool_mode_bitwise(backend, case):
+    c = MMCV_ROI_ALIGN[case]
+    dtype = getattr(torch, c["dtype"])
+    x, rois, grad = (torch.tensor(c[key], dtype=dtype) for key in ("input", "rois", "grad_output"))
+    out, gx = run(backend, x, rois, c["output_size"], c["spatial_scale"], c["sampling_ratio"],
+                  c["aligned"], c["mode"], grad)  # fmt: skip
+    assert torch.equal(out, torch.tensor(c["output"], dtype=dtype))
+    assert torch.equal(gx, torch.tensor(c["grad_input"], dtype=dtype))
 
 
 def test_backward_by_hand():
