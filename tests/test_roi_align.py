@@ -137,6 +137,33 @@ def test_numba_equals_reference_bitwise(rng, dtype, aligned, ratio, scale, outpu
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["max", "onnx_max"])
+@pytest.mark.parametrize("ratio", [3, 4, 0])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf * 0
+def test_max_backward_of_small_and_large_grids_is_the_references_bits(rng, dtype, mode, ratio):
+    # the CPU kernel adds a bin's gradient as masked whole-channel vectors where its grid
+    # has at most MASKED_SAMPLES (9) points and channel by channel where it has more: 3x3
+    # and 4x4 grids, and adaptive grids of 1 to 121 points in one call (an argmax on a
+    # point outside the map too); compared as bits, so a -0.0 would show
+    x = as_tensor(rng.standard_normal((2, 37, 12, 14)), dtype)
+    rois = torch.tensor(
+        [[0, 0, 0, 13, 11], [1, 2, 1, 6, 5], [0, 3.3, 2.2, 12.9, 11.7], [1, -2, -1, 25, 23],
+         [1, -6, -5, 2, 3], [0, 5, 5, 5.5, 5.25]], dtype=dtype,
+    )  # fmt: skip
+    grad = as_tensor(rng.standard_normal((6, 37, 2, 2)), dtype)
+    grad[:, ::5] = 0.0
+    # points outside the map win bins of the fifth box: an infinite gradient there must
+    # reach no cell (elsewhere it gives inf, and NaN on zero-weight corners, as it does in
+    # the reference)
+    grad[4] = float("inf")
+    fast = run("numba", x, rois, 2, 1.0, ratio, True, mode, grad)
+    ref = run("reference", x, rois, 2, 1.0, ratio, True, mode, grad)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(fast[0].view(bits), ref[0].view(bits))
+    assert torch.equal(fast[1].view(bits), ref[1].view(bits))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("aligned,ratio,scale,output_size", CASES)
 def test_matches_torchvision(rng, dtype, aligned, ratio, scale, output_size):
     x = as_tensor(rng.standard_normal((2, 5, 10, 12)), dtype)
