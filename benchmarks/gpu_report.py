@@ -255,6 +255,69 @@ def launch_alone(x, rois) -> dict:
     }
 
 
+# calls of each op that launch_check compares: the first goes through Triton's path and
+# keeps its launches, the later ones launch them directly
+LAUNCH_CHECK_CALLS = 3
+
+
+def launch_check(device: str = "cuda", calls: dict | None = None) -> dict:
+    """Whether roiops' direct launches (``roiops.gpu.launch``: the kept launches and
+    ``Kernel``'s table) give on this machine what Triton's own path gives: roi_align and
+    roi_pool forward and backward (``launch_check_calls``), each called
+    ``LAUNCH_CHECK_CALLS`` times, against the same calls with ``ROIOPS_FAST_LAUNCH=0``,
+    bit for bit (the backward is deterministic). Where a call differs or raises, the rest
+    of the run takes Triton's path (the variable set to 0 in this process and so in those
+    it starts) and the summary says so: the figures then lack the direct launches'
+    saving, but are figures (tested on CPU only before a GPU ran them)."""
+    from roiops.gpu.launch import ENV_VAR
+
+    calls = launch_check_calls(device) if calls is None else calls
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "0"
+    try:
+        expected = {name: call() for name, call in calls.items()}
+    finally:
+        if before is None:
+            del os.environ[ENV_VAR]
+        else:
+            os.environ[ENV_VAR] = before
+    differ, error = [], None
+    try:
+        for name, call in calls.items():
+            for i in range(LAUNCH_CHECK_CALLS):
+                got = call()
+                if not all(map(torch.equal, got, expected[name])):
+                    differ.append(f"{name}, call {i + 1}")
+    except Exception:  # noqa: BLE001 -- reported, and the run goes on on Triton's path
+        error = traceback.format_exc()
+        print(f"a direct launch failed:\n{error}", flush=True)
+    ok = not differ and error is None
+    if not ok:
+        os.environ[ENV_VAR] = "0"
+    return {"ok": ok, "differ": differ, "error": error, "switched_off": before == "0"}
+
+
+def launch_check_calls(device: str) -> dict:
+    """``{name: call}``: each call returns its op's output and input gradient, for the
+    latency part's inputs (whose kernels it then finds compiled)."""
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(2, 256, 50, 68, device=device, generator=generator)
+    rois = box_rows(np.random.default_rng(0), 2, 16, 200, 272, device=device)
+    grad = torch.randn(16, 256, 7, 7, device=device, generator=generator)
+
+    def forward_backward(op):
+        leaf = x.clone().requires_grad_()
+        out = op(leaf, rois, 7, 0.25)
+        out.backward(grad)
+        return out.detach(), leaf.grad
+
+    align = partial(roiops.roi_align, sampling_ratio=2, aligned=True)
+    return {
+        "roi_align": lambda: forward_backward(align),
+        "roi_pool": lambda: forward_backward(roiops.roi_pool),
+    }
+
+
 def forward_backward_ms(fn, x, grad) -> float:
     def step():
         (g,) = torch.autograd.grad(fn(x), x, grad)
@@ -800,6 +863,12 @@ def summary(report: dict) -> str:
     def row(what, value, target=""):
         lines.append(f"{what:<58} {value:>14} {target:>10}")
 
+    check = report.get("launch_check")
+    if check is not None:
+        verdict = ("switched off" if check["switched_off"] else "same bits" if check["ok"]
+                   else "DIFFER: ran on Triton's path")  # fmt: skip
+        row("direct launches against Triton's path (roi_align, roi_pool)", verdict,
+            "same bits")  # fmt: skip
     t = report["tests"]
     row("compiled Triton + CUDA tests", " ".join(f"{v} {k}" for k, v in t["counts"].items()),
         "all pass")  # fmt: skip
@@ -1144,6 +1213,9 @@ def main(argv: list[str] | None = None) -> int:
         sharded_calls(*map(int, args.warm_shard.split("/")))
         parts = [p for p in parts if p in WARM_PARTS]
         args.json = None
+    # before anything else, so that the processes it starts inherit its verdict
+    if not args.warm_shard:
+        section(report, "launch_check", launch_check, args.json)
     # the warm-up compiles beside the tests (both are mostly Triton's compiler)
     warming = [] if args.no_warm_up or args.warm_shard else warm_up(parts, args.quick)
     if "tests" in parts:

@@ -80,8 +80,16 @@ def test_summary_table():
             "distinct_gradients_of_5": {"roiops": 1, "torchvision": 5},
         },
         "forward_layouts": {"roi_align b": {"nchw_ms": 0.5, "copy_then_nhwc_ms": 0.75}},
-    }
+        "launch_check": {"ok": False, "differ": ["roi_pool, call 2"], "error": None,
+                         "switched_off": False},
+    }  # fmt: skip
     table = gpu_report.summary(report)
+    assert "direct launches against Triton's path" in table
+    assert "DIFFER: ran on Triton's path" in table
+    report["launch_check"]["ok"] = True
+    assert "same bits" in gpu_report.summary(report).split("compiled Triton")[0]
+    report["launch_check"]["switched_off"] = True
+    assert "switched off" in gpu_report.summary(report)
     assert "80 passed 1 failed" in table
     assert "float32 forward: geometric mean vs torchvision" in table
     assert "1.34x" in table  # sqrt(1.5 * 1.2)
@@ -396,6 +404,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_report.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_report.torch.cuda, "get_device_name", lambda: "a GPU")
     results = {
+        "launch_check": {"ok": True, "differ": [], "error": None, "switched_off": False},
         "run_tests": {"counts": {"passed": 1}, "ok": True},
         "bench_rows": [],
         "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
@@ -416,11 +425,12 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_report, "finish_warm_up", lambda runs, timeout_s: {"workers": 1})
     path = tmp_path / "cuda.json"
     gpu_report.main(["--parts", "float16", "backward_passes", "--json", str(path)])
-    assert measured == ["bench_rows", "backward_passes"]
+    # the launch check first, in every run
+    assert measured == ["launch_check", "bench_rows", "backward_passes"]
     assert warmed == [["float16", "backward_passes"]]
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     report = json.loads(path.read_text())
-    assert set(report["seconds"]) == {"warm_up", "float16", "backward_passes"}
+    assert set(report["seconds"]) == {"launch_check", "warm_up", "float16", "backward_passes"}
     table = gpu_report.summary(report)
     assert "of which compiling in the timed parts (kernels), s" in table and " 0 (0)" in table
     assert "warm-up (beside the tests), waited for, s" in table
@@ -428,17 +438,17 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     measured.clear()
     # make gpu's default: the checks of issue 9, not the tuning measurements
     gpu_report.main(["--json", str(path)])
-    assert measured == ["run_tests", "bench_rows", "bench_rows", "bench_rows", "latency",
-                        "deterministic_mode"]  # fmt: skip
+    assert measured == ["launch_check", "run_tests", "bench_rows", "bench_rows", "bench_rows",
+                        "latency", "deterministic_mode"]  # fmt: skip
     table = gpu_report.summary(json.loads(path.read_text()))
     assert "this run's time after its imports, s" in table and "<= 480 s" in table
     measured.clear()
     gpu_report.main(["--parts", "tuning"])
-    assert measured == ["program_order", "forward_layouts", "backward_passes", "kernel_configs",
-                        "reuse_loads"]  # fmt: skip
+    assert measured == ["launch_check", "program_order", "forward_layouts", "backward_passes",
+                        "kernel_configs", "reuse_loads"]  # fmt: skip
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 10
+    assert "run_tests" not in measured and len(measured) == 11
     warmed.clear()
     gpu_report.main(["--parts", "float32", "--no-warm-up", "--json", str(path)])
     assert not warmed and "warm_up" not in json.loads(path.read_text())["seconds"]
@@ -557,3 +567,41 @@ def test_launch_alone_fires_the_kept_launch_as_it_does_and_as_triton_would(monke
     tensors, values = as_triton[9:13], as_triton[13:]
     assert tensors[:2] == (x, rois) and tensors[2] is tensors[3]
     assert direct[9:13] == tuple(t.data_ptr() for t in tensors) and direct[13:] == values
+
+
+def test_launch_check_passes_where_both_paths_agree_and_leaves_the_switch(monkeypatch):
+    gpu_report = load()
+    monkeypatch.delenv("ROIOPS_FAST_LAUNCH", raising=False)
+    # the calls it makes on a GPU, here on CPU (the Numba backend: no launches to compare)
+    check = gpu_report.launch_check("cpu")
+    assert check == {"ok": True, "differ": [], "error": None, "switched_off": False}
+    assert "ROIOPS_FAST_LAUNCH" not in gpu_report.os.environ
+
+
+def test_launch_check_turns_direct_launches_off_where_they_differ_or_raise(monkeypatch):
+    gpu_report = load()
+    env = gpu_report.os.environ
+    one = gpu_report.torch.ones(3)
+
+    def path():  # what each call gives: Triton's path or a direct launch
+        return "triton" if env.get("ROIOPS_FAST_LAUNCH") == "0" else "direct"
+
+    monkeypatch.setenv("ROIOPS_FAST_LAUNCH", "1")
+    check = gpu_report.launch_check(calls={"same": lambda: (one,), "differs": lambda: (
+        one if path() == "triton" else one + 1,)})  # fmt: skip
+    assert not check["ok"] and check["error"] is None and not check["switched_off"]
+    assert check["differ"] == ["differs, call 1", "differs, call 2", "differs, call 3"]
+    assert env["ROIOPS_FAST_LAUNCH"] == "0"  # the rest of the run: Triton's path
+
+    def raises():
+        if path() == "direct":
+            raise RuntimeError("a direct launch failed")
+        return (one,)
+
+    monkeypatch.delenv("ROIOPS_FAST_LAUNCH")
+    check = gpu_report.launch_check(calls={"raises": raises})
+    assert not check["ok"] and "a direct launch failed" in check["error"]
+    assert env["ROIOPS_FAST_LAUNCH"] == "0"
+    monkeypatch.setenv("ROIOPS_FAST_LAUNCH", "0")
+    check = gpu_report.launch_check(calls={"raises": raises})
+    assert check["ok"] and check["switched_off"]
