@@ -297,6 +297,38 @@ def launch_check(device: str = "cuda", calls: dict | None = None) -> dict:
     return {"ok": ok, "differ": differ, "error": error, "switched_off": before == "0"}
 
 
+# the longest launch_check's process may take (imports, compiling a few kernels)
+LAUNCH_CHECK_TIMEOUT_S = 240.0
+
+
+def launch_check_command(device: str) -> list[str]:
+    return [sys.executable, str(pathlib.Path(__file__).resolve()), "--launch-check", device]
+
+
+def launch_check_in_a_process(device: str = "cuda") -> dict:
+    """``launch_check`` in a process of its own (``--launch-check``): a direct launch that
+    goes wrong can leave the CUDA context unusable (an illegal address is sticky), which
+    must not cost this run its figures. Its verdict; where the process fails, that
+    failure, and the rest of the run takes Triton's path as for any other."""
+    from roiops.gpu.launch import ENV_VAR
+
+    try:
+        done = subprocess.run(launch_check_command(device), capture_output=True, text=True,
+                              timeout=LAUNCH_CHECK_TIMEOUT_S)  # fmt: skip
+        last = (done.stdout.strip().splitlines() or [""])[-1]
+        verdict = json.loads(last) if done.returncode == 0 else None
+        failure = f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        verdict, failure = None, repr(e)
+    if verdict is None:
+        verdict = {"ok": False, "differ": [], "error": f"the check's process failed, {failure}",
+                   "switched_off": os.environ.get(ENV_VAR) == "0"}  # fmt: skip
+        print(verdict["error"], flush=True)
+    if not verdict["ok"]:
+        os.environ[ENV_VAR] = "0"
+    return verdict
+
+
 def launch_check_calls(device: str) -> dict:
     """``{name: call}``: each call returns its op's output and input gradient, for the
     latency part's inputs (whose kernels it then finds compiled)."""
@@ -1194,7 +1226,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compile each kernel where it is first timed (no warm_up)",
     )
     parser.add_argument("--warm-shard", help=argparse.SUPPRESS)  # a warm_up worker: i/n
+    # launch_check_in_a_process's process: the verdict on the device, as a last JSON line
+    parser.add_argument("--launch-check", metavar="DEVICE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.launch_check:
+        print(json.dumps(launch_check(args.launch_check)))
+        return 0
     if not torch.cuda.is_available():
         raise SystemExit("gpu_report needs a CUDA GPU")
 
@@ -1215,7 +1252,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json = None
     # before anything else, so that the processes it starts inherit its verdict
     if not args.warm_shard:
-        section(report, "launch_check", launch_check, args.json)
+        section(report, "launch_check", launch_check_in_a_process, args.json)
     # the warm-up compiles beside the tests (both are mostly Triton's compiler)
     warming = [] if args.no_warm_up or args.warm_shard else warm_up(parts, args.quick)
     if "tests" in parts:

@@ -404,7 +404,8 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_report.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_report.torch.cuda, "get_device_name", lambda: "a GPU")
     results = {
-        "launch_check": {"ok": True, "differ": [], "error": None, "switched_off": False},
+        "launch_check_in_a_process": {"ok": True, "differ": [], "error": None,
+                                      "switched_off": False},
         "run_tests": {"counts": {"passed": 1}, "ok": True},
         "bench_rows": [],
         "latency": {"roiops_us": 30.0, "torchvision_us": 20.0},
@@ -426,7 +427,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     path = tmp_path / "cuda.json"
     gpu_report.main(["--parts", "float16", "backward_passes", "--json", str(path)])
     # the launch check first, in every run
-    assert measured == ["launch_check", "bench_rows", "backward_passes"]
+    assert measured == ["launch_check_in_a_process", "bench_rows", "backward_passes"]
     assert warmed == [["float16", "backward_passes"]]
     assert set(json.loads(path.read_text())) >= {"bench", "backward_passes"}
     report = json.loads(path.read_text())
@@ -438,14 +439,14 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
     measured.clear()
     # make gpu's default: the checks of issue 9, not the tuning measurements
     gpu_report.main(["--json", str(path)])
-    assert measured == ["launch_check", "run_tests", "bench_rows", "bench_rows", "bench_rows",
-                        "latency", "deterministic_mode"]  # fmt: skip
+    assert measured == ["launch_check_in_a_process", "run_tests", "bench_rows", "bench_rows",
+                        "bench_rows", "latency", "deterministic_mode"]  # fmt: skip
     table = gpu_report.summary(json.loads(path.read_text()))
     assert "this run's time after its imports, s" in table and "<= 480 s" in table
     measured.clear()
     gpu_report.main(["--parts", "tuning"])
-    assert measured == ["launch_check", "program_order", "forward_layouts", "backward_passes",
-                        "kernel_configs", "reuse_loads"]  # fmt: skip
+    assert measured == ["launch_check_in_a_process", "program_order", "forward_layouts",
+                        "backward_passes", "kernel_configs", "reuse_loads"]  # fmt: skip
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
     assert "run_tests" not in measured and len(measured) == 11
@@ -605,3 +606,25 @@ def test_launch_check_turns_direct_launches_off_where_they_differ_or_raise(monke
     monkeypatch.setenv("ROIOPS_FAST_LAUNCH", "0")
     check = gpu_report.launch_check(calls={"raises": raises})
     assert check["ok"] and check["switched_off"]
+
+
+def test_launch_check_runs_in_a_process_of_its_own_whose_failure_turns_them_off(monkeypatch):
+    gpu_report = load()
+    env = gpu_report.os.environ
+    monkeypatch.delenv("ROIOPS_FAST_LAUNCH", raising=False)
+    # the real process, on CPU: its verdict comes back as its last line
+    assert gpu_report.launch_check_in_a_process("cpu")["ok"]
+    assert "ROIOPS_FAST_LAUNCH" not in env
+    # a process that dies (say of a CUDA error that a wrong launch left behind)
+    crash = [sys.executable, "-c", "import sys; print('CUDA error', file=sys.stderr); sys.exit(3)"]
+    monkeypatch.setattr(gpu_report, "launch_check_command", lambda device: crash)
+    check = gpu_report.launch_check_in_a_process("cpu")
+    assert not check["ok"] and "exit status 3" in check["error"] and "CUDA error" in check["error"]
+    assert env["ROIOPS_FAST_LAUNCH"] == "0"
+    # a process whose launches differ: its verdict, as it printed it
+    verdict = {"ok": False, "differ": ["roi_pool, call 2"], "error": None, "switched_off": False}
+    says = [sys.executable, "-c", f"print({json.dumps(json.dumps(verdict))})"]
+    monkeypatch.setattr(gpu_report, "launch_check_command", lambda device: says)
+    monkeypatch.delenv("ROIOPS_FAST_LAUNCH")
+    assert gpu_report.launch_check_in_a_process("cpu") == verdict
+    assert env["ROIOPS_FAST_LAUNCH"] == "0"
