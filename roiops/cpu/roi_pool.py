@@ -100,9 +100,13 @@ def roi_pool_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w, out_k, w
                     o = np.uint64(((n * H + h) * W + w) * C)
                     for c in range(C):
                         v = Xf[o + np.uint64(c)]
-                        if v > best[c]:
-                            best[c] = v
-                            best_at[c] = cell
+                        # both stores unconditional: a select, which vectorises (a
+                        # branch around them did not: on this project's VM, A/B, the
+                        # bench's 'a small' / 'a large' / 'b' forward 21.3 / 199 / 74.9
+                        # -> 16.5 / 119 / 46.2 ms, the same bits)
+                        take = v > best[c]
+                        best[c] = v if take else best[c]
+                        best_at[c] = cell if take else best_at[c]
     for c in range(C):
         for b in range(P):
             out_k[c, b] = bins[b, c]
