@@ -345,6 +345,7 @@ def roi_align_max_backward_roi(G_k, won_k, rois, k, spatial_scale, pooled_h, poo
                         rows, cols, ph, iy, pw, ix, n, H, W, C
                     )
                     # four passes in the reference's order: corners coincide at the border
+                    # (written out: as calls of one helper, 15% slower on this VM)
                     o, code = np.uint64(o1 + c0), s
                     for cc in range(nc):
                         GXf[o + np.uint64(cc)] += g[cc] * w1 if won[cc] == code else T(-0.0)
