@@ -213,8 +213,8 @@ def random_boxes(rng, dtype, n=2, h=24, w=30, k=64, scale=1.0):
 
 
 def compare_roi_align(ext, rng) -> tuple[list[str], bool]:
-    """roi_align's comparison table in both of mmcv's modes, and whether every difference
-    is within ``TOLERANCE``."""
+    """roi_align's comparison table in both of mmcv's modes, and whether every forward is
+    equal and every gradient within ``GRADIENT_TOLERANCE``."""
     ok = True
     lines = ["dtype    mode aligned sr  scale  forward max|diff|  gradient max|diff|"]
     for dtype in (torch.float32, torch.float64):
