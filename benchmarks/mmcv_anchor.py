@@ -168,8 +168,9 @@ def compare(ext, rng) -> tuple[list[str], bool]:
     return lines, ok
 
 
-# roi_align against mmcv: the forward bit for bit in either mode (the same operations in
-# the same order as torchvision's CPU kernel), the max mode's gradient too; the average's
+# roi_align against mmcv: the forward's values equal in either mode (the same operations
+# in the same order as torchvision's CPU kernel; a zero's sign aside), the max mode's
+# gradient too; the average's
 # gradient divides by the sample count after the bilinear weight in mmcv (as in
 # torchvision), before it in roiops: a last-bit difference where the count is not a power
 # of two (an adaptive grid)
