@@ -170,10 +170,9 @@ def compare(ext, rng) -> tuple[list[str], bool]:
 
 # roi_align against mmcv: the forward's values equal in either mode (the same operations
 # in the same order as torchvision's CPU kernel; a zero's sign aside), the max mode's
-# gradient too; the average's
-# gradient divides by the sample count after the bilinear weight in mmcv (as in
-# torchvision), before it in roiops: a last-bit difference where the count is not a power
-# of two (an adaptive grid)
+# gradient too; the average's gradient divides by the sample count after the bilinear
+# weight in mmcv (as in torchvision), before it in roiops: a last-bit difference where
+# the count is not a power of two (an adaptive grid)
 GRADIENT_TOLERANCE = {
     "avg": {torch.float32: 1e-5, torch.float64: 1e-14},
     "max": {torch.float32: 0.0, torch.float64: 0.0},
