@@ -2,13 +2,14 @@
 
 Everything is checked in Python before a kernel runs, and every error names the
 argument. Checks that need the boxes' values (finite coordinates, batch indices in
-range) run inside the custom ops' real implementations, so they also guard calls made
-under ``torch.compile``, where the values are unknown while tracing. They run where
-reading the values costs nothing: on CPU tensors, and for the reference backend (which
-reads them on the host anyway). On CUDA they would synchronise the host with the device
-three times a call and break CUDA graph capture, so there the Triton kernels take any
-value instead (a RoI with a bad batch index or a non-finite coordinate gives NaN outputs
-and no gradient); ``ROIOPS_CHECK_VALUES=1`` checks them there too, for debugging.
+range, adaptive sampling grids of a size a kernel can finish) run inside the custom ops'
+real implementations, so they also guard calls made under ``torch.compile``, where the
+values are unknown while tracing. They run where reading the values costs nothing: on
+CPU tensors, and for the reference backend (which reads them on the host anyway). On
+CUDA they would synchronise the host with the device three times a call and break CUDA
+graph capture, so there the Triton kernels take any value instead (a RoI with a bad
+batch index, a non-finite coordinate or an absurd adaptive grid gives NaN outputs and no
+gradient); ``ROIOPS_CHECK_VALUES=1`` checks them there too, for debugging.
 """
 
 from __future__ import annotations
@@ -131,6 +132,62 @@ def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
         raise ValueError(
             f"{op}: boxes' batch indices must lie in [0, {batch_size}) for an input of "
             f"{batch_size} images, got values in [{low:g}, {high:g}]"
+        )
+
+
+# With adaptive sampling (sampling_ratio <= 0) a bin takes ceil(bin size) points along
+# each axis, so a box some hundred thousand cells across (a diverging model's, or one in
+# the wrong units) asks for billions of points a bin: a kernel busy for hours, in
+# torchvision too (which, where the count passes 2**31, instead samples whatever its
+# float-to-int conversion gives). A box whose grid would have more points than this a
+# bin along an axis is a bad box value, like a NaN: a ValueError where the values are
+# checked, an invalid RoI (NaN outputs, no gradient) in the CUDA kernels.
+MAX_ADAPTIVE_GRID = 2**16
+
+
+def adaptive_grid_checks(rois: Tensor, spatial_scale: float | Tensor, pooled_height: int,
+                         pooled_width: int, sampling_ratio: int, aligned: bool, op: str,
+                         rotated: bool = False) -> tuple:  # fmt: skip
+    """``checked_backend``'s check of the RoIs' adaptive grids (``check_adaptive_grid``),
+    or none where the grid is fixed."""
+    if sampling_ratio > 0:
+        return ()
+    return (
+        lambda: check_adaptive_grid(
+            rois, spatial_scale, pooled_height, pooled_width, aligned, op, rotated
+        ),
+    )
+
+
+def check_adaptive_grid(rois: Tensor, spatial_scale: float | Tensor, pooled_height: int,
+                        pooled_width: int, aligned: bool, op: str,
+                        rotated: bool = False) -> None:  # fmt: skip
+    """At most ``MAX_ADAPTIVE_GRID`` points a bin along each axis with adaptive sampling,
+    counted as the kernels count them: in the RoIs' dtype, ``spatial_scale`` (a float,
+    or a ``Tensor[K]`` of the RoIs' own scales) rounded to it; rotated boxes' sizes are
+    columns 3 and 4."""
+    if rois.shape[0] == 0:
+        return
+    scale = rois.new_tensor(spatial_scale) if not isinstance(spatial_scale, Tensor) else (
+        spatial_scale.to(rois.dtype)[:, None])  # fmt: skip
+    if rotated:
+        sizes = rois[:, 3:5] * scale
+    else:
+        offset = 0.5 if aligned else 0.0
+        sizes = (rois[:, 3:5] * scale - offset) - (rois[:, 1:3] * scale - offset)
+    if not aligned:
+        sizes = sizes.clamp(min=1.0)
+    grid = torch.ceil(sizes / rois.new_tensor([pooled_width, pooled_height]))
+    too_many = (grid > MAX_ADAPTIVE_GRID).any(1)
+    if bool(too_many.any()):
+        k = int(too_many.nonzero()[0, 0])
+        count = float(grid[k].max())
+        points = f"{count:.0f}" if count < 1e15 else f"{count:.3g}"
+        raise ValueError(
+            f"{op}: boxes: box {k} asks for {points} sampling points a bin along an axis "
+            f"with adaptive sampling (sampling_ratio <= 0), more than the {MAX_ADAPTIVE_GRID} "
+            "roiops takes (it would run for hours); clip the boxes, or pass a "
+            "sampling_ratio > 0"
         )
 
 

@@ -836,6 +836,31 @@ def test_kernels_take_any_roi_value(rng, mode):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
+# boxes whose adaptive grid (sampling_ratio 0, 2x2 bins, scale 0.5) would take more than
+# MAX_ADAPTIVE_GRID (2**16) points a bin along an axis: 75,000 / 2.5e11 / 2.5e29
+HUGE_ROIS = [[0, 0.0, 0.0, 3e5, 4.0], [1, 1.0, 1.0, 6.0, 1e12], [0, -1e30, -1e30, 1e30, 1e30]]
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_an_absurd_adaptive_grid_makes_a_roi_invalid(rng, mode):
+    # (before: a grid the kernels' float-to-int conversion saturated, 2**31 points an
+    # axis, or one they looped over for hours; torchvision's CUDA kernel does the same)
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    good = random_rois(rng, 2, 3, 18, 22, min_size=1.0)
+    rois = on_device(np.concatenate([good[:1], HUGE_ROIS, good[1:]]), torch.float32)
+    huge = torch.zeros(len(rois), dtype=torch.bool)
+    huge[1 : 1 + len(HUGE_ROIS)] = True
+    out, argmax = gpu_align.roi_align_forward(x, rois, 0.5, 2, 2, 0, True, mode == "max")
+    assert torch.isnan(out[huge.to(DEVICE)]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_align.roi_align_backward(grad, rois, argmax, torch.empty_like(x), 0.5, 2, 2, 0,
+                                      True)  # fmt: skip
+    ref_out, ref_gx = run("reference", mode, x, rois[~huge.to(DEVICE)], 2, 0.5,
+                          grad[~huge.to(DEVICE)], 0)  # fmt: skip
+    assert_forward_matches(mode, out[~huge.to(DEVICE)], ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize(
     "ratio,dtype",
     [(0, torch.float32), (2, torch.float32), (0, torch.float64), (0, torch.float16),
@@ -1348,6 +1373,25 @@ def test_roi_align_rotated_kernels_take_any_roi_value(rng):
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.roi_align_rotated_backward(
             grad[[0, 5]], good, 1.0, 2, 2, 2, True, True, False, 2, 3, 9, 11
+        )
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+def test_roi_align_rotated_absurd_adaptive_grid_makes_a_roi_invalid(rng):
+    from roiops.gpu import roi_align_rotated as gpu_rotated
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    rois = on_device([[0, 5.0, 5, 4, 4, 30], [1, 5, 5, 3e5, 4, 10], [0, 5, 5, 4, 1e30, 0],
+                      [1, 6, 4, 6, 2, -45]], torch.float32)  # fmt: skip
+    out = gpu_rotated.roi_align_rotated_forward(x, rois, 1.0, 2, 2, 0, True, True, False)
+    assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_rotated.roi_align_rotated_backward(
+        grad, rois, torch.empty_like(x), 1.0, 2, 2, 0, True, True, False
+    )
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.roi_align_rotated_backward(
+            grad[[0, 3]], rois[[0, 3]], 1.0, 2, 2, 0, True, True, False, 2, 3, 9, 11
         )
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
 

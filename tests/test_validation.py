@@ -83,6 +83,60 @@ def test_bad_roi_align_argument(kw, error, match):
         align(**kw)
 
 
+# a box whose adaptive grid would take more than MAX_ADAPTIVE_GRID (2**16) points a bin
+# along an axis: here 3e5 px at scale 1 in 2x2 bins, 150,000 points (75,000 at the
+# pyramid's level 1, scale 0.5)
+HUGE = torch.tensor([[0, 0.0, 0.0, 3e5, 4.0]])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda ratio: roiops.roi_align(X, HUGE, 2, 1.0, ratio, True),
+        lambda ratio: roiops.roi_align(X, HUGE, 2, 1.0, ratio, False, mode="max"),
+        lambda ratio: roiops.ps_roi_align(torch.randn(2, 8, 8, 8), HUGE, 2, 1.0, ratio),
+        lambda ratio: roiops.roi_align_rotated(
+            X, torch.tensor([[0, 4.0, 4, 3e5, 4, 30]]), 2, 1.0, ratio
+        ),  # fmt: skip
+        lambda ratio: roiops.multi_scale_roi_align(
+            [X, X[:, :, ::2, ::2]], HUGE, 2, [1.0, 0.5], ratio, levels=torch.tensor([1])
+        ),  # fmt: skip
+        lambda ratio: torch.ops.roiops.roi_align_backward(
+            torch.ones(1, 3, 2, 2), HUGE, 1.0, 2, 2, ratio, True, 2, 3, 8, 8
+        ),  # fmt: skip
+    ],
+)
+def test_an_absurd_adaptive_grid_is_a_bad_box(call):
+    # (it would run for hours; torchvision's CPU kernel loops, or past 2**31 points samples
+    # what its float-to-int conversion gives); with a fixed grid the box is fine
+    with pytest.raises(ValueError, match=r"boxes: box 0 asks for (150000|75000) sampling points"):
+        call(0)
+    assert torch.isfinite(call(2)).all()
+
+
+def test_the_adaptive_grid_limit_is_counted_as_the_kernels_count():
+    from roiops import _validate
+
+    limit = _validate.MAX_ADAPTIVE_GRID
+    for aligned in (True, False):
+        # 2**16 points (a box 2**17 cells wide in 2 bins) passes, one more does not; the
+        # aligned offset of half a cell cancels out, as in the kernels' arithmetic
+        fits = torch.tensor([[0, 3.0, 0.0, 3.0 + 2 * limit, 1.0]])
+        _validate.check_adaptive_grid(fits, 1.0, 2, 2, aligned, "op")
+        over = torch.tensor([[0, 3.0, 0.0, 3.0 + 2 * limit + 0.5, 1.0]])
+        with pytest.raises(ValueError, match="65537 sampling points"):
+            _validate.check_adaptive_grid(over, 1.0, 2, 2, aligned, "op")
+        # the height too, at the RoIs' own scales (the pyramid's), and rotated boxes' sizes
+        tall = torch.tensor([[0, 0.0, 0.0, 1.0, 4.0 * limit]])
+        _validate.check_adaptive_grid(tall, torch.tensor([0.5]), 2, 2, aligned, "op")
+        with pytest.raises(ValueError, match="box 0 asks"):
+            _validate.check_adaptive_grid(tall, torch.tensor([0.75]), 2, 2, aligned, "op")
+        rotated = torch.tensor([[0, 0.0, 0.0, 1.0, 2.0 * limit, 0.0]])
+        _validate.check_adaptive_grid(rotated, 1.0, 2, 2, aligned, "op", rotated=True)
+        with pytest.raises(ValueError, match="box 0 asks"):
+            _validate.check_adaptive_grid(rotated, 1.0, 1, 2, aligned, "op", rotated=True)
+
+
 def test_value_checks_also_guard_the_custom_op():
     # called directly (as torch.compile would), the op itself still refuses bad values
     with pytest.raises(ValueError, match="batch indices must lie"):

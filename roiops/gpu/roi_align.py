@@ -43,7 +43,7 @@ from roiops.gpu.fixed_point import (
     region_rounds,
 )
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import div_rn, load_roi, scale_bits
+from roiops.gpu.rois import adaptive_grid, div_rn, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -131,11 +131,7 @@ def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constex
         height = tl.maximum(height, 1.0)
     bin_h = div_rn(height, PH)
     bin_w = div_rn(width, PW)
-    # adaptive sampling: ceil(bin size) points per axis; negative sizes -> empty grid
-    adaptive_h = tl.maximum(tl.ceil(bin_h), 0.0).to(tl.int32)
-    adaptive_w = tl.maximum(tl.ceil(bin_w), 0.0).to(tl.int32)
-    grid_h = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h), 0)
-    grid_w = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w), 0)
+    grid_h, grid_w, valid = adaptive_grid(bin_h, bin_w, sampling_ratio, valid)
     return n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid
 
 

@@ -17,7 +17,7 @@ from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import bilinear_axis
-from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
+from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -70,10 +70,7 @@ def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
     sin_t = tl.sin(theta).to(dt)
     bin_h = div_rn(roi_h, PH)
     bin_w = div_rn(roi_w, PW)
-    adaptive_h = tl.maximum(tl.ceil(bin_h), 0.0).to(tl.int32)
-    adaptive_w = tl.maximum(tl.ceil(bin_w), 0.0).to(tl.int32)
-    grid_h = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h), 0)
-    grid_w = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w), 0)
+    grid_h, grid_w, valid = adaptive_grid(bin_h, bin_w, sampling_ratio, valid)
     n = tl.where(valid, n, 0)
     return (n, center_h, center_w, -roi_h * 0.5, -roi_w * 0.5, bin_h, bin_w, cos_t, sin_t,
             grid_h, grid_w, valid)  # fmt: skip

@@ -10,8 +10,10 @@ of a weight it is left alone, and the GPU tests compare roi_align with tolerance
 
 The kernels must be safe for any RoI value, because on CUDA the ops do not look at the
 values on the host (that would synchronise): ``load_roi`` flags a RoI whose batch index
-is not a whole number in ``[0, N)`` or whose coordinates are not finite. Such a RoI reads
-nothing (its batch index is replaced by 0), its outputs are NaN and it sends no gradient.
+is not a whole number in ``[0, N)`` or whose coordinates are not finite (``adaptive_grid``:
+or, with adaptive sampling, whose bins would take more than ``MAX_ADAPTIVE_GRID`` points
+along an axis). Such a RoI reads nothing (its batch index is replaced by 0), its outputs
+are NaN and it sends no gradient.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import struct
 
 import triton
 import triton.language as tl
+
+from roiops import _validate
+
+# the most points a bin takes along an axis with adaptive sampling: a RoI that asks for
+# more is invalid (``roiops._validate.MAX_ADAPTIVE_GRID``)
+MAX_ADAPTIVE_GRID = tl.constexpr(_validate.MAX_ADAPTIVE_GRID)
 
 
 def scale_bits(spatial_scale: float) -> int:
@@ -74,3 +82,22 @@ def load_roi(ROIS, k, N, SCALE_BITS):
     valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
     n = tl.where(valid, n, 0)
     return n, x1 * spatial_scale, y1 * spatial_scale, x2 * spatial_scale, y2 * spatial_scale, valid
+
+
+@triton.jit
+def adaptive_grid(bin_h, bin_w, sampling_ratio, valid):
+    """(grid_h, grid_w, valid) of a RoI whose bins are ``bin_h`` x ``bin_w`` cells: the
+    sampling grid, ``sampling_ratio`` points an axis or, where that is <= 0, ceil(bin
+    size) (negative sizes: an empty grid); not valid (and an empty grid) where the RoI
+    was not, or its adaptive grid would take more than MAX_ADAPTIVE_GRID points an axis
+    (a float above 2**31 would not even convert to a count)."""
+    adaptive_h = tl.maximum(tl.ceil(bin_h), 0.0)
+    adaptive_w = tl.maximum(tl.ceil(bin_w), 0.0)
+    fits = tl.maximum(adaptive_h, adaptive_w) <= MAX_ADAPTIVE_GRID
+    valid = valid & ((sampling_ratio > 0) | fits)
+    # (a count that does not fit converts to anything: an invalid RoI's grid is empty)
+    adaptive_h = adaptive_h.to(tl.int32)
+    adaptive_w = adaptive_w.to(tl.int32)
+    grid_h = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h), 0)
+    grid_w = tl.where(valid, tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w), 0)
+    return grid_h, grid_w, valid

@@ -38,11 +38,17 @@ from roiops.reference import multi_scale_roi_align as reference
 OP = "multi_scale_roi_align"
 
 
-def _checked_backend(device, rois, levels, batch_size, num_levels):
-    """``checked_backend``, the RoIs' pyramid levels checked too (where that is free)."""
-    return checked_backend(
-        device, rois, batch_size, OP, lambda: _validate.check_levels(levels, num_levels, OP)
-    )
+def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None):
+    """``checked_backend``, the RoIs' pyramid levels checked too (where that is free);
+    ``grid``, the RoIAlign pooler's ``(scales, pooled_height, pooled_width,
+    sampling_ratio, aligned)``: its adaptive grids too, each RoI at its level's scale."""
+    checks = [lambda: _validate.check_levels(levels, num_levels, OP)]
+    if grid is not None and grid[3] <= 0:
+        scales, pooled_height, pooled_width, _, aligned = grid
+        checks.append(lambda: _validate.check_adaptive_grid(
+            rois, rois.new_tensor(scales, dtype=torch.float64)[levels.long()], pooled_height,
+            pooled_width, aligned, OP))  # fmt: skip
+    return checked_backend(device, rois, batch_size, OP, *checks)
 
 
 @forward_op("roiops::multi_scale_roi_align")
@@ -58,7 +64,8 @@ def multi_scale_roi_align_op(
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``, RoI k from ``features[levels[k]]``."""
     first = features[0]
-    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features))
+    grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features), grid)
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
         return first.new_zeros(shape)
@@ -111,7 +118,8 @@ def multi_scale_roi_align_backward_op(
     shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
     if grad.numel() == 0:
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
-    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes))
+    grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 

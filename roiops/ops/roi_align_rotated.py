@@ -21,11 +21,14 @@ from roiops.reference import roi_align_rotated as reference
 OP = "roi_align_rotated"
 
 
-def _checked_backend(device, rois, batch_size, aligned):
+def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
+                     sampling_ratio, aligned):  # fmt: skip
     """``checked_backend``; aligned boxes must not have negative sizes (detectron2
-    refuses them; mmcv's legacy mode makes them 1x1)."""
+    refuses them; mmcv's legacy mode makes them 1x1), and no adaptive grid be absurd."""
     sizes = [lambda: _validate.check_rotated_sizes(rois, OP)] if aligned else []
-    return checked_backend(device, rois, batch_size, OP, *sizes)
+    grids = _validate.adaptive_grid_checks(rois, spatial_scale, pooled_height, pooled_width,
+                                           sampling_ratio, aligned, OP, rotated=True)  # fmt: skip
+    return checked_backend(device, rois, batch_size, OP, *sizes, *grids)
 
 
 def _unit(degrees: bool) -> str:
@@ -45,7 +48,8 @@ def roi_align_rotated_op(
     clockwise: bool,
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``."""
-    backend = _checked_backend(input.device, rois, input.shape[0], aligned)
+    backend = _checked_backend(input.device, rois, input.shape[0], spatial_scale, pooled_height,
+                               pooled_width, sampling_ratio, aligned)  # fmt: skip
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0:
         return input.new_zeros(shape)
@@ -95,7 +99,8 @@ def roi_align_rotated_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = _checked_backend(grad.device, rois, batch_size, aligned)
+    backend = _checked_backend(grad.device, rois, batch_size, spatial_scale, pooled_height,
+                               pooled_width, sampling_ratio, aligned)  # fmt: skip
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align_rotated as gpu
