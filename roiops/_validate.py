@@ -145,28 +145,14 @@ def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
 MAX_ADAPTIVE_GRID = 2**16
 
 
-def adaptive_grid_checks(rois: Tensor, spatial_scale: float | Tensor, pooled_height: int,
-                         pooled_width: int, sampling_ratio: int, aligned: bool, op: str,
-                         rotated: bool = False) -> tuple:  # fmt: skip
-    """``checked_backend``'s check of the RoIs' adaptive grids (``check_adaptive_grid``),
-    or none where the grid is fixed."""
-    if sampling_ratio > 0:
-        return ()
-    return (
-        lambda: check_adaptive_grid(
-            rois, spatial_scale, pooled_height, pooled_width, aligned, op, rotated
-        ),
-    )
-
-
 def check_adaptive_grid(rois: Tensor, spatial_scale: float | Tensor, pooled_height: int,
-                        pooled_width: int, aligned: bool, op: str,
+                        pooled_width: int, sampling_ratio: int, aligned: bool, op: str,
                         rotated: bool = False) -> None:  # fmt: skip
-    """At most ``MAX_ADAPTIVE_GRID`` points a bin along each axis with adaptive sampling,
-    counted as the kernels count them: in the RoIs' dtype, ``spatial_scale`` (a float,
-    or a ``Tensor[K]`` of the RoIs' own scales) rounded to it; rotated boxes' sizes are
-    columns 3 and 4."""
-    if rois.shape[0] == 0:
+    """With adaptive sampling (``sampling_ratio <= 0``), at most ``MAX_ADAPTIVE_GRID``
+    points a bin along each axis, counted as the kernels count them: in the RoIs' dtype,
+    ``spatial_scale`` (a float, or a ``Tensor[K]`` of the RoIs' own scales) rounded to
+    it; rotated boxes' sizes are columns 3 and 4."""
+    if sampling_ratio > 0 or rois.shape[0] == 0:
         return
     scale = rois.new_tensor(spatial_scale) if not isinstance(spatial_scale, Tensor) else (
         spatial_scale.to(rois.dtype)[:, None])  # fmt: skip

@@ -122,19 +122,20 @@ def test_the_adaptive_grid_limit_is_counted_as_the_kernels_count():
         # 2**16 points (a box 2**17 cells wide in 2 bins) passes, one more does not; the
         # aligned offset of half a cell cancels out, as in the kernels' arithmetic
         fits = torch.tensor([[0, 3.0, 0.0, 3.0 + 2 * limit, 1.0]])
-        _validate.check_adaptive_grid(fits, 1.0, 2, 2, aligned, "op")
+        _validate.check_adaptive_grid(fits, 1.0, 2, 2, 0, aligned, "op")
         over = torch.tensor([[0, 3.0, 0.0, 3.0 + 2 * limit + 0.5, 1.0]])
         with pytest.raises(ValueError, match="65537 sampling points"):
-            _validate.check_adaptive_grid(over, 1.0, 2, 2, aligned, "op")
+            _validate.check_adaptive_grid(over, 1.0, 2, 2, 0, aligned, "op")
+        _validate.check_adaptive_grid(over, 1.0, 2, 2, 3, aligned, "op")  # a fixed grid
         # the height too, at the RoIs' own scales (the pyramid's), and rotated boxes' sizes
         tall = torch.tensor([[0, 0.0, 0.0, 1.0, 4.0 * limit]])
-        _validate.check_adaptive_grid(tall, torch.tensor([0.5]), 2, 2, aligned, "op")
+        _validate.check_adaptive_grid(tall, torch.tensor([0.5]), 2, 2, 0, aligned, "op")
         with pytest.raises(ValueError, match="box 0 asks"):
-            _validate.check_adaptive_grid(tall, torch.tensor([0.75]), 2, 2, aligned, "op")
+            _validate.check_adaptive_grid(tall, torch.tensor([0.75]), 2, 2, 0, aligned, "op")
         rotated = torch.tensor([[0, 0.0, 0.0, 1.0, 2.0 * limit, 0.0]])
-        _validate.check_adaptive_grid(rotated, 1.0, 2, 2, aligned, "op", rotated=True)
+        _validate.check_adaptive_grid(rotated, 1.0, 2, 2, 0, aligned, "op", rotated=True)
         with pytest.raises(ValueError, match="box 0 asks"):
-            _validate.check_adaptive_grid(rotated, 1.0, 1, 2, aligned, "op", rotated=True)
+            _validate.check_adaptive_grid(rotated, 1.0, 1, 2, 0, aligned, "op", rotated=True)
 
 
 def test_value_checks_also_guard_the_custom_op():

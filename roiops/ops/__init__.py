@@ -272,16 +272,21 @@ def _plain(value: object, grad: bool) -> bool:
     return type(value) in (int, float, bool) or not isinstance(value, Tensor)
 
 
-def checked_backend(device: torch.device, rois: Tensor, batch_size: int, op: str, *checks) -> str:
+def checked_backend(device: torch.device, rois: Tensor, batch_size: int, op: str, *checks,
+                    grid: tuple | None = None) -> str:  # fmt: skip
     """The backend that serves ``device``, after checking the boxes' values (and running
-    the op's further value ``checks``, zero-argument callables) where reading the values
-    is free (``_validate.roi_values_checked``: CPU, the reference backend, or
-    ``ROIOPS_CHECK_VALUES=1``); on CUDA the kernels take any value instead."""
+    the op's further value ``checks``, zero-argument callables; ``grid``, the arguments
+    of ``_validate.check_adaptive_grid`` after the RoIs and before ``op``, its sampling
+    grids) where reading the values is free (``_validate.roi_values_checked``: CPU, the
+    reference backend, or ``ROIOPS_CHECK_VALUES=1``); on CUDA the kernels take any value
+    instead."""
     backend = select_backend(device)
     if _validate.roi_values_checked(device, backend):
         _validate.check_roi_values(rois, batch_size, op)
         for check in checks:
             check()
+        if grid is not None:
+            _validate.check_adaptive_grid(rois, *grid[:5], op, *grid[5:])
     return backend
 
 

@@ -47,7 +47,7 @@ def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None):
         scales, pooled_height, pooled_width, _, aligned = grid
         checks.append(lambda: _validate.check_adaptive_grid(
             rois, rois.new_tensor(scales, dtype=torch.float64)[levels.long()], pooled_height,
-            pooled_width, aligned, OP))  # fmt: skip
+            pooled_width, 0, aligned, OP))  # fmt: skip
     return checked_backend(device, rois, batch_size, OP, *checks)
 
 

@@ -31,8 +31,8 @@ def ps_roi_align_op(
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP, *_validate.adaptive_grid_checks(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True, OP))  # fmt: skip
+    backend = checked_backend(input.device, rois, sizes[0], OP, grid=(
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, True))  # fmt: skip
     channels_out = sizes[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
     if shape[0] == 0 or channels_out == 0 or sizes[2] == 0 or sizes[3] == 0:
@@ -91,8 +91,8 @@ def ps_roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = checked_backend(grad.device, rois, batch_size, OP, *_validate.adaptive_grid_checks(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, True, OP))  # fmt: skip
+    backend = checked_backend(grad.device, rois, batch_size, OP, grid=(
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, True))  # fmt: skip
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
 

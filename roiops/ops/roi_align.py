@@ -46,20 +46,14 @@ def _output_is_empty(sizes: torch.Size, rois: Tensor) -> bool:
     return rois.shape[0] == 0 or sizes[1] == 0 or sizes[2] == 0 or sizes[3] == 0
 
 
-def _grid_checks(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    """``checked_backend``'s check that no adaptive grid is absurd (``_validate``)."""
-    return _validate.adaptive_grid_checks(rois, spatial_scale, pooled_height, pooled_width,
-                                          sampling_ratio, aligned, OP)  # fmt: skip
-
-
 # ---------------------------------------------------------------------------- forward
 def _forward(
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
 ):
     """``(output, argmax)``; argmax is None in avg mode. ``mode``: avg, max, onnx_max."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP, *_grid_checks(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
+    backend = checked_backend(input.device, rois, sizes[0], OP, grid=(
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     shape = (rois.shape[0], sizes[1], pooled_height, pooled_width)
     if _output_is_empty(sizes, rois):
         if mode == "avg":
@@ -201,8 +195,8 @@ def roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = checked_backend(grad.device, rois, batch_size, OP, *_grid_checks(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
+    backend = checked_backend(grad.device, rois, batch_size, OP, grid=(
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     mode = "avg" if argmax is None else "onnx_max" if onnx_max else "max"
     if backend == "triton":
         from roiops.gpu import roi_align as gpu
@@ -259,8 +253,8 @@ def roi_align_box_backward_op(
     (``roiops.reference.roi_align.roi_align_box_backward``); deterministic."""
     if grad.numel() == 0 or _output_is_empty(input.shape, rois):
         return rois.new_zeros((rois.shape[0], 5))
-    backend = checked_backend(grad.device, rois, input.shape[0], OP, *_grid_checks(
-        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
+    backend = checked_backend(grad.device, rois, input.shape[0], OP, grid=(
+        spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align as gpu

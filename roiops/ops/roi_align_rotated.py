@@ -26,9 +26,8 @@ def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, poo
     """``checked_backend``; aligned boxes must not have negative sizes (detectron2
     refuses them; mmcv's legacy mode makes them 1x1), and no adaptive grid be absurd."""
     sizes = [lambda: _validate.check_rotated_sizes(rois, OP)] if aligned else []
-    grids = _validate.adaptive_grid_checks(rois, spatial_scale, pooled_height, pooled_width,
-                                           sampling_ratio, aligned, OP, rotated=True)  # fmt: skip
-    return checked_backend(device, rois, batch_size, OP, *sizes, *grids)
+    grid = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, True)
+    return checked_backend(device, rois, batch_size, OP, *sizes, grid=grid)
 
 
 def _unit(degrees: bool) -> str:
