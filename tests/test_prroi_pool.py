@@ -1,6 +1,8 @@
 """prroi_pool: against numerical integration, gradcheck (input and boxes), backends vs
 the reference, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,41 @@ def test_numba_equals_reference(rng, dtype):
     assert torch.equal(out, ref_out)
     assert torch.equal(gx, ref_gx)
     torch.testing.assert_close(gb, ref_gb)  # per-RoI sums in another order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_only_the_cells_that_can_add_are_visited(rng, monkeypatch, dtype):
+    # a bin's integral visits the cells from -1 to H - 1 (W - 1) that it meets: beyond,
+    # all four corners are zero padding. Boxes reaching 30 cells past the map give the
+    # bits of a visit of every cell they span (the reference with the loops uncut), on
+    # both backends; one 1e12 px wide finishes (it visited ~1e24 cells)
+    from roiops.reference import prroi_pool as reference
+
+    x = as_tensor(rng.standard_normal((2, 3, 9, 11)), dtype)
+    wide = as_tensor([[0, -60, -50, 80, 70], [1, -70, 3, -10, 9], [1, 2.5, -61, 13.5, 100]],
+                     dtype)  # fmt: skip
+    huge = as_tensor([[0, -1e12, -1e12, 1e12, 1e12], [1, 3, 4, 1e12, 9]], dtype)
+    grad = as_tensor(rng.standard_normal((3, 3, 3, 2)), dtype)
+
+    def run(backend, rois):
+        xb, rb = x.clone().requires_grad_(), rois.clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.prroi_pool(xb, rb, (3, 2), 0.5)
+            out.backward(grad[: len(rois)])
+        return out.detach(), xb.grad, rb.grad
+
+    cut = run("reference", wide)
+    assert torch.equal(cut[0], run("numba", wide)[0])
+    with monkeypatch.context() as m:
+        m.setattr(reference, "cell_range", lambda lo, hi, size: (math.floor(lo), math.ceil(hi)))
+        uncut = run("reference", wide)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    for a, b in zip(cut, uncut, strict=True):
+        assert torch.equal(a.view(bits), b.view(bits))
+    far = run("numba", huge)
+    assert all(torch.isfinite(t).all() for t in far)
+    for a, b in zip(far[:2], run("reference", huge)[:2], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_backward_deterministic_and_opcheck(rng):

@@ -1430,6 +1430,25 @@ def test_prroi_pool_matches_reference(rng):
         torch.testing.assert_close(got, expected, **TOL[torch.float64])
 
 
+def test_prroi_pool_boxes_far_past_the_map(rng):
+    # the kernels visit only the cells that can add (-1 to H - 1), with their loop bounds
+    # clamped before the conversion to int: boxes reaching far past the map, 1e12 px
+    # too, give the reference's integrals and gradients (they looped over every cell)
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float64)
+    rois = on_device([[0, -60, -50, 80, 70], [1, -1e12, 3, 1e12, 9], [1, 2.5, -61, 13.5, 1e12]],
+                     torch.float64)  # fmt: skip
+    grad = on_device(rng.standard_normal((3, 3, 3, 2)), torch.float64)
+    results = []
+    for backend in ("triton", "reference"):
+        xb, rb = x.clone().requires_grad_(), rois.clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.prroi_pool(xb, rb, (3, 2), 0.5)
+            out.backward(grad)
+        results.append((out.detach(), xb.grad, rb.grad))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, **TOL[torch.float64])
+
+
 def test_prroi_pool_kernels_take_any_roi_value(rng):
     from roiops.gpu import prroi_pool as gpu_prroi
 

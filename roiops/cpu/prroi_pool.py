@@ -25,6 +25,15 @@ def _value(plane, h, w):
 
 
 @njit(cache=True)
+def cell_range(lo, hi, size, T):
+    """``(first, end)``: the unit cells ``[c, c + 1)`` that meet ``[lo, hi]`` along an axis
+    of ``size`` cells, those from -1 to size - 1 only (``roiops.reference.prroi_pool.
+    cell_range``)."""
+    first = math.floor(min(max(lo, T(-1)), T(size)))
+    return first, math.ceil(max(min(hi, T(size)), T(-1)))
+
+
+@njit(cache=True)
 def _ramp(lo, hi, T):
     """int_lo^hi (1 - a) da."""
     return hi - T(0.5) * hi * hi - lo + T(0.5) * lo * lo
@@ -58,8 +67,9 @@ def _window(rois, k, spatial_scale, pooled_h, pooled_w, ph, pw):
 def _integral(plane, y0, x0, y1, x1, T):
     """The window's integral of the zero-padded interpolant, cell by cell."""
     total = T(0)
-    for w in range(math.floor(x0), math.ceil(x1)):
-        for h in range(math.floor(y0), math.ceil(y1)):
+    H, W = plane.shape
+    for w in range(*cell_range(x0, x1, W, T)):
+        for h in range(*cell_range(y0, y1, H, T)):
             cy0, cx0 = max(y0, T(h)), max(x0, T(w))
             cy1, cx1 = min(y1, T(h + 1)), min(x1, T(w + 1))
             c1, c2, c3, c4 = _corner_coefficients(h, w, cy0, cx0, cy1, cx1, T)
@@ -110,8 +120,8 @@ def prroi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, po
                     for c in range(c0, c1):
                         share = G[k, c, ph, pw] / area
                         plane = GX[n, c]
-                        for w in range(math.floor(x0), math.ceil(x1)):
-                            for h in range(math.floor(y0), math.ceil(y1)):
+                        for w in range(*cell_range(x0, x1, W, T)):
+                            for h in range(*cell_range(y0, y1, H, T)):
                                 cy0, cx0 = max(y0, T(h)), max(x0, T(w))
                                 cy1, cx1 = min(y1, T(h + 1)), min(x1, T(w + 1))
                                 co = _corner_coefficients(h, w, cy0, cx0, cy1, cx1, T)
@@ -160,13 +170,13 @@ def prroi_pool_box_backward(G, X, rois, out, spatial_scale, pooled_h, pooled_w, 
                         continue
                     value = out[k, c, ph, pw]
                     g_x1 = g_x2 = g_y1 = g_y2 = T(0)
-                    for h in range(math.floor(y0), math.ceil(y1)):
+                    for h in range(*cell_range(y0, y1, plane.shape[0], T)):
                         s, t = max(y0, T(h)) - T(h), min(y1, T(h + 1)) - T(h)
                         g_x1 += _edge(s, t, _interpolate(plane, T(h), x0, T),
                                       _interpolate(plane, T(h + 1), x0, T), T)  # fmt: skip
                         g_x2 += _edge(s, t, _interpolate(plane, T(h), x1, T),
                                       _interpolate(plane, T(h + 1), x1, T), T)  # fmt: skip
-                    for w in range(math.floor(x0), math.ceil(x1)):
+                    for w in range(*cell_range(x0, x1, plane.shape[1], T)):
                         s, t = max(x0, T(w)) - T(w), min(x1, T(w + 1)) - T(w)
                         g_y1 += _edge(s, t, _interpolate(plane, y0, T(w), T),
                                       _interpolate(plane, y0, T(w + 1), T), T)  # fmt: skip

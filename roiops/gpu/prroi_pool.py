@@ -41,6 +41,17 @@ def _window(ROIS, k, N, SCALE_BITS, ph, pw, PH: tl.constexpr, PW: tl.constexpr):
 
 
 @triton.jit
+def cell_range(lo, hi, size):
+    """``(first, end)``: the unit cells ``[c, c + 1)`` that meet ``[lo, hi]`` along an axis
+    of ``size`` cells, those from -1 to size - 1 only (cells beyond add zero:
+    ``roiops.reference.prroi_pool.cell_range``); clamped before the conversion, which a
+    box far past the map would overflow."""
+    limit = size.to(lo.dtype)
+    first = tl.floor(tl.minimum(tl.maximum(lo, -1.0), limit)).to(tl.int32)
+    return first, tl.ceil(tl.maximum(tl.minimum(hi, limit), -1.0)).to(tl.int32)
+
+
+@triton.jit
 def _ramp(lo, hi):
     """int_lo^hi (1 - a) da."""
     return hi - 0.5 * hi * hi - lo + 0.5 * lo * lo
@@ -83,13 +94,14 @@ def prroi_pool_forward_kernel(
     acc_dtype = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     plane = X + (n * C + c.to(tl.int64)) * H * W
     acc = tl.zeros((BLOCK,), acc_dtype)
-    h_first = tl.floor(y0).to(tl.int32)
-    w_first = tl.floor(x0).to(tl.int32)
-    h_end = tl.ceil(y1).to(tl.int32)
-    w_end = tl.ceil(x1).to(tl.int32)
-    # a bin meets at most floor(size) + 2 cells per axis (none if the RoI is invalid)
-    span_h = tl.where(valid, tl.floor(bin_h).to(tl.int32) + 2, 0)
-    span_w = tl.where(valid, tl.floor(bin_w).to(tl.int32) + 2, 0)
+    h_first, h_end = cell_range(y0, y1, H)
+    w_first, w_end = cell_range(x0, x1, W)
+    # a bin meets at most floor(size) + 2 cells per axis, and the map's H + 1 rows of
+    # cells that can add (none if the RoI is invalid)
+    span_h = tl.minimum(tl.floor(bin_h) + 2.0, (H + 1).to(bin_h.dtype)).to(tl.int32)
+    span_w = tl.minimum(tl.floor(bin_w) + 2.0, (W + 1).to(bin_w.dtype)).to(tl.int32)
+    span_h = tl.where(valid, span_h, 0)
+    span_w = tl.where(valid, span_w, 0)
     for dw in range(0, span_w):
         for dh in range(0, span_h):
             h = h_first + dh
@@ -123,10 +135,10 @@ def prroi_pool_backward_kernel(
     scale, _, _ = fixed_point_scale(AMAX, log2_count)
     channel = ACC + n * H * W * C + c
     live = valid & (area > 0)
-    w_first = tl.where(live, tl.floor(x0).to(tl.int32), 0)
-    w_end = tl.where(live, tl.ceil(x1).to(tl.int32), 0)
-    h_first = tl.floor(y0).to(tl.int32)
-    h_end = tl.ceil(y1).to(tl.int32)
+    w_first, w_end = cell_range(x0, x1, W)
+    w_first = tl.where(live, w_first, 0)
+    w_end = tl.where(live, w_end, 0)
+    h_first, h_end = cell_range(y0, y1, H)
     for w in range(w_first, w_end):
         for h in range(h_first, h_end):
             c1, c2, c3, c4 = _cell(tl.cast(h, tl.int32), tl.cast(w, tl.int32), y0, x0, y1, x1)
@@ -191,9 +203,8 @@ def prroi_pool_box_backward_kernel(
     g_x2 = tl.zeros_like(g)
     g_y1 = tl.zeros_like(g)
     g_y2 = tl.zeros_like(g)
-    for h in range(
-        tl.where(live, tl.floor(y0).to(tl.int32), 0), tl.where(live, tl.ceil(y1).to(tl.int32), 0)
-    ):
+    h_first, h_end = cell_range(y0, y1, H)
+    for h in range(tl.where(live, h_first, 0), tl.where(live, h_end, 0)):
         hf = tl.cast(h, dt)
         s = tl.maximum(y0, hf) - hf
         t = tl.minimum(y1, hf + 1.0) - hf
@@ -203,9 +214,8 @@ def prroi_pool_box_backward_kernel(
         g_x2 += _edge(
             s, t, _interpolate(plane, hf, x1, H, W, m), _interpolate(plane, hf + 1.0, x1, H, W, m)
         )
-    for w in range(
-        tl.where(live, tl.floor(x0).to(tl.int32), 0), tl.where(live, tl.ceil(x1).to(tl.int32), 0)
-    ):
+    w_first, w_end = cell_range(x0, x1, W)
+    for w in range(tl.where(live, w_first, 0), tl.where(live, w_end, 0)):
         wf = tl.cast(w, dt)
         s = tl.maximum(x0, wf) - wf
         t = tl.minimum(x1, wf + 1.0) - wf

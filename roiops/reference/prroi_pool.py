@@ -106,10 +106,20 @@ def windows(box, spatial_scale, pooled_height, pooled_width, T):
             )
 
 
-def _cells(y0, x0, y1, x1):
-    """Unit cells (h, w) the window meets, columns outer, and the window's part in each."""
-    for w in range(math.floor(x0), math.ceil(x1)):
-        for h in range(math.floor(y0), math.ceil(y1)):
+def cell_range(lo, hi, size):
+    """``(first, end)``: the unit cells ``[c, c + 1)`` that meet ``[lo, hi]`` along an axis
+    of ``size`` cells, those from -1 to size - 1 only. A cell beyond has four zero
+    corners (zero padding) and adds zero, exactly; leaving it out keeps a box far past
+    the map from taking as long as it is wide."""
+    first = math.floor(min(max(lo, -1), size))
+    return first, math.ceil(max(min(hi, size), -1))
+
+
+def _cells(y0, x0, y1, x1, height, width):
+    """Unit cells (h, w) the window meets (``cell_range``), columns outer, and the
+    window's part in each."""
+    for w in range(*cell_range(x0, x1, width)):
+        for h in range(*cell_range(y0, y1, height)):
             yield h, w, max(y0, h), max(x0, w), min(y1, h + 1), min(x1, w + 1)
 
 
@@ -127,7 +137,7 @@ def prroi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width):
                 continue
             for c in range(channels):
                 total = T(0)
-                for h, w, cy0, cx0, cy1, cx1 in _cells(y0, x0, y1, x1):
+                for h, w, cy0, cx0, cy1, cx1 in _cells(y0, x0, y1, x1, *input.shape[2:]):
                     total += _cell_integral(input[n, c], h, w, T(cy0), T(cx0), T(cy1), T(cx1), T)
                 output[k, c, ph, pw] = total / area
     return output
@@ -148,7 +158,7 @@ def prroi_pool_backward(grad_output, rois, spatial_scale, pooled_height, pooled_
                 continue
             for c in range(channels):
                 share = grad_output[k, c, ph, pw] / area
-                for h, w, cy0, cx0, cy1, cx1 in _cells(y0, x0, y1, x1):
+                for h, w, cy0, cx0, cy1, cx1 in _cells(y0, x0, y1, x1, height, width):
                     for hh, ww, coefficient in _cell_coefficients(
                         h, w, T(cy0), T(cx0), T(cy1), T(cx1), T
                     ):
@@ -177,13 +187,13 @@ def prroi_pool_box_backward(grad_output, input, rois, output, spatial_scale, poo
                 if g / area == 0:
                     continue
                 g_x1 = g_x2 = g_y1 = g_y2 = T(0)
-                for h in range(math.floor(y0), math.ceil(y1)):
+                for h in range(*cell_range(y0, y1, plane.shape[0])):
                     s, t = max(y0, T(h)) - T(h), min(y1, T(h + 1)) - T(h)
                     g_x1 += _edge_integral(s, t, _interpolate(plane, T(h), x0, T),
                                            _interpolate(plane, T(h + 1), x0, T), T)  # fmt: skip
                     g_x2 += _edge_integral(s, t, _interpolate(plane, T(h), x1, T),
                                            _interpolate(plane, T(h + 1), x1, T), T)  # fmt: skip
-                for w in range(math.floor(x0), math.ceil(x1)):
+                for w in range(*cell_range(x0, x1, plane.shape[1])):
                     s, t = max(x0, T(w)) - T(w), min(x1, T(w + 1)) - T(w)
                     g_y1 += _edge_integral(s, t, _interpolate(plane, y0, T(w), T),
                                            _interpolate(plane, y0, T(w + 1), T), T)  # fmt: skip
