@@ -219,6 +219,17 @@ def roi_align_avg_backward(
 
 
 @njit(cache=True)
+def bins_first(G_k, c0, divisor, share):
+    """``share[b, cc] = G_k[c0 + cc, b] / divisor``: a RoI's output gradient
+    ``G_k[C, P]`` for a backward task's channels, bins first (avg mode divides by the
+    sample count; max mode by 1, which changes no bit)."""
+    P, nc = share.shape
+    for cc in range(nc):
+        for b in range(P):
+            share[b, cc] = G_k[c0 + cc, b] / divisor
+
+
+@njit(cache=True)
 def roi_align_avg_backward_roi(
     G_k, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, c0, share, GX
 ):
@@ -226,17 +237,13 @@ def roi_align_avg_backward_roi(
     (one RoI's share of a backward task; ``share[P, nc]`` is the task's scratch)."""
     _, H, W, C = GX.shape
     T = GX.dtype.type
-    P = pooled_h * pooled_w
     nc = share.shape[1]
     GXf = GX.reshape(-1)
     n = int(rois[k, 0])
     gh, gw, rows, cols = roi_sampling_tables(
         rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
     )
-    count = T(max(gh * gw, 1))
-    for cc in range(nc):
-        for b in range(P):
-            share[b, cc] = G_k[c0 + cc, b] / count
+    bins_first(G_k, c0, T(max(gh * gw, 1)), share)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             g = share[ph * pooled_w + pw]
@@ -317,16 +324,13 @@ def roi_align_max_backward_roi(G_k, won_k, rois, k, spatial_scale, pooled_h, poo
     task's scratch)."""
     _, H, W, C = GX.shape
     T = GX.dtype.type
-    P = pooled_h * pooled_w
     nc = share.shape[1]
     GXf = GX.reshape(-1)
     n = int(rois[k, 0])
     gh, gw, rows, cols = roi_sampling_tables(
         rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W
     )
-    for cc in range(nc):
-        for b in range(P):
-            share[b, cc] = G_k[c0 + cc, b]
+    bins_first(G_k, c0, T(1), share)
     # the code of corner i of sample s in the argmax: s, or 4 * s + i for ONNX's max
     per_sample, per_corner = (4, 1) if onnx_max else (1, 0)
     for ph in range(pooled_h):
