@@ -787,13 +787,22 @@ def test_torch_compile_fullgraph_on_triton_backend(rng, mode):
     assert torch.equal(g_compiled, g_eager)
 
 
-@pytest.mark.parametrize("dtypes", [("fp32", "fp16"), ("bf16", "fp64")])
-def test_kernels_compile_for_hopper(dtypes):
-    # in a fresh process: this one has the kernels defined for the interpreter. (Two
-    # halves, which pytest-xdist can run side by side: with Triton's cache cold, as on a
-    # fresh CI machine, the whole check takes minutes of one process.)
+@pytest.mark.parametrize(
+    "args",
+    # float32 in full; the other dtypes in what their element type changes (--lean), and
+    # in full in the slow run (the alternatives that are off, unaligned boxes)
+    [
+        ("fp32",),
+        ("--lean", "fp16", "bf16", "fp64"),
+        pytest.param(("fp16", "bf16", "fp64"), marks=pytest.mark.slow),
+    ],
+)
+def test_kernels_compile_for_hopper(args):
+    # in a fresh process: this one has the kernels defined for the interpreter. (Parts
+    # that pytest-xdist can run side by side: with Triton's cache cold, as on a fresh CI
+    # machine, the whole check takes minutes of one process.)
     script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
-    done = subprocess.run([sys.executable, script, *dtypes], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
 

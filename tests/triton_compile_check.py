@@ -1,5 +1,10 @@
 """Compile every Triton kernel for a Hopper GPU (sm_90), no GPU needed: run as a script
-(``python tests/triton_compile_check.py [fp32 fp16 bf16 fp64]``, all four by default).
+(``python tests/triton_compile_check.py [--lean] [fp32 fp16 bf16 fp64]``, all four by
+default). ``--lean`` (the default test suite's) compiles float32 in full and, in the other
+dtypes, only what their element type changes: aligned boxes (the rois of float16 and
+bfloat16 maps are float32, so their box arithmetic is float32's) and the variants the
+launchers run by default, not the alternatives that are off (``REUSE_LOADS``,
+``REGIONS``, ps_roi_pool's ``BAND``, ``VISIT_2X2``).
 
 Triton's interpreter (how the other tests run the kernels here) accepts code that the
 compiler rejects, e.g. a non-constexpr global; this catches it on CPU-only machines.
@@ -16,7 +21,9 @@ Triton's own ptxas reports:
   (the fixed-point conversion's stores, the argmax backward's loads).
 """
 
+import contextlib
 import inspect
+import io
 import os
 import re
 import subprocess
@@ -24,6 +31,10 @@ import sys
 import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # before triton.jit runs on the kernels
+# Triton runs ptxas -v on every kernel it compiles: its log gives the registers and spills
+# (the same figures as a ptxas run of our own, checked on every float32 kernel with Triton
+# 3.8), which saves running ptxas twice; a kernel from Triton's cache has no log
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -115,8 +126,13 @@ REGIONS = {"RECTS": "*i32", "PARTS": "*i64", "FLAGS": "*i8"}
 SPILL_ALLOWANCE = 4
 
 
-def registers_and_spills(ptx: str) -> tuple[int, int]:
-    """(registers per thread, bytes spilled) that ptxas reports for sm_90a."""
+def registers_and_spills(ptx: str, log: str) -> tuple[int, int]:
+    """(registers per thread, bytes spilled) that ptxas reports for sm_90a: read in
+    ``log``, Triton's ptxas log of the kernel, or from a ptxas run where it has none."""
+    registers = re.search(r"Used (\d+) registers", log)
+    spilled = re.search(r"(\d+) bytes spill stores", log)
+    if registers and spilled:
+        return int(registers.group(1)), int(spilled.group(1))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:
@@ -211,7 +227,9 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         if signature[name].startswith("*") or name == "C"
     }
     source = ASTSource(getattr(fn, "jit", fn), signature, constexprs, aligned)  # (launch.Kernel's)
-    kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # (TRITON_DUMP_PTXAS_LOG prints it)
+        kernel = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     ptx = kernel.asm["ptx"]
     mode = {False: "", True: "max", ONNX_MAX_MODE: "onnx"}[constexprs.get("MAX_MODE", False)]
     mode += " rois inner" if constexprs.get("ROIS_INNER") else ""
@@ -239,7 +257,7 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
         assert loads_coalesced(kernel.asm["ttgir"], channel_major), f"{name}: uncoalesced loads"
     if not os.path.exists(PTXAS):  # a Triton without its bundled CUDA tools
         return
-    registers, spilled = registers_and_spills(ptx)
+    registers, spilled = registers_and_spills(ptx, log.getvalue())
     spills = f", spills {spilled} bytes" if spilled else ""
     print(f"{fn.__name__:30s} {dtype:6s} {mode:15s} {num_warps} warps {registers:3d} registers"
           + spills)  # fmt: skip
@@ -249,8 +267,9 @@ def compile_for_gpu(fn, pointers, constexprs, num_warps):
 DTYPES = ("fp32", "fp16", "bf16", "fp64")
 
 
-def main(dtypes=DTYPES) -> int:
-    """Compile every kernel in each of ``dtypes`` (its inputs' and outputs' element type)."""
+def main(dtypes=DTYPES, lean=False) -> int:
+    """Compile every kernel in each of ``dtypes`` (its inputs' and outputs' element type);
+    ``lean``: float32 in full, the others' aligned, default variants only."""
     unknown = set(dtypes) - set(DTYPES)
     assert not unknown, f"dtypes {sorted(unknown)} are not among {DTYPES}"
     # the launch configuration of 256 channels and 7x7 bins
@@ -264,11 +283,12 @@ def main(dtypes=DTYPES) -> int:
     _, ps_block, ps_warps = roi_outputs_grid(1, 21 * 49)  # (R-FCN's 21 classes)
     argmax_tile = {"P": 49, "BLOCK_P": block_p, "BLOCK_C": argmax_c}
     for dt in dtypes:
+        full = dt == "fp32" or not lean  # (otherwise what the element type changes)
         rois = "*fp64" if dt == "fp64" else "*fp32"
         amax = "*i64" if dt == "fp64" else "*i32"  # (max |grad| in pieces, as bits)
         fwd = {"ROIS": rois, "ARGMAX": "*i32", "X": f"*{dt}", "OUT": f"*{dt}"}
         bwd = {"ROIS": rois, "ARGMAX": "*i32", "G": f"*{dt}", "AMAX": amax, "ACC": "*i64"}
-        for aligned in (False, True):
+        for aligned in (False, True) if full else (True,):
             for max_mode in (False, True, ONNX_MAX_MODE):
                 mode = {"PH": 7, "PW": 7, "ALIGNED": aligned, "MAX_MODE": max_mode, "PS": False}
                 for b, warps in sampled:
@@ -277,7 +297,7 @@ def main(dtypes=DTYPES) -> int:
                 # RoI-major, in every mode in float32 (what `make gpu-tune` times: both
                 # splits, and "wide"'s branch on the RoI's points a row with the
                 # adaptive grid's) and the average in float16)
-                reuse = aligned and (dt == "fp32" or (dt == "fp16" and not max_mode))
+                reuse = full and aligned and (dt == "fp32" or (dt == "fp16" and not max_mode))
                 for b, warps in (sampled if dt == "fp32" else sampled[1:]) if reuse else ():
                     compile_for_gpu(
                         roi_align_forward_kernel, fwd,
@@ -366,7 +386,8 @@ def main(dtypes=DTYPES) -> int:
             multi_scale_roi_align_backward_kernel, {**bwd, "LEVELS": "*i64"},
             {**fpn, "BLOCK_C": block_c, "SPAN": SPAN}, bwd_warps,
         )  # fmt: skip
-        for aligned, degrees, clockwise in ((True, True, False), (False, False, True)):
+        rotations = ((True, True, False), (False, False, True))
+        for aligned, degrees, clockwise in rotations if full else rotations[:1]:
             rot = {"PH": 7, "PW": 7, "ALIGNED": aligned, "DEGREES": degrees, "CLOCKWISE": clockwise}
             for b, warps in sampled:
                 compile_for_gpu(roi_align_rotated_forward_kernel, fwd, {**rot, "BLOCK": b}, warps)
@@ -393,7 +414,7 @@ def main(dtypes=DTYPES) -> int:
         ps_pool = {"PH": 7, "PW": 7}
         compile_for_gpu(ps_roi_pool_forward_kernel, fwd, {**ps_pool, "BLOCK": block}, fwd_warps)
         # the scatter to every cell, and as differences in bands of PS_BAND rows
-        for band in sorted({0, PS_BAND}):
+        for band in sorted({0, PS_BAND}) if full else (BAND,):
             compile_for_gpu(
                 ps_roi_pool_backward_kernel, bwd,
                 {**ps_pool, "BLOCK": ps_block, "BAND": band}, ps_warps,
@@ -402,7 +423,9 @@ def main(dtypes=DTYPES) -> int:
             pool = {"PH": 7, "PW": 7, "STORE_ARGMAX": store}
             # (a bin cell by cell; 2x2 cells at a time, VISIT_2X2, off: float32 and float16
             # with the argmax, the launch `kernel_configs` times)
-            for visit_2x2 in (False, True) if store and dt in ("fp32", "fp16") else (False,):
+            for visit_2x2 in (
+                (False, True) if store and full and dt in ("fp32", "fp16") else (False,)
+            ):
                 compile_for_gpu(
                     roi_pool_forward_kernel, fwd,
                     {**pool, "BLOCK": block, "VISIT_2X2": visit_2x2}, fwd_warps,
@@ -414,35 +437,41 @@ def main(dtypes=DTYPES) -> int:
         unused = {"RECTS": rois, "FLAGS": "*i64", "PARTS": "*i64"}
         for cm in (True, False):
             # (the scatter alone, in regions, adding runs of bins once, both)
-            for regions, runs in ((False, False), (True, False), (False, True), (True, True)):
+            for regions, runs in (
+                ((False, False), (True, False), (False, True), (True, True))
+                if full
+                else ((False, True),)  # (the launchers' default)
+            ):
                 compile_for_gpu(
                     roi_pool_backward_kernel, {**bwd, **(REGIONS if regions else unused)},
                     {**argmax_tile, "ARGMAX_CM": cm, "REGIONS": regions, "RUNS": runs},
                     argmax_warps,
                 )  # fmt: skip
-        compile_for_gpu(
-            roi_pool_regions_kernel, {"ROIS": rois, **REGIONS},
-            {"PH": 7, "PW": 7, "BLOCK": REGION_ROIS}, 4,
-        )  # fmt: skip
-        for aligned in (False, True):
-            compile_for_gpu(
-                roi_align_regions_kernel, {"ROIS": rois, **REGIONS},
-                {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK": REGION_ROIS}, 4,
-            )  # fmt: skip
         grad_block = amax_block(TORCH_DTYPES[dt])
         compile_for_gpu(
             zero_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax},
             {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": grad_block}, ZERO_WARPS,
         )  # fmt: skip
-        compile_for_gpu(
-            zero_regions_and_bound_kernel, {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax, **REGIONS},
-            {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": grad_block, "ROWS": REGION_ROWS,
-             "CELLS": REGION_CELLS, "BLOCK_C": REGION_CHANNELS},
-            ZERO_WARPS,
-        )  # fmt: skip
+        if full:  # (the sums in regions)
+            compile_for_gpu(
+                roi_pool_regions_kernel, {"ROIS": rois, **REGIONS},
+                {"PH": 7, "PW": 7, "BLOCK": REGION_ROIS}, 4,
+            )  # fmt: skip
+            for aligned in (False, True):
+                compile_for_gpu(
+                    roi_align_regions_kernel, {"ROIS": rois, **REGIONS},
+                    {"PH": 7, "PW": 7, "ALIGNED": aligned, "BLOCK": REGION_ROIS}, 4,
+                )  # fmt: skip
+            compile_for_gpu(
+                zero_regions_and_bound_kernel,
+                {"ACC": "*i64", "G": f"*{dt}", "AMAX": amax, **REGIONS},
+                {"BLOCK": ZERO_BLOCK, "GRAD_BLOCK": grad_block, "ROWS": REGION_ROWS,
+                 "CELLS": REGION_CELLS, "BLOCK_C": REGION_CHANNELS},
+                ZERO_WARPS,
+            )  # fmt: skip
         # NCHW output: stride_w is 1, which Triton specialises as a constant; the
         # position-sensitive ops' sums go bin by bin (7x7 bins); read where regions mark
-        for bins, regions in ((1, False), (49, False), (1, True)):
+        for bins, regions in ((1, False), (49, False), (1, True))[: 3 if full else 2]:
             compile_for_gpu(
                 fixed_point_to_float_kernel,
                 {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}", **(REGIONS if regions else unused)},
@@ -474,7 +503,7 @@ def main(dtypes=DTYPES) -> int:
             )  # fmt: skip
         # sums as differences (ps_roi_pool's): R-FCN's map of 68 cells a row (16 channels
         # a program of 8 warps), and the widest rows (one channel)
-        for block_w, block_c, warps in ((128, 16, 8), (BAND_TILE, 1, 8)):
+        for block_w, block_c, warps in ((128, 16, 8), (BAND_TILE, 1, 8)) if full else ():
             compile_for_gpu(
                 fixed_point_bands_to_float_kernel,
                 {"ACC": "*i64", "AMAX": amax, "GX": f"*{dt}"},
@@ -490,5 +519,6 @@ def main(dtypes=DTYPES) -> int:
 
 
 if __name__ == "__main__":
-    # python tests/triton_compile_check.py [DTYPE ...] (all four by default)
-    sys.exit(main(tuple(sys.argv[1:]) or DTYPES))
+    # python tests/triton_compile_check.py [--lean] [DTYPE ...] (all four by default)
+    args = [a for a in sys.argv[1:] if a != "--lean"]
+    sys.exit(main(tuple(args) or DTYPES, lean="--lean" in sys.argv[1:]))
