@@ -116,14 +116,22 @@ class PSRoIPool(nn.Module):
         )
 
 
-def infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
+def infer_scale(name: str, feature: Tensor, image_size: tuple[int, int]) -> float:
     """A feature map's spatial_scale: ``feature size / image size`` rounded to a power of
     two, as torchvision's ``MultiScaleRoIAlign`` infers it (the nearest power in log2,
     halves to even). Plain Python arithmetic, so that ``torch.compile`` keeps it out of
     the graph; torchvision rounds a float32 log2, which could differ only for a ratio
-    within 1e-7 of an odd power of sqrt(2), not a ratio of two feature and image sizes."""
-    approx = float(feature.shape[-2]) / float(image_size[0])
-    return 2.0 ** round(math.log2(approx))
+    within 1e-7 of an odd power of sqrt(2), not a ratio of two feature and image sizes.
+    A map or image without rows has no scale: a ValueError naming the map (torchvision's
+    OverflowError comes from its level mapper)."""
+    rows, image_rows = feature.shape[-2], image_size[0]
+    if rows <= 0 or image_rows <= 0:
+        raise ValueError(
+            f"MultiScaleRoIAlign: feature map {name!r} of shape {tuple(feature.shape)} and "
+            f"image height {image_rows}: no spatial scale can be inferred from a map or "
+            "image without rows"
+        )
+    return 2.0 ** round(math.log2(float(rows) / float(image_rows)))
 
 
 @fx_leaf
@@ -141,9 +149,10 @@ def pool_pyramid(
     level_mapper: str = "torchvision",
 ) -> Tensor:
     """``MultiScaleRoIAlign.forward`` as a function (one leaf node under ``torch.fx``)."""
-    features = [v for k, v in x.items() if k in featmap_names]
+    names = [k for k in x if k in featmap_names]
+    features = [x[k] for k in names]
     size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    scales = [infer_scale(f, size) for f in features]
+    scales = [infer_scale(k, x[k], size) for k in names]
     if len(features) == 1:
         return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio, aligned)
     k_min = round(-math.log2(scales[0]))

@@ -145,6 +145,34 @@ def test_torch_compile_dynamic_does_not_recompile_for_new_roi_counts():
     assert frames == first
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
+def test_every_op_on_maps_without_columns_gives_zeros(backend):
+    # every sampling point and cell lies outside a map of no columns: zero outputs and no
+    # gradient, no error (torchvision 0.29's CPU roi_align crashes the process on a map
+    # of no rows; its kernels are not called here)
+    x, rois, boxes, rotated, _, image_shapes = every_op_inputs(5)
+    x = torch.randn(2, 8, 12, 0, requires_grad=True)
+    pyramid = {"p2": torch.randn(2, 8, 24, 0, requires_grad=True),
+               "p3": torch.randn(2, 8, 12, 0, requires_grad=True)}  # fmt: skip
+    with roiops.use_backend(backend):
+        out = EveryOp()(x, rois, boxes, rotated, pyramid, image_shapes)
+        grads = torch.autograd.grad(out.square().sum(), [x, *pyramid.values()])
+    # (one column is map_levels', a level index)
+    level_nonzero = (roiops.map_levels(boxes, 2, 3) != 0).to(torch.int64)
+    assert out.shape[0] == 5 and torch.isfinite(out).all()
+    assert torch.equal(out.count_nonzero(1), level_nonzero)
+    assert all(g.shape == t.shape for g, t in zip(grads, [x, *pyramid.values()], strict=True))
+
+
+def test_a_pyramid_map_without_rows_has_no_scale_to_infer():
+    x, rois, boxes, rotated, pyramid, image_shapes = every_op_inputs(5)
+    pyramid["p3"] = pyramid["p3"][:, :, :0]
+    with pytest.raises(ValueError, match="feature map 'p3' of shape .2, 8, 0, 14."):
+        EveryOp().fpn(pyramid, boxes, image_shapes)
+    with pytest.raises(ValueError, match="image height 0"):
+        EveryOp().fpn(every_op_inputs(5)[4], boxes, [(0, 100)])
+
+
 def test_torch_export_runs_every_op():
     model = EveryOp()
     program = torch.export.export(model, every_op_inputs(31))
