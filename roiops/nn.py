@@ -152,7 +152,7 @@ def pool_pyramid(
     names = [k for k in x if k in featmap_names]
     features = [x[k] for k in names]
     size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    scales = [infer_scale(k, x[k], size) for k in names]
+    scales = [infer_scale(k, f, size) for k, f in zip(names, features, strict=True)]
     if len(features) == 1:
         return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio, aligned)
     k_min = round(-math.log2(scales[0]))

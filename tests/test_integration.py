@@ -165,7 +165,7 @@ def test_every_op_on_maps_without_columns_gives_zeros(backend):
 
 
 def test_a_pyramid_map_without_rows_has_no_scale_to_infer():
-    x, rois, boxes, rotated, pyramid, image_shapes = every_op_inputs(5)
+    _, _, boxes, _, pyramid, image_shapes = every_op_inputs(5)
     pyramid["p3"] = pyramid["p3"][:, :, :0]
     with pytest.raises(ValueError, match="feature map 'p3' of shape .2, 8, 0, 14."):
         EveryOp().fpn(pyramid, boxes, image_shapes)
