@@ -288,7 +288,9 @@ class ROIPooler(nn.Module):
     (``aligned=True``) or ``"ROIPool"``.
 
     ``forward(x, box_lists)``: ``x`` the levels (finest first, scales as given), and one
-    ``Tensor[L, 4]`` of boxes per image. Returns ``Tensor[K, C, h, w]``.
+    ``Tensor[L, 4]`` of boxes per image, or detectron2's ``Boxes`` (anything that holds
+    its boxes as ``.tensor``), as detectron2's ROI heads pass them. Returns
+    ``Tensor[K, C, h, w]``. (detectron2's ``ROIAlignRotated`` pooler type is not here.)
     """
 
     def __init__(
@@ -333,6 +335,7 @@ def pool_detectron2(
     canonical_level: int = 4,
 ) -> Tensor:
     """``ROIPooler.forward`` as a function (one leaf node under ``torch.fx``)."""
+    box_lists = [getattr(boxes, "tensor", boxes) for boxes in box_lists]  # (Boxes)
     if len(x) != len(scales):
         raise ValueError(f"ROIPooler: {len(scales)} scales but {len(x)} feature maps")
     mapper = dict(

@@ -206,3 +206,21 @@ def test_roi_pooler_is_detectron2_s_composition(rng, pooler_type):
         assert torch.equal(out[pick], expected)
     with pytest.raises(ValueError, match="pooler_type must be one of"):
         roiops.ROIPooler(7, SCALES, 2, "ROIAlignV3")
+
+
+class Boxes:
+    """detectron2's ``Boxes`` as its ROI heads hand them to ``ROIPooler`` (a stand-in:
+    detectron2 is not installable here): the boxes are its ``.tensor``."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def test_roi_pooler_takes_detectron2_s_boxes(rng):
+    features = pyramid(rng, size=64)
+    boxes = [as_tensor(boxes_over(rng, n), torch.float32) for n in (30, 20)]
+    for pooler_type in ("ROIAlignV2", "ROIPool"):
+        pooler = roiops.ROIPooler(7, SCALES, 2, pooler_type)
+        assert torch.equal(pooler(features, [Boxes(b) for b in boxes]), pooler(features, boxes))
+    with pytest.raises(TypeError, match="boxes"):
+        pooler(features, [boxes[0].numpy()])
