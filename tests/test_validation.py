@@ -1,5 +1,9 @@
 """Bad input gets a clear Python exception naming the argument, on every op."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -229,3 +233,48 @@ def test_triton_backend_on_cpu_tensors_checks_values(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="batch indices must lie"):
         align(boxes=torch.tensor([[2, 0.0, 0, 1, 1]]))
+
+
+# A parent runs an op (Numba's threads start), then a forked child (how a DataLoader's
+# workers start on Linux) runs it again, with one torch thread as a DataLoader worker has
+FORK_SCRIPT = """
+import multiprocessing, sys, numba, torch, roiops
+x = torch.randn(1, 4, 9, 9)
+rois = torch.tensor([[0, 1.0, 1, 7, 7]])
+expected = roiops.roi_align(x, rois, 2)
+
+def child(queue):
+    torch.set_num_threads(1)
+    try:
+        queue.put(("equal", bool(torch.equal(roiops.roi_align(x, rois, 2), expected))))
+    except RuntimeError as error:
+        queue.put(("error", str(error)))
+
+gnu = numba.threading_layer() == "omp" and getattr(
+    sys.modules.get("numba.np.ufunc.omppool"), "openmp_vendor", "") == "GNU"
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+process.join(120)
+print(gnu, *queue.get(timeout=10), process.exitcode)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+@pytest.mark.parametrize("layer", [None, "workqueue"])
+def test_a_process_forked_after_a_call_runs_the_op_or_says_why_not(layer):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    if layer is not None:
+        env["NUMBA_THREADING_LAYER"] = layer
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    head, exitcode = done.stdout.rsplit(maxsplit=1)
+    gnu, what, result = head.split(maxsplit=2)
+    assert exitcode == "0"
+    if gnu == "True":  # Numba would terminate the child: a clear error instead
+        assert what == "error" and "forked from one that had run roiops' CPU" in result
+        assert layer is None
+    else:
+        assert (what, result) == ("equal", "True")
