@@ -335,7 +335,8 @@ def pool_detectron2(
     canonical_level: int = 4,
 ) -> Tensor:
     """``ROIPooler.forward`` as a function (one leaf node under ``torch.fx``)."""
-    box_lists = [getattr(boxes, "tensor", boxes) for boxes in box_lists]  # (Boxes)
+    if not isinstance(box_lists, Tensor):  # (a Tensor[K, 5] passes as it is)
+        box_lists = [getattr(boxes, "tensor", boxes) for boxes in box_lists]  # (Boxes)
     if len(x) != len(scales):
         raise ValueError(f"ROIPooler: {len(scales)} scales but {len(x)} feature maps")
     mapper = dict(

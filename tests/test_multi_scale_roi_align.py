@@ -221,6 +221,10 @@ def test_roi_pooler_takes_detectron2_s_boxes(rng):
     boxes = [as_tensor(boxes_over(rng, n), torch.float32) for n in (30, 20)]
     for pooler_type in ("ROIAlignV2", "ROIPool"):
         pooler = roiops.ROIPooler(7, SCALES, 2, pooler_type)
-        assert torch.equal(pooler(features, [Boxes(b) for b in boxes]), pooler(features, boxes))
+        out = pooler(features, boxes)
+        assert torch.equal(pooler(features, [Boxes(b) for b in boxes]), out)
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1)
+                          for i, b in enumerate(boxes)])  # fmt: skip
+        assert torch.equal(pooler(features, rois), out)  # (a Tensor[K, 5] too)
     with pytest.raises(TypeError, match="boxes"):
         pooler(features, [boxes[0].numpy()])
