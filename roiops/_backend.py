@@ -113,8 +113,8 @@ def select_backend(device: torch.device) -> str:
 # GNU OpenMP (its threading layer on Linux unless TBB is installed): Numba terminates the
 # child at its first parallel launch, which a DataLoader reports as a worker that "exited
 # unexpectedly". A child forked that way gets this error instead, at the call. (The TBB
-# and workqueue layers are fork-safe; on this project's 2-core VM both ran the CPU
-# kernels up to 1.5x slower than OpenMP beside torch's own OpenMP threads.)
+# and workqueue layers are fork-safe; on this project's 2-core VM they ran the CPU ops
+# 1.3-1.7x and 1.2-2.2x slower than OpenMP beside torch's own spinning OpenMP threads.)
 FORKED_FROM_OPENMP = (
     "roiops: this process was forked from one that had run roiops' CPU (Numba) kernels on "
     "GNU OpenMP threads, which cannot run in a forked process (Numba would terminate it). "
