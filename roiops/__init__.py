@@ -9,6 +9,7 @@ from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
     map_levels,
     multi_scale_roi_align,
+    multi_scale_roi_align_rotated,
     multi_scale_roi_pool,
     prroi_pool,
     ps_roi_align,
@@ -40,6 +41,7 @@ __all__ = [
     "is_patched",
     "map_levels",
     "multi_scale_roi_align",
+    "multi_scale_roi_align_rotated",
     "multi_scale_roi_pool",
     "patch",
     "prroi_pool",

@@ -209,6 +209,15 @@ def check_levels(levels: Tensor, num_levels: int, op: str) -> None:
         )
 
 
+def check_angle_convention(angle_unit: object, clockwise: object, op: str) -> tuple[bool, bool]:
+    """``(degrees, clockwise)`` of rotated boxes' angle convention."""
+    if angle_unit not in ("degrees", "radians"):
+        raise ValueError(f"{op}: angle_unit must be 'degrees' or 'radians', got {angle_unit!r}")
+    if not isinstance(clockwise, bool):
+        raise TypeError(f"{op}: clockwise must be a bool, got {clockwise!r}")
+    return angle_unit == "degrees", clockwise
+
+
 def check_rotated_sizes(rois: Tensor, op: str) -> None:
     """Rotated boxes' widths and heights (columns 3 and 4) must not be negative."""
     if rois.shape[0] and bool((rois[:, 3:5] < 0).any()):

@@ -13,7 +13,11 @@ from roiops import _validate
 from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops import call
-from roiops.ops.multi_scale_roi_align import multi_scale_roi_align_op, multi_scale_roi_pool_op
+from roiops.ops.multi_scale_roi_align import (
+    multi_scale_roi_align_op,
+    multi_scale_roi_align_rotated_op,
+    multi_scale_roi_pool_op,
+)
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
@@ -224,6 +228,7 @@ def map_levels(
     canonical_level: int = 4,
     eps: float = 1e-6,
     convention: Literal["torchvision", "detectron2"] = "torchvision",
+    rotated: bool = False,
 ) -> Tensor:
     """FPN's level mapper (Lin et al. 2017, eq. 1): the pyramid level of each box,
     ``floor(canonical_level + log2(sqrt(area) / canonical_scale))`` clamped to
@@ -238,6 +243,8 @@ def map_levels(
             log (``log2(size / canonical + eps)``, its ``1e-8``).
         convention: ``"torchvision"`` (``MultiScaleRoIAlign``'s ``LevelMapper``) or
             ``"detectron2"`` (``ROIPooler``'s ``assign_boxes_to_levels``).
+        rotated: the boxes are rotated, ``Tensor[K, 5]`` ``(cx, cy, w, h, angle)``, and
+            their area ``w * h`` (detectron2's ``RotatedBoxes.area``).
 
     Computed with the same torch operations as each library, so the levels are theirs;
     an inverted box (negative area) maps to ``k_min``, where both give a NaN level.
@@ -248,10 +255,16 @@ def map_levels(
         )
     if not isinstance(boxes, Tensor):
         boxes = torch.cat(list(boxes), dim=0)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"map_levels: boxes must be Tensor[K, 4], got {tuple(boxes.shape)}")
+    columns = 5 if rotated else 4
+    if boxes.dim() != 2 or boxes.shape[1] != columns:
+        raise ValueError(
+            f"map_levels: boxes must be Tensor[K, {columns}], got {tuple(boxes.shape)}"
+        )
     # an inverted box's negative area counts as 0 (the finest level), not as a NaN level
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if rotated:
+        area = boxes[:, 2] * boxes[:, 3]
+    else:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     size = torch.sqrt(torch.clamp(area, min=0))
     if convention == "torchvision":
         level = torch.floor(
@@ -266,9 +279,9 @@ def map_levels(
 
 
 def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonical_scale,
-                       canonical_level, eps, level_mapper):  # fmt: skip
-    """Checked ``(features, (h, w), scales, rois, levels)`` of a pyramid pooler call; the
-    levels from :func:`map_levels` unless given."""
+                       canonical_level, eps, level_mapper, rotated=False):  # fmt: skip
+    """Checked ``(features, (h, w), scales, rois, levels)`` of a pyramid pooler call (of
+    ``rotated`` boxes: ``rois[K, 6]``); the levels from :func:`map_levels` unless given."""
     features = _validate.check_pyramid(features, op)
     pooled = _validate.output_size_pair(output_size, op)
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
@@ -276,13 +289,14 @@ def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonic
     if len(scales) != len(features):
         raise ValueError(f"{op}: {len(features)} feature maps but {len(scales)} scales")
     scale_list = [_validate.check_spatial_scale(s, op) for s in scales]
-    rois = _validate.boxes_to_rois(boxes, features[0], op)
+    rois = _validate.boxes_to_rois(boxes, features[0], op, rotated)
     if levels is None:
         k_min = int(-math.log2(scale_list[0]))
         k_max = int(-math.log2(scale_list[-1]))
         levels = map_levels(
-            rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper
-        )
+            rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper,
+            rotated,
+        )  # fmt: skip
     elif not isinstance(levels, Tensor) or levels.shape != (rois.shape[0],):
         raise ValueError(f"{op}: levels must be a Tensor[{rois.shape[0]}] of level indices")
     levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
@@ -383,14 +397,60 @@ def roi_align_rotated(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
     aligned = _validate.check_aligned(aligned, op)
-    if angle_unit not in ("degrees", "radians"):
-        raise ValueError(f"{op}: angle_unit must be 'degrees' or 'radians', got {angle_unit!r}")
-    if not isinstance(clockwise, bool):
-        raise TypeError(f"{op}: clockwise must be a bool, got {clockwise!r}")
+    degrees, clockwise = _validate.check_angle_convention(angle_unit, clockwise, op)
     rois = _validate.boxes_to_rois(boxes, input, op, rotated=True)
     return call(
-        roi_align_rotated_op, input, rois, scale, *pooled, ratio, aligned,
-        angle_unit == "degrees", clockwise,
+        roi_align_rotated_op, input, rois, scale, *pooled, ratio, aligned, degrees, clockwise
+    )
+
+
+@fx_leaf
+def multi_scale_roi_align_rotated(
+    features: Sequence[Tensor],
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    scales: Sequence[float],
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+    levels: Tensor | None = None,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+    level_mapper: Literal["torchvision", "detectron2"] = "torchvision",
+    angle_unit: Literal["degrees", "radians"] = "degrees",
+    clockwise: bool = False,
+) -> Tensor:
+    """Rotated RoIAlign over a feature pyramid (detectron2's ``ROIPooler`` with
+    ``pooler_type="ROIAlignRotated"``), every level in one kernel launch.
+
+    Args:
+        features: the levels, finest first, as for :func:`multi_scale_roi_align`.
+        boxes: ``Tensor[K, 6]`` or a list of ``Tensor[L, 5]``, as for
+            :func:`roi_align_rotated`.
+        output_size, scales: as for :func:`multi_scale_roi_align`.
+        sampling_ratio, aligned, angle_unit, clockwise: as for :func:`roi_align_rotated`
+            (detectron2: ``aligned=True``, degrees, counter-clockwise).
+        levels: ``Tensor[K]`` int64 level of each RoI; by default :func:`map_levels` of
+            the boxes' areas ``w * h`` (``rotated=True``).
+        canonical_scale, canonical_level, eps, level_mapper: see :func:`map_levels`.
+
+    Returns:
+        ``Tensor[K, C, h, w]``: RoI k is ``roi_align_rotated`` of ``features[levels[k]]``
+        at ``scales[levels[k]]``; backward is deterministic. Bad values as for
+        :func:`roi_align_rotated` (errors on CPU, NaN outputs on CUDA).
+    """
+    op = "multi_scale_roi_align_rotated"
+    _onnx.not_exportable(op)
+    features, pooled, scale_list, rois, levels = _pyramid_arguments(
+        op, features, boxes, output_size, scales, levels, canonical_scale, canonical_level, eps,
+        level_mapper, rotated=True,
+    )  # fmt: skip
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    aligned = _validate.check_aligned(aligned, op)
+    degrees, clockwise = _validate.check_angle_convention(angle_unit, clockwise, op)
+    return call(
+        multi_scale_roi_align_rotated_op, list(features), rois, levels, scale_list, *pooled,
+        ratio, aligned, degrees, clockwise,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from roiops.functional import (
     BoxesArg,
     map_levels,
     multi_scale_roi_align,
+    multi_scale_roi_align_rotated,
     multi_scale_roi_pool,
     prroi_pool,
     ps_roi_align,
@@ -278,19 +279,22 @@ class PrRoIPool2D(nn.Module):
         )
 
 
-POOLER_TYPES = ("ROIAlign", "ROIAlignV2", "ROIPool")
+POOLER_TYPES = ("ROIAlign", "ROIAlignV2", "ROIPool", "ROIAlignRotated")
 
 
 class ROIPooler(nn.Module):
     """detectron2's ``ROIPooler``: pools each box from its FPN level with detectron2's
     level assignment (``map_levels(..., convention="detectron2")``), every level in one
     kernel launch. ``pooler_type``: ``"ROIAlign"`` (``aligned=False``), ``"ROIAlignV2"``
-    (``aligned=True``) or ``"ROIPool"``.
+    (``aligned=True``), ``"ROIPool"`` or ``"ROIAlignRotated"`` (rotated boxes, see
+    :func:`roiops.multi_scale_roi_align_rotated`; detectron2's convention: aligned,
+    degrees, counter-clockwise, levels by the area ``w * h``).
 
     ``forward(x, box_lists)``: ``x`` the levels (finest first, scales as given), and one
-    ``Tensor[L, 4]`` of boxes per image, or detectron2's ``Boxes`` (anything that holds
-    its boxes as ``.tensor``), as detectron2's ROI heads pass them. Returns
-    ``Tensor[K, C, h, w]``. (detectron2's ``ROIAlignRotated`` pooler type is not here.)
+    ``Tensor[L, 4]`` of boxes per image (``Tensor[L, 5]``, ``(cx, cy, w, h, angle)``, for
+    ``"ROIAlignRotated"``), or detectron2's ``Boxes`` / ``RotatedBoxes`` (anything that
+    holds its boxes as ``.tensor``), as detectron2's ROI heads pass them. Returns
+    ``Tensor[K, C, h, w]``.
     """
 
     def __init__(
@@ -347,6 +351,10 @@ def pool_detectron2(
     )
     if pooler_type == "ROIPool":
         return multi_scale_roi_pool(x, box_lists, output_size, scales, **mapper)
+    if pooler_type == "ROIAlignRotated":
+        return multi_scale_roi_align_rotated(
+            x, box_lists, output_size, scales, sampling_ratio, True, **mapper
+        )
     return multi_scale_roi_align(
         x, box_lists, output_size, scales, sampling_ratio, pooler_type == "ROIAlignV2",
         **mapper,

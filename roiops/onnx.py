@@ -59,7 +59,7 @@ def not_exportable(op: str) -> None:
     if exporting():
         raise NotImplementedError(
             f"{op}: no ONNX operator computes it, so a model that calls it cannot be "
-            "exported to ONNX (roi_align, roi_pool and the FPN poolers can)"
+            "exported to ONNX (roi_align, roi_pool and the axis-aligned FPN poolers can)"
         )
 
 

@@ -39,6 +39,8 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
          lambda: roiops.multi_scale_roi_align(pyramid, boxes, 2, SCALES, 2)),
         ("multi_scale_roi_pool",
          lambda: roiops.multi_scale_roi_pool(pyramid, boxes, 2, SCALES)),
+        ("multi_scale_roi_align_rotated",
+         lambda: roiops.multi_scale_roi_align_rotated(pyramid, rotated, 2, SCALES, 2)),
     ]  # fmt: skip
 
 

@@ -27,6 +27,7 @@ class EveryOp(nn.Module):
         self.fpn = roiops.MultiScaleRoIAlign(["p2", "p3"], 3, 2)
         self.pooler = roiops.ROIPooler(3, SCALES, 2, "ROIAlignV2")
         self.pooler_max = roiops.ROIPooler(2, SCALES, 0, "ROIPool")
+        self.pooler_rotated = roiops.ROIPooler(2, SCALES, 0, "ROIAlignRotated")
 
     def forward(self, x, rois, boxes, rotated, pyramid, image_shapes):
         levels = [pyramid["p2"], pyramid["p3"]]
@@ -40,6 +41,7 @@ class EveryOp(nn.Module):
             roiops.prroi_pool(x, rois, 2, 0.5),
             roiops.multi_scale_roi_align(levels, boxes, 2, SCALES, 2),
             roiops.multi_scale_roi_pool(levels, boxes, 2, SCALES),
+            roiops.multi_scale_roi_align_rotated(levels, rotated, 2, SCALES, 2),
             roiops.map_levels(boxes, 2, 3)[:, None].to(x.dtype),
             self.align(x, rois),
             self.pool(x, rois),
@@ -50,6 +52,7 @@ class EveryOp(nn.Module):
             self.fpn(pyramid, boxes, image_shapes),
             self.pooler(levels, boxes),
             self.pooler_max(levels, boxes),
+            self.pooler_rotated(levels, rotated),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -63,9 +66,10 @@ PUBLIC_CALLS = {
     "prroi_pool": 1 + 1,
     "multi_scale_roi_align": 1,
     "multi_scale_roi_pool": 1,
+    "multi_scale_roi_align_rotated": 1,
     "map_levels": 1,
     "pool_pyramid": 1,  # MultiScaleRoIAlign
-    "pool_detectron2": 2,  # ROIPooler
+    "pool_detectron2": 3,  # ROIPooler
 }
 
 

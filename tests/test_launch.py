@@ -311,6 +311,7 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         (gpu_ps_pool, "ps_roi_pool_forward_kernel"),
         (gpu_pyramid, "multi_scale_roi_align_forward_kernel"),
         (gpu_pyramid, "multi_scale_roi_pool_forward_kernel"),
+        (gpu_pyramid, "multi_scale_roi_align_rotated_forward_kernel"),
         (gpu_prroi, "prroi_pool_forward_kernel"),
         (gpu_rotated, "roi_align_rotated_forward_kernel"),
     ])  # fmt: skip
@@ -341,8 +342,11 @@ def test_the_launchers_cached_launches_are_the_ones_they_would_compute(monkeypat
         ),  # fmt: skip
         lambda: gpu_prroi.prroi_pool_forward(x, rois, 0.5, 3, 3),
         lambda: gpu_rotated.roi_align_rotated_forward(x, rotated, 0.5, 3, 3, 0, True, True, False),
+        lambda: gpu_pyramid.multi_scale_roi_align_rotated_forward(
+            pyramid, rotated, levels, (0.5, 0.25), 3, 3, 0, True, True, False
+        ),  # fmt: skip
     ]
-    adaptive = (1, 9, 13)  # (the calls that sample an adaptive grid from an NCHW map)
+    adaptive = (1, 9, 13, 14)  # (the calls that sample an adaptive grid from an NCHW map)
 
     def launches():
         launched.clear()
@@ -449,6 +453,7 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         (fixed_point, "fixed_point_bands_to_float_kernel"),
         (gpu_pyramid, "multi_scale_roi_align_backward_kernel"),
         (gpu_pyramid, "multi_scale_roi_pool_backward_kernel"),
+        (gpu_pyramid, "multi_scale_roi_align_rotated_backward_kernel"),
         (gpu_align, "roi_align_regions_kernel"), (gpu_pool, "roi_pool_regions_kernel"),
         (fixed_point, "zero_regions_and_bound_kernel"),
         (gpu_prroi, "prroi_pool_backward_kernel"),
@@ -484,6 +489,17 @@ def test_the_backward_launches_kept_are_the_ones_they_would_compute(monkeypatch)
         lambda: gpu_rotated.roi_align_rotated_backward(
             grad, rotated, torch.empty_like(x), 0.5, 3, 3, 2, True, True, False
         ),
+        lambda: gpu_pyramid.multi_scale_roi_align_rotated_backward(
+            grad,
+            rotated,
+            levels,
+            (0.5, 0.25),
+            [torch.empty_like(p) for p in pyramid],
+            0,
+            True,
+            True,
+            False,
+        ),  # fmt: skip
     ]
 
     def launches():

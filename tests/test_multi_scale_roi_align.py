@@ -228,3 +228,139 @@ def test_roi_pooler_takes_detectron2_s_boxes(rng):
         assert torch.equal(pooler(features, rois), out)  # (a Tensor[K, 5] too)
     with pytest.raises(TypeError, match="boxes"):
         pooler(features, [boxes[0].numpy()])
+
+
+# -------------------------------------------------------- rotated RoIAlign over a pyramid
+def rotated_boxes_over(rng, count, image=256):
+    """Rotated boxes ``(cx, cy, w, h, angle in degrees)`` of 16 to 1024 px a side
+    centred in an image: every level of four from 1/4 gets some."""
+    side = np.exp(rng.uniform(np.log(16), np.log(1024), (count, 2)))
+    centre = rng.uniform(0, image, (count, 2))
+    angle = rng.uniform(-180, 180, (count, 1))
+    return np.concatenate([centre, side, angle], axis=1)
+
+
+def rotated_rois_over(rng, batch, count, image=256):
+    batch_index = rng.integers(0, batch, (count, 1))
+    return np.concatenate([batch_index, rotated_boxes_over(rng, count, image)], axis=1)
+
+
+def run_rotated(backend, features, rois, output_size, ratio, grad, **kw):
+    leaves = [f.detach().clone().requires_grad_() for f in features]
+    with roiops.use_backend(backend):
+        out = roiops.multi_scale_roi_align_rotated(leaves, rois, output_size, SCALES, ratio, **kw)
+        out.backward(grad)
+    return out.detach(), [f.grad for f in leaves]
+
+
+def test_map_levels_of_rotated_boxes():
+    # detectron2's RotatedBoxes.area() is w * h, whatever the angle
+    sides = torch.tensor([[112.0, 112], [448, 112], [448, 448], [10, 10], [2000, 50]])
+    angles = torch.tensor([[0.0], [30], [-90], [45], [170]])
+    boxes = torch.cat([torch.full((5, 2), 50.0), sides, angles], 1)
+    levels = roiops.map_levels(boxes, 2, 5, rotated=True)
+    assert levels.tolist() == [1, 2, 3, 0, 2]  # sqrt(area) 112, 224, 448, 10, 316
+    detectron2 = torch.floor(4 + torch.log2(torch.sqrt(sides[:, 0] * sides[:, 1]) / 224 + 1e-8))
+    assert torch.equal(
+        roiops.map_levels(boxes, 2, 5, eps=1e-8, convention="detectron2", rotated=True),
+        detectron2.clamp(2, 5).to(torch.int64) - 2,
+    )
+    with pytest.raises(ValueError, match=r"boxes must be Tensor\[K, 5\]"):
+        roiops.map_levels(boxes[:, :4], 2, 5, rotated=True)
+
+
+@pytest.mark.parametrize(
+    "ratio,kw",
+    [(2, {}), (0, {}), (1, {"aligned": False, "angle_unit": "radians", "clockwise": True})],
+)
+def test_rotated_numba_equals_reference_bitwise(rng, ratio, kw):
+    features = pyramid(rng, torch.float64, size=32)
+    rois = as_tensor(rotated_rois_over(rng, 2, 20, 128), torch.float64)
+    if kw:
+        rois[:, 5] = torch.deg2rad(rois[:, 5])
+    grad = as_tensor(rng.standard_normal((20, 5, 2, 3)), torch.float64)
+    fast = run_rotated("numba", features, rois, (2, 3), ratio, grad, **kw)
+    ref = run_rotated("reference", features, rois, (2, 3), ratio, grad, **kw)
+    assert torch.equal(fast[0], ref[0])
+    for a, b in zip(fast[1], ref[1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rotated_equals_roi_align_rotated_level_by_level(rng):
+    features = pyramid(rng, size=32)
+    rois = as_tensor(rotated_rois_over(rng, 2, 40, 128), torch.float32)
+    levels = roiops.map_levels(rois[:, 1:], 2, 5, rotated=True)
+    assert len(levels.unique()) == 4
+    out = roiops.multi_scale_roi_align_rotated(features, rois, 3, SCALES, 2)
+    for level in range(4):
+        pick = levels == level
+        expected = roiops.roi_align_rotated(features[level], rois[pick], 3, SCALES[level], 2)
+        assert torch.equal(out[pick], expected)
+
+
+def test_rotated_backward_deterministic_across_thread_counts(rng):
+    features = pyramid(rng, size=32, channels=40)
+    rois = as_tensor(rotated_rois_over(rng, 2, 60, 128), torch.float32)
+    grad = as_tensor(rng.standard_normal((60, 40, 3, 3)), torch.float32)
+    runs = results_across_thread_counts(
+        lambda: torch.cat(
+            [g.flatten() for g in run_rotated("numba", features, rois, 3, 0, grad)[1]]
+        )
+    )
+    assert all(torch.equal(r, runs[0]) for r in runs)
+
+
+def test_rotated_gradcheck_and_opcheck(rng):
+    features = [f.requires_grad_() for f in pyramid(rng, torch.float64, channels=2, size=16)]
+    rois = as_tensor(rotated_rois_over(rng, 2, 8, 64), torch.float64)
+    levels = torch.from_numpy(rng.integers(0, 4, 8))
+
+    def f(*fs):
+        return roiops.multi_scale_roi_align_rotated(list(fs), rois, 2, SCALES, 2, levels=levels)
+
+    assert torch.autograd.gradcheck(f, tuple(features))
+    args = (features, rois, levels, SCALES, 2, 2, 2, True, True, False)
+    torch.library.opcheck(torch.ops.roiops.multi_scale_roi_align_rotated, args)
+
+
+def test_rotated_bad_arguments(rng):
+    features = pyramid(rng, size=16)
+    rois = torch.tensor([[0, 20.0, 20, 30, 10, 15]])
+    op = roiops.multi_scale_roi_align_rotated
+    with pytest.raises(ValueError, match=r"levels must lie in \[0, 4\)"):
+        op(features, rois, 2, SCALES, levels=torch.tensor([4]))
+    with pytest.raises(ValueError, match="negative width or height"):
+        op(features, torch.tensor([[0, 20.0, 20, -3, 10, 15]]), 2, SCALES)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        op(features, torch.tensor([[0, 20.0, 20, 3, 10, float("nan")]]), 2, SCALES)
+    with pytest.raises(ValueError, match=r"shape \[K, 6\]"):
+        op(features, rois[:, :5], 2, SCALES)
+    with pytest.raises(ValueError, match="angle_unit"):
+        op(features, rois, 2, SCALES, angle_unit="turns")
+    with pytest.raises(ValueError, match="4 feature maps but 3 scales"):
+        op(features, rois, 2, SCALES[:3])
+    empty = op(features, torch.zeros(0, 6), 2, SCALES)
+    assert empty.shape == (0, 5, 2, 2)
+
+
+class RotatedBoxes(Boxes):
+    """detectron2's ``RotatedBoxes`` (a stand-in): ``(cx, cy, w, h, angle)`` rows in
+    ``.tensor``."""
+
+
+def test_roi_pooler_rotated_is_detectron2_s_composition(rng):
+    # detectron2: levels by assign_boxes_to_levels (RotatedBoxes.area() = w * h), then
+    # ROIAlignRotated(output_size, scale, sampling_ratio) level by level
+    features = pyramid(rng, size=64)
+    boxes = [as_tensor(rotated_boxes_over(rng, n), torch.float32) for n in (30, 20)]
+    pooler = roiops.ROIPooler(7, SCALES, 2, "ROIAlignRotated")
+    out = pooler(features, [RotatedBoxes(b) for b in boxes])
+    levels = roiops.map_levels(boxes, 2, 5, eps=1e-8, convention="detectron2", rotated=True)
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)]
+    )
+    for level in range(4):
+        pick = levels == level
+        expected = roiops.roi_align_rotated(features[level], rois[pick], 7, SCALES[level], 2)
+        assert torch.equal(out[pick], expected)
+    assert torch.equal(pooler(features, boxes), out)

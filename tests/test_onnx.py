@@ -210,6 +210,9 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     ps = x.repeat(1, 3, 1, 1)[:, :8]
     with pytest.raises(Exception, match="ps_roi_align: no ONNX operator"):
         export(lambda a, b: roiops.ps_roi_align(a, b, 2), ps, rois[0], 16, dynamo)
+    pooler = roiops.ROIPooler(2, [0.5], 2, "ROIAlignRotated")  # (rows of 5 as rotated boxes)
+    with pytest.raises(Exception, match="multi_scale_roi_align_rotated: no ONNX operator"):
+        export(lambda a, b: pooler([a], [b]), x, rois[0], 16, dynamo)
 
 
 def test_aligned_needs_opset_16_with_the_torchscript_exporter(data):

@@ -1320,11 +1320,21 @@ def test_multi_scale_roi_align_matches_reference(rng, aligned, ratio):
     rois = on_device(random_rois(rng, 2, 12, 32, 40), torch.float32)
     levels = torch.from_numpy(rng.integers(0, 3, 12)).to(DEVICE)
     grad = on_device(rng.standard_normal((12, 3, 2, 2)), torch.float32)
+    assert_pyramid_matches_reference(
+        lambda fs: roiops.multi_scale_roi_align(fs, rois, 2, scales, ratio, aligned, levels),
+        features, grad,
+    )  # fmt: skip
+
+
+def assert_pyramid_matches_reference(fn, features, grad):
+    """``fn(levels)`` (an average over a pyramid) and its levels' gradients for ``grad``
+    on the triton backend are the reference's (``assert_forward_matches``, float32
+    tolerances)."""
     results = []
     for backend in ("triton", "reference"):
         leaves = [f.detach().clone().requires_grad_() for f in features]
         with roiops.use_backend(backend):
-            out = roiops.multi_scale_roi_align(leaves, rois, 2, scales, ratio, aligned, levels)
+            out = fn(leaves)
             out.backward(grad)
         results.append((out.detach(), [f.grad for f in leaves]))
     (out, grads), (ref_out, ref_grads) = results
@@ -1403,6 +1413,58 @@ def test_roi_align_rotated_absurd_adaptive_grid_makes_a_roi_invalid(rng):
             grad[[0, 3]], rois[[0, 3]], 1.0, 2, 2, 0, True, True, False, 2, 3, 9, 11
         )
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("ratio,kw", [(2, {}), (0, {"angle_unit": "radians", "clockwise": True})])
+def test_multi_scale_roi_align_rotated_matches_reference(rng, ratio, kw):
+    # detectron2's ROIAlignRotated pooler: every level in one launch, rotated bodies
+    from test_roi_align_rotated import rotated_rois
+
+    scales = [1 / 2, 1 / 4, 1 / 8]
+    features = [
+        on_device(rng.standard_normal((2, 3, 16 >> i, 20 >> i)), torch.float32) for i in range(3)
+    ]
+    degrees = kw.get("angle_unit", "degrees") == "degrees"
+    rois = on_device(rotated_rois(rng, 2, 12, 32, 40, degrees), torch.float32)
+    levels = torch.from_numpy(rng.integers(0, 3, 12)).to(DEVICE)
+    grad = on_device(rng.standard_normal((12, 3, 2, 3)), torch.float32)
+    assert_pyramid_matches_reference(
+        lambda fs: roiops.multi_scale_roi_align_rotated(
+            fs, rois, (2, 3), scales, ratio, levels=levels, **kw
+        ),
+        features, grad,
+    )  # fmt: skip
+
+
+def test_multi_scale_rotated_kernels_take_any_level_and_roi_value(rng):
+    from roiops.gpu import multi_scale_roi_align as gpu_fpn
+
+    features = [
+        on_device(rng.standard_normal((2, 3, 10 >> i, 12 >> i)), torch.float32) for i in range(2)
+    ]
+    rois = on_device(
+        [[0, 5.0, 5, 4, 4, 30], [1, 5, 5, 4, 4, 0], [0, 5, 5, 4, 4, 0], [2, 5, 5, 4, 4, 0],
+         [0, 5, 5, -1, 4, 0], [1, np.nan, 5, 4, 4, 0], [1, 6, 4, 6, 2, -45]],
+        torch.float32,
+    )  # fmt: skip
+    levels = torch.tensor([0, 5, -1, 1, 0, 1, 1], device=DEVICE)
+    scales = [0.5, 0.25]
+    out = gpu_fpn.multi_scale_roi_align_rotated_forward(
+        features, rois, levels, scales, 2, 2, 2, True, True, False
+    )
+    good = [0, 6]
+    assert torch.isnan(out[1:6]).all() and torch.isfinite(out[good]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    grads = gpu_fpn.multi_scale_roi_align_rotated_backward(
+        grad, rois, levels, scales, [torch.empty_like(f) for f in features], 2, True, True, False
+    )
+    with roiops.use_backend("reference"):
+        refs = torch.ops.roiops.multi_scale_roi_align_rotated_backward(
+            grad[good], rois[good], levels[good], scales, 2, 2, 2, True, True, False, 2, 3,
+            [10, 5], [12, 6],
+        )  # fmt: skip
+    for g, r in zip(grads, refs, strict=True):
+        torch.testing.assert_close(g, r, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize(
@@ -1564,6 +1626,12 @@ def program_order_cases(rng):
         "roi_align_rotated": through(
             lambda t: roiops.roi_align_rotated(t, rotated, 2, 0.5, 2), [x]
         ),
+        "multi_scale_roi_align_rotated": through(
+            lambda *f: roiops.multi_scale_roi_align_rotated(
+                list(f), rotated, 2, [1 / 2, 1 / 4, 1 / 8], 2, levels=levels
+            ),
+            features,
+        ),
         "prroi_pool": through(lambda t: roiops.prroi_pool(t, rois, 2, 0.5), [x]),
     }
 
@@ -1575,7 +1643,7 @@ PROGRAM_ORDER_CASES = [
     "roi_align avg", "roi_pool", "roi_pool channels_last", "ps_roi_align", "ps_roi_pool",
     "multi_scale_roi_pool", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
-    "roi_align_rotated", "prroi_pool",
+    "roi_align_rotated", "multi_scale_roi_align_rotated", "prroi_pool",
 ]  # fmt: skip
 
 

@@ -60,6 +60,8 @@ from roiops.gpu.fixed_point import (  # noqa: E402
 from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_align_backward_kernel,
     multi_scale_roi_align_forward_kernel,
+    multi_scale_roi_align_rotated_backward_kernel,
+    multi_scale_roi_align_rotated_forward_kernel,
     multi_scale_roi_pool_backward_kernel,
     multi_scale_roi_pool_forward_kernel,
 )
@@ -394,6 +396,16 @@ def main(dtypes=DTYPES, lean=False) -> int:
             compile_for_gpu(
                 roi_align_rotated_backward_kernel, bwd, {**rot, "BLOCK_C": block_c}, bwd_warps
             )
+            # (over a pyramid: detectron2's ROIAlignRotated pooler)
+            for b, warps in sampled:
+                compile_for_gpu(
+                    multi_scale_roi_align_rotated_forward_kernel, {**fwd, **levels},
+                    {**rot, "NUM_LEVELS": 4, "BLOCK": b}, warps,
+                )  # fmt: skip
+            compile_for_gpu(
+                multi_scale_roi_align_rotated_backward_kernel, {**bwd, "LEVELS": "*i64"},
+                {**rot, "NUM_LEVELS": 4, "BLOCK_C": block_c}, bwd_warps,
+            )  # fmt: skip
         pr = {"PH": 7, "PW": 7}
         compile_for_gpu(prroi_pool_forward_kernel, fwd, {**pr, "BLOCK": block}, fwd_warps)
         compile_for_gpu(prroi_pool_backward_kernel, bwd, {**pr, "BLOCK_C": block_c}, bwd_warps)

@@ -15,6 +15,10 @@ from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
 from roiops.cpu.roi_align import roi_align_avg_backward_roi, roi_align_avg_forward_roi
+from roiops.cpu.roi_align_rotated import (
+    roi_align_rotated_backward_roi,
+    roi_align_rotated_forward_roi,
+)
 from roiops.cpu.roi_pool import roi_pool_backward_roi, roi_pool_forward_roi
 
 
@@ -89,3 +93,40 @@ def multi_scale_roi_pool_backward(G, argmax, rois, levels, order, image_start, c
             roi_pool_backward_roi(
                 G_bins[k], arg_bins[k], n, c0, c1, GX.reshape(-1), GX.shape[1] * GX.shape[2], C
             )
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_align_rotated_forward(
+    features, rois, levels, scales, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+    clockwise, out,
+):  # fmt: skip
+    """out[K, C, pooled_h, pooled_w]: rotated RoI k pooled from ``features[levels[k]]``."""
+    K, C = out.shape[0], out.shape[1]
+    out_bins = out.reshape(K, C, pooled_h * pooled_w)
+    for k in prange(K):
+        level = levels[k]
+        roi_align_rotated_forward_roi(
+            features[level], rois, k, scales[level], pooled_h, pooled_w, sampling_ratio,
+            aligned, degrees, clockwise, out_bins[k],
+        )  # fmt: skip
+
+
+@njit(parallel=True, cache=True)
+def multi_scale_roi_align_rotated_backward(
+    G, rois, levels, order, image_start, scales, pooled_h, pooled_w, sampling_ratio, aligned,
+    degrees, clockwise, channel_block, grads,
+):  # fmt: skip
+    """grads[l][N, H_l, W_l, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
+    N = image_start.shape[0] - 1
+    C = G.shape[1]
+    G_bins = G.reshape(G.shape[0], C, pooled_h * pooled_w)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            level = levels[k]
+            roi_align_rotated_backward_roi(
+                G_bins[k], rois, k, scales[level], pooled_h, pooled_w, sampling_ratio,
+                aligned, degrees, clockwise, c0, c1, grads[level],
+            )  # fmt: skip

@@ -91,33 +91,39 @@ def rotated_points(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, a
 def roi_align_rotated_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
                               aligned, degrees, clockwise, out):  # fmt: skip
     """out[K, C, pooled_h, pooled_w] = the mean of each bin's rotated sampling points."""
+    K, C = out.shape[0], out.shape[1]
+    out_bins = out.reshape(K, C, pooled_h * pooled_w)
+    for k in prange(K):
+        roi_align_rotated_forward_roi(
+            X, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+            clockwise, out_bins[k],
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def roi_align_rotated_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w,
+                                  sampling_ratio, aligned, degrees, clockwise,
+                                  out_k):  # fmt: skip
+    """One RoI's output ``out_k[C, pooled_h * pooled_w]`` (the forward task's work)."""
     _, H, W, C = X.shape
-    K = rois.shape[0]
     P = pooled_h * pooled_w
     Xf = X.reshape(-1)
-    out_bins = out.reshape(K, C, P)
-    for k in prange(K):
-        count, points, offsets, weights = rotated_points(
-            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
-            clockwise, H, W, C,
-        )  # fmt: skip
-        acc = np.zeros(C, X.dtype)
-        for p in range(P):
-            acc[:] = 0
-            for i in range(points[p]):
-                o1, o2 = np.uint64(offsets[p, i, 0]), np.uint64(offsets[p, i, 1])
-                o3, o4 = np.uint64(offsets[p, i, 2]), np.uint64(offsets[p, i, 3])
-                w1, w2, w3, w4 = (
-                    weights[p, i, 0],
-                    weights[p, i, 1],
-                    weights[p, i, 2],
-                    weights[p, i, 3],
-                )
-                for c in range(C):
-                    u = np.uint64(c)
-                    acc[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+    count, points, offsets, weights = rotated_points(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+        clockwise, H, W, C,
+    )  # fmt: skip
+    acc = np.zeros(C, X.dtype)
+    for p in range(P):
+        acc[:] = 0
+        for i in range(points[p]):
+            o1, o2 = np.uint64(offsets[p, i, 0]), np.uint64(offsets[p, i, 1])
+            o3, o4 = np.uint64(offsets[p, i, 2]), np.uint64(offsets[p, i, 3])
+            w1, w2, w3, w4 = weights[p, i, 0], weights[p, i, 1], weights[p, i, 2], weights[p, i, 3]
             for c in range(C):
-                out_bins[k, c, p] = acc[c] / count
+                u = np.uint64(c)
+                acc[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+        for c in range(C):
+            out_k[c, p] = acc[c] / count
 
 
 @njit(parallel=True, cache=True)
@@ -125,29 +131,41 @@ def roi_align_rotated_backward(G, rois, order, image_start, spatial_scale, poole
                                sampling_ratio, aligned, degrees, clockwise, channel_block,
                                GX):  # fmt: skip
     """GX[N, H, W, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
-    N, H, W, C = GX.shape
-    T = GX.dtype.type
-    P = pooled_h * pooled_w
-    G_bins = G.reshape(G.shape[0], C, P)
-    GXf = GX.reshape(-1)
+    N, C = GX.shape[0], GX.shape[3]
+    G_bins = G.reshape(G.shape[0], C, pooled_h * pooled_w)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
         n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
-            count, points, offsets, weights = rotated_points(
-                rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
-                clockwise, H, W, C,
+            roi_align_rotated_backward_roi(
+                G_bins[k], rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                aligned, degrees, clockwise, c0, c1, GX,
             )  # fmt: skip
-            # (g * w) / count as the reference; times 1 / count where that is exact
-            inverse = T(1) / count
-            exact = (int(count) & (int(count) - 1)) == 0
-            for p in range(P):
-                for i in range(points[p]):
-                    for corner in range(4):
-                        w = weights[p, i, corner]
-                        o = np.uint64(offsets[p, i, corner])
-                        for c in range(c0, c1):
-                            v = G_bins[k, c, p] * w
-                            v = v * inverse if exact else v / count
-                            GXf[o + np.uint64(c)] += v
+
+
+@njit(cache=True)
+def roi_align_rotated_backward_roi(G_k, rois, k, spatial_scale, pooled_h, pooled_w,
+                                   sampling_ratio, aligned, degrees, clockwise, c0, c1,
+                                   GX):  # fmt: skip
+    """GX[n, :, :, c0:c1] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]`` (one
+    RoI's share of a backward task)."""
+    _, H, W, C = GX.shape
+    T = GX.dtype.type
+    GXf = GX.reshape(-1)
+    count, points, offsets, weights = rotated_points(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+        clockwise, H, W, C,
+    )  # fmt: skip
+    # (g * w) / count as the reference; times 1 / count where that is exact
+    inverse = T(1) / count
+    exact = (int(count) & (int(count) - 1)) == 0
+    for p in range(pooled_h * pooled_w):
+        for i in range(points[p]):
+            for corner in range(4):
+                w = weights[p, i, corner]
+                o = np.uint64(offsets[p, i, corner])
+                for c in range(c0, c1):
+                    v = G_k[c, p] * w
+                    v = v * inverse if exact else v / count
+                    GXf[o + np.uint64(c)] += v

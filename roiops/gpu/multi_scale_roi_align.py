@@ -6,6 +6,8 @@ of up to MAX_LEVELS passed side by side, then runs RoIAlign's body (``forward_bi
 The backward scatters every RoI into its level's part of one fixed-point accumulator
 (``backward_bin``; one launch), then converts each level's part into that level's
 gradient. A RoI whose level is not in ``[0, L)`` is invalid: NaN outputs, no gradient.
+Rotated boxes (detectron2's ``ROIAlignRotated`` pooler) the same way, with rotated
+RoIAlign's bodies (``rotated_forward_bins``, ``rotated_backward_bin``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import backward_bin, forward_bins
+from roiops.gpu.roi_align_rotated import rotated_backward_bin, rotated_forward_bins
 from roiops.gpu.roi_pool import pool_bins, scatter_to_argmax
 from roiops.gpu.rois import batch_index, scale_bits
 from roiops.gpu.tiles import (
@@ -74,6 +77,46 @@ def multi_scale_roi_align_backward_kernel(
     backward_bin(G, ROIS, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
                  sampling_ratio, log2_count, usable, PH, PW, ALIGNED, False, False,
                  SPAN, True)  # fmt: skip
+
+
+@kernel
+def multi_scale_roi_align_rotated_forward_kernel(
+    X0, X1, X2, X3, X4, ROIS, LEVELS, OUT, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, sampling_ratio,
+    NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+    DEGREES: tl.constexpr, CLOCKWISE: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """OUT[K, C, PH, PW]: rotated RoI k (ROIS[K, 6]) pooled from level LEVELS[k] of
+    X0..X4 (NCHW)."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
+    usable, X = pick_level(LEVELS, k, NUM_LEVELS, X0, X1, X2, X3, X4)
+    _, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    rotated_forward_bins(X, ROIS, OUT, k, c, p, ok, N, C, H, W, bits, sampling_ratio, usable,
+                         PH, PW, ALIGNED, DEGREES, CLOCKWISE, BLOCK)  # fmt: skip
+
+
+@kernel
+def multi_scale_roi_align_rotated_backward_kernel(
+    G, ROIS, LEVELS, AMAX, ACC, N, C,
+    H0, H1, H2, H3, H4, W0, W1, W2, W3, W4, S0, S1, S2, S3, S4, O0, O1, O2, O3, O4,
+    sampling_ratio, log2_count,
+    NUM_LEVELS: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+    DEGREES: tl.constexpr, CLOCKWISE: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """ACC (int64; level l's NHWC part starts at element O_l) += the gradient of one
+    (rotated RoI, bin, block of channels) from G[K, C, PH, PW]."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
+    usable, H = pick_level(LEVELS, k, NUM_LEVELS, H0, H1, H2, H3, H4)
+    _, W = pick_level(LEVELS, k, NUM_LEVELS, W0, W1, W2, W3, W4)
+    _, bits = pick_level(LEVELS, k, NUM_LEVELS, S0, S1, S2, S3, S4)
+    _, offset = pick_level(LEVELS, k, NUM_LEVELS, O0, O1, O2, O3, O4)
+    rotated_backward_bin(G, ROIS, AMAX, ACC + offset, k, p, c, c_ok, N, C, H, W, bits,
+                         sampling_ratio, log2_count, usable, PH, PW, ALIGNED, DEGREES,
+                         CLOCKWISE)  # fmt: skip
 
 
 @kernel
@@ -182,6 +225,71 @@ def _align_backward_launch(sizes, grad_sizes, dtype, device, scales, sampling_ra
     return Launch(multi_scale_roi_align_backward_kernel, grid, values, NUM_LEVELS=len(sizes),
                   PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK_C=block_c, SPAN=span,
                   ROIS_INNER=rois_inner, num_warps=num_warps)  # fmt: skip
+
+
+def multi_scale_roi_align_rotated_forward(features, rois, levels, scales, pooled_h,
+                                           pooled_w, sampling_ratio, aligned, degrees,
+                                           clockwise):  # fmt: skip
+    """``out[K, C, ph, pw]`` for ``features[l][N, C, H_l, W_l]`` (read as NCHW) and
+    rotated ``rois[K, 6]``."""
+    xs = [f.contiguous() for f in features]
+    first = xs[0]
+    out = first.new_empty((rois.shape[0], first.shape[1], pooled_h, pooled_w))
+    launch = _rotated_forward_launch(tuple(f.shape for f in xs), first.dtype,
+                                     first.get_device(), rois.shape[0], tuple(scales),
+                                     pooled_h, pooled_w, sampling_ratio, aligned, degrees,
+                                     clockwise,
+                                     tiles.forward_rois_inner(sampling_ratio <= 0))  # fmt: skip
+    launch(*per_level(xs, first), rois, levels, out)
+    return out
+
+
+@tiles.cached
+def _rotated_forward_launch(sizes, dtype, device, K, scales, pooled_h, pooled_w,
+                            sampling_ratio, aligned, degrees, clockwise,
+                            rois_inner) -> Launch:  # fmt: skip
+    """``multi_scale_roi_align_rotated_forward``'s launch for levels of ``sizes`` (N, C,
+    H_l, W_l) of ``dtype`` on ``device``, K RoIs, these parameters and settings: its
+    tensors ``(*levels padded to MAX_LEVELS, rois, levels, out)``."""
+    N, C = sizes[0][:2]
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "multi_scale_roi_align_rotated",
+                                       adaptive=sampling_ratio <= 0)  # fmt: skip
+    values = (N, C, *_level_sizes(sizes, scales), sampling_ratio)
+    return Launch(multi_scale_roi_align_rotated_forward_kernel, grid, values,
+                  NUM_LEVELS=len(sizes), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
+                  DEGREES=degrees, CLOCKWISE=clockwise, BLOCK=block, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
+
+
+def multi_scale_roi_align_rotated_backward(grad, rois, levels, scales, grad_inputs,
+                                           sampling_ratio, aligned, degrees,
+                                           clockwise):  # fmt: skip
+    """Write every cell of each ``grad_inputs[l]`` (any strides) for ``grad[K, C, ph, pw]``."""
+    sizes = tuple(g.shape for g in grad_inputs)
+    sums = Accumulator(grad, *sizes)
+    launch = _rotated_backward_launch(sizes, grad.shape, grad.dtype, grad.get_device(),
+                                      tuple(scales), sampling_ratio, aligned, degrees,
+                                      clockwise, sums.log2_count,
+                                      tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, levels, sums.amax, sums.flat)
+    return [sums.write_to(g, part) for part, g in enumerate(grad_inputs)]
+
+
+@tiles.cached
+def _rotated_backward_launch(sizes, grad_sizes, dtype, device, scales, sampling_ratio, aligned,
+                             degrees, clockwise, log2_count, rois_inner) -> Launch:  # fmt: skip
+    """``multi_scale_roi_align_rotated_backward``'s launch for ``grad`` of ``grad_sizes``
+    (K, C, ph, pw) and ``dtype`` on ``device`` into levels of ``sizes`` (N, C, H_l, W_l),
+    these parameters and settings: its tensors ``(grad, rois, levels, amax, acc)``."""
+    K, C, pooled_h, pooled_w = grad_sizes
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w,
+                                                 "multi_scale_roi_align_rotated")  # fmt: skip
+    offsets = Accumulator.offsets_of(sizes)
+    values = (sizes[0][0], C, *_level_sizes(sizes, scales, offsets), sampling_ratio, log2_count)
+    return Launch(multi_scale_roi_align_rotated_backward_kernel, grid, values,
+                  NUM_LEVELS=len(sizes), PH=pooled_h, PW=pooled_w, ALIGNED=aligned,
+                  DEGREES=degrees, CLOCKWISE=clockwise, BLOCK_C=block_c, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
 
 
 def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, pooled_w):

@@ -32,12 +32,13 @@ PI = tl.constexpr(3.141592653589793)
 
 
 @triton.jit
-def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
+def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constexpr,
                       PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
                       CLOCKWISE: tl.constexpr):  # fmt: skip
     """(n, center_h, center_w, start_h, start_w, bin_h, bin_w, cos, sin, grid_h, grid_w,
     valid) of rotated RoI k (rows of 6: batch, cx, cy, w, h, angle). Not valid: a bad
-    batch index, a non-finite value, or (aligned) a negative size; its grid is empty."""
+    batch index, a non-finite value, (aligned) a negative size, or not ``usable`` (e.g.
+    its pyramid level is out of range); its grid is empty."""
     dt = ROIS.dtype.element_ty
     spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
     n, valid = batch_index(ROIS, k, N, 6)
@@ -48,7 +49,7 @@ def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
     h = tl.load(roi + 4)
     angle = tl.load(roi + 5)
     valid = valid & is_finite(cx) & is_finite(cy) & is_finite(w) & is_finite(h)
-    valid = valid & is_finite(angle)
+    valid = valid & is_finite(angle) & usable
     offset = 0.5 if ALIGNED else 0.0
     center_w = cx * spatial_scale - offset
     center_h = cy * spatial_scale - offset
@@ -100,10 +101,21 @@ def roi_align_rotated_forward_kernel(
 ):  # fmt: skip
     """OUT[K, C, PH, PW] from X[N, C, H, W] (NCHW) and rotated ROIS[K, 6]."""
     k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
+    rotated_forward_bins(X, ROIS, OUT, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
+                         True, PH, PW, ALIGNED, DEGREES, CLOCKWISE, BLOCK)  # fmt: skip
+
+
+@triton.jit
+def rotated_forward_bins(X, ROIS, OUT, k, c, p, ok, N, C, H, W, scale_bits, sampling_ratio,
+                         usable, PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr,
+                         DEGREES: tl.constexpr, CLOCKWISE: tl.constexpr,
+                         BLOCK: tl.constexpr):  # fmt: skip
+    """The forward's work for the lanes (k, c, p) where ``ok``: OUT[k, c, p] from X[N, C,
+    H, W] (NCHW); NaN for a RoI that is not valid or not ``usable``."""
     ph = p // PW
     pw = p % PW
     n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED, DEGREES, CLOCKWISE
+        ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED, DEGREES, CLOCKWISE
     )
     plane = X + (n * C + c.to(tl.int64)) * H * W
     acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
@@ -135,8 +147,21 @@ def roi_align_rotated_backward_kernel(
     """ACC[N, H, W, C] (int64 fixed point) += the gradient of one (RoI, bin, block of
     channels) from G[K, C, PH, PW]: ``g * w / count`` to each neighbour of each point."""
     k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
+    rotated_backward_bin(G, ROIS, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
+                         sampling_ratio, log2_count, True, PH, PW, ALIGNED, DEGREES,
+                         CLOCKWISE)  # fmt: skip
+
+
+@triton.jit
+def rotated_backward_bin(G, ROIS, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bits,
+                         sampling_ratio, log2_count, usable, PH: tl.constexpr,
+                         PW: tl.constexpr, ALIGNED: tl.constexpr, DEGREES: tl.constexpr,
+                         CLOCKWISE: tl.constexpr):  # fmt: skip
+    """The backward's work for (RoI k, bin p, channels c where ``c_ok``): ACC[N, H, W, C]
+    (int64 fixed point) += ``g * w / count`` at each neighbour of each point; nothing for
+    a RoI that is not valid or not ``usable``."""
     n, ch, cw, sh, sw, bh, bw, cos_t, sin_t, gh, gw, valid = _rotated_geometry(
-        ROIS, k, N, scale_bits, sampling_ratio, PH, PW, ALIGNED, DEGREES, CLOCKWISE
+        ROIS, k, N, scale_bits, sampling_ratio, usable, PH, PW, ALIGNED, DEGREES, CLOCKWISE
     )
     g_at, _ = output_offsets(k, c, p, C, PH * PW)
     dt = ch.dtype

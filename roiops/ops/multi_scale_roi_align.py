@@ -1,5 +1,7 @@
 """Multi-scale RoIAlign (FPN pooler) as custom ops: ``roiops::multi_scale_roi_align`` and
-its backward, every pyramid level in one kernel launch.
+its backward, every pyramid level in one kernel launch; likewise RoIPool
+(``roiops::multi_scale_roi_pool``) and rotated RoIAlign
+(``roiops::multi_scale_roi_align_rotated``, detectron2's ``ROIAlignRotated`` pooler).
 
 ``features`` is the list of levels ``[N, C, H_l, W_l]``, ``levels[K]`` (int64) the level
 of each RoI and ``scales[l]`` each level's spatial_scale. The input gradients follow
@@ -33,22 +35,29 @@ from roiops.ops import (
     host_array,
     register_autograd,
 )
+from roiops.ops.roi_align_rotated import angle_unit_name
 from roiops.reference import multi_scale_roi_align as reference
 
 OP = "multi_scale_roi_align"
+ROTATED = "multi_scale_roi_align_rotated"
 
 
-def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None):
+def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None, rotated=False,
+                     op=OP):  # fmt: skip
     """``checked_backend``, the RoIs' pyramid levels checked too (where that is free);
     ``grid``, the RoIAlign pooler's ``(scales, pooled_height, pooled_width,
-    sampling_ratio, aligned)``: its adaptive grids too, each RoI at its level's scale."""
-    checks = [lambda: _validate.check_levels(levels, num_levels, OP)]
+    sampling_ratio, aligned)``: its adaptive grids too, each RoI at its level's scale;
+    ``rotated``: rotated RoIs (``rois[K, 6]``), whose sizes must not be negative when
+    aligned."""
+    checks = [lambda: _validate.check_levels(levels, num_levels, op)]
+    if rotated and grid[4]:
+        checks.append(lambda: _validate.check_rotated_sizes(rois, op))
     if grid is not None and grid[3] <= 0:
         scales, pooled_height, pooled_width, _, aligned = grid
         checks.append(lambda: _validate.check_adaptive_grid(
             rois, rois.new_tensor(scales, dtype=torch.float64)[levels.long()], pooled_height,
-            pooled_width, 0, aligned, OP))  # fmt: skip
-    return checked_backend(device, rois, batch_size, OP, *checks)
+            pooled_width, 0, aligned, op, rotated))  # fmt: skip
+    return checked_backend(device, rois, batch_size, op, *checks)
 
 
 @forward_op("roiops::multi_scale_roi_align")
@@ -149,17 +158,22 @@ def multi_scale_roi_align_backward_op(
 @multi_scale_roi_align_backward_op.register_fake
 def _(grad, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned,
       batch_size, channels, heights, widths):  # fmt: skip
-    return [
-        fake_input_grad(grad, batch_size, channels, h, w)
-        for h, w in zip(heights, widths, strict=True)
-    ]
+    return _fake_level_grads(grad, batch_size, channels, heights, widths)
 
 
 def _setup_context(ctx, inputs, output):
-    features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    """(RoIAlign and rotated RoIAlign over a pyramid) keeps the RoIs, their levels, the
+    op's parameters and the levels' sizes."""
+    features, rois, levels, *params = inputs
     ctx.save_for_backward(rois, levels)
-    ctx.params = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
-    ctx.sizes = (
+    ctx.params = params
+    ctx.sizes = _pyramid_sizes(features)
+
+
+def _pyramid_sizes(features):
+    """``(batch_size, channels, heights, widths)`` of the levels: the backward ops'
+    last arguments."""
+    return (
         features[0].shape[0],
         features[0].shape[1],
         [f.shape[2] for f in features],
@@ -167,13 +181,28 @@ def _setup_context(ctx, inputs, output):
     )
 
 
-def _backward(ctx, grad):
-    rois, levels = ctx.saved_tensors
-    grads = call(multi_scale_roi_align_backward_op, grad, rois, levels, *ctx.params, *ctx.sizes)
-    return list(grads), None, None, None, None, None, None, None
+def _backward_through(backward_op):
+    """The autograd formula of a forward op whose backward is ``backward_op(grad, rois,
+    levels, *params, *sizes)``: gradients for the levels alone."""
+
+    def backward(ctx, grad):
+        rois, levels = ctx.saved_tensors
+        grads = call(backward_op, grad, rois, levels, *ctx.params, *ctx.sizes)
+        return list(grads), *([None] * (2 + len(ctx.params)))
+
+    return backward
 
 
-register_autograd(multi_scale_roi_align_op, _backward, _setup_context)
+def _fake_level_grads(grad, batch_size, channels, heights, widths):
+    return [
+        fake_input_grad(grad, batch_size, channels, h, w)
+        for h, w in zip(heights, widths, strict=True)
+    ]
+
+
+register_autograd(
+    multi_scale_roi_align_op, _backward_through(multi_scale_roi_align_backward_op), _setup_context
+)
 
 
 # ------------------------------------------------------------------ RoIPool over a pyramid
@@ -270,21 +299,13 @@ def multi_scale_roi_pool_backward_op(
 
 @multi_scale_roi_pool_backward_op.register_fake
 def _(grad, argmax, rois, levels, batch_size, channels, heights, widths):
-    return [
-        fake_input_grad(grad, batch_size, channels, h, w)
-        for h, w in zip(heights, widths, strict=True)
-    ]
+    return _fake_level_grads(grad, batch_size, channels, heights, widths)
 
 
 def _pool_setup_context(ctx, inputs, output):
     features, rois, levels, scales, pooled_height, pooled_width = inputs
     ctx.save_for_backward(output[1], rois, levels)
-    ctx.sizes = (
-        features[0].shape[0],
-        features[0].shape[1],
-        [f.shape[2] for f in features],
-        [f.shape[3] for f in features],
-    )
+    ctx.sizes = _pyramid_sizes(features)
 
 
 def _pool_backward(ctx, grad, _grad_argmax):
@@ -294,3 +315,122 @@ def _pool_backward(ctx, grad, _grad_argmax):
 
 
 register_autograd(multi_scale_roi_pool_op, _pool_backward, _pool_setup_context)
+
+
+# ----------------------------------------------------------- rotated RoIAlign over a pyramid
+@forward_op("roiops::multi_scale_roi_align_rotated")
+def multi_scale_roi_align_rotated_op(
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    degrees: bool,
+    clockwise: bool,
+) -> Tensor:
+    """``Tensor[K, C, pooled_height, pooled_width]``, rotated RoI k (``rois[K, 6]``) from
+    ``features[levels[k]]`` (angle read as ``roiops::roi_align_rotated`` reads it)."""
+    first = features[0]
+    grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features), grid,
+                               True, ROTATED)  # fmt: skip
+    shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
+    if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
+        return first.new_zeros(shape)
+    args = (pooled_height, pooled_width, sampling_ratio, aligned)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        for f in features:
+            _validate.check_plane_indexable(f.shape, ROTATED)
+        return gpu.multi_scale_roi_align_rotated_forward(
+            features, rois, levels, scales, *args, degrees, clockwise
+        )
+    xs = [f.to(_validate.compute_dtype(f.dtype)) for f in features]
+    if backend == "numba":
+        out = xs[0].new_empty(shape)
+        cpu.multi_scale_roi_align_rotated_forward(
+            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
+            torch.tensor(scales, dtype=torch.float64).numpy(), *args, degrees, clockwise,
+            out.numpy(),
+        )  # fmt: skip
+        return out.to(first.dtype)
+    out = reference.multi_scale_roi_align_rotated_forward(
+        [host_array(x) for x in xs], host_array(rois), host_array(levels), scales, *args,
+        angle_unit_name(degrees), clockwise,
+    )  # fmt: skip
+    return torch.from_numpy(out).to(first.device, first.dtype)
+
+
+@multi_scale_roi_align_rotated_op.register_fake
+def _(features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned,
+      degrees, clockwise):  # fmt: skip
+    refuse_custom_op(ROTATED)
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+@custom_op("roiops::multi_scale_roi_align_rotated_backward")
+def multi_scale_roi_align_rotated_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    levels: Tensor,
+    scales: list[float],
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    degrees: bool,
+    clockwise: bool,
+    batch_size: int,
+    channels: int,
+    heights: list[int],
+    widths: list[int],
+) -> list[Tensor]:
+    """The gradient w.r.t. every level (deterministic)."""
+    shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
+    if grad.numel() == 0 or any(h * w == 0 for h, w in zip(heights, widths, strict=True)):
+        return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
+    grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid, True,
+                               ROTATED)  # fmt: skip
+    args = (pooled_height, pooled_width, sampling_ratio, aligned)
+    if backend == "triton":
+        from roiops.gpu import multi_scale_roi_align as gpu
+
+        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
+        return gpu.multi_scale_roi_align_rotated_backward(
+            grad, rois, levels, scales, grads, sampling_ratio, aligned, degrees, clockwise
+        )
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        cpu.multi_scale_roi_align_rotated_backward(
+            g.contiguous().numpy(), rois.numpy(), levels.numpy(), order, start,
+            torch.tensor(scales, dtype=torch.float64).numpy(), *args, degrees, clockwise, block,
+            tuple(layout.grad_array(gx) for gx in grads),
+        )  # fmt: skip
+    else:
+        refs = reference.multi_scale_roi_align_rotated_backward(
+            host_array(g), host_array(rois), host_array(levels), scales, *args, shapes,
+            angle_unit_name(degrees), clockwise,
+        )  # fmt: skip
+        for gx, ref in zip(grads, refs, strict=True):
+            gx.copy_(torch.from_numpy(ref))
+    return [gx.to(grad.dtype) for gx in grads]
+
+
+@multi_scale_roi_align_rotated_backward_op.register_fake
+def _(grad, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned, degrees,
+      clockwise, batch_size, channels, heights, widths):  # fmt: skip
+    return _fake_level_grads(grad, batch_size, channels, heights, widths)
+
+
+register_autograd(
+    multi_scale_roi_align_rotated_op,
+    _backward_through(multi_scale_roi_align_rotated_backward_op),
+    _setup_context,
+)

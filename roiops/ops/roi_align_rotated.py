@@ -30,7 +30,8 @@ def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, poo
     return checked_backend(device, rois, batch_size, OP, *sizes, grid=grid)
 
 
-def _unit(degrees: bool) -> str:
+def angle_unit_name(degrees: bool) -> str:
+    """The reference's ``angle_unit`` for the ops' ``degrees`` flag."""
     return "degrees" if degrees else "radians"
 
 
@@ -66,7 +67,7 @@ def roi_align_rotated_op(
         )
         return out.to(input.dtype)
     out = reference.roi_align_rotated_forward(
-        host_array(x), host_array(rois), *args, _unit(degrees), clockwise
+        host_array(x), host_array(rois), *args, angle_unit_name(degrees), clockwise
     )
     return torch.from_numpy(out).to(input.device, input.dtype)
 
@@ -117,7 +118,7 @@ def roi_align_rotated_backward_op(
     else:
         ref = reference.roi_align_rotated_backward(
             host_array(g), host_array(rois), spatial_scale, pooled_height, pooled_width,
-            sampling_ratio, shape, aligned, _unit(degrees), clockwise,
+            sampling_ratio, shape, aligned, angle_unit_name(degrees), clockwise,
         )  # fmt: skip
         grad_input.copy_(torch.from_numpy(ref))
     return grad_input.to(grad.dtype)

@@ -4,7 +4,9 @@ An FPN detector pools each RoI from one level of its feature pyramid, the level 
 from the box's size (``roiops.levels``, Lin et al. 2017, eq. 1), and the level's
 ``spatial_scale``. The spec is exactly that composition: RoI k is RoIAlign
 (``roiops.reference.roi_align``, average mode) of ``features[levels[k]]`` at
-``scales[levels[k]]``; its gradient goes to that level only.
+``scales[levels[k]]``; its gradient goes to that level only. Rotated boxes (detectron2's
+``ROIAlignRotated`` pooler) likewise with rotated RoIAlign
+(``roiops.reference.roi_align_rotated``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from roiops.reference.roi_align import bin_samples, roi_align_forward, roi_geometry
+from roiops.reference.roi_align_rotated import (
+    add_roi_gradient,
+    roi_align_rotated_forward,
+    rotated_geometry,
+)
 from roiops.reference.roi_pool import roi_pool_forward
 
 
@@ -56,6 +63,42 @@ def multi_scale_roi_align_backward(
                             continue
                         for yy, xx, w in bw.corners():
                             grads[level][n, c, yy, xx] += share * w
+    return grads
+
+
+def multi_scale_roi_align_rotated_forward(
+    features, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned,
+    angle_unit="degrees", clockwise=False,
+):  # fmt: skip
+    """``output[K, C, PH, PW]``: rotated RoI k (``rois[K, 6]``) pooled from
+    ``features[levels[k]]``."""
+    channels = features[0].shape[1]
+    output = np.zeros((rois.shape[0], channels, pooled_height, pooled_width), features[0].dtype)
+    for k in range(rois.shape[0]):
+        level = int(levels[k])
+        output[k] = roi_align_rotated_forward(
+            features[level], rois[k : k + 1], scales[level], pooled_height, pooled_width,
+            sampling_ratio, aligned, angle_unit, clockwise,
+        )[0]  # fmt: skip
+    return output
+
+
+def multi_scale_roi_align_rotated_backward(
+    grad_output, rois, levels, scales, pooled_height, pooled_width, sampling_ratio, aligned,
+    shapes, angle_unit="degrees", clockwise=False,
+):  # fmt: skip
+    """One gradient per level: ``grad * w / count`` to each neighbour of each rotated
+    sampling point of RoI k, in its level, RoIs in input order (as
+    ``roi_align_rotated_backward`` for one level)."""
+    T = grad_output.dtype.type
+    grads = [np.zeros(shape, grad_output.dtype) for shape in shapes]
+    for k in range(rois.shape[0]):
+        level, n = int(levels[k]), int(rois[k, 0])
+        g = rotated_geometry(
+            rois[k, 1:6], scales[level], pooled_height, pooled_width, sampling_ratio, aligned,
+            angle_unit, clockwise, T,
+        )  # fmt: skip
+        add_roi_gradient(grads[level][n], grad_output[k], g, T)
     return grads
 
 

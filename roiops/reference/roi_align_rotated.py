@@ -148,17 +148,24 @@ def roi_align_rotated_backward(grad_output, rois, spatial_scale, pooled_height, 
                                clockwise=False):  # fmt: skip
     """Gradient w.r.t. the input: ``grad * w / count`` to each neighbour of each point."""
     T = grad_output.dtype.type
-    _, channels, height, width = input_shape
     grad_input = np.zeros(input_shape, dtype=grad_output.dtype)
     for k, n, g in _geometries(rois, spatial_scale, pooled_height, pooled_width,
                                sampling_ratio, aligned, angle_unit, clockwise, T):  # fmt: skip
-        for c in range(channels):
-            for ph in range(pooled_height):
-                for pw in range(pooled_width):
-                    grad = grad_output[k, c, ph, pw]
-                    for bw in rotated_samples(g, ph, pw, height, width, T):
-                        if bw is None:
-                            continue
-                        for yy, xx, w in bw.corners():
-                            grad_input[n, c, yy, xx] += grad * w / T(g.count)
+        add_roi_gradient(grad_input[n], grad_output[k], g, T)
     return grad_input
+
+
+def add_roi_gradient(grad_image, grad_roi, g: RotatedGeometry, T):
+    """``grad_image[C, H, W] += `` one RoI's share of the input gradient for its output
+    gradient ``grad_roi[C, PH, PW]``, in the order channel, bin, point, corner."""
+    channels, pooled_height, pooled_width = grad_roi.shape
+    height, width = grad_image.shape[1:]
+    for c in range(channels):
+        for ph in range(pooled_height):
+            for pw in range(pooled_width):
+                grad = grad_roi[c, ph, pw]
+                for bw in rotated_samples(g, ph, pw, height, width, T):
+                    if bw is None:
+                        continue
+                    for yy, xx, w in bw.corners():
+                        grad_image[c, yy, xx] += grad * w / T(g.count)
