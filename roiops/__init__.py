@@ -27,6 +27,7 @@ from roiops.nn import (
     RoIAlignRotated,
     RoIPool,
     ROIPooler,
+    SingleRoIExtractor,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RoIAlignRotated",
     "ROIPooler",
     "RoIPool",
+    "SingleRoIExtractor",
     "is_patched",
     "map_levels",
     "multi_scale_roi_align",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from roiops._trace import fx_leaf
@@ -359,3 +360,180 @@ def pool_detectron2(
         x, box_lists, output_size, scales, sampling_ratio, pooler_type == "ROIAlignV2",
         **mapper,
     )  # fmt: skip
+
+
+# mmcv's RoI layers that mmdet's extractors build (``roi_layer["type"]``): their
+# constructor arguments (old mmcv names as aliases) and defaults, spatial_scale excepted
+MMCV_LAYERS = {
+    "RoIAlign": {"output_size": None, "sampling_ratio": 0, "pool_mode": "avg", "aligned": True,
+                 "use_torchvision": False},
+    "RoIPool": {"output_size": None},
+    "RoIAlignRotated": {"output_size": None, "sampling_ratio": 0, "aligned": True,
+                        "clockwise": False},
+}  # fmt: skip
+MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
+
+
+def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
+    """``(type, arguments)`` of an mmdet ``roi_layer`` config such as ``dict(type="RoIAlign",
+    output_size=7, sampling_ratio=0)``: every argument named, defaults filled in."""
+    config = dict(roi_layer)
+    kind = config.pop("type", None)
+    if kind not in MMCV_LAYERS:
+        raise ValueError(
+            f"SingleRoIExtractor: roi_layer type must be one of {tuple(MMCV_LAYERS)}, got {kind!r}"
+        )
+    arguments = dict(MMCV_LAYERS[kind])
+    for name, value in config.items():
+        name = MMCV_ALIASES.get(name, name)
+        if name not in arguments:
+            raise TypeError(f"SingleRoIExtractor: {kind} takes no argument {name!r}")
+        arguments[name] = value
+    if arguments["output_size"] is None:
+        raise TypeError(f"SingleRoIExtractor: {kind} needs an output_size")
+    if arguments.get("pool_mode", "avg") not in ("avg", "max"):
+        raise ValueError(f"SingleRoIExtractor: pool_mode must be 'avg' or 'max', got "
+                         f"{arguments['pool_mode']!r}")  # fmt: skip
+    return kind, arguments
+
+
+class SingleRoIExtractor(nn.Module):
+    """mmdet's ``SingleRoIExtractor`` (and mmrotate's ``RotatedSingleRoIExtractor``, with a
+    ``RoIAlignRotated`` layer): each RoI pooled from one level, chosen by its scale, every
+    level in one kernel launch, with mmdet's numbers and no host synchronisation on CUDA
+    (mmdet loops over the levels, a ``nonzero`` each).
+
+    ``roi_layer``: mmdet's config of the mmcv layer, ``dict(type="RoIAlign",
+    output_size=7, sampling_ratio=0)`` (``pool_mode="avg"``, ``aligned=True`` by
+    default, as mmcv), ``dict(type="RoIPool", output_size=7)`` or
+    ``dict(type="RoIAlignRotated", output_size=7, sampling_ratio=2, clockwise=True)``
+    (radians, mmcv's convention; ``out_size`` and ``sample_num`` are taken for the old
+    names). ``featmap_strides``: each level's stride, finest first; ``finest_scale``:
+    ``sqrt(area)`` below ``2 * finest_scale`` maps to level 0 (mmdet's
+    ``map_roi_levels``: ``floor(log2(scale / finest_scale + 1e-6))`` clamped, which is
+    :func:`roiops.map_levels` with ``convention="detectron2"``, ``canonical_level=0``).
+
+    ``forward(feats, rois, roi_scale_factor=None)``: ``rois`` is ``Tensor[K, 5]``
+    (``Tensor[K, 6]``, ``(batch, cx, cy, w, h, angle)``, rotated); ``roi_scale_factor``
+    scales every box about its centre after the levels are chosen (not with a single
+    level, which mmdet pools directly). ``pool_mode="max"`` is taken with one level only.
+    """
+
+    def __init__(
+        self,
+        roi_layer: dict,
+        out_channels: int,
+        featmap_strides: list[int],
+        finest_scale: int = 56,
+        init_cfg: object = None,
+    ) -> None:
+        super().__init__()
+        self.layer_type, self.layer_args = mmcv_layer(roi_layer)
+        self.out_channels = int(out_channels)
+        self.featmap_strides = list(featmap_strides)
+        self.finest_scale = finest_scale
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.featmap_strides)
+
+    @property
+    def rotated(self) -> bool:
+        return self.layer_type == "RoIAlignRotated"
+
+    def map_roi_levels(self, rois: Tensor, num_levels: int) -> Tensor:
+        """mmdet's level of each RoI (0 = the finest), by ``sqrt(area)``."""
+        return mmdet_levels(rois, num_levels, self.finest_scale, self.rotated)
+
+    def roi_rescale(self, rois: Tensor, scale_factor: float | tuple) -> Tensor:
+        """The boxes scaled by ``scale_factor`` about their centres (mmdet's arithmetic)."""
+        return mmdet_rescale(rois, scale_factor, self.rotated)
+
+    def forward(
+        self, feats: list[Tensor], rois: Tensor, roi_scale_factor: float | tuple | None = None
+    ) -> Tensor:
+        return pool_mmdet(
+            list(feats), rois, roi_scale_factor, self.layer_type, self.layer_args,
+            self.out_channels, self.featmap_strides, self.finest_scale,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"roi_layer={self.layer_type}({self.layer_args}), out_channels={self.out_channels}, "
+            f"featmap_strides={self.featmap_strides}, finest_scale={self.finest_scale}"
+        )
+
+
+def mmdet_levels(rois: Tensor, num_levels: int, finest_scale: float, rotated: bool) -> Tensor:
+    """mmdet's ``map_roi_levels``: ``floor(log2(sqrt(area) / finest_scale + 1e-6))``
+    clamped to ``[0, num_levels)``, with :func:`roiops.map_levels`' torch operations."""
+    return map_levels(rois[:, 1:], 0, num_levels - 1, finest_scale, 0, 1e-6, "detectron2",
+                      rotated)  # fmt: skip
+
+
+def mmdet_rescale(rois: Tensor, scale_factor: float | tuple, rotated: bool) -> Tensor:
+    """mmdet's (mmrotate's, ``rotated``: its factor a float or ``(h, w)``) ``roi_rescale``:
+    each box scaled about its centre."""
+    if rotated:
+        h_factor, w_factor = scale_factor if isinstance(scale_factor, tuple) else (
+            scale_factor, scale_factor)  # fmt: skip
+        scaled = rois.clone()
+        scaled[:, 3] = w_factor * rois[:, 3]
+        scaled[:, 4] = h_factor * rois[:, 4]
+        return scaled
+    cx = (rois[:, 1] + rois[:, 3]) * 0.5
+    cy = (rois[:, 2] + rois[:, 4]) * 0.5
+    w = (rois[:, 3] - rois[:, 1]) * scale_factor
+    h = (rois[:, 4] - rois[:, 2]) * scale_factor
+    return torch.stack((rois[:, 0], cx - w * 0.5, cy - h * 0.5, cx + w * 0.5, cy + h * 0.5), -1)
+
+
+@fx_leaf
+def pool_mmdet(
+    feats: list[Tensor],
+    rois: Tensor,
+    roi_scale_factor: float | tuple | None,
+    layer_type: str,
+    layer_args: dict,
+    out_channels: int,
+    featmap_strides: list[int],
+    finest_scale: float,
+) -> Tensor:
+    """``SingleRoIExtractor.forward`` as a function (one leaf node under ``torch.fx``)."""
+    if not feats or len(feats) > len(featmap_strides):
+        raise ValueError(
+            f"SingleRoIExtractor: 1 to {len(featmap_strides)} feature maps (one per stride), "
+            f"got {len(feats)}"
+        )
+    channels = feats[0].shape[1] if isinstance(feats[0], Tensor) and feats[0].dim() == 4 else None
+    if channels is not None and channels != out_channels:
+        raise ValueError(
+            f"SingleRoIExtractor: out_channels is {out_channels} but the feature maps have "
+            f"{channels} channels"
+        )
+    if isinstance(rois, Tensor) and isinstance(feats[0], Tensor):
+        rois = rois.to(feats[0].dtype)  # (mmdet: rois.type_as(feats[0]))
+    scales = [1.0 / s for s in featmap_strides[: len(feats)]]
+    size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
+    aligned, rotated = layer_args.get("aligned", True), layer_type == "RoIAlignRotated"
+    angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
+    if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
+        if layer_type == "RoIPool":
+            return roi_pool(feats[0], rois, size, scales[0])
+        if rotated:
+            return roi_align_rotated(feats[0], rois, size, scales[0], ratio, aligned, **angle)
+        return roi_align(feats[0], rois, size, scales[0], ratio, aligned, layer_args["pool_mode"])
+    if layer_args.get("pool_mode") == "max":
+        raise NotImplementedError(
+            "SingleRoIExtractor: pool_mode='max' over several levels: roiops' pyramid "
+            "poolers average (pass one level, or use pool_mode='avg')"
+        )
+    levels = mmdet_levels(rois, len(feats), finest_scale, rotated)
+    if roi_scale_factor is not None:
+        rois = mmdet_rescale(rois, roi_scale_factor, rotated)
+    if layer_type == "RoIPool":
+        return multi_scale_roi_pool(feats, rois, size, scales, levels)
+    if rotated:
+        return multi_scale_roi_align_rotated(feats, rois, size, scales, ratio, aligned, levels,
+                                             **angle)  # fmt: skip
+    return multi_scale_roi_align(feats, rois, size, scales, ratio, aligned, levels)

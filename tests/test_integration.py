@@ -28,6 +28,7 @@ class EveryOp(nn.Module):
         self.pooler = roiops.ROIPooler(3, SCALES, 2, "ROIAlignV2")
         self.pooler_max = roiops.ROIPooler(2, SCALES, 0, "ROIPool")
         self.pooler_rotated = roiops.ROIPooler(2, SCALES, 0, "ROIAlignRotated")
+        self.mmdet = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4, 8])
 
     def forward(self, x, rois, boxes, rotated, pyramid, image_shapes):
         levels = [pyramid["p2"], pyramid["p3"]]
@@ -53,6 +54,7 @@ class EveryOp(nn.Module):
             self.pooler(levels, boxes),
             self.pooler_max(levels, boxes),
             self.pooler_rotated(levels, rotated),
+            self.mmdet(levels, rois),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -70,6 +72,7 @@ PUBLIC_CALLS = {
     "map_levels": 1,
     "pool_pyramid": 1,  # MultiScaleRoIAlign
     "pool_detectron2": 3,  # ROIPooler
+    "pool_mmdet": 1,  # SingleRoIExtractor
 }
 
 

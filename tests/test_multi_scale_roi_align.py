@@ -364,3 +364,120 @@ def test_roi_pooler_rotated_is_detectron2_s_composition(rng):
         expected = roiops.roi_align_rotated(features[level], rois[pick], 7, SCALES[level], 2)
         assert torch.equal(out[pick], expected)
     assert torch.equal(pooler(features, boxes), out)
+
+
+# ------------------------------------------------- mmdet's (and mmrotate's) RoI extractor
+STRIDES = [4, 8, 16, 32]
+
+
+def mmdet_extract(layer, feats, rois, rotated=False, roi_scale_factor=None, finest_scale=56):
+    """mmdet's ``SingleRoIExtractor.forward`` (mmrotate's ``RotatedSingleRoIExtractor``
+    with ``rotated``) written out, as mmdet 3 and mmrotate ship it: its level mapping,
+    rescaling and loop over the levels, with ``layer(feat, rois, spatial_scale)`` for
+    mmcv's layer (mmdet and mmcv are not installable here)."""
+    if len(feats) == 1:
+        return layer(feats[0], rois, 1 / STRIDES[0])
+    if rotated:
+        scale = torch.sqrt(rois[:, 3] * rois[:, 4])
+    else:
+        scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    target = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    target = target.clamp(min=0, max=len(feats) - 1).long()
+    if roi_scale_factor is not None and rotated:
+        rois = rois.clone()
+        rois[:, 3] = roi_scale_factor * rois[:, 3]
+        rois[:, 4] = roi_scale_factor * rois[:, 4]
+    elif roi_scale_factor is not None:
+        cx = (rois[:, 1] + rois[:, 3]) * 0.5
+        cy = (rois[:, 2] + rois[:, 4]) * 0.5
+        new_w = (rois[:, 3] - rois[:, 1]) * roi_scale_factor
+        new_h = (rois[:, 4] - rois[:, 2]) * roi_scale_factor
+        rois = torch.stack(
+            (rois[:, 0], cx - new_w * 0.5, cy - new_h * 0.5, cx + new_w * 0.5, cy + new_h * 0.5),
+            dim=-1,
+        )
+    out = None
+    for i, feat in enumerate(feats):
+        inds = (target == i).nonzero(as_tuple=False).squeeze(1)
+        pooled = layer(feat, rois[inds], 1 / STRIDES[i])
+        out = feats[0].new_zeros((len(rois), *pooled.shape[1:])) if out is None else out
+        out[inds] = pooled
+    return out
+
+
+def mmdet_rois(rng, batch, count, image=1024):
+    """``Tensor[K, 5]`` boxes of sqrt(area) 8 to 1000 px, aspect ratios 1/2 to 2, over an
+    image (every level of P2-P5 by mmdet's mapping)."""
+    scale = np.exp(rng.uniform(np.log(8), np.log(1000), count))
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2), count))
+    w, h = scale * np.sqrt(aspect), scale / np.sqrt(aspect)
+    x1 = rng.uniform(-w / 4, image - w * 3 / 4)
+    y1 = rng.uniform(-h / 4, image - h * 3 / 4)
+    batch_index = rng.integers(0, batch, count)
+    return np.stack([batch_index, x1, y1, x1 + w, y1 + h], axis=1)
+
+
+MMDET_LAYERS = {
+    "RoIAlign": (
+        dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+        lambda f, r, s: roiops.roi_align(f, r, 7, s, 0, True),
+    ),
+    "RoIAlign v1": (
+        dict(type="RoIAlign", output_size=(7, 5), sampling_ratio=2, aligned=False),
+        lambda f, r, s: roiops.roi_align(f, r, (7, 5), s, 2, False),
+    ),
+    "RoIPool": (
+        dict(type="RoIPool", output_size=7),
+        lambda f, r, s: roiops.roi_pool(f, r, 7, s),
+    ),
+    "RoIAlignRotated": (  # (mmrotate's configs: the old argument names, radians)
+        dict(type="RoIAlignRotated", out_size=7, sample_num=2, clockwise=True),
+        lambda f, r, s: roiops.roi_align_rotated(f, r, 7, s, 2, True, "radians", True),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(MMDET_LAYERS))
+@pytest.mark.parametrize("roi_scale_factor", [None, 1.5])
+def test_single_roi_extractor_is_mmdet_s(rng, kind, roi_scale_factor):
+    config, layer = MMDET_LAYERS[kind]
+    feats = [as_tensor(rng.standard_normal((2, 8, 256 >> i, 256 >> i)), torch.float32)
+             for i in range(4)]  # fmt: skip
+    rotated = kind == "RoIAlignRotated"
+    if rotated:
+        rois = as_tensor(rotated_rois_over(rng, 2, 60, 1024), torch.float32)
+        rois[:, 5] = torch.deg2rad(rois[:, 5])
+    else:
+        rois = as_tensor(mmdet_rois(rng, 2, 60), torch.float32)
+    extractor = roiops.SingleRoIExtractor(config, 8, STRIDES)
+    leaves = [f.clone().requires_grad_() for f in feats]
+    out = extractor(leaves, rois, roi_scale_factor)
+    expected = mmdet_extract(layer, feats, rois, rotated, roi_scale_factor)
+    assert len(extractor.map_roi_levels(rois, 4).unique()) == 4
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert all(f.grad is not None for f in leaves)
+    # one level: mmdet pools it directly
+    assert torch.equal(extractor(feats[:1], rois), layer(feats[0], rois, 1 / 4))
+
+
+def test_single_roi_extractor_bad_configs(rng):
+    feats = [torch.zeros(1, 8, 16 >> i, 16 >> i) for i in range(2)]
+    rois = torch.tensor([[0, 1.0, 1, 30, 30]])
+    with pytest.raises(ValueError, match="roi_layer type must be one of"):
+        roiops.SingleRoIExtractor(dict(type="DeformRoIPool", output_size=7), 8, [4, 8])
+    with pytest.raises(TypeError, match="RoIPool takes no argument 'sampling_ratio'"):
+        roiops.SingleRoIExtractor(dict(type="RoIPool", output_size=7, sampling_ratio=2), 8, [4])
+    with pytest.raises(TypeError, match="needs an output_size"):
+        roiops.SingleRoIExtractor(dict(type="RoIAlign"), 8, [4])
+    extractor = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 4, [4, 8])
+    with pytest.raises(ValueError, match="out_channels is 4 but the feature maps have 8"):
+        extractor(feats, rois)
+    extractor = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4])
+    with pytest.raises(ValueError, match="1 to 1 feature maps"):
+        extractor(feats, rois)
+    config = dict(type="RoIAlign", output_size=2, pool_mode="max")
+    extractor = roiops.SingleRoIExtractor(config, 8, [4, 8])
+    assert extractor(feats[:1], rois).shape == (1, 8, 2, 2)
+    with pytest.raises(NotImplementedError, match="pool_mode='max' over several levels"):
+        extractor(feats, rois)
