@@ -481,3 +481,31 @@ def test_single_roi_extractor_bad_configs(rng):
     assert extractor(feats[:1], rois).shape == (1, 8, 2, 2)
     with pytest.raises(NotImplementedError, match="pool_mode='max' over several levels"):
         extractor(feats, rois)
+
+
+@pytest.mark.parametrize("op", ["align", "pool", "rotated"])
+def test_pyramid_ops_with_boxes_that_require_grad(rng, op):
+    # boxes that require grad (a box head's output) over levels that do not (a frozen
+    # backbone): the pyramid ops send the boxes no gradient and must not fail backward,
+    # eagerly or through the dispatcher (which the profiler makes every call take)
+    features = pyramid(rng, channels=2, size=16)
+    rois = as_tensor(random_rois(rng, 2, 6, 64, 64, min_size=2), torch.float32)
+    if op == "rotated":
+        rois = torch.cat([rois, torch.full((6, 1), 30.0)], 1)
+    call = {
+        "align": lambda fs, r: roiops.multi_scale_roi_align(fs, r, 2, SCALES, 2),
+        "pool": lambda fs, r: roiops.multi_scale_roi_pool(fs, r, 2, SCALES),
+        "rotated": lambda fs, r: roiops.multi_scale_roi_align_rotated(fs, r, 2, SCALES, 2),
+    }[op]
+    for profiled in (False, True):
+        boxes = rois.clone().requires_grad_()
+        with torch.autograd.profiler.profile(enabled=profiled):
+            out = call(features, boxes)
+            out.sum().backward()
+        assert out.requires_grad and boxes.grad is None
+    # (and with one level that requires grad, its gradient is the one of all levels)
+    leaves = [f.clone().requires_grad_(i == 1) for i, f in enumerate(features)]
+    call(leaves, rois.clone().requires_grad_()).sum().backward()
+    all_leaves = [f.clone().requires_grad_() for f in features]
+    call(all_leaves, rois).sum().backward()
+    assert torch.equal(leaves[1].grad, all_leaves[1].grad)

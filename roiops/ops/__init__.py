@@ -191,7 +191,9 @@ def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
         # unused output), none flows to the inputs
         if grad is None:
             return (None,) * len(ctx.needs_input_grad)
-        return backward(ctx, grad, *_)
+        # a list argument (a pyramid's levels) is no input of a torch.autograd.Function:
+        # its tensors do not require grad where ``eager`` chose this way (the boxes do)
+        return tuple(None if type(g) is list else g for g in backward(ctx, grad, *_))
 
     name = f"{op._qualname.split('::')[1]}_eager"
     body = {"forward": staticmethod(forward), "backward": staticmethod(backward_or_none)}
