@@ -14,7 +14,6 @@ import contextvars
 import functools
 import importlib.util
 import os
-import sys
 
 import torch
 
@@ -104,42 +103,7 @@ def select_backend(device: torch.device) -> str:
     name = _select(device)
     if name == "triton":
         _require_triton()
-    elif name == "numba" and _forked_from_openmp:
-        raise RuntimeError(FORKED_FROM_OPENMP)
     return name
-
-
-# Numba's parallel kernels cannot run in a process forked after its threads started on
-# GNU OpenMP (its threading layer on Linux unless TBB is installed): Numba terminates the
-# child at its first parallel launch, which a DataLoader reports as a worker that "exited
-# unexpectedly". A child forked that way gets this error instead, at the call. (The TBB
-# and workqueue layers are fork-safe; on this project's 2-core VM they ran the CPU ops
-# 1.3-1.7x and 1.2-2.2x slower than OpenMP beside torch's own spinning OpenMP threads.)
-FORKED_FROM_OPENMP = (
-    "roiops: this process was forked from one that had run roiops' CPU (Numba) kernels on "
-    "GNU OpenMP threads, which cannot run in a forked process (Numba would terminate it). "
-    "Start the workers with 'spawn' or 'forkserver' (e.g. "
-    "DataLoader(..., multiprocessing_context='forkserver')), or make Numba take a "
-    "fork-safe threading layer before the first call: NUMBA_THREADING_LAYER=workqueue, "
-    "or install the tbb package"
-)
-_forked_from_openmp = False
-
-
-def _after_fork_in_child() -> None:
-    global _forked_from_openmp
-    numba = sys.modules.get("numba")
-    omppool = sys.modules.get("numba.np.ufunc.omppool")
-    try:
-        layer = numba.threading_layer() if numba is not None else None
-    except ValueError:  # (no parallel kernel has run: the child may start its own)
-        layer = None
-    if layer == "omp" and getattr(omppool, "openmp_vendor", None) == "GNU":
-        _forked_from_openmp = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def would_serve(device: torch.device) -> str | None:

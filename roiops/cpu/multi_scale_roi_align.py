@@ -11,9 +11,10 @@ gradient and visits the image's RoIs in input order, each adding into its level
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.roi_align import roi_align_avg_backward_roi, roi_align_avg_forward_roi
 from roiops.cpu.roi_align_rotated import (
     roi_align_rotated_backward_roi,
@@ -22,7 +23,7 @@ from roiops.cpu.roi_align_rotated import (
 from roiops.cpu.roi_pool import roi_pool_backward_roi, roi_pool_forward_roi
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_align_forward(
     features, rois, levels, scales, pooled_h, pooled_w, sampling_ratio, aligned, out
 ):
@@ -37,7 +38,7 @@ def multi_scale_roi_align_forward(
         )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_align_backward(
     G, rois, levels, order, image_start, scales, pooled_h, pooled_w, sampling_ratio, aligned,
     channel_block, grads,
@@ -60,7 +61,7 @@ def multi_scale_roi_align_backward(
             )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, pooled_w, out, argmax):
     """out[K, C, pooled_h, pooled_w] and argmax[K, pooled_h, pooled_w, C] (cells of each
     RoI's level): RoI k max-pooled from ``features[levels[k]]``."""
@@ -75,7 +76,7 @@ def multi_scale_roi_pool_forward(features, rois, levels, scales, pooled_h, poole
         )
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_pool_backward(G, argmax, rois, levels, order, image_start, channel_block,
                                   grads):  # fmt: skip
     """grads[l][N, H_l, W_l, C] (zeroed) += each output's gradient at its argmax cell."""
@@ -95,7 +96,7 @@ def multi_scale_roi_pool_backward(G, argmax, rois, levels, order, image_start, c
             )
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_align_rotated_forward(
     features, rois, levels, scales, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
     clockwise, out,
@@ -111,7 +112,7 @@ def multi_scale_roi_align_rotated_forward(
         )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def multi_scale_roi_align_rotated_backward(
     G, rois, levels, order, image_start, scales, pooled_h, pooled_w, sampling_ratio, aligned,
     degrees, clockwise, channel_block, grads,

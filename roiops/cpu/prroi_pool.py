@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
 
 
 @njit(cache=True)
@@ -81,7 +82,7 @@ def _integral(plane, y0, x0, y1, x1, T):
     return total
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def prroi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out):
     """out[K, C, pooled_h, pooled_w] from X[N, C, H, W]."""
     K, C = out.shape[0], out.shape[1]
@@ -98,7 +99,7 @@ def prroi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out):
                         out[k, c, ph, pw] = _integral(X[n, c], y0, x0, y1, x1, T) / area
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def prroi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                         channel_block, GX):  # fmt: skip
     """GX[N, C, H, W] (uninitialised: each task zeroes its planes) = the input gradient."""
@@ -149,7 +150,7 @@ def _edge(s, t, c1, c2, T):
     return T(0.5) * (t * t - s * s) * c2 + (t - T(0.5) * t * t - s + T(0.5) * s * s) * c1
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def prroi_pool_box_backward(G, X, rois, out, spatial_scale, pooled_h, pooled_w, grad_boxes):
     """grad_boxes[K, 5] (column 0 is 0) from the forward ``out``: one task per RoI."""
     K, C = out.shape[0], out.shape[1]

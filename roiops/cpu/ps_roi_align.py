@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.ps_roi_pool import bin_task, zero_planes
 from roiops.cpu.sampling import all_axis_tables
 
@@ -86,7 +87,7 @@ def bin_mean(Xf, base, offsets, weights, m, count):
     return acc / count
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def ps_roi_align_forward(X, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                          sampling_ratio, channel_block, out):  # fmt: skip
     """out[K, C_out, pooled_h, pooled_w] from X[N, C, H, W] (C = C_out * pooled_h * pooled_w).
@@ -139,7 +140,7 @@ def ps_roi_align_forward(X, rois, order, image_start, spatial_scale, pooled_h, p
                 out_bins[k, c0 + c, p] = bin_mean(Xf, base, offsets, weights, m, count)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def ps_roi_align_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                           sampling_ratio, channel_block, GX):  # fmt: skip
     """GX[N, C, H, W] (NCHW, uninitialised: each task zeroes its own planes first, so

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.roi_pool import bin_edges, round_half_away
 from roiops.cpu.runs import add_to_run4, add_to_run8
 
@@ -36,7 +37,7 @@ def ps_bins(rois, k, spatial_scale, pooled_h, pooled_w, height, width):
     return rows, cols
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def bin_tables(rois, spatial_scale, pooled_h, pooled_w, height, width):
     """``(rows[K, pooled_h, 2], cols[K, pooled_w, 2])``: every RoI's ``ps_bins``."""
     K = rois.shape[0]
@@ -74,7 +75,7 @@ def zero_planes(flat, first, step, count, plane):
         flat[at : at + plane] = 0
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def ps_roi_pool_forward(X, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                         channel_block, out):  # fmt: skip
     """out[K, C_out, pooled_h, pooled_w] from X[N, C, H, W] (C = C_out * pooled_h * pooled_w)."""
@@ -150,7 +151,7 @@ def add_to_rectangle(flat, corner, row_length, height, width, value):
                 flat[row + np.uint64(w)] += value
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def ps_roi_pool_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                          channel_block, GX):  # fmt: skip
     """GX[N, C, H, W] (NCHW, uninitialised: each task zeroes its planes first) = the

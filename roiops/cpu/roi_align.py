@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.sampling import (
     bilinear_axis,
     roi_align_geometry,
@@ -38,7 +39,7 @@ from roiops.cpu.sampling import (
 FORWARD_BLOCK = 256
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_avg_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, out):
     """out[K, C, pooled_h, pooled_w] = mean of the bilinear samples of each bin."""
     K = rois.shape[0]
@@ -94,7 +95,7 @@ def roi_align_avg_forward_roi(
             out_k[c, b] = bins[b, c]
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_max_forward(
     X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, onnx_max, out, argmax
 ):
@@ -185,7 +186,7 @@ def corner_max(t1, t2, t3, t4):
     return best, corner
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_avg_backward(
     G,
     rois,
@@ -282,7 +283,7 @@ def roi_align_avg_backward_roi(
 MASKED_SAMPLES = 9
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_max_backward(
     G,
     argmax,
@@ -397,7 +398,7 @@ def add_to_winners(g, won, rows, cols, ph, pw, gh, gw, n, c0, onnx_max, GX):
             GXf[np.uint64(o4) + u] += g[cc] * w4
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_box_backward(
     G, X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, max_mode, argmax,
     grad_boxes,

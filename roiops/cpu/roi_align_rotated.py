@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.sampling import bilinear_axis
 
 
@@ -87,7 +88,7 @@ def rotated_points(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, a
     return T(max(gh * gw, 1)), points, offsets, weights
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_rotated_forward(X, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
                               aligned, degrees, clockwise, out):  # fmt: skip
     """out[K, C, pooled_h, pooled_w] = the mean of each bin's rotated sampling points."""
@@ -126,7 +127,7 @@ def roi_align_rotated_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w,
             out_k[c, p] = acc[c] / count
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_align_rotated_backward(G, rois, order, image_start, spatial_scale, pooled_h, pooled_w,
                                sampling_ratio, aligned, degrees, clockwise, channel_block,
                                GX):  # fmt: skip

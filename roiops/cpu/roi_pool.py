@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
 
 # Empty bins aside, a bin starts from -FLT_MAX, as in torchvision, in every dtype.
 LOWEST = -float(np.finfo(np.float32).max)
@@ -56,7 +57,7 @@ def bin_edges(roi_start, roi_size, pooled, limit, dtype_probe):
     return edges
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_pool_forward(X, rois, spatial_scale, pooled_h, pooled_w, out, argmax):
     """out[K, C, ph, pw] = max of each bin's cells; argmax[K, ph, pw, C] = winning
     ``h * W + w`` or -1 (channels last: written without a transpose, and read by the
@@ -112,7 +113,7 @@ def roi_pool_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w, out_k, w
             out_k[c, b] = bins[b, c]
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def roi_pool_backward(G, argmax, order, image_start, channel_block, GX):
     """GX[N, H, W, C] (zeroed) += each output's gradient at its argmax cell."""
     N, H, W, C = GX.shape

@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from roiops.cpu.parallel import parallel_njit
+
 
 @njit(cache=True)
 def roi_align_geometry(
@@ -102,7 +104,7 @@ def axis_samples(start, bin_size, pooled, grid, limit, dtype_probe):
             w_high.reshape(shape), valid.reshape(shape))  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def all_axis_tables(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
                     height, width, dtype_probe):  # fmt: skip
     """Every RoI's two axis tables (aligned=True), computed once for kernels whose tasks

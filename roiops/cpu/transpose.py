@@ -13,13 +13,15 @@ with torch's copy and 2.9 ms here, so at other sizes torch's copy is used (see
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from roiops.cpu.parallel import parallel_njit
 
 PLANES_PER_TILE = 8
 COLUMNS_PER_TILE = 16
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit
 def nchw_to_nhwc(x, out):
     """out[n, h, w, c] = x[n, c, h, w]; parallel over rows. Flat unsigned offsets: the
     4-D indexing with Numba's negative-index handling took four times as long."""
