@@ -623,10 +623,7 @@ def program_order(device: str = "cuda", cases: list | None = None) -> list[dict]
     rows = []
     for case in bench.cases(device="cuda") if cases is None else cases:
         levels = bench.make_inputs(case, device, torch.float32)
-        if case.op == "multi_scale_roi_align":
-            fns = bench._module_callables(case, levels)
-        else:
-            fns = bench._callables(case, levels)
+        fns = bench.callables(case, levels)
         for direction in bench.directions(case):
             timed = {lib: fns[(lib, direction)] for lib in ("torchvision", "roiops")}
             for name, values in PROGRAM_ORDERS.items():

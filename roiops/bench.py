@@ -61,6 +61,9 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("rfcn", "ps_roi_pool", (2, 1029, 50, 68), 600, (32, 512), 1 / 16),
             # the FPN pooler module against torchvision's (which loops over the levels)
             Case("fpn module", "multi_scale_roi_align", fpn, 8 * 512, (16, 800), 1 / 4, levels=4),
+            # mmdet's RoI extractor (its default layer: aligned, sampling_ratio=0) against
+            # its loop over the levels with torchvision's roi_align
+            Case("mmdet fpn", "single_roi_extractor", fpn, 4096, (16, 800), 1 / 4, 7, 0, levels=4),
         ]
         quick_names = ("a small sr=2", "fpn 8x512", "b")
     else:
@@ -82,6 +85,7 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             Case("rfcn", "ps_roi_pool", (1, 1029, 38, 50), 300, (32, 400), 1 / 16),
             # the FPN pooler module: P2-P5 of 2 images of 400x544, 1024 RoIs
             Case("fpn 2x512", "multi_scale_roi_align", b, 1024, (16, 400), 1 / 4, levels=4),
+            Case("mmdet 2x512", "single_roi_extractor", b, 1024, (16, 400), 1 / 4, 7, 0, levels=4),
         ]
         quick_names = ("a small sr=2", "b sr=2", "b")
     return [c for c in full if c.name in quick_names] if quick else full
@@ -294,9 +298,22 @@ def directions(case: Case) -> tuple[str, ...]:
     pooler module the forward and forward+backward through autograd ("train")."""
     if case.op == "roi_pool":
         return ("forward", "backward", "inference")
-    if case.op == "multi_scale_roi_align":
+    if case.op in MODULE_OPS:
         return ("forward", "train")
     return ("forward", "backward")
+
+
+def callables(case: Case, levels: list[Level]):
+    """{(library, direction): zero-argument callable} of a case on its inputs."""
+    if case.op == "multi_scale_roi_align":
+        return _module_callables(case, levels)
+    if case.op == "single_roi_extractor":
+        return _mmdet_callables(case, levels)
+    return _callables(case, levels)
+
+
+# the cases of a pooler module, timed forward and forward+backward through autograd
+MODULE_OPS = ("multi_scale_roi_align", "single_roi_extractor")
 
 
 def _module_callables(case: Case, levels: list[Level]):
@@ -330,6 +347,47 @@ def _module_callables(case: Case, levels: list[Level]):
     return fns
 
 
+def _mmdet_callables(case: Case, levels: list[Level]):
+    """mmdet's ``SingleRoIExtractor`` against roiops': mmdet 3's forward (its level
+    mapping, then a loop over the levels, a ``nonzero`` each) with torchvision's
+    roi_align as its layer (mmcv's ``RoIAlign(use_torchvision=True)``), on the same
+    pyramid and boxes."""
+    import torchvision
+
+    feats = [lv.x for lv in levels]
+    rois = torch.cat([lv.rois for lv in levels]).to(feats[0].dtype)
+    strides = [round(1 / lv.spatial_scale) for lv in levels]
+    size, ratio, aligned = case.output_size, case.sampling_ratio, case.aligned
+    layer = dict(type="RoIAlign", output_size=size, sampling_ratio=ratio, aligned=aligned)
+    extractor = roiops.SingleRoIExtractor(layer, case.shape[1], strides)
+    grad = torch.randn((rois.shape[0], case.shape[1], size, size), dtype=feats[0].dtype,
+                       device=feats[0].device)  # fmt: skip
+
+    def mmdet(fs):
+        scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        target = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(min=0, max=len(fs) - 1).long()
+        out = fs[0].new_zeros(rois.size(0), case.shape[1], size, size)
+        for i, (f, stride) in enumerate(zip(fs, strides, strict=True)):
+            inds = (target == i).nonzero(as_tuple=False).squeeze(1)
+            if inds.numel() > 0:
+                out[inds] = torchvision.ops.roi_align(f, rois[inds], size, 1 / stride, ratio,
+                                                      aligned)  # fmt: skip
+            else:
+                out = out + f.sum() * 0.0
+        return out
+
+    def train(fn):
+        leaves = [f.detach().requires_grad_() for f in feats]
+        torch.autograd.grad(fn(leaves), leaves, grad)
+
+    return {
+        ("torchvision", "forward"): lambda: mmdet(feats),
+        ("roiops", "forward"): lambda: extractor(feats, rois),
+        ("torchvision", "train"): lambda: train(mmdet),
+        ("roiops", "train"): lambda: train(lambda fs: extractor(fs, rois)),
+    }
+
+
 def run(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -354,10 +412,7 @@ def run(
     bar = tqdm(total=total, disable=not progress, desc="bench", leave=False)
     for case in todo:
         levels = make_inputs(case, device, dtype)
-        if case.op == "multi_scale_roi_align":
-            fns = _module_callables(case, levels)
-        else:
-            fns = _callables(case, levels)
+        fns = callables(case, levels)
         for direction in directions(case):
             libs = ("torchvision", "roiops")
             t = time_interleaved(

@@ -124,6 +124,18 @@ def test_bench_fpn_module_callables_run_and_agree():
         fns[(lib, "train")]()
 
 
+def test_bench_mmdet_extractor_callables_run_and_agree():
+    # mmdet's extractor case, small: mmdet's loop over the levels with torchvision's
+    # roi_align and roiops' SingleRoIExtractor run forward and train, the same numbers
+    case = bench.Case("mmdet", "single_roi_extractor", (2, 4, 32, 32), 64, (16, 400), 1 / 4,
+                      sampling_ratio=0, levels=4)  # fmt: skip
+    fns = bench.callables(case, bench.make_inputs(case, "cpu", bench.torch.float32))
+    assert bench.directions(case) == ("forward", "train")
+    assert bench.torch.equal(fns[("roiops", "forward")](), fns[("torchvision", "forward")]())
+    for lib in ("roiops", "torchvision"):
+        fns[(lib, "train")]()
+
+
 def test_bench_timing_alternates_the_libraries(monkeypatch):
     # a warm-up call each, then rounds in which each library is called once in turn, so
     # a slow phase of a shared machine lands on both sides of a ratio; short calls get
