@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from roiops._trace import fx_leaf
+from roiops._validate import COMPUTE_DTYPES
 from roiops.functional import (
     BoxesArg,
     map_levels,
@@ -511,8 +512,11 @@ def pool_mmdet(
             f"SingleRoIExtractor: out_channels is {out_channels} but the feature maps have "
             f"{channels} channels"
         )
-    if isinstance(rois, Tensor) and isinstance(feats[0], Tensor):
-        rois = rois.to(feats[0].dtype)  # (mmdet: rois.type_as(feats[0]))
+    # mmdet: rois.type_as(feats[0]), the features float32 already where they were half
+    # (its force_fp32): the boxes in the features' compute dtype (others: the op's error)
+    dtype = COMPUTE_DTYPES.get(feats[0].dtype) if isinstance(feats[0], Tensor) else None
+    if isinstance(rois, Tensor) and dtype is not None:
+        rois = rois.to(dtype)
     scales = [1.0 / s for s in featmap_strides[: len(feats)]]
     size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
     aligned, rotated = layer_args.get("aligned", True), layer_type == "RoIAlignRotated"

@@ -197,6 +197,12 @@ OPS_UNDER_AUTOCAST = {
     "multi_scale_roi_align": lambda x, r: roiops.multi_scale_roi_align(
         [x, x[:, :, ::2, ::2]], r, 2, SCALES, 2
     ),
+    "multi_scale_roi_align_rotated": lambda x, r: roiops.multi_scale_roi_align_rotated(
+        [x, x[:, :, ::2, ::2]], torch.cat([r, r[:, 1:2]], 1), 2, SCALES, 2
+    ),
+    "SingleRoIExtractor": lambda x, r: roiops.SingleRoIExtractor(
+        dict(type="RoIAlign", output_size=2), 8, [4, 8]
+    )([x, x[:, :, ::2, ::2]], r),
 }
 
 
