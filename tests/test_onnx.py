@@ -171,6 +171,25 @@ def test_pyramid_pooler_exports_as_roi_align_per_level(dynamo):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("kind", ["RoIAlign", "RoIPool"])
+def test_mmdet_extractor_exports_per_level(dynamo, kind):
+    # mmdet's SingleRoIExtractor: one RoiAlign (MaxRoiPool) per level and the selection
+    g = torch.Generator().manual_seed(4)
+    features = [torch.randn(2, 4, 32, 40, generator=g), torch.randn(2, 4, 16, 20, generator=g)]
+    rois = torch.tensor([[0, 1.0, 2, 30, 40], [1, 3, 3, 120, 150], [0, 0, 0, 127, 159]])
+    config = dict(type=kind, output_size=3) | ({"sampling_ratio": 2} if kind == "RoIAlign" else {})
+    extractor = roiops.SingleRoIExtractor(config, 4, [4, 8])
+
+    def fn(p2, boxes):
+        return extractor([p2, features[1]], boxes)
+
+    model = export(fn, features[0], rois, 16, dynamo)
+    assert nodes(model).count("RoiAlign" if kind == "RoIAlign" else "MaxRoiPool") == 2
+    out = run_onnxruntime(model, features[0], rois)
+    np.testing.assert_allclose(out, fn(features[0], rois).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_float64_exports_and_runs_in_float64(data, dynamo):
     x, rois = data
 
