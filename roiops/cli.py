@@ -79,7 +79,8 @@ def _warmup(args: argparse.Namespace) -> int:
     from roiops.warmup import warm_up
 
     dtypes = [getattr(torch, name) for name in args.dtype]
-    total = warm_up(dtypes, lambda what, seconds: print(f"  {what:<44} {seconds:6.2f} s"))
+    total = warm_up(dtypes, lambda what, seconds: print(f"  {what:<51} {seconds:6.2f} s"),
+                    serial=not args.no_serial)  # fmt: skip
     print(f"every CPU kernel compiled or loaded from Numba's cache in {total:.1f} s")
     return 0
 
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dtype", nargs="+", choices=["float32", "float64"],
                    default=["float32", "float64"])  # fmt: skip
+    p.add_argument("--no-serial", action="store_true",
+                   help="not the serial twins that forked workers (DataLoader) run")  # fmt: skip
     p.set_defaults(func=_warmup)
 
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 import roiops
+from roiops.cpu.parallel import serial_kernels
 
 SCALES = (0.5, 0.25)
 
@@ -66,11 +67,23 @@ def _inputs(dtype: torch.dtype, channels_last: bool):
 def warm_up(
     dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64),
     report: Callable[[str, float], None] | None = None,
+    serial: bool = True,
 ) -> float:
     """Run every op forward and backward on CPU, for each of ``dtypes`` (half precision
     runs the float32 kernels) and for NCHW and channels_last inputs; ``report(what,
-    seconds)`` after each op. Returns the seconds it took in all."""
+    seconds)`` after each op. With ``serial``, then once more on the kernels' serial
+    twins, which a process forked from one running the parallel kernels uses (a
+    DataLoader worker: ``roiops.cpu.parallel``; the twins are swapped in for the while,
+    so call it where no other thread runs ops). Returns the seconds it took in all."""
     started = time.perf_counter()
+    _run_every_op(dtypes, report, "")
+    if serial:
+        with serial_kernels():
+            _run_every_op(dtypes, report, " serial")
+    return time.perf_counter() - started
+
+
+def _run_every_op(dtypes, report, suffix: str) -> None:
     with roiops.use_backend("numba"):
         for dtype in dtypes:
             for channels_last in (False, True):
@@ -81,6 +94,5 @@ def warm_up(
                     torch.autograd.grad(call().sum(), leaves, allow_unused=True)
                     if report is not None:
                         layout = "channels_last" if channels_last else "NCHW"
-                        report(f"{name} {str(dtype).removeprefix('torch.')} {layout}",
+                        report(f"{name} {str(dtype).removeprefix('torch.')} {layout}{suffix}",
                                time.perf_counter() - t0)  # fmt: skip
-    return time.perf_counter() - started

@@ -46,7 +46,9 @@ for k, layout in ((11, torch.contiguous_format), (5, torch.channels_last)):
 # a map whose NCHW planes are 4 KiB multiples (the CPU kernels' own transpose)
 big = torch.randn(1, 16, 32, 64, requires_grad=True)
 roiops.roi_align(big, torch.tensor([[0.0, 1, 1, 30, 20]]), 7, 1.0, 2, True).sum().backward()
-print(json.dumps({"reported": reported, "before": len(before),
+from roiops.cpu import parallel
+twins = sum(bool(t.signatures) for t in parallel._TWINS.values())
+print(json.dumps({"reported": reported, "before": len(before), "twins": twins,
                   "new": sorted(compiled() - before)}))
 """
 
@@ -58,8 +60,10 @@ def test_nothing_left_to_compile_after_warm_up():
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(result["reported"]) == len(set(result["reported"])) == 22
+    assert len(result["reported"]) == len(set(result["reported"])) == 2 * 22
     assert "ps_roi_pool float32 channels_last" in result["reported"]
+    assert "ps_roi_pool float32 channels_last serial" in result["reported"]
+    assert result["twins"] >= 20  # (the serial twins compiled, the kernels back after)
     assert result["before"] >= 20  # the entry points of every op
     assert result["new"] == []
 
@@ -69,12 +73,13 @@ def test_warmup_command(capsys, monkeypatch):
 
     calls = []
 
-    def fake(dtypes, report):
-        calls.append(list(dtypes))
+    def fake(dtypes, report, serial):
+        calls.append((list(dtypes), serial))
         report("roi_align avg float64 NCHW", 0.5)
         return 0.5
 
     monkeypatch.setattr(warmup, "warm_up", fake)
     assert cli.main(["warmup", "--dtype", "float64"]) == 0
-    assert calls == [[torch.float64]]
+    assert cli.main(["warmup", "--dtype", "float32", "--no-serial"]) == 0
+    assert calls == [([torch.float64], True), ([torch.float32], False)]
     assert "roi_align avg float64 NCHW" in capsys.readouterr().out

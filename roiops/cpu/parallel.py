@@ -12,6 +12,7 @@ A twin has its own qualified name, so Numba caches it apart from the parallel ke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
@@ -45,17 +46,38 @@ def serial_twin(fn: types.FunctionType) -> CPUDispatcher:
     return njit(cache=True)(twin)
 
 
-def use_serial_kernels() -> None:
-    """Every name in ``roiops.cpu``'s modules that holds a parallel kernel (its own, or
-    one imported) now holds the kernel's serial twin; kernels calling kernels compile
-    against the twins (they look their callees up when they compile)."""
-    twins = {kernel: serial_twin(fn) for kernel, fn in _KERNELS.items()}
+_TWINS: dict[CPUDispatcher, CPUDispatcher] = {}  # parallel kernel -> its serial twin
+
+
+def _swap(replacements: dict) -> None:
+    """Every name in ``roiops.cpu``'s modules that holds a key of ``replacements`` (a
+    kernel of its own, or one imported) now holds its value."""
     for name, module in list(sys.modules.items()):
         if not name.startswith("roiops.cpu.") or module is None:
             continue
         for attribute, value in list(vars(module).items()):
-            if isinstance(value, CPUDispatcher) and value in twins:
-                setattr(module, attribute, twins[value])
+            if isinstance(value, CPUDispatcher) and value in replacements:
+                setattr(module, attribute, replacements[value])
+
+
+def use_serial_kernels() -> None:
+    """From now on every kernel runs as its serial twin; kernels calling kernels compile
+    against the twins (they look their callees up when they compile)."""
+    for kernel, fn in _KERNELS.items():
+        if kernel not in _TWINS:
+            _TWINS[kernel] = serial_twin(fn)
+    _swap(_TWINS)
+
+
+@contextlib.contextmanager
+def serial_kernels():
+    """The serial twins inside a ``with`` block (``roiops.warmup`` compiles them into
+    Numba's cache so), the parallel kernels again after it."""
+    use_serial_kernels()
+    try:
+        yield
+    finally:
+        _swap({twin: kernel for kernel, twin in _TWINS.items()})
 
 
 def _after_fork_in_child() -> None:
