@@ -171,6 +171,40 @@ def test_multi_scale_roi_align_module_matches_torchvision(rng):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["RoIAlign", "RoIAlignRotated"])
+def test_mmdet_extractor_against_mmdet_s_loop_and_the_cpu(rng, kind):
+    # mmdet's SingleRoIExtractor (one launch, no nonzero) against mmdet's forward written
+    # out (test_multi_scale_roi_align.mmdet_extract: a loop over the levels), and the
+    # gradients against the CPU kernels'
+    from test_multi_scale_roi_align import (
+        MMDET_LAYERS,
+        STRIDES,
+        mmdet_extract,
+        mmdet_rois,
+        rotated_rois_over,
+    )
+
+    config, layer = MMDET_LAYERS[kind]
+    feats = [torch.randn(2, 16, 200 >> i, 272 >> i, device="cuda") for i in range(4)]
+    rotated = kind == "RoIAlignRotated"
+    if rotated:
+        rois = cuda(rotated_rois_over(rng, 2, 500, 1024))
+        rois[:, 5] = torch.deg2rad(rois[:, 5])
+    else:
+        rois = cuda(mmdet_rois(rng, 2, 500))
+    extractor = roiops.SingleRoIExtractor(config, 16, STRIDES)
+    leaves = [f.clone().requires_grad_() for f in feats]
+    out = extractor(leaves, rois, 1.2)
+    torch.testing.assert_close(out, mmdet_extract(layer, feats, rois, rotated, 1.2),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    cpu_leaves = [f.cpu().requires_grad_() for f in feats]
+    extractor(cpu_leaves, rois.cpu(), 1.2).backward(grad.cpu())
+    for g, c in zip(leaves, cpu_leaves, strict=True):
+        torch.testing.assert_close(g.grad.cpu(), c.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_roi_align_rotated_against_reference_and_roi_align(rng):
     from test_roi_align_rotated import rotated_rois
 
