@@ -512,14 +512,23 @@ def pool_mmdet(
             f"SingleRoIExtractor: out_channels is {out_channels} but the feature maps have "
             f"{channels} channels"
         )
+    rotated = layer_type == "RoIAlignRotated"
+    columns = 6 if rotated else 5
+    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != columns:
+        fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
+        got = tuple(rois.shape) if isinstance(rois, Tensor) else type(rois).__name__
+        raise ValueError(
+            f"SingleRoIExtractor: rois must be a Tensor[K, {columns}] (batch_index, {fields}), "
+            f"got {got}"
+        )
     # mmdet: rois.type_as(feats[0]), the features float32 already where they were half
     # (its force_fp32): the boxes in the features' compute dtype (others: the op's error)
     dtype = COMPUTE_DTYPES.get(feats[0].dtype) if isinstance(feats[0], Tensor) else None
-    if isinstance(rois, Tensor) and dtype is not None:
+    if dtype is not None:
         rois = rois.to(dtype)
     scales = [1.0 / s for s in featmap_strides[: len(feats)]]
     size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
-    aligned, rotated = layer_args.get("aligned", True), layer_type == "RoIAlignRotated"
+    aligned = layer_args.get("aligned", True)
     angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
     if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
         if layer_type == "RoIPool":

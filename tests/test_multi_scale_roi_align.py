@@ -476,6 +476,8 @@ def test_single_roi_extractor_bad_configs(rng):
     extractor = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4])
     with pytest.raises(ValueError, match="1 to 1 feature maps"):
         extractor(feats, rois)
+    with pytest.raises(ValueError, match=r"rois must be a Tensor\[K, 5\]"):
+        extractor(feats[:1], [rois[:, 1:]])
     config = dict(type="RoIAlign", output_size=2, pool_mode="max")
     extractor = roiops.SingleRoIExtractor(config, 8, [4, 8])
     assert extractor(feats[:1], rois).shape == (1, 8, 2, 2)

@@ -21,8 +21,6 @@ from numba import njit
 from numba.core.registry import CPUDispatcher
 
 _KERNELS: dict[CPUDispatcher, types.FunctionType] = {}  # parallel kernel -> its function
-
-
 _serial = False  # (this process was forked from one whose GNU OpenMP threads had started)
 
 
@@ -72,12 +70,14 @@ def use_serial_kernels() -> None:
 @contextlib.contextmanager
 def serial_kernels():
     """The serial twins inside a ``with`` block (``roiops.warmup`` compiles them into
-    Numba's cache so), the parallel kernels again after it."""
+    Numba's cache so), the parallel kernels again after it (but in a process that must
+    keep the twins)."""
     use_serial_kernels()
     try:
         yield
     finally:
-        _swap({twin: kernel for kernel, twin in _TWINS.items()})
+        if not _serial:
+            _swap({twin: kernel for kernel, twin in _TWINS.items()})
 
 
 def _after_fork_in_child() -> None:
