@@ -139,7 +139,9 @@ def roi_pool(
             input, rois, scale, pooled_h, pooled_w,
             lambda x, r: roi_pool_inference_op(x, r, scale, pooled_h, pooled_w),
         )  # fmt: skip
-    if torch.is_grad_enabled() and input.requires_grad:
+    if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
+        # (boxes that require grad get none, as from torchvision, but autograd records
+        # the call: its output requires grad)
         out, _ = call(roi_pool_op, input, rois, scale, pooled_h, pooled_w)
         return out
     # no gradient will be asked for: skip the argmax, as large as the output
@@ -299,6 +301,10 @@ def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonic
         )  # fmt: skip
     elif not isinstance(levels, Tensor) or levels.shape != (rois.shape[0],):
         raise ValueError(f"{op}: levels must be a Tensor[{rois.shape[0]}] of level indices")
+    elif levels.is_floating_point() or levels.is_complex() or levels.dtype == torch.bool:
+        # (a float level of 1.5 would become 1 unnoticed; whole values are free to check
+        # only on the host)
+        raise TypeError(f"{op}: levels must be an integer tensor, got {levels.dtype}")
     levels = levels.to(device=rois.device, dtype=torch.int64).contiguous()
     return features, pooled, scale_list, rois, levels
 

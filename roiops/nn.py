@@ -542,6 +542,13 @@ def pool_mmdet(
             "poolers average (pass one level, or use pool_mode='avg')"
         )
     levels = mmdet_levels(rois, len(feats), finest_scale, rotated)
+    factor_ok = isinstance(roi_scale_factor, (int, float)) or (
+        rotated and isinstance(roi_scale_factor, tuple) and len(roi_scale_factor) == 2)  # fmt: skip
+    if roi_scale_factor is not None and not factor_ok:
+        raise TypeError(
+            f"SingleRoIExtractor: roi_scale_factor must be a number{' or (h, w)' * rotated}, "
+            f"got {roi_scale_factor!r}"
+        )
     if roi_scale_factor is not None:
         rois = mmdet_rescale(rois, roi_scale_factor, rotated)
     if layer_type == "RoIPool":

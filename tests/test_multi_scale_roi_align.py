@@ -141,6 +141,8 @@ def test_bad_arguments(rng):
     rois = torch.tensor([[0, 1.0, 1, 30, 30]])
     with pytest.raises(ValueError, match=r"levels must lie in \[0, 4\)"):
         roiops.multi_scale_roi_align(features, rois, 2, SCALES, levels=torch.tensor([4]))
+    with pytest.raises(TypeError, match="levels must be an integer tensor"):
+        roiops.multi_scale_roi_align(features, rois, 2, SCALES, levels=torch.tensor([1.5]))
     with pytest.raises(ValueError, match="4 feature maps but 3 scales"):
         roiops.multi_scale_roi_align(features, rois, 2, SCALES[:3])
     with pytest.raises(ValueError, match="1 to 5 maps"):
@@ -478,6 +480,9 @@ def test_single_roi_extractor_bad_configs(rng):
         extractor(feats, rois)
     with pytest.raises(ValueError, match=r"rois must be a Tensor\[K, 5\]"):
         extractor(feats[:1], [rois[:, 1:]])
+    extractor = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4, 8])
+    with pytest.raises(TypeError, match=r"roi_scale_factor must be a number, got \(1.2, 1.3\)"):
+        extractor(feats, rois, (1.2, 1.3))
     config = dict(type="RoIAlign", output_size=2, pool_mode="max")
     extractor = roiops.SingleRoIExtractor(config, 8, [4, 8])
     assert extractor(feats[:1], rois).shape == (1, 8, 2, 2)

@@ -156,6 +156,20 @@ def test_calls_without_autograd_skip_the_argmax(rng, monkeypatch):
     assert trained.requires_grad and not under_no_grad.requires_grad
 
 
+def test_boxes_that_require_grad_over_a_map_that_does_not(rng):
+    # as torchvision: autograd records the call (the output requires grad) and backward
+    # runs, giving the boxes no gradient (roiops chose the argmax-free op here and its
+    # backward failed until 2026-11-28)
+    x = as_tensor(rng.standard_normal((2, 3, 6, 6)), torch.float32)
+    rois = as_tensor(random_rois(rng, 2, 4, 12, 12, min_size=1.0), torch.float32)
+    boxes = rois.clone().requires_grad_()
+    out = roiops.roi_pool(x, boxes, 2, 0.5)
+    theirs = torchvision.ops.roi_pool(x, rois.clone().requires_grad_(), 2, 0.5)
+    assert out.requires_grad == theirs.requires_grad
+    out.sum().backward()
+    assert boxes.grad is None and torch.equal(out, theirs)
+
+
 def test_torch_compile_fullgraph_with_and_without_autograd(rng):
     x = as_tensor(rng.standard_normal((2, 3, 6, 7)), torch.float32)
     rois = as_tensor(random_rois(rng, 2, 5, 12, 14, min_size=1.0), torch.float32)
