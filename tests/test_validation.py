@@ -240,7 +240,6 @@ def test_triton_backend_on_cpu_tensors_checks_values(monkeypatch):
 # has: roi_align forward and backward, and ps_roi_align (a kernel that calls a kernel)
 FORK_SCRIPT = """
 import multiprocessing, sys, numba, torch, roiops
-from numba.core.registry import CPUDispatcher
 from roiops.cpu import roi_align as cpu_align
 x = torch.randn(2, 8, 9, 9)
 rois = torch.tensor([[0, 1.0, 1, 7, 7], [1, 0.5, 2, 8.5, 6], [0, 3, 3, 4, 9]])
