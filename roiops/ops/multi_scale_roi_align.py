@@ -60,6 +60,23 @@ def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None, ro
     return checked_backend(device, rois, batch_size, op, *checks)
 
 
+def _numba_pyramid(xs, rois, levels, scales) -> tuple:
+    """The Numba pyramid kernels' leading arguments: the levels channels-last, the RoIs,
+    their levels and the levels' scales."""
+    levels_nhwc = tuple(layout.channels_last_array(x) for x in xs)
+    return levels_nhwc, rois.numpy(), levels.numpy(), _scales_array(scales)
+
+
+def _scales_array(scales: list[float]):
+    return torch.tensor(scales, dtype=torch.float64).numpy()
+
+
+def _copy_from(refs: list, grads: list[Tensor]) -> None:
+    """The reference's gradients (NumPy arrays) into the levels' gradient tensors."""
+    for gx, ref in zip(grads, refs, strict=True):
+        gx.copy_(torch.from_numpy(ref))
+
+
 @forward_op("roiops::multi_scale_roi_align")
 def multi_scale_roi_align_op(
     features: list[Tensor],
@@ -90,8 +107,7 @@ def multi_scale_roi_align_op(
     if backend == "numba":
         out = xs[0].new_empty(shape)
         cpu.multi_scale_roi_align_forward(
-            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
-            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            *_numba_pyramid(xs, rois, levels, scales), pooled_height, pooled_width,
             sampling_ratio, aligned, out.numpy(),
         )  # fmt: skip
         return out.to(first.dtype)
@@ -142,7 +158,7 @@ def multi_scale_roi_align_backward_op(
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         cpu.multi_scale_roi_align_backward(
             g.contiguous().numpy(), rois.numpy(), levels.numpy(), order, start,
-            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            _scales_array(scales), pooled_height, pooled_width,
             sampling_ratio, aligned, block, tuple(layout.grad_array(gx) for gx in grads),
         )  # fmt: skip
     else:
@@ -150,8 +166,7 @@ def multi_scale_roi_align_backward_op(
             host_array(g), host_array(rois), host_array(levels), scales, pooled_height,
             pooled_width, sampling_ratio, aligned, shapes,
         )  # fmt: skip
-        for gx, ref in zip(grads, refs, strict=True):
-            gx.copy_(torch.from_numpy(ref))
+        _copy_from(refs, grads)
     return [gx.to(grad.dtype) for gx in grads]
 
 
@@ -237,8 +252,7 @@ def multi_scale_roi_pool_op(
         out = xs[0].new_empty(shape)
         argmax = torch.empty(arg_shape, dtype=torch.int32)
         cpu.multi_scale_roi_pool_forward(
-            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
-            torch.tensor(scales, dtype=torch.float64).numpy(), pooled_height, pooled_width,
+            *_numba_pyramid(xs, rois, levels, scales), pooled_height, pooled_width,
             out.numpy(), argmax.numpy(),
         )  # fmt: skip
         return out.to(first.dtype), argmax
@@ -292,8 +306,7 @@ def multi_scale_roi_pool_backward_op(
             host_array(g), host_array(rois), host_array(levels), argmax_to_reference(argmax),
             shapes,
         )  # fmt: skip
-        for gx, ref in zip(grads, refs, strict=True):
-            gx.copy_(torch.from_numpy(ref))
+        _copy_from(refs, grads)
     return [gx.to(grad.dtype) for gx in grads]
 
 
@@ -353,8 +366,7 @@ def multi_scale_roi_align_rotated_op(
     if backend == "numba":
         out = xs[0].new_empty(shape)
         cpu.multi_scale_roi_align_rotated_forward(
-            tuple(layout.channels_last_array(x) for x in xs), rois.numpy(), levels.numpy(),
-            torch.tensor(scales, dtype=torch.float64).numpy(), *args, degrees, clockwise,
+            *_numba_pyramid(xs, rois, levels, scales), *args, degrees, clockwise,
             out.numpy(),
         )  # fmt: skip
         return out.to(first.dtype)
@@ -410,7 +422,7 @@ def multi_scale_roi_align_rotated_backward_op(
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         cpu.multi_scale_roi_align_rotated_backward(
             g.contiguous().numpy(), rois.numpy(), levels.numpy(), order, start,
-            torch.tensor(scales, dtype=torch.float64).numpy(), *args, degrees, clockwise, block,
+            _scales_array(scales), *args, degrees, clockwise, block,
             tuple(layout.grad_array(gx) for gx in grads),
         )  # fmt: skip
     else:
@@ -418,8 +430,7 @@ def multi_scale_roi_align_rotated_backward_op(
             host_array(g), host_array(rois), host_array(levels), scales, *args, shapes,
             angle_unit_name(degrees), clockwise,
         )  # fmt: skip
-        for gx, ref in zip(grads, refs, strict=True):
-            gx.copy_(torch.from_numpy(ref))
+        _copy_from(refs, grads)
     return [gx.to(grad.dtype) for gx in grads]
 
 
