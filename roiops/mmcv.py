@@ -87,8 +87,8 @@ class RoIAlign(nn.Module):
         if pool_mode not in ("avg", "max"):
             raise ValueError(f"RoIAlign: pool_mode must be 'avg' or 'max', got {pool_mode!r}")
         self.output_size = output_size
-        self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(sampling_ratio)
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.sampling_ratio = sampling_ratio
         self.pool_mode = pool_mode
         self.aligned = aligned
         self.use_torchvision = use_torchvision
@@ -112,7 +112,7 @@ class RoIPool(nn.Module):
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float = 1.0) -> None:
         super().__init__()
         self.output_size = output_size
-        self.spatial_scale = float(spatial_scale)
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
@@ -145,9 +145,8 @@ class RoIAlignRotated(nn.Module):
             raise TypeError("RoIAlignRotated: output_size (or out_size) is required")
         if spatial_scale is None:
             raise TypeError("RoIAlignRotated: spatial_scale is required")
-        self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(_pick(sampling_ratio, sample_num, "sampling_ratio",
-                                        "sample_num", 0))  # fmt: skip
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.sampling_ratio = _pick(sampling_ratio, sample_num, "sampling_ratio", "sample_num", 0)
         self.aligned = aligned
         self.clockwise = clockwise
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import Tensor, nn
 
+from roiops import mmcv
 from roiops._trace import fx_leaf
 from roiops._validate import COMPUTE_DTYPES
 from roiops.functional import (
@@ -363,39 +365,32 @@ def pool_detectron2(
     )  # fmt: skip
 
 
-# mmcv's RoI layers that mmdet's extractors build (``roi_layer["type"]``): their
-# constructor arguments (old mmcv names as aliases) and defaults, spatial_scale excepted
-MMCV_LAYERS = {
-    "RoIAlign": {"output_size": None, "sampling_ratio": 0, "pool_mode": "avg", "aligned": True,
-                 "use_torchvision": False},
-    "RoIPool": {"output_size": None},
-    "RoIAlignRotated": {"output_size": None, "sampling_ratio": 0, "aligned": True,
-                        "clockwise": False},
-}  # fmt: skip
+# mmcv's RoI layers that mmdet's extractors build (``roi_layer["type"]``), mmcv's older
+# argument names, and what of a built layer the pooling takes
+MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated")
 MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
+MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise")
 
 
 def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
     """``(type, arguments)`` of an mmdet ``roi_layer`` config such as ``dict(type="RoIAlign",
-    output_size=7, sampling_ratio=0)``: every argument named, defaults filled in."""
-    config = dict(roi_layer)
+    output_size=7, sampling_ratio=0)``: the layer built as mmdet builds it (``roiops.mmcv``'s,
+    with mmcv's defaults and checks), its arguments read back."""
+    config = {MMCV_ALIASES.get(name, name): value for name, value in roi_layer.items()}
     kind = config.pop("type", None)
     if kind not in MMCV_LAYERS:
         raise ValueError(
-            f"SingleRoIExtractor: roi_layer type must be one of {tuple(MMCV_LAYERS)}, got {kind!r}"
+            f"SingleRoIExtractor: roi_layer type must be one of {MMCV_LAYERS}, got {kind!r}"
         )
-    arguments = dict(MMCV_LAYERS[kind])
-    for name, value in config.items():
-        name = MMCV_ALIASES.get(name, name)
-        if name not in arguments:
+    layer_class = getattr(mmcv, kind)
+    takes = set(inspect.signature(layer_class).parameters) - {"spatial_scale"}
+    for name in config:
+        if name not in takes:
             raise TypeError(f"SingleRoIExtractor: {kind} takes no argument {name!r}")
-        arguments[name] = value
-    if arguments["output_size"] is None:
+    if config.get("output_size") is None:
         raise TypeError(f"SingleRoIExtractor: {kind} needs an output_size")
-    if arguments.get("pool_mode", "avg") not in ("avg", "max"):
-        raise ValueError(f"SingleRoIExtractor: pool_mode must be 'avg' or 'max', got "
-                         f"{arguments['pool_mode']!r}")  # fmt: skip
-    return kind, arguments
+    layer = layer_class(spatial_scale=1.0, **config)
+    return kind, {name: getattr(layer, name) for name in MMCV_ARGUMENTS if hasattr(layer, name)}
 
 
 class SingleRoIExtractor(nn.Module):
