@@ -63,6 +63,8 @@ def test_mmcv_bad_arguments():
         mmcv.RoIAlign(3, pool_mode="sum")
     with pytest.raises(ValueError, match="pool_mode must be 'avg' or 'max'"):
         mmcv.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(0, 5), 2, pool_mode="mean")
+    with pytest.raises(TypeError, match="sampling_ratio must be an integer"):
+        mmcv.RoIAlign(2, 0.5, 2.5)(torch.zeros(1, 1, 4, 4), torch.zeros(0, 5))
 
 
 def test_mmcv_layers_are_leaves_under_fx(rng):
