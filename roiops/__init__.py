@@ -7,6 +7,7 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 from roiops._backend import use_backend
 from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
+    deform_roi_pool,
     map_levels,
     multi_scale_roi_align,
     multi_scale_roi_align_rotated,
@@ -18,6 +19,7 @@ from roiops.functional import (
     roi_align_rotated,
     roi_pool,
 )
+from roiops.mmcv import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 from roiops.nn import (
     MultiScaleRoIAlign,
     PrRoIPool2D,
@@ -31,6 +33,9 @@ from roiops.nn import (
 )
 
 __all__ = [
+    "DeformRoIPool",
+    "DeformRoIPoolPack",
+    "ModulatedDeformRoIPoolPack",
     "MultiScaleRoIAlign",
     "PrRoIPool2D",
     "PSRoIAlign",
@@ -40,6 +45,7 @@ __all__ = [
     "ROIPooler",
     "RoIPool",
     "SingleRoIExtractor",
+    "deform_roi_pool",
     "is_patched",
     "map_levels",
     "multi_scale_roi_align",

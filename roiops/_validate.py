@@ -255,6 +255,38 @@ def check_spatial_scale(spatial_scale: object, op: str) -> float:
     return value
 
 
+def check_offset(offset: object, rois: Tensor, pooled: tuple[int, int], op: str) -> Tensor:
+    """A deformable op's per-bin offsets: ``Tensor[K, 2, PH, PW]`` of floating point on the
+    RoIs' device, returned contiguous in the RoIs' (compute) dtype."""
+    if not isinstance(offset, Tensor):
+        raise TypeError(f"{op}: offset must be a Tensor or None, got {type(offset).__name__}")
+    shape = (rois.shape[0], 2, *pooled)
+    if tuple(offset.shape) != shape:
+        raise ValueError(
+            f"{op}: offset must have shape [K, 2, PH, PW] = {list(shape)} (an (x, y) shift "
+            f"per RoI and bin), got {tuple(offset.shape)}"
+        )
+    if not offset.is_floating_point():
+        raise TypeError(f"{op}: offset must be a floating point tensor, got {offset.dtype}")
+    if offset.device != rois.device:
+        raise ValueError(
+            f"{op}: offset is on {offset.device} but input is on {rois.device}; "
+            "put both on the same device"
+        )
+    if offset.dtype != rois.dtype:
+        offset = offset.to(rois.dtype)
+    return offset.contiguous()
+
+
+def check_gamma(gamma: object, op: str) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(f"{op}: gamma must be a real number, got {gamma!r}")
+    value = float(gamma)
+    if not -math.inf < value < math.inf:
+        raise ValueError(f"{op}: gamma must be finite, got {gamma!r}")
+    return value
+
+
 def check_sampling_ratio(sampling_ratio: object, op: str) -> int:
     if type(sampling_ratio) is int:  # the common case, without ABC checks
         return sampling_ratio

@@ -13,6 +13,7 @@ from roiops import _validate
 from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops import call
+from roiops.ops.deform_roi_pool import deform_roi_pool_op
 from roiops.ops.multi_scale_roi_align import (
     multi_scale_roi_align_op,
     multi_scale_roi_align_rotated_op,
@@ -492,6 +493,58 @@ def prroi_pool(
     scale = _validate.check_spatial_scale(spatial_scale, op)
     rois = _validate.boxes_to_rois(boxes, input, op)
     return call(prroi_pool_op, input, rois, scale, *pooled)
+
+
+@fx_leaf
+def deform_roi_pool(
+    input: Tensor,
+    boxes: BoxesArg,
+    offset: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+) -> Tensor:
+    """Deformable RoI pooling (Deformable ConvNets, Dai et al. 2017; mmcv's
+    ``deform_roi_pool``, same signature and numbers): :func:`roi_align` with
+    ``aligned=True``, each bin ``(ph, pw)`` moved by its learned offset, a fraction of
+    the RoI's size.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, as for :func:`roi_align`.
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+            They get no gradient (as in mmcv).
+        offset: ``Tensor[K, 2, h, w]``: bin ``(ph, pw)`` of box k starts
+            ``gamma * roi_width * offset[k, 0, ph, pw]`` cells further right and
+            ``gamma * roi_height * offset[k, 1, ph, pw]`` further down (the RoI's size in
+            feature cells; the bins' size and sampling grid stay the RoI's). None: no
+            shift, :func:`roi_align` with ``aligned=True``. Backward gives its gradient.
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: sampling points per bin and axis; ``<= 0``: adaptive (mmcv's 0).
+        gamma: the offsets' scale (mmcv's 0.1).
+
+    Returns:
+        ``Tensor[K, C, h, w]``. A bin whose offset is NaN or infinite gives NaN (mmcv
+        reads a cell at an undefined index) and no gradient. The offset gradient is the
+        forward's derivative (the bilinear surface's slope at each point, 0 along an
+        axis where the point is clamped into the map); mmcv's kernel's differs from it
+        only for points within a cell of the map's border (``roiops.reference.
+        deform_roi_pool``). Backward is deterministic.
+    """
+    op = "deform_roi_pool"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    gamma = _validate.check_gamma(gamma, op)
+    if offset is None:
+        # (a zero shift: the same points, the same numbers)
+        return roi_align(input, boxes, pooled, scale, ratio, aligned=True)
+    _onnx.not_exportable(op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    offset = _validate.check_offset(offset, rois, pooled, op)
+    return call(deform_roi_pool_op, input, rois, offset, scale, *pooled, ratio, gamma)
 
 
 @fx_leaf

@@ -5,6 +5,8 @@ Swap ``from mmcv.ops import RoIAlign`` for ``from roiops.mmcv import RoIAlign`` 
 ``roi_align_rotated``): the same constructor arguments, mmcv's old names ``out_size`` and
 ``sample_num`` included, and mmcv's defaults, which are not roiops' (torchvision's): RoIAlign
 adaptive (``sampling_ratio=0``) and ``aligned=True``; rotated boxes' angles in radians.
+Also ``DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` and
+``deform_roi_pool`` (Deformable ConvNets' RoI pooling), whose defaults roiops shares.
 ``pool_mode="max"`` is mmcv's max over the sampling points (roiops' ``mode="max"``; a bin
 without a sampling point gives 0, where mmcv's CPU kernel gives -10000). mmdet's RoI
 extractor is :class:`roiops.SingleRoIExtractor`.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from roiops import _validate
 from roiops import functional as F
 from roiops._trace import fx_leaf
 
@@ -160,3 +163,128 @@ class RoIAlignRotated(nn.Module):
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
             f"aligned={self.aligned}, clockwise={self.clockwise})"
         )
+
+
+deform_roi_pool = F.deform_roi_pool  # (mmcv's signature and defaults already)
+
+
+class DeformRoIPool(nn.Module):
+    """mmcv's ``DeformRoIPool(output_size, spatial_scale=1.0, sampling_ratio=0,
+    gamma=0.1)``; ``forward(input, rois, offset=None)``, see
+    :func:`roiops.deform_roi_pool`."""
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.sampling_ratio = sampling_ratio
+        self.gamma = gamma
+
+    def forward(self, input: Tensor, rois: Tensor, offset: Tensor | None = None) -> Tensor:
+        return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
+                               self.sampling_ratio, self.gamma)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}"
+        )
+
+
+def _fc_head(pooled: tuple[int, int], channels: int, hidden: int, outputs: int,
+                 layers: int) -> nn.Sequential:  # fmt: skip
+    """mmcv's fully connected head from a RoI's pooled features to ``outputs`` values per
+    bin: ``layers`` Linear layers with ReLU between, the last one zeroed (a deformable
+    pooling starts as the plain one)."""
+    sizes = [pooled[0] * pooled[1] * channels] + [hidden] * (layers - 1)
+    modules: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    modules.append(nn.Linear(sizes[-1], pooled[0] * pooled[1] * outputs))
+    nn.init.zeros_(modules[-1].weight)
+    nn.init.zeros_(modules[-1].bias)
+    return nn.Sequential(*modules)
+
+
+@fx_leaf
+def pack_features(input: Tensor, rois: Tensor, channels: int, pooled: tuple[int, int],
+                  spatial_scale: float, sampling_ratio: int, layer: str) -> Tensor:  # fmt: skip
+    """``Tensor[K, C * PH * PW]``: the plain (undeformed) pooling a Pack's fully connected
+    heads read, once the input has the ``channels`` the ``layer`` was built for (a leaf
+    of torch.fx traces: the check reads a shape)."""
+    if input.shape[1] != channels:
+        raise ValueError(
+            f"{layer}: input has {input.shape[1]} channels, the layer was built for "
+            f"output_channels={channels}"
+        )
+    return deform_roi_pool(input, rois, None, pooled, spatial_scale, sampling_ratio).flatten(1)
+
+
+class DeformRoIPoolPack(DeformRoIPool):
+    """mmcv's ``DeformRoIPoolPack(output_size, output_channels, deform_fc_channels=1024,
+    spatial_scale=1.0, sampling_ratio=0, gamma=0.1)`` (Deformable ConvNets' deformable
+    RoI pooling): a plain pooling, three fully connected layers (``offset_fc``, the last
+    zeroed) from its features to the bins' offsets, then the deformable pooling. Its
+    parameters have mmcv's names: mmcv's checkpoints load."""
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        output_channels: int,
+        deform_fc_channels: int = 1024,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+        self.pooled = _validate.output_size_pair(output_size, type(self).__name__)
+        self.output_channels = output_channels
+        self.deform_fc_channels = deform_fc_channels
+        self.offset_fc = _fc_head(self.pooled, output_channels, deform_fc_channels, 2, 3)
+
+    def _offsets(self, input: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
+        """(the plain pooling's features ``[K, C * PH * PW]``, the offsets ``[K, 2, PH,
+        PW]``)."""
+        x = pack_features(input, rois, self.output_channels, self.pooled, self.spatial_scale,
+                          self.sampling_ratio, type(self).__name__)  # fmt: skip
+        return x, self.offset_fc(x).view(x.shape[0], 2, *self.pooled)
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
+        _, offset = self._offsets(input, rois)
+        return deform_roi_pool(input, rois, offset, self.pooled, self.spatial_scale,
+                               self.sampling_ratio, self.gamma)  # fmt: skip
+
+
+class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
+    """mmcv's ``ModulatedDeformRoIPoolPack`` (Deformable ConvNets v2's modulated
+    deformable RoI pooling): :class:`DeformRoIPoolPack` whose bins are also weighted by a
+    learned mask in (0, 1) (``mask_fc``: two fully connected layers, the last zeroed,
+    and a sigmoid: 0.5 everywhere at first)."""
+
+    def __init__(
+        self,
+        output_size: int | tuple[int, int],
+        output_channels: int,
+        deform_fc_channels: int = 1024,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
+                         sampling_ratio, gamma)  # fmt: skip
+        self.mask_fc = nn.Sequential(
+            *_fc_head(self.pooled, output_channels, deform_fc_channels, 1, 2), nn.Sigmoid()
+        )
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
+        x, offset = self._offsets(input, rois)
+        mask = self.mask_fc(x).view(x.shape[0], 1, *self.pooled)
+        d = deform_roi_pool(input, rois, offset, self.pooled, self.spatial_scale,
+                            self.sampling_ratio, self.gamma)  # fmt: skip
+        return d * mask

@@ -22,7 +22,8 @@ from roiops.cpu.parallel import serial_kernels
 SCALES = (0.5, 0.25)
 
 
-def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: list):
+def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: list,
+           offset: torch.Tensor):  # fmt: skip
     """(name, call) of every op and mode, ``call()`` its output; the boxes require grad
     where the op sends them one."""
     plain = rois.detach()
@@ -42,6 +43,7 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
          lambda: roiops.multi_scale_roi_pool(pyramid, boxes, 2, SCALES)),
         ("multi_scale_roi_align_rotated",
          lambda: roiops.multi_scale_roi_align_rotated(pyramid, rotated, 2, SCALES, 2)),
+        ("deform_roi_pool", lambda: roiops.deform_roi_pool(x, plain, offset, 2, 0.5, 2)),
     ]  # fmt: skip
 
 
@@ -61,7 +63,10 @@ def _inputs(dtype: torch.dtype, channels_last: bool):
     centre = (corners[:, :2] + corners[:, 2:]) / 2
     size = corners[:, 2:] - corners[:, :2]
     rotated = torch.cat([batch, centre, size, torch.tensor([[0.0], [30], [-45], [90]])], 1)
-    return feature(32, 32), rois, rotated.to(dtype), [feature(32, 32), feature(16, 16)]
+    # deform_roi_pool's bins moved by a tenth of their RoI (they require grad)
+    offset = torch.full((4, 2, 2, 2), 0.1, dtype=dtype, requires_grad=True)
+    pyramid = [feature(32, 32), feature(16, 16)]
+    return feature(32, 32), rois, rotated.to(dtype), pyramid, offset
 
 
 def warm_up(
@@ -87,9 +92,9 @@ def _run_every_op(dtypes, report, suffix: str) -> None:
     with roiops.use_backend("numba"):
         for dtype in dtypes:
             for channels_last in (False, True):
-                x, rois, rotated, pyramid = _inputs(dtype, channels_last)
-                leaves = [x, rois, *pyramid]
-                for name, call in _calls(x, rois, rotated, pyramid):
+                x, rois, rotated, pyramid, offset = _inputs(dtype, channels_last)
+                leaves = [x, rois, offset, *pyramid]
+                for name, call in _calls(x, rois, rotated, pyramid, offset):
                     t0 = time.perf_counter()
                     torch.autograd.grad(call().sum(), leaves, allow_unused=True)
                     if report is not None:

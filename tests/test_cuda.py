@@ -513,7 +513,7 @@ def test_torch_compile_every_op_on_cuda_matches_eager():
 
     x, *rest = (to_cuda(v) for v in every_op_inputs(31))
     x.requires_grad_()
-    model = EveryOp()
+    model = EveryOp().cuda()  # (DeformRoIPoolPack's layers)
     out = torch.compile(model, fullgraph=True)(x, *rest)
     eager = model(x, *rest)
     assert torch.equal(out, eager)  # the same kernels, deterministic
@@ -521,3 +521,44 @@ def test_torch_compile_every_op_on_cuda_matches_eager():
     (ours,) = torch.autograd.grad(out, x, grad)
     (theirs,) = torch.autograd.grad(eager, x, grad)
     assert torch.equal(ours, theirs)
+
+
+def test_deform_roi_pool_on_cuda(rng):
+    # deformable RoI pooling: the reference's numbers (float64, to rounding), the same
+    # bits run after run, no host synchronisation, and a captured graph replayed with new
+    # offsets in the same buffers gives what an eager call with them gives
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272), torch.float64)
+    offset = cuda(rng.standard_normal((64, 2, 7, 7)), torch.float64).requires_grad_()
+    grad = torch.randn(64, 16, 7, 7, device="cuda", dtype=torch.float64)
+
+    def step():
+        out = roiops.deform_roi_pool(x, rois, offset, 7, 0.25, 0)
+        return [out, *torch.autograd.grad(out, [x, offset], grad)]
+
+    first = step()
+    with roiops.use_backend("reference"):
+        expected = step()
+    for ours, ref in zip(first, expected, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(map(torch.equal, again, first))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():
+        offset.mul_(-0.5)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(map(torch.equal, captured, step()))
+    assert not torch.equal(captured[0], first[0])

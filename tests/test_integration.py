@@ -29,6 +29,10 @@ class EveryOp(nn.Module):
         self.pooler_max = roiops.ROIPooler(2, SCALES, 0, "ROIPool")
         self.pooler_rotated = roiops.ROIPooler(2, SCALES, 0, "ROIAlignRotated")
         self.mmdet = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4, 8])
+        self.deform = roiops.DeformRoIPoolPack(2, 8, 16, 0.5, 2)
+        g = torch.Generator().manual_seed(0)  # (every EveryOp the same; the last layer not 0)
+        for p in self.deform.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.1
 
     def forward(self, x, rois, boxes, rotated, pyramid, image_shapes):
         levels = [pyramid["p2"], pyramid["p3"]]
@@ -55,6 +59,8 @@ class EveryOp(nn.Module):
             self.pooler_max(levels, boxes),
             self.pooler_rotated(levels, rotated),
             self.mmdet(levels, rois),
+            roiops.deform_roi_pool(x, rois, None, 2, 0.5, 2),
+            self.deform(x, rois),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -73,6 +79,8 @@ PUBLIC_CALLS = {
     "pool_pyramid": 1,  # MultiScaleRoIAlign
     "pool_detectron2": 3,  # ROIPooler
     "pool_mmdet": 1,  # SingleRoIExtractor
+    "deform_roi_pool": 1 + 1,  # one direct call, one through DeformRoIPoolPack
+    "pack_features": 1,  # DeformRoIPoolPack
 }
 
 

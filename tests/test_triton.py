@@ -1664,3 +1664,61 @@ def test_program_order_changes_no_bit(rng, monkeypatch, small_program_blocks, ca
         assert torch.equal(major, inner)
     for got, expected in zip(results[True], fn("reference"), strict=True):
         torch.testing.assert_close(got, expected, **TOL[torch.float32])
+
+
+def deform_case(rng, k=8):
+    """(x [2, 3, 9, 11], rois [k, 5], offsets [k, 2, 2, 3] up to about a RoI, output
+    gradient) for the deformable pooling kernels."""
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    rois = on_device(random_rois(rng, 2, k, 18, 22), torch.float32)
+    offset = on_device(rng.standard_normal((k, 2, 2, 3)) * 3, torch.float32)
+    grad = on_device(rng.standard_normal((k, 3, 2, 3)), torch.float32)
+    return x, rois, offset, grad
+
+
+def deform_results(x, rois, offset, grad, ratio):
+    """[(output, input gradient, offset gradient)] on the triton, then the reference
+    backend."""
+    results = []
+    for backend in ("triton", "reference"):
+        xb, ob = x.detach().clone().requires_grad_(), offset.detach().clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.deform_roi_pool(xb, rois, ob, (2, 3), 0.5, ratio, 0.2)
+            out.backward(grad)
+        results.append((out.detach(), xb.grad, ob.grad))
+    return results
+
+
+@pytest.mark.parametrize("ratio", [2, 0])
+def test_deform_roi_pool_matches_reference(rng, ratio):
+    x, rois, offset, grad = deform_case(rng)
+    offset[2, 1, 1, 2] = float("nan")
+    (out, gx, go), (ref_out, ref_gx, ref_go) = deform_results(x, rois, offset, grad, ratio)
+    assert torch.isnan(out[2, :, 1, 2]).all() and torch.isnan(out).sum() == 3
+    assert_forward_matches("avg", out.nan_to_num(7.0), ref_out.nan_to_num(7.0))
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    torch.testing.assert_close(go, ref_go, rtol=1e-5, atol=1e-4)  # (sums over channels)
+
+
+def test_deform_roi_pool_kernels_take_any_roi_value(rng):
+    from roiops.gpu import deform_roi_pool as gpu_deform
+
+    x, _, offset, grad = deform_case(rng, k=6)
+    rois = on_device([[0, 1.0, 1, 9, 7], [2, 1, 1, 9, 7], [0.5, 1, 1, 9, 7], [0, np.nan, 1, 9, 7],
+                      [1, 1, 1, 4e5, 7], [1, 2, 3, 8, 9]], torch.float32)  # fmt: skip
+    args = (0.5, 2, 3, 0, 0.2)
+    out = gpu_deform.deform_roi_pool_forward(x, rois, offset, *args)
+    assert torch.isnan(out[1:5]).all() and torch.isfinite(out[[0, 5]]).all()
+    gx = gpu_deform.deform_roi_pool_backward(grad, rois, offset, torch.empty_like(x), *args)
+    go = gpu_deform.deform_roi_pool_offset_backward(grad, x, rois, offset, *args)
+    good = [0, 5]
+    with roiops.use_backend("reference"):
+        ref_gx = torch.ops.roiops.deform_roi_pool_backward(
+            grad[good], rois[good], offset[good], *args, 2, 3, 9, 11
+        )
+        ref_go = torch.ops.roiops.deform_roi_pool_offset_backward(
+            grad[good], x, rois[good], offset[good], *args
+        )
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    assert go[1:5].eq(0).all()
+    torch.testing.assert_close(go[good], ref_go, rtol=1e-5, atol=1e-4)

@@ -41,6 +41,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from roiops.gpu.deform_roi_pool import (  # noqa: E402
+    deform_roi_pool_backward_kernel,
+    deform_roi_pool_forward_kernel,
+    deform_roi_pool_offset_backward_kernel,
+)
 from roiops.gpu.fixed_point import (  # noqa: E402
     BAND_TILE,
     CONVERT_CELLS,
@@ -115,7 +120,7 @@ APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
 INEXACT_HALF_ROUNDING = re.compile(r"\bcvt\.r[zmp]\.(bf16|f16)(x2)?\.f32\b")
 NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 # integer arguments that hold 64-bit values
-INT64_ARGS = ("scale_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
+INT64_ARGS = ("scale_bits", "gamma_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
 # the fixed-point sums' regions (``roiops.gpu.fixed_point.Regions``), as launched
 REGIONS = {"RECTS": "*i32", "PARTS": "*i64", "FLAGS": "*i8"}
 
@@ -406,6 +411,22 @@ def main(dtypes=DTYPES, lean=False) -> int:
                 multi_scale_roi_align_rotated_backward_kernel, {**bwd, "LEVELS": "*i64"},
                 {**rot, "NUM_LEVELS": 4, "BLOCK_C": block_c}, bwd_warps,
             )  # fmt: skip
+        # (deformable RoI pooling: aligned RoIAlign with every bin moved by its offset)
+        deform = {"PH": 7, "PW": 7}
+        for b, warps in sampled:
+            compile_for_gpu(
+                deform_roi_pool_forward_kernel, {**fwd, "OFFSET": rois}, {**deform, "BLOCK": b},
+                warps,
+            )  # fmt: skip
+        compile_for_gpu(
+            deform_roi_pool_backward_kernel, {**bwd, "OFFSET": rois},
+            {**deform, "BLOCK_C": block_c}, bwd_warps,
+        )  # fmt: skip
+        compile_for_gpu(
+            deform_roi_pool_offset_backward_kernel,
+            {**bwd, "X": f"*{dt}", "OFFSET": rois, "PARTIAL": rois},
+            {**deform, "BLOCK_C": block_c}, bwd_warps,
+        )  # fmt: skip
         pr = {"PH": 7, "PW": 7}
         compile_for_gpu(prroi_pool_forward_kernel, fwd, {**pr, "BLOCK": block}, fwd_warps)
         compile_for_gpu(prroi_pool_backward_kernel, bwd, {**pr, "BLOCK_C": block_c}, bwd_warps)

@@ -113,11 +113,10 @@ def reuse_loads(sampling_ratio: int) -> tuple[bool, int]:
 
 
 @triton.jit
-def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constexpr,
-                  PW: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
-    """(n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid) of RoI k; an invalid
-    RoI (see ``load_roi``; or not ``usable``, e.g. its pyramid level is out of range) has
-    an empty sampling grid."""
+def roi_extent(ROIS, k, N, SCALE_BITS, usable, ALIGNED: tl.constexpr):
+    """(n, start_h, start_w, height, width, valid) of RoI k in feature cells (see
+    ``load_roi``; not valid either where not ``usable``, e.g. its pyramid level is out of
+    range)."""
     n, x1, y1, x2, y2, valid = load_roi(ROIS, k, N, SCALE_BITS)
     valid = valid & usable
     offset = 0.5 if ALIGNED else 0.0
@@ -129,6 +128,16 @@ def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constex
         # legacy convention: malformed RoIs are forced to 1x1 cell
         width = tl.maximum(width, 1.0)
         height = tl.maximum(height, 1.0)
+    return n, start_h, start_w, height, width, valid
+
+
+@triton.jit
+def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constexpr,
+                  PW: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
+    """(n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, valid) of RoI k; an invalid
+    RoI (``roi_extent``) has an empty sampling grid."""
+    n, start_h, start_w, height, width, valid = roi_extent(ROIS, k, N, SCALE_BITS, usable,
+                                                           ALIGNED)  # fmt: skip
     bin_h = div_rn(height, PH)
     bin_w = div_rn(width, PW)
     grid_h, grid_w, valid = adaptive_grid(bin_h, bin_w, sampling_ratio, valid)

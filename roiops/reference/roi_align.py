@@ -282,7 +282,7 @@ def roi_align_backward(
     return grad_input
 
 
-def _value_slopes(plane, y, x, height, width, T):
+def value_slopes(plane, y, x, height, width, T):
     """(d value / dy, d value / dx) of the bilinear interpolation at (y, x): zero outside
     the map's one-cell band and where the point is clamped to the border (the value is
     flat there), else the slopes of the bilinear surface in the point's cell."""
@@ -322,7 +322,7 @@ def roi_align_box_backward(
     PH`` with ``y1' = y1 * scale - offset`` and ``h' = (y2 - y1) * scale``, so it moves
     with the box edges by ``dy/dy1 = scale * (1 - t)``, ``dy/dy2 = scale * t``
     (``t = (ph + (iy + 0.5) / grid_h) / PH``); the gradient is the output gradient times
-    the slope of the bilinear surface there (``_value_slopes``) times those factors,
+    the slope of the bilinear surface there (``value_slopes``) times those factors,
     summed over channels, bins and points (avg: divided by the count; max: the winning
     point only). Conventions: the sample count ``ceil(bin size)`` of adaptive sampling is
     piecewise constant in the box size and is held fixed (the gradient is that of the
@@ -359,7 +359,7 @@ def roi_align_box_backward(
                                 continue
                             x = sample_coordinate(g.start_w, g.bin_size_w, pw, ix, g.grid_w, T)
                             t_x = (T(pw) + T(ix + 0.5) / T(g.grid_w)) / T(pooled_width)
-                            dy, dx = _value_slopes(plane, y, x, height, width, T)
+                            dy, dx = value_slopes(plane, y, x, height, width, T)
                             gy = share * dy * scale
                             gx = share * dx * scale
                             gy1 += gy * (T(1) - t_y) if moves_h else gy

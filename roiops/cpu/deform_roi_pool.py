@@ -1,0 +1,253 @@
+"""Deformable RoI pooling on CPU: Numba kernels, forward and deterministic backward.
+
+Channels-last input (``X[N, H, W, C]``) as ``roiops.cpu.roi_align``: a sampling point's
+four neighbours are four contiguous channel vectors. Each bin has its own offset, so a
+point's row depends on the bin's column too: instead of RoIAlign's per-RoI axis tables,
+each bin resolves its points' rows and columns (``bin_axes``), in
+``roiops.reference.deform_roi_pool``'s arithmetic, which the tests check bit for bit.
+
+* forward and offset gradient: one task per RoI.
+* input gradient: one task per (image, channel block), visiting the image's RoIs in
+  input order: every gradient cell is summed by one thread in one fixed order (the
+  reference's), bitwise reproducible for any number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from roiops.cpu.layout import channel_task
+from roiops.cpu.parallel import parallel_njit
+from roiops.cpu.sampling import bilinear_axis, roi_align_geometry
+
+
+@njit(cache=True)
+def roi_size(rois, k, spatial_scale):
+    """(height, width) of RoI k in feature cells, as the aligned geometry forms them (the
+    unit of its bins' offsets)."""
+    T = rois.dtype.type
+    scale = T(spatial_scale)
+    start_w = rois[k, 1] * scale - T(0.5)
+    start_h = rois[k, 2] * scale - T(0.5)
+    return (rois[k, 4] * scale - T(0.5)) - start_h, (rois[k, 3] * scale - T(0.5)) - start_w
+
+
+@njit(cache=True)
+def axis_buffers(grid, dtype_probe):
+    """Empty ``bin_axes`` tables for ``grid`` points: (low, high, w_low, w_high, inside,
+    flat)."""
+    return (np.zeros(grid, np.int64), np.zeros(grid, np.int64), np.zeros(grid, dtype_probe.dtype),
+            np.zeros(grid, dtype_probe.dtype), np.zeros(grid, np.bool_),
+            np.zeros(grid, np.bool_))  # fmt: skip
+
+
+@njit(cache=True)
+def bin_axes(start, bin_size, bin_index, grid, limit, low, high, w_low, w_high, inside, flat):
+    """Fill one axis of a bin's sampling points (``grid`` of them, from the shifted
+    ``start``): the two cells around each and their weights (``bilinear_axis``; w_high is
+    the point's fraction of its cell), whether the point is within a cell of the map, and
+    whether the value is flat along the axis there (clamped to the map's start or end)."""
+    T = w_low.dtype.type
+    for i in range(grid):
+        v = (start + T(bin_index) * bin_size) + T(i + 0.5) * bin_size / T(grid)
+        inside[i] = v >= -1.0 and v <= limit
+        low[i], high[i], w_low[i], w_high[i] = bilinear_axis(v, limit, T)
+        flat[i] = v <= 0 or low[i] == high[i]
+
+
+@njit(cache=True)
+def bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma):
+    """(start_h, start_w, ok) of bin (ph, pw) of RoI k, shifted by its offset
+    ``offset[k, :, ph, pw]``; not ``ok`` where that is not finite."""
+    T = offset.dtype.type
+    off_w = offset[k, 0, ph, pw]
+    off_h = offset[k, 1, ph, pw]
+    ok = math.isfinite(off_w) and math.isfinite(off_h)
+    return start_h + T(gamma) * height * off_h, start_w + T(gamma) * width * off_w, ok
+
+
+@parallel_njit
+def deform_roi_pool_forward(X, rois, offset, spatial_scale, pooled_h, pooled_w,
+                            sampling_ratio, gamma, out):  # fmt: skip
+    """out[K, C, pooled_h, pooled_w] = the mean of each shifted bin's sampling points."""
+    K, C = out.shape[0], out.shape[1]
+    out_bins = out.reshape(K, C, pooled_h * pooled_w)
+    for k in prange(K):
+        deform_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, pooled_w,
+                                    sampling_ratio, gamma, out_bins[k])  # fmt: skip
+
+
+@njit(cache=True)
+def deform_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, pooled_w,
+                                sampling_ratio, gamma, out_k):  # fmt: skip
+    """One RoI's output ``out_k[C, pooled_h * pooled_w]`` (the forward task's work)."""
+    _, H, W, C = X.shape
+    T = X.dtype.type
+    Xf = X.reshape(-1)
+    n = int(rois[k, 0])
+    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
+    )
+    height, width = roi_size(rois, k, spatial_scale)
+    count = T(max(gh * gw, 1))
+    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
+    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
+    acc = np.zeros(C, X.dtype)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            p = ph * pooled_w + pw
+            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
+            if not ok:
+                out_k[:, p] = np.nan
+                continue
+            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
+            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
+            acc[:] = 0
+            for iy in range(gh):
+                if not y_in[iy]:
+                    continue
+                row_lo = (n * H + y_lo[iy]) * W
+                row_hi = (n * H + y_hi[iy]) * W
+                for ix in range(gw):
+                    if not x_in[ix]:
+                        continue
+                    o1 = np.uint64((row_lo + x_lo[ix]) * C)
+                    o2 = np.uint64((row_lo + x_hi[ix]) * C)
+                    o3 = np.uint64((row_hi + x_lo[ix]) * C)
+                    o4 = np.uint64((row_hi + x_hi[ix]) * C)
+                    w1, w2 = hy[iy] * hx[ix], hy[iy] * lx[ix]
+                    w3, w4 = ly[iy] * hx[ix], ly[iy] * lx[ix]
+                    for c in range(C):
+                        u = np.uint64(c)
+                        acc[c] += (
+                            w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+                        )
+            for c in range(C):
+                out_k[c, p] = acc[c] / count
+
+
+@parallel_njit
+def deform_roi_pool_backward(G, rois, offset, order, image_start, spatial_scale, pooled_h,
+                             pooled_w, sampling_ratio, gamma, channel_block, GX):  # fmt: skip
+    """GX[N, H, W, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
+    N, C = GX.shape[0], GX.shape[3]
+    G_bins = G.reshape(G.shape[0], C, pooled_h * pooled_w)
+    n_blocks = (C + channel_block - 1) // channel_block
+    for task in prange(N * n_blocks):
+        n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        for j in range(image_start[n], image_start[n + 1]):
+            k = order[j]
+            deform_roi_pool_backward_roi(G_bins[k], rois, offset, k, spatial_scale, pooled_h,
+                                         pooled_w, sampling_ratio, gamma, c0, c1, GX)  # fmt: skip
+
+
+@njit(cache=True)
+def deform_roi_pool_backward_roi(G_k, rois, offset, k, spatial_scale, pooled_h, pooled_w,
+                                 sampling_ratio, gamma, c0, c1, GX):  # fmt: skip
+    """GX[n, :, :, c0:c1] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``, in the
+    reference's order per cell: bins, points, corners."""
+    _, H, W, C = GX.shape
+    T = GX.dtype.type
+    GXf = GX.reshape(-1)
+    n = int(rois[k, 0])
+    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
+    )
+    height, width = roi_size(rois, k, spatial_scale)
+    count = T(max(gh * gw, 1))
+    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, GX)
+    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, GX)
+    share = np.zeros(C, GX.dtype)
+    offsets = np.zeros(4, np.uint64)
+    weights = np.zeros(4, GX.dtype)
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            p = ph * pooled_w + pw
+            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
+            if not ok:
+                continue
+            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
+            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
+            for c in range(c0, c1):
+                share[c] = G_k[c, p] / count
+            for iy in range(gh):
+                if not y_in[iy]:
+                    continue
+                row_lo = (n * H + y_lo[iy]) * W
+                row_hi = (n * H + y_hi[iy]) * W
+                for ix in range(gw):
+                    if not x_in[ix]:
+                        continue
+                    offsets[0] = (row_lo + x_lo[ix]) * C
+                    offsets[1] = (row_lo + x_hi[ix]) * C
+                    offsets[2] = (row_hi + x_lo[ix]) * C
+                    offsets[3] = (row_hi + x_hi[ix]) * C
+                    weights[0], weights[1] = hy[iy] * hx[ix], hy[iy] * lx[ix]
+                    weights[2], weights[3] = ly[iy] * hx[ix], ly[iy] * lx[ix]
+                    for corner in range(4):
+                        o, w = offsets[corner], weights[corner]
+                        for c in range(c0, c1):
+                            GXf[o + np.uint64(c)] += share[c] * w
+
+
+@parallel_njit
+def deform_roi_pool_offset_backward(G, X, rois, offset, spatial_scale, pooled_h, pooled_w,
+                                    sampling_ratio, gamma, grad_offset):  # fmt: skip
+    """grad_offset[K, 2, pooled_h, pooled_w] = the gradient of G[K, C, pooled_h, pooled_w]
+    w.r.t. the offsets (``roiops.reference.deform_roi_pool``'s order: points, then
+    channels)."""
+    _, H, W, C = X.shape
+    K = G.shape[0]
+    T = X.dtype.type
+    Xf = X.reshape(-1)
+    for k in prange(K):
+        n = int(rois[k, 0])
+        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
+        )
+        height, width = roi_size(rois, k, spatial_scale)
+        count = T(max(gh * gw, 1))
+        y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
+        x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
+        share = np.zeros(C, X.dtype)
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                grad_offset[k, 0, ph, pw] = 0
+                grad_offset[k, 1, ph, pw] = 0
+                sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
+                if not ok:
+                    continue
+                bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
+                bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
+                for c in range(C):
+                    share[c] = G[k, c, ph, pw] / count
+                gx = T(0)
+                gy = T(0)
+                for iy in range(gh):
+                    for ix in range(gw):
+                        if not (y_in[iy] and x_in[ix]):
+                            continue
+                        row_lo = (n * H + y_lo[iy]) * W
+                        row_hi = (n * H + y_hi[iy]) * W
+                        o1 = np.uint64((row_lo + x_lo[ix]) * C)
+                        o2 = np.uint64((row_lo + x_hi[ix]) * C)
+                        o3 = np.uint64((row_hi + x_lo[ix]) * C)
+                        o4 = np.uint64((row_hi + x_hi[ix]) * C)
+                        flat_y, flat_x = y_flat[iy], x_flat[ix]
+                        y_frac, x_frac = ly[iy], lx[ix]
+                        for c in range(C):
+                            u = np.uint64(c)
+                            v1, v2, v3, v4 = Xf[o1 + u], Xf[o2 + u], Xf[o3 + u], Xf[o4 + u]
+                            dy = (
+                                T(0) if flat_y else (T(1) - x_frac) * (v3 - v1) + x_frac * (v4 - v2)
+                            )
+                            dx = (
+                                T(0) if flat_x else (T(1) - y_frac) * (v2 - v1) + y_frac * (v4 - v3)
+                            )
+                            gx += share[c] * dx
+                            gy += share[c] * dy
+                grad_offset[k, 0, ph, pw] = gx * (T(gamma) * width)
+                grad_offset[k, 1, ph, pw] = gy * (T(gamma) * height)
