@@ -183,6 +183,17 @@ def random_rois(rng, batch_size, count, image_h, image_w, min_size=-4.0, max_siz
     return np.stack([batch, x1, y1, x1 + w, y1 + h], axis=1)
 
 
+@pytest.fixture(autouse=True)
+def roiops_variables_left_as_found():
+    """No test leaves a ROIOPS_* environment variable changed: the tests that run after it
+    in the same process (pytest-xdist's order varies) would see it (a leaked
+    ROIOPS_FAST_LAUNCH=0 once failed tests/test_launch.py)."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("ROIOPS_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("ROIOPS_")}
+    assert after == before, f"the test changed ROIOPS_* variables: {before} -> {after}"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -611,7 +611,12 @@ def test_launch_check_turns_direct_launches_off_where_they_differ_or_raise(monke
 def test_launch_check_runs_in_a_process_of_its_own_whose_failure_turns_them_off(monkeypatch):
     gpu_report = load()
     env = gpu_report.os.environ
-    monkeypatch.delenv("ROIOPS_FAST_LAUNCH", raising=False)
+    # the checks below set the variable; monkeypatch puts back what it saw, and records
+    # nothing for a delenv of a variable that is not set: without the setenv first, the
+    # variable stayed "0" after this test, and Kernel's direct launches off in the tests
+    # that ran after it in the same process (tests/test_launch.py failed under xdist)
+    monkeypatch.setenv("ROIOPS_FAST_LAUNCH", "1")
+    monkeypatch.delenv("ROIOPS_FAST_LAUNCH")
     # the real process, on CPU: its verdict comes back as its last line
     assert gpu_report.launch_check_in_a_process("cpu")["ok"]
     assert "ROIOPS_FAST_LAUNCH" not in env
