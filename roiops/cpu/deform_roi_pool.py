@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
+from roiops.cpu.roi_align import bins_first
 from roiops.cpu.sampling import bilinear_axis, roi_align_geometry
 
 
@@ -134,45 +135,45 @@ def deform_roi_pool_backward(G, rois, offset, order, image_start, spatial_scale,
                              pooled_w, sampling_ratio, gamma, channel_block, GX):  # fmt: skip
     """GX[N, H, W, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
     N, C = GX.shape[0], GX.shape[3]
-    G_bins = G.reshape(G.shape[0], C, pooled_h * pooled_w)
+    P = pooled_h * pooled_w
+    G_bins = G.reshape(G.shape[0], C, P)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
         n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        share = np.empty((P, c1 - c0), GX.dtype)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             deform_roi_pool_backward_roi(G_bins[k], rois, offset, k, spatial_scale, pooled_h,
-                                         pooled_w, sampling_ratio, gamma, c0, c1, GX)  # fmt: skip
+                                         pooled_w, sampling_ratio, gamma, c0, share,
+                                         GX)  # fmt: skip
 
 
 @njit(cache=True)
 def deform_roi_pool_backward_roi(G_k, rois, offset, k, spatial_scale, pooled_h, pooled_w,
-                                 sampling_ratio, gamma, c0, c1, GX):  # fmt: skip
-    """GX[n, :, :, c0:c1] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``, in the
-    reference's order per cell: bins, points, corners."""
+                                 sampling_ratio, gamma, c0, share, GX):  # fmt: skip
+    """GX[n, :, :, c0:c0 + nc] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``, in
+    the reference's order per cell: bins, points, corners (``share[P, nc]`` is the task's
+    scratch)."""
     _, H, W, C = GX.shape
     T = GX.dtype.type
+    nc = share.shape[1]
     GXf = GX.reshape(-1)
     n = int(rois[k, 0])
     start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
         rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
     )
     height, width = roi_size(rois, k, spatial_scale)
-    count = T(max(gh * gw, 1))
+    bins_first(G_k, c0, T(max(gh * gw, 1)), share)
     y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, GX)
     x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, GX)
-    share = np.zeros(C, GX.dtype)
-    offsets = np.zeros(4, np.uint64)
-    weights = np.zeros(4, GX.dtype)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
-            p = ph * pooled_w + pw
             sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
             if not ok:
                 continue
             bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
             bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
-            for c in range(c0, c1):
-                share[c] = G_k[c, p] / count
+            g = share[ph * pooled_w + pw]
             for iy in range(gh):
                 if not y_in[iy]:
                     continue
@@ -181,73 +182,94 @@ def deform_roi_pool_backward_roi(G_k, rois, offset, k, spatial_scale, pooled_h, 
                 for ix in range(gw):
                     if not x_in[ix]:
                         continue
-                    offsets[0] = (row_lo + x_lo[ix]) * C
-                    offsets[1] = (row_lo + x_hi[ix]) * C
-                    offsets[2] = (row_hi + x_lo[ix]) * C
-                    offsets[3] = (row_hi + x_hi[ix]) * C
-                    weights[0], weights[1] = hy[iy] * hx[ix], hy[iy] * lx[ix]
-                    weights[2], weights[3] = ly[iy] * hx[ix], ly[iy] * lx[ix]
-                    for corner in range(4):
-                        o, w = offsets[corner], weights[corner]
-                        for c in range(c0, c1):
-                            GXf[o + np.uint64(c)] += share[c] * w
+                    w1, w2 = hy[iy] * hx[ix], hy[iy] * lx[ix]
+                    w3, w4 = ly[iy] * hx[ix], ly[iy] * lx[ix]
+                    # four separate passes: corners coincide at the border, and each
+                    # must add in the reference's order
+                    o = np.uint64((row_lo + x_lo[ix]) * C + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w1
+                    o = np.uint64((row_lo + x_hi[ix]) * C + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w2
+                    o = np.uint64((row_hi + x_lo[ix]) * C + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w3
+                    o = np.uint64((row_hi + x_hi[ix]) * C + c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w4
 
 
 @parallel_njit
 def deform_roi_pool_offset_backward(G, X, rois, offset, spatial_scale, pooled_h, pooled_w,
                                     sampling_ratio, gamma, grad_offset):  # fmt: skip
     """grad_offset[K, 2, pooled_h, pooled_w] = the gradient of G[K, C, pooled_h, pooled_w]
-    w.r.t. the offsets (``roiops.reference.deform_roi_pool``'s order: points, then
-    channels)."""
-    _, H, W, C = X.shape
+    w.r.t. the offsets, in ``roiops.reference.deform_roi_pool``'s order: each channel's
+    sum over the points (all channels at once, one vector lane each), then the channels'
+    sums in order."""
+    C = X.shape[3]
     K = G.shape[0]
+    for k in prange(K):
+        deform_roi_pool_offset_backward_roi(G[k], X, rois, offset, k, spatial_scale,
+                                            pooled_h, pooled_w, sampling_ratio, gamma,
+                                            np.empty((2, C), X.dtype), grad_offset[k])  # fmt: skip
+
+
+@njit(cache=True)
+def deform_roi_pool_offset_backward_roi(G_k, X, rois, offset, k, spatial_scale, pooled_h,
+                                        pooled_w, sampling_ratio, gamma, acc,
+                                        grad_offset_k):  # fmt: skip
+    """``grad_offset_k[2, pooled_h, pooled_w]``: RoI k's offset gradient from ``G_k[C,
+    pooled_h, pooled_w]`` (``acc[2, C]`` is scratch: each channel's sums along x and y)."""
+    _, H, W, C = X.shape
     T = X.dtype.type
     Xf = X.reshape(-1)
-    for k in prange(K):
-        n = int(rois[k, 0])
-        start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-            rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
-        )
-        height, width = roi_size(rois, k, spatial_scale)
-        count = T(max(gh * gw, 1))
-        y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
-        x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
-        share = np.zeros(C, X.dtype)
-        for ph in range(pooled_h):
-            for pw in range(pooled_w):
-                grad_offset[k, 0, ph, pw] = 0
-                grad_offset[k, 1, ph, pw] = 0
-                sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
-                if not ok:
-                    continue
-                bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
-                bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
-                for c in range(C):
-                    share[c] = G[k, c, ph, pw] / count
-                gx = T(0)
-                gy = T(0)
-                for iy in range(gh):
-                    for ix in range(gw):
-                        if not (y_in[iy] and x_in[ix]):
-                            continue
-                        row_lo = (n * H + y_lo[iy]) * W
-                        row_hi = (n * H + y_hi[iy]) * W
-                        o1 = np.uint64((row_lo + x_lo[ix]) * C)
-                        o2 = np.uint64((row_lo + x_hi[ix]) * C)
-                        o3 = np.uint64((row_hi + x_lo[ix]) * C)
-                        o4 = np.uint64((row_hi + x_hi[ix]) * C)
-                        flat_y, flat_x = y_flat[iy], x_flat[ix]
-                        y_frac, x_frac = ly[iy], lx[ix]
-                        for c in range(C):
-                            u = np.uint64(c)
-                            v1, v2, v3, v4 = Xf[o1 + u], Xf[o2 + u], Xf[o3 + u], Xf[o4 + u]
-                            dy = (
-                                T(0) if flat_y else (T(1) - x_frac) * (v3 - v1) + x_frac * (v4 - v2)
-                            )
-                            dx = (
-                                T(0) if flat_x else (T(1) - y_frac) * (v2 - v1) + y_frac * (v4 - v3)
-                            )
-                            gx += share[c] * dx
-                            gy += share[c] * dy
-                grad_offset[k, 0, ph, pw] = gx * (T(gamma) * width)
-                grad_offset[k, 1, ph, pw] = gy * (T(gamma) * height)
+    n = int(rois[k, 0])
+    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
+    )
+    height, width = roi_size(rois, k, spatial_scale)
+    count = T(max(gh * gw, 1))
+    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
+    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
+    share = np.empty(C, X.dtype)
+    acc_x, acc_y = acc[0], acc[1]
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            grad_offset_k[0, ph, pw] = 0
+            grad_offset_k[1, ph, pw] = 0
+            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
+            if not ok:
+                continue
+            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
+            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
+            for c in range(C):
+                share[c] = G_k[c, ph, pw] / count
+            acc_x[:] = 0
+            acc_y[:] = 0
+            for iy in range(gh):
+                for ix in range(gw):
+                    if not (y_in[iy] and x_in[ix]):
+                        continue
+                    row_lo = (n * H + y_lo[iy]) * W
+                    row_hi = (n * H + y_hi[iy]) * W
+                    o1 = np.uint64((row_lo + x_lo[ix]) * C)
+                    o2 = np.uint64((row_lo + x_hi[ix]) * C)
+                    o3 = np.uint64((row_hi + x_lo[ix]) * C)
+                    o4 = np.uint64((row_hi + x_hi[ix]) * C)
+                    flat_y, flat_x = y_flat[iy], x_flat[ix]
+                    fy, fx = ly[iy], lx[ix]  # the point's fractions of its cell
+                    for c in range(C):
+                        u = np.uint64(c)
+                        v1, v2, v3, v4 = Xf[o1 + u], Xf[o2 + u], Xf[o3 + u], Xf[o4 + u]
+                        dy = T(0) if flat_y else (T(1) - fx) * (v3 - v1) + fx * (v4 - v2)
+                        dx = T(0) if flat_x else (T(1) - fy) * (v2 - v1) + fy * (v4 - v3)
+                        acc_x[c] += share[c] * dx
+                        acc_y[c] += share[c] * dy
+            gx = T(0)
+            gy = T(0)
+            for c in range(C):
+                gx += acc_x[c]
+                gy += acc_y[c]
+            grad_offset_k[0, ph, pw] = gx * (T(gamma) * width)
+            grad_offset_k[1, ph, pw] = gy * (T(gamma) * height)

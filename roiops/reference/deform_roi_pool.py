@@ -109,10 +109,10 @@ def deform_roi_pool_backward(grad_output, rois, offset, spatial_scale, pooled_he
 def deform_roi_pool_offset_backward(grad_output, input, rois, offset, spatial_scale,
                                     pooled_height, pooled_width, sampling_ratio,
                                     gamma):  # fmt: skip
-    """Gradient w.r.t. the offsets, ``[K, 2, PH, PW]``: per bin, the sum over points
-    (outer) and channels (inner) of ``grad / count`` times the slope of the bilinear
-    surface at the point, then times ``gamma * roi_width`` (x) and ``gamma * roi_height``
-    (y)."""
+    """Gradient w.r.t. the offsets, ``[K, 2, PH, PW]``: per bin and channel, the sum over
+    the points of ``grad / count`` times the slope of the bilinear surface at the point;
+    those summed over channels in order; then times ``gamma * roi_width`` (x) and
+    ``gamma * roi_height`` (y)."""
     T = input.dtype.type
     _, channels, height, width = input.shape
     grad_offset = np.zeros((rois.shape[0], 2, pooled_height, pooled_width), input.dtype)
@@ -124,12 +124,15 @@ def deform_roi_pool_offset_backward(grad_output, input, rois, offset, spatial_sc
                 if start is None:
                     continue
                 gx = gy = T(0)
-                for y, x in bin_points(g, start, ph, pw, T):
-                    for c in range(channels):
-                        share = T(grad_output[k, c, ph, pw]) / T(g.count)
+                for c in range(channels):
+                    share = T(grad_output[k, c, ph, pw]) / T(g.count)
+                    cx = cy = T(0)
+                    for y, x in bin_points(g, start, ph, pw, T):
                         dy, dx = value_slopes(input[n, c], y, x, height, width, T)
-                        gx += share * dx
-                        gy += share * dy
+                        cx += share * dx
+                        cy += share * dy
+                    gx += cx
+                    gy += cy
                 grad_offset[k, 0, ph, pw] = gx * (T(gamma) * g.width)
                 grad_offset[k, 1, ph, pw] = gy * (T(gamma) * g.height)
     return grad_offset
