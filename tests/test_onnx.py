@@ -232,6 +232,21 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     pooler = roiops.ROIPooler(2, [0.5], 2, "ROIAlignRotated")  # (rows of 5 as rotated boxes)
     with pytest.raises(Exception, match="multi_scale_roi_align_rotated: no ONNX operator"):
         export(lambda a, b: pooler([a], [b]), x, rois[0], 16, dynamo)
+    offset = torch.zeros(rois[0].shape[0], 2, 2, 2)
+    with pytest.raises(Exception, match="deform_roi_pool: no ONNX operator"):
+        export(lambda a, b: roiops.deform_roi_pool(a, b, offset, 2), x, rois[0], 16, dynamo)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_deform_roi_pool_without_offsets_exports_as_roi_align(data, dynamo):
+    x, rois = data
+
+    def fn(a, b):
+        return roiops.deform_roi_pool(a, b, None, 3, 0.5, 2)
+
+    model = export(fn, x, rois[0], 16, dynamo)
+    assert attributes(model, "RoiAlign")["coordinate_transformation_mode"] == b"half_pixel"
+    np.testing.assert_array_equal(run_onnxruntime(model, x, rois[1]), fn(x, rois[1]).numpy())
 
 
 def test_aligned_needs_opset_16_with_the_torchscript_exporter(data):
