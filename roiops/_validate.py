@@ -66,6 +66,12 @@ def boxes_to_rois(boxes: object, input: Tensor, op: str, rotated: bool = False) 
         _check_box_tensor(boxes, input, op, "boxes")
         rois = boxes
     elif isinstance(boxes, Sequence) and not isinstance(boxes, str):
+        if len(boxes) > input.shape[0]:
+            # (a length, free on any device; the batch indices it would give lie past N)
+            raise ValueError(
+                f"{op}: boxes is a list of {len(boxes)} tensors, one per image, but input "
+                f"has {input.shape[0]} images"
+            )
         parts = []
         for i, b in enumerate(boxes):
             name = f"boxes[{i}]"

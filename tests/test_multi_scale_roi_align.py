@@ -153,6 +153,12 @@ def test_bad_arguments(rng):
         roiops.multi_scale_roi_align(features[0], rois, 2, SCALES)
     empty = roiops.multi_scale_roi_align(features, torch.zeros(0, 5), 2, SCALES)
     assert empty.shape == (0, 5, 2, 2)
+    # the RoIPool pyramid's errors name it (they named multi_scale_roi_align until
+    # 2026-11-28)
+    with pytest.raises(ValueError, match=r"multi_scale_roi_pool: boxes' batch indices"):
+        roiops.multi_scale_roi_pool(features, rois + torch.tensor([5.0, 0, 0, 0, 0]), 2, SCALES)
+    with pytest.raises(ValueError, match=r"multi_scale_roi_pool: levels must lie"):
+        roiops.multi_scale_roi_pool(features, rois, 2, SCALES, levels=torch.tensor([4]))
 
 
 # ------------------------------------------------------------------ RoIPool over a pyramid

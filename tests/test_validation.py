@@ -41,6 +41,11 @@ OPS = [align, pool]
         (dict(boxes=[torch.zeros(2, 5)]), ValueError, r"boxes\[0\] must have shape \[L, 4\]"),
         (dict(boxes=[torch.zeros(2, 4), "x"]), TypeError, r"boxes\[1\] must be a Tensor"),
         (dict(boxes="boxes"), TypeError, "boxes must be a Tensor"),
+        (
+            dict(boxes=[torch.zeros(1, 4)] * 3),
+            ValueError,
+            "boxes is a list of 3 tensors, one per image, but input has 2 images",
+        ),
         (dict(boxes=ROIS.to("meta")), ValueError, "boxes is on meta but input is on cpu"),
         (
             dict(boxes=torch.tensor([[2, 0.0, 0, 1, 1]])),

@@ -39,6 +39,7 @@ from roiops.ops.roi_align_rotated import angle_unit_name
 from roiops.reference import multi_scale_roi_align as reference
 
 OP = "multi_scale_roi_align"
+POOL = "multi_scale_roi_pool"
 ROTATED = "multi_scale_roi_align_rotated"
 
 
@@ -233,14 +234,15 @@ def multi_scale_roi_pool_op(
     """``(output, argmax)``: RoI k max-pooled (RoIPool) from ``features[levels[k]]``;
     ``argmax[K, ph, pw, C]`` holds cells of each RoI's level (``roiops._layout``)."""
     first = features[0]
-    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features))
+    backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features),
+                               op=POOL)  # fmt: skip
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or first.shape[1] == 0:
         argmax = new_argmax(first, shape, pyramid_argmax_channel_major(backend))
         return first.new_zeros(shape), argmax.fill_(-1)
     for f in features:
-        _validate.check_plane_indexable(f.shape, OP)
+        _validate.check_plane_indexable(f.shape, POOL)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
@@ -287,7 +289,7 @@ def multi_scale_roi_pool_backward_op(
     shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
     if grad.numel() == 0:
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
-    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes))
+    backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), op=POOL)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
