@@ -367,9 +367,13 @@ def pool_detectron2(
 
 # mmcv's RoI layers that mmdet's extractors build (``roi_layer["type"]``), mmcv's older
 # argument names, and what of a built layer the pooling takes
-MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated")
+# mmdet's deformable RoI pooling layers (configs/dcn's dpool and mdpool): learned
+# parameters, one set per level
+DEFORMABLE_LAYERS = ("DeformRoIPoolPack", "ModulatedDeformRoIPoolPack")
+MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated", *DEFORMABLE_LAYERS)
 MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
-MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise")
+MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise",
+                  "output_channels", "deform_fc_channels", "gamma")  # fmt: skip
 
 
 def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
@@ -387,8 +391,10 @@ def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
     for name in config:
         if name not in takes:
             raise TypeError(f"SingleRoIExtractor: {kind} takes no argument {name!r}")
-    if config.get("output_size") is None:
-        raise TypeError(f"SingleRoIExtractor: {kind} needs an output_size")
+    needs = ("output_size", "output_channels") if kind in DEFORMABLE_LAYERS else ("output_size",)
+    for name in needs:
+        if config.get(name) is None:
+            raise TypeError(f"SingleRoIExtractor: {kind} needs an {name}")
     layer = layer_class(spatial_scale=1.0, **config)
     return kind, {name: getattr(layer, name) for name in MMCV_ARGUMENTS if hasattr(layer, name)}
 
@@ -404,8 +410,13 @@ class SingleRoIExtractor(nn.Module):
     default, as mmcv), ``dict(type="RoIPool", output_size=7)`` or
     ``dict(type="RoIAlignRotated", output_size=7, sampling_ratio=2, clockwise=True)``
     (radians, mmcv's convention; ``out_size`` and ``sample_num`` are taken for the old
-    names). ``featmap_strides``: each level's stride, finest first; ``finest_scale``:
-    ``sqrt(area)`` below ``2 * finest_scale`` maps to level 0 (mmdet's
+    names), or a deformable one, ``dict(type="DeformRoIPoolPack", output_size=7,
+    output_channels=256)`` (or ``"ModulatedDeformRoIPoolPack"``): one layer per level, in
+    ``roi_layers`` as mmdet keeps them (its checkpoints load), each level's RoIs pooled
+    by its own layer in a loop over the levels, as mmdet does (a ``nonzero`` each: host
+    synchronisations on CUDA; every level's layer runs, on no RoI where it has none, so
+    all their parameters get gradients). ``featmap_strides``: each level's stride, finest
+    first; ``finest_scale``: ``sqrt(area)`` below ``2 * finest_scale`` maps to level 0 (mmdet's
     ``map_roi_levels``: ``floor(log2(scale / finest_scale + 1e-6))`` clamped, which is
     :func:`roiops.map_levels` with ``convention="detectron2"``, ``canonical_level=0``).
 
@@ -428,6 +439,12 @@ class SingleRoIExtractor(nn.Module):
         self.out_channels = int(out_channels)
         self.featmap_strides = list(featmap_strides)
         self.finest_scale = finest_scale
+        self.roi_layers = None
+        if self.layer_type in DEFORMABLE_LAYERS:
+            layer_class = getattr(mmcv, self.layer_type)
+            self.roi_layers = nn.ModuleList(
+                layer_class(spatial_scale=1 / s, **self.layer_args) for s in featmap_strides
+            )
 
     @property
     def num_inputs(self) -> int:
@@ -450,7 +467,7 @@ class SingleRoIExtractor(nn.Module):
     ) -> Tensor:
         return pool_mmdet(
             list(feats), rois, roi_scale_factor, self.layer_type, self.layer_args,
-            self.out_channels, self.featmap_strides, self.finest_scale,
+            self.out_channels, self.featmap_strides, self.finest_scale, self.roi_layers,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -494,8 +511,10 @@ def pool_mmdet(
     out_channels: int,
     featmap_strides: list[int],
     finest_scale: float,
+    roi_layers: nn.ModuleList | None = None,
 ) -> Tensor:
-    """``SingleRoIExtractor.forward`` as a function (one leaf node under ``torch.fx``)."""
+    """``SingleRoIExtractor.forward`` as a function (one leaf node under ``torch.fx``);
+    ``roi_layers``: the deformable layers of the levels."""
     if not feats or len(feats) > len(featmap_strides):
         raise ValueError(
             f"SingleRoIExtractor: 1 to {len(featmap_strides)} feature maps (one per stride), "
@@ -525,6 +544,9 @@ def pool_mmdet(
     size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
     aligned = layer_args.get("aligned", True)
     angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
+    if roi_layers is not None:
+        return _pool_mmdet_levels(feats, rois, roi_scale_factor, roi_layers, out_channels,
+                                  finest_scale)  # fmt: skip
     if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
         if layer_type == "RoIPool":
             return roi_pool(feats[0], rois, size, scales[0])
@@ -537,18 +559,41 @@ def pool_mmdet(
             "poolers average (pass one level, or use pool_mode='avg')"
         )
     levels = mmdet_levels(rois, len(feats), finest_scale, rotated)
-    factor_ok = isinstance(roi_scale_factor, (int, float)) or (
-        rotated and isinstance(roi_scale_factor, tuple) and len(roi_scale_factor) == 2)  # fmt: skip
-    if roi_scale_factor is not None and not factor_ok:
-        raise TypeError(
-            f"SingleRoIExtractor: roi_scale_factor must be a number{' or (h, w)' * rotated}, "
-            f"got {roi_scale_factor!r}"
-        )
-    if roi_scale_factor is not None:
-        rois = mmdet_rescale(rois, roi_scale_factor, rotated)
+    rois = _rescaled(rois, roi_scale_factor, rotated)
     if layer_type == "RoIPool":
         return multi_scale_roi_pool(feats, rois, size, scales, levels)
     if rotated:
         return multi_scale_roi_align_rotated(feats, rois, size, scales, ratio, aligned, levels,
                                              **angle)  # fmt: skip
     return multi_scale_roi_align(feats, rois, size, scales, ratio, aligned, levels)
+
+
+def _rescaled(rois: Tensor, roi_scale_factor: float | tuple | None, rotated: bool) -> Tensor:
+    """The boxes rescaled by mmdet's ``roi_rescale`` (as they are without a factor)."""
+    if roi_scale_factor is None:
+        return rois
+    factor_ok = isinstance(roi_scale_factor, (int, float)) or (
+        rotated and isinstance(roi_scale_factor, tuple) and len(roi_scale_factor) == 2)  # fmt: skip
+    if not factor_ok:
+        raise TypeError(
+            f"SingleRoIExtractor: roi_scale_factor must be a number{' or (h, w)' * rotated}, "
+            f"got {roi_scale_factor!r}"
+        )
+    return mmdet_rescale(rois, roi_scale_factor, rotated)
+
+
+def _pool_mmdet_levels(feats: list[Tensor], rois: Tensor, roi_scale_factor, roi_layers,
+                       out_channels: int, finest_scale: float) -> Tensor:  # fmt: skip
+    """mmdet's loop over the levels, each level's RoIs pooled by its own layer (the
+    deformable ones: their offset heads are the level's)."""
+    if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
+        return roi_layers[0](feats[0], rois)
+    levels = mmdet_levels(rois, len(feats), finest_scale, False)
+    rois = _rescaled(rois, roi_scale_factor, False)
+    picks = [torch.nonzero(levels == i).squeeze(1) for i in range(len(feats))]
+    layers = roi_layers[: len(feats)]
+    pooled = [layer(f, rois[pick]) for f, layer, pick in zip(feats, layers, picks, strict=True)]
+    out = pooled[0].new_zeros((rois.shape[0], *pooled[0].shape[1:]))
+    for pick, part in zip(picks, pooled, strict=True):
+        out = out.index_put((pick,), part)
+    return out

@@ -469,6 +469,41 @@ def test_single_roi_extractor_is_mmdet_s(rng, kind, roi_scale_factor):
     assert torch.equal(extractor(feats[:1], rois), layer(feats[0], rois, 1 / 4))
 
 
+@pytest.mark.parametrize("kind", ["DeformRoIPoolPack", "ModulatedDeformRoIPoolPack"])
+def test_single_roi_extractor_with_deformable_layers_is_mmdet_s(rng, kind):
+    # mmdet's configs/dcn dpool / mdpool: a deformable layer per level (its own offset
+    # head), mmdet's loop over the levels
+    torch.manual_seed(0)
+    feats = [as_tensor(rng.standard_normal((2, 4, 256 >> i, 256 >> i)), torch.float32)
+             for i in range(4)]  # fmt: skip
+    rois = as_tensor(mmdet_rois(rng, 2, 40), torch.float32)
+    config = dict(type=kind, output_size=3, output_channels=4, deform_fc_channels=16,
+                  sampling_ratio=2)  # fmt: skip
+    extractor = roiops.SingleRoIExtractor(config, 4, STRIDES)
+    for p in extractor.parameters():  # (trained: the last layers are not zero)
+        torch.nn.init.normal_(p, std=0.2)
+    assert [layer.spatial_scale for layer in extractor.roi_layers] == [1 / s for s in STRIDES]
+    names = {n.split(".", 2)[2] for n, _ in extractor.named_parameters()}
+    assert "offset_fc.4.weight" in names and all(n.startswith("roi_layers.") for n, _ in
+                                                   extractor.named_parameters())  # fmt: skip
+
+    def layer(feat, r, scale):
+        return extractor.roi_layers[STRIDES.index(round(1 / scale))](feat, r)
+
+    leaves = [f.clone().requires_grad_() for f in feats]
+    out = extractor(leaves, rois, 1.2)
+    assert torch.equal(out, mmdet_extract(layer, feats, rois, roi_scale_factor=1.2))
+    assert torch.equal(extractor(feats[:1], rois), layer(feats[0], rois, 1 / 4))
+    out.square().sum().backward()
+    assert all(f.grad.abs().sum() > 0 for f in leaves)
+    assert all(p.grad is not None for p in extractor.parameters())
+    # a level without RoIs still runs (its parameters get gradients, zeros)
+    extractor.zero_grad()
+    small = rois[extractor.map_roi_levels(rois, 4) == 0]
+    extractor(feats, small).sum().backward()
+    assert all(p.grad is not None for p in extractor.roi_layers[3].parameters())
+
+
 def test_single_roi_extractor_bad_configs(rng):
     feats = [torch.zeros(1, 8, 16 >> i, 16 >> i) for i in range(2)]
     rois = torch.tensor([[0, 1.0, 1, 30, 30]])
@@ -478,6 +513,8 @@ def test_single_roi_extractor_bad_configs(rng):
         roiops.SingleRoIExtractor(dict(type="RoIPool", output_size=7, sampling_ratio=2), 8, [4])
     with pytest.raises(TypeError, match="needs an output_size"):
         roiops.SingleRoIExtractor(dict(type="RoIAlign"), 8, [4])
+    with pytest.raises(TypeError, match="DeformRoIPoolPack needs an output_channels"):
+        roiops.SingleRoIExtractor(dict(type="DeformRoIPoolPack", output_size=7), 8, [4])
     extractor = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 4, [4, 8])
     with pytest.raises(ValueError, match="out_channels is 4 but the feature maps have 8"):
         extractor(feats, rois)
