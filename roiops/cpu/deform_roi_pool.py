@@ -26,14 +26,20 @@ from roiops.cpu.sampling import bilinear_axis, roi_align_geometry
 
 
 @njit(cache=True)
-def roi_size(rois, k, spatial_scale):
-    """(height, width) of RoI k in feature cells, as the aligned geometry forms them (the
-    unit of its bins' offsets)."""
+def deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio):
+    """(n, (start_h, start_w, bin_h, bin_w, grid_h, grid_w, height, width), count) of RoI
+    k: its image, its aligned RoIAlign geometry with its size in feature cells (the unit
+    of its bins' offsets), and its bins' point count."""
     T = rois.dtype.type
     scale = T(spatial_scale)
-    start_w = rois[k, 1] * scale - T(0.5)
-    start_h = rois[k, 2] * scale - T(0.5)
-    return (rois[k, 4] * scale - T(0.5)) - start_h, (rois[k, 3] * scale - T(0.5)) - start_w
+    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
+        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
+    )
+    # (the aligned geometry's ``(x2 * s - 0.5) - (x1 * s - 0.5)``)
+    height = (rois[k, 4] * scale - T(0.5)) - start_h
+    width = (rois[k, 3] * scale - T(0.5)) - start_w
+    g = (start_h, start_w, bin_h, bin_w, gh, gw, height, width)
+    return int(rois[k, 0]), g, T(max(gh * gw, 1))
 
 
 @njit(cache=True)
@@ -46,11 +52,13 @@ def axis_buffers(grid, dtype_probe):
 
 
 @njit(cache=True)
-def bin_axes(start, bin_size, bin_index, grid, limit, low, high, w_low, w_high, inside, flat):
-    """Fill one axis of a bin's sampling points (``grid`` of them, from the shifted
-    ``start``): the two cells around each and their weights (``bilinear_axis``; w_high is
-    the point's fraction of its cell), whether the point is within a cell of the map, and
-    whether the value is flat along the axis there (clamped to the map's start or end)."""
+def bin_axes(start, bin_size, bin_index, grid, limit, table):
+    """Fill ``table`` (``axis_buffers``) with one axis of a bin's sampling points (``grid``
+    of them, from the shifted ``start``): the two cells around each and their weights
+    (``bilinear_axis``; w_high is the point's fraction of its cell), whether the point is
+    within a cell of the map, and whether the value is flat along the axis there (clamped
+    to the map's start or end)."""
+    low, high, w_low, w_high, inside, flat = table
     T = w_low.dtype.type
     for i in range(grid):
         v = (start + T(bin_index) * bin_size) + T(i + 0.5) * bin_size / T(grid)
@@ -60,14 +68,34 @@ def bin_axes(start, bin_size, bin_index, grid, limit, low, high, w_low, w_high, 
 
 
 @njit(cache=True)
-def bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma):
-    """(start_h, start_w, ok) of bin (ph, pw) of RoI k, shifted by its offset
-    ``offset[k, :, ph, pw]``; not ``ok`` where that is not finite."""
+def place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
+    """Fill ``rows`` and ``cols`` (``axis_buffers``) with bin (ph, pw) of RoI k (geometry
+    ``g``, ``deform_geometry``'s) shifted by its offset ``offset[k, :, ph, pw]`` (times
+    ``gamma`` times the RoI's size); False, and nothing filled, where that is not
+    finite."""
     T = offset.dtype.type
+    start_h, start_w, bin_h, bin_w, gh, gw, height, width = g
     off_w = offset[k, 0, ph, pw]
     off_h = offset[k, 1, ph, pw]
-    ok = math.isfinite(off_w) and math.isfinite(off_h)
-    return start_h + T(gamma) * height * off_h, start_w + T(gamma) * width * off_w, ok
+    if not (math.isfinite(off_w) and math.isfinite(off_h)):
+        return False
+    bin_axes(start_h + T(gamma) * height * off_h, bin_h, ph, gh, H, rows)
+    bin_axes(start_w + T(gamma) * width * off_w, bin_w, pw, gw, W, cols)
+    return True
+
+
+@njit(cache=True)
+def point_corners(rows, cols, iy, ix, n, H, W, C):
+    """(w1, w2, w3, w4, o1, o2, o3, o4): the bilinear weights of point (iy, ix) of a
+    placed bin (``place_bin``) and the flat ``[N, H, W, C]`` offsets (channel 0) of its
+    four neighbours, (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high)."""
+    y_lo, y_hi, hy, ly = rows[0], rows[1], rows[2], rows[3]
+    x_lo, x_hi, hx, lx = cols[0], cols[1], cols[2], cols[3]
+    row_lo = (n * H + y_lo[iy]) * W
+    row_hi = (n * H + y_hi[iy]) * W
+    return (hy[iy] * hx[ix], hy[iy] * lx[ix], ly[iy] * hx[ix], ly[iy] * lx[ix],
+            np.uint64((row_lo + x_lo[ix]) * C), np.uint64((row_lo + x_hi[ix]) * C),
+            np.uint64((row_hi + x_lo[ix]) * C), np.uint64((row_hi + x_hi[ix]) * C))  # fmt: skip
 
 
 @parallel_njit
@@ -86,41 +114,24 @@ def deform_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, poo
                                 sampling_ratio, gamma, out_k):  # fmt: skip
     """One RoI's output ``out_k[C, pooled_h * pooled_w]`` (the forward task's work)."""
     _, H, W, C = X.shape
-    T = X.dtype.type
     Xf = X.reshape(-1)
-    n = int(rois[k, 0])
-    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
-    )
-    height, width = roi_size(rois, k, spatial_scale)
-    count = T(max(gh * gw, 1))
-    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
-    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
+    n, g, count = deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    gh, gw = g[4], g[5]
+    rows, cols = axis_buffers(gh, X), axis_buffers(gw, X)
+    y_in, x_in = rows[4], cols[4]
     acc = np.zeros(C, X.dtype)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             p = ph * pooled_w + pw
-            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
-            if not ok:
+            if not place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
                 out_k[:, p] = np.nan
                 continue
-            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
-            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
             acc[:] = 0
             for iy in range(gh):
-                if not y_in[iy]:
-                    continue
-                row_lo = (n * H + y_lo[iy]) * W
-                row_hi = (n * H + y_hi[iy]) * W
                 for ix in range(gw):
-                    if not x_in[ix]:
+                    if not (y_in[iy] and x_in[ix]):
                         continue
-                    o1 = np.uint64((row_lo + x_lo[ix]) * C)
-                    o2 = np.uint64((row_lo + x_hi[ix]) * C)
-                    o3 = np.uint64((row_hi + x_lo[ix]) * C)
-                    o4 = np.uint64((row_hi + x_hi[ix]) * C)
-                    w1, w2 = hy[iy] * hx[ix], hy[iy] * lx[ix]
-                    w3, w4 = ly[iy] * hx[ix], ly[iy] * lx[ix]
+                    w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
                     for c in range(C):
                         u = np.uint64(c)
                         acc[c] += (
@@ -155,49 +166,37 @@ def deform_roi_pool_backward_roi(G_k, rois, offset, k, spatial_scale, pooled_h, 
     the reference's order per cell: bins, points, corners (``share[P, nc]`` is the task's
     scratch)."""
     _, H, W, C = GX.shape
-    T = GX.dtype.type
     nc = share.shape[1]
     GXf = GX.reshape(-1)
-    n = int(rois[k, 0])
-    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
-    )
-    height, width = roi_size(rois, k, spatial_scale)
-    bins_first(G_k, c0, T(max(gh * gw, 1)), share)
-    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, GX)
-    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, GX)
+    n, g, count = deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    gh, gw = g[4], g[5]
+    bins_first(G_k, c0, count, share)
+    rows, cols = axis_buffers(gh, GX), axis_buffers(gw, GX)
+    y_in, x_in = rows[4], cols[4]
     for ph in range(pooled_h):
         for pw in range(pooled_w):
-            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
-            if not ok:
+            if not place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
                 continue
-            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
-            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
-            g = share[ph * pooled_w + pw]
+            grad = share[ph * pooled_w + pw]
             for iy in range(gh):
-                if not y_in[iy]:
-                    continue
-                row_lo = (n * H + y_lo[iy]) * W
-                row_hi = (n * H + y_hi[iy]) * W
                 for ix in range(gw):
-                    if not x_in[ix]:
+                    if not (y_in[iy] and x_in[ix]):
                         continue
-                    w1, w2 = hy[iy] * hx[ix], hy[iy] * lx[ix]
-                    w3, w4 = ly[iy] * hx[ix], ly[iy] * lx[ix]
+                    w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
                     # four separate passes: corners coincide at the border, and each
                     # must add in the reference's order
-                    o = np.uint64((row_lo + x_lo[ix]) * C + c0)
+                    o = o1 + np.uint64(c0)
                     for cc in range(nc):
-                        GXf[o + np.uint64(cc)] += g[cc] * w1
-                    o = np.uint64((row_lo + x_hi[ix]) * C + c0)
+                        GXf[o + np.uint64(cc)] += grad[cc] * w1
+                    o = o2 + np.uint64(c0)
                     for cc in range(nc):
-                        GXf[o + np.uint64(cc)] += g[cc] * w2
-                    o = np.uint64((row_hi + x_lo[ix]) * C + c0)
+                        GXf[o + np.uint64(cc)] += grad[cc] * w2
+                    o = o3 + np.uint64(c0)
                     for cc in range(nc):
-                        GXf[o + np.uint64(cc)] += g[cc] * w3
-                    o = np.uint64((row_hi + x_hi[ix]) * C + c0)
+                        GXf[o + np.uint64(cc)] += grad[cc] * w3
+                    o = o4 + np.uint64(c0)
                     for cc in range(nc):
-                        GXf[o + np.uint64(cc)] += g[cc] * w4
+                        GXf[o + np.uint64(cc)] += grad[cc] * w4
 
 
 @parallel_njit
@@ -224,25 +223,19 @@ def deform_roi_pool_offset_backward_roi(G_k, X, rois, offset, k, spatial_scale, 
     _, H, W, C = X.shape
     T = X.dtype.type
     Xf = X.reshape(-1)
-    n = int(rois[k, 0])
-    start_h, start_w, bin_h, bin_w, gh, gw = roi_align_geometry(
-        rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, True
-    )
-    height, width = roi_size(rois, k, spatial_scale)
-    count = T(max(gh * gw, 1))
-    y_lo, y_hi, hy, ly, y_in, y_flat = axis_buffers(gh, X)
-    x_lo, x_hi, hx, lx, x_in, x_flat = axis_buffers(gw, X)
+    n, g, count = deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio)
+    gh, gw, height, width = g[4], g[5], g[6], g[7]
+    rows, cols = axis_buffers(gh, X), axis_buffers(gw, X)
+    ly, y_in, y_flat = rows[3], rows[4], rows[5]
+    lx, x_in, x_flat = cols[3], cols[4], cols[5]
     share = np.empty(C, X.dtype)
     acc_x, acc_y = acc[0], acc[1]
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             grad_offset_k[0, ph, pw] = 0
             grad_offset_k[1, ph, pw] = 0
-            sh, sw, ok = bin_start(offset, k, ph, pw, start_h, start_w, height, width, gamma)
-            if not ok:
+            if not place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
                 continue
-            bin_axes(sh, bin_h, ph, gh, H, y_lo, y_hi, hy, ly, y_in, y_flat)
-            bin_axes(sw, bin_w, pw, gw, W, x_lo, x_hi, hx, lx, x_in, x_flat)
             for c in range(C):
                 share[c] = G_k[c, ph, pw] / count
             acc_x[:] = 0
@@ -251,12 +244,7 @@ def deform_roi_pool_offset_backward_roi(G_k, X, rois, offset, k, spatial_scale, 
                 for ix in range(gw):
                     if not (y_in[iy] and x_in[ix]):
                         continue
-                    row_lo = (n * H + y_lo[iy]) * W
-                    row_hi = (n * H + y_hi[iy]) * W
-                    o1 = np.uint64((row_lo + x_lo[ix]) * C)
-                    o2 = np.uint64((row_lo + x_hi[ix]) * C)
-                    o3 = np.uint64((row_hi + x_lo[ix]) * C)
-                    o4 = np.uint64((row_hi + x_hi[ix]) * C)
+                    o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)[4:]
                     flat_y, flat_x = y_flat[iy], x_flat[ix]
                     fy, fx = ly[iy], lx[ix]  # the point's fractions of its cell
                     for c in range(C):
