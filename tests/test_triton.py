@@ -1584,6 +1584,7 @@ def program_order_cases(rng):
     from test_roi_align_rotated import rotated_rois
 
     rotated = on_device(rotated_rois(rng, 2, 4, 16, 20, True), torch.float32)
+    offset = on_device(rng.standard_normal((4, 2, 2, 2)), torch.float32)
 
     def through(fn, inputs):
         def run_on(backend):
@@ -1633,6 +1634,9 @@ def program_order_cases(rng):
             features,
         ),
         "prroi_pool": through(lambda t: roiops.prroi_pool(t, rois, 2, 0.5), [x]),
+        "deform_roi_pool": through(
+            lambda t, o: roiops.deform_roi_pool(t, rois, o, 2, 0.5, 0), [x, offset]
+        ),
     }
 
 
@@ -1643,7 +1647,7 @@ PROGRAM_ORDER_CASES = [
     "roi_align avg", "roi_pool", "roi_pool channels_last", "ps_roi_align", "ps_roi_pool",
     "multi_scale_roi_pool", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
-    "roi_align_rotated", "multi_scale_roi_align_rotated", "prroi_pool",
+    "roi_align_rotated", "multi_scale_roi_align_rotated", "prroi_pool", "deform_roi_pool",
 ]  # fmt: skip
 
 
