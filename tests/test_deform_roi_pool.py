@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import as_tensor, random_rois, results_across_thread_counts
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.library import opcheck
 
 import roiops
@@ -106,6 +108,34 @@ def test_numba_matches_reference_bit_for_bit(rng, dtype, ratio, size, scale, gam
     for a, b in zip(fast, ref, strict=True):
         assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
     assert torch.isnan(fast[0][3, :, 0, 1]).all() and torch.isnan(fast[0][4, :, 1, 0]).all()
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 12),
+    h=st.integers(1, 10),
+    w=st.integers(1, 10),
+    k=st.integers(0, 6),
+    oh=st.integers(1, 3),
+    ow=st.integers(1, 3),
+    ratio=st.integers(-1, 3),
+    scale=st.sampled_from([1.0, 0.5, 1 / 3]),
+    gamma=st.sampled_from([0.1, 1.0, -0.25]),
+    spread=st.sampled_from([0.0, 0.5, 5.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_numba_equals_reference(n, c, h, w, k, oh, ow, ratio, scale, gamma, spread,
+                                         seed):  # fmt: skip
+    # any map, box and offset (moves up to several RoIs, off the map): every bit
+    rng = np.random.default_rng(seed)
+    x = as_tensor(rng.standard_normal((n, c, h, w)), torch.float32)
+    rois = as_tensor(random_rois(rng, n, k, h / scale, w / scale), torch.float32)
+    offset = as_tensor(rng.standard_normal((k, 2, oh, ow)) * spread, torch.float32)
+    grad = as_tensor(rng.standard_normal((k, c, oh, ow)), torch.float32)
+    fast = run("numba", x, rois, offset, grad, (oh, ow), scale, ratio, gamma)
+    ref = run("reference", x, rois, offset, grad, (oh, ow), scale, ratio, gamma)
+    for a, b in zip(fast, ref, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_zero_offset_is_roi_align_aligned(rng):
