@@ -6,7 +6,8 @@ Swap ``from mmcv.ops import RoIAlign`` for ``from roiops.mmcv import RoIAlign`` 
 ``sample_num`` included, and mmcv's defaults, which are not roiops' (torchvision's): RoIAlign
 adaptive (``sampling_ratio=0``) and ``aligned=True``; rotated boxes' angles in radians.
 Also ``DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` and
-``deform_roi_pool`` (Deformable ConvNets' RoI pooling), whose defaults roiops shares.
+``deform_roi_pool`` (Deformable ConvNets' RoI pooling), and ``PrRoIPool`` and
+``prroi_pool`` (Precise RoI Pooling), whose defaults roiops shares.
 ``pool_mode="max"`` is mmcv's max over the sampling points (roiops' ``mode="max"``; a bin
 without a sampling point gives 0, where mmcv's CPU kernel gives -10000). mmdet's RoI
 extractor is :class:`roiops.SingleRoIExtractor`.
@@ -162,6 +163,29 @@ class RoIAlignRotated(nn.Module):
             f"{self.__class__.__name__}(output_size={self.output_size}, "
             f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
             f"aligned={self.aligned}, clockwise={self.clockwise})"
+        )
+
+
+prroi_pool = F.prroi_pool  # (mmcv's signature already; its gradients reach the boxes)
+
+
+class PrRoIPool(nn.Module):
+    """mmcv's ``PrRoIPool(output_size, spatial_scale=1.0)`` (Precise RoI Pooling, see
+    :func:`roiops.prroi_pool`; ``roiops.PrRoIPool2D`` is PreciseRoIPooling's own
+    signature)."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float = 1.0) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        return prroi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, "
+            f"spatial_scale={self.spatial_scale})"
         )
 
 

@@ -52,6 +52,13 @@ def test_mmcv_defaults_are_mmcv_s(rng):
         old(x, rotated), roiops.roi_align_rotated(x, rotated, 3, 0.5, 2, True, "radians", True)
     )
     assert "sampling_ratio=2" in repr(old) and "pool_mode=avg" in repr(mmcv.RoIAlign(3))
+    # PrRoIPool, deform_roi_pool: roiops' own (mmcv's numbers: tests/test_prroi_pool.py,
+    # tests/test_deform_roi_pool.py)
+    assert torch.equal(
+        mmcv.PrRoIPool((3, 2), 0.5)(x, rois), roiops.prroi_pool(x, rois, (3, 2), 0.5)
+    )
+    assert torch.equal(mmcv.prroi_pool(x, rois, 3), roiops.PrRoIPool2D(3, 3, 1.0)(x, rois))
+    assert torch.equal(mmcv.DeformRoIPool(3, 0.5)(x, rois), mmcv.roi_align(x, rois, 3, 0.5))
 
 
 def test_mmcv_bad_arguments():
