@@ -7,6 +7,7 @@ numbers), with deterministic backward passes and parallel CPU kernels.
 from roiops._backend import use_backend
 from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
+    bezier_align,
     deform_roi_pool,
     map_levels,
     multi_scale_roi_align,
@@ -19,7 +20,7 @@ from roiops.functional import (
     roi_align_rotated,
     roi_pool,
 )
-from roiops.mmcv import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+from roiops.mmcv import BezierAlign, DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 from roiops.nn import (
     MultiScaleRoIAlign,
     PrRoIPool2D,
@@ -33,6 +34,7 @@ from roiops.nn import (
 )
 
 __all__ = [
+    "BezierAlign",
     "DeformRoIPool",
     "DeformRoIPoolPack",
     "ModulatedDeformRoIPoolPack",
@@ -45,6 +47,7 @@ __all__ = [
     "ROIPooler",
     "RoIPool",
     "SingleRoIExtractor",
+    "bezier_align",
     "deform_roi_pool",
     "is_patched",
     "map_levels",

@@ -48,33 +48,38 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return COMPUTE_DTYPES[dtype]
 
 
-def boxes_to_rois(boxes: object, input: Tensor, op: str, rotated: bool = False) -> Tensor:
+def boxes_to_rois(
+    boxes: object, input: Tensor, op: str, rotated: bool = False, bezier: bool = False
+) -> Tensor:
     """``Tensor[K, 5]`` or a list/tuple of ``Tensor[L, 4]`` -> ``Tensor[K, 5]`` rois (with
     ``rotated``: ``Tensor[K, 6]`` or a list of ``Tensor[L, 5]``, boxes ``(cx, cy, w, h,
-    angle)``).
+    angle)``; with ``bezier``: ``Tensor[K, 17]`` or a list of ``Tensor[L, 16]``, the
+    argument ``beziers``, two cubic Bézier curves' control points).
 
     The result is contiguous, on the input's device and in the input's compute dtype.
     """
-    columns = 5 if rotated else 4
-    fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
+    columns = 16 if bezier else 5 if rotated else 4
+    fields = ("p0x, p0y, ..., p3x, p3y, p7x, p7y, ..., p4x, p4y" if bezier
+              else "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2")  # fmt: skip
+    argument = "beziers" if bezier else "boxes"
     if isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != columns + 1:
             raise ValueError(
-                f"{op}: boxes as a Tensor must have shape [K, {columns + 1}] "
+                f"{op}: {argument} as a Tensor must have shape [K, {columns + 1}] "
                 f"(batch_index, {fields}), got {tuple(boxes.shape)}"
             )
-        _check_box_tensor(boxes, input, op, "boxes")
+        _check_box_tensor(boxes, input, op, argument)
         rois = boxes
     elif isinstance(boxes, Sequence) and not isinstance(boxes, str):
         if len(boxes) > input.shape[0]:
             # (a length, free on any device; the batch indices it would give lie past N)
             raise ValueError(
-                f"{op}: boxes is a list of {len(boxes)} tensors, one per image, but input "
-                f"has {input.shape[0]} images"
+                f"{op}: {argument} is a list of {len(boxes)} tensors, one per image, but "
+                f"input has {input.shape[0]} images"
             )
         parts = []
         for i, b in enumerate(boxes):
-            name = f"boxes[{i}]"
+            name = f"{argument}[{i}]"
             if not isinstance(b, Tensor):
                 raise TypeError(
                     f"{op}: {name} must be a Tensor[L, {columns}], got {type(b).__name__}"
@@ -92,8 +97,8 @@ def boxes_to_rois(boxes: object, input: Tensor, op: str, rotated: bool = False) 
             rois = input.new_zeros((0, columns + 1))
     else:
         raise TypeError(
-            f"{op}: boxes must be a Tensor[K, {columns + 1}] or a list of Tensor[L, {columns}], "
-            f"got {type(boxes).__name__}"
+            f"{op}: {argument} must be a Tensor[K, {columns + 1}] or a list of "
+            f"Tensor[L, {columns}], got {type(boxes).__name__}"
         )
     dtype = compute_dtype(input.dtype)
     if rois.dtype != dtype:  # (``to`` would return rois itself, after parsing its arguments)
@@ -167,9 +172,23 @@ def check_adaptive_grid(rois: Tensor, spatial_scale: float | Tensor, pooled_heig
     else:
         offset = 0.5 if aligned else 0.0
         sizes = (rois[:, 3:5] * scale - offset) - (rois[:, 1:3] * scale - offset)
+    check_grid_sizes(sizes, aligned, pooled_height, pooled_width, op)
+
+
+def bezier_sizes(rois: Tensor, spatial_scale: float) -> Tensor:
+    """``Tensor[K, 2]``: the (width, height) of Bézier RoIs ``(batch_index, p0, ..., p3,
+    p7, ..., p4)`` (x, y each) in feature cells, ``max(|p0 - p3|, |p4 - p7|)`` an axis
+    (``roiops.reference.bezier_align``)."""
+    points = rois[:, 1:].reshape(-1, 8, 2) * spatial_scale
+    return torch.maximum((points[:, 0] - points[:, 3]).abs(), (points[:, 7] - points[:, 4]).abs())
+
+
+def check_grid_sizes(sizes: Tensor, aligned: bool, pooled_height: int, pooled_width: int,
+                     op: str) -> None:  # fmt: skip
+    """``check_adaptive_grid``'s test, on the RoIs' (width, height) ``sizes[K, 2]``."""
     if not aligned:
         sizes = sizes.clamp(min=1.0)
-    grid = torch.ceil(sizes / rois.new_tensor([pooled_width, pooled_height]))
+    grid = torch.ceil(sizes / sizes.new_tensor([pooled_width, pooled_height]))
     too_many = (grid > MAX_ADAPTIVE_GRID).any(1)
     if bool(too_many.any()):
         k = int(too_many.nonzero()[0, 0])

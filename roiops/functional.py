@@ -13,6 +13,7 @@ from roiops import _validate
 from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops import call
+from roiops.ops.bezier_align import bezier_align_op
 from roiops.ops.deform_roi_pool import deform_roi_pool_op
 from roiops.ops.multi_scale_roi_align import (
     multi_scale_roi_align_op,
@@ -545,6 +546,52 @@ def deform_roi_pool(
     rois = _validate.boxes_to_rois(boxes, input, op)
     offset = _validate.check_offset(offset, rois, pooled, op)
     return call(deform_roi_pool_op, input, rois, offset, scale, *pooled, ratio, gamma)
+
+
+@fx_leaf
+def bezier_align(
+    input: Tensor,
+    beziers: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> Tensor:
+    """BezierAlign (ABCNet, Liu et al. 2020; AdelaiDet's and mmcv's ``bezier_align``, same
+    signature and numbers): pools a curved text instance bounded by two cubic Bézier
+    curves into a fixed grid.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, as for :func:`roi_align`.
+        beziers: ``Tensor[K, 17]`` rows of ``(batch_index, p0x, p0y, p1x, p1y, p2x, p2y,
+            p3x, p3y, p7x, p7y, p6x, p6y, p5x, p5y, p4x, p4y)``: the top curve ``p0..p3``,
+            then the bottom curve ``p4..p7`` listed from its end (the 16 coordinates
+            clockwise around the instance), or a list of ``Tensor[L, 16]``, one per
+            image. They get no gradient (as in mmcv).
+        output_size: ``h`` or ``(h, w)``: ``h`` bins from the top curve to the bottom
+            one, ``w`` along them.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: sampling points per bin and axis; ``<= 0``: adaptive (mmcv's 0).
+        aligned: the half-pixel offset (``False``: the legacy convention, sizes at least
+            one cell).
+
+    Returns:
+        ``Tensor[K, C, h, w]``: bin ``(ph, pw)`` is a box of ``roi_width / w`` by
+        ``roi_height / h`` cells (``max(|p0 - p3|, |p4 - p7|)`` an axis) centred between
+        the curves at ``u = pw / w``, ``v = ph / h`` (AdelaiDet's definition: the bins'
+        corners in u and v), averaged over RoIAlign's sampling grid. float32 results are
+        mmcv's CPU kernel's bit for bit (its mixed float64 arithmetic included).
+        Backward is deterministic.
+    """
+    op = "bezier_align"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    aligned = _validate.check_aligned(aligned, op)
+    _onnx.not_exportable(op)
+    rois = _validate.boxes_to_rois(beziers, input, op, bezier=True)
+    return call(bezier_align_op, input, rois, scale, *pooled, ratio, aligned)
 
 
 @fx_leaf

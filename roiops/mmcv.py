@@ -6,8 +6,9 @@ Swap ``from mmcv.ops import RoIAlign`` for ``from roiops.mmcv import RoIAlign`` 
 ``sample_num`` included, and mmcv's defaults, which are not roiops' (torchvision's): RoIAlign
 adaptive (``sampling_ratio=0``) and ``aligned=True``; rotated boxes' angles in radians.
 Also ``DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` and
-``deform_roi_pool`` (Deformable ConvNets' RoI pooling), and ``PrRoIPool`` and
-``prroi_pool`` (Precise RoI Pooling), whose defaults roiops shares.
+``deform_roi_pool`` (Deformable ConvNets' RoI pooling), ``PrRoIPool`` and
+``prroi_pool`` (Precise RoI Pooling), and ``BezierAlign`` and ``bezier_align`` (ABCNet),
+whose defaults roiops shares.
 ``pool_mode="max"`` is mmcv's max over the sampling points (roiops' ``mode="max"``; a bin
 without a sampling point gives 0, where mmcv's CPU kernel gives -10000). mmdet's RoI
 extractor is :class:`roiops.SingleRoIExtractor`.
@@ -186,6 +187,33 @@ class PrRoIPool(nn.Module):
         return (
             f"{self.__class__.__name__}(output_size={self.output_size}, "
             f"spatial_scale={self.spatial_scale})"
+        )
+
+
+bezier_align = F.bezier_align  # (mmcv's signature and defaults already)
+
+
+class BezierAlign(nn.Module):
+    """mmcv's ``BezierAlign(output_size, spatial_scale, sampling_ratio, aligned=True)``
+    (AdelaiDet's, ABCNet's), see :func:`roiops.bezier_align`."""
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
+                 sampling_ratio: int, aligned: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, beziers: Tensor) -> Tensor:
+        return bezier_align(input, beziers, self.output_size, self.spatial_scale,
+                            self.sampling_ratio, self.aligned)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, "
+            f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
+            f"aligned={self.aligned})"
         )
 
 

@@ -41,6 +41,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from roiops.gpu.bezier_align import (  # noqa: E402
+    bezier_align_backward_kernel,
+    bezier_align_forward_kernel,
+)
 from roiops.gpu.deform_roi_pool import (  # noqa: E402
     deform_roi_pool_backward_kernel,
     deform_roi_pool_forward_kernel,
@@ -411,6 +415,14 @@ def main(dtypes=DTYPES, lean=False) -> int:
                 multi_scale_roi_align_rotated_backward_kernel, {**bwd, "LEVELS": "*i64"},
                 {**rot, "NUM_LEVELS": 4, "BLOCK_C": block_c}, bwd_warps,
             )  # fmt: skip
+        # (BezierAlign: each bin centred between two Bézier curves)
+        for aligned in (True, False) if full else (True,):
+            bezier = {"PH": 8, "PW": 32, "ALIGNED": aligned}
+            for b, warps in sampled:
+                compile_for_gpu(bezier_align_forward_kernel, fwd, {**bezier, "BLOCK": b}, warps)
+            compile_for_gpu(
+                bezier_align_backward_kernel, bwd, {**bezier, "BLOCK_C": block_c}, bwd_warps
+            )
         # (deformable RoI pooling: aligned RoIAlign with every bin moved by its offset)
         deform = {"PH": 7, "PW": 7}
         for b, warps in sampled:

@@ -22,7 +22,7 @@ from numba import njit, prange
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.roi_align import bins_first
-from roiops.cpu.sampling import bilinear_axis, roi_align_geometry
+from roiops.cpu.sampling import axis_buffers, bin_axes, point_corners, roi_align_geometry
 
 
 @njit(cache=True)
@@ -43,31 +43,6 @@ def deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio):
 
 
 @njit(cache=True)
-def axis_buffers(grid, dtype_probe):
-    """Empty ``bin_axes`` tables for ``grid`` points: (low, high, w_low, w_high, inside,
-    flat)."""
-    return (np.zeros(grid, np.int64), np.zeros(grid, np.int64), np.zeros(grid, dtype_probe.dtype),
-            np.zeros(grid, dtype_probe.dtype), np.zeros(grid, np.bool_),
-            np.zeros(grid, np.bool_))  # fmt: skip
-
-
-@njit(cache=True)
-def bin_axes(start, bin_size, bin_index, grid, limit, table):
-    """Fill ``table`` (``axis_buffers``) with one axis of a bin's sampling points (``grid``
-    of them, from the shifted ``start``): the two cells around each and their weights
-    (``bilinear_axis``; w_high is the point's fraction of its cell), whether the point is
-    within a cell of the map, and whether the value is flat along the axis there (clamped
-    to the map's start or end)."""
-    low, high, w_low, w_high, inside, flat = table
-    T = w_low.dtype.type
-    for i in range(grid):
-        v = (start + T(bin_index) * bin_size) + T(i + 0.5) * bin_size / T(grid)
-        inside[i] = v >= -1.0 and v <= limit
-        low[i], high[i], w_low[i], w_high[i] = bilinear_axis(v, limit, T)
-        flat[i] = v <= 0 or low[i] == high[i]
-
-
-@njit(cache=True)
 def place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
     """Fill ``rows`` and ``cols`` (``axis_buffers``) with bin (ph, pw) of RoI k (geometry
     ``g``, ``deform_geometry``'s) shifted by its offset ``offset[k, :, ph, pw]`` (times
@@ -82,20 +57,6 @@ def place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
     bin_axes(start_h + T(gamma) * height * off_h, bin_h, ph, gh, H, rows)
     bin_axes(start_w + T(gamma) * width * off_w, bin_w, pw, gw, W, cols)
     return True
-
-
-@njit(cache=True)
-def point_corners(rows, cols, iy, ix, n, H, W, C):
-    """(w1, w2, w3, w4, o1, o2, o3, o4): the bilinear weights of point (iy, ix) of a
-    placed bin (``place_bin``) and the flat ``[N, H, W, C]`` offsets (channel 0) of its
-    four neighbours, (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high)."""
-    y_lo, y_hi, hy, ly = rows[0], rows[1], rows[2], rows[3]
-    x_lo, x_hi, hx, lx = cols[0], cols[1], cols[2], cols[3]
-    row_lo = (n * H + y_lo[iy]) * W
-    row_hi = (n * H + y_hi[iy]) * W
-    return (hy[iy] * hx[ix], hy[iy] * lx[ix], ly[iy] * hx[ix], ly[iy] * lx[ix],
-            np.uint64((row_lo + x_lo[ix]) * C), np.uint64((row_lo + x_hi[ix]) * C),
-            np.uint64((row_hi + x_lo[ix]) * C), np.uint64((row_hi + x_hi[ix]) * C))  # fmt: skip
 
 
 @parallel_njit

@@ -145,7 +145,7 @@ def _roi_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.constex
 
 
 @triton.jit
-def _axis_sample(start, bin_size, bin_index, i, grid, limit):
+def axis_sample(start, bin_size, bin_index, i, grid, limit):
     """(low, high, w_low, w_high, inside) of point i of the bins along one axis."""
     v = (start + bin_index * bin_size) + div_rn((i + 0.5) * bin_size, grid)
     low, high, w_low, w_high = bilinear_axis(v, limit)
@@ -314,7 +314,7 @@ def _row_of_points(acc, best_s, row_lo, row_hi, wy_lo, wy_hi, y_in, iy, start_w,
         c_hl = c_ll
         c_hh = c_ll
     for ix in range(0, gw):
-        x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+        x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(start_w, bin_w, pw, ix, gw, W)
         inside = y_in & x_in
         if REUSE:
             v_ll, v_lh, v_hl, v_hh, seen_lo, seen_hi = _reused_corners(
@@ -352,7 +352,7 @@ def forward_bins(X, ROIS, OUT, ARGMAX, k, c, p, ok, N, C, H, W, scale_bits, samp
     acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
     best_s = tl.full((BLOCK,), -1, tl.int32)
     for iy in range(0, gh):
-        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+        y_lo, y_hi, wy_lo, wy_hi, y_in = axis_sample(start_h, bin_h, ph, iy, gh, H)
         row_lo = plane + y_lo * W
         row_hi = plane + y_hi * W
         y_in = y_in & ok
@@ -395,9 +395,9 @@ def roi_align_forward_nhwc_kernel(
     acc = tl.zeros((BLOCK_C,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
     best_s = tl.full((BLOCK_C,), -1, tl.int32)
     for iy in range(0, gh):
-        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
+        y_lo, y_hi, wy_lo, wy_hi, y_in = axis_sample(start_h, bin_h, ph, iy, gh, H)
         for ix in range(0, gw):
-            x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+            x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(start_w, bin_w, pw, ix, gw, W)
             s = iy * gw + ix
             v = tl.zeros((BLOCK_C,), dtype=acc.dtype)
             candidate = tl.zeros((BLOCK_C,), tl.int32) + s * (4 if MAX_MODE == ONNX_MAX else 1)
@@ -426,7 +426,7 @@ def _weights_at(start, bin_size, bin_index, grid, limit, cells):
     """``_cell_weights`` at any vector of ``cells`` (the same sums in the same order)."""
     weights = tl.zeros(cells.shape, dtype=start.dtype)
     for i in range(0, grid):
-        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
+        low, high, w_low, w_high, inside = axis_sample(start, bin_size, bin_index, i, grid, limit)
         weights += tl.where(cells == low, tl.where(inside, w_low, 0.0), 0.0)
         weights += tl.where(cells == high, tl.where(inside, w_high, 0.0), 0.0)
     return weights
@@ -442,7 +442,7 @@ def _lanes_cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl
     cells = tl.arange(0, SPAN)[:, None] + first[None, :]
     weights = tl.zeros(cells.shape, dtype=start.dtype)
     for i in range(0, grid):
-        low, high, w_low, w_high, inside = _axis_sample(start, bin_size, bin_index, i, grid, limit)
+        low, high, w_low, w_high, inside = axis_sample(start, bin_size, bin_index, i, grid, limit)
         weights += tl.where(cells == low[None, :], tl.where(inside, w_low, 0.0)[None, :], 0.0)
         weights += tl.where(cells == high[None, :], tl.where(inside, w_high, 0.0)[None, :], 0.0)
     return weights
@@ -452,8 +452,8 @@ def _lanes_cell_weights(start, bin_size, bin_index, grid, limit, first, SPAN: tl
 def _cell_range(start, bin_size, bin_index, grid, limit):
     """[first, last]: the cells the bin's points along one axis can touch (points run
     forwards, or backwards in an inverted aligned RoI: the ends bound them)."""
-    low_a, high_a, _, _, _ = _axis_sample(start, bin_size, bin_index, 0, grid, limit)
-    low_b, high_b, _, _, _ = _axis_sample(start, bin_size, bin_index, grid - 1, grid, limit)
+    low_a, high_a, _, _, _ = axis_sample(start, bin_size, bin_index, 0, grid, limit)
+    low_b, high_b, _, _, _ = axis_sample(start, bin_size, bin_index, grid - 1, grid, limit)
     return tl.minimum(low_a, low_b), tl.maximum(high_a, high_b)
 
 
@@ -585,8 +585,8 @@ def backward_bin(G, ROIS, ARGMAX, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
             s = tl.where(s >= 0, s // 4, -1)  # (// truncates: -1 // 4 would be 0)
         iy = s // tl.maximum(gw, 1)
         ix = s % tl.maximum(gw, 1)
-        y_lo, y_hi, wy_lo, wy_hi, y_in = _axis_sample(start_h, bin_h, ph, iy, gh, H)
-        x_lo, x_hi, wx_lo, wx_hi, x_in = _axis_sample(start_w, bin_w, pw, ix, gw, W)
+        y_lo, y_hi, wy_lo, wy_hi, y_in = axis_sample(start_h, bin_h, ph, iy, gh, H)
+        x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(start_w, bin_w, pw, ix, gw, W)
         # -1 (invalid RoI) or out-of-range winners route nothing
         ok = c_ok & (s >= 0) & (s < gh * gw) & y_in & x_in
         row_lo = y_lo.to(tl.int64) * W

@@ -1,0 +1,131 @@
+"""BezierAlign as custom ops: ``roiops::bezier_align`` and its backward.
+
+``rois`` is ``Tensor[K, 17]``: ``(batch_index, p0x, p0y, ..., p3x, p3y, p7x, p7y, ...,
+p4x, p4y)``, the top curve's control points, then the bottom curve's from its end
+(``roiops.reference.bezier_align``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roiops import _validate
+from roiops._layout import fake_input_grad, new_input_grad
+from roiops.cpu import bezier_align as cpu
+from roiops.cpu import layout
+from roiops.onnx import refuse_custom_op
+from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.reference import bezier_align as reference
+
+OP = "bezier_align"
+
+
+def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
+                     sampling_ratio, aligned):  # fmt: skip
+    """``checked_backend``, and no absurd adaptive grid (the RoIs' sizes from their control
+    points)."""
+    checks = []
+    if sampling_ratio <= 0:
+        checks.append(lambda: _validate.check_grid_sizes(
+            _validate.bezier_sizes(rois, spatial_scale), aligned, pooled_height, pooled_width,
+            OP))  # fmt: skip
+    return checked_backend(device, rois, batch_size, OP, *checks)
+
+
+@forward_op("roiops::bezier_align")
+def bezier_align_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``Tensor[K, C, pooled_height, pooled_width]``."""
+    sizes = input.shape
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(input.device, rois, sizes[0], *args)
+    shape = (rois.shape[0], sizes[1], pooled_height, pooled_width)
+    if rois.shape[0] == 0 or sizes[1] == 0 or sizes[2] == 0 or sizes[3] == 0:
+        return input.new_zeros(shape)
+    if backend == "triton":
+        from roiops.gpu import bezier_align as gpu
+
+        _validate.check_plane_indexable(sizes, OP)
+        return gpu.bezier_align_forward(input, rois, *args)
+    x = input.to(_validate.compute_dtype(input.dtype))
+    if backend == "numba":
+        out = x.new_empty(shape)
+        cpu.bezier_align_forward(layout.channels_last_array(x), rois.numpy(), *args, out.numpy())
+        return out.to(input.dtype)
+    out = reference.bezier_align_forward(host_array(x), host_array(rois), *args)
+    return torch.from_numpy(out).to(input.device, input.dtype)
+
+
+@bezier_align_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    refuse_custom_op(OP)
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@custom_op("roiops::bezier_align_backward")
+def bezier_align_backward_op(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Gradient of ``roiops::bezier_align`` w.r.t. its input (deterministic)."""
+    shape = (batch_size, channels, height, width)
+    if grad.numel() == 0 or height == 0 or width == 0:
+        return new_input_grad(shape, grad.dtype, grad.device)
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+    backend = _checked_backend(grad.device, rois, batch_size, *args)
+    if backend == "triton":
+        from roiops.gpu import bezier_align as gpu
+
+        grad_input = new_input_grad(shape, grad.dtype, grad.device, zeroed=False)
+        return gpu.bezier_align_backward(grad, rois, grad_input, *args)
+    g = grad.to(_validate.compute_dtype(grad.dtype))
+    grad_input = new_input_grad(shape, g.dtype, g.device)
+    if backend == "numba":
+        order, start, block = layout.backward_tasks(rois, batch_size, channels)
+        cpu.bezier_align_backward(g.contiguous().numpy(), rois.numpy(), order, start, *args,
+                                  block, layout.grad_array(grad_input))  # fmt: skip
+    else:
+        ref = reference.bezier_align_backward(
+            host_array(g), host_array(rois), *args[:4], shape, aligned
+        )
+        grad_input.copy_(torch.from_numpy(ref))
+    return grad_input.to(grad.dtype)
+
+
+@bezier_align_backward_op.register_fake
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+      batch_size, channels, height, width):  # fmt: skip
+    return fake_input_grad(grad, batch_size, channels, height, width)
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, *params = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = params
+    ctx.input_shape = tuple(input.shape)
+
+
+def _backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    grad_input = call(bezier_align_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
+    return grad_input, None, None, None, None, None, None
+
+
+register_autograd(bezier_align_op, _backward, _setup_context)
