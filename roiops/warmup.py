@@ -28,6 +28,13 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
     where the op sends them one."""
     plain = rois.detach()
     boxes = [plain[plain[:, 0] == i, 1:] for i in range(x.shape[0])]
+    # each box's top and bottom edges as straight Bézier curves (the bottom one reversed)
+    x1, y1, x2, y2 = plain[:, 1:].unbind(1)
+    t = torch.linspace(0, 1, 4, dtype=plain.dtype)
+    along = x1[:, None] + (x2 - x1)[:, None] * t
+    top = torch.stack([along, y1[:, None].expand_as(along)], 2).flatten(1)
+    bottom = torch.stack([along.flip(1), y2[:, None].expand_as(along)], 2).flatten(1)
+    beziers = torch.cat([plain[:, :1], top, bottom], 1)
     return [
         ("roi_align avg", lambda: roiops.roi_align(x, rois, 2, 0.5, 2, True)),
         ("roi_align max", lambda: roiops.roi_align(x, rois, 2, 0.5, 0, False, "max")),
@@ -44,6 +51,7 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         ("multi_scale_roi_align_rotated",
          lambda: roiops.multi_scale_roi_align_rotated(pyramid, rotated, 2, SCALES, 2)),
         ("deform_roi_pool", lambda: roiops.deform_roi_pool(x, plain, offset, 2, 0.5, 2)),
+        ("bezier_align", lambda: roiops.bezier_align(x, beziers, 2, 0.5, 0)),
     ]  # fmt: skip
 
 

@@ -562,3 +562,30 @@ def test_deform_roi_pool_on_cuda(rng):
     torch.cuda.synchronize()
     assert all(map(torch.equal, captured, step()))
     assert not torch.equal(captured[0], first[0])
+
+
+def test_bezier_align_on_cuda(rng):
+    # BezierAlign: the reference's numbers (float64, to rounding), the same bits run after
+    # run, no host synchronisation
+    from test_bezier_align import random_beziers
+
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    beziers = cuda(random_beziers(rng, 2, 64, 200, 272), torch.float64)
+    grad = torch.randn(64, 16, 8, 32, device="cuda", dtype=torch.float64)
+
+    def step():
+        out = roiops.bezier_align(x, beziers, (8, 32), 0.25, 0)
+        return [out, *torch.autograd.grad(out, [x], grad)]
+
+    first = step()
+    with roiops.use_backend("reference"):
+        expected = step()
+    for ours, ref in zip(first, expected, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(map(torch.equal, again, first))

@@ -13,6 +13,17 @@ import roiops
 SCALES = [0.25, 0.125]
 
 
+def straight_beziers(rois):
+    """Each box's top and bottom edges as straight Bézier curves (``Tensor[K, 17]``, the
+    bottom one listed from its end)."""
+    t = rois.new_tensor([0.0, 1 / 3, 2 / 3, 1.0])
+    x1, y1, x2, y2 = rois[:, 1:2], rois[:, 2:3], rois[:, 3:4], rois[:, 4:5]
+    along = x1 + (x2 - x1) * t
+    top = torch.stack([along, y1.expand_as(along)], 2).flatten(1)
+    bottom = torch.stack([along.flip(1), y2.expand_as(along)], 2).flatten(1)
+    return torch.cat([rois[:, :1], top, bottom], 1)
+
+
 class EveryOp(nn.Module):
     """Every public function and module of roiops, called the ways users call them."""
 
@@ -61,6 +72,7 @@ class EveryOp(nn.Module):
             self.mmdet(levels, rois),
             roiops.deform_roi_pool(x, rois, None, 2, 0.5, 2),
             self.deform(x, rois),
+            roiops.bezier_align(x, straight_beziers(rois), (2, 3), 0.5, 0),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -81,6 +93,7 @@ PUBLIC_CALLS = {
     "pool_mmdet": 1,  # SingleRoIExtractor
     "deform_roi_pool": 1 + 1,  # one direct call, one through DeformRoIPoolPack
     "pack_features": 1,  # DeformRoIPoolPack
+    "bezier_align": 1,
 }
 
 

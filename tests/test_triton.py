@@ -1585,6 +1585,9 @@ def program_order_cases(rng):
 
     rotated = on_device(rotated_rois(rng, 2, 4, 16, 20, True), torch.float32)
     offset = on_device(rng.standard_normal((4, 2, 2, 2)), torch.float32)
+    from test_bezier_align import random_beziers
+
+    beziers = on_device(random_beziers(rng, 2, 4, 16, 20), torch.float32)
 
     def through(fn, inputs):
         def run_on(backend):
@@ -1637,6 +1640,7 @@ def program_order_cases(rng):
         "deform_roi_pool": through(
             lambda t, o: roiops.deform_roi_pool(t, rois, o, 2, 0.5, 0), [x, offset]
         ),
+        "bezier_align": through(lambda t: roiops.bezier_align(t, beziers, 2, 0.5, 0), [x]),
     }
 
 
@@ -1648,6 +1652,7 @@ PROGRAM_ORDER_CASES = [
     "multi_scale_roi_pool", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
     "roi_align_rotated", "multi_scale_roi_align_rotated", "prroi_pool", "deform_roi_pool",
+    "bezier_align",
 ]  # fmt: skip
 
 
@@ -1726,3 +1731,40 @@ def test_deform_roi_pool_kernels_take_any_roi_value(rng):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
     assert go[1:5].eq(0).all()
     torch.testing.assert_close(go[good], ref_go, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("ratio,aligned", [(2, True), (0, False)])
+def test_bezier_align_matches_reference(rng, ratio, aligned):
+    from test_bezier_align import random_beziers
+
+    x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
+    beziers = on_device(random_beziers(rng, 2, 8, 24, 28), torch.float32)
+    grad = on_device(rng.standard_normal((8, 3, 2, 5)), torch.float32)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.bezier_align(t, beziers, (2, 5), 0.5, ratio, aligned), x, grad
+    )
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+def test_bezier_align_kernels_take_any_roi_value(rng):
+    from test_bezier_align import random_beziers
+
+    from roiops.gpu import bezier_align as gpu_bezier
+
+    x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
+    beziers = on_device(random_beziers(rng, 2, 6, 24, 28), torch.float32)
+    beziers[1, 0] = 2  # batch index out of range
+    beziers[2, 0] = 0.5  # not whole
+    beziers[3, 6] = float("nan")
+    beziers[4, 7] = 3e6  # an adaptive grid of a million points a bin
+    out = gpu_bezier.bezier_align_forward(x, beziers, 0.5, 2, 2, 0, True)
+    assert torch.isnan(out[1:5]).all() and torch.isfinite(out[[0, 5]]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_bezier.bezier_align_backward(grad, beziers, torch.empty_like(x), 0.5, 2, 2, 0, True)
+    good = [0, 5]
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.bezier_align_backward(
+            grad[good], beziers[good], 0.5, 2, 2, 0, True, 2, 3, 12, 14
+        )
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])
