@@ -1,5 +1,5 @@
-"""roi_align_rotated and roi_align (average and max) against mmcv's CPU kernels, built here
-from mmcv's source release.
+"""roi_align_rotated, roi_align (average and max) and bezier_align against mmcv's CPU
+kernels, built here from mmcv's source release.
 
 mmcv has no wheels for current torch and its full build does not compile against
 torch >= 2.10 headers as released (it asks for C++14/17; torch's headers need C++20).
@@ -15,7 +15,9 @@ C++20, and then
 * does the same for ``roi_align`` in mmcv's two ``pool_mode``s, ``"avg"`` and
   ``"max"`` (roiops' ``mode="max"``: mmcv is the library that ships the article's max
   over the sampling points);
-* times both, forward and backward, on one case of the rotated op.
+* does the same for ``bezier_align`` (ABCNet's BezierAlign), which must be bit for bit;
+* times both, forward and backward, on one case of the rotated op, roi_align's max mode
+  and bezier_align.
 
 Nothing of mmcv enters roiops: the source and the build stay in ``--cache``
 (default ``build/mmcv-anchor``, ignored by git). Run: ``python benchmarks/mmcv_anchor.py``.
@@ -50,6 +52,8 @@ NEEDED = [
     "pytorch/cpu/roi_align_rotated.cpp",
     "pytorch/roi_align.cpp",
     "pytorch/cpu/roi_align.cpp",
+    "pytorch/bezier_align.cpp",
+    "pytorch/cpu/bezier_align.cpp",
 ]
 BINDING = """
 #include <torch/extension.h>
@@ -65,7 +69,14 @@ void roi_align_forward(Tensor input, Tensor rois, Tensor output, Tensor argmax_y
 void roi_align_backward(Tensor grad_output, Tensor rois, Tensor argmax_y, Tensor argmax_x,
     Tensor grad_input, int aligned_height, int aligned_width, float spatial_scale,
     int sampling_ratio, int pool_mode, bool aligned);
+void bezier_align_forward(Tensor input, Tensor rois, Tensor output, int aligned_height,
+    int aligned_width, float spatial_scale, int sampling_ratio, bool aligned);
+void bezier_align_backward(Tensor grad_output, Tensor rois, Tensor grad_input,
+    int aligned_height, int aligned_width, float spatial_scale, int sampling_ratio,
+    bool aligned);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bezier_align_forward", &bezier_align_forward);
+  m.def("bezier_align_backward", &bezier_align_backward);
   m.def("forward", &roi_align_rotated_forward);
   m.def("backward", &roi_align_rotated_backward);
   m.def("roi_align_forward", &roi_align_forward);
@@ -97,13 +108,13 @@ def build(cache: Path):
     binding = cache / "binding.cpp"
     binding.write_text(BINDING)
     sources = [str(binding)]
-    for op in ("roi_align_rotated", "roi_align"):
+    for op in ("roi_align_rotated", "roi_align", "bezier_align"):
         # the dispatcher and the CPU kernel share a file name: ninja needs distinct objects
         dispatcher = cache / f"dispatch_{op}.cpp"
         dispatcher.write_bytes((csrc / f"pytorch/{op}.cpp").read_bytes())
         sources += [str(dispatcher), str(csrc / f"pytorch/cpu/{op}.cpp")]
     return cpp_extension.load(
-        name="mmcv_roi_align_ops",
+        name="mmcv_roi_ops",
         sources=sources,
         extra_include_paths=[str(csrc / "common")],
         extra_cflags=["-O3", "-std=c++20"],
@@ -234,6 +245,38 @@ def compare_roi_align(ext, rng) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def compare_bezier_align(ext, rng) -> tuple[list[str], bool]:
+    """bezier_align against mmcv's CPU kernel on random curved instances (some past the
+    map's edges): the outputs and input gradients, float32 and float64, both
+    ``aligned``, fixed and adaptive grids; and whether all are equal bit for bit (roiops'
+    reference follows mmcv's C++ types, its float64 curve terms included). Dyadic scales:
+    mmcv passes ``spatial_scale`` through a C++ float, also for float64 maps."""
+    from roiops.bench import random_beziers
+
+    ok = True
+    lines = ["dtype    aligned sr  scale  forward max|diff|  gradient max|diff|"]
+    for dtype in (torch.float32, torch.float64):
+        for aligned in (True, False):
+            for ratio, scale in ((2, 0.5), (0, 1.0), (1, 0.25)):
+                x = torch.from_numpy(rng.standard_normal((2, 8, 24, 30))).to(dtype)
+                beziers = torch.from_numpy(random_beziers(rng, 2, 64, 24 / scale, 30 / scale))
+                beziers = beziers.to(dtype)
+                grad = torch.randn((64, 8, 4, 6), dtype=dtype)
+                out = x.new_zeros((64, 8, 4, 6))
+                ext.bezier_align_forward(x, beziers, out, 4, 6, scale, ratio, aligned)
+                gx = torch.zeros_like(x)
+                ext.bezier_align_backward(grad, beziers, gx, 4, 6, scale, ratio, aligned)
+                xr = x.clone().requires_grad_()
+                ours = roiops.bezier_align(xr, beziers, (4, 6), scale, ratio, aligned)
+                ours.backward(grad)
+                fwd = (out - ours.detach()).abs().max().item()
+                bwd = (gx - xr.grad).abs().max().item()
+                ok &= torch.equal(out, ours.detach()) and torch.equal(gx, xr.grad)
+                lines.append(f"{str(dtype)[6:]:8s} {aligned!s:7s} {ratio:2d} {scale:5.2f}  "
+                             f"{fwd:17.3g}  {bwd:18.3g}")  # fmt: skip
+    return lines, ok
+
+
 # the cases whose mmcv results ``--write-expected`` stores for tests/test_roi_align.py:
 # (mode, aligned, sampling_ratio, spatial_scale, map): "normal" values, or "ties", small
 # integers, so that many bins hold equal maxima (the first sampling point wins in both)
@@ -309,6 +352,22 @@ def bench(ext, rng) -> list[str]:
         timed(lambda: mmcv_roi_align(ext, x, boxes, size, scale, 2, "max", True, grad)),
         timed(lambda: roiops_roi_align(x, boxes, size, scale, 2, "max", True, grad)),
     )
+    # BezierAlign (ABCNet's text heads: 8 x 32 bins), curved instances over the same map
+    from roiops.bench import random_beziers
+
+    beziers = torch.from_numpy(random_beziers(rng, n, k, h / scale, w / scale)).float()
+    grad_text = torch.randn(k, c, 8, 32)
+    t["bezier_align 8x32, forward"] = (
+        timed(lambda: ext.bezier_align_forward(x, beziers, x.new_zeros((k, c, 8, 32)), 8, 32,
+                                               scale, 2, True)),
+        timed(lambda: ro.bezier_align(x, beziers, scale, 8, 32, 2, True)),
+    )  # fmt: skip
+    t["bezier_align 8x32, backward"] = (
+        timed(lambda: ext.bezier_align_backward(grad_text, beziers, torch.zeros_like(x), 8, 32,
+                                                scale, 2, True)),
+        timed(lambda: ro.bezier_align_backward(grad_text, beziers, scale, 8, 32, 2, True, n, c,
+                                               h, w)),
+    )  # fmt: skip
     lines = [f"case: x {tuple(x.shape)} float32, {k} rotated boxes 16-200 px, 7x7, sr=2",
              "direction                          mmcv ms  roiops ms  speed-up"]  # fmt: skip
     for direction, (theirs, mine) in t.items():
@@ -336,6 +395,11 @@ def main() -> None:
     print("\n".join(lines))
     print()
     same &= same_roi_align
+    lines, same_bezier = compare_bezier_align(ext, rng)
+    print("bezier_align (roiops' must be mmcv's bit for bit)")
+    print("\n".join(lines))
+    print()
+    same &= same_bezier
     print("\n".join(bench(ext, rng)))
     if not same:
         raise SystemExit("roiops and mmcv differ beyond the tolerance (see the table)")

@@ -99,6 +99,22 @@ def fpn_level(boxes: np.ndarray, levels: int) -> np.ndarray:
     return (np.clip(k, 2, 2 + levels - 1) - 2).astype(np.int64)
 
 
+def random_beziers(rng, batch_size, count, image_h, image_w):
+    """``[K, 17]`` text-like instances: a top curve across the image (some beyond it), a
+    bottom curve below it, listed from its end as ABCNet's annotations are."""
+    x0 = rng.uniform(-0.2 * image_w, 0.8 * image_w, count)
+    y0 = rng.uniform(-0.2 * image_h, 0.8 * image_h, count)
+    span = rng.uniform(2, 0.6 * image_w, count)
+    thickness = rng.uniform(0.5, 0.4 * image_h, count)
+    top_x = x0[:, None] + span[:, None] * np.linspace(0, 1, 4) + rng.normal(0, 1, (count, 4))
+    top_y = y0[:, None] + rng.normal(0, 2, (count, 4))
+    bottom_x = top_x + rng.normal(0, 1, (count, 4))
+    bottom_y = top_y + thickness[:, None] + rng.normal(0, 1, (count, 4))
+    top = np.stack([top_x, top_y], 2).reshape(count, 8)
+    bottom = np.stack([bottom_x, bottom_y], 2)[:, ::-1].reshape(count, 8)
+    return np.concatenate([rng.integers(0, batch_size, (count, 1)), top, bottom], 1)
+
+
 @dataclass
 class Level:
     """One pyramid level's tensors: input, rois for roiops (float32 for half inputs, as

@@ -2,13 +2,13 @@
 mmcv's stored numbers and a straight band that is a RoIAlign box, gradients against
 finite differences."""
 
-import numpy as np
 import pytest
 import torch
 from conftest import as_tensor, results_across_thread_counts
 from torch.library import opcheck
 
 import roiops
+from roiops.bench import random_beziers
 
 # mmcv's tests/test_ops/test_bezier_align.py: output_size 4, spatial_scale 1,
 # sampling_ratio 1, aligned=False; a backward from ones
@@ -18,22 +18,6 @@ MMCV_OUTPUT = [[[[1.0, 1.75, 3.5, 5.25], [2.5, 3.25, 5, 6.75], [6, 6.75, 8.5, 10
                  [9.5, 10.25, 12, 13.75]]]]  # fmt: skip
 MMCV_GRAD = [[[[1.5625, 1.5625, 1.5625, 0.3125], [1.5625, 1.5625, 1.5625, 0.3125],
                [1.5625, 1.5625, 1.5625, 0.3125], [0.3125, 0.3125, 0.3125, 0.0625]]]]  # fmt: skip
-
-
-def random_beziers(rng, batch_size, count, image_h, image_w):
-    """``[K, 17]`` text-like instances: a top curve across the image (some beyond it), a
-    bottom curve below it, listed from its end as ABCNet's annotations are."""
-    x0 = rng.uniform(-0.2 * image_w, 0.8 * image_w, count)
-    y0 = rng.uniform(-0.2 * image_h, 0.8 * image_h, count)
-    span = rng.uniform(2, 0.6 * image_w, count)
-    thickness = rng.uniform(0.5, 0.4 * image_h, count)
-    top_x = x0[:, None] + span[:, None] * np.linspace(0, 1, 4) + rng.normal(0, 1, (count, 4))
-    top_y = y0[:, None] + rng.normal(0, 2, (count, 4))
-    bottom_x = top_x + rng.normal(0, 1, (count, 4))
-    bottom_y = top_y + thickness[:, None] + rng.normal(0, 1, (count, 4))
-    top = np.stack([top_x, top_y], 2).reshape(count, 8)
-    bottom = np.stack([bottom_x, bottom_y], 2)[:, ::-1].reshape(count, 8)
-    return np.concatenate([rng.integers(0, batch_size, (count, 1)), top, bottom], 1)
 
 
 def case(rng, dtype=torch.float32, k=10, channels=5, size=(2, 5)):

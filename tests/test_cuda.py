@@ -567,7 +567,7 @@ def test_deform_roi_pool_on_cuda(rng):
 def test_bezier_align_on_cuda(rng):
     # BezierAlign: the reference's numbers (float64, to rounding), the same bits run after
     # run, no host synchronisation
-    from test_bezier_align import random_beziers
+    from roiops.bench import random_beziers
 
     x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
     beziers = cuda(random_beziers(rng, 2, 64, 200, 272), torch.float64)

@@ -1585,7 +1585,7 @@ def program_order_cases(rng):
 
     rotated = on_device(rotated_rois(rng, 2, 4, 16, 20, True), torch.float32)
     offset = on_device(rng.standard_normal((4, 2, 2, 2)), torch.float32)
-    from test_bezier_align import random_beziers
+    from roiops.bench import random_beziers
 
     beziers = on_device(random_beziers(rng, 2, 4, 16, 20), torch.float32)
 
@@ -1735,7 +1735,7 @@ def test_deform_roi_pool_kernels_take_any_roi_value(rng):
 
 @pytest.mark.parametrize("ratio,aligned", [(2, True), (0, False)])
 def test_bezier_align_matches_reference(rng, ratio, aligned):
-    from test_bezier_align import random_beziers
+    from roiops.bench import random_beziers
 
     x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
     beziers = on_device(random_beziers(rng, 2, 8, 24, 28), torch.float32)
@@ -1748,8 +1748,7 @@ def test_bezier_align_matches_reference(rng, ratio, aligned):
 
 
 def test_bezier_align_kernels_take_any_roi_value(rng):
-    from test_bezier_align import random_beziers
-
+    from roiops.bench import random_beziers
     from roiops.gpu import bezier_align as gpu_bezier
 
     x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)

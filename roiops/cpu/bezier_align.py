@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
+from roiops.cpu.roi_align import bins_first
 from roiops.cpu.sampling import axis_buffers, bin_axes, point_corners
 
 # columns of p0..p7 (x; y follows) in a row of rois: the bottom curve is listed reversed
@@ -65,6 +66,16 @@ def bezier_curve(p, u, T):
 
 
 @njit(cache=True)
+def centre_along(points, axis, u, v, offset, T):
+    """One coordinate (``axis`` 0: x, 1: y) of the point between the curves at u and v:
+    ``bottom * v + top * (1. - v) - offset``, the first product in ``T``, the rest in
+    float64 (mmcv's C++ types)."""
+    top = bezier_curve(points[axis, 0:4], u, T)
+    bottom = bezier_curve(points[axis, 4:8], u, T)
+    return T(np.float64(bottom * v) + np.float64(top) * (1.0 - np.float64(v)) - np.float64(offset))
+
+
+@njit(cache=True)
 def place_bezier_bin(points, bin_h, bin_w, gh, gw, offset, ph, pw, pooled_h, pooled_w, H, W,
                      rows, cols):  # fmt: skip
     """Fill ``rows`` and ``cols`` (``axis_buffers``) with bin (ph, pw)'s points: a bin-sized
@@ -72,15 +83,9 @@ def place_bezier_bin(points, bin_h, bin_w, gh, gw, offset, ph, pw, pooled_h, poo
     T = points.dtype.type
     u = T(pw) / T(pooled_w)
     v = T(ph) / T(pooled_h)
-    centre = np.empty(2, points.dtype)
-    for axis in range(2):
-        top = bezier_curve(points[axis, 0:4], u, T)
-        bottom = bezier_curve(points[axis, 4:8], u, T)
-        centre[axis] = T(np.float64(bottom * v) + np.float64(top) * (1.0 - np.float64(v))
-                         - np.float64(offset))  # fmt: skip
     # (``centre - 0.5 * bin + (i + 0.5) * bin / grid``: bin_axes' start with bin index 0)
-    bin_axes(centre[1] - T(0.5) * bin_h, bin_h, 0, gh, H, rows)
-    bin_axes(centre[0] - T(0.5) * bin_w, bin_w, 0, gw, W, cols)
+    bin_axes(centre_along(points, 1, u, v, offset, T) - T(0.5) * bin_h, bin_h, 0, gh, H, rows)
+    bin_axes(centre_along(points, 0, u, v, offset, T) - T(0.5) * bin_w, bin_w, 0, gw, W, cols)
 
 
 @parallel_njit
@@ -133,35 +138,39 @@ def bezier_align_backward(G, rois, order, image_start, spatial_scale, pooled_h, 
                           sampling_ratio, aligned, channel_block, GX):  # fmt: skip
     """GX[N, H, W, C] (zeroed) += the gradient of G[K, C, pooled_h, pooled_w]."""
     N, C = GX.shape[0], GX.shape[3]
-    G_bins = G.reshape(G.shape[0], C, pooled_h * pooled_w)
+    P = pooled_h * pooled_w
+    G_bins = G.reshape(G.shape[0], C, P)
     n_blocks = (C + channel_block - 1) // channel_block
     for task in prange(N * n_blocks):
         n, c0, c1 = channel_task(task, n_blocks, channel_block, C)
+        grad = np.empty((P, c1 - c0), GX.dtype)
         for j in range(image_start[n], image_start[n + 1]):
             k = order[j]
             bezier_align_backward_roi(G_bins[k], rois, k, spatial_scale, pooled_h, pooled_w,
-                                      sampling_ratio, aligned, c0, c1, GX)  # fmt: skip
+                                      sampling_ratio, aligned, c0, grad, GX)  # fmt: skip
 
 
 @njit(cache=True)
 def bezier_align_backward_roi(G_k, rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio,
-                              aligned, c0, c1, GX):  # fmt: skip
-    """GX[n, :, :, c0:c1] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``: ``g * w
-    / count`` (mmcv's order) per neighbour, per cell in the reference's order: bins,
-    points, corners."""
+                              aligned, c0, grad, GX):  # fmt: skip
+    """GX[n, :, :, c0:c0 + nc] += RoI k's gradient from ``G_k[C, pooled_h * pooled_w]``:
+    ``g * w / count`` (mmcv's order) per neighbour, per cell in the reference's order:
+    bins, points, corners (``grad[P, nc]`` is the task's scratch)."""
     _, H, W, C = GX.shape
     T = GX.dtype.type
+    nc = grad.shape[1]
     GXf = GX.reshape(-1)
     n = int(rois[k, 0])
     points, bin_h, bin_w, gh, gw, offset = bezier_geometry(
         rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
     )
     count = T(gh * gw)
+    bins_first(G_k, c0, T(1), grad)  # (the task's gradients bins first; / 1 changes no bit)
     rows, cols = axis_buffers(gh, GX), axis_buffers(gw, GX)
     y_in, x_in = rows[4], cols[4]
     for ph in range(pooled_h):
         for pw in range(pooled_w):
-            p = ph * pooled_w + pw
+            g = grad[ph * pooled_w + pw]
             place_bezier_bin(points, bin_h, bin_w, gh, gw, offset, ph, pw, pooled_h, pooled_w,
                              H, W, rows, cols)  # fmt: skip
             for iy in range(gh):
@@ -171,11 +180,15 @@ def bezier_align_backward_roi(G_k, rois, k, spatial_scale, pooled_h, pooled_w, s
                     w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
                     # four separate passes: corners coincide at the border, and each
                     # must add in the reference's order
-                    for c in range(c0, c1):
-                        GXf[o1 + np.uint64(c)] += G_k[c, p] * w1 / count
-                    for c in range(c0, c1):
-                        GXf[o2 + np.uint64(c)] += G_k[c, p] * w2 / count
-                    for c in range(c0, c1):
-                        GXf[o3 + np.uint64(c)] += G_k[c, p] * w3 / count
-                    for c in range(c0, c1):
-                        GXf[o4 + np.uint64(c)] += G_k[c, p] * w4 / count
+                    o = o1 + np.uint64(c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w1 / count
+                    o = o2 + np.uint64(c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w2 / count
+                    o = o3 + np.uint64(c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w3 / count
+                    o = o4 + np.uint64(c0)
+                    for cc in range(nc):
+                        GXf[o + np.uint64(cc)] += g[cc] * w4 / count
