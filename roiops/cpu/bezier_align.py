@@ -22,7 +22,7 @@ from numba import njit, prange
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.roi_align import bins_first
-from roiops.cpu.sampling import axis_buffers, bin_axes, point_corners
+from roiops.cpu.sampling import axis_buffers, bin_axes, bin_sum, point_corners
 
 # columns of p0..p7 (x; y follows) in a row of rois: the bottom curve is listed reversed
 CONTROL_COLUMNS = np.array([1, 3, 5, 7, 15, 13, 11, 9])
@@ -112,23 +112,12 @@ def bezier_align_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w, samp
     )
     count = T(max(gh * gw, 1))
     rows, cols = axis_buffers(gh, X), axis_buffers(gw, X)
-    y_in, x_in = rows[4], cols[4]
     acc = np.zeros(C, X.dtype)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             place_bezier_bin(points, bin_h, bin_w, gh, gw, offset, ph, pw, pooled_h, pooled_w,
                              H, W, rows, cols)  # fmt: skip
-            acc[:] = 0
-            for iy in range(gh):
-                for ix in range(gw):
-                    if not (y_in[iy] and x_in[ix]):
-                        continue
-                    w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
-                    for c in range(C):
-                        u = np.uint64(c)
-                        acc[c] += (
-                            w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
-                        )
+            bin_sum(Xf, rows, cols, gh, gw, n, H, W, acc)
             for c in range(C):
                 out_k[c, ph * pooled_w + pw] = acc[c] / count
 

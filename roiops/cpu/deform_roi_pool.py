@@ -22,7 +22,13 @@ from numba import njit, prange
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
 from roiops.cpu.roi_align import bins_first
-from roiops.cpu.sampling import axis_buffers, bin_axes, point_corners, roi_align_geometry
+from roiops.cpu.sampling import (
+    axis_buffers,
+    bin_axes,
+    bin_sum,
+    point_corners,
+    roi_align_geometry,
+)
 
 
 @njit(cache=True)
@@ -79,7 +85,6 @@ def deform_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, poo
     n, g, count = deform_geometry(rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio)
     gh, gw = g[4], g[5]
     rows, cols = axis_buffers(gh, X), axis_buffers(gw, X)
-    y_in, x_in = rows[4], cols[4]
     acc = np.zeros(C, X.dtype)
     for ph in range(pooled_h):
         for pw in range(pooled_w):
@@ -87,17 +92,7 @@ def deform_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, poo
             if not place_bin(offset, k, ph, pw, g, gamma, H, W, rows, cols):
                 out_k[:, p] = np.nan
                 continue
-            acc[:] = 0
-            for iy in range(gh):
-                for ix in range(gw):
-                    if not (y_in[iy] and x_in[ix]):
-                        continue
-                    w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
-                    for c in range(C):
-                        u = np.uint64(c)
-                        acc[c] += (
-                            w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
-                        )
+            bin_sum(Xf, rows, cols, gh, gw, n, H, W, acc)
             for c in range(C):
                 out_k[c, p] = acc[c] / count
 

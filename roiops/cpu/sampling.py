@@ -227,3 +227,21 @@ def point_corners(rows, cols, iy, ix, n, H, W, C):
     return (hy[iy] * hx[ix], hy[iy] * lx[ix], ly[iy] * hx[ix], ly[iy] * lx[ix],
             np.uint64((row_lo + x_lo[ix]) * C), np.uint64((row_lo + x_hi[ix]) * C),
             np.uint64((row_hi + x_lo[ix]) * C), np.uint64((row_hi + x_hi[ix]) * C))  # fmt: skip
+
+
+@njit(cache=True)
+def bin_sum(Xf, rows, cols, gh, gw, n, H, W, acc):
+    """``acc[C]`` = the sum of a bin's points' bilinear values (its points placed in
+    ``rows`` and ``cols`` by ``bin_axes``; those more than a cell outside the map count
+    0), points in order, from image n of the flat ``[N, H, W, C]`` map ``Xf``."""
+    C = acc.shape[0]
+    acc[:] = 0
+    y_in, x_in = rows[4], cols[4]
+    for iy in range(gh):
+        for ix in range(gw):
+            if not (y_in[iy] and x_in[ix]):
+                continue
+            w1, w2, w3, w4, o1, o2, o3, o4 = point_corners(rows, cols, iy, ix, n, H, W, C)
+            for c in range(C):
+                u = np.uint64(c)
+                acc[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]

@@ -15,9 +15,10 @@ import triton
 import triton.language as tl
 
 from roiops.gpu import tiles
-from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.roi_align import axis_sample
+from roiops.gpu.roi_align import axis_sample, bin_sum
+from roiops.gpu.roi_align_rotated import add_point_gradient
 from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -101,21 +102,7 @@ def bezier_align_forward_kernel(
     n, sh, sw, bh, bw, gh, gw, valid = _bezier_bins(ROIS, k, p, N, scale_bits, sampling_ratio,
                                                     PH, PW, ALIGNED)  # fmt: skip
     plane = X + (n * C + c.to(tl.int64)) * H * W
-    acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
-    for iy in range(0, gh):
-        y_lo, y_hi, wy_lo, wy_hi, y_in = axis_sample(sh, bh, 0, iy, gh, H)
-        for ix in range(0, gw):
-            x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(sw, bw, 0, ix, gw, W)
-            m = y_in & x_in & ok
-            row_lo = plane + y_lo * W
-            row_hi = plane + y_hi * W
-            val = (
-                wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=m, other=0.0).to(acc.dtype)
-                + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=m, other=0.0).to(acc.dtype)
-                + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=m, other=0.0).to(acc.dtype)
-                + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=m, other=0.0).to(acc.dtype)
-            )
-            acc += tl.where(m, val, 0.0)
+    acc = bin_sum(plane, sh, sw, bh, bw, 0, 0, gh, gw, H, W, ok, BLOCK)
     acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
     acc = tl.where(valid, acc, float("nan"))
     store_bins(OUT, OUT, acc, acc, k, c, p, ok, C, PH * PW, False)
@@ -146,14 +133,8 @@ def bezier_align_backward_kernel(
         for ix in range(0, gw):
             x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(sw, bw, 0, ix, gw, W)
             if y_in & x_in & valid:
-                add_to_cell(channel, row_lo + x_lo, C, div_rn(g * (wy_lo * wx_lo), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_lo + x_hi, C, div_rn(g * (wy_lo * wx_hi), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_hi + x_lo, C, div_rn(g * (wy_hi * wx_lo), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_hi + x_hi, C, div_rn(g * (wy_hi * wx_hi), count),
-                            scale, c_ok)  # fmt: skip
+                add_point_gradient(channel, row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo,
+                                   wx_hi, g, count, C, scale, c_ok)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- launchers

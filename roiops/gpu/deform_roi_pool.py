@@ -18,7 +18,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.roi_align import bilinear_axis, roi_extent
+from roiops.gpu.roi_align import bilinear_axis, bin_sum, roi_extent
 from roiops.gpu.rois import adaptive_grid, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -80,21 +80,7 @@ def deform_roi_pool_forward_kernel(
     ph = p // PW
     pw = p % PW
     plane = X + (n * C + c.to(tl.int64)) * H * W
-    acc = tl.zeros((BLOCK,), dtype=tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64)
-    for iy in range(0, gh):
-        y_lo, y_hi, wy_lo, wy_hi, y_in, y_flat = _point(sh, bh, ph, iy, gh, H)
-        for ix in range(0, gw):
-            x_lo, x_hi, wx_lo, wx_hi, x_in, x_flat = _point(sw, bw, pw, ix, gw, W)
-            m = y_in & x_in & ok & valid
-            row_lo = plane + y_lo * W
-            row_hi = plane + y_hi * W
-            v = (
-                wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=m, other=0.0).to(acc.dtype)
-                + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=m, other=0.0).to(acc.dtype)
-                + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=m, other=0.0).to(acc.dtype)
-                + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=m, other=0.0).to(acc.dtype)
-            )
-            acc += tl.where(m, v, 0.0)
+    acc = bin_sum(plane, sh, sw, bh, bw, ph, pw, gh, gw, H, W, ok & valid, BLOCK)
     acc = div_rn(acc, tl.maximum(gh * gw, 1).to(acc.dtype))
     acc = tl.where(valid, acc, float("nan"))
     store_bins(OUT, OUT, acc, acc, k, c, p, ok, C, PH * PW, False)

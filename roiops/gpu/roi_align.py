@@ -153,6 +153,32 @@ def axis_sample(start, bin_size, bin_index, i, grid, limit):
 
 
 @triton.jit
+def bin_sum(plane, start_h, start_w, bin_h, bin_w, ph, pw, gh, gw, H, W, mask,
+            BLOCK: tl.constexpr):  # fmt: skip
+    """``[BLOCK]``: the sum, in float32 (float64 for a float64 map), of the bilinear values
+    of bin (ph, pw)'s points on RoIAlign's grid from ``start`` (per lane: ``plane`` and
+    the starts may differ between lanes), points more than a cell outside the map and
+    lanes not in ``mask`` 0; points in order, as the reference adds them."""
+    dt = tl.float32 if plane.dtype.element_ty != tl.float64 else tl.float64
+    acc = tl.zeros((BLOCK,), dtype=dt)
+    for iy in range(0, gh):
+        y_lo, y_hi, wy_lo, wy_hi, y_in = axis_sample(start_h, bin_h, ph, iy, gh, H)
+        for ix in range(0, gw):
+            x_lo, x_hi, wx_lo, wx_hi, x_in = axis_sample(start_w, bin_w, pw, ix, gw, W)
+            m = y_in & x_in & mask
+            row_lo = plane + y_lo * W
+            row_hi = plane + y_hi * W
+            v = (
+                wy_lo * wx_lo * tl.load(row_lo + x_lo, mask=m, other=0.0).to(dt)
+                + wy_lo * wx_hi * tl.load(row_lo + x_hi, mask=m, other=0.0).to(dt)
+                + wy_hi * wx_lo * tl.load(row_hi + x_lo, mask=m, other=0.0).to(dt)
+                + wy_hi * wx_hi * tl.load(row_hi + x_hi, mask=m, other=0.0).to(dt)
+            )
+            acc += tl.where(m, v, 0.0)
+    return acc
+
+
+@triton.jit
 def bilinear_axis(v, limit):
     """(low, high, w_low, w_high): the two cells around coordinate v along one axis and
     their bilinear weights, v clamped into the map (the reference's

@@ -175,16 +175,21 @@ def rotated_backward_bin(G, ROIS, AMAX, ACC, k, p, c, c_ok, N, C, H, W, scale_bi
                 ch, cw, sh, sw, bh, bw, cos_t, sin_t, p // PW, p % PW, iy, ix, gh, gw, H, W
             )
             if inside:
-                row_lo = y_lo.to(tl.int64) * W
-                row_hi = y_hi.to(tl.int64) * W
-                add_to_cell(channel, row_lo + x_lo, C, div_rn(g * (wy_lo * wx_lo), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_lo + x_hi, C, div_rn(g * (wy_lo * wx_hi), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_hi + x_lo, C, div_rn(g * (wy_hi * wx_lo), count),
-                            scale, c_ok)  # fmt: skip
-                add_to_cell(channel, row_hi + x_hi, C, div_rn(g * (wy_hi * wx_hi), count),
-                            scale, c_ok)  # fmt: skip
+                add_point_gradient(channel, y_lo.to(tl.int64) * W, y_hi.to(tl.int64) * W, x_lo,
+                                   x_hi, wy_lo, wy_hi, wx_lo, wx_hi, g, count, C, scale,
+                                   c_ok)  # fmt: skip
+
+
+@triton.jit
+def add_point_gradient(channel, row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo, wx_hi, g,
+                       count, C, scale, mask):  # fmt: skip
+    """The fixed-point accumulator (``channel``: ``add_to_cell``'s) += ``g * w / count`` at
+    each of a point's four neighbours (rows at ``row_lo``, ``row_hi``; columns ``x_lo``,
+    ``x_hi``), w its bilinear weight: (lo, lo), (lo, hi), (hi, lo), (hi, hi)."""
+    add_to_cell(channel, row_lo + x_lo, C, div_rn(g * (wy_lo * wx_lo), count), scale, mask)
+    add_to_cell(channel, row_lo + x_hi, C, div_rn(g * (wy_lo * wx_hi), count), scale, mask)
+    add_to_cell(channel, row_hi + x_lo, C, div_rn(g * (wy_hi * wx_lo), count), scale, mask)
+    add_to_cell(channel, row_hi + x_hi, C, div_rn(g * (wy_hi * wx_hi), count), scale, mask)
 
 
 # ----------------------------------------------------------------------------- launchers
