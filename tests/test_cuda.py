@@ -523,19 +523,9 @@ def test_torch_compile_every_op_on_cuda_matches_eager():
     assert torch.equal(ours, theirs)
 
 
-def test_deform_roi_pool_on_cuda(rng):
-    # deformable RoI pooling: the reference's numbers (float64, to rounding), the same
-    # bits run after run, no host synchronisation, and a captured graph replayed with new
-    # offsets in the same buffers gives what an eager call with them gives
-    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
-    rois = cuda(detection_rois(rng, 2, 64, 200, 272), torch.float64)
-    offset = cuda(rng.standard_normal((64, 2, 7, 7)), torch.float64).requires_grad_()
-    grad = torch.randn(64, 16, 7, 7, device="cuda", dtype=torch.float64)
-
-    def step():
-        out = roiops.deform_roi_pool(x, rois, offset, 7, 0.25, 0)
-        return [out, *torch.autograd.grad(out, [x, offset], grad)]
-
+def reference_s_bits_again_and_no_sync(step):
+    """``step()`` (float64 outputs and gradients): the reference backend's to rounding, the
+    same bits when run again, and no host synchronisation then; its first results."""
     first = step()
     with roiops.use_backend("reference"):
         expected = step()
@@ -548,6 +538,23 @@ def test_deform_roi_pool_on_cuda(rng):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(map(torch.equal, again, first))
+    return first
+
+
+def test_deform_roi_pool_on_cuda(rng):
+    # deformable RoI pooling: the reference's numbers, the same bits run after run, no
+    # host synchronisation, and a captured graph replayed with new offsets in the same
+    # buffers gives what an eager call with them gives
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272), torch.float64)
+    offset = cuda(rng.standard_normal((64, 2, 7, 7)), torch.float64).requires_grad_()
+    grad = torch.randn(64, 16, 7, 7, device="cuda", dtype=torch.float64)
+
+    def step():
+        out = roiops.deform_roi_pool(x, rois, offset, 7, 0.25, 0)
+        return [out, *torch.autograd.grad(out, [x, offset], grad)]
+
+    first = reference_s_bits_again_and_no_sync(step)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -577,15 +584,4 @@ def test_bezier_align_on_cuda(rng):
         out = roiops.bezier_align(x, beziers, (8, 32), 0.25, 0)
         return [out, *torch.autograd.grad(out, [x], grad)]
 
-    first = step()
-    with roiops.use_backend("reference"):
-        expected = step()
-    for ours, ref in zip(first, expected, strict=True):
-        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        again = step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert all(map(torch.equal, again, first))
+    reference_s_bits_again_and_no_sync(step)
