@@ -305,6 +305,8 @@ def test_bad_arguments():
         roiops.deform_roi_pool(x, rois, [[0.0]], 2)
     with pytest.raises(TypeError, match="offset must be a floating point tensor"):
         roiops.deform_roi_pool(x, rois, torch.zeros(1, 2, 2, 2, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="offset is on meta but input is on cpu"):
+        roiops.deform_roi_pool(x, rois, torch.zeros(1, 2, 2, 2, device="meta"), 2)
     with pytest.raises(ValueError, match="gamma must be finite"):
         roiops.deform_roi_pool(x, rois, torch.zeros(1, 2, 2, 2), 2, gamma=float("nan"))
     with pytest.raises(TypeError, match="gamma must be a real number"):
