@@ -18,7 +18,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.roi_align import bilinear_axis, bin_sum, roi_extent
+from roiops.gpu.roi_align import axis_sample, bin_sum, roi_extent
 from roiops.gpu.rois import adaptive_grid, div_rn, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
@@ -61,9 +61,10 @@ def _point(start, bin_size, bin_index, i, grid, limit):
     """(low, high, w_low, w_high, inside, flat) of point i of a bin along one axis;
     ``flat``: the value does not move with the point there (clamped to the map's start or
     end)."""
-    v = (start + bin_index * bin_size) + div_rn((i + 0.5) * bin_size, grid)
-    low, high, w_low, w_high = bilinear_axis(v, limit)
-    return low, high, w_low, w_high, (v >= -1.0) & (v <= limit), (v <= 0) | (low == high)
+    low, high, w_low, w_high, inside = axis_sample(start, bin_size, bin_index, i, grid, limit)
+    # clamped to the last cell, or at or before the first (v <= 0: clamped to 0, so cell 0
+    # with no fraction; a v in (0, 1) keeps its fraction, v itself)
+    return low, high, w_low, w_high, inside, (low == high) | ((low == 0) & (w_high == 0.0))
 
 
 @kernel
