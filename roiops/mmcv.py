@@ -31,6 +31,16 @@ def _pick(new: object, old: object, name: str, old_name: str, default: object = 
     return default if value is None else value
 
 
+class MmcvLayer(nn.Module):
+    """An mmcv layer: printed as ``Name(argument=value, ...)`` for its ``SHOWN`` arguments,
+    in mmcv's order."""
+
+    SHOWN: tuple[str, ...] = ()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.SHOWN)
+
+
 @fx_leaf
 def roi_align(
     input: Tensor,
@@ -74,10 +84,19 @@ def roi_align_rotated(
                                aligned, "radians", clockwise)  # fmt: skip
 
 
-class RoIAlign(nn.Module):
+class RoIAlign(MmcvLayer):
     """mmcv's ``RoIAlign(output_size, spatial_scale=1.0, sampling_ratio=0, pool_mode="avg",
     aligned=True, use_torchvision=False)`` (``use_torchvision`` changes nothing here: its
     numbers are torchvision's already)."""
+
+    SHOWN = (
+        "output_size",
+        "spatial_scale",
+        "sampling_ratio",
+        "pool_mode",
+        "aligned",
+        "use_torchvision",
+    )
 
     def __init__(
         self,
@@ -102,17 +121,11 @@ class RoIAlign(nn.Module):
         return roi_align(input, rois, self.output_size, self.spatial_scale,
                          self.sampling_ratio, self.pool_mode, self.aligned)  # fmt: skip
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, "
-            f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-            f"pool_mode={self.pool_mode}, aligned={self.aligned}, "
-            f"use_torchvision={self.use_torchvision})"
-        )
 
-
-class RoIPool(nn.Module):
+class RoIPool(MmcvLayer):
     """mmcv's ``RoIPool(output_size, spatial_scale=1.0)``."""
+
+    SHOWN = ("output_size", "spatial_scale")
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float = 1.0) -> None:
         super().__init__()
@@ -122,16 +135,12 @@ class RoIPool(nn.Module):
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, "
-            f"spatial_scale={self.spatial_scale})"
-        )
 
-
-class RoIAlignRotated(nn.Module):
+class RoIAlignRotated(MmcvLayer):
     """mmcv's ``RoIAlignRotated(output_size, spatial_scale, sampling_ratio=0, aligned=True,
     clockwise=False)`` (or its older ``out_size`` and ``sample_num``): angles in radians."""
+
+    SHOWN = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "clockwise")
 
     def __init__(
         self,
@@ -159,21 +168,16 @@ class RoIAlignRotated(nn.Module):
         return roi_align_rotated(input, rois, self.output_size, self.spatial_scale,
                                  self.sampling_ratio, self.aligned, self.clockwise)  # fmt: skip
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, "
-            f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-            f"aligned={self.aligned}, clockwise={self.clockwise})"
-        )
-
 
 prroi_pool = F.prroi_pool  # (mmcv's signature already; its gradients reach the boxes)
 
 
-class PrRoIPool(nn.Module):
+class PrRoIPool(MmcvLayer):
     """mmcv's ``PrRoIPool(output_size, spatial_scale=1.0)`` (Precise RoI Pooling, see
     :func:`roiops.prroi_pool`; ``roiops.PrRoIPool2D`` is PreciseRoIPooling's own
     signature)."""
+
+    SHOWN = ("output_size", "spatial_scale")
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float = 1.0) -> None:
         super().__init__()
@@ -183,19 +187,15 @@ class PrRoIPool(nn.Module):
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
         return prroi_pool(input, rois, self.output_size, self.spatial_scale)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, "
-            f"spatial_scale={self.spatial_scale})"
-        )
-
 
 bezier_align = F.bezier_align  # (mmcv's signature and defaults already)
 
 
-class BezierAlign(nn.Module):
+class BezierAlign(MmcvLayer):
     """mmcv's ``BezierAlign(output_size, spatial_scale, sampling_ratio, aligned=True)``
     (AdelaiDet's, ABCNet's), see :func:`roiops.bezier_align`."""
+
+    SHOWN = ("output_size", "spatial_scale", "sampling_ratio", "aligned")
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
                  sampling_ratio: int, aligned: bool = True) -> None:  # fmt: skip
@@ -209,21 +209,16 @@ class BezierAlign(nn.Module):
         return bezier_align(input, beziers, self.output_size, self.spatial_scale,
                             self.sampling_ratio, self.aligned)  # fmt: skip
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(output_size={self.output_size}, "
-            f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-            f"aligned={self.aligned})"
-        )
-
 
 deform_roi_pool = F.deform_roi_pool  # (mmcv's signature and defaults already)
 
 
-class DeformRoIPool(nn.Module):
+class DeformRoIPool(MmcvLayer):
     """mmcv's ``DeformRoIPool(output_size, spatial_scale=1.0, sampling_ratio=0,
     gamma=0.1)``; ``forward(input, rois, offset=None)``, see
     :func:`roiops.deform_roi_pool`."""
+
+    SHOWN = ("output_size", "spatial_scale", "sampling_ratio", "gamma")
 
     def __init__(
         self,
@@ -241,12 +236,6 @@ class DeformRoIPool(nn.Module):
     def forward(self, input: Tensor, rois: Tensor, offset: Tensor | None = None) -> Tensor:
         return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale,
                                self.sampling_ratio, self.gamma)  # fmt: skip
-
-    def extra_repr(self) -> str:
-        return (
-            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-            f"sampling_ratio={self.sampling_ratio}, gamma={self.gamma}"
-        )
 
 
 def _fc_head(pooled: tuple[int, int], channels: int, hidden: int, outputs: int,
