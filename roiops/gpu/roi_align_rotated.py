@@ -194,11 +194,12 @@ def add_point_gradient(channel, row_lo, row_hi, x_lo, x_hi, wy_lo, wy_hi, wx_lo,
 
 # ----------------------------------------------------------------------------- launchers
 def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
-                              aligned, degrees, clockwise):  # fmt: skip
-    """``out[K, C, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW), ``rois[K, 6]``."""
+                              aligned, degrees, clockwise, out_dtype=None):  # fmt: skip
+    """``out[K, C, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW), ``rois[K, 6]``, of
+    ``out_dtype`` (the input's by default; float32 keeps a half map's sums unrounded)."""
     sizes = input.shape
-    out = input.new_empty((rois.shape[0], sizes[1], pooled_h, pooled_w))
-    launch = _forward_launch(sizes, input.dtype, input.get_device(), rois.shape[0],
+    out = input.new_empty((rois.shape[0], sizes[1], pooled_h, pooled_w), dtype=out_dtype)
+    launch = _forward_launch(sizes, input.dtype, out.dtype, input.get_device(), rois.shape[0],
                              spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned,
                              degrees, clockwise,
                              tiles.forward_rois_inner(sampling_ratio <= 0))  # fmt: skip
@@ -207,11 +208,11 @@ def roi_align_rotated_forward(input, rois, spatial_scale, pooled_h, pooled_w, sa
 
 
 @tiles.cached
-def _forward_launch(sizes, dtype, device, K, spatial_scale, pooled_h, pooled_w,
+def _forward_launch(sizes, dtype, out_dtype, device, K, spatial_scale, pooled_h, pooled_w,
                     sampling_ratio, aligned, degrees, clockwise, rois_inner) -> Launch:  # fmt: skip
     """``roi_align_rotated_forward``'s launch for a map of ``sizes`` (N, C, H, W) of
-    ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors
-    ``(input, rois, out)``."""
+    ``dtype`` on ``device``, an output of ``out_dtype``, K RoIs, these parameters and
+    settings: its tensors ``(input, rois, out)``."""
     N, C, H, W = sizes
     grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "roi_align_rotated",
                                        adaptive=sampling_ratio <= 0)  # fmt: skip

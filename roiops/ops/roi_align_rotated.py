@@ -22,12 +22,12 @@ OP = "roi_align_rotated"
 
 
 def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
-                     sampling_ratio, aligned):  # fmt: skip
+                     sampling_ratio, aligned, op):  # fmt: skip
     """``checked_backend``; aligned boxes must not have negative sizes (detectron2
     refuses them; mmcv's legacy mode makes them 1x1), and no adaptive grid be absurd."""
-    sizes = [lambda: _validate.check_rotated_sizes(rois, OP)] if aligned else []
+    sizes = [lambda: _validate.check_rotated_sizes(rois, op)] if aligned else []
     grid = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, True)
-    return checked_backend(device, rois, batch_size, OP, *sizes, grid=grid)
+    return checked_backend(device, rois, batch_size, op, *sizes, grid=grid)
 
 
 def angle_unit_name(degrees: bool) -> str:
@@ -48,28 +48,38 @@ def roi_align_rotated_op(
     clockwise: bool,
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``."""
+    return rotated_forward(input, rois, spatial_scale, pooled_height, pooled_width,
+                           sampling_ratio, aligned, degrees, clockwise, OP)  # fmt: skip
+
+
+def rotated_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                    aligned, degrees, clockwise, op, out_dtype=None):  # fmt: skip
+    """The forward op's output, on the backend that serves ``input``, in ``out_dtype``
+    (the input's by default: a half map's result rounded once to it); errors name ``op``
+    (an op built on this one names itself)."""
+    out_dtype = input.dtype if out_dtype is None else out_dtype
     backend = _checked_backend(input.device, rois, input.shape[0], spatial_scale, pooled_height,
-                               pooled_width, sampling_ratio, aligned)  # fmt: skip
+                               pooled_width, sampling_ratio, aligned, op)  # fmt: skip
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0:
-        return input.new_zeros(shape)
+        return input.new_zeros(shape, dtype=out_dtype)
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align_rotated as gpu
 
-        _validate.check_plane_indexable(input.shape, OP)
-        return gpu.roi_align_rotated_forward(input, rois, *args, degrees, clockwise)
+        _validate.check_plane_indexable(input.shape, op)
+        return gpu.roi_align_rotated_forward(input, rois, *args, degrees, clockwise, out_dtype)
     x = input.to(_validate.compute_dtype(input.dtype))
     if backend == "numba":
         out = x.new_empty(shape)
         cpu.roi_align_rotated_forward(
             layout.channels_last_array(x), rois.numpy(), *args, degrees, clockwise, out.numpy()
         )
-        return out.to(input.dtype)
+        return out.to(out_dtype)
     out = reference.roi_align_rotated_forward(
         host_array(x), host_array(rois), *args, angle_unit_name(degrees), clockwise
     )
-    return torch.from_numpy(out).to(input.device, input.dtype)
+    return torch.from_numpy(out).to(input.device, out_dtype)
 
 
 @roi_align_rotated_op.register_fake
@@ -96,11 +106,20 @@ def roi_align_rotated_backward_op(
     width: int,
 ) -> Tensor:
     """Gradient of ``roiops::roi_align_rotated`` w.r.t. its input (deterministic)."""
-    shape = (batch_size, channels, height, width)
+    return rotated_input_grad(grad, rois, spatial_scale, pooled_height, pooled_width,
+                              sampling_ratio, aligned, degrees, clockwise,
+                              (batch_size, channels, height, width), OP)  # fmt: skip
+
+
+def rotated_input_grad(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                       aligned, degrees, clockwise, shape, op):  # fmt: skip
+    """The backward op's input gradient of ``shape`` ``(N, C, H, W)``; errors name
+    ``op``."""
+    batch_size, channels, height, width = shape
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
     backend = _checked_backend(grad.device, rois, batch_size, spatial_scale, pooled_height,
-                               pooled_width, sampling_ratio, aligned)  # fmt: skip
+                               pooled_width, sampling_ratio, aligned, op)  # fmt: skip
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align_rotated as gpu
