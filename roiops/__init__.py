@@ -16,11 +16,18 @@ from roiops.functional import (
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
+    riroi_align_rotated,
     roi_align,
     roi_align_rotated,
     roi_pool,
 )
-from roiops.mmcv import BezierAlign, DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+from roiops.mmcv import (
+    BezierAlign,
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformRoIPoolPack,
+    RiRoIAlignRotated,
+)
 from roiops.nn import (
     MultiScaleRoIAlign,
     PrRoIPool2D,
@@ -42,6 +49,7 @@ __all__ = [
     "PrRoIPool2D",
     "PSRoIAlign",
     "PSRoIPool",
+    "RiRoIAlignRotated",
     "RoIAlign",
     "RoIAlignRotated",
     "ROIPooler",
@@ -58,6 +66,7 @@ __all__ = [
     "prroi_pool",
     "ps_roi_align",
     "ps_roi_pool",
+    "riroi_align_rotated",
     "roi_align",
     "roi_align_rotated",
     "roi_pool",

@@ -347,6 +347,21 @@ def check_position_sensitive_channels(channels: int, pooled: tuple[int, int], op
     return channels // area
 
 
+def check_orientations(num_orientations: object, channels: int, op: str) -> int:
+    """ReDet's orientation channels: a positive count that divides the input's channels
+    (``C`` groups of ``O``)."""
+    if isinstance(num_orientations, bool) or not isinstance(num_orientations, numbers.Integral):
+        raise TypeError(f"{op}: num_orientations must be an integer, got {num_orientations!r}")
+    if num_orientations < 1:
+        raise ValueError(f"{op}: num_orientations must be at least 1, got {num_orientations}")
+    if channels % num_orientations:
+        raise ValueError(
+            f"{op}: input has {channels} channels, not a multiple of num_orientations "
+            f"{num_orientations} (groups of one channel per orientation)"
+        )
+    return int(num_orientations)
+
+
 def check_plane_indexable(input_shape: Sequence[int], op: str) -> None:
     """Offsets within one [H, W] plane are int32: roi_pool's argmax (as in torchvision)
     and the Triton kernels' in-plane arithmetic. Offsets across planes are int64."""

@@ -23,6 +23,7 @@ from roiops.ops.multi_scale_roi_align import (
 from roiops.ops.prroi_pool import prroi_pool_op
 from roiops.ops.ps_roi_align import ps_roi_align_op
 from roiops.ops.ps_roi_pool import ps_roi_pool_op
+from roiops.ops.riroi_align_rotated import riroi_align_rotated_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_onnx_max_op, roi_align_op
 from roiops.ops.roi_align_rotated import roi_align_rotated_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
@@ -410,6 +411,57 @@ def roi_align_rotated(
     return call(
         roi_align_rotated_op, input, rois, scale, *pooled, ratio, aligned, degrees, clockwise
     )
+
+
+@fx_leaf
+def riroi_align_rotated(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    num_orientations: int = 8,
+    clockwise: bool = False,
+) -> Tensor:
+    """Rotation-invariant RoIAlign (ReDet, Han et al. 2021; mmcv's ``riroi_align_rotated``,
+    the same signature: its ``num_samples`` is ``sampling_ratio``): rotated RoIAlign of
+    rotation-equivariant features, whose orientation channels are turned by each box's
+    angle so the pooled features do not depend on it.
+
+    Args:
+        input: ``Tensor[N, C * O, H, W]``: ``C`` groups of ``O = num_orientations``
+            channels, channel ``c * O + j`` the response to orientation ``j * 2 pi / O``
+            (e2cnn's regular representation, as ReDet's ReResNet gives it).
+        boxes: ``Tensor[K, 6]`` rows of ``(batch_index, cx, cy, w, h, angle)``, the angle
+            in radians (mmcv's), or a list of ``Tensor[L, 5]``, one per image. They get
+            no gradient (as in mmcv).
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: points per bin and axis; ``<= 0``: adaptive (mmcv's 0).
+        num_orientations: ``O``.
+        clockwise: the sampling grid turned clockwise by the angle (mmcv's flag; the
+            orientation channels turn the same way either way, as in mmcv).
+
+    Returns:
+        ``Tensor[K, C * O, h, w]``: with ``angle * O / (2 pi) = s + f`` (``s`` whole,
+        ``0 <= f < 1``), channel ``(c, o)`` is ``1 - f`` times rotated RoIAlign
+        (``aligned=False``, mmcv's legacy convention) of channel ``(c, o - s)`` plus
+        ``f`` times that of ``(c, o - s + 1)`` (mod O). mmcv's numbers up to float
+        rounding (it weights each sampling point, roiops each bin's mean; it has no CPU
+        kernel). Non-finite values are errors on CPU and give NaN outputs on CUDA.
+        Backward is deterministic.
+    """
+    op = "riroi_align_rotated"
+    _onnx.not_exportable(op)
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    ratio = _validate.check_sampling_ratio(sampling_ratio, op)
+    _, clockwise = _validate.check_angle_convention("radians", clockwise, op)
+    orientations = _validate.check_orientations(num_orientations, input.shape[1], op)
+    rois = _validate.boxes_to_rois(boxes, input, op, rotated=True)
+    return call(riroi_align_rotated_op, input, rois, scale, *pooled, ratio, orientations,
+                clockwise)  # fmt: skip
 
 
 @fx_leaf

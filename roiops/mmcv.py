@@ -7,8 +7,9 @@ Swap ``from mmcv.ops import RoIAlign`` for ``from roiops.mmcv import RoIAlign`` 
 adaptive (``sampling_ratio=0``) and ``aligned=True``; rotated boxes' angles in radians.
 Also ``DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` and
 ``deform_roi_pool`` (Deformable ConvNets' RoI pooling), ``PrRoIPool`` and
-``prroi_pool`` (Precise RoI Pooling), and ``BezierAlign`` and ``bezier_align`` (ABCNet),
-whose defaults roiops shares.
+``prroi_pool`` (Precise RoI Pooling), ``RiRoIAlignRotated`` and ``riroi_align_rotated``
+(ReDet), and ``BezierAlign`` and ``bezier_align`` (ABCNet), whose defaults roiops
+shares.
 ``pool_mode="max"`` is mmcv's max over the sampling points (roiops' ``mode="max"``; a bin
 without a sampling point gives 0, where mmcv's CPU kernel gives -10000). mmdet's RoI
 extractor is :class:`roiops.SingleRoIExtractor`.
@@ -167,6 +168,49 @@ class RoIAlignRotated(MmcvLayer):
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
         return roi_align_rotated(input, rois, self.output_size, self.spatial_scale,
                                  self.sampling_ratio, self.aligned, self.clockwise)  # fmt: skip
+
+
+riroi_align_rotated = F.riroi_align_rotated  # (mmcv's signature and defaults already)
+
+
+class RiRoIAlignRotated(MmcvLayer):
+    """mmcv's ``RiRoIAlignRotated(out_size, spatial_scale, num_samples=0,
+    num_orientations=8, clockwise=False)`` (ReDet's rotation-invariant RoIAlign, see
+    :func:`roiops.riroi_align_rotated`; ``output_size`` and ``sampling_ratio`` are taken
+    for mmcv's names, which the layer also keeps): angles in radians."""
+
+    SHOWN = ("out_size", "spatial_scale", "num_samples", "num_orientations", "clockwise")
+
+    def __init__(
+        self,
+        out_size: int | tuple[int, int] | None = None,
+        spatial_scale: float | None = None,
+        num_samples: int | None = None,
+        num_orientations: int = 8,
+        clockwise: bool = False,
+        *,
+        output_size: int | tuple[int, int] | None = None,
+        sampling_ratio: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.out_size = _pick(out_size, output_size, "out_size", "output_size")
+        if self.out_size is None:
+            raise TypeError("RiRoIAlignRotated: out_size (or output_size) is required")
+        if spatial_scale is None:
+            raise TypeError("RiRoIAlignRotated: spatial_scale is required")
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.num_samples = _pick(num_samples, sampling_ratio, "num_samples", "sampling_ratio", 0)
+        self.num_orientations = num_orientations
+        self.clockwise = clockwise
+
+    # (roiops' names, which mmdet's extractor reads)
+    output_size = property(lambda self: self.out_size)
+    sampling_ratio = property(lambda self: self.num_samples)
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        return riroi_align_rotated(input, rois, self.out_size, self.spatial_scale,
+                                   self.num_samples, self.num_orientations,
+                                   self.clockwise)  # fmt: skip
 
 
 prroi_pool = F.prroi_pool  # (mmcv's signature already; its gradients reach the boxes)

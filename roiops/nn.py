@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from roiops import mmcv
 from roiops._trace import fx_leaf
-from roiops._validate import COMPUTE_DTYPES
+from roiops._validate import COMPUTE_DTYPES, check_orientations
 from roiops.functional import (
     BoxesArg,
     map_levels,
@@ -20,10 +20,13 @@ from roiops.functional import (
     prroi_pool,
     ps_roi_align,
     ps_roi_pool,
+    riroi_align_rotated,
     roi_align,
     roi_align_rotated,
     roi_pool,
 )
+from roiops.ops import call
+from roiops.ops.riroi_align_rotated import turn_orientations_op
 
 
 class RoIAlign(nn.Module):
@@ -370,10 +373,13 @@ def pool_detectron2(
 # mmdet's deformable RoI pooling layers (configs/dcn's dpool and mdpool): learned
 # parameters, one set per level
 DEFORMABLE_LAYERS = ("DeformRoIPoolPack", "ModulatedDeformRoIPoolPack")
-MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated", *DEFORMABLE_LAYERS)
+# the rotated ones (mmrotate's RotatedSingleRoIExtractor; ReDet's rotation-invariant one)
+ROTATED_LAYERS = ("RoIAlignRotated", "RiRoIAlignRotated")
+MMCV_LAYERS = ("RoIAlign", "RoIPool", *ROTATED_LAYERS, *DEFORMABLE_LAYERS)
 MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
 MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise",
-                  "output_channels", "deform_fc_channels", "gamma")  # fmt: skip
+                  "num_orientations", "output_channels", "deform_fc_channels",
+                  "gamma")  # fmt: skip
 
 
 def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
@@ -401,17 +407,21 @@ def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
 
 class SingleRoIExtractor(nn.Module):
     """mmdet's ``SingleRoIExtractor`` (and mmrotate's ``RotatedSingleRoIExtractor``, with a
-    ``RoIAlignRotated`` layer): each RoI pooled from one level, chosen by its scale, every
-    level in one kernel launch, with mmdet's numbers and no host synchronisation on CUDA
-    (mmdet loops over the levels, a ``nonzero`` each).
+    ``RoIAlignRotated`` or ``RiRoIAlignRotated`` layer): each RoI pooled from one level,
+    chosen by its scale, every level in one kernel launch, with mmdet's numbers and no host
+    synchronisation on CUDA (mmdet loops over the levels, a ``nonzero`` each).
 
     ``roi_layer``: mmdet's config of the mmcv layer, ``dict(type="RoIAlign",
     output_size=7, sampling_ratio=0)`` (``pool_mode="avg"``, ``aligned=True`` by
     default, as mmcv), ``dict(type="RoIPool", output_size=7)`` or
     ``dict(type="RoIAlignRotated", output_size=7, sampling_ratio=2, clockwise=True)``
     (radians, mmcv's convention; ``out_size`` and ``sample_num`` are taken for the old
-    names), or a deformable one, ``dict(type="DeformRoIPoolPack", output_size=7,
-    output_channels=256)`` (or ``"ModulatedDeformRoIPoolPack"``): one layer per level, in
+    names), ReDet's ``dict(type="RiRoIAlignRotated", out_size=7, num_samples=2,
+    num_orientations=8, clockwise=True)`` (every level's rotated RoIAlign in one launch,
+    then the orientation channels turned; mmrotate's numbers up to float rounding, see
+    :func:`roiops.riroi_align_rotated`), or a deformable one,
+    ``dict(type="DeformRoIPoolPack", output_size=7, output_channels=256)`` (or
+    ``"ModulatedDeformRoIPoolPack"``): one layer per level, in
     ``roi_layers`` as mmdet keeps them (its checkpoints load), each level's RoIs pooled
     by its own layer in a loop over the levels, as mmdet does (a ``nonzero`` each: host
     synchronisations on CUDA; every level's layer runs, on no RoI where it has none, so
@@ -452,7 +462,7 @@ class SingleRoIExtractor(nn.Module):
 
     @property
     def rotated(self) -> bool:
-        return self.layer_type == "RoIAlignRotated"
+        return self.layer_type in ROTATED_LAYERS
 
     def map_roi_levels(self, rois: Tensor, num_levels: int) -> Tensor:
         """mmdet's level of each RoI (0 = the finest), by ``sqrt(area)``."""
@@ -526,7 +536,7 @@ def pool_mmdet(
             f"SingleRoIExtractor: out_channels is {out_channels} but the feature maps have "
             f"{channels} channels"
         )
-    rotated = layer_type == "RoIAlignRotated"
+    rotated = layer_type in ROTATED_LAYERS
     columns = 6 if rotated else 5
     if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != columns:
         fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
@@ -542,14 +552,21 @@ def pool_mmdet(
         rois = rois.to(dtype)
     scales = [1.0 / s for s in featmap_strides[: len(feats)]]
     size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
-    aligned = layer_args.get("aligned", True)
+    invariant = layer_type == "RiRoIAlignRotated"  # (mmcv's legacy convention: not aligned)
+    aligned = False if invariant else layer_args.get("aligned", True)
     angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
+    if invariant and channels is not None:
+        check_orientations(layer_args["num_orientations"], channels, "SingleRoIExtractor")
     if roi_layers is not None:
         return _pool_mmdet_levels(feats, rois, roi_scale_factor, roi_layers, out_channels,
                                   finest_scale)  # fmt: skip
     if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
         if layer_type == "RoIPool":
             return roi_pool(feats[0], rois, size, scales[0])
+        if invariant:
+            orientations = layer_args["num_orientations"]
+            return riroi_align_rotated(feats[0], rois, size, scales[0], ratio, orientations,
+                                       angle["clockwise"])  # fmt: skip
         if rotated:
             return roi_align_rotated(feats[0], rois, size, scales[0], ratio, aligned, **angle)
         return roi_align(feats[0], rois, size, scales[0], ratio, aligned, layer_args["pool_mode"])
@@ -563,8 +580,11 @@ def pool_mmdet(
     if layer_type == "RoIPool":
         return multi_scale_roi_pool(feats, rois, size, scales, levels)
     if rotated:
-        return multi_scale_roi_align_rotated(feats, rois, size, scales, ratio, aligned, levels,
-                                             **angle)  # fmt: skip
+        pooled = multi_scale_roi_align_rotated(feats, rois, size, scales, ratio, aligned, levels,
+                                               **angle)  # fmt: skip
+        if invariant:
+            return call(turn_orientations_op, pooled, rois[:, 5], layer_args["num_orientations"])
+        return pooled
     return multi_scale_roi_align(feats, rois, size, scales, ratio, aligned, levels)
 
 

@@ -52,6 +52,9 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
          lambda: roiops.multi_scale_roi_align_rotated(pyramid, rotated, 2, SCALES, 2)),
         ("deform_roi_pool", lambda: roiops.deform_roi_pool(x, plain, offset, 2, 0.5, 2)),
         ("bezier_align", lambda: roiops.bezier_align(x, beziers, 2, 0.5, 0)),
+        # (mmcv's legacy rotated convention, then the orientation turn: 4 groups of 4)
+        ("riroi_align_rotated",
+         lambda: roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True)),
     ]  # fmt: skip
 
 

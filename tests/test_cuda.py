@@ -571,6 +571,26 @@ def test_deform_roi_pool_on_cuda(rng):
     assert not torch.equal(captured[0], first[0])
 
 
+def test_riroi_align_rotated_on_cuda(rng):
+    # ReDet's rotation-invariant RoIAlign: the reference's numbers (float64), the same
+    # bits run after run, no host synchronisation (the turn's shifts and weights are
+    # computed on the device); a half map's result within half's rounding of float32's
+    from test_roi_align_rotated import rotated_rois
+
+    x = torch.randn(2, 32, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    rois = cuda(rotated_rois(rng, 2, 64, 200, 272, degrees=False), torch.float64)
+    rois[:, 5] *= 3  # (several turns)
+    grad = torch.randn(64, 32, 7, 7, device="cuda", dtype=torch.float64)
+
+    def step():
+        out = roiops.riroi_align_rotated(x, rois, 7, 0.25, 2, 8, True)
+        return [out, *torch.autograd.grad(out, [x], grad)]
+
+    first = reference_s_bits_again_and_no_sync(step)
+    half = roiops.riroi_align_rotated(x.detach().half(), rois.float(), 7, 0.25, 2, 8, True)
+    torch.testing.assert_close(half.double(), first[0], rtol=4e-3, atol=4e-3)
+
+
 def test_bezier_align_on_cuda(rng):
     # BezierAlign: the reference's numbers (float64, to rounding), the same bits run after
     # run, no host synchronisation

@@ -40,6 +40,10 @@ class EveryOp(nn.Module):
         self.pooler_max = roiops.ROIPooler(2, SCALES, 0, "ROIPool")
         self.pooler_rotated = roiops.ROIPooler(2, SCALES, 0, "ROIAlignRotated")
         self.mmdet = roiops.SingleRoIExtractor(dict(type="RoIAlign", output_size=2), 8, [4, 8])
+        redet = dict(type="RiRoIAlignRotated", out_size=2, num_samples=2, num_orientations=4,
+                     clockwise=True)  # fmt: skip
+        self.mmrotate = roiops.SingleRoIExtractor(redet, 8, [4, 8])
+        self.invariant = roiops.RiRoIAlignRotated(2, 0.5, 0, 2)
         self.deform = roiops.DeformRoIPoolPack(2, 8, 16, 0.5, 2)
         g = torch.Generator().manual_seed(0)  # (every EveryOp the same; the last layer not 0)
         for p in self.deform.parameters():
@@ -73,6 +77,9 @@ class EveryOp(nn.Module):
             roiops.deform_roi_pool(x, rois, None, 2, 0.5, 2),
             self.deform(x, rois),
             roiops.bezier_align(x, straight_beziers(rois), (2, 3), 0.5, 0),
+            roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True),
+            self.invariant(x, rotated),
+            self.mmrotate(levels, rotated),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -90,10 +97,11 @@ PUBLIC_CALLS = {
     "map_levels": 1,
     "pool_pyramid": 1,  # MultiScaleRoIAlign
     "pool_detectron2": 3,  # ROIPooler
-    "pool_mmdet": 1,  # SingleRoIExtractor
+    "pool_mmdet": 2,  # SingleRoIExtractor (mmdet's, mmrotate's)
     "deform_roi_pool": 1 + 1,  # one direct call, one through DeformRoIPoolPack
     "pack_features": 1,  # DeformRoIPoolPack
     "bezier_align": 1,
+    "riroi_align_rotated": 1 + 1,
 }
 
 
@@ -220,6 +228,9 @@ OPS_UNDER_AUTOCAST = {
     ),
     "multi_scale_roi_align_rotated": lambda x, r: roiops.multi_scale_roi_align_rotated(
         [x, x[:, :, ::2, ::2]], torch.cat([r, r[:, 1:2]], 1), 2, SCALES, 2
+    ),
+    "riroi_align_rotated": lambda x, r: roiops.riroi_align_rotated(
+        x, torch.cat([r, r[:, 1:2]], 1), 2, 0.5, 2, 4
     ),
     "SingleRoIExtractor": lambda x, r: roiops.SingleRoIExtractor(
         dict(type="RoIAlign", output_size=2), 8, [4, 8]

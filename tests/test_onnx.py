@@ -238,6 +238,10 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     beziers = torch.cat([rois[0], rois[0][:, 1:].repeat(1, 3)], 1)
     with pytest.raises(Exception, match="bezier_align: no ONNX operator"):
         export(lambda a, b: roiops.bezier_align(a, b, 2), x, beziers, 16, dynamo)
+    rotated = torch.cat([rois[0], rois[0][:, 1:2]], 1)
+    with pytest.raises(Exception, match="riroi_align_rotated: no ONNX operator"):
+        export(lambda a, b: roiops.riroi_align_rotated(a, b, 2, 1.0, 2, 1), x, rotated, 16,
+               dynamo)  # fmt: skip
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)

@@ -1396,6 +1396,44 @@ def test_roi_align_rotated_kernels_take_any_roi_value(rng):
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])
 
 
+def test_riroi_align_rotated_matches_reference(rng):
+    # ReDet's rotation-invariant RoIAlign: the rotated kernels (mmcv's legacy convention,
+    # radians, clockwise) and the orientation turn
+    from test_roi_align_rotated import rotated_rois
+
+    x = on_device(rng.standard_normal((2, 8, 9, 11)), torch.float32)
+    rois = on_device(rotated_rois(rng, 2, 8, 18, 22, False), torch.float32)
+    grad = on_device(rng.standard_normal((8, 8, 2, 3)), torch.float32)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.riroi_align_rotated(t, rois, (2, 3), 0.5, 0, 4, True), x, grad
+    )
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_orientation_turn_kernel_is_torch_s_gathers(rng, dtype):
+    # the turn's kernel (shift and weights from each angle in the kernel) against its torch
+    # formulation, forward and backward, for any angle: several turns both ways, and
+    # non-finite or huge ones (read in bounds; NaN outputs for the non-finite)
+    from roiops.ops.riroi_align_rotated import turn, turn_backward
+
+    pooled = on_device(rng.standard_normal((12, 24, 3, 3)), dtype)
+    angles = rng.uniform(-20, 20, 12)
+    angles[:6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e18]
+    rois = on_device(np.zeros((12, 6)), torch.float32 if dtype == torch.float16 else dtype)
+    rois[:, 5] = torch.from_numpy(angles).to(rois)
+    for orientations in (1, 3, 8):
+        for step in (turn, turn_backward):
+            with roiops.use_backend("triton"):
+                got = step(pooled, rois[:, 5], orientations)
+            with roiops.use_backend("reference"):
+                expected = step(pooled, rois[:, 5], orientations)
+            assert got.dtype == expected.dtype
+            assert got[:3].isnan().all() and got[3:].isfinite().all()
+            assert torch.equal(got[3:], expected[3:])
+
+
 def test_roi_align_rotated_absurd_adaptive_grid_makes_a_roi_invalid(rng):
     from roiops.gpu import roi_align_rotated as gpu_rotated
 

@@ -74,6 +74,7 @@ from roiops.gpu.multi_scale_roi_align import (  # noqa: E402
     multi_scale_roi_pool_backward_kernel,
     multi_scale_roi_pool_forward_kernel,
 )
+from roiops.gpu.orientations import turn_orientations_kernel  # noqa: E402
 from roiops.gpu.prroi_pool import (  # noqa: E402
     prroi_pool_backward_kernel,
     prroi_pool_box_backward_kernel,
@@ -414,6 +415,21 @@ def main(dtypes=DTYPES, lean=False) -> int:
             compile_for_gpu(
                 multi_scale_roi_align_rotated_backward_kernel, {**bwd, "LEVELS": "*i64"},
                 {**rot, "NUM_LEVELS": 4, "BLOCK_C": block_c}, bwd_warps,
+            )  # fmt: skip
+        # (ReDet's riroi_align_rotated: a half map's rotated RoIAlign summed into float32,
+        # mmcv's legacy convention; then the orientation turn, forward and backward, in
+        # the compute dtype: 8 orientations of 7 x 7 bins)
+        compute = "fp64" if dt == "fp64" else "fp32"
+        if dt in ("fp16", "bf16"):
+            legacy = {"PH": 7, "PW": 7, "ALIGNED": False, "DEGREES": False, "CLOCKWISE": True}
+            for b, warps in sampled:
+                compile_for_gpu(roi_align_rotated_forward_kernel, {**fwd, "OUT": "*fp32"},
+                                {**legacy, "BLOCK": b}, warps)  # fmt: skip
+        for direction in (1, -1):
+            compile_for_gpu(
+                turn_orientations_kernel,
+                {"X": f"*{dt}", "ANGLES": f"*{compute}", "OUT": f"*{compute}"},
+                {"NO": 8, "D": direction, "BLOCK": 512}, 4,
             )  # fmt: skip
         # (BezierAlign: each bin centred between two Bézier curves)
         for aligned in (True, False) if full else (True,):

@@ -1,0 +1,88 @@
+"""What turning the orientations costs: ``roiops.riroi_align_rotated`` (ReDet) against
+roiops' rotated RoIAlign of the same boxes in the same convention (mmcv's: radians, not
+aligned), forward and forward+backward.
+
+mmcv's RiRoIAlignRotated runs on CUDA only and torchvision has no rotated pooling, so
+there is no like-for-like anchor here; roiops computes the op as that rotated RoIAlign
+followed by a per-RoI turn of the orientation channels (two gathers over the output),
+and the figure is what the turn adds. Not part of ``roiops bench``.
+
+Run: ``python benchmarks/riroi_align_rotated.py [--device cuda] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+import roiops
+from roiops import bench
+
+CASES = {  # name: (N, C, H, W), RoIs, box sides (px), spatial_scale, sampling_ratio
+    # (ReDet: 256 channels as 32 groups of 8 orientations, num_samples=2, 7x7)
+    "cpu": [("redet p3", (2, 256, 100, 136), 512, (16, 200), 1 / 8, 2)],
+    "cuda": [("redet p2", (2, 256, 200, 272), 1000, (16, 400), 1 / 4, 2)],
+}
+
+
+def calls(shape, num_rois, box_px, scale, ratio, device):
+    """{(op, direction): callable} on one case's inputs."""
+    case = bench.Case("redet", "roi_align", shape, num_rois, box_px, scale, 7, ratio)
+    (level,) = bench.make_inputs(case, device, torch.float32)
+    x, boxes, grad = level.x, level.rois, level.grad
+    g = torch.Generator().manual_seed(0)
+    angle = (torch.rand((num_rois, 1), generator=g) * 4 - 2) * math.pi
+    corners = boxes[:, 1:]
+    rois = torch.cat(
+        [boxes[:, :1], (corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2],
+         angle.to(device)], 1,
+    )  # fmt: skip
+
+    def train(fn):
+        leaf = x.detach().requires_grad_()
+        torch.autograd.grad(fn(leaf), [leaf], grad)
+
+    def rotated(t):
+        return roiops.roi_align_rotated(t, rois, 7, scale, ratio, False, "radians", True)
+
+    def invariant(t):
+        return roiops.riroi_align_rotated(t, rois, 7, scale, ratio, 8, True)
+
+    return {
+        ("roi_align_rotated", "forward"): lambda: rotated(x),
+        ("riroi_align_rotated", "forward"): lambda: invariant(x),
+        ("roi_align_rotated", "train"): lambda: train(rotated),
+        ("riroi_align_rotated", "train"): lambda: train(invariant),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    bench.spin_up(args.device)
+    rows = []
+    ops = ("roi_align_rotated", "riroi_align_rotated")
+    print(f"riroi_align_rotated against roi_align_rotated on {args.device}, float32, 7x7, ms")
+    print(f"{'case':9} {'direction':9} {ops[0]:>18} {ops[1]:>20} {'ratio':>6}")
+    for name, shape, num_rois, box_px, scale, ratio in CASES[kind]:
+        fns = calls(shape, num_rois, box_px, scale, ratio, args.device)
+        for direction in ("forward", "train"):
+            t = bench.time_interleaved({op: fns[(op, direction)] for op in ops}, args.device,
+                                       args.repeat)  # fmt: skip
+            rows.append({"case": name, "direction": direction, **t})
+            print(f"{name:9} {direction:9} {t[ops[0]]:18.2f} {t[ops[1]]:20.2f} "
+                  f"{t[ops[1]] / t[ops[0]]:5.2f}x")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
