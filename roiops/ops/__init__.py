@@ -200,6 +200,26 @@ def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
     _EAGER_AUTOGRAD[op] = type(name, (torch.autograd.Function,), body)
 
 
+def register_input_gradient(op, backward_op) -> None:
+    """:func:`register_autograd` of an op ``(input, rois, *params)`` whose only gradient is
+    its input's: it keeps the RoIs, the parameters and the input's shape, and its
+    backward is ``backward_op(grad, rois, *params, *input_shape)`` (none for the RoIs and
+    the parameters)."""
+
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        ctx.save_for_backward(rois)
+        ctx.params = params
+        ctx.input_shape = tuple(input.shape)
+
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        grad_input = call(backward_op, grad, rois, *ctx.params, *ctx.input_shape)
+        return grad_input, None, *(None for _ in ctx.params)
+
+    register_autograd(op, backward, setup_context)
+
+
 def call(op, *args):
     """``op(*args)``, or, where nothing could tell the difference (:func:`eager`), the
     function it was made from, called directly: the same kernels and result without the

@@ -15,7 +15,13 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import bezier_align as cpu
 from roiops.cpu import layout
 from roiops.onnx import refuse_custom_op
-from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import (
+    checked_backend,
+    custom_op,
+    forward_op,
+    host_array,
+    register_input_gradient,
+)
 from roiops.reference import bezier_align as reference
 
 OP = "bezier_align"
@@ -115,17 +121,4 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, al
     return fake_input_grad(grad, batch_size, channels, height, width)
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, *params = inputs
-    ctx.save_for_backward(rois)
-    ctx.params = params
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = call(bezier_align_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
-    return grad_input, None, None, None, None, None, None
-
-
-register_autograd(bezier_align_op, _backward, _setup_context)
+register_input_gradient(bezier_align_op, bezier_align_backward_op)

@@ -13,7 +13,13 @@ from roiops import _validate
 from roiops.cpu import layout
 from roiops.cpu import ps_roi_pool as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import (
+    checked_backend,
+    custom_op,
+    forward_op,
+    host_array,
+    register_input_gradient,
+)
 from roiops.reference import ps_roi_pool as reference
 
 OP = "ps_roi_pool"
@@ -105,17 +111,4 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channe
     return grad.new_empty((batch_size, channels, height, width))
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width = inputs
-    ctx.save_for_backward(rois)
-    ctx.params = (spatial_scale, pooled_height, pooled_width)
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = call(ps_roi_pool_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
-    return grad_input, None, None, None, None
-
-
-register_autograd(ps_roi_pool_op, _backward, _setup_context)
+register_input_gradient(ps_roi_pool_op, ps_roi_pool_backward_op)

@@ -25,7 +25,7 @@ from roiops._backend import select_backend
 from roiops._layout import fake_input_grad
 from roiops.cpu import orientations as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import call, custom_op, forward_op, register_autograd
+from roiops.ops import call, custom_op, forward_op, register_autograd, register_input_gradient
 from roiops.ops.roi_align_rotated import rotated_forward, rotated_input_grad
 
 OP = "riroi_align_rotated"
@@ -182,17 +182,4 @@ def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, nu
     return fake_input_grad(grad, batch_size, channels, height, width)
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, *params = inputs
-    ctx.save_for_backward(rois)
-    ctx.params = params
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    grad_input = call(riroi_align_rotated_backward_op, grad, rois, *ctx.params, *ctx.input_shape)
-    return grad_input, None, None, None, None, None, None, None
-
-
-register_autograd(riroi_align_rotated_op, _backward, _setup_context)
+register_input_gradient(riroi_align_rotated_op, riroi_align_rotated_backward_op)
