@@ -362,6 +362,20 @@ def check_orientations(num_orientations: object, channels: int, op: str) -> int:
     return int(num_orientations)
 
 
+def check_orientation_angles(rois: Tensor, num_orientations: int, op: str) -> None:
+    """Rotated boxes' angles times ``num_orientations`` finite in the boxes' dtype (mmcv's
+    orientation arithmetic forms that product; beyond float32's range it would make the
+    RoI's outputs NaN)."""
+    product = rois[:, 5] * num_orientations
+    bad = ~torch.isfinite(product)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{op}: boxes: box {k}'s angle {float(rois[k, 5]):g} times num_orientations "
+            f"{num_orientations} overflows {str(rois.dtype).removeprefix('torch.')}"
+        )
+
+
 def check_plane_indexable(input_shape: Sequence[int], op: str) -> None:
     """Offsets within one [H, W] plane are int32: roi_pool's argmax (as in torchvision)
     and the Triton kernels' in-plane arithmetic. Offsets across planes are int64."""

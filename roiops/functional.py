@@ -448,8 +448,9 @@ def riroi_align_rotated(
         (``aligned=False``, mmcv's legacy convention) of channel ``(c, o - s)`` plus
         ``f`` times that of ``(c, o - s + 1)`` (mod O). mmcv's numbers up to float
         rounding (it weights each sampling point, roiops each bin's mean; it has no CPU
-        kernel). Non-finite values are errors on CPU and give NaN outputs on CUDA.
-        Backward is deterministic.
+        kernel). Non-finite values, and angles so large that ``angle * O`` overflows
+        the boxes' dtype, are errors on CPU and give NaN outputs on CUDA. Backward is
+        deterministic.
     """
     op = "riroi_align_rotated"
     _onnx.not_exportable(op)

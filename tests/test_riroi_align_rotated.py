@@ -212,6 +212,12 @@ def test_bad_arguments(rng):
     nan[1, 5] = math.nan
     with pytest.raises(ValueError, match="riroi_align_rotated: boxes"):
         op(x, nan, 2)
+    # a finite angle whose product with O overflows float32 (it would give NaN outputs)
+    huge = rois.clone()
+    huge[2, 5] = -3e38
+    with pytest.raises(ValueError, match="box 2's angle -3e.38 times num_orientations 8 overf"):
+        op(x, huge, 2)
+    assert torch.isfinite(op(x.double(), huge.double(), 2)).all()
     with pytest.raises(TypeError, match="clockwise must be a bool"):
         op(x, rois, 2, 0.5, 2, 8, 1)
     with pytest.raises(TypeError, match="spatial_scale is required"):

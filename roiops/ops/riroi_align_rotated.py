@@ -143,6 +143,8 @@ def riroi_align_rotated_op(
     pooled = rotated_forward(input, rois, spatial_scale, pooled_height, pooled_width,
                              sampling_ratio, False, False, clockwise, OP,
                              _validate.compute_dtype(input.dtype))  # fmt: skip
+    if _validate.roi_values_checked(input.device, select_backend(input.device)):
+        _validate.check_orientation_angles(rois, num_orientations, OP)
     return turn(pooled, rois[:, 5], num_orientations).to(input.dtype)
 
 
