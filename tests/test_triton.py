@@ -1407,7 +1407,8 @@ def test_riroi_align_rotated_matches_reference(rng):
     (out, gx), (ref_out, ref_gx) = triton_and_reference(
         lambda t: roiops.riroi_align_rotated(t, rois, (2, 3), 0.5, 0, 4, True), x, grad
     )
-    assert_forward_matches("avg", out, ref_out)
+    # (the reference backend runs the per-point spec: the two steps round otherwise)
+    torch.testing.assert_close(out, ref_out, **TOL[torch.float32])
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 

@@ -22,11 +22,23 @@ from torch import Tensor
 
 from roiops import _validate
 from roiops._backend import select_backend
-from roiops._layout import fake_input_grad
+from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import orientations as cpu
 from roiops.onnx import refuse_custom_op
-from roiops.ops import call, custom_op, forward_op, register_autograd, register_input_gradient
-from roiops.ops.roi_align_rotated import rotated_forward, rotated_input_grad
+from roiops.ops import (
+    call,
+    custom_op,
+    forward_op,
+    host_array,
+    register_autograd,
+    register_input_gradient,
+)
+from roiops.ops.roi_align_rotated import (
+    checked_rotated_backend,
+    rotated_forward,
+    rotated_input_grad,
+)
+from roiops.reference import riroi_align_rotated as reference
 
 OP = "riroi_align_rotated"
 
@@ -139,13 +151,30 @@ def riroi_align_rotated_op(
     clockwise: bool,
 ) -> Tensor:
     """``Tensor[K, C * O, pooled_height, pooled_width]``: rotated RoIAlign (radians, not
-    aligned), then :func:`turn`; a half map's result is rounded once, at the end."""
-    pooled = rotated_forward(input, rois, spatial_scale, pooled_height, pooled_width,
-                             sampling_ratio, False, False, clockwise, OP,
+    aligned), then :func:`turn`; a half map's result is rounded once, at the end. The
+    reference backend runs the per-point spec."""
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
+    if select_backend(input.device) == "reference":
+        _checked_reference(input.device, rois, input.shape[0], *args, num_orientations)
+        if input.numel() == 0:  # (no cell to read: zeros, as the kernels give)
+            return input.new_zeros((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+        x = input.to(_validate.compute_dtype(input.dtype))
+        out = reference.riroi_align_rotated_forward(host_array(x), host_array(rois), *args,
+                                                    num_orientations, clockwise)  # fmt: skip
+        return torch.from_numpy(out).to(input.device, input.dtype)
+    pooled = rotated_forward(input, rois, *args, False, False, clockwise, OP,
                              _validate.compute_dtype(input.dtype))  # fmt: skip
     if _validate.roi_values_checked(input.device, select_backend(input.device)):
         _validate.check_orientation_angles(rois, num_orientations, OP)
     return turn(pooled, rois[:, 5], num_orientations).to(input.dtype)
+
+
+def _checked_reference(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
+                       sampling_ratio, num_orientations):  # fmt: skip
+    """The values checks of the reference backend (rotated RoIAlign's, and the angles')."""
+    checked_rotated_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
+                            sampling_ratio, False, OP)  # fmt: skip
+    _validate.check_orientation_angles(rois, num_orientations, OP)
 
 
 @riroi_align_rotated_op.register_fake
@@ -171,10 +200,20 @@ def riroi_align_rotated_backward_op(
     width: int,
 ) -> Tensor:
     """Gradient of ``roiops::riroi_align_rotated`` w.r.t. its input (deterministic)."""
+    shape = (batch_size, channels, height, width)
+    args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
+    if select_backend(grad.device) == "reference" and grad.numel() and height and width:
+        _checked_reference(grad.device, rois, batch_size, *args, num_orientations)
+        g = grad.to(_validate.compute_dtype(grad.dtype))
+        ref = reference.riroi_align_rotated_backward(
+            host_array(g), host_array(rois), *args, num_orientations, shape, clockwise
+        )
+        # (in the layout the other backends give, which the fake implementation states)
+        grad_input = new_input_grad(shape, g.dtype, g.device)
+        return grad_input.copy_(torch.from_numpy(ref)).to(grad.dtype)
     pooled_grad = turn_backward(grad, rois[:, 5], num_orientations)
-    grad_input = rotated_input_grad(pooled_grad, rois, spatial_scale, pooled_height,
-                                    pooled_width, sampling_ratio, False, False, clockwise,
-                                    (batch_size, channels, height, width), OP)  # fmt: skip
+    grad_input = rotated_input_grad(pooled_grad, rois, *args, False, False, clockwise, shape,
+                                    OP)  # fmt: skip
     return grad_input.to(grad.dtype)
 
 

@@ -27,8 +27,8 @@ from roiops.reference import roi_align_rotated as reference
 OP = "roi_align_rotated"
 
 
-def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
-                     sampling_ratio, aligned, op):  # fmt: skip
+def checked_rotated_backend(device, rois, batch_size, spatial_scale, pooled_height,
+                            pooled_width, sampling_ratio, aligned, op):  # fmt: skip
     """``checked_backend``; aligned boxes must not have negative sizes (detectron2
     refuses them; mmcv's legacy mode makes them 1x1), and no adaptive grid be absurd."""
     sizes = [lambda: _validate.check_rotated_sizes(rois, op)] if aligned else []
@@ -64,8 +64,9 @@ def rotated_forward(input, rois, spatial_scale, pooled_height, pooled_width, sam
     (the input's by default: a half map's result rounded once to it); errors name ``op``
     (an op built on this one names itself)."""
     out_dtype = input.dtype if out_dtype is None else out_dtype
-    backend = _checked_backend(input.device, rois, input.shape[0], spatial_scale, pooled_height,
-                               pooled_width, sampling_ratio, aligned, op)  # fmt: skip
+    backend = checked_rotated_backend(input.device, rois, input.shape[0], spatial_scale,
+                                      pooled_height, pooled_width, sampling_ratio, aligned,
+                                      op)  # fmt: skip
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0 or input.shape[2] == 0 or input.shape[3] == 0:
         return input.new_zeros(shape, dtype=out_dtype)
@@ -124,8 +125,9 @@ def rotated_input_grad(grad, rois, spatial_scale, pooled_height, pooled_width, s
     batch_size, channels, height, width = shape
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = _checked_backend(grad.device, rois, batch_size, spatial_scale, pooled_height,
-                               pooled_width, sampling_ratio, aligned, op)  # fmt: skip
+    backend = checked_rotated_backend(grad.device, rois, batch_size, spatial_scale,
+                                      pooled_height, pooled_width, sampling_ratio, aligned,
+                                      op)  # fmt: skip
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import roi_align_rotated as gpu
