@@ -87,6 +87,19 @@ def test_two_steps_match_the_per_point_reference(rng, dtype, ratio, clockwise, s
     assert torch.equal(gx, torch.from_numpy(expected_grad))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ratio,clockwise", [(2, True), (0, False)])
+def test_numba_forward_is_the_two_steps_bit_for_bit(rng, dtype, ratio, clockwise):
+    # the CPU forward turns each bin's means as it writes them: the same arithmetic as
+    # rotated RoIAlign's kernel followed by the turn's torch formulation
+    x, rois, _ = case(rng, dtype)
+    fused = roiops.riroi_align_rotated(x, rois, (3, 4), 0.5, ratio, 8, clockwise)
+    pooled = roiops.roi_align_rotated(x, rois, (3, 4), 0.5, ratio, False, "radians", clockwise)
+    with roiops.use_backend("reference"):
+        two_steps = turn(pooled, rois[:, 5], 8)
+    assert torch.equal(fused, two_steps)
+
+
 def test_angle_zero_is_rotated_roi_align_bit_for_bit(rng):
     # no turn: weights 1 and 0 (the second orientation's term is +0)
     x, rois, _ = case(rng, torch.float32)

@@ -107,24 +107,33 @@ def roi_align_rotated_forward_roi(X, rois, k, spatial_scale, pooled_h, pooled_w,
                                   out_k):  # fmt: skip
     """One RoI's output ``out_k[C, pooled_h * pooled_w]`` (the forward task's work)."""
     _, H, W, C = X.shape
-    P = pooled_h * pooled_w
     Xf = X.reshape(-1)
     count, points, offsets, weights = rotated_points(
         rois, k, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, degrees,
         clockwise, H, W, C,
     )  # fmt: skip
-    acc = np.zeros(C, X.dtype)
-    for p in range(P):
-        acc[:] = 0
-        for i in range(points[p]):
-            o1, o2 = np.uint64(offsets[p, i, 0]), np.uint64(offsets[p, i, 1])
-            o3, o4 = np.uint64(offsets[p, i, 2]), np.uint64(offsets[p, i, 3])
-            w1, w2, w3, w4 = weights[p, i, 0], weights[p, i, 1], weights[p, i, 2], weights[p, i, 3]
-            for c in range(C):
-                u = np.uint64(c)
-                acc[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+    mean = np.zeros(C, X.dtype)
+    for p in range(pooled_h * pooled_w):
+        rotated_bin_mean(Xf, count, points, offsets, weights, p, mean)
         for c in range(C):
-            out_k[c, p] = acc[c] / count
+            out_k[c, p] = mean[c]
+
+
+@njit(cache=True)
+def rotated_bin_mean(Xf, count, points, offsets, weights, p, mean):
+    """``mean[C]`` = the mean over bin p's sampling points (``rotated_points``' tables, of
+    ``count`` points) of the flat ``[N, H, W, C]`` map ``Xf``, channel by channel."""
+    C = mean.shape[0]
+    mean[:] = 0
+    for i in range(points[p]):
+        o1, o2 = np.uint64(offsets[p, i, 0]), np.uint64(offsets[p, i, 1])
+        o3, o4 = np.uint64(offsets[p, i, 2]), np.uint64(offsets[p, i, 3])
+        w1, w2, w3, w4 = weights[p, i, 0], weights[p, i, 1], weights[p, i, 2], weights[p, i, 3]
+        for c in range(C):
+            u = np.uint64(c)
+            mean[c] += w1 * Xf[o1 + u] + w2 * Xf[o2 + u] + w3 * Xf[o3 + u] + w4 * Xf[o4 + u]
+    for c in range(C):
+        mean[c] = mean[c] / count
 
 
 @parallel_njit

@@ -2,9 +2,10 @@
 ``roiops::riroi_align_rotated`` and its backward, and its orientation step alone,
 ``roiops::turn_orientations`` and its backward (for pooling over a feature pyramid).
 
-The op is linear in the features, so it is computed in two steps: rotated RoIAlign of
-every channel in mmcv's legacy convention (``roiops.ops.roi_align_rotated``'s kernels:
-radians, ``aligned=False``), then each RoI's orientation channels turned by its angle,
+The op is linear in the features, so it is computed in two steps (on CPU, the second
+fused into the first's writes): rotated RoIAlign of every channel in mmcv's legacy
+convention (``roiops.ops.roi_align_rotated``'s kernels: radians, ``aligned=False``), then
+each RoI's orientation channels turned by its angle,
 ``out[k, c, o] = (1 - f) * pooled[k, c, o - s] + f * pooled[k, c, o - s + 1]`` (mod O,
 ``s + f = theta * O / (2 pi)``, :func:`orientation_shift`). That is
 ``roiops.reference.riroi_align_rotated``'s per-point formula (mmcv's) up to float
@@ -23,6 +24,7 @@ from torch import Tensor
 from roiops import _validate
 from roiops._backend import select_backend
 from roiops._layout import fake_input_grad, new_input_grad
+from roiops.cpu import layout
 from roiops.cpu import orientations as cpu
 from roiops.onnx import refuse_custom_op
 from roiops.ops import (
@@ -151,30 +153,42 @@ def riroi_align_rotated_op(
     clockwise: bool,
 ) -> Tensor:
     """``Tensor[K, C * O, pooled_height, pooled_width]``: rotated RoIAlign (radians, not
-    aligned), then :func:`turn`; a half map's result is rounded once, at the end. The
-    reference backend runs the per-point spec."""
+    aligned), then :func:`turn` (on CPU fused into the pooling's writes); a half map's
+    result is rounded once, at the end. The reference backend runs the per-point spec."""
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
-    if select_backend(input.device) == "reference":
-        _checked_reference(input.device, rois, input.shape[0], *args, num_orientations)
-        if input.numel() == 0:  # (no cell to read: zeros, as the kernels give)
-            return input.new_zeros((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+    backend = select_backend(input.device)
+    if backend in ("reference", "numba"):
+        _checked_values(input.device, rois, input.shape[0], *args, num_orientations)
+        shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+        if input.numel() == 0 or rois.shape[0] == 0:  # (no cell to read: zeros)
+            return input.new_zeros(shape)
         x = input.to(_validate.compute_dtype(input.dtype))
+        if backend == "numba":  # (the turn fused into the rotated pooling's writes)
+            shift, right, left = orientation_shift(rois[:, 5], num_orientations)
+            out = x.new_empty(shape)
+            cpu.riroi_align_rotated_forward(
+                layout.channels_last_array(x), rois.numpy(), *args, clockwise, shift.numpy(),
+                right.to(x.dtype).numpy(), left.to(x.dtype).numpy(), num_orientations,
+                out.numpy(),
+            )  # fmt: skip
+            return out.to(input.dtype)
         out = reference.riroi_align_rotated_forward(host_array(x), host_array(rois), *args,
                                                     num_orientations, clockwise)  # fmt: skip
         return torch.from_numpy(out).to(input.device, input.dtype)
     pooled = rotated_forward(input, rois, *args, False, False, clockwise, OP,
                              _validate.compute_dtype(input.dtype))  # fmt: skip
-    if _validate.roi_values_checked(input.device, select_backend(input.device)):
+    if _validate.roi_values_checked(input.device, backend):
         _validate.check_orientation_angles(rois, num_orientations, OP)
     return turn(pooled, rois[:, 5], num_orientations).to(input.dtype)
 
 
-def _checked_reference(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
-                       sampling_ratio, num_orientations):  # fmt: skip
-    """The values checks of the reference backend (rotated RoIAlign's, and the angles')."""
-    checked_rotated_backend(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
-                            sampling_ratio, False, OP)  # fmt: skip
-    _validate.check_orientation_angles(rois, num_orientations, OP)
+def _checked_values(device, rois, batch_size, spatial_scale, pooled_height, pooled_width,
+                    sampling_ratio, num_orientations):  # fmt: skip
+    """The values checks where they are made (rotated RoIAlign's, and the angles')."""
+    backend = checked_rotated_backend(device, rois, batch_size, spatial_scale, pooled_height,
+                                      pooled_width, sampling_ratio, False, OP)  # fmt: skip
+    if _validate.roi_values_checked(device, backend):
+        _validate.check_orientation_angles(rois, num_orientations, OP)
 
 
 @riroi_align_rotated_op.register_fake
@@ -203,7 +217,7 @@ def riroi_align_rotated_backward_op(
     shape = (batch_size, channels, height, width)
     args = (spatial_scale, pooled_height, pooled_width, sampling_ratio)
     if select_backend(grad.device) == "reference" and grad.numel() and height and width:
-        _checked_reference(grad.device, rois, batch_size, *args, num_orientations)
+        _checked_values(grad.device, rois, batch_size, *args, num_orientations)
         g = grad.to(_validate.compute_dtype(grad.dtype))
         ref = reference.riroi_align_rotated_backward(
             host_array(g), host_array(rois), *args, num_orientations, shape, clockwise
