@@ -113,6 +113,60 @@ def test_equals_roi_align_level_by_level(rng):
         assert torch.equal(out[pick], expected)
 
 
+EMPTY_LEVEL_CASES = {
+    "multi_scale_roi_align": (
+        lambda f, r, lv: roiops.multi_scale_roi_align(f, r, 2, [1.0, 0.5], 2, True, levels=lv),
+        lambda x, r, s: roiops.roi_align(x, r, 2, s, 2, True),
+    ),
+    "multi_scale_roi_align_rotated": (
+        lambda f, r, lv: roiops.multi_scale_roi_align_rotated(
+            f, r, 2, [1.0, 0.5], 2, levels=lv
+        ),  # fmt: skip
+        lambda x, r, s: roiops.roi_align_rotated(x, r, 2, s, 2),
+    ),
+    "multi_scale_roi_pool": (
+        lambda f, r, lv: roiops.multi_scale_roi_pool(f, r, 2, [1.0, 0.5], levels=lv),
+        lambda x, r, s: roiops.roi_pool(x, r, 2, s),
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference", "triton"])
+@pytest.mark.parametrize("op", list(EMPTY_LEVEL_CASES))
+def test_a_level_without_rows_or_columns(rng, backend, op):
+    # a RoI on a level with nothing to read pools zeros and sends no gradient; the other
+    # levels' RoIs are pooled as ever (until 2026-11-28 every output was zero, the
+    # backward of the RoIAlign pyramid wrote outside its level's gradient, corrupting the
+    # heap, and the rotated pyramid's gradients were all zero)
+    pyramid_op, level_op = EMPTY_LEVEL_CASES[op]
+    boxes = [
+        [0, 0.2, 0.3, 5.0, 4.2],
+        [1, -0.8, -0.9, 6.1, 7.2],
+        [0, 0.3, 0.1, 3.0, 2.0],
+        [1, -0.6, 0.4, 0.9, 0.8],
+    ]  # (near the origin: the points reach cell -1)
+    rois = torch.tensor(boxes, dtype=torch.float64)
+    if "rotated" in op:
+        rois = torch.cat([rois[:, :1], (rois[:, 1:3] + rois[:, 3:]) / 2,
+                          (rois[:, 3:] - rois[:, 1:3]).abs(), rois[:, 1:2]], 1)  # fmt: skip
+    levels = torch.tensor([0, 1, 1, 0])
+    for empty in ((2, 3, 0, 7), (2, 3, 6, 0)):
+        fine = as_tensor(rng.standard_normal((2, 3, 12, 14)), torch.float64).requires_grad_()
+        coarse = torch.zeros(empty, dtype=torch.float64, requires_grad=True)
+        with roiops.use_backend(backend):
+            out = pyramid_op([fine, coarse], rois, levels)
+            grads = torch.autograd.grad(out.square().sum(), [fine, coarse])
+            on_fine = level_op(fine, rois[levels == 0], 1.0)
+            expected = torch.autograd.grad(on_fine.square().sum(), [fine])[0]
+        assert torch.equal(out[levels == 0], on_fine)
+        assert torch.equal(out[levels == 1], torch.zeros_like(out[levels == 1]))
+        assert grads[1].shape == empty
+        if backend == "triton":  # (fixed-point sums, scaled to each call's largest share)
+            torch.testing.assert_close(grads[0], expected, rtol=1e-12, atol=1e-12)
+        else:
+            assert torch.equal(grads[0], expected)
+
+
 def test_backward_deterministic_across_thread_counts(rng):
     features = pyramid(rng, size=32, channels=40)
     rois = as_tensor(random_rois(rng, 2, 60, 128, 128, min_size=4), torch.float32)

@@ -78,6 +78,26 @@ def _copy_from(refs: list, grads: list[Tensor]) -> None:
         gx.copy_(torch.from_numpy(ref))
 
 
+def _readable(features: list[Tensor]) -> list[Tensor]:
+    """The levels as the RoIAlign kernels read them: a level without rows or columns
+    (nothing to read) as one zero cell, so that a RoI on it pools zeros and its gradient
+    lands in a cell thrown away (the kernels clamp each point into its level, which needs
+    a cell to clamp to)."""
+    return [
+        f if f.shape[2] and f.shape[3] else f.new_zeros((f.shape[0], f.shape[1], 1, 1))
+        for f in features
+    ]
+
+
+def _level_grads(grads: list[Tensor], shapes: list[tuple], dtype, device) -> list[Tensor]:
+    """The gradients of the levels of ``shapes``, from those computed on ``_readable``'s
+    levels (a level without rows or columns gets its empty gradient), in ``dtype``."""
+    return [
+        gx.to(dtype) if gx.shape == s else new_input_grad(s, dtype, device)
+        for gx, s in zip(grads, shapes, strict=True)
+    ]
+
+
 @forward_op("roiops::multi_scale_roi_align")
 def multi_scale_roi_align_op(
     features: list[Tensor],
@@ -94,8 +114,9 @@ def multi_scale_roi_align_op(
     grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
     backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features), grid)
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
-    if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
+    if rois.shape[0] == 0 or first.shape[1] == 0:
         return first.new_zeros(shape)
+    features = _readable(features)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
@@ -146,15 +167,17 @@ def multi_scale_roi_align_backward_op(
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
     grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
     backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid)
+    readable = [s if s[2] and s[3] else (batch_size, channels, 1, 1) for s in shapes]
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
-        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
-        return gpu.multi_scale_roi_align_backward(
+        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in readable]
+        grads = gpu.multi_scale_roi_align_backward(
             grad, rois, levels, scales, grads, sampling_ratio, aligned
         )
+        return _level_grads(grads, shapes, grad.dtype, grad.device)
     g = grad.to(_validate.compute_dtype(grad.dtype))
-    grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
+    grads = [new_input_grad(s, g.dtype, g.device) for s in readable]
     if backend == "numba":
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         cpu.multi_scale_roi_align_backward(
@@ -165,10 +188,10 @@ def multi_scale_roi_align_backward_op(
     else:
         refs = reference.multi_scale_roi_align_backward(
             host_array(g), host_array(rois), host_array(levels), scales, pooled_height,
-            pooled_width, sampling_ratio, aligned, shapes,
+            pooled_width, sampling_ratio, aligned, readable,
         )  # fmt: skip
         _copy_from(refs, grads)
-    return [gx.to(grad.dtype) for gx in grads]
+    return _level_grads(grads, shapes, grad.dtype, grad.device)
 
 
 @multi_scale_roi_align_backward_op.register_fake
@@ -353,8 +376,9 @@ def multi_scale_roi_align_rotated_op(
     backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features), grid,
                                True, ROTATED)  # fmt: skip
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
-    if rois.shape[0] == 0 or first.shape[1] == 0 or any(f.numel() == 0 for f in features):
+    if rois.shape[0] == 0 or first.shape[1] == 0:
         return first.new_zeros(shape)
+    features = _readable(features)
     args = (pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
@@ -405,21 +429,23 @@ def multi_scale_roi_align_rotated_backward_op(
 ) -> list[Tensor]:
     """The gradient w.r.t. every level (deterministic)."""
     shapes = [(batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)]
-    if grad.numel() == 0 or any(h * w == 0 for h, w in zip(heights, widths, strict=True)):
+    if grad.numel() == 0:
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
     grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
     backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid, True,
                                ROTATED)  # fmt: skip
     args = (pooled_height, pooled_width, sampling_ratio, aligned)
+    readable = [s if s[2] and s[3] else (batch_size, channels, 1, 1) for s in shapes]
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
-        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in shapes]
-        return gpu.multi_scale_roi_align_rotated_backward(
+        grads = [new_input_grad(s, grad.dtype, grad.device, zeroed=False) for s in readable]
+        grads = gpu.multi_scale_roi_align_rotated_backward(
             grad, rois, levels, scales, grads, sampling_ratio, aligned, degrees, clockwise
         )
+        return _level_grads(grads, shapes, grad.dtype, grad.device)
     g = grad.to(_validate.compute_dtype(grad.dtype))
-    grads = [new_input_grad(s, g.dtype, g.device) for s in shapes]
+    grads = [new_input_grad(s, g.dtype, g.device) for s in readable]
     if backend == "numba":
         order, start, block = layout.backward_tasks(rois, batch_size, channels)
         cpu.multi_scale_roi_align_rotated_backward(
@@ -429,11 +455,11 @@ def multi_scale_roi_align_rotated_backward_op(
         )  # fmt: skip
     else:
         refs = reference.multi_scale_roi_align_rotated_backward(
-            host_array(g), host_array(rois), host_array(levels), scales, *args, shapes,
+            host_array(g), host_array(rois), host_array(levels), scales, *args, readable,
             angle_unit_name(degrees), clockwise,
         )  # fmt: skip
         _copy_from(refs, grads)
-    return [gx.to(grad.dtype) for gx in grads]
+    return _level_grads(grads, shapes, grad.dtype, grad.device)
 
 
 @multi_scale_roi_align_rotated_backward_op.register_fake
