@@ -350,6 +350,13 @@ def pool_detectron2(
         box_lists = [getattr(boxes, "tensor", boxes) for boxes in box_lists]  # (Boxes)
     if len(x) != len(scales):
         raise ValueError(f"ROIPooler: {len(scales)} scales but {len(x)} feature maps")
+    batch = x[0].shape[0] if x and isinstance(x[0], Tensor) and x[0].dim() == 4 else None
+    if not isinstance(box_lists, Tensor) and batch is not None and len(box_lists) != batch:
+        # (detectron2 asserts it: a list for the wrong images is a caller's bug)
+        raise ValueError(
+            f"ROIPooler: box_lists has {len(box_lists)} entries, one per image, but the "
+            f"feature maps hold {batch} images"
+        )
     mapper = dict(
         canonical_scale=canonical_box_size,
         canonical_level=canonical_level,

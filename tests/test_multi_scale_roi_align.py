@@ -289,7 +289,11 @@ def test_roi_pooler_takes_detectron2_s_boxes(rng):
                           for i, b in enumerate(boxes)])  # fmt: skip
         assert torch.equal(pooler(features, rois), out)  # (a Tensor[K, 5] too)
     with pytest.raises(TypeError, match="boxes"):
-        pooler(features, [boxes[0].numpy()])
+        pooler(features, [boxes[0].numpy(), boxes[1]])
+    # one box list per image, as detectron2 asserts (a shorter list was taken until
+    # 2026-11-28, its images' boxes pooled and the rest left out)
+    with pytest.raises(ValueError, match="box_lists has 1 entries, one per image, but the fe"):
+        pooler(features, boxes[:1])
 
 
 # -------------------------------------------------------- rotated RoIAlign over a pyramid
