@@ -165,7 +165,11 @@ def pool_pyramid(
         return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio, aligned)
     k_min = round(-math.log2(scales[0]))
     k_max = round(-math.log2(scales[-1]))
-    levels = map_levels(boxes, k_min, k_max, canonical_scale, canonical_level, eps, level_mapper)
+    # (a Tensor[K, 5] of (batch_index, x1, y1, x2, y2), which one level takes as roi_align
+    # does, is mapped by its boxes)
+    rows = isinstance(boxes, Tensor) and boxes.dim() == 2 and boxes.shape[1] == 5
+    mapped = boxes[:, 1:] if rows else boxes
+    levels = map_levels(mapped, k_min, k_max, canonical_scale, canonical_level, eps, level_mapper)
     return multi_scale_roi_align(
         features, boxes, output_size, scales, sampling_ratio, aligned, levels
     )

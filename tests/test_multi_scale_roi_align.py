@@ -81,6 +81,12 @@ def test_module_equals_torchvision_s(rng, dtype):
     out = ours(x, boxes, shapes)
     # the forward is roi_align's, which equals torchvision's bit for bit on CPU
     assert torch.equal(out, theirs(x, boxes, shapes))
+    # the boxes also as one Tensor[K, 5], as roi_align takes them (and as one level
+    # took them; several levels gave "map_levels: boxes must be Tensor[K, 4]" until
+    # 2026-11-28)
+    rows = torch.cat([torch.cat([torch.full((len(b), 1), i, dtype=dtype), b], 1)
+                      for i, b in enumerate(boxes)])  # fmt: skip
+    assert torch.equal(ours(x, rows, shapes), out)
     grad = torch.randn_like(out)
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     ours(leaves, boxes, shapes).backward(grad)
