@@ -245,6 +245,12 @@ def test_bad_arguments(rng):
     assert torch.isfinite(op(x.double(), huge.double(), 2)).all()
     with pytest.raises(TypeError, match="clockwise must be a bool"):
         op(x, rois, 2, 0.5, 2, 8, 1)
+    # the orientation step's own op (the pyramid extractor's) checks its count too
+    pooled = torch.zeros(3, 16, 2, 2)
+    with pytest.raises(ValueError, match="turn_orientations: num_orientations must be at"):
+        torch.ops.roiops.turn_orientations(pooled, rois[:, 5], 0)
+    with pytest.raises(ValueError, match="turn_orientations: input has 16 channels"):
+        torch.ops.roiops.turn_orientations(pooled, rois[:, 5], 3)
     with pytest.raises(TypeError, match="spatial_scale is required"):
         roiops.mmcv.RiRoIAlignRotated(7)
     with pytest.raises(TypeError, match="out_size and output_size"):

@@ -107,6 +107,7 @@ def turn_backward(grad: Tensor, angles: Tensor, num_orientations: int) -> Tensor
 @forward_op("roiops::turn_orientations")
 def turn_orientations_op(pooled: Tensor, angles: Tensor, num_orientations: int) -> Tensor:
     """``Tensor[K, C * O, PH, PW]``: :func:`turn`."""
+    _validate.check_orientations(num_orientations, pooled.shape[1], "turn_orientations")
     return turn(pooled, angles, num_orientations).to(pooled.dtype)
 
 
