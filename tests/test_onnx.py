@@ -231,7 +231,7 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
         export(lambda a, b: roiops.ps_roi_align(a, b, 2), ps, rois[0], 16, dynamo)
     pooler = roiops.ROIPooler(2, [0.5], 2, "ROIAlignRotated")  # (rows of 5 as rotated boxes)
     with pytest.raises(Exception, match="multi_scale_roi_align_rotated: no ONNX operator"):
-        export(lambda a, b: pooler([a], [b]), x, rois[0], 16, dynamo)
+        export(lambda a, b: pooler([a], [b, b]), x, rois[0], 16, dynamo)  # (one per image)
     offset = torch.zeros(rois[0].shape[0], 2, 2, 2)
     with pytest.raises(Exception, match="deform_roi_pool: no ONNX operator"):
         export(lambda a, b: roiops.deform_roi_pool(a, b, offset, 2), x, rois[0], 16, dynamo)
