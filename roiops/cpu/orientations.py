@@ -17,9 +17,8 @@ from roiops.cpu.roi_align_rotated import rotated_bin_mean, rotated_points
 def turn_orientations(x, shift, first, second, step, out):
     """``out[k, g, o, p] = first[k] * x[k, g, i, p] + second[k] * x[k, g, j, p]`` with
     ``i = (o - shift[k]) % O`` and ``j = (i + step) % O`` (Python's ``%``, never
-    negative), for ``x[K, G, O, P]``: the
-    products and the sum each rounded to the dtype, as torch's operations do. Parallel
-    over (RoI, group)."""
+    negative), for ``x[K, G, O, P]``: the products and the sum each rounded to the dtype,
+    as torch's operations do. Parallel over (RoI, group)."""
     K, G, orientations, P = x.shape
     for task in prange(K * G):
         k = task // G

@@ -89,6 +89,11 @@ def _readable(features: list[Tensor]) -> list[Tensor]:
     ]
 
 
+def _readable_shapes(shapes: list[tuple]) -> list[tuple]:
+    """The levels' shapes as ``_readable`` gives them to the kernels."""
+    return [s if s[2] and s[3] else (s[0], s[1], 1, 1) for s in shapes]
+
+
 def _level_grads(grads: list[Tensor], shapes: list[tuple], dtype, device) -> list[Tensor]:
     """The gradients of the levels of ``shapes``, from those computed on ``_readable``'s
     levels (a level without rows or columns gets its empty gradient), in ``dtype``."""
@@ -167,7 +172,7 @@ def multi_scale_roi_align_backward_op(
         return [new_input_grad(s, grad.dtype, grad.device) for s in shapes]
     grid = (scales, pooled_height, pooled_width, sampling_ratio, aligned)
     backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid)
-    readable = [s if s[2] and s[3] else (batch_size, channels, 1, 1) for s in shapes]
+    readable = _readable_shapes(shapes)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
@@ -435,7 +440,7 @@ def multi_scale_roi_align_rotated_backward_op(
     backend = _checked_backend(grad.device, rois, levels, batch_size, len(shapes), grid, True,
                                ROTATED)  # fmt: skip
     args = (pooled_height, pooled_width, sampling_ratio, aligned)
-    readable = [s if s[2] and s[3] else (batch_size, channels, 1, 1) for s in shapes]
+    readable = _readable_shapes(shapes)
     if backend == "triton":
         from roiops.gpu import multi_scale_roi_align as gpu
 
