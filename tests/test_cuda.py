@@ -262,6 +262,22 @@ def test_no_host_synchronisation(rng):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def capture(step, warmups: int = 1):
+    """``(graph, outputs)``: ``step()`` captured in a CUDA graph, after ``warmups`` calls
+    on a side stream (compilation and the allocator's first blocks outside the capture,
+    as torch's documentation does it)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs
+
+
 def test_sums_in_regions_choose_on_the_device(rng, monkeypatch):
     # roi_pool's and roi_align's backward with their sums in the RoIs' regions
     # (``REGIONS``, off by default) choose between them and the whole map on the device:
@@ -310,14 +326,7 @@ def test_sums_in_regions_choose_on_the_device(rng, monkeypatch):
     # (compared after: torch.equal on CUDA tensors synchronises)
     for name, grads in got.items():
         assert all(map(torch.equal, grads, expected[name]))
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture(step)
     for name, boxes in (("large", large), ("small", small), ("large", large)):
         rois.copy_(boxes)
         graph.replay()
@@ -352,15 +361,7 @@ def test_cuda_graph_capture_and_replay(rng):
     x = torch.randn(2, 16, 50, 68, device="cuda", requires_grad=True)
     rois = cuda(detection_rois(rng, 2, 64, 200, 272))
     grad7 = torch.randn(64, 16, 7, 7, device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run_all_ops(x, rois, grad7)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = run_all_ops(x, rois, grad7)
+    graph, captured = capture(lambda: run_all_ops(x, rois, grad7), warmups=2)
     # new values in the same buffers
     with torch.no_grad():
         x.copy_(torch.randn_like(x))
@@ -406,15 +407,7 @@ def test_cuda_graph_of_inference_calls(rng):
                 roiops.roi_pool(x, rois, 7, 0.25),
             )
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            infer()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = infer()
+    graph, captured = capture(infer, warmups=2)
     x.copy_(torch.randn_like(x))
     rois.copy_(cuda(detection_rois(rng, 2, 64, 200, 272)))
     graph.replay()
@@ -555,14 +548,7 @@ def test_deform_roi_pool_on_cuda(rng):
         return [out, *torch.autograd.grad(out, [x, offset], grad)]
 
     first = reference_s_bits_again_and_no_sync(step)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture(step)
     with torch.no_grad():
         offset.mul_(-0.5)
     graph.replay()
