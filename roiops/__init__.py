@@ -37,8 +37,8 @@ from roiops.nn import (
     RoIAlignRotated,
     RoIPool,
     ROIPooler,
-    SingleRoIExtractor,
 )
+from roiops.mmdet import SingleRoIExtractor
 
 __all__ = [
     "BezierAlign",
