@@ -40,27 +40,36 @@ MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "cloc
                   "gamma")  # fmt: skip
 
 
-def mmcv_layer(roi_layer: dict) -> tuple[str, dict]:
+def mmcv_layer(roi_layer: dict, name: str = "SingleRoIExtractor") -> tuple[str, dict]:
     """``(type, arguments)`` of an mmdet ``roi_layer`` config such as ``dict(type="RoIAlign",
     output_size=7, sampling_ratio=0)``: the layer built as mmdet builds it (``roiops.mmcv``'s,
     with mmcv's defaults and checks), its arguments read back."""
-    config = {MMCV_ALIASES.get(name, name): value for name, value in roi_layer.items()}
+    config = {MMCV_ALIASES.get(key, key): value for key, value in roi_layer.items()}
     kind = config.pop("type", None)
     if kind not in MMCV_LAYERS:
-        raise ValueError(
-            f"SingleRoIExtractor: roi_layer type must be one of {MMCV_LAYERS}, got {kind!r}"
-        )
+        raise ValueError(f"{name}: roi_layer type must be one of {MMCV_LAYERS}, got {kind!r}")
     layer_class = getattr(mmcv, kind)
     takes = set(inspect.signature(layer_class).parameters) - {"spatial_scale"}
-    for name in config:
-        if name not in takes:
-            raise TypeError(f"SingleRoIExtractor: {kind} takes no argument {name!r}")
+    for key in config:
+        if key not in takes:
+            raise TypeError(f"{name}: {kind} takes no argument {key!r}")
     needs = ("output_size", "output_channels") if kind in DEFORMABLE_LAYERS else ("output_size",)
-    for name in needs:
-        if config.get(name) is None:
-            raise TypeError(f"SingleRoIExtractor: {kind} needs an {name}")
+    for key in needs:
+        if config.get(key) is None:
+            raise TypeError(f"{name}: {kind} needs an {key}")
     layer = layer_class(spatial_scale=1.0, **config)
-    return kind, {name: getattr(layer, name) for name in MMCV_ARGUMENTS if hasattr(layer, name)}
+    return kind, {key: getattr(layer, key) for key in MMCV_ARGUMENTS if hasattr(layer, key)}
+
+
+def level_layers(layer_type: str, layer_args: dict, featmap_strides: list[int]
+                 ) -> nn.ModuleList | None:  # fmt: skip
+    """mmdet's ``roi_layers`` where they hold parameters (the deformable layers: one per
+    level, each with its own offset head, named as mmdet names them, so its checkpoints
+    load); ``None`` for the others, which roiops pools with its ops directly."""
+    if layer_type not in DEFORMABLE_LAYERS:
+        return None
+    layer_class = getattr(mmcv, layer_type)
+    return nn.ModuleList(layer_class(spatial_scale=1 / s, **layer_args) for s in featmap_strides)
 
 
 class SingleRoIExtractor(nn.Module):
@@ -107,12 +116,7 @@ class SingleRoIExtractor(nn.Module):
         self.out_channels = int(out_channels)
         self.featmap_strides = list(featmap_strides)
         self.finest_scale = finest_scale
-        self.roi_layers = None
-        if self.layer_type in DEFORMABLE_LAYERS:
-            layer_class = getattr(mmcv, self.layer_type)
-            self.roi_layers = nn.ModuleList(
-                layer_class(spatial_scale=1 / s, **self.layer_args) for s in featmap_strides
-            )
+        self.roi_layers = level_layers(self.layer_type, self.layer_args, self.featmap_strides)
 
     @property
     def num_inputs(self) -> int:
@@ -169,6 +173,56 @@ def mmdet_rescale(rois: Tensor, scale_factor: float | tuple, rotated: bool) -> T
     return torch.stack((rois[:, 0], cx - w * 0.5, cy - h * 0.5, cx + w * 0.5, cy + h * 0.5), -1)
 
 
+SINGLE = "SingleRoIExtractor"
+GENERIC = "GenericRoIExtractor"
+
+
+def checked_rois(feats: list[Tensor], rois: Tensor, layer_type: str, featmap_strides: list[int],
+                 name: str) -> Tensor:  # fmt: skip
+    """An extractor's boxes, after its checks (1 to ``len(featmap_strides)`` levels; a
+    ``Tensor[K, 5]``, rotated layers ``Tensor[K, 6]``), in the features' compute dtype."""
+    if not feats or len(feats) > len(featmap_strides):
+        raise ValueError(
+            f"{name}: 1 to {len(featmap_strides)} feature maps (one per stride), got {len(feats)}"
+        )
+    rotated = layer_type in ROTATED_LAYERS
+    columns = 6 if rotated else 5
+    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != columns:
+        fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
+        got = tuple(rois.shape) if isinstance(rois, Tensor) else type(rois).__name__
+        raise ValueError(
+            f"{name}: rois must be a Tensor[K, {columns}] (batch_index, {fields}), got {got}"
+        )
+    # mmdet: rois.type_as(feats[0]), the features float32 already where they were half
+    # (its force_fp32): the boxes in the features' compute dtype (others: the op's error)
+    dtype = COMPUTE_DTYPES.get(feats[0].dtype) if isinstance(feats[0], Tensor) else None
+    return rois.to(dtype) if dtype is not None else rois
+
+
+def layer_conventions(layer_type: str, layer_args: dict) -> tuple:
+    """``(output_size, sampling_ratio, aligned, angle)`` of the pooling that mmcv's layer
+    does (``angle``: the rotated ops' angle keywords, mmcv's radians)."""
+    # (the rotation-invariant layer: mmcv's legacy rotated convention, not aligned)
+    aligned = layer_type != "RiRoIAlignRotated" and layer_args.get("aligned", True)
+    angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
+    return layer_args["output_size"], layer_args.get("sampling_ratio", 0), aligned, angle
+
+
+def pool_level(feat: Tensor, rois: Tensor, layer_type: str, layer_args: dict,
+               spatial_scale: float) -> Tensor:  # fmt: skip
+    """Every RoI pooled from one level as mmcv's layer ``layer_type`` (not a deformable
+    one: those are modules) pools it, with roiops' op."""
+    size, ratio, aligned, angle = layer_conventions(layer_type, layer_args)
+    if layer_type == "RoIPool":
+        return roi_pool(feat, rois, size, spatial_scale)
+    if layer_type == "RiRoIAlignRotated":
+        return riroi_align_rotated(feat, rois, size, spatial_scale, ratio,
+                                   layer_args["num_orientations"], angle["clockwise"])  # fmt: skip
+    if layer_type == "RoIAlignRotated":
+        return roi_align_rotated(feat, rois, size, spatial_scale, ratio, aligned, **angle)
+    return roi_align(feat, rois, size, spatial_scale, ratio, aligned, layer_args["pool_mode"])
+
+
 @fx_leaf
 def pool_mmdet(
     feats: list[Tensor],
@@ -183,56 +237,29 @@ def pool_mmdet(
 ) -> Tensor:
     """``SingleRoIExtractor.forward`` as a function (one leaf node under ``torch.fx``);
     ``roi_layers``: the deformable layers of the levels."""
-    if not feats or len(feats) > len(featmap_strides):
-        raise ValueError(
-            f"SingleRoIExtractor: 1 to {len(featmap_strides)} feature maps (one per stride), "
-            f"got {len(feats)}"
-        )
+    rois = checked_rois(feats, rois, layer_type, featmap_strides, SINGLE)
     channels = feats[0].shape[1] if isinstance(feats[0], Tensor) and feats[0].dim() == 4 else None
     if channels is not None and channels != out_channels:
         raise ValueError(
-            f"SingleRoIExtractor: out_channels is {out_channels} but the feature maps have "
-            f"{channels} channels"
+            f"{SINGLE}: out_channels is {out_channels} but the feature maps have {channels} "
+            f"channels"
         )
     rotated = layer_type in ROTATED_LAYERS
-    columns = 6 if rotated else 5
-    if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != columns:
-        fields = "cx, cy, w, h, angle" if rotated else "x1, y1, x2, y2"
-        got = tuple(rois.shape) if isinstance(rois, Tensor) else type(rois).__name__
-        raise ValueError(
-            f"SingleRoIExtractor: rois must be a Tensor[K, {columns}] (batch_index, {fields}), "
-            f"got {got}"
-        )
-    # mmdet: rois.type_as(feats[0]), the features float32 already where they were half
-    # (its force_fp32): the boxes in the features' compute dtype (others: the op's error)
-    dtype = COMPUTE_DTYPES.get(feats[0].dtype) if isinstance(feats[0], Tensor) else None
-    if dtype is not None:
-        rois = rois.to(dtype)
-    scales = [1.0 / s for s in featmap_strides[: len(feats)]]
-    size, ratio = layer_args["output_size"], layer_args.get("sampling_ratio", 0)
-    invariant = layer_type == "RiRoIAlignRotated"  # (mmcv's legacy convention: not aligned)
-    aligned = False if invariant else layer_args.get("aligned", True)
-    angle = dict(angle_unit="radians", clockwise=layer_args.get("clockwise", False))
+    invariant = layer_type == "RiRoIAlignRotated"
     if invariant and channels is not None:
-        check_orientations(layer_args["num_orientations"], channels, "SingleRoIExtractor")
+        check_orientations(layer_args["num_orientations"], channels, SINGLE)
     if roi_layers is not None:
         return _pool_mmdet_levels(feats, rois, roi_scale_factor, roi_layers, out_channels,
                                   finest_scale)  # fmt: skip
+    scales = [1.0 / s for s in featmap_strides[: len(feats)]]
     if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
-        if layer_type == "RoIPool":
-            return roi_pool(feats[0], rois, size, scales[0])
-        if invariant:
-            orientations = layer_args["num_orientations"]
-            return riroi_align_rotated(feats[0], rois, size, scales[0], ratio, orientations,
-                                       angle["clockwise"])  # fmt: skip
-        if rotated:
-            return roi_align_rotated(feats[0], rois, size, scales[0], ratio, aligned, **angle)
-        return roi_align(feats[0], rois, size, scales[0], ratio, aligned, layer_args["pool_mode"])
+        return pool_level(feats[0], rois, layer_type, layer_args, scales[0])
     if layer_args.get("pool_mode") == "max":
         raise NotImplementedError(
-            "SingleRoIExtractor: pool_mode='max' over several levels: roiops' pyramid "
-            "poolers average (pass one level, or use pool_mode='avg')"
+            f"{SINGLE}: pool_mode='max' over several levels: roiops' pyramid poolers average "
+            f"(pass one level, or use pool_mode='avg')"
         )
+    size, ratio, aligned, angle = layer_conventions(layer_type, layer_args)
     levels = mmdet_levels(rois, len(feats), finest_scale, rotated)
     rois = _rescaled(rois, roi_scale_factor, rotated)
     if layer_type == "RoIPool":
@@ -246,7 +273,8 @@ def pool_mmdet(
     return multi_scale_roi_align(feats, rois, size, scales, ratio, aligned, levels)
 
 
-def _rescaled(rois: Tensor, roi_scale_factor: float | tuple | None, rotated: bool) -> Tensor:
+def _rescaled(rois: Tensor, roi_scale_factor: float | tuple | None, rotated: bool,
+              name: str = SINGLE) -> Tensor:  # fmt: skip
     """The boxes rescaled by mmdet's ``roi_rescale`` (as they are without a factor)."""
     if roi_scale_factor is None:
         return rois
@@ -254,7 +282,7 @@ def _rescaled(rois: Tensor, roi_scale_factor: float | tuple | None, rotated: boo
         rotated and isinstance(roi_scale_factor, tuple) and len(roi_scale_factor) == 2)  # fmt: skip
     if not factor_ok:
         raise TypeError(
-            f"SingleRoIExtractor: roi_scale_factor must be a number{' or (h, w)' * rotated}, "
+            f"{name}: roi_scale_factor must be a number{' or (h, w)' * rotated}, "
             f"got {roi_scale_factor!r}"
         )
     return mmdet_rescale(rois, roi_scale_factor, rotated)
