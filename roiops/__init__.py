@@ -28,6 +28,7 @@ from roiops.mmcv import (
     ModulatedDeformRoIPoolPack,
     RiRoIAlignRotated,
 )
+from roiops.mmdet import GenericRoIExtractor, SingleRoIExtractor
 from roiops.nn import (
     MultiScaleRoIAlign,
     PrRoIPool2D,
@@ -38,12 +39,12 @@ from roiops.nn import (
     RoIPool,
     ROIPooler,
 )
-from roiops.mmdet import SingleRoIExtractor
 
 __all__ = [
     "BezierAlign",
     "DeformRoIPool",
     "DeformRoIPoolPack",
+    "GenericRoIExtractor",
     "ModulatedDeformRoIPoolPack",
     "MultiScaleRoIAlign",
     "PrRoIPool2D",

@@ -12,7 +12,7 @@ Also ``DeformRoIPool``, ``DeformRoIPoolPack``, ``ModulatedDeformRoIPoolPack`` an
 shares.
 ``pool_mode="max"`` is mmcv's max over the sampling points (roiops' ``mode="max"``; a bin
 without a sampling point gives 0, where mmcv's CPU kernel gives -10000). mmdet's RoI
-extractor is :class:`roiops.SingleRoIExtractor`.
+extractors are :class:`roiops.SingleRoIExtractor` and :class:`roiops.GenericRoIExtractor`.
 """
 
 from __future__ import annotations

@@ -303,3 +303,163 @@ def _pool_mmdet_levels(feats: list[Tensor], rois: Tensor, roi_scale_factor, roi_
     for pick, part in zip(picks, pooled, strict=True):
         out = out.index_put((pick,), part)
     return out
+
+
+class GenericRoIExtractor(nn.Module):
+    """mmdet's ``GenericRoIExtractor`` (GRoIE: Rossi et al., "A novel Region of Interest
+    Extraction Layer for Instance Segmentation", ICPR 2020): every RoI pooled from every
+    level, not from one, and the levels aggregated: ``"sum"`` (each level's pooled features,
+    after ``pre_cfg``'s module where there is one, added in level order) or ``"concat"``
+    (stacked along the channels, level 0 first, so ``out_channels`` is their total; mmdet
+    sizes each level's slot by its channels before the ``pre`` module, which must keep them
+    there); then ``post_cfg``'s module. mmdet's constructor:
+    ``GenericRoIExtractor(aggregation="sum", pre_cfg=None, post_cfg=None, roi_layer=...,
+    out_channels=..., featmap_strides=...)``, the last three as for
+    :class:`SingleRoIExtractor` (its layers, deformable ones included), and mmdet's numbers:
+    with one level, the layer's output as it is (no ``pre``/``post`` module, no rescaling,
+    as mmdet); no RoIs: zeros ``[0, out_channels, *output_size]``.
+
+    ``pre_cfg`` / ``post_cfg``: an ``nn.Module`` (roiops), or mmdet's config of an mmcv
+    plugin (``dict(type="ConvModule", in_channels=256, out_channels=256, kernel_size=5,
+    padding=2, inplace=False)``, ``dict(type="GeneralizedAttention", ...)``), which needs
+    mmcv installed (its ``build_plugin_layer`` builds it). They are ``pre_module`` and
+    ``post_module``, mmdet's names, so its checkpoints load. One ``pre_module`` serves
+    every level (mmdet's), called on each level's features in turn.
+
+    ``forward(feats, rois, roi_scale_factor=None)``: as ``SingleRoIExtractor``'s. Each
+    level's pooling is one launch, with no host synchronisation on CUDA (mmdet's too).
+    Half-precision levels are added in their own dtype, as mmdet 3 adds them (under
+    autocast too).
+    """
+
+    def __init__(
+        self,
+        aggregation: str = "sum",
+        pre_cfg: dict | nn.Module | None = None,
+        post_cfg: dict | nn.Module | None = None,
+        *,
+        roi_layer: dict,
+        out_channels: int,
+        featmap_strides: list[int],
+        init_cfg: object = None,
+    ) -> None:
+        super().__init__()
+        if aggregation not in ("sum", "concat"):
+            raise ValueError(
+                f"{GENERIC}: aggregation must be 'sum' or 'concat', got {aggregation!r}"
+            )
+        self.aggregation = aggregation
+        self.layer_type, self.layer_args = mmcv_layer(roi_layer, GENERIC)
+        self.out_channels = int(out_channels)
+        self.featmap_strides = list(featmap_strides)
+        self.roi_layers = level_layers(self.layer_type, self.layer_args, self.featmap_strides)
+        self.with_post = post_cfg is not None
+        self.with_pre = pre_cfg is not None
+        # (mmdet builds the post module first: the same parameters from the same seed)
+        if self.with_post:
+            self.post_module = plugin_layer(post_cfg, "_post_module", "post_cfg")
+        if self.with_pre:
+            self.pre_module = plugin_layer(pre_cfg, "_pre_module", "pre_cfg")
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.featmap_strides)
+
+    def roi_rescale(self, rois: Tensor, scale_factor: float | tuple) -> Tensor:
+        """The boxes scaled by ``scale_factor`` about their centres (mmdet's arithmetic)."""
+        return mmdet_rescale(rois, scale_factor, self.layer_type in ROTATED_LAYERS)
+
+    def forward(
+        self, feats: list[Tensor], rois: Tensor, roi_scale_factor: float | tuple | None = None
+    ) -> Tensor:
+        feats = list(feats)
+        pooled = pool_every_level(
+            feats, rois, roi_scale_factor, self.layer_type, self.layer_args,
+            self.out_channels, self.featmap_strides, self.roi_layers,
+        )  # fmt: skip
+        pooled = [pooled[i] for i in range(len(feats))]  # (a Proxy under torch.fx)
+        if len(feats) == 1:
+            return pooled[0]
+        if isinstance(rois, Tensor) and rois.shape[0] == 0:
+            size = pooled[0].shape[2:]
+            return pooled[0].new_zeros((0, self.out_channels, *size))
+        if self.with_pre:
+            pooled = [self.pre_module(level) for level in pooled]
+        out = aggregate_levels(pooled, self.aggregation, self.out_channels)
+        return self.post_module(out) if self.with_post else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"aggregation={self.aggregation!r}, roi_layer={self.layer_type}({self.layer_args}), "
+            f"out_channels={self.out_channels}, featmap_strides={self.featmap_strides}"
+        )
+
+
+def plugin_layer(cfg: dict | nn.Module, postfix: str, argument: str) -> nn.Module:
+    """``GenericRoIExtractor``'s pre/post module: the module itself, or built from mmdet's
+    config by mmcv's ``build_plugin_layer`` (mmcv's registry of ConvModule,
+    GeneralizedAttention, NonLocal2d, ...: needs mmcv)."""
+    if isinstance(cfg, nn.Module):
+        return cfg
+    if not isinstance(cfg, dict):
+        raise TypeError(
+            f"{GENERIC}: {argument} must be an nn.Module or an mmcv plugin config (a dict), "
+            f"got {type(cfg).__name__}"
+        )
+    try:
+        from mmcv.cnn import build_plugin_layer
+    except ImportError as error:
+        raise ImportError(
+            f"{GENERIC}: {argument}={cfg!r} is a config of mmcv's plugin registry, which needs "
+            f"mmcv (pip install mmcv-lite); or pass the module itself (an nn.Module)"
+        ) from error
+    return build_plugin_layer(cfg, postfix)[1]
+
+
+@fx_leaf
+def pool_every_level(
+    feats: list[Tensor],
+    rois: Tensor,
+    roi_scale_factor: float | tuple | None,
+    layer_type: str,
+    layer_args: dict,
+    out_channels: int,
+    featmap_strides: list[int],
+    roi_layers: nn.ModuleList | None = None,
+) -> tuple[Tensor, ...]:
+    """``GenericRoIExtractor``'s pooling as a function (one leaf node under ``torch.fx``):
+    every RoI pooled from each level, a ``Tensor[K, C, PH, PW]`` a level (one level: the
+    layer's output, the boxes not rescaled)."""
+    rois = checked_rois(feats, rois, layer_type, featmap_strides, GENERIC)
+    scales = [1.0 / s for s in featmap_strides[: len(feats)]]
+    if len(feats) > 1:
+        rois = _rescaled(rois, roi_scale_factor, layer_type in ROTATED_LAYERS, GENERIC)
+    if roi_layers is not None:
+        layers = roi_layers[: len(feats)]
+        return tuple(layer(f, rois) for f, layer in zip(feats, layers, strict=True))
+    return tuple(
+        pool_level(f, rois, layer_type, layer_args, s) for f, s in zip(feats, scales, strict=True)
+    )
+
+
+def aggregate_levels(pooled: list[Tensor], aggregation: str, out_channels: int) -> Tensor:
+    """The levels' pooled features added in level order (mmdet's ``roi_feats +
+    roi_feats_t``, from zeros) or stacked along the channels, checked against
+    ``out_channels`` where the shapes are known."""
+    channels = [p.shape[1] for p in pooled if isinstance(p, Tensor)]
+    if aggregation == "sum":
+        if any(c != out_channels for c in channels):
+            raise ValueError(
+                f"{GENERIC}: aggregation='sum' adds levels of out_channels={out_channels} "
+                f"channels, got levels of {channels} channels"
+            )
+        out = pooled[0]
+        for level in pooled[1:]:
+            out = out + level
+        return out
+    if len(channels) == len(pooled) and sum(channels) != out_channels:
+        raise ValueError(
+            f"{GENERIC}: aggregation='concat' stacks the levels' channels ({channels}) into "
+            f"out_channels={out_channels}, but they add up to {sum(channels)}"
+        )
+    return torch.cat(pooled, 1)

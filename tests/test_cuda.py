@@ -174,9 +174,9 @@ def test_multi_scale_roi_align_module_matches_torchvision(rng):
 @pytest.mark.parametrize("kind", ["RoIAlign", "RoIAlignRotated"])
 def test_mmdet_extractor_against_mmdet_s_loop_and_the_cpu(rng, kind):
     # mmdet's SingleRoIExtractor (one launch, no nonzero) against mmdet's forward written
-    # out (test_multi_scale_roi_align.mmdet_extract: a loop over the levels), and the
+    # out (test_mmdet.mmdet_extract: a loop over the levels), and the
     # gradients against the CPU kernels'
-    from test_multi_scale_roi_align import (
+    from test_mmdet import (
         MMDET_LAYERS,
         STRIDES,
         mmdet_extract,

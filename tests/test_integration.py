@@ -43,6 +43,10 @@ class EveryOp(nn.Module):
         redet = dict(type="RiRoIAlignRotated", out_size=2, num_samples=2, num_orientations=4,
                      clockwise=True)  # fmt: skip
         self.mmrotate = roiops.SingleRoIExtractor(redet, 8, [4, 8])
+        self.groie = roiops.GenericRoIExtractor(
+            "concat", nn.ReLU(), roi_layer=dict(type="RoIAlign", output_size=2),
+            out_channels=16, featmap_strides=[4, 8],
+        )  # fmt: skip
         self.invariant = roiops.RiRoIAlignRotated(2, 0.5, 0, 2)
         self.deform = roiops.DeformRoIPoolPack(2, 8, 16, 0.5, 2)
         g = torch.Generator().manual_seed(0)  # (every EveryOp the same; the last layer not 0)
@@ -80,6 +84,7 @@ class EveryOp(nn.Module):
             roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True),
             self.invariant(x, rotated),
             self.mmrotate(levels, rotated),
+            self.groie(levels, rois),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -98,6 +103,7 @@ PUBLIC_CALLS = {
     "pool_pyramid": 1,  # MultiScaleRoIAlign
     "pool_detectron2": 3,  # ROIPooler
     "pool_mmdet": 2,  # SingleRoIExtractor (mmdet's, mmrotate's)
+    "pool_every_level": 1,  # GenericRoIExtractor
     "deform_roi_pool": 1 + 1,  # one direct call, one through DeformRoIPoolPack
     "pack_features": 1,  # DeformRoIPoolPack
     "bezier_align": 1,

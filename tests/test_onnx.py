@@ -190,6 +190,31 @@ def test_mmdet_extractor_exports_per_level(dynamo, kind):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_mmdet_generic_extractor_exports(dynamo):
+    # GRoIE: a RoiAlign per level over every RoI, a convolution on each, the sum
+    g = torch.Generator().manual_seed(5)
+    features = [torch.randn(2, 4, 32, 40, generator=g), torch.randn(2, 4, 16, 20, generator=g)]
+    rois = torch.tensor([[0, 1.0, 2, 30, 40], [1, 3, 3, 120, 150], [0, 0, 0, 127, 159]])
+    torch.manual_seed(5)
+    extractor = roiops.GenericRoIExtractor(
+        "sum",
+        torch.nn.Conv2d(4, 4, 3, padding=1),
+        roi_layer=dict(type="RoIAlign", output_size=3, sampling_ratio=2),
+        out_channels=4,
+        featmap_strides=[4, 8],
+    ).requires_grad_(False)  # (its weights become constants of fn's model)
+
+    def fn(p2, boxes):
+        return extractor([p2, features[1]], boxes)
+
+    model = export(fn, features[0], rois, 16, dynamo)
+    assert nodes(model).count("RoiAlign") == 2 and nodes(model).count("Conv") == 2
+    out = run_onnxruntime(model, features[0], rois[:2])
+    np.testing.assert_allclose(out, fn(features[0], rois[:2]).numpy(), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_float64_exports_and_runs_in_float64(data, dynamo):
     x, rois = data
 
