@@ -20,6 +20,7 @@ from roiops.functional import (
     roi_align,
     roi_align_rotated,
     roi_pool,
+    simple_roi_align,
 )
 from roiops.mmcv import (
     BezierAlign,
@@ -27,6 +28,7 @@ from roiops.mmcv import (
     DeformRoIPoolPack,
     ModulatedDeformRoIPoolPack,
     RiRoIAlignRotated,
+    SimpleRoIAlign,
 )
 from roiops.mmdet import GenericRoIExtractor, SingleRoIExtractor
 from roiops.nn import (
@@ -55,6 +57,7 @@ __all__ = [
     "RoIAlignRotated",
     "ROIPooler",
     "RoIPool",
+    "SimpleRoIAlign",
     "SingleRoIExtractor",
     "bezier_align",
     "deform_roi_pool",
@@ -71,6 +74,7 @@ __all__ = [
     "roi_align",
     "roi_align_rotated",
     "roi_pool",
+    "simple_roi_align",
     "unpatch",
     "use_backend",
 ]

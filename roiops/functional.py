@@ -27,6 +27,7 @@ from roiops.ops.riroi_align_rotated import riroi_align_rotated_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_onnx_max_op, roi_align_op
 from roiops.ops.roi_align_rotated import roi_align_rotated_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
+from roiops.ops.simple_roi_align import simple_roi_align_op
 
 BoxesArg = Tensor | list[Tensor] | tuple[Tensor, ...]
 
@@ -645,6 +646,46 @@ def bezier_align(
     _onnx.not_exportable(op)
     rois = _validate.boxes_to_rois(beziers, input, op, bezier=True)
     return call(bezier_align_op, input, rois, scale, *pooled, ratio, aligned)
+
+
+@fx_leaf
+def simple_roi_align(
+    input: Tensor,
+    boxes: BoxesArg,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    aligned: bool = True,
+) -> Tensor:
+    """PointRend's RoI pooling (Kirillov et al., CVPR 2020; mmcv's ``SimpleRoIAlign``,
+    mmdet's PointRend mask RoI layer): one bilinear sample at the centre of each bin, read
+    as ``torch.nn.functional.grid_sample`` reads a map (zero padding: a neighbouring cell
+    outside the map counts 0, where RoIAlign moves a point near the edge onto it).
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, as for :func:`roi_align`.
+        boxes: ``Tensor[K, 5]`` of ``(batch_index, x1, y1, x2, y2)`` or a list of
+            ``Tensor[L, 4]``, one per image. They get no gradient (as in mmcv).
+        output_size: ``h`` or ``(h, w)``.
+        spatial_scale: feature-map size / image size.
+        aligned: ``True``: bin ``(ph, pw)`` samples the map at ``x * spatial_scale -
+            0.5`` (``x = x1 + (pw + 0.5) / w * (x2 - x1)``, y likewise), grid_sample's
+            ``align_corners=False``; ``False``: mmcv's legacy ``x * spatial_scale * (W -
+            1) / W`` (``align_corners=True`` on points normalised by the map's size W).
+
+    Returns:
+        ``Tensor[K, C, h, w]``, row k for RoI k. mmcv's ``SimpleRoIAlign`` gives the
+        same numbers up to float rounding (its points go through normalised coordinates)
+        but orders its rows image by image, which is RoI order where the boxes are sorted
+        by image (mmdet's are). Backward is deterministic.
+    """
+    op = "simple_roi_align"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    aligned = _validate.check_aligned(aligned, op)
+    _onnx.not_exportable(op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    return call(simple_roi_align_op, input, rois, scale, *pooled, aligned)
 
 
 @fx_leaf

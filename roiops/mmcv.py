@@ -254,6 +254,27 @@ class BezierAlign(MmcvLayer):
                             self.sampling_ratio, self.aligned)  # fmt: skip
 
 
+simple_roi_align = F.simple_roi_align
+
+
+class SimpleRoIAlign(MmcvLayer):
+    """mmcv's ``SimpleRoIAlign(output_size, spatial_scale, aligned=True)`` (PointRend's:
+    mmdet's PointRend mask RoI layer), see :func:`roiops.simple_roi_align`."""
+
+    SHOWN = ("output_size", "spatial_scale", "aligned")
+
+    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float,
+                 aligned: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale  # (checked by the op, as every argument)
+        self.aligned = aligned
+
+    def forward(self, features: Tensor, rois: Tensor) -> Tensor:
+        return simple_roi_align(features, rois, self.output_size, self.spatial_scale,
+                                self.aligned)  # fmt: skip
+
+
 deform_roi_pool = F.deform_roi_pool  # (mmcv's signature and defaults already)
 
 

@@ -1680,6 +1680,7 @@ def program_order_cases(rng):
             lambda t, o: roiops.deform_roi_pool(t, rois, o, 2, 0.5, 0), [x, offset]
         ),
         "bezier_align": through(lambda t: roiops.bezier_align(t, beziers, 2, 0.5, 0), [x]),
+        "simple_roi_align": through(lambda t: roiops.simple_roi_align(t, rois, 2, 0.5), [x]),
     }
 
 
@@ -1691,7 +1692,7 @@ PROGRAM_ORDER_CASES = [
     "multi_scale_roi_pool", "roi_align avg adaptive",
     "roi_align max", "roi_align onnx_max", "roi_align channels_last", "multi_scale_roi_align",
     "roi_align_rotated", "multi_scale_roi_align_rotated", "prroi_pool", "deform_roi_pool",
-    "bezier_align",
+    "bezier_align", "simple_roi_align",
 ]  # fmt: skip
 
 
@@ -1804,5 +1805,40 @@ def test_bezier_align_kernels_take_any_roi_value(rng):
     with roiops.use_backend("reference"):
         ref = torch.ops.roiops.bezier_align_backward(
             grad[good], beziers[good], 0.5, 2, 2, 0, True, 2, 3, 12, 14
+        )
+    torch.testing.assert_close(gx, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_simple_roi_align_matches_reference(rng, aligned):
+    # boxes over and past the map's edges: the zero padding at every border
+    x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 10, 28, 32, min_size=0.0), torch.float32)
+    rois[:, 1:] -= 2
+    grad = on_device(rng.standard_normal((10, 3, 4, 5)), torch.float32)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.simple_roi_align(t, rois, (4, 5), 0.5, aligned), x, grad
+    )
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+def test_simple_roi_align_kernels_take_any_roi_value(rng):
+    from roiops.gpu import simple_roi_align as gpu_simple
+
+    x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 6, 24, 28), torch.float32)
+    rois[1, 0] = 2  # batch index out of range
+    rois[2, 0] = 0.5  # not whole
+    rois[3, 2] = float("nan")
+    rois[4, 3] = float("inf")
+    out = gpu_simple.simple_roi_align_forward(x, rois, 0.5, 2, 3, True)
+    assert torch.isnan(out[1:5]).all() and torch.isfinite(out[[0, 5]]).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_simple.simple_roi_align_backward(grad, rois, torch.empty_like(x), 0.5, 2, 3, True)
+    good = [0, 5]
+    with roiops.use_backend("reference"):
+        ref = torch.ops.roiops.simple_roi_align_backward(
+            grad[good], rois[good], 0.5, 2, 3, True, 2, 3, 12, 14
         )
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])

@@ -1,0 +1,173 @@
+"""SimpleRoIAlign (PointRend) in Triton: forward and a deterministic backward.
+
+Work split as ``roiops.gpu.bezier_align``: forward, one program per (RoI, block of its
+outputs), each lane sampling its bin's centre; backward, one program per (RoI, bin,
+block of channels) adding the point's shares to its neighbours in the map into the
+fixed-point accumulator (``roiops.gpu.fixed_point``). Arithmetic follows
+``roiops.reference.simple_roi_align`` (IEEE division; compiled code may fuse a multiply
+and an add, so GPU results agree with the reference to rounding, not bit for bit). A
+neighbour outside the map is not read (grid_sample's zero padding).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from roiops.gpu import tiles
+from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
+from roiops.gpu.launch import Launch
+from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
+from roiops.gpu.tiles import (
+    bin_channels_grid,
+    bin_channels_tile,
+    bins_grid,
+    bins_tile,
+    kernel,
+    output_offsets,
+    store_bins,
+)
+
+
+@triton.jit
+def _axis(lo, hi, index, pooled: tl.constexpr, limit, scale, ALIGNED: tl.constexpr):
+    """(low, w_low, low_in, w_high, high_in): along one axis, the cells ``low`` and
+    ``low + 1`` around the point of bin(s) ``index`` of ``pooled`` between the box edges
+    ``lo`` and ``hi``, their weights, and whether each is in the map (neither where the
+    point is not strictly within a cell of it)."""
+    dt = lo.dtype
+    v = lo + div_rn(index.to(dt) + 0.5, pooled) * (hi - lo)
+    if ALIGNED:
+        v = v * scale - 0.5
+    else:
+        v = div_rn(v * scale * (limit - 1).to(dt), limit)
+    near = (v > -1.0) & (v < limit)
+    low_f = tl.floor(tl.where(near, v, 0.0))
+    f = tl.where(near, v, 0.0) - low_f
+    low = low_f.to(tl.int32)
+    return low, 1.0 - f, near & (low >= 0), f, near & (low + 1 < limit)
+
+
+@triton.jit
+def _bin_point(ROIS, k, p, N, H, W, SCALE_BITS, PH: tl.constexpr, PW: tl.constexpr,
+               ALIGNED: tl.constexpr):  # fmt: skip
+    """(n, rows, cols, valid) of bin(s) p of RoI k: its point's ``_axis`` along the rows
+    and the columns. Not valid (n = 0): a bad batch index or a non-finite coordinate."""
+    dt = ROIS.dtype.element_ty
+    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    n, valid = batch_index(ROIS, k, N, 5)
+    roi = ROIS + k.to(tl.int64) * 5
+    x1 = tl.load(roi + 1)
+    y1 = tl.load(roi + 2)
+    x2 = tl.load(roi + 3)
+    y2 = tl.load(roi + 4)
+    valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
+    rows = _axis(y1, y2, p // PW, PH, H, scale, ALIGNED)
+    cols = _axis(x1, x2, p % PW, PW, W, scale, ALIGNED)
+    return tl.where(valid, n, 0), rows, cols, valid
+
+
+@kernel
+def simple_roi_align_forward_kernel(
+    X, ROIS, OUT, N, C, H, W, scale_bits,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """OUT[K, C, PH, PW] from X[N, C, H, W] (NCHW) and ROIS[K, 5]; NaN for a RoI that is
+    not valid."""
+    k, c, p, ok = bins_tile(C, PH * PW, BLOCK, ROIS_INNER)
+    n, rows, cols, valid = _bin_point(ROIS, k, p, N, H, W, scale_bits, PH, PW, ALIGNED)
+    y_lo, wy_lo, y_lo_in, wy_hi, y_hi_in = rows
+    x_lo, wx_lo, x_lo_in, wx_hi, x_hi_in = cols
+    plane = X + (n * C + c.to(tl.int64)) * H * W
+    row_lo = plane + y_lo.to(tl.int64) * W
+    row_hi = row_lo + W
+    v1 = tl.load(row_lo + x_lo, mask=ok & y_lo_in & x_lo_in, other=0.0).to(wy_lo.dtype)
+    v2 = tl.load(row_lo + x_lo + 1, mask=ok & y_lo_in & x_hi_in, other=0.0).to(wy_lo.dtype)
+    v3 = tl.load(row_hi + x_lo, mask=ok & y_hi_in & x_lo_in, other=0.0).to(wy_lo.dtype)
+    v4 = tl.load(row_hi + x_lo + 1, mask=ok & y_hi_in & x_hi_in, other=0.0).to(wy_lo.dtype)
+    acc = (wy_lo * wx_lo) * v1 + (wy_lo * wx_hi) * v2 + (wy_hi * wx_lo) * v3 + (wy_hi * wx_hi) * v4
+    acc = tl.where(valid, acc, float("nan"))
+    store_bins(OUT, OUT, acc, acc, k, c, p, ok, C, PH * PW, False)
+
+
+@kernel
+def simple_roi_align_backward_kernel(
+    G, ROIS, AMAX, ACC, N, C, H, W, scale_bits, log2_count,
+    PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROIS_INNER: tl.constexpr = False,
+):  # fmt: skip
+    """ACC[N, H, W, C] (int64 fixed point) += the gradient of one (RoI, bin, block of
+    channels) from G[K, C, PH, PW]: ``g * weight`` to each neighbour of its point in the
+    map; nothing from a RoI that is not valid."""
+    k, p, c, c_ok = bin_channels_tile(C, PH * PW, BLOCK_C, ROIS_INNER)
+    n, rows, cols, valid = _bin_point(ROIS, k, p, N, H, W, scale_bits, PH, PW, ALIGNED)
+    y_lo, wy_lo, y_lo_in, wy_hi, y_hi_in = rows
+    x_lo, wx_lo, x_lo_in, wx_hi, x_hi_in = cols
+    g_at, _ = output_offsets(k, c, p, C, PH * PW)
+    g = tl.load(G + g_at, mask=c_ok, other=0.0).to(wy_lo.dtype)
+    scale, inverse, finite = fixed_point_scale(AMAX, log2_count)
+    channel = ACC + n * H * W * C + c
+    row_lo = y_lo.to(tl.int64) * W
+    row_hi = row_lo + W
+    # (flags combined by tl.where: Triton's interpreter splats a scalar comparison into its
+    # operands' dtype, which ``&`` with a block refuses)
+    ok = tl.where(valid, c_ok, False)
+    add_to_cell(channel, row_lo + x_lo, C, g * (wy_lo * wx_lo), scale,
+                tl.where(y_lo_in & x_lo_in, ok, False))  # fmt: skip
+    add_to_cell(channel, row_lo + x_lo + 1, C, g * (wy_lo * wx_hi), scale,
+                tl.where(y_lo_in & x_hi_in, ok, False))  # fmt: skip
+    add_to_cell(channel, row_hi + x_lo, C, g * (wy_hi * wx_lo), scale,
+                tl.where(y_hi_in & x_lo_in, ok, False))  # fmt: skip
+    add_to_cell(channel, row_hi + x_lo + 1, C, g * (wy_hi * wx_hi), scale,
+                tl.where(y_hi_in & x_hi_in, ok, False))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- launchers
+def simple_roi_align_forward(input, rois, spatial_scale, pooled_h, pooled_w, aligned):
+    """``out[K, C, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW), ``rois[K, 5]``."""
+    sizes = input.shape
+    out = input.new_empty((rois.shape[0], sizes[1], pooled_h, pooled_w))
+    launch = _forward_launch(sizes, input.dtype, input.get_device(), rois.shape[0],
+                             spatial_scale, pooled_h, pooled_w, aligned,
+                             tiles.forward_rois_inner(False))  # fmt: skip
+    launch(input.contiguous(), rois, out)
+    return out
+
+
+@tiles.cached
+def _forward_launch(sizes, dtype, device, K, spatial_scale, pooled_h, pooled_w, aligned,
+                    rois_inner) -> Launch:  # fmt: skip
+    """``simple_roi_align_forward``'s launch for a map of ``sizes`` (N, C, H, W) of
+    ``dtype`` on ``device``, K RoIs, these parameters and settings: its tensors ``(input,
+    rois, out)``."""
+    N, C, H, W = sizes
+    grid, block, num_warps = bins_grid(K, C, pooled_h, pooled_w, "simple_roi_align")
+    return Launch(simple_roi_align_forward_kernel, grid, (N, C, H, W, scale_bits(spatial_scale)),
+                  PH=pooled_h, PW=pooled_w, ALIGNED=aligned, BLOCK=block,
+                  ROIS_INNER=rois_inner, num_warps=num_warps)  # fmt: skip
+
+
+def simple_roi_align_backward(grad, rois, grad_input, spatial_scale, pooled_h, pooled_w,
+                              aligned):  # fmt: skip
+    """Write every cell of ``grad_input`` (any strides) for ``grad[K, C, ph, pw]``."""
+    sums = Accumulator(grad, grad_input.shape)
+    launch = _backward_launch(grad_input.shape, rois.shape[0], grad.dtype, grad.get_device(),
+                              spatial_scale, pooled_h, pooled_w, aligned, sums.log2_count,
+                              tiles.SCATTER_ROIS_INNER)  # fmt: skip
+    launch(grad.contiguous(), rois, sums.amax, sums.acc)
+    return sums.write_to(grad_input)
+
+
+@tiles.cached
+def _backward_launch(sizes, K, dtype, device, spatial_scale, pooled_h, pooled_w, aligned,
+                     log2_count, rois_inner) -> Launch:  # fmt: skip
+    """``simple_roi_align_backward``'s launch for K RoIs' gradients of ``dtype`` on
+    ``device`` into a map of ``sizes`` (N, C, H, W), these parameters and settings: its
+    tensors ``(grad, rois, amax, acc)``."""
+    N, C, H, W = sizes
+    grid, block_c, num_warps = bin_channels_grid(K, C, pooled_h, pooled_w, "simple_roi_align")
+    return Launch(simple_roi_align_backward_kernel, grid,
+                  (N, C, H, W, scale_bits(spatial_scale), log2_count), PH=pooled_h,
+                  PW=pooled_w, ALIGNED=aligned, BLOCK_C=block_c, ROIS_INNER=rois_inner,
+                  num_warps=num_warps)  # fmt: skip
