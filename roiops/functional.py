@@ -676,16 +676,33 @@ def simple_roi_align(
         ``Tensor[K, C, h, w]``, row k for RoI k. mmcv's ``SimpleRoIAlign`` gives the
         same numbers up to float rounding (its points go through normalised coordinates)
         but orders its rows image by image, which is RoI order where the boxes are sorted
-        by image (mmdet's are). Backward is deterministic.
+        by image (mmdet's are). Backward is deterministic. Exported to ONNX as ``Pad`` and
+        ``RoiAlign`` (opset 16+), equal up to float rounding.
     """
     op = "simple_roi_align"
     _validate.check_input(input, op)
     pooled = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     aligned = _validate.check_aligned(aligned, op)
-    _onnx.not_exportable(op)
     rois = _validate.boxes_to_rois(boxes, input, op)
+    if _onnx.exporting():
+        return simple_roi_align_as_roi_align(input, rois, pooled, scale, aligned)
     return call(simple_roi_align_op, input, rois, scale, *pooled, aligned)
+
+
+def simple_roi_align_as_roi_align(input: Tensor, rois: Tensor, pooled: tuple[int, int],
+                                  spatial_scale: float, aligned: bool) -> Tensor:  # fmt: skip
+    """:func:`simple_roi_align` as ONNX writes it (``Pad`` and ``RoiAlign``), equal up to
+    float rounding: grid_sample's zero padding is a ring of zero cells around the map,
+    on which RoIAlign's one-point bins (aligned) sample the same points, moved one cell,
+    and clamp what lies past the ring onto it (zeros too)."""
+    height, width = input.shape[2], input.shape[3]
+    corners = rois[:, 1:] * spatial_scale + 1.0
+    if not aligned:  # (points at x * spatial_scale * (W - 1) / W: the corners scaled so)
+        factor = [(width - 1) / width, (height - 1) / height] * 2
+        corners = (rois[:, 1:] * spatial_scale) * rois.new_tensor(factor) + 1.5
+    padded = torch.nn.functional.pad(input, (1, 1, 1, 1))
+    return roi_align(padded, torch.cat([rois[:, :1], corners], 1), pooled, 1.0, 1, True)
 
 
 @fx_leaf

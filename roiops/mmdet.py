@@ -22,6 +22,7 @@ from roiops.functional import (
     roi_align,
     roi_align_rotated,
     roi_pool,
+    simple_roi_align,
 )
 from roiops.ops import call
 from roiops.ops.riroi_align_rotated import turn_orientations_op
@@ -33,7 +34,8 @@ from roiops.ops.riroi_align_rotated import turn_orientations_op
 DEFORMABLE_LAYERS = ("DeformRoIPoolPack", "ModulatedDeformRoIPoolPack")
 # the rotated ones (mmrotate's RotatedSingleRoIExtractor; ReDet's rotation-invariant one)
 ROTATED_LAYERS = ("RoIAlignRotated", "RiRoIAlignRotated")
-MMCV_LAYERS = ("RoIAlign", "RoIPool", *ROTATED_LAYERS, *DEFORMABLE_LAYERS)
+# (PointRend's: one zero-padded sample a bin, no pyramid kernel)
+MMCV_LAYERS = ("RoIAlign", "RoIPool", "SimpleRoIAlign", *ROTATED_LAYERS, *DEFORMABLE_LAYERS)
 MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
 MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise",
                   "num_orientations", "output_channels", "deform_fc_channels",
@@ -86,7 +88,9 @@ class SingleRoIExtractor(nn.Module):
     names), ReDet's ``dict(type="RiRoIAlignRotated", out_size=7, num_samples=2,
     num_orientations=8, clockwise=True)`` (every level's rotated RoIAlign in one launch,
     then the orientation channels turned; mmrotate's numbers up to float rounding, see
-    :func:`roiops.riroi_align_rotated`), or a deformable one,
+    :func:`roiops.riroi_align_rotated`), PointRend's ``dict(type="SimpleRoIAlign",
+    output_size=14)`` (over several levels in mmdet's loop: a ``nonzero`` per level), or a
+    deformable one,
     ``dict(type="DeformRoIPoolPack", output_size=7, output_channels=256)`` (or
     ``"ModulatedDeformRoIPoolPack"``): one layer per level, in
     ``roi_layers`` as mmdet keeps them (its checkpoints load), each level's RoIs pooled
@@ -215,6 +219,8 @@ def pool_level(feat: Tensor, rois: Tensor, layer_type: str, layer_args: dict,
     size, ratio, aligned, angle = layer_conventions(layer_type, layer_args)
     if layer_type == "RoIPool":
         return roi_pool(feat, rois, size, spatial_scale)
+    if layer_type == "SimpleRoIAlign":
+        return simple_roi_align(feat, rois, size, spatial_scale, aligned)
     if layer_type == "RiRoIAlignRotated":
         return riroi_align_rotated(feat, rois, size, spatial_scale, ratio,
                                    layer_args["num_orientations"], angle["clockwise"])  # fmt: skip
@@ -254,6 +260,10 @@ def pool_mmdet(
     scales = [1.0 / s for s in featmap_strides[: len(feats)]]
     if len(feats) == 1:  # (mmdet pools one level directly: roi_scale_factor unused)
         return pool_level(feats[0], rois, layer_type, layer_args, scales[0])
+    if layer_type == "SimpleRoIAlign":  # (no pyramid kernel: mmdet's loop over the levels)
+        layers = [lambda f, r, s=s: pool_level(f, r, layer_type, layer_args, s) for s in scales]
+        return _pool_mmdet_levels(feats, rois, roi_scale_factor, layers, out_channels,
+                                  finest_scale)  # fmt: skip
     if layer_args.get("pool_mode") == "max":
         raise NotImplementedError(
             f"{SINGLE}: pool_mode='max' over several levels: roiops' pyramid poolers average "

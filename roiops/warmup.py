@@ -55,6 +55,7 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         # (mmcv's legacy rotated convention, then the orientation turn: 4 groups of 4)
         ("riroi_align_rotated",
          lambda: roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True)),
+        ("simple_roi_align", lambda: roiops.simple_roi_align(x, plain, 2, 0.5)),
     ]  # fmt: skip
 
 

@@ -591,3 +591,24 @@ def test_bezier_align_on_cuda(rng):
         return [out, *torch.autograd.grad(out, [x], grad)]
 
     reference_s_bits_again_and_no_sync(step)
+
+
+def test_simple_roi_align_on_cuda(rng):
+    # PointRend's SimpleRoIAlign: the reference's numbers (float64, to rounding; boxes
+    # past the map's edges, where its zero padding shows), the same bits run after run, no
+    # host synchronisation; mmcv's grid_sample formulation within float32's rounding
+    from test_simple_roi_align import mmcv_simple_roi_align
+
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    rois = cuda(random_rois(rng, 2, 64, 200, 272, min_size=0.0), torch.float64)
+    rois = rois[torch.argsort(rois[:, 0], stable=True)]
+    grad = torch.randn(64, 16, 14, 14, device="cuda", dtype=torch.float64)
+    for aligned in (True, False):
+
+        def step(aligned=aligned):
+            out = roiops.simple_roi_align(x, rois, 14, 0.25, aligned)
+            return [out, *torch.autograd.grad(out, [x], grad)]
+
+        first = reference_s_bits_again_and_no_sync(step)
+        theirs = mmcv_simple_roi_align(x.detach().float(), rois.float(), (14, 14), 0.25, aligned)
+        torch.testing.assert_close(theirs.double(), first[0], rtol=1e-4, atol=1e-4)

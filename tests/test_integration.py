@@ -43,6 +43,7 @@ class EveryOp(nn.Module):
         redet = dict(type="RiRoIAlignRotated", out_size=2, num_samples=2, num_orientations=4,
                      clockwise=True)  # fmt: skip
         self.mmrotate = roiops.SingleRoIExtractor(redet, 8, [4, 8])
+        self.simple = roiops.SimpleRoIAlign(2, 0.5)
         self.groie = roiops.GenericRoIExtractor(
             "concat", nn.ReLU(), roi_layer=dict(type="RoIAlign", output_size=2),
             out_channels=16, featmap_strides=[4, 8],
@@ -85,6 +86,8 @@ class EveryOp(nn.Module):
             self.invariant(x, rotated),
             self.mmrotate(levels, rotated),
             self.groie(levels, rois),
+            roiops.simple_roi_align(x, boxes, 2, 0.5, False),
+            self.simple(x, rois),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -108,6 +111,7 @@ PUBLIC_CALLS = {
     "pack_features": 1,  # DeformRoIPoolPack
     "bezier_align": 1,
     "riroi_align_rotated": 1 + 1,
+    "simple_roi_align": 1 + 1,  # one direct call, one through SimpleRoIAlign
 }
 
 
@@ -226,6 +230,7 @@ OPS_UNDER_AUTOCAST = {
     "roi_align": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True),
     "roi_align max": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True, mode="max"),
     "roi_pool": lambda x, r: roiops.roi_pool(x, r, 3, 0.5),
+    "simple_roi_align": lambda x, r: roiops.simple_roi_align(x, r, 3, 0.5),
     "ps_roi_align": lambda x, r: roiops.ps_roi_align(x, r, 2, 0.5, 2),
     "ps_roi_pool": lambda x, r: roiops.ps_roi_pool(x, r, 2, 0.5),
     "prroi_pool": lambda x, r: roiops.prroi_pool(x, r, 2, 0.5),

@@ -170,12 +170,11 @@ def test_single_roi_extractor_bad_configs(rng):
 
 # ------------------------------------------------------------ GenericRoIExtractor (GRoIE)
 def mmdet_generic(layer, feats, rois, aggregation, out_channels, pre=None, post=None,
-                  roi_scale_factor=None):  # fmt: skip
+                  roi_scale_factor=None, out_size=(7, 7)):  # fmt: skip
     """mmdet's ``GenericRoIExtractor.forward`` written out (mmdet 3's; ``layer(feat, rois,
-    spatial_scale)`` for mmcv's layer)."""
+    spatial_scale)`` for mmcv's layer of ``out_size``)."""
     if len(feats) == 1:
         return layer(feats[0], rois, 1 / STRIDES[0])
-    out_size = (7, 7)
     roi_feats = feats[0].new_zeros(rois.size(0), out_channels, *out_size)
     if roi_feats.shape[0] == 0:
         return roi_feats
@@ -343,7 +342,7 @@ def test_generic_roi_extractor_bad_configs(rng):
     with pytest.raises(ValueError, match="aggregation must be 'sum' or 'concat', got 'mean'"):
         roiops.GenericRoIExtractor("mean", out_channels=4, **kw)
     with pytest.raises(ValueError, match="GenericRoIExtractor: roi_layer type must be one of"):
-        roiops.GenericRoIExtractor(roi_layer=dict(type="SimpleRoIAlign", output_size=14),
+        roiops.GenericRoIExtractor(roi_layer=dict(type="RoIAwarePool3d", out_size=14),
                                    out_channels=4, featmap_strides=[4])  # fmt: skip
     with pytest.raises(TypeError, match="pre_cfg must be an nn.Module or an mmcv plugin"):
         roiops.GenericRoIExtractor("sum", "ConvModule", out_channels=4, **kw)
@@ -384,3 +383,37 @@ def test_generic_roi_extractor_is_one_leaf_under_fx(rng):
     feats = levels_of(rng, 4)
     rois = as_tensor(mmdet_rois(rng, 2, 7, 512), torch.float32)
     assert torch.equal(traced(*feats, rois), extractor(feats, rois))
+
+
+def test_pointrend_extractors_with_simple_roi_align(rng):
+    # mmdet's PointRend configs: mask_roi_extractor=dict(type="GenericRoIExtractor",
+    # roi_layer=dict(type="SimpleRoIAlign", output_size=14), out_channels=256,
+    # featmap_strides=[4]): one level, the layer's output
+    from test_simple_roi_align import mmcv_simple_roi_align
+
+    feats = levels_of(rng, 4)
+    rois = as_tensor(mmdet_rois(rng, 2, 20, 512), torch.float32)
+    rois = rois[torch.argsort(rois[:, 0], stable=True)]
+    config = dict(type="SimpleRoIAlign", output_size=14)
+    extractor = roiops.GenericRoIExtractor(roi_layer=config, out_channels=4, featmap_strides=[4])
+    out = extractor(feats[:1], rois)
+    assert torch.equal(out, roiops.simple_roi_align(feats[0], rois, 14, 1 / 4))
+    # (mmcv's points, ~250 cells out in float32, are a few 1e-5 cells off: rounding)
+    theirs = mmcv_simple_roi_align(feats[0], rois, (14, 14), 1 / 4, True)
+    torch.testing.assert_close(out, theirs, rtol=1e-4, atol=1e-4)
+
+    def layer(f, r, scale):
+        return roiops.simple_roi_align(f, r, 14, scale)
+
+    # every level (GRoIE's sum), and SingleRoIExtractor's loop over the levels
+    generic = roiops.GenericRoIExtractor(roi_layer=config, out_channels=4,
+                                         featmap_strides=STRIDES)  # fmt: skip
+    expected = mmdet_generic(layer, feats, rois, "sum", 4, roi_scale_factor=1.5,
+                             out_size=(14, 14))  # fmt: skip
+    assert torch.equal(generic(feats, rois, 1.5), expected)
+    single = roiops.SingleRoIExtractor(config, 4, STRIDES)
+    leaves = [f.clone().requires_grad_() for f in feats]
+    out = single(leaves, rois, 1.5)
+    assert torch.equal(out, mmdet_extract(layer, feats, rois, roi_scale_factor=1.5))
+    out.sum().backward()
+    assert all(f.grad is not None for f in leaves)

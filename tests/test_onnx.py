@@ -215,6 +215,25 @@ def test_mmdet_generic_extractor_exports(dynamo):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_simple_roi_align_exports_as_pad_and_roi_align(data, dynamo, aligned):
+    # PointRend's zero-padded samples: a ring of zeros, then one-point RoIAlign bins
+    x, rois = data
+    boxes = rois[1].clone()
+    boxes[:, 1:] -= 6  # (past the top-left edges too)
+
+    def fn(a, b):
+        return roiops.simple_roi_align(a, b, (4, 3), 0.25, aligned)
+
+    model = export(fn, x, rois[0], 16, dynamo)
+    assert nodes(model).count("RoiAlign") == 1 and nodes(model).count("Pad") == 1
+    out = run_onnxruntime(model, x, boxes)
+    expected = fn(x, boxes)
+    assert expected.eq(0).any() and expected.ne(0).any()
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_float64_exports_and_runs_in_float64(data, dynamo):
     x, rois = data
 

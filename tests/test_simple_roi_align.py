@@ -17,7 +17,8 @@ def mmcv_simple_roi_align(features, rois, output_size, spatial_scale, aligned):
     point_sample.py``: ``generate_grid``, ``rel_roi_point_to_rel_img_point``,
     ``point_sample``): rows image by image."""
     num_rois = rois.size(0)
-    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=features.dtype)
+    like = dict(device=features.device, dtype=features.dtype)
+    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **like)
     grid = F.affine_grid(affine, torch.Size((1, 1, *output_size)), align_corners=False)
     rel_roi_points = ((grid + 1.0) / 2.0).view(1, -1, 2).expand(num_rois, -1, -1)
     point_feats = []
@@ -30,7 +31,7 @@ def mmcv_simple_roi_align(features, rois, output_size, spatial_scale, aligned):
             ys = points[:, :, 1] * (boxes[:, None, 3] - boxes[:, None, 1])
             xs += boxes[:, None, 0]
             ys += boxes[:, None, 1]
-            size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(features.dtype)
+            size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(**like)
             rel = (torch.stack([xs, ys], dim=2) / size * spatial_scale).unsqueeze(0)
             point_feat = F.grid_sample(feat, rel * 2.0 - 1.0, align_corners=not aligned)
             point_feats.append(point_feat.squeeze(0).transpose(0, 1))
@@ -167,3 +168,16 @@ def test_bad_arguments():
         roiops.simple_roi_align(x, good, 2, aligned=1)
     with pytest.raises(ValueError, match="output_size"):
         roiops.simple_roi_align(x, good, 0)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_onnx_form_is_roi_align_on_a_zero_ring(rng, aligned):
+    # what the export writes (Pad, then one-point RoIAlign bins on boxes moved a cell),
+    # run eagerly: the same numbers up to rounding, at the edges and past them too
+    from roiops.functional import simple_roi_align_as_roi_align
+
+    x, rois, _ = case(rng, torch.float64, k=40)
+    rois[::3, 3:] = rois[::3, 1:3] - 2  # (inverted boxes)
+    expected = roiops.simple_roi_align(x, rois, (4, 3), 0.25, aligned)
+    got = simple_roi_align_as_roi_align(x, rois, (4, 3), 0.25, aligned)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
