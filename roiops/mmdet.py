@@ -385,7 +385,7 @@ class GenericRoIExtractor(nn.Module):
         feats = list(feats)
         pooled = pool_every_level(
             feats, rois, roi_scale_factor, self.layer_type, self.layer_args,
-            self.out_channels, self.featmap_strides, self.roi_layers,
+            self.featmap_strides, self.roi_layers,
         )  # fmt: skip
         pooled = [pooled[i] for i in range(len(feats))]  # (a Proxy under torch.fx)
         if len(feats) == 1:
@@ -433,7 +433,6 @@ def pool_every_level(
     roi_scale_factor: float | tuple | None,
     layer_type: str,
     layer_args: dict,
-    out_channels: int,
     featmap_strides: list[int],
     roi_layers: nn.ModuleList | None = None,
 ) -> tuple[Tensor, ...]:

@@ -68,11 +68,9 @@ def batch_index(ROIS, k, N, COLUMNS: tl.constexpr):
 
 
 @triton.jit
-def load_roi(ROIS, k, N, SCALE_BITS):
-    """(n, x1, y1, x2, y2, valid) of RoI k, coordinates times spatial_scale in the RoIs'
-    dtype (the reference's ``T(x) * T(scale)``). n is 0 where the RoI is not valid."""
-    dt = ROIS.dtype.element_ty
-    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+def load_box(ROIS, k, N):
+    """(n, x1, y1, x2, y2, valid) of RoI k (rows of 5), its coordinates as they are. n is
+    0 where the RoI is not valid."""
     n, valid = batch_index(ROIS, k, N, 5)
     roi = ROIS + k.to(tl.int64) * 5
     x1 = tl.load(roi + 1)
@@ -80,7 +78,15 @@ def load_roi(ROIS, k, N, SCALE_BITS):
     x2 = tl.load(roi + 3)
     y2 = tl.load(roi + 4)
     valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
-    n = tl.where(valid, n, 0)
+    return tl.where(valid, n, 0), x1, y1, x2, y2, valid
+
+
+@triton.jit
+def load_roi(ROIS, k, N, SCALE_BITS):
+    """(n, x1, y1, x2, y2, valid) of RoI k, coordinates times spatial_scale in the RoIs'
+    dtype (the reference's ``T(x) * T(scale)``). n is 0 where the RoI is not valid."""
+    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(ROIS.dtype.element_ty)
+    n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
     return n, x1 * spatial_scale, y1 * spatial_scale, x2 * spatial_scale, y2 * spatial_scale, valid
 
 

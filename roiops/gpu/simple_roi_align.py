@@ -17,7 +17,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import batch_index, div_rn, is_finite, scale_bits
+from roiops.gpu.rois import div_rn, load_box, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -53,18 +53,11 @@ def _bin_point(ROIS, k, p, N, H, W, SCALE_BITS, PH: tl.constexpr, PW: tl.constex
                ALIGNED: tl.constexpr):  # fmt: skip
     """(n, rows, cols, valid) of bin(s) p of RoI k: its point's ``_axis`` along the rows
     and the columns. Not valid (n = 0): a bad batch index or a non-finite coordinate."""
-    dt = ROIS.dtype.element_ty
-    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
-    n, valid = batch_index(ROIS, k, N, 5)
-    roi = ROIS + k.to(tl.int64) * 5
-    x1 = tl.load(roi + 1)
-    y1 = tl.load(roi + 2)
-    x2 = tl.load(roi + 3)
-    y2 = tl.load(roi + 4)
-    valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
+    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(ROIS.dtype.element_ty)
+    n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
     rows = _axis(y1, y2, p // PW, PH, H, scale, ALIGNED)
     cols = _axis(x1, x2, p % PW, PW, W, scale, ALIGNED)
-    return tl.where(valid, n, 0), rows, cols, valid
+    return n, rows, cols, valid
 
 
 @kernel
