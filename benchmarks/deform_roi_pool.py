@@ -13,9 +13,6 @@ Run: ``python benchmarks/deform_roi_pool.py [--device cuda] [--json PATH]``.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torchvision
 
@@ -63,30 +60,11 @@ def calls(shape, num_rois, box_px, scale, ratio, device):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    bench.spin_up(args.device)
-    rows = []
-    print(f"deform_roi_pool against aligned RoIAlign on {args.device}, float32, 7x7, ms")
-    print(f"{'case':8} {'direction':9} {'torchvision':>12} {'roiops':>8} {'deform':>8} "
-          f"{'deform/tv':>10}")  # fmt: skip
-    for name, shape, num_rois, box_px, scale, ratio in CASES[kind]:
-        fns = calls(shape, num_rois, box_px, scale, ratio, args.device)
-        for direction in ("forward", "train"):
-            libs = ("torchvision roi_align", "roiops roi_align", "roiops deform_roi_pool")
-            t = bench.time_interleaved({lib: fns[(lib, direction)] for lib in libs},
-                                       args.device, args.repeat)  # fmt: skip
-            row = {"case": name, "direction": direction, **{lib: t[lib] for lib in libs}}
-            rows.append(row)
-            print(f"{name:8} {direction:9} {t[libs[0]]:12.2f} {t[libs[1]]:8.2f} "
-                  f"{t[libs[2]]:8.2f} {t[libs[0]] / t[libs[2]]:9.2f}x")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "rows": rows}, f, indent=1)
+    libraries = ("torchvision roi_align", "roiops roi_align", "roiops deform_roi_pool")
+    bench.side_benchmark(
+        __doc__.splitlines()[0], "deform_roi_pool against aligned RoIAlign, float32, 7x7",
+        CASES, calls, libraries, ("torchvision roi_align", "roiops deform_roi_pool"), argv,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

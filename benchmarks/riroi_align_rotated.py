@@ -12,8 +12,6 @@ Run: ``python benchmarks/riroi_align_rotated.py [--device cuda] [--json PATH]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 
 import torch
@@ -60,28 +58,11 @@ def calls(shape, num_rois, box_px, scale, ratio, device):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    bench.spin_up(args.device)
-    rows = []
-    ops = ("roi_align_rotated", "riroi_align_rotated")
-    print(f"riroi_align_rotated against roi_align_rotated on {args.device}, float32, 7x7, ms")
-    print(f"{'case':9} {'direction':9} {ops[0]:>18} {ops[1]:>20} {'ratio':>6}")
-    for name, shape, num_rois, box_px, scale, ratio in CASES[kind]:
-        fns = calls(shape, num_rois, box_px, scale, ratio, args.device)
-        for direction in ("forward", "train"):
-            t = bench.time_interleaved({op: fns[(op, direction)] for op in ops}, args.device,
-                                       args.repeat)  # fmt: skip
-            rows.append({"case": name, "direction": direction, **t})
-            print(f"{name:9} {direction:9} {t[ops[0]]:18.2f} {t[ops[1]]:20.2f} "
-                  f"{t[ops[1]] / t[ops[0]]:5.2f}x")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "rows": rows}, f, indent=1)
+    bench.side_benchmark(
+        __doc__.splitlines()[0], "riroi_align_rotated against roi_align_rotated, float32, 7x7",
+        CASES, calls, ("roi_align_rotated", "riroi_align_rotated"),
+        ("riroi_align_rotated", "roi_align_rotated"), argv,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -491,3 +491,73 @@ def to_json(rows: list[Row], meta: dict) -> str:
     return json.dumps(
         {"meta": meta, "rows": [asdict(r) | {"speedup": r.speedup} for r in rows]}, indent=2
     )
+
+
+# ------------------------------------------------------------------ the side benchmarks
+def side_benchmark(description: str, title: str, cases: dict, calls: Callable, libraries,
+                   ratio: tuple[str, str], argv=None) -> list[dict]:  # fmt: skip
+    """The ``benchmarks/`` scripts outside ``roiops bench`` (an op with no like-for-like
+    anchor, or its own): parse ``--device``, ``--repeat``, ``--json``; for each case of
+    ``cases[kind]`` (kind ``"cpu"`` or ``"cuda"``; ``(name, *arguments)``) time
+    ``calls(*arguments, device)``' functions ``{(library, direction): fn}`` for every
+    library, interleaved, forward and train; print a table in ms with the ratio of
+    ``ratio[0]``'s time over ``ratio[1]``'s; write the rows as JSON. Returns the rows."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    spin_up(args.device)
+    widths = [max(len(lib), 8) for lib in libraries]
+    print(f"{title} on {args.device}, ms")
+    print(f"{'case':12} {'direction':9} "
+          + " ".join(f"{lib:>{w}}" for lib, w in zip(libraries, widths, strict=True))
+          + f" {'ratio':>6}")  # fmt: skip
+    rows = []
+    for name, *arguments in cases[kind]:
+        fns = calls(*arguments, args.device)
+        for direction in ("forward", "train"):
+            t = time_interleaved({lib: fns[(lib, direction)] for lib in libraries},
+                                 args.device, args.repeat)  # fmt: skip
+            rows.append({"case": name, "direction": direction, **t})
+            print(f"{name:12} {direction:9} "
+                  + " ".join(f"{t[lib]:>{w}.2f}" for lib, w in zip(libraries, widths, strict=True))
+                  + f" {t[ratio[0]] / t[ratio[1]]:5.2f}x")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "ratio": list(ratio), "rows": rows}, f, indent=1)
+    return rows
+
+
+def mmcv_simple_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size,
+                          spatial_scale: float, aligned: bool = True) -> torch.Tensor:  # fmt: skip
+    """mmcv's ``SimpleRoIAlign.forward`` (PointRend; mmcv 2.x ``ops/point_sample.py``:
+    ``generate_grid``, ``rel_roi_point_to_rel_img_point``, ``point_sample``) written out in
+    torch, the anchor of ``roiops.simple_roi_align`` (tests, benchmarks): the bins' centres
+    in normalised coordinates, ``grid_sample`` image by image, rows image by image."""
+    import torch.nn.functional as F
+
+    output_size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    like = dict(device=features.device, dtype=features.dtype)
+    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **like)
+    grid = F.affine_grid(affine, torch.Size((1, 1, *output_size)), align_corners=False)
+    rel_roi_points = ((grid + 1.0) / 2.0).view(1, -1, 2).expand(rois.size(0), -1, -1)
+    point_feats = []
+    for batch_ind in range(features.size(0)):
+        feat = features[batch_ind].unsqueeze(0)
+        inds = rois[:, 0].long() == batch_ind
+        if inds.any():
+            with torch.no_grad():  # (mmcv's points carry no gradient)
+                boxes, points = rois[inds][:, 1:], rel_roi_points[inds]
+                xs = points[:, :, 0] * (boxes[:, None, 2] - boxes[:, None, 0])
+                ys = points[:, :, 1] * (boxes[:, None, 3] - boxes[:, None, 1])
+                xs += boxes[:, None, 0]
+                ys += boxes[:, None, 1]
+                size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(**like)
+                rel = (torch.stack([xs, ys], dim=2) / size * spatial_scale).unsqueeze(0)
+            point_feat = F.grid_sample(feat, rel * 2.0 - 1.0, align_corners=not aligned)
+            point_feats.append(point_feat.squeeze(0).transpose(0, 1))
+    return torch.cat(point_feats, dim=0).reshape(rois.size(0), features.size(1), *output_size)

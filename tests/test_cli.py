@@ -1,10 +1,13 @@
 """The command line: explain's numbers come from the library, bench produces a table."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from roiops import bench, cli, explain, figures
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_explain_reproduces_the_article(capsys, tmp_path):
@@ -134,6 +137,45 @@ def test_bench_mmdet_extractor_callables_run_and_agree():
     assert bench.torch.equal(fns[("roiops", "forward")](), fns[("torchvision", "forward")]())
     for lib in ("roiops", "torchvision"):
         fns[(lib, "train")]()
+
+
+def test_side_benchmark_times_each_case_and_writes_json(tmp_path, capsys, monkeypatch):
+    # the benchmarks/ scripts' runner: every case's libraries, forward and train, a
+    # table with the ratio asked for, the rows as JSON
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
+    seen = []
+
+    def calls(size, device):
+        seen.append((size, device))
+        x = bench.torch.zeros(size)
+        return {(lib, d): (lambda: x + 1) for lib in ("slow", "fast") for d in ("forward", "train")}
+
+    out = tmp_path / "side.json"
+    rows = bench.side_benchmark("d", "two libraries", {"cpu": [("tiny", 3), ("small", 5)]},
+                                calls, ("slow", "fast"), ("slow", "fast"),
+                                ["--repeat", "2", "--json", str(out)])  # fmt: skip
+    assert seen == [(3, "cpu"), (5, "cpu")]
+    cases = [(r["case"], r["direction"]) for r in rows]
+    assert cases == [("tiny", "forward"), ("tiny", "train"), ("small", "forward"), ("small", "train")]
+    printed = capsys.readouterr().out
+    assert printed.startswith("two libraries on cpu, ms") and printed.count("x\n") == 4
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_side_benchmarks_run_on_small_cases(monkeypatch, capsys):
+    # the three scripts in benchmarks/, each on one small case
+    import importlib.util
+
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
+    small = {"cpu": [("small", (2, 8, 20, 24), 6, (16, 80), 1 / 4)]}
+    for name in ("simple_roi_align", "riroi_align_rotated", "deform_roi_pool"):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        extra = () if name == "simple_roi_align" else (2,)  # (their sampling ratio)
+        monkeypatch.setattr(module, "CASES", {"cpu": [(*small["cpu"][0], *extra)]})
+        module.main(["--repeat", "1"])
+        assert capsys.readouterr().out.count("small ") == 2
 
 
 def test_bench_timing_alternates_the_libraries(monkeypatch):

@@ -597,7 +597,7 @@ def test_simple_roi_align_on_cuda(rng):
     # PointRend's SimpleRoIAlign: the reference's numbers (float64, to rounding; boxes
     # past the map's edges, where its zero padding shows), the same bits run after run, no
     # host synchronisation; mmcv's grid_sample formulation within float32's rounding
-    from test_simple_roi_align import mmcv_simple_roi_align
+    from roiops.bench import mmcv_simple_roi_align
 
     x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
     rois = cuda(random_rois(rng, 2, 64, 200, 272, min_size=0.0), torch.float64)

@@ -389,7 +389,7 @@ def test_pointrend_extractors_with_simple_roi_align(rng):
     # mmdet's PointRend configs: mask_roi_extractor=dict(type="GenericRoIExtractor",
     # roi_layer=dict(type="SimpleRoIAlign", output_size=14), out_channels=256,
     # featmap_strides=[4]): one level, the layer's output
-    from test_simple_roi_align import mmcv_simple_roi_align
+    from roiops.bench import mmcv_simple_roi_align
 
     feats = levels_of(rng, 4)
     rois = as_tensor(mmdet_rois(rng, 2, 20, 512), torch.float32)

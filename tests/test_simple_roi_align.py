@@ -5,37 +5,11 @@ reference bit for bit, gradients against finite differences."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import as_tensor, random_rois, results_across_thread_counts
 from torch.library import opcheck
 
 import roiops
-
-
-def mmcv_simple_roi_align(features, rois, output_size, spatial_scale, aligned):
-    """mmcv's ``SimpleRoIAlign.forward`` written out (mmcv 2.x, ``mmcv/ops/
-    point_sample.py``: ``generate_grid``, ``rel_roi_point_to_rel_img_point``,
-    ``point_sample``): rows image by image."""
-    num_rois = rois.size(0)
-    like = dict(device=features.device, dtype=features.dtype)
-    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **like)
-    grid = F.affine_grid(affine, torch.Size((1, 1, *output_size)), align_corners=False)
-    rel_roi_points = ((grid + 1.0) / 2.0).view(1, -1, 2).expand(num_rois, -1, -1)
-    point_feats = []
-    for batch_ind in range(features.size(0)):
-        feat = features[batch_ind].unsqueeze(0)
-        inds = rois[:, 0].long() == batch_ind
-        if inds.any():
-            boxes, points = rois[inds][:, 1:], rel_roi_points[inds]
-            xs = points[:, :, 0] * (boxes[:, None, 2] - boxes[:, None, 0])
-            ys = points[:, :, 1] * (boxes[:, None, 3] - boxes[:, None, 1])
-            xs += boxes[:, None, 0]
-            ys += boxes[:, None, 1]
-            size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(**like)
-            rel = (torch.stack([xs, ys], dim=2) / size * spatial_scale).unsqueeze(0)
-            point_feat = F.grid_sample(feat, rel * 2.0 - 1.0, align_corners=not aligned)
-            point_feats.append(point_feat.squeeze(0).transpose(0, 1))
-    return torch.cat(point_feats, dim=0).reshape(num_rois, features.size(1), *output_size)
+from roiops.bench import mmcv_simple_roi_align
 
 
 def case(rng, dtype=torch.float32, k=12, channels=5, size=(4, 3)):
