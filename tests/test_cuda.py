@@ -612,3 +612,10 @@ def test_simple_roi_align_on_cuda(rng):
         first = reference_s_bits_again_and_no_sync(step)
         theirs = mmcv_simple_roi_align(x.detach().float(), rois.float(), (14, 14), 0.25, aligned)
         torch.testing.assert_close(theirs.double(), first[0], rtol=1e-4, atol=1e-4)
+    # (mmcv's grid_sample has no deterministic CUDA backward; roiops' runs under the switch)
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = step()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(map(torch.equal, again, first))
