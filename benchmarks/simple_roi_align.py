@@ -1,12 +1,14 @@
-"""PointRend's RoI pooling: ``roiops.simple_roi_align`` against mmcv's ``SimpleRoIAlign``
-formulation in torch (``roiops.bench.mmcv_simple_roi_align``: the bins' centres through
-normalised coordinates into ``grid_sample``, image by image), forward and
-forward+backward.
+"""PointRend's RoI pooling: ``roiops.simple_roi_align`` and ``roiops.roi_point_sample``
+against mmcv's formulations in torch (``roiops.bench.mmcv_simple_roi_align``,
+``mmcv_roi_point_sample``: the points through normalised coordinates into
+``grid_sample``, image by image), forward and forward+backward.
 
-mmcv's layer is this formulation (no kernel of its own), so the comparison is like for
-like without mmcv installed. The case is mmdet's PointRend mask head: 14 x 14 bins from
-the stride-4 level of an 800 x 1344 batch of two, 256 channels. Not part of ``roiops
-bench``.
+mmcv's ``SimpleRoIAlign`` and mmdet's PointRend point features are these formulations (no
+kernel of their own), so the comparison is like for like without mmcv installed. The
+cases are mmdet's PointRend mask head: 14 x 14 bins from the stride-4 level of an 800 x
+1344 batch of two, 256 channels (``simple``), and its point head's 196 random points a
+RoI (``points``; PointRend trains on 14 * 14 points sampled by uncertainty). Not part of
+``roiops bench``.
 
 Run: ``python benchmarks/simple_roi_align.py [--device cuda] [--json PATH]``.
 """
@@ -18,29 +20,39 @@ import torch
 import roiops
 from roiops import bench
 
-CASES = {  # name: (N, C, H, W), RoIs, box sides (px), spatial_scale
-    "cpu": [("pointrend", (2, 256, 200, 336), 256, (16, 600), 1 / 4)],
-    "cuda": [("pointrend", (2, 256, 200, 336), 256, (16, 600), 1 / 4),
-             ("pointrend x4", (2, 256, 200, 336), 1024, (16, 600), 1 / 4)],
+CASES = {  # name: op, (N, C, H, W), RoIs, box sides (px), spatial_scale
+    "cpu": [("simple", "simple", (2, 256, 200, 336), 256, (16, 600), 1 / 4),
+            ("points", "points", (2, 256, 200, 336), 256, (16, 600), 1 / 4)],
+    "cuda": [("simple", "simple", (2, 256, 200, 336), 256, (16, 600), 1 / 4),
+             ("simple x4", "simple", (2, 256, 200, 336), 1024, (16, 600), 1 / 4),
+             ("points x4", "points", (2, 256, 200, 336), 1024, (16, 600), 1 / 4)],
 }  # fmt: skip
 
 
-def calls(shape, num_rois, box_px, scale, device):
+def calls(op, shape, num_rois, box_px, scale, device):
     """{(library, direction): callable} on one case's inputs (boxes sorted by image, as
     mmdet's are, where mmcv's rows are in RoI order)."""
     case = bench.Case("pointrend", "roi_align", shape, num_rois, box_px, scale, 14)
     (level,) = bench.make_inputs(case, device, torch.float32)
     x, rois, grad = level.x, level.rois, level.grad
     rois = rois[torch.argsort(rois[:, 0], stable=True)]
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand((num_rois, 196, 2), generator=g).to(device)
+
+    grad = grad.flatten(2) if op == "points" else grad  # (196 points: 14 x 14 bins)
 
     def train(fn):
         leaf = x.detach().requires_grad_()
         torch.autograd.grad(fn(leaf), [leaf], grad)
 
     def mmcv(t):
+        if op == "points":
+            return bench.mmcv_roi_point_sample(t, rois, points, scale)
         return bench.mmcv_simple_roi_align(t, rois, 14, scale)
 
     def ours(t):
+        if op == "points":
+            return roiops.roi_point_sample(t, rois, points, scale)
         return roiops.simple_roi_align(t, rois, 14, scale)
 
     return {
@@ -53,7 +65,7 @@ def calls(shape, num_rois, box_px, scale, device):
 
 def main(argv=None) -> None:
     bench.side_benchmark(
-        __doc__.splitlines()[0], "simple_roi_align against mmcv's formulation, float32, 14x14",
+        __doc__.splitlines()[0], "PointRend's pooling against mmcv's formulations, float32",
         CASES, calls, ("mmcv formulation", "roiops"), ("mmcv formulation", "roiops"), argv,
     )  # fmt: skip
 

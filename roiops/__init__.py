@@ -19,6 +19,7 @@ from roiops.functional import (
     riroi_align_rotated,
     roi_align,
     roi_align_rotated,
+    roi_point_sample,
     roi_pool,
     simple_roi_align,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "riroi_align_rotated",
     "roi_align",
     "roi_align_rotated",
+    "roi_point_sample",
     "roi_pool",
     "simple_roi_align",
     "unpatch",

@@ -303,6 +303,30 @@ def check_offset(offset: object, rois: Tensor, pooled: tuple[int, int], op: str)
     return offset.contiguous()
 
 
+def check_points(points: object, rois: Tensor, op: str) -> Tensor:
+    """Points in RoIs: ``Tensor[K, P, 2]`` (or ``[1, P, 2]``, every RoI's) of floating
+    point on the RoIs' device, returned contiguous in the RoIs' (compute) dtype."""
+    if not isinstance(points, Tensor):
+        raise TypeError(f"{op}: points must be a Tensor[K, P, 2], got {type(points).__name__}")
+    count = rois.shape[0]
+    if points.dim() != 3 or points.shape[2] != 2 or points.shape[0] not in (1, count):
+        raise ValueError(
+            f"{op}: points must have shape [K, P, 2] (a RoI's points as (u, v), relative to "
+            f"the RoI) or [1, P, 2] (every RoI's), for K = {count} RoIs, got "
+            f"{tuple(points.shape)}"
+        )
+    if not points.is_floating_point():
+        raise TypeError(f"{op}: points must be a floating point tensor, got {points.dtype}")
+    if points.device != rois.device:
+        raise ValueError(
+            f"{op}: points is on {points.device} but input is on {rois.device}; "
+            "put both on the same device"
+        )
+    if points.dtype != rois.dtype:
+        points = points.to(rois.dtype)
+    return points.contiguous()
+
+
 def check_gamma(gamma: object, op: str) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
         raise TypeError(f"{op}: gamma must be a real number, got {gamma!r}")

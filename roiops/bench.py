@@ -534,17 +534,31 @@ def side_benchmark(description: str, title: str, cases: dict, calls: Callable, l
 
 def mmcv_simple_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size,
                           spatial_scale: float, aligned: bool = True) -> torch.Tensor:  # fmt: skip
-    """mmcv's ``SimpleRoIAlign.forward`` (PointRend; mmcv 2.x ``ops/point_sample.py``:
-    ``generate_grid``, ``rel_roi_point_to_rel_img_point``, ``point_sample``) written out in
-    torch, the anchor of ``roiops.simple_roi_align`` (tests, benchmarks): the bins' centres
-    in normalised coordinates, ``grid_sample`` image by image, rows image by image."""
+    """mmcv's ``SimpleRoIAlign.forward`` (PointRend; mmcv 2.x ``ops/point_sample.py``)
+    written out in torch, the anchor of ``roiops.simple_roi_align`` (tests, benchmarks):
+    ``generate_grid``'s bins' centres (``affine_grid``), sampled by
+    :func:`mmcv_roi_point_sample`; rows image by image."""
     import torch.nn.functional as F
 
     output_size = (output_size, output_size) if isinstance(output_size, int) else output_size
-    like = dict(device=features.device, dtype=features.dtype)
-    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **like)
+    affine = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], device=features.device,
+                          dtype=features.dtype)  # fmt: skip
     grid = F.affine_grid(affine, torch.Size((1, 1, *output_size)), align_corners=False)
     rel_roi_points = ((grid + 1.0) / 2.0).view(1, -1, 2).expand(rois.size(0), -1, -1)
+    point_feats = mmcv_roi_point_sample(features, rois, rel_roi_points, spatial_scale, aligned)
+    return point_feats.reshape(rois.size(0), features.size(1), *output_size)
+
+
+def mmcv_roi_point_sample(features: torch.Tensor, rois: torch.Tensor,
+                          rel_roi_points: torch.Tensor, spatial_scale: float,
+                          aligned: bool = True) -> torch.Tensor:  # fmt: skip
+    """mmcv's ``point_sample`` of ``rel_roi_point_to_rel_img_point``, image by image, as
+    mmdet's PointRend head (``_get_fine_grained_point_feats``, one level) and mmcv's
+    ``SimpleRoIAlign`` call them, written out in torch: the anchor of
+    ``roiops.roi_point_sample``. ``rel_roi_points[K, P, 2]``; ``Tensor[K, C, P]``, rows
+    image by image."""
+    import torch.nn.functional as F
+
     point_feats = []
     for batch_ind in range(features.size(0)):
         feat = features[batch_ind].unsqueeze(0)
@@ -556,8 +570,8 @@ def mmcv_simple_roi_align(features: torch.Tensor, rois: torch.Tensor, output_siz
                 ys = points[:, :, 1] * (boxes[:, None, 3] - boxes[:, None, 1])
                 xs += boxes[:, None, 0]
                 ys += boxes[:, None, 1]
-                size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(**like)
+                size = torch.tensor(feat.shape[2:]).flip(0).view(1, 1, 2).to(features)
                 rel = (torch.stack([xs, ys], dim=2) / size * spatial_scale).unsqueeze(0)
             point_feat = F.grid_sample(feat, rel * 2.0 - 1.0, align_corners=not aligned)
             point_feats.append(point_feat.squeeze(0).transpose(0, 1))
-    return torch.cat(point_feats, dim=0).reshape(rois.size(0), features.size(1), *output_size)
+    return torch.cat(point_feats, dim=0)

@@ -26,8 +26,8 @@ from roiops.ops.ps_roi_pool import ps_roi_pool_op
 from roiops.ops.riroi_align_rotated import riroi_align_rotated_op
 from roiops.ops.roi_align import roi_align_max_op, roi_align_onnx_max_op, roi_align_op
 from roiops.ops.roi_align_rotated import roi_align_rotated_op
+from roiops.ops.roi_point_sample import roi_point_sample_op
 from roiops.ops.roi_pool import roi_pool_inference_op, roi_pool_op
-from roiops.ops.simple_roi_align import simple_roi_align_op
 
 BoxesArg = Tensor | list[Tensor] | tuple[Tensor, ...]
 
@@ -687,7 +687,62 @@ def simple_roi_align(
     rois = _validate.boxes_to_rois(boxes, input, op)
     if _onnx.exporting():
         return simple_roi_align_as_roi_align(input, rois, pooled, scale, aligned)
-    return call(simple_roi_align_op, input, rois, scale, *pooled, aligned)
+    out = call(roi_point_sample_op, input, rois, bin_centres(pooled, rois), scale, aligned)
+    return out.view(out.shape[0], out.shape[1], *pooled)
+
+
+def bin_centres(pooled: tuple[int, int], rois: Tensor) -> Tensor:
+    """``Tensor[1, h * w, 2]``: the centres ``((pw + 0.5) / w, (ph + 0.5) / h)`` of ``h x w``
+    bins as points relative to a RoI, row by row, in the RoIs' dtype and on their device
+    (``simple_roi_align``'s points, for :func:`roi_point_sample`)."""
+    h, w = pooled
+    like = dict(dtype=rois.dtype, device=rois.device)
+    u = (torch.arange(w, **like) + 0.5) / w
+    v = (torch.arange(h, **like) + 0.5) / h
+    return torch.stack([u.expand(h, w), v[:, None].expand(h, w)], 2).view(1, h * w, 2)
+
+
+@fx_leaf
+def roi_point_sample(
+    input: Tensor,
+    boxes: BoxesArg,
+    points: Tensor,
+    spatial_scale: float = 1.0,
+    aligned: bool = True,
+) -> Tensor:
+    """PointRend's fine-grained point features (Kirillov et al., CVPR 2020; mmdet's and
+    mmcv's ``point_sample`` of ``rel_roi_point_to_rel_img_point``, detectron2's
+    ``point_sample_fine_grained_features``): each RoI's features at points given relative
+    to the RoI, one bilinear sample a point, read as ``torch.nn.functional.grid_sample``
+    reads a map (zero padding), every image's RoIs in one call.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, as for :func:`roi_align`.
+        boxes: ``Tensor[K, 5]`` of ``(batch_index, x1, y1, x2, y2)`` or a list of
+            ``Tensor[L, 4]``, one per image (the points then in that order).
+        points: ``Tensor[K, P, 2]``: RoI k's point p at ``x = x1 + u * (x2 - x1)``, ``y = y1
+            + v * (y2 - y1)`` for ``(u, v) = points[k, p]`` (``[0, 1]`` inside the box, any
+            value taken), or ``Tensor[1, P, 2]``: the same points in every RoI. They and
+            the boxes get no gradient (as in mmdet and mmcv, which compute them without).
+        spatial_scale: feature-map size / image size.
+        aligned: as :func:`simple_roi_align` (``True``: the map point ``x * spatial_scale
+            - 0.5``, grid_sample's ``align_corners=False``; ``False``: mmcv's legacy ``x *
+            spatial_scale * (W - 1) / W``).
+
+    Returns:
+        ``Tensor[K, C, P]``. Backward is deterministic (grid_sample's CUDA backward is
+        not). mmdet's loop over the images (``point_sample`` of each image's RoIs, the
+        points normalised by the map's size) gives the same numbers up to float rounding.
+        No ONNX operator computes it.
+    """
+    op = "roi_point_sample"
+    _validate.check_input(input, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    aligned = _validate.check_aligned(aligned, op)
+    _onnx.not_exportable(op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    points = _validate.check_points(points, rois, op)
+    return call(roi_point_sample_op, input, rois, points, scale, aligned)
 
 
 def simple_roi_align_as_roi_align(input: Tensor, rois: Tensor, pooled: tuple[int, int],

@@ -56,6 +56,8 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         ("riroi_align_rotated",
          lambda: roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True)),
         ("simple_roi_align", lambda: roiops.simple_roi_align(x, plain, 2, 0.5)),
+        ("roi_point_sample",
+         lambda: roiops.roi_point_sample(x, plain, torch.rand(len(plain), 3, 2), 0.5)),
     ]  # fmt: skip
 
 

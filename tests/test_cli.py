@@ -167,15 +167,19 @@ def test_side_benchmarks_run_on_small_cases(monkeypatch, capsys):
     import importlib.util
 
     monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
-    small = {"cpu": [("small", (2, 8, 20, 24), 6, (16, 80), 1 / 4)]}
-    for name in ("simple_roi_align", "riroi_align_rotated", "deform_roi_pool"):
+    small = ((2, 8, 20, 24), 6, (16, 80), 1 / 4)
+    cases = {
+        "simple_roi_align": [("small", "simple", *small), ("small", "points", *small)],
+        "riroi_align_rotated": [("small", *small, 2)],  # (a sampling ratio)
+        "deform_roi_pool": [("small", *small, 2)],
+    }
+    for name, case_list in cases.items():
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        extra = () if name == "simple_roi_align" else (2,)  # (their sampling ratio)
-        monkeypatch.setattr(module, "CASES", {"cpu": [(*small["cpu"][0], *extra)]})
+        monkeypatch.setattr(module, "CASES", {"cpu": case_list})
         module.main(["--repeat", "1"])
-        assert capsys.readouterr().out.count("small ") == 2
+        assert capsys.readouterr().out.count("small ") == 2 * len(case_list)
 
 
 def test_bench_timing_alternates_the_libraries(monkeypatch):

@@ -619,3 +619,20 @@ def test_simple_roi_align_on_cuda(rng):
     finally:
         torch.use_deterministic_algorithms(False)
     assert all(map(torch.equal, again, first))
+
+
+def test_roi_point_sample_on_cuda(rng):
+    # PointRend's point features: the reference's numbers (float64, to rounding), each
+    # RoI's own points and one set for all, the same bits run after run, no host
+    # synchronisation
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    rois = cuda(random_rois(rng, 2, 64, 200, 272, min_size=0.0), torch.float64)
+    grad = torch.randn(64, 16, 196, device="cuda", dtype=torch.float64)
+    for count in (64, 1):
+        points = cuda(rng.uniform(-0.2, 1.2, (count, 196, 2)), torch.float64)
+
+        def step(points=points):
+            out = roiops.roi_point_sample(x, rois, points, 0.25)
+            return [out, *torch.autograd.grad(out, [x], grad)]
+
+        reference_s_bits_again_and_no_sync(step)

@@ -88,6 +88,7 @@ class EveryOp(nn.Module):
             self.groie(levels, rois),
             roiops.simple_roi_align(x, boxes, 2, 0.5, False),
             self.simple(x, rois),
+            roiops.roi_point_sample(x, rois, rois[:1, 1:].reshape(1, 2, 2) % 1, 0.5).flatten(1),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -112,6 +113,7 @@ PUBLIC_CALLS = {
     "bezier_align": 1,
     "riroi_align_rotated": 1 + 1,
     "simple_roi_align": 1 + 1,  # one direct call, one through SimpleRoIAlign
+    "roi_point_sample": 1,
 }
 
 
@@ -231,6 +233,7 @@ OPS_UNDER_AUTOCAST = {
     "roi_align max": lambda x, r: roiops.roi_align(x, r, 3, 0.5, 2, True, mode="max"),
     "roi_pool": lambda x, r: roiops.roi_pool(x, r, 3, 0.5),
     "simple_roi_align": lambda x, r: roiops.simple_roi_align(x, r, 3, 0.5),
+    "roi_point_sample": lambda x, r: roiops.roi_point_sample(x, r, torch.full((1, 4, 2), 0.3), 0.5),
     "ps_roi_align": lambda x, r: roiops.ps_roi_align(x, r, 2, 0.5, 2),
     "ps_roi_pool": lambda x, r: roiops.ps_roi_pool(x, r, 2, 0.5),
     "prroi_pool": lambda x, r: roiops.prroi_pool(x, r, 2, 0.5),

@@ -1,6 +1,7 @@
-"""SimpleRoIAlign (PointRend): the reference against mmcv's forward written out (its
-points through grid_sample), pencil cases at the map's edge, the Numba kernels against the
-reference bit for bit, gradients against finite differences."""
+"""SimpleRoIAlign (PointRend; roi_point_sample at the bins' centres): the reference
+against mmcv's forward written out (its points through grid_sample), pencil cases at the
+map's edge, the Numba kernels against the reference bit for bit, gradients against finite
+differences."""
 
 import numpy as np
 import pytest
@@ -99,7 +100,8 @@ def test_gradcheck_and_opcheck(rng):
         assert torch.autograd.gradcheck(
             lambda t, a=aligned: roiops.simple_roi_align(t, rois, (2, 3), 0.25, a), (x,)
         )
-    opcheck(torch.ops.roiops.simple_roi_align.default, (x, rois, 0.25, 2, 3, True))
+    points = roiops.functional.bin_centres((2, 3), rois)
+    opcheck(torch.ops.roiops.roi_point_sample.default, (x, rois, points, 0.25, True))
 
 
 def test_layer_lists_half_precision_and_empty(rng):

@@ -1823,8 +1823,22 @@ def test_simple_roi_align_matches_reference(rng, aligned):
     torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
 
 
-def test_simple_roi_align_kernels_take_any_roi_value(rng):
-    from roiops.gpu import simple_roi_align as gpu_simple
+@pytest.mark.parametrize("shared", [False, True])
+def test_roi_point_sample_matches_reference(rng, shared):
+    # points inside and outside their boxes, each RoI's own or one set for all
+    x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 10, 28, 32, min_size=0.0), torch.float32)
+    uv = on_device(rng.uniform(-0.3, 1.3, (1 if shared else 10, 7, 2)), torch.float32)
+    grad = on_device(rng.standard_normal((10, 3, 7)), torch.float32)
+    (out, gx), (ref_out, ref_gx) = triton_and_reference(
+        lambda t: roiops.roi_point_sample(t, rois, uv, 0.5), x, grad
+    )
+    assert_forward_matches("avg", out, ref_out)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+
+
+def test_roi_point_sample_kernels_take_any_roi_value(rng):
+    from roiops.gpu import roi_point_sample as gpu_points
 
     x = on_device(rng.standard_normal((2, 3, 12, 14)), torch.float32)
     rois = on_device(random_rois(rng, 2, 6, 24, 28), torch.float32)
@@ -1832,13 +1846,14 @@ def test_simple_roi_align_kernels_take_any_roi_value(rng):
     rois[2, 0] = 0.5  # not whole
     rois[3, 2] = float("nan")
     rois[4, 3] = float("inf")
-    out = gpu_simple.simple_roi_align_forward(x, rois, 0.5, 2, 3, True)
+    uv = on_device(rng.uniform(0, 1, (6, 6, 2)), torch.float32)
+    out = gpu_points.roi_point_sample_forward(x, rois, uv, 0.5, True)
     assert torch.isnan(out[1:5]).all() and torch.isfinite(out[[0, 5]]).all()
     grad = on_device(rng.standard_normal(out.shape), torch.float32)
-    gx = gpu_simple.simple_roi_align_backward(grad, rois, torch.empty_like(x), 0.5, 2, 3, True)
+    gx = gpu_points.roi_point_sample_backward(grad, rois, uv, torch.empty_like(x), 0.5, True)
     good = [0, 5]
     with roiops.use_backend("reference"):
-        ref = torch.ops.roiops.simple_roi_align_backward(
-            grad[good], rois[good], 0.5, 2, 3, True, 2, 3, 12, 14
+        ref = torch.ops.roiops.roi_point_sample_backward(
+            grad[good], rois[good], uv[good], 0.5, True, 2, 3, 12, 14
         )
     torch.testing.assert_close(gx, ref, **TOL[torch.float32])

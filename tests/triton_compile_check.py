@@ -99,15 +99,15 @@ from roiops.gpu.roi_align_rotated import (  # noqa: E402
     roi_align_rotated_backward_kernel,
     roi_align_rotated_forward_kernel,
 )
+from roiops.gpu.roi_point_sample import (  # noqa: E402
+    roi_point_sample_backward_kernel,
+    roi_point_sample_forward_kernel,
+)
 from roiops.gpu.roi_pool import (  # noqa: E402
     roi_pool_backward_kernel,
     roi_pool_forward_kernel,
     roi_pool_forward_nhwc_kernel,
     roi_pool_regions_kernel,
-)
-from roiops.gpu.simple_roi_align import (  # noqa: E402
-    simple_roi_align_backward_kernel,
-    simple_roi_align_forward_kernel,
 )
 from roiops.gpu.tiles import (  # noqa: E402
     UNSPECIALISED,
@@ -443,13 +443,15 @@ def main(dtypes=DTYPES, lean=False) -> int:
             compile_for_gpu(
                 bezier_align_backward_kernel, bwd, {**bezier, "BLOCK_C": block_c}, bwd_warps
             )
-        # (SimpleRoIAlign: PointRend's one zero-padded sample a bin, 14 x 14 bins)
-        for aligned in (True, False) if full else (True,):
-            simple = {"PH": 14, "PW": 14, "ALIGNED": aligned}
-            compile_for_gpu(simple_roi_align_forward_kernel, fwd, {**simple, "BLOCK": block},
-                            fwd_warps)  # fmt: skip
-            compile_for_gpu(simple_roi_align_backward_kernel, bwd,
-                            {**simple, "BLOCK_C": block_c}, bwd_warps)  # fmt: skip
+        # (PointRend's points in RoIs, zero-padded samples: 196 a RoI, their own or one set
+        # for every RoI, which SimpleRoIAlign's bins' centres are)
+        for shared, aligned in ((False, True), (True, True), (True, False)) if full else (
+                (False, True),):  # fmt: skip
+            points = {"P": 196, "SHARED": shared, "ALIGNED": aligned}
+            compile_for_gpu(roi_point_sample_forward_kernel, {**fwd, "POINTS": rois},
+                            {**points, "BLOCK": block}, fwd_warps)  # fmt: skip
+            compile_for_gpu(roi_point_sample_backward_kernel, {**bwd, "POINTS": rois},
+                            {**points, "BLOCK_C": block_c}, bwd_warps)  # fmt: skip
         # (deformable RoI pooling: aligned RoIAlign with every bin moved by its offset)
         deform = {"PH": 7, "PW": 7}
         for b, warps in sampled:

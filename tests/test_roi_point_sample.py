@@ -1,0 +1,119 @@
+"""roi_point_sample (PointRend's fine-grained point features): against mmdet's loop over
+the images written out (roiops.bench.mmcv_roi_point_sample: mmcv's point_sample),
+simple_roi_align as its bins' centres, the Numba kernels against the reference bit for
+bit, gradients against finite differences, bad points."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import as_tensor, random_rois, results_across_thread_counts
+from torch.library import opcheck
+
+import roiops
+from roiops.bench import mmcv_roi_point_sample
+
+
+def case(rng, dtype=torch.float32, k=12, channels=5, points=7):
+    """A map, boxes over and past its edges (sorted by image, as mmdet's), points inside
+    and outside their boxes, a gradient."""
+    x = as_tensor(rng.standard_normal((2, channels, 9, 11)), dtype)
+    rois = random_rois(rng, 2, k, 36, 44, min_size=0.0)
+    rois = as_tensor(rois[np.argsort(rois[:, 0], kind="stable")], dtype)
+    uv = as_tensor(rng.uniform(-0.3, 1.3, (k, points, 2)), dtype)
+    grad = as_tensor(rng.standard_normal((k, channels, points)), dtype)
+    return x, rois, uv, grad
+
+
+def run(backend, x, rois, uv, grad, scale=0.25, aligned=True):
+    """(output, input gradient) on ``backend``."""
+    xb = x.detach().clone().requires_grad_()
+    with roiops.use_backend(backend):
+        out = roiops.roi_point_sample(xb, rois, uv, scale, aligned)
+        out.backward(grad)
+    return out.detach(), xb.grad
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_reference_is_mmdet_s(rng, dtype, tol):
+    x, rois, uv, grad = case(rng, dtype, k=30)
+    ours = run("reference", x, rois, uv, grad)
+    leaf = x.clone().requires_grad_()
+    theirs = mmcv_roi_point_sample(leaf, rois, uv, 0.25)
+    theirs.backward(grad)
+    torch.testing.assert_close(ours[0], theirs.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(ours[1], leaf.grad, rtol=tol, atol=tol)
+    assert ours[0].ne(0).any() and ours[0].eq(0).any()  # (points past the edges too)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_numba_matches_reference_bit_for_bit(rng, dtype, aligned):
+    x, rois, uv, grad = case(rng, dtype)
+    fast = run("numba", x, rois, uv, grad, aligned=aligned)
+    ref = run("reference", x, rois, uv, grad, aligned=aligned)
+    assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+
+
+def test_shared_points_and_simple_roi_align(rng):
+    # one set of points for every RoI is that set repeated; at the bins' centres it is
+    # simple_roi_align, bit for bit
+    x, rois, uv, _ = case(rng, torch.float64)
+    shared = uv[:1]
+    repeated = roiops.roi_point_sample(x, rois, shared.expand(12, -1, -1), 0.25)
+    assert torch.equal(roiops.roi_point_sample(x, rois, shared, 0.25), repeated)
+    centres = roiops.functional.bin_centres((3, 4), rois)
+    assert torch.equal(centres[0, :5], torch.tensor(
+        [[0.125, 1 / 6], [0.375, 1 / 6], [0.625, 1 / 6], [0.875, 1 / 6], [0.125, 0.5]],
+        dtype=torch.float64))  # fmt: skip
+    for aligned in (True, False):
+        points = roiops.roi_point_sample(x, rois, centres, 0.25, aligned)
+        simple = roiops.simple_roi_align(x, rois, (3, 4), 0.25, aligned)
+        assert torch.equal(points.view(12, 5, 3, 4), simple)
+
+
+def test_backward_deterministic_across_thread_counts(rng):
+    x, rois, uv, _ = case(rng, k=60, channels=33)
+    grad = as_tensor(rng.standard_normal((60, 33, 7)), torch.float32)
+    runs = results_across_thread_counts(lambda: run("numba", x, rois, uv, grad)[1])
+    assert all(torch.equal(r, runs[0]) for r in runs[1:])
+
+
+def test_gradcheck_and_opcheck(rng):
+    x, rois, uv, _ = case(rng, torch.float64, k=5, channels=2, points=4)
+    x.requires_grad_()
+    for aligned in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda t, a=aligned: roiops.roi_point_sample(t, rois, uv, 0.25, a), (x,)
+        )
+    opcheck(torch.ops.roiops.roi_point_sample.default, (x, rois, uv, 0.25, True))
+    opcheck(torch.ops.roiops.roi_point_sample.default, (x, rois, uv[:1], 0.25, False))
+
+
+def test_lists_half_precision_empty_and_no_gradient_to_points(rng):
+    x, rois, uv, _ = case(rng, k=6)
+    per_image = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    assert torch.equal(roiops.roi_point_sample(x, per_image, uv, 0.25),
+                       roiops.roi_point_sample(x, rois, uv, 0.25))  # fmt: skip
+    half = roiops.roi_point_sample(x.half(), rois, uv, 0.25)
+    assert half.dtype == torch.float16
+    assert torch.equal(half, roiops.roi_point_sample(x.half().float(), rois, uv, 0.25).half())
+    leaf, points = x.clone().requires_grad_(), uv.clone().requires_grad_()
+    roiops.roi_point_sample(leaf, rois, points, 0.25).sum().backward()
+    assert leaf.grad.abs().sum() > 0 and points.grad is None
+    assert roiops.roi_point_sample(x, rois, uv[:, :0], 0.25).shape == (6, 5, 0)
+    assert roiops.roi_point_sample(x, rois[:0], uv[:1], 0.25).shape == (0, 5, 7)
+
+
+def test_bad_points():
+    x = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1, 5, 5], [0, 2, 2, 6, 7]])
+    with pytest.raises(TypeError, match="points must be a Tensor"):
+        roiops.roi_point_sample(x, rois, [[0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"points must have shape \[K, P, 2\].*K = 2 RoIs"):
+        roiops.roi_point_sample(x, rois, torch.rand(3, 4, 2))
+    with pytest.raises(ValueError, match=r"points must have shape \[K, P, 2\]"):
+        roiops.roi_point_sample(x, rois, torch.rand(2, 4))
+    with pytest.raises(TypeError, match="points must be a floating point tensor"):
+        roiops.roi_point_sample(x, rois, torch.ones(2, 4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        roiops.roi_point_sample(x, rois * float("nan"), torch.rand(2, 4, 2))
