@@ -291,16 +291,7 @@ def check_offset(offset: object, rois: Tensor, pooled: tuple[int, int], op: str)
             f"{op}: offset must have shape [K, 2, PH, PW] = {list(shape)} (an (x, y) shift "
             f"per RoI and bin), got {tuple(offset.shape)}"
         )
-    if not offset.is_floating_point():
-        raise TypeError(f"{op}: offset must be a floating point tensor, got {offset.dtype}")
-    if offset.device != rois.device:
-        raise ValueError(
-            f"{op}: offset is on {offset.device} but input is on {rois.device}; "
-            "put both on the same device"
-        )
-    if offset.dtype != rois.dtype:
-        offset = offset.to(rois.dtype)
-    return offset.contiguous()
+    return like_rois(offset, rois, "offset", op)
 
 
 def check_points(points: object, rois: Tensor, op: str) -> Tensor:
@@ -315,16 +306,20 @@ def check_points(points: object, rois: Tensor, op: str) -> Tensor:
             f"the RoI) or [1, P, 2] (every RoI's), for K = {count} RoIs, got "
             f"{tuple(points.shape)}"
         )
-    if not points.is_floating_point():
-        raise TypeError(f"{op}: points must be a floating point tensor, got {points.dtype}")
-    if points.device != rois.device:
+    return like_rois(points, rois, "points", op)
+
+
+def like_rois(t: Tensor, rois: Tensor, name: str, op: str) -> Tensor:
+    """An op's per-RoI tensor argument ``name`` (offsets, points): floating point, on the
+    RoIs' device; returned contiguous in the RoIs' (compute) dtype."""
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating point tensor, got {t.dtype}")
+    if t.device != rois.device:
         raise ValueError(
-            f"{op}: points is on {points.device} but input is on {rois.device}; "
+            f"{op}: {name} is on {t.device} but input is on {rois.device}; "
             "put both on the same device"
         )
-    if points.dtype != rois.dtype:
-        points = points.to(rois.dtype)
-    return points.contiguous()
+    return t.to(rois.dtype).contiguous()
 
 
 def check_gamma(gamma: object, op: str) -> float:
