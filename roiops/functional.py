@@ -722,8 +722,9 @@ def roi_point_sample(
             ``Tensor[L, 4]``, one per image (the points then in that order).
         points: ``Tensor[K, P, 2]``: RoI k's point p at ``x = x1 + u * (x2 - x1)``, ``y = y1
             + v * (y2 - y1)`` for ``(u, v) = points[k, p]`` (``[0, 1]`` inside the box, any
-            value taken), or ``Tensor[1, P, 2]``: the same points in every RoI. They and
-            the boxes get no gradient (as in mmdet and mmcv, which compute them without).
+            value taken: one that is not finite reads 0, as a point past the map), or
+            ``Tensor[1, P, 2]``: the same points in every RoI. They and the boxes get no
+            gradient (as in mmdet and mmcv, which compute them without).
         spatial_scale: feature-map size / image size.
         aligned: as :func:`simple_roi_align` (``True``: the map point ``x * spatial_scale
             - 0.5``, grid_sample's ``align_corners=False``; ``False``: mmcv's legacy ``x *

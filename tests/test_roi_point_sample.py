@@ -117,3 +117,19 @@ def test_bad_points():
         roiops.roi_point_sample(x, rois, torch.ones(2, 4, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="NaN or infinite"):
         roiops.roi_point_sample(x, rois * float("nan"), torch.rand(2, 4, 2))
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_points_that_are_not_finite_read_zero(rng, backend):
+    # as a point past the map: no neighbour, 0, no gradient; the other points as usual
+    x, rois, uv, grad = case(rng, torch.float64, k=4, points=3)
+    odd = uv.clone()
+    odd[0, 0, 0], odd[1, 1, 1], odd[2, 2, 0] = float("nan"), float("inf"), -3e300
+    out, gx = run(backend, x, rois, odd, grad)
+    assert out[0, :, 0].eq(0).all() and out[1, :, 1].eq(0).all() and out[2, :, 2].eq(0).all()
+    keep = torch.ones(4, 3, dtype=torch.bool)
+    keep[0, 0] = keep[1, 1] = keep[2, 2] = False
+    grad_kept = grad * keep[:, None, :]
+    expected = run(backend, x, rois, uv, grad_kept)
+    assert torch.equal(out.permute(0, 2, 1)[keep], expected[0].permute(0, 2, 1)[keep])
+    assert torch.equal(gx, expected[1])
