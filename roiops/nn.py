@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from roiops._trace import fx_leaf
@@ -18,6 +19,7 @@ from roiops.functional import (
     ps_roi_pool,
     roi_align,
     roi_align_rotated,
+    roi_point_sample,
     roi_pool,
 )
 
@@ -370,3 +372,32 @@ def pool_detectron2(
         x, box_lists, output_size, scales, sampling_ratio, pooler_type == "ROIAlignV2",
         **mapper,
     )  # fmt: skip
+
+
+@fx_leaf
+def point_sample_fine_grained_features(
+    features_list: list[Tensor],
+    feature_scales: list[float],
+    boxes: list,
+    point_coords: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """detectron2's PointRend ``point_sample_fine_grained_features`` (same arguments and
+    results): each RoI's features at its points from every map of ``features_list``
+    (``feature_scales``: each map's size over the image's), one
+    :func:`roiops.roi_point_sample` a map, aligned (grid_sample's ``align_corners=False``),
+    every image's RoIs in one call (detectron2: a ``grid_sample`` per image and map), a
+    deterministic backward. ``boxes``: one ``Boxes`` (or ``Tensor[L, 4]``) per image;
+    ``point_coords``: ``Tensor[R, P, 2]`` of box-normalised ``[0, 1] x [0, 1]`` points,
+    the images' boxes in order. Returns ``(Tensor[R, C_total, P], Tensor[R, P, 2])``: the
+    maps' features stacked along the channels, and the points in image coordinates (no
+    gradient, as detectron2's)."""
+    box_tensors = [getattr(b, "tensor", b) for b in boxes]
+    cat_boxes = torch.cat(box_tensors) if box_tensors else point_coords.new_zeros((0, 4))
+    with torch.no_grad():  # (detectron2's get_point_coords_wrt_image)
+        size = cat_boxes[:, None, 2:] - cat_boxes[:, None, :2]
+        wrt_image = point_coords * size + cat_boxes[:, None, :2]
+    features = [
+        roi_point_sample(f, box_tensors, point_coords, s)
+        for f, s in zip(features_list, feature_scales, strict=True)
+    ]
+    return torch.cat(features, 1), wrt_image

@@ -6,6 +6,7 @@ bit, gradients against finite differences, bad points."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import as_tensor, random_rois, results_across_thread_counts
 from torch.library import opcheck
 
@@ -133,3 +134,60 @@ def test_points_that_are_not_finite_read_zero(rng, backend):
     expected = run(backend, x, rois, uv, grad_kept)
     assert torch.equal(out.permute(0, 2, 1)[keep], expected[0].permute(0, 2, 1)[keep])
     assert torch.equal(gx, expected[1])
+
+
+class Boxes:
+    """detectron2's ``Boxes`` as far as the function reads it: ``.tensor[L, 4]``."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __len__(self):
+        return self.tensor.shape[0]
+
+
+def detectron2_fine_grained_features(features_list, feature_scales, boxes, point_coords):
+    """detectron2's PointRend ``point_sample_fine_grained_features`` written out (its
+    ``get_point_coords_wrt_image``, and ``point_sample``: grid_sample image by image and map
+    by map)."""
+    cat_boxes = torch.cat([b.tensor for b in boxes])
+    with torch.no_grad():
+        wrt_image = point_coords.clone()
+        wrt_image[:, :, 0] = wrt_image[:, :, 0] * (cat_boxes[:, None, 2] - cat_boxes[:, None, 0])
+        wrt_image[:, :, 1] = wrt_image[:, :, 1] * (cat_boxes[:, None, 3] - cat_boxes[:, None, 1])
+        wrt_image[:, :, 0] += cat_boxes[:, None, 0]
+        wrt_image[:, :, 1] += cat_boxes[:, None, 1]
+    point_features = []
+    for idx_img, coords in enumerate(torch.split(wrt_image, [len(b) for b in boxes])):
+        per_image = []
+        for feature_map, feature_scale in zip(features_list, feature_scales, strict=True):
+            h, w = feature_map.shape[-2:]
+            scale = torch.tensor([w, h], dtype=coords.dtype) / feature_scale
+            grid = 2.0 * (coords / scale).unsqueeze(0) - 1.0
+            sampled = F.grid_sample(feature_map[idx_img].unsqueeze(0), grid, align_corners=False)
+            per_image.append(sampled.squeeze(0).transpose(1, 0))
+        point_features.append(torch.cat(per_image, dim=1))
+    return torch.cat(point_features, dim=0), wrt_image
+
+
+def test_detectron2_fine_grained_features(rng):
+    # detectron2's PointRend point head input: two maps (strides 4 and 8), Boxes per image
+    maps = [as_tensor(rng.standard_normal((2, 3, 16 >> i, 20 >> i)), torch.float64)
+            for i in range(2)]  # fmt: skip
+    rois = random_rois(rng, 1, 9, 64, 80, min_size=0.0)
+    boxes = [Boxes(as_tensor(rois[:5, 1:], torch.float64)),
+             Boxes(as_tensor(rois[5:, 1:], torch.float64))]  # fmt: skip
+    coords = as_tensor(rng.uniform(0, 1, (9, 6, 2)), torch.float64)
+    leaves = [m.clone().requires_grad_() for m in maps]
+    ours, wrt_image = roiops.nn.point_sample_fine_grained_features(leaves, [1 / 4, 1 / 8], boxes,
+                                                                   coords)  # fmt: skip
+    theirs, their_wrt = detectron2_fine_grained_features(maps, [1 / 4, 1 / 8], boxes, coords)
+    assert ours.shape == (9, 6, 6) and torch.equal(wrt_image, their_wrt)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grad = as_tensor(rng.standard_normal(ours.shape), torch.float64)
+    ours.backward(grad)
+    grad_maps = torch.autograd.grad(
+        detectron2_fine_grained_features([m.requires_grad_() for m in maps], [1 / 4, 1 / 8],
+                                         boxes, coords)[0], maps, grad)  # fmt: skip
+    for leaf, expected in zip(leaves, grad_maps, strict=True):
+        torch.testing.assert_close(leaf.grad, expected, rtol=1e-12, atol=1e-12)
