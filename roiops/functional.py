@@ -734,16 +734,40 @@ def roi_point_sample(
         ``Tensor[K, C, P]``. Backward is deterministic (grid_sample's CUDA backward is
         not). mmdet's loop over the images (``point_sample`` of each image's RoIs, the
         points normalised by the map's size) gives the same numbers up to float rounding.
-        No ONNX operator computes it.
+        Exported to ONNX as ``Pad`` and ``RoiAlign`` (opset 16+), equal up to rounding.
     """
     op = "roi_point_sample"
     _validate.check_input(input, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     aligned = _validate.check_aligned(aligned, op)
-    _onnx.not_exportable(op)
     rois = _validate.boxes_to_rois(boxes, input, op)
     points = _validate.check_points(points, rois, op)
+    if _onnx.exporting():
+        return roi_point_sample_as_roi_align(input, rois, points, scale, aligned)
     return call(roi_point_sample_op, input, rois, points, scale, aligned)
+
+
+def roi_point_sample_as_roi_align(input: Tensor, rois: Tensor, points: Tensor,
+                                  spatial_scale: float, aligned: bool) -> Tensor:  # fmt: skip
+    """:func:`roi_point_sample` as ONNX writes it (``Pad`` and ``RoiAlign``), equal up to
+    float rounding: every point a box of no size on the map padded by a ring of zero cells
+    (grid_sample's zero padding), moved one cell, whose one-point bin (aligned RoIAlign)
+    samples that corner."""
+    count, size = rois.shape[0], points.shape[1]
+    uv = points.expand(count, size, 2)
+    x = rois[:, 1:2] + uv[..., 0] * (rois[:, 3:4] - rois[:, 1:2])
+    y = rois[:, 2:3] + uv[..., 1] * (rois[:, 4:5] - rois[:, 2:3])
+    height, width = input.shape[2], input.shape[3]
+    if aligned:  # (RoIAlign's aligned sample lies half a cell before its box's corner)
+        x, y = x * spatial_scale + 1.0, y * spatial_scale + 1.0
+    else:
+        x = (x * spatial_scale) * ((width - 1) / width) + 1.5
+        y = (y * spatial_scale) * ((height - 1) / height) + 1.5
+    batch = rois[:, None, :1].expand(count, size, 1)
+    boxes = torch.cat([batch, torch.stack([x, y, x, y], 2)], 2).reshape(count * size, 5)
+    padded = torch.nn.functional.pad(input, (1, 1, 1, 1))
+    out = roi_align(padded, boxes, 1, 1.0, 1, True)
+    return out.reshape(count, size, input.shape[1]).transpose(1, 2)
 
 
 def simple_roi_align_as_roi_align(input: Tensor, rois: Tensor, pooled: tuple[int, int],

@@ -234,6 +234,57 @@ def test_simple_roi_align_exports_as_pad_and_roi_align(data, dynamo, aligned):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_point_sample_exports_as_pad_and_roi_align(data, dynamo, aligned):
+    # PointRend's point features: every point a box of no size on a ring of zeros
+    x, rois = data
+    rng = np.random.default_rng(3)
+    boxes = rois[1].clone()
+    boxes[:, 1:] -= 6  # (past the top-left edges too)
+    example = torch.from_numpy(rng.uniform(-0.3, 1.3, (rois[0].shape[0], 5, 2))).float()
+    points = torch.from_numpy(rng.uniform(-0.3, 1.3, (boxes.shape[0], 5, 2))).float()
+
+    def fn(a, b, p):
+        return roiops.roi_point_sample(a, b, p, 0.25, aligned)
+
+    model = export_points(fn, x, rois[0], example, dynamo)
+    assert nodes(model).count("RoiAlign") == 1 and nodes(model).count("Pad") == 1
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    names = [i.name for i in session.get_inputs()]
+    out = session.run(None, dict(zip(names, (x.numpy(), boxes.numpy(), points.numpy()),
+                                     strict=True)))[0]  # fmt: skip
+    expected = fn(x, boxes, points)
+    assert expected.eq(0).any() and expected.ne(0).any()
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class PointsPool(Pool):
+    def forward(self, x, rois, points):
+        return self.fn(x, rois, points)
+
+
+def export_points(fn, x, rois, points, dynamo):
+    """The ONNX model (opset 16) of ``fn(x, rois, points)``, the RoI count dynamic."""
+    model = PointsPool(fn).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            k = torch.export.Dim("k")
+            return torch.onnx.export(
+                model, (x, rois, points), dynamo=True, opset_version=16,
+                input_names=["x", "rois", "points"], verbose=False,
+                dynamic_shapes={"x": None, "rois": {0: k}, "points": {0: k}},
+            ).model_proto  # fmt: skip
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            model, (x, rois, points), buffer, dynamo=False, opset_version=16,
+            input_names=["x", "rois", "points"],
+            dynamic_axes={"rois": {0: "k"}, "points": {0: "k"}},
+        )  # fmt: skip
+        return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_float64_exports_and_runs_in_float64(data, dynamo):
     x, rois = data
 

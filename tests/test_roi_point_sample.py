@@ -191,3 +191,17 @@ def test_detectron2_fine_grained_features(rng):
                                          boxes, coords)[0], maps, grad)  # fmt: skip
     for leaf, expected in zip(leaves, grad_maps, strict=True):
         torch.testing.assert_close(leaf.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+def test_onnx_form_is_roi_align_on_a_zero_ring(rng, aligned, shared):
+    # what the export writes (every point a box of no size, one-point RoIAlign bins on the
+    # map with a ring of zeros), run eagerly: the same numbers up to rounding
+    from roiops.functional import roi_point_sample_as_roi_align
+
+    x, rois, uv, _ = case(rng, torch.float64, k=20)
+    uv = uv[:1] if shared else uv
+    expected = roiops.roi_point_sample(x, rois, uv, 0.25, aligned)
+    got = roi_point_sample_as_roi_align(x, rois, uv, 0.25, aligned)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
