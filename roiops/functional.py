@@ -750,39 +750,42 @@ def roi_point_sample(
 def roi_point_sample_as_roi_align(input: Tensor, rois: Tensor, points: Tensor,
                                   spatial_scale: float, aligned: bool) -> Tensor:  # fmt: skip
     """:func:`roi_point_sample` as ONNX writes it (``Pad`` and ``RoiAlign``), equal up to
-    float rounding: every point a box of no size on the map padded by a ring of zero cells
-    (grid_sample's zero padding), moved one cell, whose one-point bin (aligned RoIAlign)
-    samples that corner."""
+    float rounding: every point a box of no size (``zero_ring_roi_align``), whose one-point
+    bin samples that corner."""
     count, size = rois.shape[0], points.shape[1]
     uv = points.expand(count, size, 2)
     x = rois[:, 1:2] + uv[..., 0] * (rois[:, 3:4] - rois[:, 1:2])
     y = rois[:, 2:3] + uv[..., 1] * (rois[:, 4:5] - rois[:, 2:3])
-    height, width = input.shape[2], input.shape[3]
-    if aligned:  # (RoIAlign's aligned sample lies half a cell before its box's corner)
-        x, y = x * spatial_scale + 1.0, y * spatial_scale + 1.0
-    else:
-        x = (x * spatial_scale) * ((width - 1) / width) + 1.5
-        y = (y * spatial_scale) * ((height - 1) / height) + 1.5
-    batch = rois[:, None, :1].expand(count, size, 1)
-    boxes = torch.cat([batch, torch.stack([x, y, x, y], 2)], 2).reshape(count * size, 5)
-    padded = torch.nn.functional.pad(input, (1, 1, 1, 1))
-    out = roi_align(padded, boxes, 1, 1.0, 1, True)
+    corners = torch.stack([x, y, x, y], 2).reshape(count * size, 4)
+    batch = rois[:, None, :1].expand(count, size, 1).reshape(count * size, 1)
+    out = zero_ring_roi_align(input, batch, corners, (1, 1), spatial_scale, aligned)
     return out.reshape(count, size, input.shape[1]).transpose(1, 2)
 
 
 def simple_roi_align_as_roi_align(input: Tensor, rois: Tensor, pooled: tuple[int, int],
                                   spatial_scale: float, aligned: bool) -> Tensor:  # fmt: skip
     """:func:`simple_roi_align` as ONNX writes it (``Pad`` and ``RoiAlign``), equal up to
-    float rounding: grid_sample's zero padding is a ring of zero cells around the map,
-    on which RoIAlign's one-point bins (aligned) sample the same points, moved one cell,
-    and clamp what lies past the ring onto it (zeros too)."""
+    float rounding: the boxes themselves (``zero_ring_roi_align``), whose one-point bins
+    sample the same points."""
+    return zero_ring_roi_align(input, rois[:, :1], rois[:, 1:], pooled, spatial_scale, aligned)
+
+
+def zero_ring_roi_align(input: Tensor, batch: Tensor, corners: Tensor, pooled: tuple[int, int],
+                        spatial_scale: float, aligned: bool) -> Tensor:  # fmt: skip
+    """Aligned RoIAlign with one point a bin of the boxes ``corners[K, 4]`` (image
+    coordinates; images ``batch[K, 1]``) on ``input`` padded by a ring of zero cells:
+    grid_sample's zero padding, so each bin reads what :func:`roi_point_sample` reads at
+    its centre (the corners moved one cell onto the padded map, scaled as
+    ``roi_point_sample`` scales points; RoIAlign clamps what lies past the ring onto it,
+    zeros too). Written by ONNX as ``Pad`` and ``RoiAlign``."""
     height, width = input.shape[2], input.shape[3]
-    corners = rois[:, 1:] * spatial_scale + 1.0
-    if not aligned:  # (points at x * spatial_scale * (W - 1) / W: the corners scaled so)
+    if aligned:  # (RoIAlign's aligned sample lies half a cell before its box's corner)
+        corners = corners * spatial_scale + 1.0
+    else:  # (points at x * spatial_scale * (W - 1) / W: the corners scaled so)
         factor = [(width - 1) / width, (height - 1) / height] * 2
-        corners = (rois[:, 1:] * spatial_scale) * rois.new_tensor(factor) + 1.5
+        corners = (corners * spatial_scale) * corners.new_tensor(factor) + 1.5
     padded = torch.nn.functional.pad(input, (1, 1, 1, 1))
-    return roi_align(padded, torch.cat([rois[:, :1], corners], 1), pooled, 1.0, 1, True)
+    return roi_align(padded, torch.cat([batch, corners], 1), pooled, 1.0, 1, True)
 
 
 @fx_leaf
