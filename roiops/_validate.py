@@ -146,6 +146,28 @@ def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
         )
 
 
+def check_scaled_boxes(rois: Tensor, spatial_scale: float | Tensor, op: str) -> None:
+    """Boxes (``rois[K, 5]``) whose corners and sides times ``spatial_scale`` (a float, or
+    a ``Tensor[K]`` of each RoI's scale) are finite, computed as the kernels compute
+    them: in the RoIs' dtype, the scale rounded to it. A box of finite coordinates can
+    overflow there (a large scale, or a side wider than the dtype holds); RoIPool's
+    rounding of such a box has no answer."""
+    if rois.shape[0] == 0:
+        return
+    scale = rois.new_tensor(spatial_scale) if not isinstance(spatial_scale, Tensor) else (
+        spatial_scale.to(rois.dtype)[:, None])  # fmt: skip
+    corners = rois[:, 1:5] * scale
+    sides = corners[:, 2:] - corners[:, :2]
+    bad = ~(torch.isfinite(corners).all(1) & torch.isfinite(sides).all(1))
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        scale_k = float(scale if scale.dim() == 0 else scale[k, 0])
+        raise ValueError(
+            f"{op}: boxes: box {k} {rois[k, 1:].tolist()} times spatial_scale {scale_k:g} "
+            f"overflows {rois.dtype} (its scaled corners or sides are not finite)"
+        )
+
+
 # With adaptive sampling (sampling_ratio <= 0) a bin takes ceil(bin size) points along
 # each axis, so a box some hundred thousand cells across (a diverging model's, or one in
 # the wrong units) asks for billions of points a bin: a kernel busy for hours, in

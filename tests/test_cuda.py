@@ -443,11 +443,17 @@ def test_bad_box_values_give_nan_not_an_error(rng, monkeypatch):
         torch.testing.assert_close(g, g_good)
     out = roiops.roi_pool(x, rois, 2, 0.5)
     assert torch.isnan(out[1:4]).all() and torch.isfinite(out[[0, 4]]).all()
+    # finite coordinates whose side overflows float32 once scaled (by 2)
+    wide = cuda([[0, 1.0, 1, 9, 9], [0, -1e38, 1, 1e38, 9]])
+    for out in (roiops.roi_pool(x, wide, 2, 2.0), roiops.roi_align(x, wide, 2, 2.0, 2)):
+        assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).all()
     monkeypatch.setenv("ROIOPS_CHECK_VALUES", "1")
     with pytest.raises(ValueError, match="batch indices"):
         roiops.roi_align(x, rois[:3], 2, 0.5)
     with pytest.raises(ValueError, match="NaN or infinite"):
         roiops.roi_align(x, rois[3:], 2, 0.5)
+    with pytest.raises(ValueError, match="box 1 .* overflows torch.float32"):
+        roiops.roi_pool(x, wide, 2, 2.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -890,6 +890,53 @@ def test_adaptive_and_fixed_grids_in_every_dtype(rng, ratio, dtype):
     torch.testing.assert_close(fast[1], ref[1], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-2)))
 
 
+# boxes of finite coordinates that overflow float32 once scaled (here by 2): a corner, the
+# width, the height (RoIPool's rounding of such a box has no answer; the reference refuses)
+OVERFLOWING_ROIS = [[0, 1.0, 1.0, 2e38, 8.0], [1, -1.5e38, 1.0, 1.5e38, 8.0],
+                    [0, 1.0, -1e38, 8.0, 1e38]]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", ["avg", "max", "pool", "ps_pool", "prroi"])
+def test_boxes_that_overflow_once_scaled_are_invalid(rng, op):
+    from roiops.gpu import prroi_pool as gpu_prroi
+
+    x = on_device(rng.standard_normal((2, 8, 9, 11)), torch.float32)
+    good = random_rois(rng, 2, 3, 4, 5, min_size=1.0)
+    rois = on_device(np.concatenate([good[:1], OVERFLOWING_ROIS, good[1:]]), torch.float32)
+    bad = torch.zeros(len(rois), dtype=torch.bool, device=DEVICE)
+    bad[1 : 1 + len(OVERFLOWING_ROIS)] = True
+    if op == "pool":
+        out, argmax = gpu_pool.roi_pool_forward(x, rois, 2.0, 2, 2)
+        gx = gpu_pool.roi_pool_backward(torch.ones_like(out), rois, argmax, torch.empty_like(x),
+                                        2.0)  # fmt: skip
+    elif op == "ps_pool":
+        out = gpu_ps_pool.ps_roi_pool_forward(x, rois, 2.0, 2, 2)
+        gx = gpu_ps_pool.ps_roi_pool_backward(torch.ones_like(out), rois, torch.empty_like(x),
+                                              2.0)  # fmt: skip
+    elif op == "prroi":
+        out = gpu_prroi.prroi_pool_forward(x, rois, 2.0, 2, 2)
+        gx = gpu_prroi.prroi_pool_backward(torch.ones_like(out), rois, torch.empty_like(x), 2.0)
+    else:
+        out, argmax = gpu_align.roi_align_forward(x, rois, 2.0, 2, 2, 2, True, op == "max")
+        gx = gpu_align.roi_align_backward(torch.ones_like(out), rois, argmax, torch.empty_like(x),
+                                          2.0, 2, 2, 2, True)  # fmt: skip
+    assert torch.isnan(out[bad]).all() and torch.isfinite(out[~bad]).all()
+    leaf = x.detach().clone().requires_grad_()
+    with roiops.use_backend("reference"):
+        call = {
+            "pool": lambda: roiops.roi_pool(leaf, rois[~bad], 2, 2.0),
+            "ps_pool": lambda: roiops.ps_roi_pool(leaf, rois[~bad], 2, 2.0),
+            "prroi": lambda: roiops.prroi_pool(leaf, rois[~bad], 2, 2.0),
+        }.get(op, lambda: roiops.roi_align(leaf, rois[~bad], 2, 2.0, 2, True, op))
+        ref = call()
+        ref.sum().backward()
+        # (the refusal these kernels stand in for on CUDA)
+        with pytest.raises(ValueError, match="box 1 .* overflows torch.float32"):
+            roiops.roi_pool(x, rois, 2, 2.0)
+    assert_forward_matches("avg" if op == "prroi" else op, out[~bad], ref)
+    torch.testing.assert_close(gx, leaf.grad, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize("mode", ["avg", "max", "pool"])
 def test_non_finite_output_gradient_gives_nan_input_gradient(rng, mode):
     # fixed point cannot carry NaN or inf to the cells they reach: the whole input

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch import Tensor
 
 import roiops
 
@@ -145,6 +146,58 @@ def test_the_adaptive_grid_limit_is_counted_as_the_kernels_count():
         _validate.check_adaptive_grid(rotated, 1.0, 2, 2, 0, aligned, "op", rotated=True)
         with pytest.raises(ValueError, match="box 0 asks"):
             _validate.check_adaptive_grid(rotated, 1.0, 1, 2, 0, aligned, "op", rotated=True)
+
+
+# finite coordinates that overflow the boxes' dtype once scaled: a corner (at scale 2),
+# the width, the height (before: OverflowError from the reference's rounding, and
+# whatever the CPU kernels' clamped conversions gave)
+def overflowing(dtype: torch.dtype) -> list[Tensor]:
+    big = 1e38 if dtype == torch.float32 else 6e307
+    rows = [[0, 1, 1, 2 * big, 5], [0, -big, 1, big, 5], [0, 1, -big, 5, big]]
+    return [torch.tensor([row], dtype=dtype) for row in rows]
+
+
+PYRAMID = [X, X[:, :, ::2, ::2]]
+AXIS_ALIGNED_OPS = [
+    lambda b: roiops.roi_align(X.to(b.dtype), b, 2, 2.0, 2, True),
+    lambda b: roiops.roi_align(X.to(b.dtype), b, 2, 2.0, 3, False, mode="max"),
+    lambda b: roiops.roi_pool(X.to(b.dtype), b, 2, 2.0),
+    lambda b: roiops.ps_roi_align(torch.randn(2, 8, 8, 8, dtype=b.dtype), b, 2, 2.0, 2),
+    lambda b: roiops.ps_roi_pool(torch.randn(2, 8, 8, 8, dtype=b.dtype), b, 2, 2.0),
+    lambda b: roiops.prroi_pool(X.to(b.dtype), b, 2, 2.0),
+    lambda b: roiops.deform_roi_pool(X.to(b.dtype), b, None, 2, 2.0, 2),
+    lambda b: roiops.multi_scale_roi_align(
+        [f.to(b.dtype) for f in PYRAMID], b, 2, [2.0, 1.0], 2, levels=torch.tensor([0])
+    ),  # fmt: skip
+    lambda b: roiops.multi_scale_roi_pool(
+        [f.to(b.dtype) for f in PYRAMID], b, 2, [2.0, 1.0], levels=torch.tensor([0])
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("call", AXIS_ALIGNED_OPS)
+def test_a_box_that_overflows_once_scaled_is_a_bad_box(call, dtype, backend):
+    with roiops.use_backend(backend):
+        for box in overflowing(dtype):
+            with pytest.raises(ValueError, match=rf"box 0 .* spatial_scale 2 overflows {dtype}"):
+                call(box)
+            # half the box is one (a fixed grid: an adaptive one would be absurd)
+            assert torch.isfinite(call(box / 2)).all()
+
+
+def test_a_pyramid_box_is_scaled_by_its_own_level():
+    # (the corner at 2e38 overflows float32 at level 0's scale, 2, not at level 1's)
+    box = torch.tensor([[0, 1.0, 1, 2e38, 5]])
+    calls = [
+        lambda level: roiops.multi_scale_roi_align(PYRAMID, box, 2, [2.0, 1.0], 2, levels=level),
+        lambda level: roiops.multi_scale_roi_pool(PYRAMID, box, 2, [2.0, 1.0], levels=level),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="box 0 .* times spatial_scale 2 overflows"):
+            call(torch.tensor([0]))
+        assert torch.isfinite(call(torch.tensor([1]))).all()
 
 
 def test_value_checks_also_guard_the_custom_op():

@@ -10,10 +10,10 @@ of a weight it is left alone, and the GPU tests compare roi_align with tolerance
 
 The kernels must be safe for any RoI value, because on CUDA the ops do not look at the
 values on the host (that would synchronise): ``load_roi`` flags a RoI whose batch index
-is not a whole number in ``[0, N)`` or whose coordinates are not finite (``adaptive_grid``:
-or, with adaptive sampling, whose bins would take more than ``MAX_ADAPTIVE_GRID`` points
-along an axis). Such a RoI reads nothing (its batch index is replaced by 0), its outputs
-are NaN and it sends no gradient.
+is not a whole number in ``[0, N)`` or whose coordinates, or sides, times spatial_scale
+are not finite (``adaptive_grid``: or, with adaptive sampling, whose bins would take more
+than ``MAX_ADAPTIVE_GRID`` points along an axis). Such a RoI reads nothing (its batch
+index is replaced by 0), its outputs are NaN and it sends no gradient.
 """
 
 from __future__ import annotations
@@ -68,15 +68,18 @@ def batch_index(ROIS, k, N, COLUMNS: tl.constexpr):
 
 
 @triton.jit
+def _box(ROIS, k, N):
+    """(n, x1, y1, x2, y2, ok) of RoI k (rows of 5): ok where its batch index is."""
+    n, ok = batch_index(ROIS, k, N, 5)
+    roi = ROIS + k.to(tl.int64) * 5
+    return n, tl.load(roi + 1), tl.load(roi + 2), tl.load(roi + 3), tl.load(roi + 4), ok
+
+
+@triton.jit
 def load_box(ROIS, k, N):
     """(n, x1, y1, x2, y2, valid) of RoI k (rows of 5), its coordinates as they are. n is
     0 where the RoI is not valid."""
-    n, valid = batch_index(ROIS, k, N, 5)
-    roi = ROIS + k.to(tl.int64) * 5
-    x1 = tl.load(roi + 1)
-    y1 = tl.load(roi + 2)
-    x2 = tl.load(roi + 3)
-    y2 = tl.load(roi + 4)
+    n, x1, y1, x2, y2, valid = _box(ROIS, k, N)
     valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
     return tl.where(valid, n, 0), x1, y1, x2, y2, valid
 
@@ -84,10 +87,20 @@ def load_box(ROIS, k, N):
 @triton.jit
 def load_roi(ROIS, k, N, SCALE_BITS):
     """(n, x1, y1, x2, y2, valid) of RoI k, coordinates times spatial_scale in the RoIs'
-    dtype (the reference's ``T(x) * T(scale)``). n is 0 where the RoI is not valid."""
+    dtype (the reference's ``T(x) * T(scale)``). Not valid (n = 0): a bad batch index, or
+    scaled corners or sides that are not finite (a side can overflow where its corners do
+    not; a coordinate that is not finite stays so, the scale being finite). Where the
+    compiler fuses a side's product and difference into an FMA, a side within a rounding
+    of the dtype's largest value may pass here and fail the host's check."""
     spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(ROIS.dtype.element_ty)
-    n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
-    return n, x1 * spatial_scale, y1 * spatial_scale, x2 * spatial_scale, y2 * spatial_scale, valid
+    n, x1, y1, x2, y2, valid = _box(ROIS, k, N)
+    x1 = x1 * spatial_scale
+    y1 = y1 * spatial_scale
+    x2 = x2 * spatial_scale
+    y2 = y2 * spatial_scale
+    valid = valid & is_finite(x1) & is_finite(y1) & is_finite(x2) & is_finite(y2)
+    valid = valid & is_finite(x2 - x1) & is_finite(y2 - y1)
+    return tl.where(valid, n, 0), x1, y1, x2, y2, valid
 
 
 @triton.jit

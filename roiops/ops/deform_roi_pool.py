@@ -26,7 +26,7 @@ def _checked_backend(device, rois, batch_size, spatial_scale, pooled_height, poo
     """``checked_backend`` with the aligned RoIAlign grid's check (no absurd adaptive
     grid); the offsets may take any value (a bin with a non-finite one gives NaN)."""
     grid = (spatial_scale, pooled_height, pooled_width, sampling_ratio, True)
-    return checked_backend(device, rois, batch_size, OP, grid=grid)
+    return checked_backend(device, rois, batch_size, OP, scale=spatial_scale, grid=grid)
 
 
 @forward_op("roiops::deform_roi_pool")

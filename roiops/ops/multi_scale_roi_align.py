@@ -44,20 +44,29 @@ ROTATED = "multi_scale_roi_align_rotated"
 
 
 def _checked_backend(device, rois, levels, batch_size, num_levels, grid=None, rotated=False,
-                     op=OP):  # fmt: skip
+                     op=OP, scales=None):  # fmt: skip
     """``checked_backend``, the RoIs' pyramid levels checked too (where that is free);
     ``grid``, the RoIAlign pooler's ``(scales, pooled_height, pooled_width,
     sampling_ratio, aligned)``: its adaptive grids too, each RoI at its level's scale;
     ``rotated``: rotated RoIs (``rois[K, 6]``), whose sizes must not be negative when
-    aligned."""
+    aligned; ``scales`` (or the grid's): the boxes scaled by their levels' must be
+    finite (``_validate.check_scaled_boxes``; not rotated RoIs)."""
     checks = [lambda: _validate.check_levels(levels, num_levels, op)]
+    if grid is not None:
+        scales = grid[0]
+
+    def level_scales() -> Tensor:
+        return rois.new_tensor(scales, dtype=torch.float64)[levels.long()]
+
     if rotated and grid[4]:
         checks.append(lambda: _validate.check_rotated_sizes(rois, op))
+    if scales is not None and not rotated:
+        checks.append(lambda: _validate.check_scaled_boxes(rois, level_scales(), op))
     if grid is not None and grid[3] <= 0:
-        scales, pooled_height, pooled_width, _, aligned = grid
+        _, pooled_height, pooled_width, _, aligned = grid
         checks.append(lambda: _validate.check_adaptive_grid(
-            rois, rois.new_tensor(scales, dtype=torch.float64)[levels.long()], pooled_height,
-            pooled_width, 0, aligned, op, rotated))  # fmt: skip
+            rois, level_scales(), pooled_height, pooled_width, 0, aligned, op,
+            rotated))  # fmt: skip
     return checked_backend(device, rois, batch_size, op, *checks)
 
 
@@ -263,7 +272,7 @@ def multi_scale_roi_pool_op(
     ``argmax[K, ph, pw, C]`` holds cells of each RoI's level (``roiops._layout``)."""
     first = features[0]
     backend = _checked_backend(first.device, rois, levels, first.shape[0], len(features),
-                               op=POOL)  # fmt: skip
+                               op=POOL, scales=scales)  # fmt: skip
     shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
     arg_shape = argmax_shape(*shape)
     if rois.shape[0] == 0 or first.shape[1] == 0:

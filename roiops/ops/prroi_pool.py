@@ -22,7 +22,7 @@ def prroi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
 ) -> Tensor:
     """``Tensor[K, C, pooled_height, pooled_width]``."""
-    backend = checked_backend(input.device, rois, input.shape[0], OP)
+    backend = checked_backend(input.device, rois, input.shape[0], OP, scale=spatial_scale)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     if rois.shape[0] == 0 or input.shape[1] == 0:
         return input.new_zeros(shape)
@@ -67,7 +67,7 @@ def prroi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = checked_backend(grad.device, rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP, scale=spatial_scale)
     if backend == "triton":
         from roiops.gpu import prroi_pool as gpu
 
@@ -106,7 +106,7 @@ def prroi_pool_box_backward_op(
     """Gradient w.r.t. the rois, ``Tensor[K, 5]`` (column 0 gets 0), deterministic."""
     if grad.numel() == 0:
         return rois.new_zeros((rois.shape[0], 5))
-    backend = checked_backend(grad.device, rois, input.shape[0], OP)
+    backend = checked_backend(grad.device, rois, input.shape[0], OP, scale=spatial_scale)
     if backend == "triton":
         from roiops.gpu import prroi_pool as gpu
 

@@ -37,7 +37,7 @@ def ps_roi_align_op(
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP, grid=(
+    backend = checked_backend(input.device, rois, sizes[0], OP, scale=spatial_scale, grid=(
         spatial_scale, pooled_height, pooled_width, sampling_ratio, True))  # fmt: skip
     channels_out = sizes[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
@@ -97,7 +97,7 @@ def ps_roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = checked_backend(grad.device, rois, batch_size, OP, grid=(
+    backend = checked_backend(grad.device, rois, batch_size, OP, scale=spatial_scale, grid=(
         spatial_scale, pooled_height, pooled_width, sampling_ratio, True))  # fmt: skip
     if backend == "triton":
         from roiops.gpu import roi_align as gpu

@@ -31,7 +31,7 @@ def ps_roi_pool_op(
 ) -> Tensor:
     """``Tensor[K, C // (pooled_height * pooled_width), pooled_height, pooled_width]``."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP)
+    backend = checked_backend(input.device, rois, sizes[0], OP, scale=spatial_scale)
     channels_out = sizes[1] // (pooled_height * pooled_width)
     shape = (rois.shape[0], channels_out, pooled_height, pooled_width)
     if shape[0] == 0 or channels_out == 0 or sizes[2] == 0 or sizes[3] == 0:
@@ -83,7 +83,7 @@ def ps_roi_pool_backward_op(
     _validate.check_position_sensitive_channels(channels, (pooled_height, pooled_width), OP)
     if grad.numel() == 0 or height == 0 or width == 0:
         return grad.new_zeros(shape)
-    backend = checked_backend(grad.device, rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP, scale=spatial_scale)
     if backend == "triton":
         from roiops.gpu import ps_roi_pool as gpu
 

@@ -52,7 +52,7 @@ def _forward(
 ):
     """``(output, argmax)``; argmax is None in avg mode. ``mode``: avg, max, onnx_max."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP, grid=(
+    backend = checked_backend(input.device, rois, sizes[0], OP, scale=spatial_scale, grid=(
         spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     shape = (rois.shape[0], sizes[1], pooled_height, pooled_width)
     if _output_is_empty(sizes, rois):
@@ -195,7 +195,7 @@ def roi_align_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = checked_backend(grad.device, rois, batch_size, OP, grid=(
+    backend = checked_backend(grad.device, rois, batch_size, OP, scale=spatial_scale, grid=(
         spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     mode = "avg" if argmax is None else "onnx_max" if onnx_max else "max"
     if backend == "triton":
@@ -253,7 +253,7 @@ def roi_align_box_backward_op(
     (``roiops.reference.roi_align.roi_align_box_backward``); deterministic."""
     if grad.numel() == 0 or _output_is_empty(input.shape, rois):
         return rois.new_zeros((rois.shape[0], 5))
-    backend = checked_backend(grad.device, rois, input.shape[0], OP, grid=(
+    backend = checked_backend(grad.device, rois, input.shape[0], OP, scale=spatial_scale, grid=(
         spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned))  # fmt: skip
     params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
     if backend == "triton":

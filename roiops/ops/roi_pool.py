@@ -36,7 +36,7 @@ OP = "roi_pool"
 def _forward(input, rois, spatial_scale, pooled_height, pooled_width, with_argmax):
     """``(output, argmax or None)`` on the selected backend."""
     sizes = input.shape  # (once: each read builds a torch.Size, ~0.1 us of a CUDA call)
-    backend = checked_backend(input.device, rois, sizes[0], OP)
+    backend = checked_backend(input.device, rois, sizes[0], OP, scale=spatial_scale)
     _validate.check_plane_indexable(sizes, OP)
     shape = (rois.shape[0], sizes[1], pooled_height, pooled_width)
     if shape[0] == 0 or shape[1] == 0:
@@ -114,7 +114,7 @@ def roi_pool_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = checked_backend(grad.device, rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP, scale=spatial_scale)
     if backend == "triton":
         from roiops.gpu import roi_pool as gpu
 
