@@ -8,6 +8,7 @@ from roiops._backend import use_backend
 from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
     bezier_align,
+    deform_ps_roi_pool,
     deform_roi_pool,
     map_levels,
     multi_scale_roi_align,
@@ -61,6 +62,7 @@ __all__ = [
     "SimpleRoIAlign",
     "SingleRoIExtractor",
     "bezier_align",
+    "deform_ps_roi_pool",
     "deform_roi_pool",
     "is_patched",
     "map_levels",

@@ -316,6 +316,30 @@ def check_offset(offset: object, rois: Tensor, pooled: tuple[int, int], op: str)
     return like_rois(offset, rois, "offset", op)
 
 
+def check_part_offset(offset: object, rois: Tensor, part_size: int, channels_out: int,
+                      op: str) -> Tensor:  # fmt: skip
+    """Deformable PS RoI pooling's offsets: ``Tensor[K, 2 * classes, part_size,
+    part_size]`` (an (x, y) shift per RoI, class of output channels and part), the
+    classes splitting the output channels evenly; returned as ``like_rois``."""
+    if not isinstance(offset, Tensor):
+        raise TypeError(f"{op}: offset must be a Tensor or None, got {type(offset).__name__}")
+    shape = tuple(offset.shape)
+    if (len(shape) != 4 or shape[0] != rois.shape[0] or shape[1] < 2 or shape[1] % 2
+            or shape[2:] != (part_size, part_size)):  # fmt: skip
+        raise ValueError(
+            f"{op}: offset must have shape [K, 2 * classes, part_size, part_size] = "
+            f"[{rois.shape[0]}, 2 * classes, {part_size}, {part_size}] (an (x, y) shift per "
+            f"RoI, class and part), got {shape}"
+        )
+    classes = shape[1] // 2
+    if channels_out % classes:
+        raise ValueError(
+            f"{op}: offset has {classes} classes (shape[1] / 2), which do not split the "
+            f"{channels_out} output channels evenly"
+        )
+    return like_rois(offset, rois, "offset", op)
+
+
 def check_points(points: object, rois: Tensor, op: str) -> Tensor:
     """Points in RoIs: ``Tensor[K, P, 2]`` (or ``[1, P, 2]``, every RoI's) of floating
     point on the RoIs' device, returned contiguous in the RoIs' (compute) dtype."""
@@ -344,13 +368,23 @@ def like_rois(t: Tensor, rois: Tensor, name: str, op: str) -> Tensor:
     return t.to(rois.dtype).contiguous()
 
 
-def check_gamma(gamma: object, op: str) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"{op}: gamma must be a real number, got {gamma!r}")
-    value = float(gamma)
-    if not -math.inf < value < math.inf:
-        raise ValueError(f"{op}: gamma must be finite, got {gamma!r}")
-    return value
+def check_finite(value: object, name: str, op: str) -> float:
+    """A real-number argument ``name`` that must be finite (``gamma``, ``trans_std``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    number = float(value)
+    if not -math.inf < number < math.inf:
+        raise ValueError(f"{op}: {name} must be finite, got {value!r}")
+    return number
+
+
+def check_count(value: object, name: str, op: str) -> int:
+    """A whole-number argument ``name`` that must be at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op}: {name} must be at least 1, got {value!r}")
+    return int(value)
 
 
 def check_sampling_ratio(sampling_ratio: object, op: str) -> int:
@@ -374,6 +408,18 @@ def check_mode(mode: object, op: str, modes: tuple[str, ...] = ("avg", "max")) -
         names = ", ".join(repr(m) for m in modes)
         raise ValueError(f"{op}: mode must be one of {names}, got {mode!r}")
     return mode
+
+
+def check_group_channels(channels: int, group_size: int, op: str) -> int:
+    """The output channels of a position-sensitive op with ``group_size`` x
+    ``group_size`` groups of maps (Deformable R-FCN's): the input's divided by that."""
+    groups = group_size * group_size
+    if channels % groups:
+        raise ValueError(
+            f"{op}: input has {channels} channels, not a multiple of group_size**2 = {groups} "
+            "(one channel per group and output channel)"
+        )
+    return channels // groups
 
 
 def check_position_sensitive_channels(channels: int, pooled: tuple[int, int], op: str) -> int:

@@ -575,3 +575,75 @@ def mmcv_roi_point_sample(features: torch.Tensor, rois: torch.Tensor,
             point_feat = F.grid_sample(feat, rel * 2.0 - 1.0, align_corners=not aligned)
             point_feats.append(point_feat.squeeze(0).transpose(0, 1))
     return torch.cat(point_feats, dim=0)
+
+
+def dcn_deform_ps_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: torch.Tensor | None,
+                           spatial_scale: float, pooled_size: int, group_size: int = 1,
+                           part_size: int | None = None, sample_per_part: int = 4,
+                           trans_std: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Deformable ConvNets' ``DeformablePSROIPooling`` kernel (MXNet; mmdetection 1.x's
+    ``deform_roi_pooling``, DCNv2's ``dcn_v2_pooling``: one CUDA kernel, a thread per
+    output) written out in torch, every output's samples at once, in the RoIs' dtype:
+    the anchor of ``roiops.deform_ps_roi_pool``. Autograd through it gives the kernel's
+    gradients: to the input, each sample's bilinear shares; to the offsets, each sample's
+    slope between ``floor`` and ``ceil`` (0 on a whole cell). ``offset[K, 2 * classes,
+    part_size, part_size]`` or None (the originals' ``no_trans``)."""
+    dt = rois.dtype
+    K, (_, C, H, W) = rois.shape[0], input.shape
+    P = pooled_size
+    part = P if part_size is None else part_size
+    out_dim = C // (group_size * group_size)
+    s, half = torch.tensor(spatial_scale, dtype=dt), torch.tensor(0.5, dtype=dt)
+    magnitude = rois[:, 1:].abs()
+    whole = magnitude.floor()
+    rounded = torch.copysign(whole + (magnitude - whole >= 0.5).to(dt), rois[:, 1:])  # C round
+    start = rounded[:, :2] * s - half  # (x, y)
+    end = (rounded[:, 2:] + 1) * s - half
+    size = torch.clamp(end - start, min=torch.tensor(0.1, dtype=dt).item())
+    bin_size = size / P
+    step = bin_size / sample_per_part
+    index = torch.arange(P, device=rois.device)
+    part_of = torch.floor((index.to(dt) / P) * part).long()  # (in the dtype, as the kernel)
+    group_of = torch.clamp(torch.floor(index.to(dt) * group_size / P).long(), 0, group_size - 1)
+    # the bins' corners [K, P, P, 2] (ph, pw; x, y), moved by their parts' offsets
+    corner_x = index.to(dt)[None, None, :] * bin_size[:, None, None, 0] + start[:, None, None, 0]
+    corner_y = index.to(dt)[None, :, None] * bin_size[:, None, None, 1] + start[:, None, None, 1]
+    corner_x, corner_y = corner_x.expand(K, P, P), corner_y.expand(K, P, P)
+    classes = 1 if offset is None else offset.shape[1] // 2
+    if offset is None:
+        corner_x, corner_y = corner_x[:, None], corner_y[:, None]  # [K, 1, P, P]
+    else:
+        moved = offset[:, :, part_of][:, :, :, part_of] * trans_std  # [K, 2 * classes, P, P]
+        corner_x = corner_x[:, None] + moved[:, 0::2] * size[:, None, None, None, 0]
+        corner_y = corner_y[:, None] + moved[:, 1::2] * size[:, None, None, None, 1]
+    i = torch.arange(sample_per_part, device=rois.device).to(dt)
+    xs = corner_x[..., None, None] + i[None, :] * step[:, None, None, None, None, None, 0]
+    ys = corner_y[..., None, None] + i[:, None] * step[:, None, None, None, None, None, 1]
+    xs, ys = torch.broadcast_tensors(xs, ys)  # [K, classes, P, P, S, S]
+    kept = (xs >= -0.5) & (xs <= W - 0.5) & (ys >= -0.5) & (ys <= H - 0.5)
+    xs, ys = xs.clamp(0, W - 1), ys.clamp(0, H - 1)
+    x0, y0 = xs.detach().floor(), ys.detach().floor()
+    x1, y1 = xs.detach().ceil(), ys.detach().ceil()
+    fx, fy = xs - x0, ys - y0
+    # each output channel's class and input channel
+    channel = torch.arange(out_dim, device=rois.device)
+    cls = channel // (out_dim // classes)
+    c_in = (channel[:, None, None] * group_size + group_of[None, :, None]) * group_size
+    c_in = c_in + group_of[None, None, :]  # [out_dim, P, P]
+    n = rois[:, 0].long()
+    plane = (n[:, None, None, None] * C + c_in[None]) * (H * W)  # [K, out_dim, P, P]
+
+    def at(yy, xx):  # [K, out_dim, P, P, S, S] values of the map
+        cell = (yy[:, cls] * W + xx[:, cls]).long()
+        return input.flatten().take(plane[..., None, None] + cell)
+
+    value = (
+        (1 - fx[:, cls]) * (1 - fy[:, cls]) * at(y0, x0)
+        + (1 - fx[:, cls]) * fy[:, cls] * at(y1, x0)
+        + fx[:, cls] * (1 - fy[:, cls]) * at(y0, x1)
+        + fx[:, cls] * fy[:, cls] * at(y1, x1)
+    )
+    kept_c = kept[:, cls]
+    total = torch.where(kept_c, value, torch.zeros((), dtype=value.dtype)).sum((-1, -2))
+    count = kept_c.sum((-1, -2))
+    return torch.where(count > 0, total / count.clamp(min=1).to(dt), torch.zeros((), dtype=dt))

@@ -14,6 +14,7 @@ from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops import call
 from roiops.ops.bezier_align import bezier_align_op
+from roiops.ops.deform_ps_roi_pool import deform_ps_roi_pool_op
 from roiops.ops.deform_roi_pool import deform_roi_pool_op
 from roiops.ops.multi_scale_roi_align import (
     multi_scale_roi_align_op,
@@ -592,7 +593,7 @@ def deform_roi_pool(
     pooled = _validate.output_size_pair(output_size, op)
     scale = _validate.check_spatial_scale(spatial_scale, op)
     ratio = _validate.check_sampling_ratio(sampling_ratio, op)
-    gamma = _validate.check_gamma(gamma, op)
+    gamma = _validate.check_finite(gamma, "gamma", op)
     if offset is None:
         # (a zero shift: the same points, the same numbers)
         return roi_align(input, boxes, pooled, scale, ratio, aligned=True)
@@ -600,6 +601,81 @@ def deform_roi_pool(
     rois = _validate.boxes_to_rois(boxes, input, op)
     offset = _validate.check_offset(offset, rois, pooled, op)
     return call(deform_roi_pool_op, input, rois, offset, scale, *pooled, ratio, gamma)
+
+
+@fx_leaf
+def deform_ps_roi_pool(
+    input: Tensor,
+    boxes: BoxesArg,
+    offset: Tensor | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    group_size: int = 1,
+    part_size: int | None = None,
+    sample_per_part: int = 4,
+    trans_std: float = 0.0,
+) -> Tensor:
+    """Deformable position-sensitive RoI pooling as Deformable ConvNets' authors wrote it
+    (Dai et al. 2017): Deformable R-FCN's pooling, and the ``DeformRoIPooling`` of
+    mmdetection 1.x and ``dcn_v2_pooling`` of Charles Shang's DCNv2, the same kernel
+    (their numbers, their arguments). Not mmcv 2's :func:`deform_roi_pool`.
+
+    Each box is rounded to whole pixels, scaled (its end a pixel further, half a cell
+    back: ``start = round(x1) * s - 0.5``, ``end = (round(x2) + 1) * s - 0.5``) and cut
+    into ``output_size`` bins; a bin averages ``sample_per_part**2`` bilinear samples (the
+    first at its corner), left out where more than half a cell off the map, and moves by
+    its part's learned offset.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``; ``C`` a multiple of ``group_size**2``.
+        boxes: ``Tensor[K, 5]`` or a list of ``Tensor[L, 4]``, as for :func:`roi_align`.
+            They get no gradient.
+        offset: ``Tensor[K, 2 * classes, part_size, part_size]``: a bin in part
+            ``(floor(ph / PH * part_size), floor(pw / PW * part_size))`` moves by
+            ``trans_std * offset[k, 2 * j] * roi_width`` right and ``trans_std *
+            offset[k, 2 * j + 1] * roi_height`` down, ``j`` the class of its output
+            channel (the output channels split evenly into ``classes``; 1: one move for
+            all). None: no move (the originals' ``no_trans``). Backward gives its
+            gradient.
+        output_size: ``h`` or ``(h, w)`` (the originals' ``pooled_size``: square).
+        spatial_scale: feature-map size / image size.
+        group_size: output channel c of bin (ph, pw) reads input channel ``(c * G + gh)
+            * G + gw``, ``gh = floor(ph * G / h)``: ``G = h = w`` for R-FCN's
+            position-sensitive maps, 1 (the default) for plain deformable pooling.
+        part_size: the offsets' parts an axis; None: ``output_size`` (square only).
+        sample_per_part: samples a bin along each axis.
+        trans_std: the offsets' scale (the originals' 0.1 in their configs).
+
+    Returns:
+        ``Tensor[K, C / group_size**2, h, w]``. A bin whose offset is NaN or infinite
+        gives NaN and no gradient. Gradients to the input and to the offsets (each
+        sample's bilinear slope; 0 along an axis where it lies on a whole cell, as in the
+        original kernel), deterministic.
+    """
+    op = "deform_ps_roi_pool"
+    _validate.check_input(input, op)
+    pooled = _validate.output_size_pair(output_size, op)
+    scale = _validate.check_spatial_scale(spatial_scale, op)
+    group = _validate.check_count(group_size, "group_size", op)
+    if part_size is None:
+        if pooled[0] != pooled[1]:
+            raise ValueError(
+                f"{op}: part_size must be given for an output that is not square, got "
+                f"output_size {pooled}"
+            )
+        part_size = pooled[0]
+    part = _validate.check_count(part_size, "part_size", op)
+    samples = _validate.check_count(sample_per_part, "sample_per_part", op)
+    trans_std = _validate.check_finite(trans_std, "trans_std", op)
+    channels_out = _validate.check_group_channels(input.shape[1], group, op)
+    _onnx.not_exportable(op)
+    rois = _validate.boxes_to_rois(boxes, input, op)
+    if offset is None:
+        offset = rois.new_empty((rois.shape[0], 0, part, part))
+    else:
+        offset = _validate.check_part_offset(offset, rois, part, channels_out, op)
+    return call(deform_ps_roi_pool_op, input, rois, offset, scale, *pooled, samples, group,
+                part, trans_std)  # fmt: skip
 
 
 @fx_leaf

@@ -51,6 +51,9 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         ("multi_scale_roi_align_rotated",
          lambda: roiops.multi_scale_roi_align_rotated(pyramid, rotated, 2, SCALES, 2)),
         ("deform_roi_pool", lambda: roiops.deform_roi_pool(x, plain, offset, 2, 0.5, 2)),
+        # (Deformable ConvNets' own: 4 groups of maps, one offset a RoI)
+        ("deform_ps_roi_pool", lambda: roiops.deform_ps_roi_pool(
+            x, plain, offset[:, :, :1, :1], 2, 0.5, 2, 1, 2, 0.1)),
         ("bezier_align", lambda: roiops.bezier_align(x, beziers, 2, 0.5, 0)),
         # (mmcv's legacy rotated convention, then the orientation turn: 4 groups of 4)
         ("riroi_align_rotated",

@@ -563,6 +563,29 @@ def test_deform_roi_pool_on_cuda(rng):
     assert not torch.equal(captured[0], first[0])
 
 
+def test_deform_ps_roi_pool_on_cuda(rng):
+    # Deformable ConvNets' own pooling (plain and position-sensitive, 4 x 4 samples a
+    # bin): the reference's numbers (float64), the same bits run after run, no host
+    # synchronisation; the original kernel written out, in float32, within rounding
+    from roiops.bench import dcn_deform_ps_roi_pool
+
+    rois = cuda(detection_rois(rng, 2, 64, 200, 272), torch.float64)
+    for group in (1, 7):
+        x = torch.randn(2, 4 * group * group, 50, 68, device="cuda", dtype=torch.float64,
+                        requires_grad=True)  # fmt: skip
+        offset = cuda(rng.standard_normal((64, 2, 7, 7)), torch.float64).requires_grad_()
+        grad = torch.randn(64, 4, 7, 7, device="cuda", dtype=torch.float64)
+
+        def step(x=x, offset=offset, grad=grad, group=group):
+            out = roiops.deform_ps_roi_pool(x, rois, offset, 7, 0.25, group, None, 4, 0.1)
+            return [out, *torch.autograd.grad(out, [x, offset], grad)]
+
+        first = reference_s_bits_again_and_no_sync(step)
+        theirs = dcn_deform_ps_roi_pool(x.detach().float(), rois.float(), offset.detach().float(),
+                                        0.25, 7, group, None, 4, 0.1)  # fmt: skip
+        torch.testing.assert_close(theirs.double(), first[0], rtol=1e-4, atol=1e-4)
+
+
 def test_riroi_align_rotated_on_cuda(rng):
     # ReDet's rotation-invariant RoIAlign: the reference's numbers (float64), the same
     # bits run after run, no host synchronisation (the turn's shifts and weights are

@@ -89,6 +89,9 @@ class EveryOp(nn.Module):
             roiops.simple_roi_align(x, boxes, 2, 0.5, False),
             self.simple(x, rois),
             roiops.roi_point_sample(x, rois, rois[:1, 1:].reshape(1, 2, 2) % 1, 0.5).flatten(1),
+            roiops.deform_ps_roi_pool(
+                x, rois, rois[:, 1:3].reshape(-1, 2, 1, 1) / 50, 2, 0.5, 2, 1, 2, 0.1
+            ),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -114,6 +117,7 @@ PUBLIC_CALLS = {
     "riroi_align_rotated": 1 + 1,
     "simple_roi_align": 1 + 1,  # one direct call, one through SimpleRoIAlign
     "roi_point_sample": 1,
+    "deform_ps_roi_pool": 1,
 }
 
 

@@ -330,6 +330,8 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     offset = torch.zeros(rois[0].shape[0], 2, 2, 2)
     with pytest.raises(Exception, match="deform_roi_pool: no ONNX operator"):
         export(lambda a, b: roiops.deform_roi_pool(a, b, offset, 2), x, rois[0], 16, dynamo)
+    with pytest.raises(Exception, match="deform_ps_roi_pool: no ONNX operator"):
+        export(lambda a, b: roiops.deform_ps_roi_pool(a, b, None, 2), x, rois[0], 16, dynamo)
     beziers = torch.cat([rois[0], rois[0][:, 1:].repeat(1, 3)], 1)
     with pytest.raises(Exception, match="bezier_align: no ONNX operator"):
         export(lambda a, b: roiops.bezier_align(a, b, 2), x, beziers, 16, dynamo)

@@ -207,7 +207,8 @@ def test_every_public_forward_goes_through_call():
         "roi_align", "roi_align_max", "roi_align_onnx_max", "roi_pool", "roi_pool_inference",
         "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align", "multi_scale_roi_pool",
         "multi_scale_roi_align_rotated", "roi_align_rotated", "prroi_pool", "deform_roi_pool",
-        "bezier_align", "riroi_align_rotated", "turn_orientations", "roi_point_sample",
+        "deform_ps_roi_pool", "bezier_align", "riroi_align_rotated", "turn_orientations",
+        "roi_point_sample",
     )  # fmt: skip
     backwards = (
         "roi_align_backward", "roi_align_box_backward", "roi_pool_backward",
@@ -216,7 +217,8 @@ def test_every_public_forward_goes_through_call():
         "roi_align_rotated_backward", "prroi_pool_backward", "prroi_pool_box_backward",
         "deform_roi_pool_backward", "deform_roi_pool_offset_backward", "bezier_align_backward",
         "riroi_align_rotated_backward", "turn_orientations_backward",
-        "roi_point_sample_backward",
+        "roi_point_sample_backward", "deform_ps_roi_pool_backward",
+        "deform_ps_roi_pool_offset_backward",
     )  # fmt: skip
     assert {op._qualname for op in ops._FORWARD_OPS} == {f"roiops::{n}" for n in forwards}
     names = {op._qualname for op in ops._IMPLEMENTATIONS}

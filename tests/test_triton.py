@@ -1820,6 +1820,71 @@ def test_deform_roi_pool_kernels_take_any_roi_value(rng):
     torch.testing.assert_close(go[good], ref_go, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "group,classes,pooled,part", [(1, 1, 3, 3), (3, 1, 3, 3), (1, 2, (2, 3), 2), (2, 0, 4, 2)]
+)
+def test_deform_ps_roi_pool_matches_reference(rng, group, classes, pooled, part):
+    # Deformable ConvNets' own pooling: plain, position-sensitive, class-wise offsets in
+    # coarser parts, none; boxes past the map and degenerate (at least 0.1 cell)
+    x = on_device(rng.standard_normal((2, 4 * group * group, 9, 11)), torch.float32)
+    rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
+    offset = None
+    if classes:
+        offset = on_device(rng.standard_normal((8, 2 * classes, part, part)), torch.float32)
+    part_arg = part if isinstance(pooled, tuple) else None
+    results = []
+    for backend in ("triton", "reference"):
+        leaves = [x.detach().clone().requires_grad_()]
+        if offset is not None:
+            leaves.append(offset.detach().clone().requires_grad_())
+        with roiops.use_backend(backend):
+            out = roiops.deform_ps_roi_pool(leaves[0], rois, leaves[1] if classes else None,
+                                            pooled, 0.5, group, part_arg, 3, 0.3)  # fmt: skip
+            g = torch.linspace(-1, 1, out.numel(), device=DEVICE).reshape(out.shape)
+            results.append((out.detach(), *torch.autograd.grad(out, leaves, g)))
+    (out, *grads), (ref_out, *ref_grads) = results
+    assert_forward_matches("avg", out, ref_out)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_deform_ps_roi_pool_kernels_take_any_roi_value(rng):
+    from roiops.gpu import deform_ps_roi_pool as gpu_dps
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    good = random_rois(rng, 2, 2, 18, 22)
+    rois = on_device(np.concatenate([good, BAD_ROIS]), torch.float32)
+    offset = on_device(rng.standard_normal((len(rois), 2, 2, 2)), torch.float32)
+    offset[1, 1, 0, 1] = float("nan")  # (a good RoI's bin with a bad offset)
+    args = (0.5, 2, 2, 2, 1, 2, 0.1)
+    out = gpu_dps.deform_ps_roi_pool_forward(x, rois, offset, *args)
+    nan = torch.zeros_like(out, dtype=torch.bool)
+    nan[2:] = True
+    nan[1, :, 0, 1] = True
+    assert torch.equal(torch.isnan(out), nan)
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_dps.deform_ps_roi_pool_backward(grad, rois, offset, torch.empty_like(x), *args)
+    go = gpu_dps.deform_ps_roi_pool_offset_backward(grad, x, rois, offset, *args)
+    quiet_grad, quiet_offset = grad[:2].clone(), offset[:2].clone()
+    quiet_grad[1, :, 0, 1] = 0
+    quiet_offset[1, 1, 0, 1] = 0
+    with roiops.use_backend("reference"):
+        ref_gx = torch.ops.roiops.deform_ps_roi_pool_backward(
+            quiet_grad, rois[:2], quiet_offset, *args, 2, 3, 9, 11
+        )
+        ref_go = torch.ops.roiops.deform_ps_roi_pool_offset_backward(
+            quiet_grad, x, rois[:2], quiet_offset, *args
+        )
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    assert go[2:].eq(0).all() and go[1, :, 0, 1].eq(0).all()
+    torch.testing.assert_close(go[:2], ref_go, rtol=1e-5, atol=1e-5)
+    # boxes whose scaled corners or sides overflow float32 (at scale 2)
+    wide = on_device(np.concatenate([good, OVERFLOWING_ROIS]), torch.float32)
+    out = gpu_dps.deform_ps_roi_pool_forward(x, wide, offset[: len(wide)].nan_to_num(), 2.0,
+                                             *args[1:])  # fmt: skip
+    assert torch.isnan(out[2:]).all() and torch.isfinite(out[:2]).all()
+
+
 @pytest.mark.parametrize("ratio,aligned", [(2, True), (0, False)])
 def test_bezier_align_matches_reference(rng, ratio, aligned):
     from roiops.bench import random_beziers

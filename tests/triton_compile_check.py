@@ -45,6 +45,11 @@ from roiops.gpu.bezier_align import (  # noqa: E402
     bezier_align_backward_kernel,
     bezier_align_forward_kernel,
 )
+from roiops.gpu.deform_ps_roi_pool import (  # noqa: E402
+    deform_ps_roi_pool_backward_kernel,
+    deform_ps_roi_pool_forward_kernel,
+    deform_ps_roi_pool_offset_backward_kernel,
+)
 from roiops.gpu.deform_roi_pool import (  # noqa: E402
     deform_roi_pool_backward_kernel,
     deform_roi_pool_forward_kernel,
@@ -129,7 +134,20 @@ APPROXIMATE_DIVISION = re.compile(r"\bdiv\.(full|approx)(\.ftz)?\.f32\b")
 INEXACT_HALF_ROUNDING = re.compile(r"\bcvt\.r[zmp]\.(bf16|f16)(x2)?\.f32\b")
 NEAREST_HALF_ROUNDING = re.compile(r"\bcvt\.rn\.(bf16|f16)(x2)?\.f32\b")
 # integer arguments that hold 64-bit values
-INT64_ARGS = ("scale_bits", "gamma_bits", "S0", "S1", "S2", "S3", "S4", "O1", "O2", "O3", "O4")
+INT64_ARGS = (
+    "scale_bits",
+    "gamma_bits",
+    "trans_std_bits",
+    "S0",
+    "S1",
+    "S2",
+    "S3",
+    "S4",
+    "O1",
+    "O2",
+    "O3",
+    "O4",
+)
 # the fixed-point sums' regions (``roiops.gpu.fixed_point.Regions``), as launched
 REGIONS = {"RECTS": "*i32", "PARTS": "*i64", "FLAGS": "*i8"}
 
@@ -468,6 +486,20 @@ def main(dtypes=DTYPES, lean=False) -> int:
             {**bwd, "X": f"*{dt}", "OFFSET": rois, "PARTIAL": rois},
             {**deform, "BLOCK_C": block_c}, bwd_warps,
         )  # fmt: skip
+        # (Deformable ConvNets' own pooling: 4 x 4 samples a bin, one class of offsets in
+        # 7 x 7 parts; plain (G 1) and, full, position-sensitive (G 7) and no offsets)
+        for group, classes in ((1, 1), (7, 1), (1, 0)) if full else ((1, 1),):
+            dps = {"PH": 7, "PW": 7, "S": 4, "PART": 7, "CLASSES": classes}
+            compile_for_gpu(deform_ps_roi_pool_forward_kernel, {**fwd, "OFFSET": rois},
+                            {**dps, "G": group, "BLOCK": block}, fwd_warps)  # fmt: skip
+            compile_for_gpu(deform_ps_roi_pool_backward_kernel, {**bwd, "OFFSET": rois},
+                            {**dps, "GROUP": group, "BLOCK_C": block_c}, bwd_warps)  # fmt: skip
+            if classes:
+                compile_for_gpu(
+                    deform_ps_roi_pool_offset_backward_kernel,
+                    {**bwd, "X": f"*{dt}", "OFFSET": rois, "GRAD_OFFSET": rois},
+                    {**dps, "GROUP": group, "BLOCK_C": block_c}, max(1, block_c // 32),
+                )  # fmt: skip
         pr = {"PH": 7, "PW": 7}
         compile_for_gpu(prroi_pool_forward_kernel, fwd, {**pr, "BLOCK": block}, fwd_warps)
         compile_for_gpu(prroi_pool_backward_kernel, bwd, {**pr, "BLOCK_C": block_c}, bwd_warps)
