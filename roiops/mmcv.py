@@ -303,7 +303,7 @@ class DeformRoIPool(MmcvLayer):
                                self.sampling_ratio, self.gamma)  # fmt: skip
 
 
-def _fc_head(pooled: tuple[int, int], channels: int, hidden: int, outputs: int,
+def offset_head(pooled: tuple[int, int], channels: int, hidden: int, outputs: int,
                  layers: int) -> nn.Sequential:  # fmt: skip
     """mmcv's fully connected head from a RoI's pooled features to ``outputs`` values per
     bin: ``layers`` Linear layers with ReLU between, the last one zeroed (a deformable
@@ -352,7 +352,7 @@ class DeformRoIPoolPack(DeformRoIPool):
         self.pooled = _validate.output_size_pair(output_size, type(self).__name__)
         self.output_channels = output_channels
         self.deform_fc_channels = deform_fc_channels
-        self.offset_fc = _fc_head(self.pooled, output_channels, deform_fc_channels, 2, 3)
+        self.offset_fc = offset_head(self.pooled, output_channels, deform_fc_channels, 2, 3)
 
     def _offsets(self, input: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
         """(the plain pooling's features ``[K, C * PH * PW]``, the offsets ``[K, 2, PH,
@@ -385,7 +385,7 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
         super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
                          sampling_ratio, gamma)  # fmt: skip
         self.mask_fc = nn.Sequential(
-            *_fc_head(self.pooled, output_channels, deform_fc_channels, 1, 2), nn.Sigmoid()
+            *offset_head(self.pooled, output_channels, deform_fc_channels, 1, 2), nn.Sigmoid()
         )
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]

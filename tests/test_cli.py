@@ -163,7 +163,7 @@ def test_side_benchmark_times_each_case_and_writes_json(tmp_path, capsys, monkey
 
 
 def test_side_benchmarks_run_on_small_cases(monkeypatch, capsys):
-    # the three scripts in benchmarks/, each on one small case
+    # the side scripts in benchmarks/, each on one small case
     import importlib.util
 
     monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
@@ -172,6 +172,7 @@ def test_side_benchmarks_run_on_small_cases(monkeypatch, capsys):
         "simple_roi_align": [("small", "simple", *small), ("small", "points", *small)],
         "riroi_align_rotated": [("small", *small, 2)],  # (a sampling ratio)
         "deform_roi_pool": [("small", *small, 2)],
+        "deform_ps_roi_pool": [("small", *small, 1), ("small", (2, 4 * 49, 20, 24), *small[1:], 7)],
     }
     for name, case_list in cases.items():
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")

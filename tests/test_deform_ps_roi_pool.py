@@ -235,3 +235,66 @@ def test_bad_arguments():
         op(x, torch.tensor([[0.0, float("nan"), 1, 5, 5]]), None, 2)
     with pytest.raises(ValueError, match="batch indices must lie"):
         op(x, torch.tensor([[1.0, 1, 1, 5, 5]]), None, 2)
+
+
+def test_layers_compose_the_originals_heads(rng):
+    # mmdetection 1.x's Packs and DCNv2's DCNPooling: the pooling without offsets, the
+    # fully connected heads (parameters named as theirs: their checkpoints load), then
+    # the deformable pooling (times the mask), written out
+    from roiops import dcn
+
+    x, rois, _ = case(rng, torch.float32, 1, 1, 3, 3, per_group=4)
+    pack = dcn.DeformRoIPoolingPack(0.5, 3, 4, False, trans_std=0.1, deform_fc_channels=16)
+    modulated = dcn.ModulatedDeformRoIPoolingPack(0.5, 3, 4, False, trans_std=0.1,
+                                                  deform_fc_channels=16)  # fmt: skip
+    dcnv2 = dcn.DCNPooling(0.5, 3, 4, False, trans_std=0.1, deform_fc_dim=16)
+    assert [k for k in modulated.state_dict() if k.startswith("mask_fc")] == [
+        "mask_fc.0.weight", "mask_fc.0.bias", "mask_fc.2.weight", "mask_fc.2.bias"]  # fmt: skip
+    assert list(pack.state_dict()) == [f"offset_fc.{i}.{p}" for i in (0, 2, 4)
+                                       for p in ("weight", "bias")]  # fmt: skip
+    assert list(dcnv2.state_dict()) == [f"offset_mask_fc.{i}.{p}" for i in (0, 2, 4)
+                                        for p in ("weight", "bias")]  # fmt: skip
+    plain = roiops.deform_ps_roi_pool(x, rois, None, 3, 0.5, trans_std=0.1)
+    # the last layers start at zero: no move, a mask of 0.5
+    assert torch.equal(pack(x, rois), plain)
+    assert torch.equal(modulated(x, rois), plain * 0.5)
+    assert torch.equal(dcnv2(x, rois), plain * 0.5)
+    g = torch.Generator().manual_seed(0)
+    for layer in (pack, modulated, dcnv2):
+        for p in layer.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    flat = plain.flatten(1)
+
+    def moved(offset):
+        return roiops.deform_ps_roi_pool(x, rois, offset, 3, 0.5, trans_std=0.1)
+
+    assert torch.equal(pack(x, rois), moved(pack.offset_fc(flat).view(-1, 2, 3, 3)))
+    mask = modulated.mask_fc(flat).view(-1, 1, 3, 3)
+    expected = moved(modulated.offset_fc(flat).view(-1, 2, 3, 3)) * mask
+    assert torch.equal(modulated(x, rois), expected)
+    offset_mask = dcnv2.offset_mask_fc(flat).view(-1, 3, 3, 3)
+    expected = moved(offset_mask[:, :2]) * torch.sigmoid(offset_mask[:, 2:])
+    assert torch.equal(dcnv2(x, rois), expected)
+    # traced by torch.fx: the same numbers
+    traced = torch.fx.symbolic_trace(modulated)
+    assert torch.equal(traced(x, rois), modulated(x, rois))
+
+
+def test_layers_without_offsets_and_their_checks(rng):
+    from roiops import dcn
+
+    x, rois, offset = case(rng, torch.float32, 2, 1, 2, 2, per_group=3)
+    plain = roiops.deform_ps_roi_pool(x, rois, None, 2, 0.5, 2)
+    for layer in (dcn.DeformRoIPoolingPack(0.5, 2, 3, True, 2), dcn.DCNPooling(0.5, 2, 3, True, 2)):
+        assert not list(layer.parameters()) and torch.equal(layer(x, rois), plain)
+    pooling = dcn.DCNv2Pooling(0.5, 2, 3, False, 2, trans_std=0.2)
+    assert (pooling.pooled_size, pooling.output_dim) == (2, 3)
+    expected = roiops.deform_ps_roi_pool(x, rois, offset, 2, 0.5, 2, trans_std=0.2)
+    assert torch.equal(pooling(x, rois, offset), expected)
+    assert torch.equal(dcn.dcn_v2_pooling(x, rois, offset, 0.5, 2, 3, False, 2, None, 4, 0.2),
+                       expected)  # fmt: skip
+    assert torch.equal(dcn.deform_roi_pooling(x, rois, offset, 0.5, 2, 3, True, 2), plain)
+    with pytest.raises(ValueError, match="input has 12 channels, the layer was built for "
+                                         "out_channels=4 x group_size"):  # fmt: skip
+        dcn.DeformRoIPooling(0.5, 2, 4, True, 2)(x, rois)
+    assert "out_channels=3, no_trans=False, group_size=2" in repr(pooling)
