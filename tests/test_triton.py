@@ -1820,17 +1820,34 @@ def test_deform_roi_pool_kernels_take_any_roi_value(rng):
     torch.testing.assert_close(go[good], ref_go, rtol=1e-5, atol=1e-4)
 
 
+def test_parameters_whose_bits_fit_in_32_bits_reach_the_kernels(rng):
+    # a float parameter reaches the kernels as the bits of a float64; 0.0's (gamma 0,
+    # trans_std 0, the originals' default) fit in 32 bits, which Triton passes as an
+    # int32 (a bitcast to float64 failed to compile): no move, the unmoved numbers
+    x, rois, offset, _ = deform_case(rng, k=4)
+    with roiops.use_backend("triton"):
+        still = roiops.deform_roi_pool(x, rois, offset, (2, 3), 0.5, 2, 0.0)
+        plain = roiops.deform_roi_pool(x, rois, None, (2, 3), 0.5, 2)
+        assert torch.equal(still, plain)
+        moved = roiops.deform_ps_roi_pool(x, rois, offset[:, :, :1, :1], 2, 0.5, 1, 1, 2, 0.0)
+        assert torch.equal(moved, roiops.deform_ps_roi_pool(x, rois, None, 2, 0.5, 1, 1, 2))
+
+
 @pytest.mark.parametrize(
-    "group,classes,pooled,part", [(1, 1, 3, 3), (3, 1, 3, 3), (1, 2, (2, 3), 2), (2, 0, 4, 2)]
-)
-def test_deform_ps_roi_pool_matches_reference(rng, group, classes, pooled, part):
+    "group,classes,pooled,part,dtype",
+    [(1, 1, 3, 3, torch.float32), (3, 1, 3, 3, torch.float32), (1, 2, (2, 3), 2, torch.float32),
+     (2, 0, 4, 2, torch.float32), (1, 1, 3, 3, torch.float64)],
+)  # fmt: skip
+def test_deform_ps_roi_pool_matches_reference(rng, group, classes, pooled, part, dtype):
     # Deformable ConvNets' own pooling: plain, position-sensitive, class-wise offsets in
-    # coarser parts, none; boxes past the map and degenerate (at least 0.1 cell)
-    x = on_device(rng.standard_normal((2, 4 * group * group, 9, 11)), torch.float32)
-    rois = on_device(random_rois(rng, 2, 8, 18, 22), torch.float32)
+    # coarser parts, none; boxes past the map and degenerate (at least 0.1 cell: in
+    # float64 0.1 itself, not float32's)
+    x = on_device(rng.standard_normal((2, 4 * group * group, 9, 11)), dtype)
+    rois = on_device(random_rois(rng, 2, 8, 18, 22), dtype)
+    rois[0, 1:] = torch.tensor([4.0, 4.0, 2.0, 2.0])  # (inverted: 0.1 cell a side)
     offset = None
     if classes:
-        offset = on_device(rng.standard_normal((8, 2 * classes, part, part)), torch.float32)
+        offset = on_device(rng.standard_normal((8, 2 * classes, part, part)), dtype)
     part_arg = part if isinstance(pooled, tuple) else None
     results = []
     for backend in ("triton", "reference"):
@@ -1840,12 +1857,12 @@ def test_deform_ps_roi_pool_matches_reference(rng, group, classes, pooled, part)
         with roiops.use_backend(backend):
             out = roiops.deform_ps_roi_pool(leaves[0], rois, leaves[1] if classes else None,
                                             pooled, 0.5, group, part_arg, 3, 0.3)  # fmt: skip
-            g = torch.linspace(-1, 1, out.numel(), device=DEVICE).reshape(out.shape)
+            g = torch.linspace(-1, 1, out.numel(), device=DEVICE, dtype=dtype).reshape(out.shape)
             results.append((out.detach(), *torch.autograd.grad(out, leaves, g)))
     (out, *grads), (ref_out, *ref_grads) = results
     assert_forward_matches("avg", out, ref_out)
     for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 def test_deform_ps_roi_pool_kernels_take_any_roi_value(rng):

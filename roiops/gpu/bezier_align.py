@@ -19,7 +19,7 @@ from roiops.gpu.fixed_point import Accumulator, fixed_point_scale
 from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import axis_sample, bin_sum
 from roiops.gpu.roi_align_rotated import add_point_gradient
-from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, is_finite, scale_bits
+from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, from_bits, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -64,7 +64,7 @@ def _bezier_bins(ROIS, k, p, N, SCALE_BITS, sampling_ratio, PH: tl.constexpr,
     RoI k (rows of 17): the corner of a bin-sized box around its centre. Not valid (and an
     empty grid): a bad batch index, a non-finite coordinate, or an absurd adaptive grid."""
     dt = ROIS.dtype.element_ty
-    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    scale = from_bits(SCALE_BITS, dt)
     n, valid = batch_index(ROIS, k, N, 17)
     roi = ROIS + k.to(tl.int64) * 17
     for i in tl.static_range(1, 17):

@@ -20,7 +20,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import div_rn, is_finite, load_box, scale_bits
+from roiops.gpu.rois import div_rn, from_bits, is_finite, load_box, scale_bits
 from roiops.gpu.tiles import bins_grid, bins_tile, check_grid, kernel, roi_and_block, store_bins
 
 
@@ -39,7 +39,7 @@ def _geometry(ROIS, k, N, SCALE_BITS, PH: tl.constexpr, PW: tl.constexpr, S: tl.
     0.1 cell a side. Not valid (n = 0): a bad batch index, or scaled corners or sides that
     are not finite."""
     dt = ROIS.dtype.element_ty
-    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    scale = from_bits(SCALE_BITS, dt)
     n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
     start_w = _round(x1) * scale - 0.5
     start_h = _round(y1) * scale - 0.5
@@ -47,8 +47,10 @@ def _geometry(ROIS, k, N, SCALE_BITS, PH: tl.constexpr, PW: tl.constexpr, S: tl.
     end_h = (_round(y2) + 1.0) * scale - 0.5
     valid = valid & is_finite(start_w) & is_finite(start_h) & is_finite(end_w)
     valid = valid & is_finite(end_h) & is_finite(end_w - start_w) & is_finite(end_h - start_h)
-    width = tl.maximum(end_w - start_w, 0.1)
-    height = tl.maximum(end_h - start_h, 0.1)
+    # (a float literal is a float32 constant: 0.1 made in float64, then rounded to dt)
+    least = tl.full([], 0.1, tl.float64).to(dt)
+    width = tl.maximum(end_w - start_w, least)
+    height = tl.maximum(end_h - start_h, least)
     bin_w = div_rn(width, PW)
     bin_h = div_rn(height, PH)
     return (tl.where(valid, n, 0), start_h, start_w, height, width, bin_h, bin_w,
@@ -120,7 +122,7 @@ def deform_ps_roi_pool_forward_kernel(
         ROIS, k, N, scale_bits, PH, PW, S
     )
     dt = start_h.dtype
-    trans_std = trans_std_bits.to(tl.float64, bitcast=True).to(dt)
+    trans_std = from_bits(trans_std_bits, dt)
     ph = p // PW
     pw = p % PW
     cls = c // PER_CLASS
@@ -178,7 +180,7 @@ def deform_ps_roi_pool_backward_kernel(
         ROIS, k, N, scale_bits, PH, PW, S
     )
     dt = start_h.dtype
-    trans_std = trans_std_bits.to(tl.float64, bitcast=True).to(dt)
+    trans_std = from_bits(trans_std_bits, dt)
     ph = p // PW
     pw = p % PW
     dy, dx, finite = _shift(OFFSET, k, cls, _part(ph, PH, PART, dt), _part(pw, PW, PART, dt),
@@ -226,7 +228,7 @@ def deform_ps_roi_pool_offset_backward_kernel(
         ROIS, k, N, scale_bits, PH, PW, S
     )
     dt = start_h.dtype
-    trans_std = trans_std_bits.to(tl.float64, bitcast=True).to(dt)
+    trans_std = from_bits(trans_std_bits, dt)
     dy, dx, finite = _shift(OFFSET, k, cls, part_h, part_w, trans_std, CLASSES, PART)
     valid = valid & finite
     per_class = C_OUT // CLASSES

@@ -19,7 +19,7 @@ from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import axis_sample, bin_sum, roi_extent
-from roiops.gpu.rois import adaptive_grid, div_rn, is_finite, scale_bits
+from roiops.gpu.rois import adaptive_grid, div_rn, from_bits, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -40,7 +40,7 @@ def _deform_bin(ROIS, OFFSET, k, p, N, SCALE_BITS, GAMMA_BITS, sampling_ratio,
     grid is then empty), or the bin's offset is not finite (its points then lie at no
     finite place: outside the map)."""
     dt = ROIS.dtype.element_ty
-    gamma = GAMMA_BITS.to(tl.float64, bitcast=True).to(dt)
+    gamma = from_bits(GAMMA_BITS, dt)
     n, start_h, start_w, height, width, valid = roi_extent(ROIS, k, N, SCALE_BITS, True, True)
     bin_h = div_rn(height, PH)
     bin_w = div_rn(width, PW)
@@ -152,7 +152,7 @@ def deform_roi_pool_offset_backward_kernel(
             dx = tl.where(flat_x, 0.0, (1.0 - ly) * (v2 - v1) + ly * (v4 - v3))
             gx += tl.sum(tl.where(m, share * dx, 0.0), axis=0)
             gy += tl.sum(tl.where(m, share * dy, 0.0), axis=0)
-    gamma = gamma_bits.to(tl.float64, bitcast=True).to(dt)
+    gamma = from_bits(gamma_bits, dt)
     out = PARTIAL + tl.program_id(0).to(tl.int64) * 2
     # (an invalid RoI's size may be NaN: its sums are 0, and so is its gradient)
     tl.store(out, tl.where(valid, gx * (gamma * width), 0.0))

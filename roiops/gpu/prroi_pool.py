@@ -16,7 +16,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import div_rn, load_roi, scale_bits
+from roiops.gpu.rois import div_rn, from_bits, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -192,7 +192,7 @@ def prroi_pool_box_backward_kernel(
     pw = p % PW
     n, y0, x0, y1, x1, area, _, _, valid = _window(ROIS, k, N, scale_bits, ph, pw, PH, PW)
     dt = y0.dtype
-    spatial_scale = scale_bits.to(tl.float64, bitcast=True).to(dt)
+    spatial_scale = from_bits(scale_bits, dt)
     g_at, _ = output_offsets(k, c, p, C, PH * PW)
     live = valid & (area > 0)
     m = tl.where(live, c_ok, False)

@@ -43,7 +43,7 @@ from roiops.gpu.fixed_point import (
     region_rounds,
 )
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import adaptive_grid, div_rn, load_roi, scale_bits
+from roiops.gpu.rois import adaptive_grid, div_rn, from_bits, load_roi, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -790,7 +790,7 @@ def roi_align_box_backward_kernel(
         ROIS, k, N, scale_bits, sampling_ratio, True, PH, PW, ALIGNED
     )
     dt = start_h.dtype
-    spatial_scale = scale_bits.to(tl.float64, bitcast=True).to(dt)
+    spatial_scale = from_bits(scale_bits, dt)
     g_at, argmax_at = output_offsets(k, c, p, C, PH * PW, ARGMAX_CM)
     g = tl.load(G + g_at, mask=c_ok, other=0.0).to(dt)
     if MAX_MODE:

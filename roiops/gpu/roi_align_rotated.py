@@ -17,7 +17,7 @@ from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
 from roiops.gpu.roi_align import bilinear_axis
-from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, is_finite, scale_bits
+from roiops.gpu.rois import adaptive_grid, batch_index, div_rn, from_bits, is_finite, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -40,7 +40,7 @@ def _rotated_geometry(ROIS, k, N, SCALE_BITS, sampling_ratio, usable, PH: tl.con
     batch index, a non-finite value, (aligned) a negative size, or not ``usable`` (e.g.
     its pyramid level is out of range); its grid is empty."""
     dt = ROIS.dtype.element_ty
-    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(dt)
+    spatial_scale = from_bits(SCALE_BITS, dt)
     n, valid = batch_index(ROIS, k, N, 6)
     roi = ROIS + k.to(tl.int64) * 6
     cx = tl.load(roi + 1)

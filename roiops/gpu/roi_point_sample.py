@@ -17,7 +17,7 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
-from roiops.gpu.rois import div_rn, load_box, scale_bits
+from roiops.gpu.rois import div_rn, from_bits, load_box, scale_bits
 from roiops.gpu.tiles import (
     bin_channels_grid,
     bin_channels_tile,
@@ -54,7 +54,7 @@ def _point(ROIS, POINTS, k, p, N, H, W, SCALE_BITS, P: tl.constexpr, SHARED: tl.
     """(n, rows, cols, valid) of point(s) p of RoI k (``POINTS[K, P, 2]``, or ``[1, P,
     2]`` for every RoI where SHARED): its ``_axis`` along the rows and the columns. Not
     valid (n = 0): a bad batch index or a non-finite coordinate."""
-    scale = SCALE_BITS.to(tl.float64, bitcast=True).to(ROIS.dtype.element_ty)
+    scale = from_bits(SCALE_BITS, ROIS.dtype.element_ty)
     n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
     at = POINTS + (p if SHARED else k.to(tl.int64) * P + p) * 2
     rows = _axis(y1, y2, tl.load(at + 1).to(y1.dtype), H, scale, ALIGNED)

@@ -38,6 +38,13 @@ def scale_bits(spatial_scale: float) -> int:
 
 
 @triton.jit
+def from_bits(bits, dtype: tl.constexpr):
+    """The float64 whose bits ``bits`` holds (``scale_bits``), rounded to ``dtype``. (Bits
+    that fit in 32 bits, 0.0's among them, reach a kernel as an int32 argument.)"""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(dtype)
+
+
+@triton.jit
 def div_rn(a, b):
     """a / b rounded to nearest, in a's dtype (IEEE, as C++ and torchvision divide)."""
     if a.dtype == tl.float64:
@@ -92,7 +99,7 @@ def load_roi(ROIS, k, N, SCALE_BITS):
     not; a coordinate that is not finite stays so, the scale being finite). Where the
     compiler fuses a side's product and difference into an FMA, a side within a rounding
     of the dtype's largest value may pass here and fail the host's check."""
-    spatial_scale = SCALE_BITS.to(tl.float64, bitcast=True).to(ROIS.dtype.element_ty)
+    spatial_scale = from_bits(SCALE_BITS, ROIS.dtype.element_ty)
     n, x1, y1, x2, y2, valid = _box(ROIS, k, N)
     x1 = x1 * spatial_scale
     y1 = y1 * spatial_scale
