@@ -106,6 +106,13 @@ def bin_points(g, ph, pw, dy, dx, sample_per_part, H, W, cells, fractions):
 
 
 @njit(cache=True)
+def corner_weights(fy, fx, T):
+    """The bilinear weights of a point's corners (y0, x0), (y1, x0), (y0, x1), (y1, x1)
+    at fractions (fy, fx) of its cell, in the reference's arithmetic."""
+    return (T(1) - fx) * (T(1) - fy), (T(1) - fx) * fy, fx * (T(1) - fy), fx * fy
+
+
+@njit(cache=True)
 def class_channels(cls, num_classes, C_out):
     """The output channels [c0, c1) of offset class ``cls`` (all of them without
     offsets)."""
@@ -154,11 +161,7 @@ def deform_ps_roi_pool_forward_roi(X, rois, offset, k, spatial_scale, pooled_h, 
                 acc[c0:c1] = 0
                 for i in range(m):
                     y0, y1, x0, x1 = cells[i, 0], cells[i, 1], cells[i, 2], cells[i, 3]
-                    fy, fx = fractions[i, 0], fractions[i, 1]
-                    w00 = (T(1) - fx) * (T(1) - fy)
-                    w10 = (T(1) - fx) * fy
-                    w01 = fx * (T(1) - fy)
-                    w11 = fx * fy
+                    w00, w10, w01, w11 = corner_weights(fractions[i, 0], fractions[i, 1], T)
                     for c in range(c0, c1):
                         ci = c * group_size * group_size + j
                         value = w00 * X[n, y0, x0, ci]
@@ -224,11 +227,7 @@ def deform_ps_roi_pool_backward_roi(G, rois, offset, k, spatial_scale, pooled_h,
                     share[c] = G[k, c, ph, pw] / T(m)
                 for i in range(m):
                     y0, y1, x0, x1 = cells[i, 0], cells[i, 1], cells[i, 2], cells[i, 3]
-                    fy, fx = fractions[i, 0], fractions[i, 1]
-                    w00 = (T(1) - fx) * (T(1) - fy)
-                    w10 = (T(1) - fx) * fy
-                    w01 = fx * (T(1) - fy)
-                    w11 = fx * fy
+                    w00, w10, w01, w11 = corner_weights(fractions[i, 0], fractions[i, 1], T)
                     # four separate passes: corners coincide on whole cells, and each
                     # must add in the reference's order
                     for c in range(c0, c1):

@@ -282,6 +282,13 @@ def _classes(offset) -> int:
     return offset.shape[1] // 2
 
 
+def _class_block(channels_out: int, classes: int) -> tuple[int, int]:
+    """(per_class, block_c): the output channels of each class of offsets, and the block
+    of them a backward program takes."""
+    per_class = channels_out // max(classes, 1)
+    return per_class, min(tiles.BACKWARD_CHANNELS, tiles.next_power_of_2(per_class))
+
+
 def deform_ps_roi_pool_forward(input, rois, offset, spatial_scale, pooled_h, pooled_w,
                                sample_per_part, group_size, part_size, trans_std):  # fmt: skip
     """``out[K, C / group_size**2, ph, pw]`` for ``input[N, C, H, W]`` (read as NCHW),
@@ -337,8 +344,7 @@ def _backward_launch(sizes, channels_out, K, dtype, device, spatial_scale, poole
     ``device`` into a map of ``sizes`` (N, C, H, W), these parameters and settings: its
     tensors ``(grad, rois, offset, amax, acc)``."""
     N, C, H, W = sizes
-    per_class = channels_out // max(classes, 1)
-    block_c = min(tiles.BACKWARD_CHANNELS, tiles.next_power_of_2(per_class))
+    per_class, block_c = _class_block(channels_out, classes)
     num_warps = max(1, block_c // (32 * tiles.BACKWARD_PER_THREAD))
     blocks = max(classes, 1) * tiles.cdiv(per_class, block_c)
     grid = check_grid(K * pooled_h * pooled_w * blocks, "deform_ps_roi_pool")
@@ -357,8 +363,7 @@ def deform_ps_roi_pool_offset_backward(grad, input, rois, offset, spatial_scale,
     N, C, H, W = input.shape
     classes = _classes(offset)
     grad_offset = offset.new_empty(offset.shape)
-    per_class = grad.shape[1] // classes
-    block_c = min(tiles.BACKWARD_CHANNELS, tiles.next_power_of_2(per_class))
+    _, block_c = _class_block(grad.shape[1], classes)
     grid = check_grid(rois.shape[0] * classes * part_size * part_size, "deform_ps_roi_pool")
     deform_ps_roi_pool_offset_backward_kernel[grid](
         grad.contiguous(), input.contiguous(), rois, offset, grad_offset,
