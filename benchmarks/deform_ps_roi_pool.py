@@ -56,9 +56,9 @@ def calls(shape, num_rois, box_px, scale, group, device):
     }
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     libraries = ("original in torch", "roiops")
-    bench.side_benchmark(
+    return bench.side_benchmark(
         __doc__.splitlines()[0], "deform_ps_roi_pool, float32, 7x7, 4x4 samples a bin", CASES,
         calls, libraries, libraries, argv,
     )  # fmt: skip

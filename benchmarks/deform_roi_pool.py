@@ -59,9 +59,9 @@ def calls(shape, num_rois, box_px, scale, ratio, device):
     }
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     libraries = ("torchvision roi_align", "roiops roi_align", "roiops deform_roi_pool")
-    bench.side_benchmark(
+    return bench.side_benchmark(
         __doc__.splitlines()[0], "deform_roi_pool against aligned RoIAlign, float32, 7x7",
         CASES, calls, libraries, ("torchvision roi_align", "roiops deform_roi_pool"), argv,
     )  # fmt: skip

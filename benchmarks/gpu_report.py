@@ -17,7 +17,9 @@ one run, ending in one table (``--parts``: which; the default is 1-5, within 8 m
    scatter and the conversion, each timed alone, beside torchvision's whole backward;
 9. the kernels alone under other program sizes and orders than the launchers';
 10. roi_align's forward with its points reusing their row's loads or not (each of
-    ``REUSE_SETTINGS``), at the op, on adaptive sampling grids.
+    ``REUSE_SETTINGS``), at the op, on adaptive sampling grids;
+11. (``side``) the ``benchmarks/`` scripts of the ops ``roiops bench`` does not time,
+    against their own anchors, on their CUDA cases (``SIDE_BENCHMARKS``).
 
 While the tests run, as many processes compile the kernels of the timed parts (6-9 and
 the bench, ``warm_up``), so that those load them from Triton's disk cache when timed.
@@ -1026,6 +1028,11 @@ def summary(report: dict) -> str:
                 first, best = next(iter(timed)), min(timed, key=timed.get)
                 row(f"{case}: {kind} {first} / best {best} (program/warps), ms",
                     f"{timed[first]:.3f} / {timed[best]:.3f}")  # fmt: skip
+    for name, rows in report.get("side", {}).items():
+        for r in rows:
+            libraries = [k for k in r if k not in ("case", "direction")]
+            row(f"{name} {r['case']} {r['direction']}, ms: {' / '.join(libraries)}",
+                " / ".join(f"{r[k]:.2f}" for k in libraries))  # fmt: skip
     for case, t in report.get("reuse_loads", {}).items():
         names = list(t["back_to_back"])
         row(f"{case} fwd ms back to back: {' / '.join(names)}",
@@ -1183,10 +1190,25 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> li
     return [{**r.__dict__, "speedup": r.speedup} for r in rows]
 
 
+# the benchmarks/ scripts of ops with their own anchors (``roiops.bench.side_benchmark``)
+SIDE_BENCHMARKS = ("simple_roi_align", "riroi_align_rotated", "deform_roi_pool",
+                   "deform_ps_roi_pool")  # fmt: skip
+
+
+def side_benchmark(name: str, repeat: int = ROUNDS) -> list[dict]:
+    """The rows of ``benchmarks/<name>.py`` run on its CUDA cases."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(["--device", "cuda", "--repeat", str(repeat)])
+
+
 # what a run can measure, in this order
 # (torchvision's deterministic mode is slow to run: ~90 s on an H100 machine, last)
 PARTS = ("tests", "float32", "float16", "back_to_back", "latency", "program_order",
-         "forward_layouts", "backward_passes", "kernel_configs", "reuse_loads",
+         "forward_layouts", "backward_passes", "kernel_configs", "reuse_loads", "side",
          "deterministic")  # fmt: skip
 # what `make gpu` runs, within issue 9's 8 minutes with the compilation: the compiled
 # tests, the bench in both dtypes, latency and the deterministic-mode and determinism
@@ -1271,9 +1293,13 @@ def main(argv: list[str] | None = None) -> int:
         "reuse_loads": reuse_loads,
         "deterministic": lambda: deterministic_mode(rng),
     }
-    for key, measure in measures.items():
-        if key in parts:
-            section(report, key, measure, args.json)
+    for key in parts:
+        if key in measures:
+            section(report, key, measures[key], args.json)
+        elif key == "side":  # (each script its own section: one failing costs no other)
+            for name in SIDE_BENCHMARKS:
+                section(report, name, partial(side_benchmark, name), args.json,
+                        into=report.setdefault("side", {}))  # fmt: skip
     if args.warm_shard:
         return 0
     report["run_s"] = round(time.perf_counter() - started, 1)

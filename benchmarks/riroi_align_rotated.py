@@ -57,8 +57,8 @@ def calls(shape, num_rois, box_px, scale, ratio, device):
     }
 
 
-def main(argv=None) -> None:
-    bench.side_benchmark(
+def main(argv=None) -> list[dict]:
+    return bench.side_benchmark(
         __doc__.splitlines()[0], "riroi_align_rotated against roi_align_rotated, float32, 7x7",
         CASES, calls, ("roi_align_rotated", "riroi_align_rotated"),
         ("riroi_align_rotated", "roi_align_rotated"), argv,

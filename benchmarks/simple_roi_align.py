@@ -63,8 +63,8 @@ def calls(op, shape, num_rois, box_px, scale, device):
     }
 
 
-def main(argv=None) -> None:
-    bench.side_benchmark(
+def main(argv=None) -> list[dict]:
+    return bench.side_benchmark(
         __doc__.splitlines()[0], "PointRend's pooling against mmcv's formulations, float32",
         CASES, calls, ("mmcv formulation", "roiops"), ("mmcv formulation", "roiops"), argv,
     )  # fmt: skip

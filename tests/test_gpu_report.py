@@ -416,6 +416,7 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
         "backward_passes": {},
         "kernel_configs": {},
         "reuse_loads": {},
+        "side_benchmark": [{"case": "b", "direction": "forward", "mmcv": 2.0, "roiops": 1.0}],
     }  # fmt: skip
     for name, result in results.items():
         monkeypatch.setattr(
@@ -449,7 +450,15 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
                         "backward_passes", "kernel_configs", "reuse_loads"]  # fmt: skip
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 11
+    assert "run_tests" not in measured and len(measured) == 11 + 4
+    measured.clear()
+    # the side benchmarks: a section each, their rows in the table
+    gpu_report.main(["--parts", "side", "--json", str(path)])
+    assert measured == ["launch_check_in_a_process"] + ["side_benchmark"] * 4
+    report = json.loads(path.read_text())
+    assert set(report["side"]) == set(gpu_report.SIDE_BENCHMARKS)
+    assert "deform_ps_roi_pool b forward, ms: mmcv / roiops" in gpu_report.summary(report)
+    assert "2.00 / 1.00" in gpu_report.summary(report)
     warmed.clear()
     gpu_report.main(["--parts", "float32", "--no-warm-up", "--json", str(path)])
     assert not warmed and "warm_up" not in json.loads(path.read_text())["seconds"]
