@@ -231,6 +231,10 @@ def test_bad_arguments():
         op(x, rois, None, 2, trans_std=float("inf"))
     with pytest.raises(TypeError, match="offset must be a floating point tensor"):
         op(x, rois, torch.zeros(1, 2, 2, 2, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="offset is on meta but input is on cpu"):
+        op(x, rois, torch.zeros(1, 2, 2, 2, device="meta"), 2)
+    with pytest.raises(TypeError, match="offset must be a Tensor or None"):
+        op(x, rois, [[0.0]], 2)
     with pytest.raises(ValueError, match="NaN or infinite"):
         op(x, torch.tensor([[0.0, float("nan"), 1, 5, 5]]), None, 2)
     with pytest.raises(ValueError, match="batch indices must lie"):

@@ -116,6 +116,8 @@ def test_bad_points():
         roiops.roi_point_sample(x, rois, torch.rand(2, 4))
     with pytest.raises(TypeError, match="points must be a floating point tensor"):
         roiops.roi_point_sample(x, rois, torch.ones(2, 4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="points is on meta but input is on cpu"):
+        roiops.roi_point_sample(x, rois, torch.rand(2, 4, 2, device="meta"))
     with pytest.raises(ValueError, match="NaN or infinite"):
         roiops.roi_point_sample(x, rois * float("nan"), torch.rand(2, 4, 2))
 
