@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import as_tensor, random_rois, results_across_thread_counts
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.library import opcheck
 
 import roiops
@@ -82,6 +84,39 @@ def test_numba_matches_reference_bit_for_bit(rng, dtype, config):
     fast = run("numba", x, rois, offset, pooled, group, part, samples)
     ref = run("reference", x, rois, offset, pooled, group, part, samples)
     for a, b in zip(fast, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+@given(
+    n=st.integers(1, 2),
+    group=st.integers(1, 3),
+    classes=st.integers(0, 2),
+    per_class=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    k=st.integers(0, 5),
+    pooled=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    part=st.integers(1, 4),
+    samples=st.integers(1, 4),
+    scale=st.sampled_from([1.0, 0.5, 1 / 3, 2.0]),
+    trans_std=st.sampled_from([0.0, 0.1, 1.0]),
+    spread=st.sampled_from([0.0, 1.0, 5.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_numba_equals_reference(n, group, classes, per_class, h, w, k, pooled, part,
+                                         samples, scale, trans_std, spread, seed):  # fmt: skip
+    # any map, box (past the map, inverted), grouping, classes, parts and offset (moves up
+    # to several RoIs, off the map): every bit, forward and both gradients
+    rng = np.random.default_rng(seed)
+    channels = per_class * max(classes, 1) * group * group
+    x = as_tensor(rng.standard_normal((n, channels, h, w)), torch.float32)
+    rois = as_tensor(random_rois(rng, n, k, h / scale, w / scale), torch.float32)
+    offset = None
+    if classes:
+        offset = as_tensor(rng.standard_normal((k, 2 * classes, part, part)) * spread,
+                           torch.float32)  # fmt: skip
+    args = (x, rois, offset, pooled, group, part, samples, scale, trans_std)
+    for a, b in zip(run("numba", *args), run("reference", *args), strict=True):
         assert torch.equal(a, b)
 
 
