@@ -8,6 +8,7 @@ from roiops._backend import use_backend
 from roiops._patch import is_patched, patch, unpatch
 from roiops.functional import (
     bezier_align,
+    crop_and_resize,
     deform_ps_roi_pool,
     deform_roi_pool,
     map_levels,
@@ -62,6 +63,7 @@ __all__ = [
     "SimpleRoIAlign",
     "SingleRoIExtractor",
     "bezier_align",
+    "crop_and_resize",
     "deform_ps_roi_pool",
     "deform_roi_pool",
     "is_patched",

@@ -271,7 +271,7 @@ def check_rotated_sizes(rois: Tensor, op: str) -> None:
         raise ValueError(f"{op}: boxes must not have a negative width or height")
 
 
-def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
+def output_size_pair(output_size: object, op: str, name: str = "output_size") -> tuple[int, int]:
     if type(output_size) is int and output_size > 0:  # the common case, without ABC checks
         return output_size, output_size
     if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
@@ -280,13 +280,38 @@ def output_size_pair(output_size: object, op: str) -> tuple[int, int]:
         if not all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size
         ):
-            raise TypeError(f"{op}: output_size must hold integers, got {output_size!r}")
+            raise TypeError(f"{op}: {name} must hold integers, got {output_size!r}")
         pair = (int(output_size[0]), int(output_size[1]))
     else:
-        raise TypeError(f"{op}: output_size must be an int or a pair (h, w), got {output_size!r}")
+        raise TypeError(f"{op}: {name} must be an int or a pair (h, w), got {output_size!r}")
     if pair[0] <= 0 or pair[1] <= 0:
-        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
+        raise ValueError(f"{op}: {name} must be positive, got {output_size!r}")
     return pair
+
+
+def indexed_boxes(boxes: object, box_indices: object, input: Tensor, op: str) -> Tensor:
+    """TensorFlow's ``boxes[K, 4]`` and ``box_indices[K]`` (each box's image) -> ``Tensor[K,
+    5]`` rows (image, box), on the input's device and in its compute dtype (the boxes'
+    gradient flows back through them)."""
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{op}: boxes must be a Tensor[K, 4] of (y1, x1, y2, x2), got {shape}")
+    _check_box_tensor(boxes, input, op, "boxes")
+    if not isinstance(box_indices, Tensor) or tuple(box_indices.shape) != (boxes.shape[0],):
+        shape = tuple(box_indices.shape) if isinstance(box_indices, Tensor) else (
+            type(box_indices).__name__)  # fmt: skip
+        raise ValueError(
+            f"{op}: box_indices must be a Tensor[K] (K = {boxes.shape[0]} boxes), got {shape}"
+        )
+    if box_indices.is_complex() or box_indices.dtype == torch.bool:
+        raise TypeError(f"{op}: box_indices must hold integers, got {box_indices.dtype}")
+    if box_indices.device != input.device:
+        raise ValueError(
+            f"{op}: box_indices is on {box_indices.device} but input is on {input.device}; "
+            "put both on the same device"
+        )
+    dtype = compute_dtype(input.dtype)
+    return torch.cat([box_indices.to(dtype)[:, None], boxes.to(dtype)], 1).contiguous()
 
 
 def check_spatial_scale(spatial_scale: object, op: str) -> float:

@@ -647,3 +647,46 @@ def dcn_deform_ps_roi_pool(input: torch.Tensor, rois: torch.Tensor, offset: torc
     total = torch.where(kept_c, value, torch.zeros((), dtype=value.dtype)).sum((-1, -2))
     count = kept_c.sum((-1, -2))
     return torch.where(count > 0, total / count.clamp(min=1).to(dt), torch.zeros((), dtype=dt))
+
+
+def tf_crop_and_resize(image: torch.Tensor, boxes: torch.Tensor, box_indices: torch.Tensor,
+                       crop_size: tuple[int, int], method: str = "bilinear",
+                       extrapolation_value: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """TensorFlow's ``crop_and_resize`` kernel written out in torch on an NCHW ``image``,
+    every sample at once, in the boxes' dtype: the anchor of ``roiops.crop_and_resize``.
+    Autograd through it gives TensorFlow's gradients (the image's bilinear shares; the
+    boxes' slopes between ``floor`` and ``ceil`` times each position's derivative)."""
+    _, _, H, W = image.shape
+    dt = boxes.dtype
+
+    def axis(lo, hi, size, crop):  # [K, crop] positions, as TensorFlow computes them
+        last = size - 1
+        if crop == 1:
+            return (0.5 * (lo + hi) * last)[:, None]
+        scale = (hi - lo) * last / (crop - 1)
+        return lo[:, None] * last + torch.arange(crop, dtype=dt) * scale[:, None]
+
+    ys = axis(boxes[:, 0], boxes[:, 2], H, crop_size[0])
+    xs = axis(boxes[:, 1], boxes[:, 3], W, crop_size[1])
+    kept = ((ys >= 0) & (ys <= H - 1))[:, :, None] & ((xs >= 0) & (xs <= W - 1))[:, None, :]
+    ys, xs = ys.clamp(0, H - 1), xs.clamp(0, W - 1)  # (the kept ones as they are)
+    planes = image[box_indices.long()].to(dt)  # [K, C, H, W]
+
+    def at(yy, xx):  # [K, C, crop_h, crop_w]
+        cell = yy.long()[:, :, None] * W + xx.long()[:, None, :]
+        flat = planes.flatten(2)
+        return flat.gather(2, cell.flatten(1)[:, None].expand(-1, flat.shape[1], -1)).view(
+            *planes.shape[:2], *cell.shape[1:]
+        )
+
+    if method == "nearest":  # (roundf: halves up, here where positions are >= 0)
+        out = at(*(torch.where(v - v.floor() >= 0.5, v.floor() + 1, v.floor()) for v in (ys, xs)))
+    else:
+        top, left = ys.detach().floor(), xs.detach().floor()
+        bottom, right = ys.detach().ceil(), xs.detach().ceil()
+        y_lerp, x_lerp = (ys - top)[:, None, :, None], (xs - left)[:, None, None, :]
+        upper = at(top, left) + (at(top, right) - at(top, left)) * x_lerp
+        lower = at(bottom, left) + (at(bottom, right) - at(bottom, left)) * x_lerp
+        out = upper + (lower - upper) * y_lerp
+    fill = torch.tensor(extrapolation_value, dtype=dt)
+    return torch.where(kept[:, None], out, fill)

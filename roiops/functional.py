@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,6 +15,7 @@ from roiops import onnx as _onnx
 from roiops._trace import fx_leaf
 from roiops.ops import call
 from roiops.ops.bezier_align import bezier_align_op
+from roiops.ops.crop_and_resize import crop_and_resize_op
 from roiops.ops.deform_ps_roi_pool import deform_ps_roi_pool_op
 from roiops.ops.deform_roi_pool import deform_roi_pool_op
 from roiops.ops.multi_scale_roi_align import (
@@ -601,6 +603,52 @@ def deform_roi_pool(
     rois = _validate.boxes_to_rois(boxes, input, op)
     offset = _validate.check_offset(offset, rois, pooled, op)
     return call(deform_roi_pool_op, input, rois, offset, scale, *pooled, ratio, gamma)
+
+
+@fx_leaf
+def crop_and_resize(
+    image: Tensor,
+    boxes: Tensor,
+    box_indices: Tensor,
+    crop_size: int | tuple[int, int],
+    method: str = "bilinear",
+    extrapolation_value: float = 0.0,
+) -> Tensor:
+    """TensorFlow's ``tf.image.crop_and_resize`` on an NCHW map: the RoI op of TensorFlow's
+    detectors (the Object Detection API's Faster R-CNN, matterport's Mask R-CNN), same
+    arguments and numbers.
+
+    Args:
+        image: ``Tensor[N, C, H, W]`` (TensorFlow's is NHWC).
+        boxes: ``Tensor[K, 4]`` of ``(y1, x1, y2, x2)`` in normalized coordinates: 0 is
+            the first row or column, 1 the last (``y * (H - 1)``); ``y1 > y2`` flips the
+            crop, coordinates outside ``[0, 1]`` sample outside the image. Backward gives
+            their gradient (TensorFlow's), bilinear only.
+        box_indices: ``Tensor[K]``: each box's image, integers in ``[0, N)``.
+        crop_size: ``h`` or ``(h, w)``: the crop's samples, the first and the last on the
+            box's edges (one sample: the box's centre).
+        method: ``"bilinear"`` or ``"nearest"`` (the rounded position, halves up).
+        extrapolation_value: the value of a sample outside the image.
+
+    Returns:
+        ``Tensor[K, C, h, w]`` in the image's dtype (TensorFlow's is float32), computed in
+        the boxes' compute dtype (float32, float64 for float64 maps). Backward is
+        deterministic (TensorFlow's GPU gradients add with atomics and refuse to run
+        under its determinism switch).
+    """
+    op = "crop_and_resize"
+    _validate.check_input(image, op)
+    size = _validate.output_size_pair(crop_size, op, "crop_size")
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"{op}: method must be 'bilinear' or 'nearest', got {method!r}")
+    if isinstance(extrapolation_value, bool) or not isinstance(extrapolation_value, numbers.Real):
+        raise TypeError(
+            f"{op}: extrapolation_value must be a real number, got {extrapolation_value!r}"
+        )
+    _onnx.not_exportable(op)
+    rois = _validate.indexed_boxes(boxes, box_indices, image, op)
+    return call(crop_and_resize_op, image, rois, *size, method == "nearest",
+                float(extrapolation_value))  # fmt: skip
 
 
 @fx_leaf

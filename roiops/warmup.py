@@ -55,6 +55,9 @@ def _calls(x: torch.Tensor, rois: torch.Tensor, rotated: torch.Tensor, pyramid: 
         ("deform_ps_roi_pool", lambda: roiops.deform_ps_roi_pool(
             x, plain, offset[:, :, :1, :1], 2, 0.5, 2, 1, 2, 0.1)),
         ("bezier_align", lambda: roiops.bezier_align(x, beziers, 2, 0.5, 0)),
+        # (TensorFlow's: the boxes normalized, their gradient too)
+        ("crop_and_resize", lambda: roiops.crop_and_resize(
+            x, rois[:, 1:] / 32, rois[:, 0].long(), 3)),
         # (mmcv's legacy rotated convention, then the orientation turn: 4 groups of 4)
         ("riroi_align_rotated",
          lambda: roiops.riroi_align_rotated(x, rotated, 2, 0.5, 2, 4, True)),

@@ -586,6 +586,29 @@ def test_deform_ps_roi_pool_on_cuda(rng):
         torch.testing.assert_close(theirs.double(), first[0], rtol=1e-4, atol=1e-4)
 
 
+def test_crop_and_resize_on_cuda(rng):
+    # TensorFlow's crop_and_resize: the reference's numbers (float64), the same bits run
+    # after run, no host synchronisation; TensorFlow's kernel written out, in float32,
+    # within rounding
+    from roiops.bench import tf_crop_and_resize
+
+    x = torch.randn(2, 16, 50, 68, device="cuda", dtype=torch.float64, requires_grad=True)
+    boxes = cuda(rng.uniform(-0.2, 1.2, (64, 4)), torch.float64).requires_grad_()
+    indices = cuda(rng.integers(0, 2, 64), torch.int64)
+    grad = torch.randn(64, 16, 14, 14, device="cuda", dtype=torch.float64)
+    for method in ("bilinear", "nearest"):
+
+        def step(method=method):
+            out = roiops.crop_and_resize(x, boxes, indices, 14, method, 0.5)
+            leaves = [x, boxes] if method == "bilinear" else [x]
+            return [out, *torch.autograd.grad(out, leaves, grad)]
+
+        first = reference_s_bits_again_and_no_sync(step)
+        theirs = tf_crop_and_resize(x.detach().float(), boxes.detach().float(), indices, (14, 14),
+                                    method, 0.5)  # fmt: skip
+        torch.testing.assert_close(theirs.double(), first[0], rtol=1e-4, atol=1e-4)
+
+
 def test_riroi_align_rotated_on_cuda(rng):
     # ReDet's rotation-invariant RoIAlign: the reference's numbers (float64), the same
     # bits run after run, no host synchronisation (the turn's shifts and weights are

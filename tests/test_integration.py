@@ -92,6 +92,7 @@ class EveryOp(nn.Module):
             roiops.deform_ps_roi_pool(
                 x, rois, rois[:, 1:3].reshape(-1, 2, 1, 1) / 50, 2, 0.5, 2, 1, 2, 0.1
             ),
+            roiops.crop_and_resize(x, rois[:, 1:] / 20, rois[:, 0].long(), (2, 3)),
         ]
         return torch.cat([o.flatten(1) for o in outs], 1)
 
@@ -118,6 +119,7 @@ PUBLIC_CALLS = {
     "simple_roi_align": 1 + 1,  # one direct call, one through SimpleRoIAlign
     "roi_point_sample": 1,
     "deform_ps_roi_pool": 1,
+    "crop_and_resize": 1,
 }
 
 

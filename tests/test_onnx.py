@@ -330,6 +330,10 @@ def test_exporting_what_onnx_cannot_express_is_a_clear_error(data, dynamo):
     offset = torch.zeros(rois[0].shape[0], 2, 2, 2)
     with pytest.raises(Exception, match="deform_roi_pool: no ONNX operator"):
         export(lambda a, b: roiops.deform_roi_pool(a, b, offset, 2), x, rois[0], 16, dynamo)
+    with pytest.raises(Exception, match="crop_and_resize: no ONNX operator"):
+        index = torch.zeros(rois[0].shape[0], dtype=torch.int64)
+        export(lambda a, b: roiops.crop_and_resize(a, b[:, 1:] / 16, index, 2), x, rois[0], 16,
+               dynamo)  # fmt: skip
     with pytest.raises(Exception, match="deform_ps_roi_pool: no ONNX operator"):
         export(lambda a, b: roiops.deform_ps_roi_pool(a, b, None, 2), x, rois[0], 16, dynamo)
     beziers = torch.cat([rois[0], rois[0][:, 1:].repeat(1, 3)], 1)

@@ -208,7 +208,7 @@ def test_every_public_forward_goes_through_call():
         "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align", "multi_scale_roi_pool",
         "multi_scale_roi_align_rotated", "roi_align_rotated", "prroi_pool", "deform_roi_pool",
         "deform_ps_roi_pool", "bezier_align", "riroi_align_rotated", "turn_orientations",
-        "roi_point_sample",
+        "roi_point_sample", "crop_and_resize",
     )  # fmt: skip
     backwards = (
         "roi_align_backward", "roi_align_box_backward", "roi_pool_backward",
@@ -218,7 +218,8 @@ def test_every_public_forward_goes_through_call():
         "deform_roi_pool_backward", "deform_roi_pool_offset_backward", "bezier_align_backward",
         "riroi_align_rotated_backward", "turn_orientations_backward",
         "roi_point_sample_backward", "deform_ps_roi_pool_backward",
-        "deform_ps_roi_pool_offset_backward",
+        "deform_ps_roi_pool_offset_backward", "crop_and_resize_backward",
+        "crop_and_resize_box_backward",
     )  # fmt: skip
     assert {op._qualname for op in ops._FORWARD_OPS} == {f"roiops::{n}" for n in forwards}
     names = {op._qualname for op in ops._IMPLEMENTATIONS}

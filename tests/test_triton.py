@@ -1820,6 +1820,52 @@ def test_deform_roi_pool_kernels_take_any_roi_value(rng):
     torch.testing.assert_close(go[good], ref_go, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crop_and_resize_matches_reference(rng, method, dtype):
+    # TensorFlow's crop_and_resize: boxes in and past the image, flipped; crops of one
+    # row, one column, and more; the extrapolation value outside
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), dtype)
+    boxes = on_device(rng.uniform(-0.3, 1.3, (6, 4)), dtype)
+    indices = torch.tensor([0, 1, 1, 0, 1, 0], device=DEVICE)
+    for size in ((3, 4), (1, 5), (4, 1)):
+        results = []
+        for backend in ("triton", "reference"):
+            xb, bb = x.clone().requires_grad_(), boxes.clone().requires_grad_()
+            with roiops.use_backend(backend):
+                out = roiops.crop_and_resize(xb, bb, indices, size, method, -1.5)
+                g = torch.linspace(-1, 1, out.numel(), device=DEVICE, dtype=dtype)
+                results.append((out.detach(), *torch.autograd.grad(out, [xb, bb], g.view(
+                    out.shape))))  # fmt: skip
+        (out, gx, gb), (ref, ref_gx, ref_gb) = results
+        assert_forward_matches("avg", out, ref)
+        torch.testing.assert_close(gx, ref_gx, **TOL[dtype])
+        torch.testing.assert_close(gb, ref_gb, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-4 if dtype == torch.float32 else 1e-12)  # fmt: skip
+
+
+def test_crop_and_resize_kernels_take_any_box_value(rng):
+    from roiops.gpu import crop_and_resize as gpu_crop
+
+    x = on_device(rng.standard_normal((2, 3, 9, 11)), torch.float32)
+    good = rng.uniform(-0.2, 1.2, (2, 5))
+    good[:, 0] = [0, 1]
+    rois = on_device(np.concatenate([good, BAD_ROIS, [[0, 1e38, 0, -1e38, 1]]]), torch.float32)
+    out = gpu_crop.crop_and_resize_forward(x, rois, 3, 4, False, 0.0)
+    # (huge coordinates are samples past the image: the extrapolation value)
+    assert torch.isnan(out[2:-1]).all() and torch.isfinite(out[:2]).all()
+    assert out[-1].eq(0).all()
+    grad = on_device(rng.standard_normal(out.shape), torch.float32)
+    gx = gpu_crop.crop_and_resize_backward(grad, rois, False, torch.empty_like(x))
+    gb = gpu_crop.crop_and_resize_box_backward(grad, x, rois)
+    with roiops.use_backend("reference"):
+        ref_gx = torch.ops.roiops.crop_and_resize_backward(grad[:2], rois[:2], False, 2, 3, 9, 11)
+        ref_gb = torch.ops.roiops.crop_and_resize_box_backward(grad[:2], x, rois[:2], False)
+    torch.testing.assert_close(gx, ref_gx, **TOL[torch.float32])
+    assert gb[2:].eq(0).all()
+    torch.testing.assert_close(gb[:2], ref_gb[:, 1:], rtol=1e-5, atol=1e-4)
+
+
 def test_parameters_whose_bits_fit_in_32_bits_reach_the_kernels(rng):
     # a float parameter reaches the kernels as the bits of a float64; 0.0's (gamma 0,
     # trans_std 0, the originals' default) fit in 32 bits, which Triton passes as an

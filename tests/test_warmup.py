@@ -60,7 +60,7 @@ def test_nothing_left_to_compile_after_warm_up():
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(result["reported"]) == len(set(result["reported"])) == 2 * 34
+    assert len(result["reported"]) == len(set(result["reported"])) == 2 * 36
     assert "ps_roi_pool float32 channels_last" in result["reported"]
     assert "ps_roi_pool float32 channels_last serial" in result["reported"]
     assert result["twins"] >= 20  # (the serial twins compiled, the kernels back after)

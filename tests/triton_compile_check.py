@@ -45,6 +45,11 @@ from roiops.gpu.bezier_align import (  # noqa: E402
     bezier_align_backward_kernel,
     bezier_align_forward_kernel,
 )
+from roiops.gpu.crop_and_resize import (  # noqa: E402
+    crop_and_resize_backward_kernel,
+    crop_and_resize_box_backward_kernel,
+    crop_and_resize_forward_kernel,
+)
 from roiops.gpu.deform_ps_roi_pool import (  # noqa: E402
     deform_ps_roi_pool_backward_kernel,
     deform_ps_roi_pool_forward_kernel,
@@ -485,6 +490,17 @@ def main(dtypes=DTYPES, lean=False) -> int:
             deform_roi_pool_offset_backward_kernel,
             {**bwd, "X": f"*{dt}", "OFFSET": rois, "PARTIAL": rois},
             {**deform, "BLOCK_C": block_c}, bwd_warps,
+        )  # fmt: skip
+        # (TensorFlow's crop_and_resize: 14 x 14 crops, bilinear and, full, nearest)
+        for nearest in (False, True) if full else (False,):
+            crop = {"CH": 14, "CW": 14, "NEAREST": nearest}
+            compile_for_gpu(crop_and_resize_forward_kernel, fwd, {**crop, "BLOCK": block},
+                            fwd_warps)  # fmt: skip
+            compile_for_gpu(crop_and_resize_backward_kernel, bwd, {**crop, "BLOCK_C": block_c},
+                            bwd_warps)  # fmt: skip
+        compile_for_gpu(
+            crop_and_resize_box_backward_kernel, {**bwd, "X": f"*{dt}", "GRAD_BOXES": rois},
+            {"CH": 14, "CW": 14, "BLOCK_C": block_c}, max(1, block_c // 32),
         )  # fmt: skip
         # (Deformable ConvNets' own pooling: 4 x 4 samples a bin, one class of offsets in
         # 7 x 7 parts; plain (G 1) and, full, position-sensitive (G 7) and no offsets)

@@ -112,7 +112,8 @@ MAX_PROGRAMS = 2**31 - 1
 # arguments in the FPN kernels), for no speed, as these index gathers and atomics. The
 # channel count and a unit stride stay specialised: they make accesses contiguous.
 UNSPECIALISED = frozenset(
-    ["N", "H", "W", "K", "scale_bits", "gamma_bits", "trans_std_bits", "sampling_ratio",
+    ["N", "H", "W", "K", "scale_bits", "gamma_bits", "trans_std_bits", "extrapolation_bits",
+     "sampling_ratio",
      "log2_count", "stride_n",
      "stride_c", "stride_h", "acc_size", "grad_size", "flag_count", "limit_sum", "limit_largest"]
     + [f"{name}{level}" for name in "HWOS" for level in range(5)]
