@@ -55,6 +55,21 @@ def lerp_cell(v, T):
     return low, math.ceil(v), v - T(low)
 
 
+def samples(rois, height, width, crop_h, crop_w, T):
+    """(k, n, i, j, (y, dy1, dy2), (x, dx1, dx2)) of every sample of every box that reads
+    the image, in order (boxes, rows, columns): its box, image, place in the crop,
+    position and the position's derivatives w.r.t. the box's edges."""
+    for k in range(rois.shape[0]):
+        n = int(rois[k, 0])
+        y1, x1, y2, x2 = (T(v) for v in rois[k, 1:5])
+        for i, row in enumerate(positions(y1, y2, height, crop_h, T)):
+            if not inside(row[0], height):
+                continue
+            for j, col in enumerate(positions(x1, x2, width, crop_w, T)):
+                if inside(col[0], width):
+                    yield k, n, i, j, row, col
+
+
 def crop_and_resize_forward(input, rois, crop_h, crop_w, nearest, extrapolation_value):
     """``output[K, C, crop_h, crop_w]``; ``rois[K, 5]`` = (image, y1, x1, y2, x2)."""
     T = rois.dtype.type
@@ -62,28 +77,17 @@ def crop_and_resize_forward(input, rois, crop_h, crop_w, nearest, extrapolation_
     image = input.astype(T)
     output = np.full((rois.shape[0], channels, crop_h, crop_w), extrapolation_value,
                      dtype=input.dtype)  # fmt: skip
-    for k in range(rois.shape[0]):
-        n = int(rois[k, 0])
-        y1, x1, y2, x2 = (T(v) for v in rois[k, 1:5])
-        for i, (y, _, _) in enumerate(positions(y1, y2, height, crop_h, T)):
-            if not inside(y, height):
-                continue
-            for j, (x, _, _) in enumerate(positions(x1, x2, width, crop_w, T)):
-                if not inside(x, width):
-                    continue
-                if nearest:
-                    yy, xx = _round(y), _round(x)
-                    output[k, :, i, j] = input[n, :, yy, xx]
-                    continue
-                top, bottom, y_lerp = lerp_cell(y, T)
-                left, right, x_lerp = lerp_cell(x, T)
-                for c in range(channels):
-                    plane = image[n, c]
-                    upper = plane[top, left] + (plane[top, right] - plane[top, left]) * x_lerp
-                    lower = (
-                        plane[bottom, left] + (plane[bottom, right] - plane[bottom, left]) * x_lerp
-                    )
-                    output[k, c, i, j] = upper + (lower - upper) * y_lerp
+    for k, n, i, j, (y, _, _), (x, _, _) in samples(rois, height, width, crop_h, crop_w, T):
+        if nearest:
+            output[k, :, i, j] = input[n, :, _round(y), _round(x)]
+            continue
+        top, bottom, y_lerp = lerp_cell(y, T)
+        left, right, x_lerp = lerp_cell(x, T)
+        for c in range(channels):
+            plane = image[n, c]
+            upper = plane[top, left] + (plane[top, right] - plane[top, left]) * x_lerp
+            lower = plane[bottom, left] + (plane[bottom, right] - plane[bottom, left]) * x_lerp
+            output[k, c, i, j] = upper + (lower - upper) * y_lerp
     return output
 
 
@@ -101,28 +105,20 @@ def crop_and_resize_backward(grad_output, rois, nearest, input_shape):
     _, channels, height, width = input_shape
     grad_input = np.zeros(input_shape, dtype=grad_output.dtype)
     _, _, crop_h, crop_w = grad_output.shape
-    for k in range(rois.shape[0]):
-        n = int(rois[k, 0])
-        y1, x1, y2, x2 = (T(v) for v in rois[k, 1:5])
-        for i, (y, _, _) in enumerate(positions(y1, y2, height, crop_h, T)):
-            if not inside(y, height):
+    for k, n, i, j, (y, _, _), (x, _, _) in samples(rois, height, width, crop_h, crop_w, T):
+        for c in range(channels):
+            g = T(grad_output[k, c, i, j])
+            if nearest:
+                grad_input[n, c, _round(y), _round(x)] += g
                 continue
-            for j, (x, _, _) in enumerate(positions(x1, x2, width, crop_w, T)):
-                if not inside(x, width):
-                    continue
-                for c in range(channels):
-                    g = T(grad_output[k, c, i, j])
-                    if nearest:
-                        grad_input[n, c, _round(y), _round(x)] += g
-                        continue
-                    top, bottom, y_lerp = lerp_cell(y, T)
-                    left, right, x_lerp = lerp_cell(x, T)
-                    upper = (T(1) - y_lerp) * g
-                    grad_input[n, c, top, left] += (T(1) - x_lerp) * upper
-                    grad_input[n, c, top, right] += x_lerp * upper
-                    lower = y_lerp * g
-                    grad_input[n, c, bottom, left] += (T(1) - x_lerp) * lower
-                    grad_input[n, c, bottom, right] += x_lerp * lower
+            top, bottom, y_lerp = lerp_cell(y, T)
+            left, right, x_lerp = lerp_cell(x, T)
+            upper = (T(1) - y_lerp) * g
+            grad_input[n, c, top, left] += (T(1) - x_lerp) * upper
+            grad_input[n, c, top, right] += x_lerp * upper
+            lower = y_lerp * g
+            grad_input[n, c, bottom, left] += (T(1) - x_lerp) * lower
+            grad_input[n, c, bottom, right] += x_lerp * lower
     return grad_input
 
 
@@ -137,28 +133,21 @@ def crop_and_resize_box_backward(grad_output, input, rois, nearest):
     grad_boxes = np.zeros((rois.shape[0], 4), dtype=rois.dtype)
     if nearest:
         return grad_boxes
-    for k in range(rois.shape[0]):
-        n = int(rois[k, 0])
-        y1, x1, y2, x2 = (T(v) for v in rois[k, 1:5])
-        for i, (y, dy1, dy2) in enumerate(positions(y1, y2, height, crop_h, T)):
-            if not inside(y, height):
-                continue
-            top, bottom, y_lerp = lerp_cell(y, T)
-            for j, (x, dx1, dx2) in enumerate(positions(x1, x2, width, crop_w, T)):
-                if not inside(x, width):
-                    continue
-                left, right, x_lerp = lerp_cell(x, T)
-                for c in range(channels):
-                    plane = input[n, c]
-                    tl, tr = T(plane[top, left]), T(plane[top, right])
-                    bl, br = T(plane[bottom, left]), T(plane[bottom, right])
-                    slope_y = (T(1) - x_lerp) * (bl - tl) + x_lerp * (br - tr)
-                    slope_x = (T(1) - y_lerp) * (tr - tl) + y_lerp * (br - bl)
-                    g = T(grad_output[k, c, i, j])
-                    slope_y = slope_y * g
-                    slope_x = slope_x * g
-                    grad_boxes[k, 0] += slope_y * dy1
-                    grad_boxes[k, 2] += slope_y * dy2
-                    grad_boxes[k, 1] += slope_x * dx1
-                    grad_boxes[k, 3] += slope_x * dx2
+    for k, n, i, j, (y, dy1, dy2), (x, dx1, dx2) in samples(rois, height, width, crop_h, crop_w,
+                                                            T):  # fmt: skip
+        top, bottom, y_lerp = lerp_cell(y, T)
+        left, right, x_lerp = lerp_cell(x, T)
+        for c in range(channels):
+            plane = input[n, c]
+            tl, tr = T(plane[top, left]), T(plane[top, right])
+            bl, br = T(plane[bottom, left]), T(plane[bottom, right])
+            slope_y = (T(1) - x_lerp) * (bl - tl) + x_lerp * (br - tr)
+            slope_x = (T(1) - y_lerp) * (tr - tl) + y_lerp * (br - bl)
+            g = T(grad_output[k, c, i, j])
+            slope_y = slope_y * g
+            slope_x = slope_x * g
+            grad_boxes[k, 0] += slope_y * dy1
+            grad_boxes[k, 2] += slope_y * dy2
+            grad_boxes[k, 1] += slope_x * dx1
+            grad_boxes[k, 3] += slope_x * dx2
     return grad_boxes
