@@ -1192,7 +1192,7 @@ def bench_rows(dtype: torch.dtype, name: str, quick: bool, calls: int = 1) -> li
 
 # the benchmarks/ scripts of ops with their own anchors (``roiops.bench.side_benchmark``)
 SIDE_BENCHMARKS = ("simple_roi_align", "riroi_align_rotated", "deform_roi_pool",
-                   "deform_ps_roi_pool")  # fmt: skip
+                   "deform_ps_roi_pool", "crop_and_resize")  # fmt: skip
 
 
 def side_benchmark(name: str, repeat: int = ROUNDS) -> list[dict]:

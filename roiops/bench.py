@@ -670,14 +670,13 @@ def tf_crop_and_resize(image: torch.Tensor, boxes: torch.Tensor, box_indices: to
     xs = axis(boxes[:, 1], boxes[:, 3], W, crop_size[1])
     kept = ((ys >= 0) & (ys <= H - 1))[:, :, None] & ((xs >= 0) & (xs <= W - 1))[:, None, :]
     ys, xs = ys.clamp(0, H - 1), xs.clamp(0, W - 1)  # (the kept ones as they are)
-    planes = image[box_indices.long()].to(dt)  # [K, C, H, W]
+    C = image.shape[1]
+    plane = (box_indices.long()[:, None] * C + torch.arange(C, device=image.device)) * (H * W)
+    flat = image.flatten()
 
-    def at(yy, xx):  # [K, C, crop_h, crop_w]
+    def at(yy, xx):  # [K, C, crop_h, crop_w] values of the image
         cell = yy.long()[:, :, None] * W + xx.long()[:, None, :]
-        flat = planes.flatten(2)
-        return flat.gather(2, cell.flatten(1)[:, None].expand(-1, flat.shape[1], -1)).view(
-            *planes.shape[:2], *cell.shape[1:]
-        )
+        return flat.take(plane[:, :, None, None] + cell[:, None]).to(dt)
 
     if method == "nearest":  # (roundf: halves up, here where positions are >= 0)
         out = at(*(torch.where(v - v.floor() >= 0.5, v.floor() + 1, v.floor()) for v in (ys, xs)))

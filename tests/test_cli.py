@@ -173,6 +173,7 @@ def test_side_benchmarks_run_on_small_cases(monkeypatch, capsys):
         "riroi_align_rotated": [("small", *small, 2)],  # (a sampling ratio)
         "deform_roi_pool": [("small", *small, 2)],
         "deform_ps_roi_pool": [("small", *small, 1), ("small", (2, 4 * 49, 20, 24), *small[1:], 7)],
+        "crop_and_resize": [("small", (2, 8, 20, 24), 6, 3)],
     }
     for name, case_list in cases.items():
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")

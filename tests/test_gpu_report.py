@@ -450,11 +450,11 @@ def test_parts_choose_what_a_run_measures(tmp_path, monkeypatch):
                         "backward_passes", "kernel_configs", "reuse_loads"]  # fmt: skip
     measured.clear()
     gpu_report.main(["--parts", "all", "--skip-tests"])
-    assert "run_tests" not in measured and len(measured) == 11 + 4
+    assert "run_tests" not in measured and len(measured) == 11 + 5
     measured.clear()
     # the side benchmarks: a section each, their rows in the table
     gpu_report.main(["--parts", "side", "--json", str(path)])
-    assert measured == ["launch_check_in_a_process"] + ["side_benchmark"] * 4
+    assert measured == ["launch_check_in_a_process"] + ["side_benchmark"] * 5
     report = json.loads(path.read_text())
     assert set(report["side"]) == set(gpu_report.SIDE_BENCHMARKS)
     assert "deform_ps_roi_pool b forward, ms: mmcv / roiops" in gpu_report.summary(report)
