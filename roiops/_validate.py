@@ -129,19 +129,22 @@ def roi_values_checked(device: torch.device, backend: str) -> bool:
     )
 
 
-def check_roi_values(rois: Tensor, batch_size: int, op: str) -> None:
-    """Finite coordinates and integer batch indices in [0, batch_size)."""
+def check_roi_values(rois: Tensor, batch_size: int, op: str,
+                     indices: str = "boxes' batch indices") -> None:  # fmt: skip
+    """Finite coordinates and integer batch indices in [0, batch_size); ``indices``: what
+    the op's caller calls the batch indices (column 0 of the boxes by default)."""
     if rois.shape[0] == 0:
         return
     if not bool(torch.isfinite(rois[:, 1:]).all()):
         raise ValueError(f"{op}: boxes contain NaN or infinite coordinates")
     index = rois[:, 0]
     if not bool((index == torch.floor(index)).all()):
-        raise ValueError(f"{op}: boxes' batch indices (column 0) must be whole numbers")
+        column = " (column 0)" if indices == "boxes' batch indices" else ""
+        raise ValueError(f"{op}: {indices}{column} must be whole numbers")
     low, high = float(index.min()), float(index.max())
     if low < 0 or high >= batch_size:
         raise ValueError(
-            f"{op}: boxes' batch indices must lie in [0, {batch_size}) for an input of "
+            f"{op}: {indices} must lie in [0, {batch_size}) for an input of "
             f"{batch_size} images, got values in [{low:g}, {high:g}]"
         )
 

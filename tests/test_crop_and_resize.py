@@ -1,9 +1,12 @@
 """CropAndResize (TensorFlow's tf.image.crop_and_resize): pencil values, TensorFlow's kernel
 written out in torch, the Numba kernels against the reference bit for bit, gradients."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import results_across_thread_counts
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.library import opcheck
 
 import roiops
@@ -72,6 +75,36 @@ def test_tensorflow_s_kernel_and_the_numba_kernels(rng, dtype, method, size):
         torch.testing.assert_close(a, b, **tol)
 
 
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 5),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    k=st.integers(0, 5),
+    size=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    method=st.sampled_from(["bilinear", "nearest"]),
+    spread=st.sampled_from([0.5, 2.0, 1e6]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_numba_equals_reference(n, c, h, w, k, size, method, spread, dtype, seed):
+    # any map (one row or column too), boxes in, past and far past the image, flipped,
+    # both methods: every bit, forward and both gradients
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((n, c, h, w))).to(dtype)
+    boxes = torch.from_numpy(rng.uniform(0.5 - spread, 0.5 + spread, (k, 4))).to(dtype)
+    indices = torch.from_numpy(rng.integers(0, n, k))
+    results = []
+    for backend in ("numba", "reference"):
+        xb, bb = x.clone().requires_grad_(), boxes.clone().requires_grad_()
+        with roiops.use_backend(backend):
+            out = roiops.crop_and_resize(xb, bb, indices, size, method, -1.0)
+            g = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+            results.append((out.detach(), *torch.autograd.grad(out, [xb, bb], g)))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_nearest_sends_the_boxes_no_gradient():
     boxes = torch.tensor([[0.1, 0.2, 0.9, 0.7]], requires_grad=True)
     out = roiops.crop_and_resize(torch.randn(1, 2, 5, 5), boxes, ZERO, 3, "nearest")
@@ -137,8 +170,10 @@ def test_bad_arguments():
         op(x, boxes, torch.zeros(2, dtype=torch.int64), 3)
     with pytest.raises(TypeError, match="box_indices must hold integers"):
         op(x, boxes, torch.zeros(1, dtype=torch.bool), 3)
-    with pytest.raises(ValueError, match="batch indices must lie in"):
+    with pytest.raises(ValueError, match=r"box_indices must lie in \[0, 2\)"):
         op(x, boxes, torch.tensor([2]), 3)
+    with pytest.raises(ValueError, match="box_indices must be whole numbers"):
+        op(x, boxes, torch.tensor([0.5]), 3)
     with pytest.raises(ValueError, match="NaN or infinite"):
         op(x, boxes * float("nan"), ZERO, 3)
     with pytest.raises(ValueError, match="crop_size must be positive"):

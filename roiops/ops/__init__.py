@@ -295,17 +295,18 @@ def _plain(value: object, grad: bool) -> bool:
 
 
 def checked_backend(device: torch.device, rois: Tensor, batch_size: int, op: str, *checks,
-                    scale: float | None = None, grid: tuple | None = None) -> str:  # fmt: skip
+                    scale: float | None = None, grid: tuple | None = None,
+                    indices: str = "boxes' batch indices") -> str:  # fmt: skip
     """The backend that serves ``device``, after checking the boxes' values (and running
     the op's further value ``checks``, zero-argument callables; ``scale``, the boxes'
     ``spatial_scale``: their scaled corners and sides finite; ``grid``, the arguments
     of ``_validate.check_adaptive_grid`` after the RoIs and before ``op``, its sampling
-    grids) where reading the values is free (``_validate.roi_values_checked``: CPU, the
-    reference backend, or ``ROIOPS_CHECK_VALUES=1``); on CUDA the kernels take any value
-    instead."""
+    grids; ``indices``, the batch indices' name in errors) where reading the values is
+    free (``_validate.roi_values_checked``: CPU, the reference backend, or
+    ``ROIOPS_CHECK_VALUES=1``); on CUDA the kernels take any value instead."""
     backend = select_backend(device)
     if _validate.roi_values_checked(device, backend):
-        _validate.check_roi_values(rois, batch_size, op)
+        _validate.check_roi_values(rois, batch_size, op, indices)
         for check in checks:
             check()
         if scale is not None:

@@ -19,6 +19,7 @@ from roiops.ops import call, checked_backend, custom_op, forward_op, host_array,
 from roiops.reference import crop_and_resize as reference
 
 OP = "crop_and_resize"
+INDICES = "box_indices"  # (the batch indices' name in the op's errors)
 
 
 @forward_op("roiops::crop_and_resize")
@@ -32,7 +33,7 @@ def crop_and_resize_op(
 ) -> Tensor:
     """``Tensor[K, C, crop_height, crop_width]``."""
     sizes = input.shape
-    backend = checked_backend(input.device, rois, sizes[0], OP)
+    backend = checked_backend(input.device, rois, sizes[0], OP, indices=INDICES)
     shape = (rois.shape[0], sizes[1], crop_height, crop_width)
     if rois.shape[0] == 0 or sizes[1] == 0:
         return input.new_zeros(shape)
@@ -72,7 +73,7 @@ def crop_and_resize_backward_op(
     shape = (batch_size, channels, height, width)
     if grad.numel() == 0 or height == 0 or width == 0:
         return new_input_grad(shape, grad.dtype, grad.device)
-    backend = checked_backend(grad.device, rois, batch_size, OP)
+    backend = checked_backend(grad.device, rois, batch_size, OP, indices=INDICES)
     if backend == "triton":
         from roiops.gpu import crop_and_resize as gpu
 
@@ -105,7 +106,7 @@ def crop_and_resize_box_backward_op(grad: Tensor, input: Tensor, rois: Tensor,
     sizes = input.shape
     if grad.numel() == 0 or nearest or sizes[2] == 0 or sizes[3] == 0:
         return grad_rois
-    backend = checked_backend(grad.device, rois, sizes[0], OP)
+    backend = checked_backend(grad.device, rois, sizes[0], OP, indices=INDICES)
     if backend == "triton":
         from roiops.gpu import crop_and_resize as gpu
 
