@@ -471,16 +471,13 @@ def check_position_sensitive_channels(channels: int, pooled: tuple[int, int], op
 def check_orientations(num_orientations: object, channels: int, op: str) -> int:
     """ReDet's orientation channels: a positive count that divides the input's channels
     (``C`` groups of ``O``)."""
-    if isinstance(num_orientations, bool) or not isinstance(num_orientations, numbers.Integral):
-        raise TypeError(f"{op}: num_orientations must be an integer, got {num_orientations!r}")
-    if num_orientations < 1:
-        raise ValueError(f"{op}: num_orientations must be at least 1, got {num_orientations}")
-    if channels % num_orientations:
+    count = check_count(num_orientations, "num_orientations", op)
+    if channels % count:
         raise ValueError(
             f"{op}: input has {channels} channels, not a multiple of num_orientations "
-            f"{num_orientations} (groups of one channel per orientation)"
+            f"{count} (groups of one channel per orientation)"
         )
-    return int(num_orientations)
+    return count
 
 
 def check_orientation_angles(rois: Tensor, num_orientations: int, op: str) -> None:

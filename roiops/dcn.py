@@ -27,18 +27,19 @@ def deform_roi_pooling(data: Tensor, rois: Tensor, offset: Tensor | None, spatia
     """mmdetection 1.x's ``deform_roi_pooling`` (and DCNv2's ``dcn_v2_pooling``, the same
     arguments): :func:`roiops.deform_ps_roi_pool` with ``out_channels`` checked against
     the input's channels (``out_channels * group_size**2``); ``no_trans``: no offsets."""
-    _check_channels(data, out_channels, group_size, "deform_roi_pooling")
-    return F.deform_ps_roi_pool(data, rois, None if no_trans else offset, out_size,
-                                spatial_scale, group_size, part_size, sample_per_part,
-                                trans_std)  # fmt: skip
+    return _checked_pooling(data, rois, None if no_trans else offset, spatial_scale, out_size,
+                            out_channels, group_size, part_size, sample_per_part, trans_std,
+                            "deform_roi_pooling")  # fmt: skip
 
 
 dcn_v2_pooling = deform_roi_pooling
 
 
-def _check_channels(data: Tensor, out_channels: int, group_size: int, layer: str) -> None:
-    """The input has the channels the layer was built for (the originals read past them
-    or assert)."""
+def _checked_pooling(data: Tensor, rois: Tensor, offset: Tensor | None, spatial_scale: float,
+                     out_size: int, out_channels: int, group_size: int, part_size: int | None,
+                     sample_per_part: int, trans_std: float, layer: str) -> Tensor:  # fmt: skip
+    """:func:`roiops.deform_ps_roi_pool`, once the input has the channels the ``layer`` was
+    built for (the originals read past them or assert)."""
     if isinstance(data, Tensor) and data.dim() == 4:
         expected = out_channels * group_size * group_size
         if data.shape[1] != expected:
@@ -46,6 +47,8 @@ def _check_channels(data: Tensor, out_channels: int, group_size: int, layer: str
                 f"{layer}: input has {data.shape[1]} channels, the layer was built for "
                 f"out_channels={out_channels} x group_size**2={group_size * group_size}"
             )
+    return F.deform_ps_roi_pool(data, rois, offset, out_size, spatial_scale, group_size,
+                                part_size, sample_per_part, trans_std)  # fmt: skip
 
 
 @fx_leaf
@@ -54,10 +57,8 @@ def _plain_pooling(data: Tensor, rois: Tensor, out_channels: int, group_size: in
                    layer: str) -> Tensor:  # fmt: skip
     """``Tensor[K, C * out_size**2]``: the pooling without offsets that a Pack's fully
     connected heads read (a leaf of torch.fx traces: the check reads a shape)."""
-    _check_channels(data, out_channels, group_size, layer)
-    return F.deform_ps_roi_pool(
-        data, rois, None, out_size, spatial_scale, group_size, part_size, sample_per_part
-    ).flatten(1)
+    return _checked_pooling(data, rois, None, spatial_scale, out_size, out_channels, group_size,
+                            part_size, sample_per_part, 0.0, layer).flatten(1)  # fmt: skip
 
 
 class DeformRoIPooling(nn.Module):
@@ -80,10 +81,10 @@ class DeformRoIPooling(nn.Module):
 
     def pool(self, data: Tensor, rois: Tensor, offset: Tensor | None) -> Tensor:
         """The layer's pooling with these offsets (None: none)."""
-        _check_channels(data, self.out_channels, self.group_size, type(self).__name__)
-        return F.deform_ps_roi_pool(data, rois, offset, self.out_size, self.spatial_scale,
-                                    self.group_size, self.part_size, self.sample_per_part,
-                                    self.trans_std)  # fmt: skip
+        return _checked_pooling(data, rois, offset, self.spatial_scale, self.out_size,
+                                self.out_channels, self.group_size, self.part_size,
+                                self.sample_per_part, self.trans_std,
+                                type(self).__name__)  # fmt: skip
 
     def plain_features(self, data: Tensor, rois: Tensor) -> Tensor:
         """``Tensor[K, C * out_size**2]``: the pooling without offsets, flattened (what a
