@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from roiops.cpu.layout import channel_task
 from roiops.cpu.parallel import parallel_njit
+from roiops.cpu.roi_pool import round_half_away
 
 
 @njit(cache=True)
@@ -57,13 +58,6 @@ def inside(v, size):
     return v >= 0 and v <= size - 1
 
 
-@njit(cache=True)
-def rounded(v):
-    """C's ``roundf`` of a position in the image (``v >= 0``)."""
-    whole = math.floor(v)
-    return whole + 1 if v - whole >= 0.5 else whole
-
-
 @parallel_njit
 def crop_and_resize_forward(X, rois, crop_h, crop_w, nearest, extrapolation_value, out):
     """out[K, C, crop_h, crop_w] = each box's crop, bilinear (or nearest)."""
@@ -87,7 +81,7 @@ def crop_and_resize_forward_box(X, rois, k, crop_h, crop_w, nearest, extrapolati
                 out_k[:, i, j] = extrapolation_value
                 continue
             if nearest:
-                yy, xx = rounded(y), rounded(x)
+                yy, xx = round_half_away(y), round_half_away(x)
                 for c in range(C):
                     out_k[c, i, j] = X[n, yy, xx, c]
                 continue
@@ -125,7 +119,7 @@ def crop_and_resize_backward(G, rois, order, image_start, crop_h, crop_w, neares
                     if not inside(x, W):
                         continue
                     if nearest:
-                        yy, xx = rounded(y), rounded(x)
+                        yy, xx = round_half_away(y), round_half_away(x)
                         for c in range(c0, c1):
                             GX[n, yy, xx, c] += G[k, c, i, j]
                         continue

@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from roiops.reference.roi_pool import round_half_away
+
 
 def positions(lo, hi, size, crop, T):
     """The crop's sample positions along an axis of ``size`` cells, box edges ``lo``,
@@ -79,7 +81,7 @@ def crop_and_resize_forward(input, rois, crop_h, crop_w, nearest, extrapolation_
                      dtype=input.dtype)  # fmt: skip
     for k, n, i, j, (y, _, _), (x, _, _) in samples(rois, height, width, crop_h, crop_w, T):
         if nearest:
-            output[k, :, i, j] = input[n, :, _round(y), _round(x)]
+            output[k, :, i, j] = input[n, :, round_half_away(y), round_half_away(x)]
             continue
         top, bottom, y_lerp = lerp_cell(y, T)
         left, right, x_lerp = lerp_cell(x, T)
@@ -89,12 +91,6 @@ def crop_and_resize_forward(input, rois, crop_h, crop_w, nearest, extrapolation_
             lower = plane[bottom, left] + (plane[bottom, right] - plane[bottom, left]) * x_lerp
             output[k, c, i, j] = upper + (lower - upper) * y_lerp
     return output
-
-
-def _round(v) -> int:
-    """C's ``roundf`` of a position in the image (``v >= 0``): halves up."""
-    whole = math.floor(v)
-    return whole + 1 if v - whole >= 0.5 else whole
 
 
 def crop_and_resize_backward(grad_output, rois, nearest, input_shape):
@@ -109,7 +105,7 @@ def crop_and_resize_backward(grad_output, rois, nearest, input_shape):
         for c in range(channels):
             g = T(grad_output[k, c, i, j])
             if nearest:
-                grad_input[n, c, _round(y), _round(x)] += g
+                grad_input[n, c, round_half_away(y), round_half_away(x)] += g
                 continue
             top, bottom, y_lerp = lerp_cell(y, T)
             left, right, x_lerp = lerp_cell(x, T)
