@@ -20,16 +20,9 @@ import triton.language as tl
 from roiops.gpu import tiles
 from roiops.gpu.fixed_point import Accumulator, add_to_cell, fixed_point_scale
 from roiops.gpu.launch import Launch
+from roiops.gpu.roi_pool import rounded_half_away
 from roiops.gpu.rois import div_rn, from_bits, is_finite, load_box, scale_bits
 from roiops.gpu.tiles import bins_grid, bins_tile, check_grid, kernel, roi_and_block, store_bins
-
-
-@triton.jit
-def _round(v):
-    """C's ``round``: halves away from zero."""
-    whole = tl.floor(tl.abs(v))
-    whole = tl.where(tl.abs(v) - whole >= 0.5, whole + 1.0, whole)
-    return tl.where(v < 0, -whole, whole)
 
 
 @triton.jit
@@ -41,10 +34,10 @@ def _geometry(ROIS, k, N, SCALE_BITS, PH: tl.constexpr, PW: tl.constexpr, S: tl.
     dt = ROIS.dtype.element_ty
     scale = from_bits(SCALE_BITS, dt)
     n, x1, y1, x2, y2, valid = load_box(ROIS, k, N)
-    start_w = _round(x1) * scale - 0.5
-    start_h = _round(y1) * scale - 0.5
-    end_w = (_round(x2) + 1.0) * scale - 0.5
-    end_h = (_round(y2) + 1.0) * scale - 0.5
+    start_w = rounded_half_away(x1) * scale - 0.5
+    start_h = rounded_half_away(y1) * scale - 0.5
+    end_w = (rounded_half_away(x2) + 1.0) * scale - 0.5
+    end_h = (rounded_half_away(y2) + 1.0) * scale - 0.5
     valid = valid & is_finite(start_w) & is_finite(start_h) & is_finite(end_w)
     valid = valid & is_finite(end_h) & is_finite(end_w - start_w) & is_finite(end_h - start_h)
     # (a float literal is a float32 constant: 0.1 made in float64, then rounded to dt)

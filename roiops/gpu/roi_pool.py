@@ -67,12 +67,18 @@ FLT_LOWEST = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def round_half_away(v):
-    """C's round(): halves away from zero."""
+def rounded_half_away(v):
+    """C's round(): halves away from zero, in v's float type."""
     a = tl.abs(v)
     r = tl.floor(a)
     r = tl.where(a - r >= 0.5, r + 1.0, r)
-    return tl.where(v < 0, -r, r).to(tl.int32)
+    return tl.where(v < 0, -r, r)
+
+
+@triton.jit
+def round_half_away(v):
+    """C's round() as an int32 (a cell)."""
+    return rounded_half_away(v).to(tl.int32)
 
 
 @triton.jit
