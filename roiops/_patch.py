@@ -1,31 +1,71 @@
-"""``roiops.patch()``: torchvision's RoI ops and modules run on roiops.
+"""``roiops.patch()``: the RoI ops and layers of torchvision, detectron2 and mmcv run on
+roiops, in whichever of the three libraries is installed.
 
-After ``patch()``, ``torchvision.ops.roi_align``, ``roi_pool``, ``ps_roi_align`` and
-``ps_roi_pool`` are roiops' functions wherever torchvision's modules hold them (also
-under their own modules, e.g. ``torchvision.ops.poolers.roi_align``, which is what
-``MultiScaleRoIAlign`` calls), and the ``forward`` of ``RoIAlign``, ``RoIPool``,
-``PSRoIAlign``, ``PSRoIPool`` and ``MultiScaleRoIAlign`` calls roiops, so models built
-before the patch switch too. An unmodified detection model
-(``torchvision.models.detection.maskrcnn_resnet50_fpn`` and its relatives) then pools
-with roiops: same numbers as torchvision on CPU, deterministic backward, the Triton
-kernels on CUDA, one launch for all FPN levels. ``unpatch()`` restores everything.
+* torchvision: the functions ``roi_align``, ``roi_pool``, ``ps_roi_align`` and
+  ``ps_roi_pool`` wherever a module holds them (torchvision's own modules, e.g.
+  ``torchvision.ops.poolers``, which ``MultiScaleRoIAlign`` calls; detectron2's
+  ``detectron2.layers.roi_align``, which its ``ROIAlign`` calls; any module that did
+  ``from torchvision.ops import roi_align``) become functions with torchvision's
+  signatures that call roiops (mmcv's ``RoIAlign(use_torchvision=True)`` reads
+  ``roi_align.__code__.co_varnames`` to see whether it takes ``aligned``), and the
+  ``forward`` of ``RoIAlign``, ``RoIPool``, ``PSRoIAlign``, ``PSRoIPool`` and
+  ``MultiScaleRoIAlign`` calls roiops, so models built before the patch switch too.
+* detectron2: ``ROIAlign`` (through torchvision's function, above), and the ``forward``
+  of ``ROIAlignRotated`` and of ``ROIPooler`` (every level in one launch; a pooler whose
+  level poolers are not detectron2's ``ROIAlign`` / ``ROIAlignRotated`` or torchvision's
+  ``RoIPool`` keeps detectron2's loop).
+* mmcv: ``mmcv.ops``' functions ``roi_align``, ``roi_pool``, ``roi_align_rotated``,
+  ``riroi_align_rotated``, ``prroi_pool``, ``bezier_align`` and ``deform_roi_pool``
+  wherever a module holds them, and the ``forward`` of its layers ``RoIAlign``,
+  ``RoIPool``, ``RoIAlignRotated``, ``RiRoIAlignRotated``, ``PrRoIPool``,
+  ``BezierAlign``, ``SimpleRoIAlign``, ``DeformRoIPool``, ``DeformRoIPoolPack`` and
+  ``ModulatedDeformRoIPoolPack``: :mod:`roiops.mmcv`'s, which read the attributes mmcv's
+  layers set (mmdet's RoI extractors call these layers).
+
+An unmodified detection model then pools with roiops: the numbers of the op each call
+replaced (see each op), deterministic backward, the Triton kernels on CUDA.
+``unpatch()`` restores everything (roiops' own modules are left as they are).
 
 Differences a patched model can meet: roiops accepts boxes of another floating dtype
-than the features (torchvision requires the same), and its functions are Python, so a
-patched model cannot be ``torch.jit.script``-ed (use ``torch.compile`` or ``torch.export``).
+than the features (torchvision requires the same); bad arguments raise roiops' errors
+(ValueError, TypeError) where the libraries assert; and its functions are Python, so a
+patched model cannot be ``torch.jit.script``-ed (use ``torch.compile`` or
+``torch.export``).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
+from collections.abc import Callable
 
 import roiops
+from roiops import mmcv as roiops_mmcv
 from roiops import nn as roiops_nn
 
 _lock = threading.Lock()
-# (owner, attribute name, original value) of everything patch() replaced, in order
+# (owner, attribute name, original value) of everything patch() replaced, in order;
+# _INHERITED: the owner (a class) had none of its own
 _replaced: list[tuple[object, str, object]] = []
+_INHERITED = object()
+
+
+# torchvision's functions, with torchvision's signatures (what its callers may inspect)
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    return roiops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    return roiops.roi_pool(input, boxes, output_size, spatial_scale)
+
+
+def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+    return roiops.ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)
+
+
+def ps_roi_pool(input, boxes, output_size, spatial_scale=1.0):
+    return roiops.ps_roi_pool(input, boxes, output_size, spatial_scale)
 
 
 def _roi_align_forward(self, input, rois):
@@ -55,16 +95,57 @@ def _multi_scale_forward(self, x, boxes, image_shapes):
     )  # fmt: skip
 
 
-def _targets():
-    """``(functions, forwards)``: torchvision's functions -> roiops', and its module
-    classes -> the roiops ``forward`` that replaces theirs."""
-    import torchvision.ops as tv
+def _detectron2_rotated_forward(self, input, rois):
+    # (detectron2's convention: aligned, angles in degrees, counter-clockwise; it computes
+    # half precision in float32, as roiops does)
+    return roiops.roi_align_rotated(
+        input, rois, self.output_size, self.spatial_scale, self.sampling_ratio
+    )
 
+
+def _detectron2_pooler_forward(roi_align_class: type, rotated_class: type, roi_pool_class: type,
+                               original: Callable) -> Callable:  # fmt: skip
+    """detectron2's ``ROIPooler.forward`` on roiops: its pooler type read from its first
+    level pooler (detectron2 keeps no other record of it), every level in one launch."""
+
+    def forward(self, x, box_lists):
+        first = self.level_poolers[0]
+        if type(first) is roi_align_class:
+            pooler_type = "ROIAlignV2" if first.aligned else "ROIAlign"
+        elif type(first) is rotated_class:
+            pooler_type = "ROIAlignRotated"
+        elif type(first) is roi_pool_class:
+            pooler_type = "ROIPool"
+        else:  # (a pooler of another kind: detectron2's own loop)
+            return original(self, x, box_lists)
+        scales = [p.spatial_scale for p in self.level_poolers]
+        return roiops_nn.pool_detectron2(
+            x, box_lists, tuple(self.output_size), scales, getattr(first, "sampling_ratio", 0),
+            pooler_type, self.canonical_box_size, self.canonical_level,
+        )  # fmt: skip
+
+    return forward
+
+
+def _import(name: str):
+    """Module ``name``, or None where it (or what it needs) is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _torchvision() -> tuple[dict, dict]:
+    """``(functions, forwards)``: torchvision's functions -> the ones replacing them, and
+    its module classes -> the roiops ``forward`` that replaces theirs."""
+    tv = _import("torchvision.ops")
+    if tv is None:
+        return {}, {}
     functions = {
-        tv.roi_align: roiops.roi_align,
-        tv.roi_pool: roiops.roi_pool,
-        tv.ps_roi_align: roiops.ps_roi_align,
-        tv.ps_roi_pool: roiops.ps_roi_pool,
+        tv.roi_align: roi_align,
+        tv.roi_pool: roi_pool,
+        tv.ps_roi_align: ps_roi_align,
+        tv.ps_roi_pool: ps_roi_pool,
     }
     forwards = {
         tv.RoIAlign: _roi_align_forward,
@@ -76,34 +157,93 @@ def _targets():
     return functions, forwards
 
 
+def _detectron2() -> dict:
+    """detectron2's classes -> the roiops ``forward`` that replaces theirs (its
+    ``ROIAlign`` calls torchvision's function)."""
+    layers = _import("detectron2.layers")
+    poolers = _import("detectron2.modeling.poolers")
+    tv = _import("torchvision.ops")
+    if layers is None or poolers is None or tv is None:
+        return {}
+    pooler = poolers.ROIPooler
+    return {
+        layers.ROIAlignRotated: _detectron2_rotated_forward,
+        pooler: _detectron2_pooler_forward(
+            layers.ROIAlign, layers.ROIAlignRotated, tv.RoIPool, pooler.__dict__["forward"]
+        ),
+    }
+
+
+MMCV_FUNCTIONS = ("roi_align", "roi_pool", "roi_align_rotated", "riroi_align_rotated",
+                  "prroi_pool", "bezier_align", "deform_roi_pool")  # fmt: skip
+MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated", "RiRoIAlignRotated", "PrRoIPool",
+               "BezierAlign", "SimpleRoIAlign", "DeformRoIPool", "DeformRoIPoolPack",
+               "ModulatedDeformRoIPoolPack")  # fmt: skip
+
+
+def _mmcv() -> tuple[dict, dict]:
+    """``(functions, forwards)`` of ``mmcv.ops`` (what its version has of them; mmcv
+    without its compiled ops, e.g. ``mmcv-lite``, has none)."""
+    ops = _import("mmcv.ops")
+    if ops is None:
+        return {}, {}
+    functions = {
+        getattr(ops, name): getattr(roiops_mmcv, name)
+        for name in MMCV_FUNCTIONS
+        if hasattr(ops, name)
+    }
+    forwards = {
+        getattr(ops, name): getattr(roiops_mmcv, name).forward
+        for name in MMCV_LAYERS
+        if hasattr(ops, name)
+    }
+    return functions, forwards
+
+
+def _replace(owner: object, attr: str, value: object) -> None:
+    _replaced.append((owner, attr, vars(owner).get(attr, _INHERITED)))
+    setattr(owner, attr, value)
+
+
 def patch() -> None:
-    """Make torchvision's RoI ops and modules use roiops (idempotent; needs torchvision)."""
-    try:
-        functions, forwards = _targets()
-    except ImportError as e:
-        raise ImportError("roiops.patch() needs torchvision: pip install torchvision") from e
+    """Make the RoI ops and layers of torchvision, detectron2 and mmcv (those installed)
+    use roiops (idempotent)."""
     with _lock:
         if _replaced:
             return
+        tv_functions, forwards = _torchvision()
+        mmcv_functions, mmcv_forwards = _mmcv()
+        forwards = {**forwards, **_detectron2(), **mmcv_forwards}
+        if not forwards:
+            raise ImportError(
+                "roiops.patch() found none of torchvision, detectron2 and mmcv's ops "
+                "installed: pip install torchvision"
+            )
+        functions = {**tv_functions, **mmcv_functions}
         by_id = {id(original): ours for original, ours in functions.items()}
         for name, module in list(sys.modules.items()):
-            if module is None or not (name == "torchvision" or name.startswith("torchvision.")):
+            if module is None or name == "roiops" or name.startswith("roiops."):
                 continue
-            for attr, value in list(vars(module).items()):
-                if id(value) in by_id:
-                    _replaced.append((module, attr, value))
-                    setattr(module, attr, by_id[id(value)])
+            try:
+                attributes = list(vars(module).items())
+            except TypeError:  # (an entry that is not a module and has no __dict__)
+                continue
+            for attr, value in attributes:
+                if id(value) in by_id and by_id[id(value)] is not value:
+                    _replace(module, attr, by_id[id(value)])
         for cls, forward in forwards.items():
-            _replaced.append((cls, "forward", cls.__dict__["forward"]))
-            cls.forward = forward
+            _replace(cls, "forward", forward)
 
 
 def unpatch() -> None:
-    """Undo :func:`patch` (a no-op if torchvision is not patched)."""
+    """Undo :func:`patch` (a no-op if nothing is patched)."""
     with _lock:
         while _replaced:
             owner, attr, original = _replaced.pop()
-            setattr(owner, attr, original)
+            if original is _INHERITED:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
 
 
 def is_patched() -> bool:

@@ -87,8 +87,9 @@ def roi_align_rotated(
 
 class RoIAlign(MmcvLayer):
     """mmcv's ``RoIAlign(output_size, spatial_scale=1.0, sampling_ratio=0, pool_mode="avg",
-    aligned=True, use_torchvision=False)`` (``use_torchvision`` changes nothing here: its
-    numbers are torchvision's already)."""
+    aligned=True, use_torchvision=False)``. ``use_torchvision=True`` runs torchvision's
+    roi_align in mmcv, which has no max: the average whatever ``pool_mode`` says, as
+    there (the numbers are torchvision's either way)."""
 
     SHOWN = (
         "output_size",
@@ -119,8 +120,9 @@ class RoIAlign(MmcvLayer):
         self.use_torchvision = use_torchvision
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        mode = "avg" if self.use_torchvision else self.pool_mode
         return roi_align(input, rois, self.output_size, self.spatial_scale,
-                         self.sampling_ratio, self.pool_mode, self.aligned)  # fmt: skip
+                         self.sampling_ratio, mode, self.aligned)  # fmt: skip
 
 
 class RoIPool(MmcvLayer):
@@ -332,6 +334,18 @@ def pack_features(input: Tensor, rois: Tensor, channels: int, pooled: tuple[int,
     return deform_roi_pool(input, rois, None, pooled, spatial_scale, sampling_ratio).flatten(1)
 
 
+def _pack_pooling(layer: nn.Module, input: Tensor, rois: Tensor) -> tuple:
+    """``(pooled (h, w), the plain pooling's features [K, C * h * w], the offsets [K, 2,
+    h, w])`` of a Pack ``layer``, read from the attributes mmcv's Packs have too
+    (``output_size``, ``output_channels``, ``spatial_scale``, ``sampling_ratio``,
+    ``offset_fc``): ``roiops.patch()`` gives mmcv's classes these forwards."""
+    name = type(layer).__name__
+    pooled = _validate.output_size_pair(layer.output_size, name)
+    x = pack_features(input, rois, layer.output_channels, pooled, layer.spatial_scale,
+                      layer.sampling_ratio, name)  # fmt: skip
+    return pooled, x, layer.offset_fc(x).view(x.shape[0], 2, *pooled)
+
+
 class DeformRoIPoolPack(DeformRoIPool):
     """mmcv's ``DeformRoIPoolPack(output_size, output_channels, deform_fc_channels=1024,
     spatial_scale=1.0, sampling_ratio=0, gamma=0.1)`` (Deformable ConvNets' deformable
@@ -349,21 +363,14 @@ class DeformRoIPoolPack(DeformRoIPool):
         gamma: float = 0.1,
     ) -> None:
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-        self.pooled = _validate.output_size_pair(output_size, type(self).__name__)
+        pooled = _validate.output_size_pair(output_size, type(self).__name__)
         self.output_channels = output_channels
         self.deform_fc_channels = deform_fc_channels
-        self.offset_fc = offset_head(self.pooled, output_channels, deform_fc_channels, 2, 3)
-
-    def _offsets(self, input: Tensor, rois: Tensor) -> tuple[Tensor, Tensor]:
-        """(the plain pooling's features ``[K, C * PH * PW]``, the offsets ``[K, 2, PH,
-        PW]``)."""
-        x = pack_features(input, rois, self.output_channels, self.pooled, self.spatial_scale,
-                          self.sampling_ratio, type(self).__name__)  # fmt: skip
-        return x, self.offset_fc(x).view(x.shape[0], 2, *self.pooled)
+        self.offset_fc = offset_head(pooled, output_channels, deform_fc_channels, 2, 3)
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
-        _, offset = self._offsets(input, rois)
-        return deform_roi_pool(input, rois, offset, self.pooled, self.spatial_scale,
+        pooled, _, offset = _pack_pooling(self, input, rois)
+        return deform_roi_pool(input, rois, offset, pooled, self.spatial_scale,
                                self.sampling_ratio, self.gamma)  # fmt: skip
 
 
@@ -384,13 +391,14 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     ) -> None:
         super().__init__(output_size, output_channels, deform_fc_channels, spatial_scale,
                          sampling_ratio, gamma)  # fmt: skip
+        pooled = _validate.output_size_pair(output_size, type(self).__name__)
         self.mask_fc = nn.Sequential(
-            *offset_head(self.pooled, output_channels, deform_fc_channels, 1, 2), nn.Sigmoid()
+            *offset_head(pooled, output_channels, deform_fc_channels, 1, 2), nn.Sigmoid()
         )
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:  # type: ignore[override]
-        x, offset = self._offsets(input, rois)
-        mask = self.mask_fc(x).view(x.shape[0], 1, *self.pooled)
-        d = deform_roi_pool(input, rois, offset, self.pooled, self.spatial_scale,
+        pooled, x, offset = _pack_pooling(self, input, rois)
+        mask = self.mask_fc(x).view(x.shape[0], 1, *pooled)
+        d = deform_roi_pool(input, rois, offset, pooled, self.spatial_scale,
                             self.sampling_ratio, self.gamma)  # fmt: skip
         return d * mask

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from roiops import _validate
 from roiops._trace import fx_leaf
 from roiops.functional import (
     BoxesArg,
@@ -368,10 +369,40 @@ def pool_detectron2(
         return multi_scale_roi_align_rotated(
             x, box_lists, output_size, scales, sampling_ratio, True, **mapper
         )
+    box_lists, levels = _boxes_as_detectron2_s_roi_align(x, box_lists, scales, mapper)
     return multi_scale_roi_align(
         x, box_lists, output_size, scales, sampling_ratio, pooler_type == "ROIAlignV2",
-        **mapper,
+        levels, **mapper,
     )  # fmt: skip
+
+
+def _boxes_as_detectron2_s_roi_align(x: list[Tensor], box_lists: BoxesArg, scales: list[float],
+                                     mapper: dict) -> tuple[BoxesArg, Tensor | None]:  # fmt: skip
+    """``(boxes, levels)`` as detectron2 pools them with ``ROIAlign``: its pooler maps the
+    boxes' levels as given, then ``ROIAlign`` casts them to the features' dtype
+    (``rois.to(dtype=input.dtype)``), which in half precision rounds them (its AMP
+    training: float16 maps, float32 boxes). ``levels`` None where the cast changes
+    nothing (the levels are then mapped by the op)."""
+    dtype = x[0].dtype if x and isinstance(x[0], Tensor) else None
+    parts = [box_lists] if isinstance(box_lists, Tensor) else box_lists
+    if (
+        dtype is None
+        or not dtype.is_floating_point
+        or all(not isinstance(b, Tensor) or b.dtype == dtype for b in parts)
+    ):
+        return box_lists, None
+    op = "ROIPooler"
+    _validate.boxes_to_rois(box_lists, x[0], op)  # (the op's errors for bad boxes)
+    k_min, k_max = (round(-math.log2(_validate.check_spatial_scale(s, op)))
+                    for s in (scales[0], scales[-1]))  # fmt: skip
+    corners = box_lists[:, 1:] if isinstance(box_lists, Tensor) else box_lists
+    levels = map_levels(
+        corners, k_min, k_max, mapper["canonical_scale"], mapper["canonical_level"],
+        mapper["eps"], mapper["level_mapper"],
+    )  # fmt: skip
+    if isinstance(box_lists, Tensor):
+        return box_lists.to(dtype), levels
+    return [b.to(dtype) for b in box_lists], levels
 
 
 @fx_leaf

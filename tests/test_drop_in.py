@@ -1,6 +1,8 @@
 """roiops.patch(): torchvision's RoI ops, modules and an unmodified Mask R-CNN on roiops."""
 
 import sys
+import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -22,9 +24,12 @@ def patched():
 
 
 def test_patch_replaces_functions_and_forwards_and_unpatch_restores(rng):
+    import inspect
+
     import torchvision.ops.poolers as poolers
 
     originals = (torchvision.ops.roi_align, poolers.roi_align, torchvision.ops.RoIAlign.forward)
+    signatures = {name: inspect.signature(getattr(torchvision.ops, name)) for name in TV_FUNCTIONS}
     x = torch.randn(2, 8, 10, 12)
     rois = torch.tensor([[0, 1.0, 2, 15, 17], [1, 3, 3, 9, 9]])
     module = torchvision.ops.RoIAlign(3, 0.5, 2, True)  # built before the patch
@@ -32,17 +37,255 @@ def test_patch_replaces_functions_and_forwards_and_unpatch_restores(rng):
     roiops.patch()  # idempotent
     try:
         assert roiops.is_patched()
-        assert torchvision.ops.roi_align is roiops.roi_align
-        assert poolers.roi_align is roiops.roi_align  # what MultiScaleRoIAlign calls
-        assert sys.modules["torchvision.ops.roi_align"].roi_align is roiops.roi_align
-        assert torchvision.ops.ps_roi_pool is roiops.ps_roi_pool
+        ours = roiops._patch.roi_align
+        assert torchvision.ops.roi_align is ours
+        assert poolers.roi_align is ours  # what MultiScaleRoIAlign calls
+        assert sys.modules["torchvision.ops.roi_align"].roi_align is ours
+        assert torchvision.ops.ps_roi_pool is roiops._patch.ps_roi_pool
         assert torch.equal(module(x, rois), roiops.roi_align(x, rois, 3, 0.5, 2, True))
+        assert torch.equal(ours(x, rois, 3, 0.5, 2, True), module(x, rois))
+        # torchvision's signatures, parameter for parameter: mmcv's RoIAlign(
+        # use_torchvision=True) reads roi_align.__code__.co_varnames for "aligned" and,
+        # not finding it, shifts the caller's boxes in place and calls without it
+        for name, signature in signatures.items():
+            replaced = inspect.signature(getattr(torchvision.ops, name))
+            assert [(p.name, p.default) for p in replaced.parameters.values()] == [
+                (p.name, p.default) for p in signature.parameters.values()
+            ], name
+        assert "aligned" in torchvision.ops.roi_align.__code__.co_varnames
     finally:
         roiops.unpatch()
     assert not roiops.is_patched()
     assert (torchvision.ops.roi_align, poolers.roi_align, torchvision.ops.RoIAlign.forward) == (
         originals
     )
+
+
+TV_FUNCTIONS = ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")
+
+
+def stand_in(monkeypatch, name, source=""):
+    """Module ``name`` in ``sys.modules`` (until the test ends), ``source`` run in it (so
+    its functions read their globals from it, as a library's module's do)."""
+    module = types.ModuleType(name)
+    exec(textwrap.dedent(source), module.__dict__)
+    monkeypatch.setitem(sys.modules, name, module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        monkeypatch.setattr(sys.modules[parent], child, module, raising=False)
+    return module
+
+
+def test_patch_reaches_every_module_that_imported_torchvision_s_functions(monkeypatch):
+    user = stand_in(monkeypatch, "user_detector", """
+        from torchvision.ops import roi_align, roi_pool as tv_roi_pool
+        from torchvision.ops import nms
+    """)  # fmt: skip
+    nms = user.nms
+    roiops.patch()
+    try:
+        assert user.roi_align is roiops._patch.roi_align
+        assert user.tv_roi_pool is roiops._patch.roi_pool
+        assert user.nms is nms  # (not a RoI op: left alone)
+    finally:
+        roiops.unpatch()
+    assert user.roi_align is torchvision.ops.roi_align
+    assert user.tv_roi_pool is torchvision.ops.roi_pool
+
+
+# detectron2 is not installable here (no wheels on the package index): stand-ins with
+# the module layout, attributes and forwards of its layers and pooler (detectron2 0.6,
+# detectron2/layers/roi_align.py, roi_align_rotated.py, modeling/poolers.py), written
+# for these tests; a forward that needs detectron2's C++ extension raises
+DETECTRON2_LAYERS = """
+    import torch
+    from torch import nn
+    from torchvision.ops import roi_align
+
+    class ROIAlign(nn.Module):
+        def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=True):
+            super().__init__()
+            self.output_size = output_size
+            self.spatial_scale = spatial_scale
+            self.sampling_ratio = sampling_ratio
+            self.aligned = aligned
+
+        def forward(self, input, rois):
+            return roi_align(input, rois.to(dtype=input.dtype), self.output_size,
+                             self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    class ROIAlignRotated(nn.Module):
+        def __init__(self, output_size, spatial_scale, sampling_ratio):
+            super().__init__()
+            self.output_size = output_size
+            self.spatial_scale = spatial_scale
+            self.sampling_ratio = sampling_ratio
+
+        def forward(self, input, rois):
+            raise RuntimeError("detectron2's C++ extension is not built here")
+"""
+DETECTRON2_POOLERS = """
+    import math
+
+    import torch
+    from torch import nn
+    from torchvision.ops import RoIPool
+
+    from detectron2.layers import ROIAlign, ROIAlignRotated
+
+    class ROIPooler(nn.Module):
+        def __init__(self, output_size, scales, sampling_ratio, pooler_type,
+                     canonical_box_size=224, canonical_level=4):
+            super().__init__()
+            if isinstance(output_size, int):
+                output_size = (output_size, output_size)
+            self.output_size = output_size
+            if pooler_type in ("ROIAlign", "ROIAlignV2"):
+                aligned = pooler_type == "ROIAlignV2"
+                poolers = [ROIAlign(output_size, s, sampling_ratio, aligned) for s in scales]
+            elif pooler_type == "ROIPool":
+                poolers = [RoIPool(output_size, spatial_scale=s) for s in scales]
+            else:
+                poolers = [ROIAlignRotated(output_size, s, sampling_ratio) for s in scales]
+            self.level_poolers = nn.ModuleList(poolers)
+            self.min_level = int(-math.log2(scales[0]))
+            self.max_level = int(-math.log2(scales[-1]))
+            self.canonical_level = canonical_level
+            self.canonical_box_size = canonical_box_size
+
+        def forward(self, x, box_lists):
+            rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1)
+                              for i, b in enumerate(box_lists)])
+            if len(self.level_poolers) == 1:
+                return self.level_poolers[0](x[0], rois)
+            boxes = torch.cat(list(box_lists))
+            if boxes.shape[1] == 5:
+                area = boxes[:, 2] * boxes[:, 3]
+            else:
+                area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            level = torch.floor(self.canonical_level
+                                + torch.log2(torch.sqrt(area) / self.canonical_box_size + 1e-8))
+            level = torch.clamp(level, self.min_level, self.max_level).long() - self.min_level
+            size = self.output_size[0]
+            out = torch.zeros((len(rois), x[0].shape[1], size, size), dtype=x[0].dtype)
+            for index, pooler in enumerate(self.level_poolers):
+                pick = torch.nonzero(level == index)[:, 0]
+                out[pick] = pooler(x[index], rois[pick])
+            return out
+"""
+
+
+@pytest.fixture
+def detectron2(monkeypatch):
+    stand_in(monkeypatch, "detectron2")
+    layers = stand_in(monkeypatch, "detectron2.layers", DETECTRON2_LAYERS)
+    stand_in(monkeypatch, "detectron2.modeling")
+    return layers, stand_in(monkeypatch, "detectron2.modeling.poolers", DETECTRON2_POOLERS)
+
+
+def detectron2_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+    features = [torch.randn(2, 4, 64 // 2**i, 64 // 2**i, generator=g).to(dtype)
+                for i in range(4)]  # fmt: skip
+    # sides from 8 to 600 px: every level gets boxes; corners off float16's grid
+    corner = torch.rand(30, 2, generator=g) * 200 + 0.3
+    side = torch.exp(torch.rand(30, 2, generator=g) * 4.3 + 2.1)
+    boxes = torch.cat([corner, corner + side], 1)
+    return features, [boxes[:18], boxes[18:]]
+
+
+@pytest.mark.parametrize("pooler_type", ["ROIAlign", "ROIAlignV2", "ROIPool"])
+def test_patch_pools_detectron2_s_pooler_in_one_launch_with_its_numbers(
+    detectron2, monkeypatch, pooler_type
+):
+    layers, poolers = detectron2
+    features, boxes = detectron2_inputs()
+    pooler = poolers.ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, pooler_type)
+    expected = pooler(features, boxes)  # detectron2's loop on torchvision
+    loop = poolers.ROIPooler.forward
+    calls = []
+    one_launch = roiops.nn.pool_detectron2
+    monkeypatch.setattr(roiops.nn, "pool_detectron2",
+                        lambda *a: calls.append(a[5]) or one_launch(*a))  # fmt: skip
+    roiops.patch()
+    try:
+        assert layers.roi_align is roiops._patch.roi_align  # (what its ROIAlign calls)
+        out = pooler(features, boxes)
+        assert calls == [pooler_type]
+        assert torch.equal(out, expected)
+        assert torch.equal(loop(pooler, features, boxes), expected)  # its loop on roiops
+    finally:
+        roiops.unpatch()
+    assert poolers.ROIPooler.forward is loop
+    assert layers.roi_align is torchvision.ops.roi_align
+
+
+def test_patched_detectron2_pooler_rounds_half_precision_boxes_as_its_roi_align_does(
+    detectron2,
+):
+    # detectron2's ROIAlign casts the boxes to the features' dtype, after its pooler has
+    # mapped their levels (AMP training: float16 maps, float32 boxes)
+    # (torchvision's float16 CPU kernel computes in float16, roiops in float32: the
+    # expected numbers are detectron2's loop over its ROIAlign layers on roiops)
+    layers, poolers = detectron2
+    features, boxes = detectron2_inputs(torch.float16)
+    pooler = poolers.ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, "ROIAlignV2")
+    loop = poolers.ROIPooler.forward
+    roiops.patch()
+    try:
+        expected = loop(pooler, features, boxes)
+        assert torch.equal(pooler(features, boxes), expected)
+    finally:
+        roiops.unpatch()
+    ours = roiops.ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, "ROIAlignV2")
+    assert torch.equal(ours(features, boxes), expected)
+    # (the float32 boxes unrounded would give other numbers: the cast is what matters)
+    uncast = roiops.multi_scale_roi_align(features, boxes, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2,
+                                          True, level_mapper="detectron2", eps=1e-8)  # fmt: skip
+    assert not torch.equal(uncast, expected)
+
+
+def test_patch_runs_detectron2_s_rotated_layer_and_pooler(detectron2):
+    layers, poolers = detectron2
+    g = torch.Generator().manual_seed(4)
+    features = [torch.randn(2, 4, 64 // 2**i, 64 // 2**i, generator=g) for i in range(4)]
+    centre = torch.rand(20, 2, generator=g) * 200
+    side = torch.exp(torch.rand(20, 2, generator=g) * 4.3 + 2.1)
+    angle = torch.rand(20, 1, generator=g) * 360 - 180
+    boxes = torch.cat([centre, side, angle], 1)
+    box_lists = [boxes[:12], boxes[12:]]
+    layer = layers.ROIAlignRotated((3, 4), 1 / 4, 2)
+    rois = torch.cat([torch.zeros(20, 1), boxes], 1)
+    pooler = poolers.ROIPooler(5, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignRotated")
+    with pytest.raises(RuntimeError, match="C\\+\\+ extension"):
+        layer(features[0], rois)
+    roiops.patch()
+    try:
+        assert torch.equal(
+            layer(features[0], rois), roiops.roi_align_rotated(features[0], rois, (3, 4), 1 / 4, 2)
+        )
+        out = pooler(features, box_lists)
+        ours = roiops.ROIPooler(5, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignRotated")
+        assert torch.equal(out, ours(features, box_lists))
+    finally:
+        roiops.unpatch()
+    with pytest.raises(RuntimeError, match="C\\+\\+ extension"):
+        layer(features[0], rois)
+
+
+def test_patched_detectron2_pooler_of_other_layers_keeps_its_loop(detectron2):
+    layers, poolers = detectron2
+    features, boxes = detectron2_inputs()
+    pooler = poolers.ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, "ROIAlignV2")
+    pooler.level_poolers = torch.nn.ModuleList(
+        roiops.RoIAlign(7, s, 2, True) for s in (1 / 4, 1 / 8, 1 / 16, 1 / 32)
+    )
+    expected = pooler(features, boxes)
+    roiops.patch()
+    try:
+        assert torch.equal(pooler(features, boxes), expected)
+    finally:
+        roiops.unpatch()
 
 
 def test_patched_modules_give_torchvision_numbers(patched):
@@ -183,3 +426,169 @@ def test_patched_mask_rcnn_exports_to_onnx_as_torchvision_s_does():
     assert len(ours) == len(theirs) == 4  # boxes, labels, scores, masks
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# mmcv's compiled ops do not install here (mmcv-lite has none; mmcv's full build does not
+# compile against current torch): a stand-in of mmcv.ops with the attributes mmcv 2.x's
+# layers set (mmcv/ops/roi_align.py, roi_pool.py, roi_align_rotated.py,
+# riroi_align_rotated.py, prroi_pool.py, bezier_align.py, point_sample.py,
+# deform_roi_pool.py), written for these tests; what needs mmcv's extension raises
+MMCV_OPS = """
+    from torch import nn
+    from torch.nn.modules.utils import _pair
+
+    def _no_extension(*args):
+        raise RuntimeError("mmcv's compiled ops are not built here")
+
+    def _function():
+        return lambda *args: _no_extension()
+
+    roi_align, roi_pool, roi_align_rotated, riroi_align_rotated = (_function() for _ in "1234")
+    prroi_pool, bezier_align, deform_roi_pool = (_function() for _ in "123")
+    original_roi_align = roi_align
+
+    class _Layer(nn.Module):
+        def forward(self, *args):
+            _no_extension()
+
+    class RoIAlign(_Layer):
+        def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, pool_mode="avg",
+                     aligned=True, use_torchvision=False):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+            self.sampling_ratio = int(sampling_ratio)
+            self.pool_mode = pool_mode
+            self.aligned = aligned
+            self.use_torchvision = use_torchvision
+
+    class RoIPool(_Layer):
+        def __init__(self, output_size, spatial_scale=1.0):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+
+    class PrRoIPool(RoIPool):
+        pass
+
+    class RoIAlignRotated(_Layer):
+        def __init__(self, output_size, spatial_scale, sampling_ratio=0, aligned=True,
+                     clockwise=False):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+            self.sampling_ratio = int(sampling_ratio)
+            self.aligned = aligned
+            self.clockwise = clockwise
+
+    class RiRoIAlignRotated(_Layer):
+        def __init__(self, out_size, spatial_scale, num_samples=0, num_orientations=8,
+                     clockwise=False):
+            super().__init__()
+            self.out_size = out_size
+            self.spatial_scale = float(spatial_scale)
+            self.num_samples = int(num_samples)
+            self.num_orientations = int(num_orientations)
+            self.clockwise = clockwise
+
+    class BezierAlign(_Layer):
+        def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=True):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+            self.sampling_ratio = int(sampling_ratio)
+            self.aligned = aligned
+
+    class SimpleRoIAlign(_Layer):
+        def __init__(self, output_size, spatial_scale, aligned=True):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+            self.use_torchvision = False
+            self.aligned = aligned
+
+    class DeformRoIPool(_Layer):
+        def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+            super().__init__()
+            self.output_size = _pair(output_size)
+            self.spatial_scale = float(spatial_scale)
+            self.sampling_ratio = int(sampling_ratio)
+            self.gamma = float(gamma)
+
+    def _fc(sizes):
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        return layers[:-1]
+
+    class DeformRoIPoolPack(DeformRoIPool):
+        def __init__(self, output_size, output_channels, deform_fc_channels=1024,
+                     spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+            super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+            self.output_channels = output_channels
+            self.deform_fc_channels = deform_fc_channels
+            bins = self.output_size[0] * self.output_size[1]
+            self.offset_fc = nn.Sequential(*_fc(
+                [bins * output_channels, deform_fc_channels, deform_fc_channels, bins * 2]))
+
+    class ModulatedDeformRoIPoolPack(DeformRoIPool):
+        def __init__(self, output_size, output_channels, deform_fc_channels=1024,
+                     spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+            super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
+            self.output_channels = output_channels
+            self.deform_fc_channels = deform_fc_channels
+            bins = self.output_size[0] * self.output_size[1]
+            self.offset_fc = nn.Sequential(*_fc(
+                [bins * output_channels, deform_fc_channels, deform_fc_channels, bins * 2]))
+            self.mask_fc = nn.Sequential(
+                *_fc([bins * output_channels, deform_fc_channels, bins]), nn.Sigmoid())
+"""
+
+
+def test_patch_runs_mmcv_s_layers_and_functions_on_roiops(monkeypatch):
+    from roiops import mmcv as ours
+
+    stand_in(monkeypatch, "mmcv")
+    ops = stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
+    head = stand_in(monkeypatch, "mmdet_head", "from mmcv.ops import roi_align, DeformRoIPool")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 16, 20, generator=g)
+    rois = torch.tensor([[0, 1.0, 2, 30, 27], [1, 3, 3, 19, 9], [0, 10, 4, 36, 22]])
+    rotated = torch.tensor([[0, 12.0, 10, 16, 9, 0.4], [1, 20, 14, 10, 12, -1.1]])
+    beziers = torch.cat([torch.tensor([[0.0], [1.0]]), torch.rand(2, 16, generator=g) * 30], 1)
+    offset = torch.randn(3, 2, 3, 3, generator=g) * 0.1
+    cases = [  # (class name, arguments, inputs)
+        ("RoIAlign", (3, 0.5, 2, "max", False), (x, rois)),
+        ("RoIAlign", (3, 0.5, 0, "max", True, True), (x, rois)),  # (torchvision's: average)
+        ("RoIPool", ((2, 3), 0.5), (x, rois)),
+        ("RoIAlignRotated", (3, 0.5, 2, True, True), (x, rotated)),
+        ("RiRoIAlignRotated", (3, 0.5, 2, 4), (x, rotated)),
+        ("PrRoIPool", (3, 0.5), (x, rois)),
+        ("BezierAlign", ((2, 4), 0.5, 2), (x, beziers)),
+        ("SimpleRoIAlign", (3, 0.5), (x, rois)),
+        ("DeformRoIPool", (3, 0.5, 2, 0.2), (x, rois, offset)),
+        ("DeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
+        ("ModulatedDeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
+    ]
+    layers = []
+    for name, args, _ in cases:
+        theirs, mine = getattr(ops, name)(*args), getattr(ours, name)(*args)
+        for p in mine.parameters():  # (the Packs' zeroed last layers: offsets of their own)
+            torch.nn.init.normal_(p, std=0.05, generator=g)
+        theirs.load_state_dict(mine.state_dict())  # (mmcv's parameter names)
+        layers.append((theirs, mine))
+    with pytest.raises(RuntimeError, match="compiled ops"):
+        layers[0][0](x, rois)
+    roiops.patch()
+    try:
+        for (name, _, inputs), (theirs, mine) in zip(cases, layers, strict=True):
+            assert torch.equal(theirs(*inputs), mine(*inputs)), name
+        assert ops.roi_align is ours.roi_align and ops.deform_roi_pool is ours.deform_roi_pool
+        assert head.roi_align is ours.roi_align and head.DeformRoIPool is ops.DeformRoIPool
+        assert torch.equal(head.roi_align(x, rois, 3, 0.5), ours.RoIAlign(3, 0.5)(x, rois))
+    finally:
+        roiops.unpatch()
+    assert head.roi_align is ops.roi_align is ops.original_roi_align
+    with pytest.raises(RuntimeError, match="compiled ops"):
+        layers[0][0](x, rois)
+    assert "forward" not in vars(ops.RoIAlign)  # (inherited before the patch: so again)

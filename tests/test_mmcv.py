@@ -61,6 +61,16 @@ def test_mmcv_defaults_are_mmcv_s(rng):
     assert torch.equal(mmcv.DeformRoIPool(3, 0.5)(x, rois), mmcv.roi_align(x, rois, 3, 0.5))
 
 
+def test_mmcv_roi_align_with_torchvision_averages_whatever_its_pool_mode(rng):
+    # mmcv's RoIAlign(use_torchvision=True) calls torchvision's roi_align, which has no
+    # max: pool_mode is not read
+    x = as_tensor(rng.standard_normal((2, 4, 10, 12)), torch.float32)
+    rois = as_tensor(random_rois(rng, 2, 6, 20, 24), torch.float32)
+    layer = mmcv.RoIAlign(3, 0.5, 2, "max", True, use_torchvision=True)
+    assert torch.equal(layer(x, rois), roiops.roi_align(x, rois, 3, 0.5, 2, True))
+    assert not torch.equal(layer(x, rois), mmcv.RoIAlign(3, 0.5, 2, "max", True)(x, rois))
+
+
 def test_mmcv_bad_arguments():
     with pytest.raises(TypeError, match="output_size and out_size"):
         mmcv.RoIAlignRotated(3, 0.5, out_size=3)
