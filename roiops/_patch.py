@@ -1,5 +1,5 @@
 """``roiops.patch()``: the RoI ops and layers of torchvision, detectron2 and mmcv run on
-roiops, in whichever of the three libraries is installed.
+roiops, in whichever of these libraries is installed (and mmdet's RoI extractor).
 
 * torchvision: the functions ``roi_align``, ``roi_pool``, ``ps_roi_align`` and
   ``ps_roi_pool`` wherever a module holds them (torchvision's own modules, e.g.
@@ -20,7 +20,14 @@ roiops, in whichever of the three libraries is installed.
   ``RoIPool``, ``RoIAlignRotated``, ``RiRoIAlignRotated``, ``PrRoIPool``,
   ``BezierAlign``, ``SimpleRoIAlign``, ``DeformRoIPool``, ``DeformRoIPoolPack`` and
   ``ModulatedDeformRoIPoolPack``: :mod:`roiops.mmcv`'s, which read the attributes mmcv's
-  layers set (mmdet's RoI extractors call these layers).
+  layers set.
+* mmdet: the ``forward`` of ``SingleRoIExtractor`` (every level in one launch with no
+  host synchronisation, where mmdet loops with a ``nonzero`` per level; deformable
+  layers level by level, as mmdet; rotated layers, max pooling over several levels and
+  layers roiops does not know keep mmdet's loop, over the patched layers). Its boxes
+  stay in the features' compute dtype, as in mmdet 2 (``force_fp32``): mmdet 3 casts
+  them to the features' dtype (float16 under AMP) and maps their levels there, where an
+  area over 65504 px² overflows to the coarsest level.
 
 An unmodified detection model then pools with roiops: the numbers of the op each call
 replaced (see each op), deterministic backward, the Triton kernels on CUDA.
@@ -42,6 +49,7 @@ from collections.abc import Callable
 
 import roiops
 from roiops import mmcv as roiops_mmcv
+from roiops import mmdet as roiops_mmdet
 from roiops import nn as roiops_nn
 
 _lock = threading.Lock()
@@ -174,6 +182,43 @@ def _detectron2() -> dict:
     }
 
 
+def _mmdet_single_forward(ops, original: Callable) -> Callable:
+    """mmdet's ``SingleRoIExtractor.forward`` on roiops (``roiops.mmdet``'s: every level in
+    one launch), what it pools read from its first level's layer. mmdet's loop (whose
+    layers are patched) stays for a layer that is not one of ``mmcv.ops``' that roiops
+    knows, for max pooling over several levels, and for rotated layers (mmdet maps their
+    levels as axis-aligned boxes'; mmrotate's own extractor is not patched)."""
+
+    def forward(self, feats, rois, roi_scale_factor=None):
+        first = self.roi_layers[0]
+        kind = type(first).__name__
+        args = roiops_mmdet.layer_arguments(first)
+        if (
+            kind not in roiops_mmdet.MMCV_LAYERS
+            or kind in roiops_mmdet.ROTATED_LAYERS
+            or type(first) is not getattr(ops, kind, None)
+            or (args.get("pool_mode") == "max" and len(feats) > 1)
+        ):
+            return original(self, feats, rois, roi_scale_factor)
+        deformable = self.roi_layers if kind in roiops_mmdet.DEFORMABLE_LAYERS else None
+        return roiops_mmdet.pool_mmdet(
+            list(feats), rois, roi_scale_factor, kind, args, self.out_channels,
+            list(self.featmap_strides), self.finest_scale, deformable,
+        )  # fmt: skip
+
+    return forward
+
+
+def _mmdet() -> dict:
+    """mmdet's ``SingleRoIExtractor`` -> the roiops ``forward`` that replaces its own."""
+    extractors = _import("mmdet.models.roi_heads.roi_extractors")
+    ops = _import("mmcv.ops")
+    if extractors is None or ops is None:
+        return {}
+    single = extractors.SingleRoIExtractor
+    return {single: _mmdet_single_forward(ops, single.__dict__["forward"])}
+
+
 MMCV_FUNCTIONS = ("roi_align", "roi_pool", "roi_align_rotated", "riroi_align_rotated",
                   "prroi_pool", "bezier_align", "deform_roi_pool")  # fmt: skip
 MMCV_LAYERS = ("RoIAlign", "RoIPool", "RoIAlignRotated", "RiRoIAlignRotated", "PrRoIPool",
@@ -213,10 +258,10 @@ def patch() -> None:
             return
         tv_functions, forwards = _torchvision()
         mmcv_functions, mmcv_forwards = _mmcv()
-        forwards = {**forwards, **_detectron2(), **mmcv_forwards}
+        forwards = {**forwards, **_detectron2(), **mmcv_forwards, **_mmdet()}
         if not forwards:
             raise ImportError(
-                "roiops.patch() found none of torchvision, detectron2 and mmcv's ops "
+                "roiops.patch() found none of torchvision, detectron2, mmcv's ops and mmdet "
                 "installed: pip install torchvision"
             )
         functions = {**tv_functions, **mmcv_functions}

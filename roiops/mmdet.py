@@ -28,7 +28,8 @@ from roiops.ops import call
 from roiops.ops.riroi_align_rotated import turn_orientations_op
 
 # mmcv's RoI layers that mmdet's extractors build (``roi_layer["type"]``), mmcv's older
-# argument names, and what of a built layer the pooling takes
+# argument names, the attributes mmcv's ReDet layer keeps two of them under, and what of
+# a built layer the pooling takes
 # mmdet's deformable RoI pooling layers (configs/dcn's dpool and mdpool): learned
 # parameters, one set per level
 DEFORMABLE_LAYERS = ("DeformRoIPoolPack", "ModulatedDeformRoIPoolPack")
@@ -37,6 +38,7 @@ ROTATED_LAYERS = ("RoIAlignRotated", "RiRoIAlignRotated")
 # (PointRend's: one zero-padded sample a bin, no pyramid kernel)
 MMCV_LAYERS = ("RoIAlign", "RoIPool", "SimpleRoIAlign", *ROTATED_LAYERS, *DEFORMABLE_LAYERS)
 MMCV_ALIASES = {"out_size": "output_size", "sample_num": "sampling_ratio"}
+MMCV_LAYER_ALIASES = {"output_size": "out_size", "sampling_ratio": "num_samples"}
 MMCV_ARGUMENTS = ("output_size", "sampling_ratio", "pool_mode", "aligned", "clockwise",
                   "num_orientations", "output_channels", "deform_fc_channels",
                   "gamma")  # fmt: skip
@@ -59,8 +61,21 @@ def mmcv_layer(roi_layer: dict, name: str = "SingleRoIExtractor") -> tuple[str, 
     for key in needs:
         if config.get(key) is None:
             raise TypeError(f"{name}: {kind} needs an {key}")
-    layer = layer_class(spatial_scale=1.0, **config)
-    return kind, {key: getattr(layer, key) for key in MMCV_ARGUMENTS if hasattr(layer, key)}
+    return kind, layer_arguments(layer_class(spatial_scale=1.0, **config))
+
+
+def layer_arguments(layer: nn.Module) -> dict:
+    """What the pooling takes of a built mmcv layer (``roiops.mmcv``'s or mmcv's own, whose
+    ``RiRoIAlignRotated`` keeps ``out_size`` and ``num_samples``), by roiops' names;
+    ``RoIAlign(use_torchvision=True)`` averages, as in mmcv."""
+    args = {}
+    for key in MMCV_ARGUMENTS:
+        name = key if hasattr(layer, key) else MMCV_LAYER_ALIASES.get(key)
+        if name is not None and hasattr(layer, name):
+            args[key] = getattr(layer, name)
+    if getattr(layer, "use_torchvision", False) and "pool_mode" in args:
+        args["pool_mode"] = "avg"
+    return args
 
 
 def level_layers(layer_type: str, layer_args: dict, featmap_strides: list[int]

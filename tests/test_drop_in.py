@@ -592,3 +592,87 @@ def test_patch_runs_mmcv_s_layers_and_functions_on_roiops(monkeypatch):
     with pytest.raises(RuntimeError, match="compiled ops"):
         layers[0][0](x, rois)
     assert "forward" not in vars(ops.RoIAlign)  # (inherited before the patch: so again)
+
+
+# mmdet 3's SingleRoIExtractor (mmdet/models/roi_heads/roi_extractors/), written for these
+# tests with its attributes and forward: the layers built from mmcv.ops by name, the
+# levels by sqrt(area), a loop over the levels with a nonzero each
+MMDET_EXTRACTORS = """
+    import torch
+    from torch import nn
+    from mmcv import ops
+
+    class SingleRoIExtractor(nn.Module):
+        def __init__(self, roi_layer, out_channels, featmap_strides, finest_scale=56):
+            super().__init__()
+            cfg = dict(roi_layer)
+            layer_cls = getattr(ops, cfg.pop("type"))
+            self.roi_layers = nn.ModuleList(
+                [layer_cls(spatial_scale=1 / s, **cfg) for s in featmap_strides])
+            self.out_channels = out_channels
+            self.featmap_strides = featmap_strides
+            self.finest_scale = finest_scale
+
+        def forward(self, feats, rois, roi_scale_factor=None):
+            rois = rois.type_as(feats[0])
+            out_size = self.roi_layers[0].output_size
+            roi_feats = feats[0].new_zeros(rois.size(0), self.out_channels, *out_size)
+            if len(feats) == 1:
+                return self.roi_layers[0](feats[0], rois)
+            scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+            target = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
+            target = target.clamp(min=0, max=len(feats) - 1).long()
+            if roi_scale_factor is not None:
+                cx, cy = (rois[:, 1] + rois[:, 3]) * 0.5, (rois[:, 2] + rois[:, 4]) * 0.5
+                w = (rois[:, 3] - rois[:, 1]) * roi_scale_factor
+                h = (rois[:, 4] - rois[:, 2]) * roi_scale_factor
+                rois = torch.stack((rois[:, 0], cx - w * 0.5, cy - h * 0.5, cx + w * 0.5,
+                                    cy + h * 0.5), dim=-1)
+            for i in range(len(feats)):
+                inds = (target == i).nonzero(as_tuple=False).squeeze(1)
+                if inds.numel() > 0:
+                    roi_feats[inds] = self.roi_layers[i](feats[i], rois[inds])
+                else:
+                    roi_feats += sum(x.view(-1)[0] for x in self.parameters()) * 0.0
+            return roi_feats
+"""
+
+
+@pytest.mark.parametrize(
+    "roi_layer",
+    [
+        dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+        dict(type="RoIPool", output_size=(7, 5)),
+        dict(type="DeformRoIPoolPack", output_size=3, output_channels=4),
+        dict(type="RoIAlign", output_size=2, sampling_ratio=2, pool_mode="max"),
+    ],
+    ids=["RoIAlign", "RoIPool", "DeformRoIPoolPack", "max"],
+)
+def test_patch_pools_mmdet_s_extractor_in_one_call_with_its_numbers(monkeypatch, roi_layer):
+    stand_in(monkeypatch, "mmcv")
+    stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
+    for name in ("mmdet", "mmdet.models", "mmdet.models.roi_heads"):
+        stand_in(monkeypatch, name)
+    extractors = stand_in(monkeypatch, "mmdet.models.roi_heads.roi_extractors", MMDET_EXTRACTORS)
+    g = torch.Generator().manual_seed(7)
+    feats = [torch.randn(2, 4, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
+    scale = torch.exp(torch.rand(40, generator=g) * 4.6 + 2.1)  # (8 to 800 px: every level)
+    corner = torch.rand(40, 2, generator=g) * 400
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), corner,
+                      corner + torch.stack([scale, scale * 0.7], 1)], 1)  # fmt: skip
+    extractor = extractors.SingleRoIExtractor(roi_layer, 4, [4, 8, 16, 32])
+    for p in extractor.parameters():
+        torch.nn.init.normal_(p, std=0.05, generator=g)
+    loop = extractors.SingleRoIExtractor.forward
+    calls = []
+    one_call = roiops.mmdet.pool_mmdet
+    monkeypatch.setattr(roiops.mmdet, "pool_mmdet", lambda *a: calls.append(a[3]) or one_call(*a))
+    roiops.patch()
+    try:
+        out = extractor(feats, rois, 1.2)
+        expected = loop(extractor, feats, rois, 1.2)  # mmdet's loop over patched layers
+    finally:
+        roiops.unpatch()
+    assert torch.equal(out, expected)
+    assert calls == ([] if roi_layer.get("pool_mode") == "max" else [roi_layer["type"]])
+    assert extractors.SingleRoIExtractor.forward is loop
