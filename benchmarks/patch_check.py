@@ -1,0 +1,177 @@
+"""``roiops.patch()`` on mmcv's and mmdet's real Python classes (not a benchmark: a check
+the unit tests make on stand-ins only, as neither installs in CI).
+
+mmcv's compiled ops do not build against current torch and ``mmcv-lite`` has none: its
+``mmcv.ops`` imports once ``mmcv._ext`` is a module that has every name (here, one whose
+functions raise). Then:
+
+* every RoI layer of ``mmcv.ops``, built with mmcv's own constructor and given
+  ``roiops.mmcv``'s parameters (mmcv's names: its checkpoints load), patched, equals
+  ``roiops.mmcv``'s layer bit for bit; its functions are ``roiops.mmcv``'s wherever held;
+* with mmdet installed, its ``SingleRoIExtractor``, patched, pools in one call and equals
+  its own loop over the patched layers, forward bit for bit and gradients to 1e-6.
+
+Run in an environment of its own (mmdet 3.3 needs mmcv < 2.2)::
+
+    pip install "mmcv-lite==2.1.0" "mmdet==3.3.0"
+    PYTHONPATH=. python benchmarks/patch_check.py
+
+Exits non-zero where a check fails.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+
+import torch
+
+import roiops
+
+
+class _Extension(types.ModuleType):
+    """``mmcv._ext``: every name there, none runnable."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def missing(*args, **kwargs):
+            raise RuntimeError(f"mmcv._ext.{name} is not built")
+
+        return missing
+
+
+def _import_mmcv_ops():
+    extension = _Extension("mmcv._ext")
+    extension.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)
+    sys.modules.setdefault("mmcv._ext", extension)
+    import mmcv.ops
+
+    return mmcv.ops
+
+
+def check_mmcv(ops, g: torch.Generator) -> bool:
+    from roiops import mmcv as ours
+
+    x = torch.randn(2, 4, 16, 20, generator=g)
+    rois = torch.tensor([[0, 1.0, 2, 30, 27], [1, 3, 3, 19, 9], [0, 10, 4, 36, 22]])
+    rotated = torch.tensor([[0, 12.0, 10, 16, 9, 0.4], [1, 20, 14, 10, 12, -1.1]])
+    beziers = torch.cat([torch.tensor([[0.0], [1.0]]), torch.rand(2, 16, generator=g) * 30], 1)
+    offset = torch.randn(3, 2, 3, 3, generator=g) * 0.1
+    cases = [
+        ("RoIAlign", (3, 0.5, 2, "max", False), (x, rois)),
+        ("RoIAlign", (3, 0.5, 0, "max", True, True), (x, rois)),
+        ("RoIPool", ((2, 3), 0.5), (x, rois)),
+        ("RoIAlignRotated", (3, 0.5, 2, True, True), (x, rotated)),
+        ("RiRoIAlignRotated", (3, 0.5, 2, 4), (x, rotated)),
+        ("PrRoIPool", (3, 0.5), (x, rois)),
+        ("BezierAlign", ((2, 4), 0.5, 2), (x, beziers)),
+        ("SimpleRoIAlign", (3, 0.5), (x, rois)),
+        ("DeformRoIPool", (3, 0.5, 2, 0.2), (x, rois, offset)),
+        ("DeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
+        ("ModulatedDeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
+    ]
+    pairs = []
+    for name, args, inputs in cases:
+        if not hasattr(ops, name):
+            print(f"mmcv {name:28s} not in this mmcv")
+            continue
+        theirs, mine = getattr(ops, name)(*args), getattr(ours, name)(*args)
+        for p in mine.parameters():
+            torch.nn.init.normal_(p, std=0.05, generator=g)
+        theirs.load_state_dict(mine.state_dict())
+        pairs.append((name, theirs, mine, inputs))
+    ok = True
+    roiops.patch()
+    try:
+        for name, theirs, mine, inputs in pairs:
+            equal = torch.equal(theirs(*inputs), mine(*inputs))
+            ok &= equal
+            print(f"mmcv {name:28s} patched == roiops.mmcv: {equal}")
+        held = all(
+            getattr(ops, n) is getattr(ours, n)
+            for n in roiops._patch.MMCV_FUNCTIONS
+            if hasattr(ops, n)
+        )
+        ok &= held
+        print(f"mmcv functions are roiops.mmcv's: {held}")
+    finally:
+        roiops.unpatch()
+    return ok
+
+
+def check_mmdet(g: torch.Generator) -> bool:
+    try:
+        from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+    except ImportError:
+        print("mmdet: not installed, not checked")
+        return True
+    loop = SingleRoIExtractor.forward
+    feats = [torch.randn(2, 8, 256 // 2**i, 256 // 2**i, generator=g) for i in range(4)]
+    scale = torch.exp(torch.rand(60, generator=g) * 4.8 + 2.1)
+    corner = torch.rand(60, 2, generator=g) * 700
+    rois = torch.cat([torch.randint(0, 2, (60, 1), generator=g).float(), corner,
+                      corner + torch.stack([scale, scale * 0.7], 1)], 1)  # fmt: skip
+    layers = [
+        dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+        dict(type="RoIAlign", output_size=(7, 5), sampling_ratio=2, aligned=False),
+        dict(type="RoIPool", output_size=7),
+        dict(type="SimpleRoIAlign", output_size=14),
+        dict(type="DeformRoIPoolPack", output_size=7, output_channels=8),
+        dict(type="ModulatedDeformRoIPoolPack", output_size=7, output_channels=8),
+        dict(type="RoIAlign", output_size=7, sampling_ratio=0, pool_mode="max"),
+    ]
+    calls = []
+    pool = roiops.mmdet.pool_mmdet
+    roiops.mmdet.pool_mmdet = lambda *a: calls.append(a[3]) or pool(*a)
+    ok = True
+    try:
+        for cfg in layers:
+            extractor = SingleRoIExtractor(cfg, 8, [4, 8, 16, 32])
+            for p in extractor.parameters():
+                torch.nn.init.normal_(p, std=0.02, generator=g)
+            calls.clear()
+            roiops.patch()
+            try:
+                leaves = [f.clone().requires_grad_() for f in feats]
+                out = extractor(leaves, rois, 1.1)
+                out.sum().backward()
+                one_call = list(calls)
+                ref_leaves = [f.clone().requires_grad_() for f in feats]
+                ref = loop(extractor, ref_leaves, rois, 1.1)
+                ref.sum().backward()
+            finally:
+                roiops.unpatch()
+            equal = torch.equal(out, ref)
+            grads = all(torch.allclose(a.grad, b.grad, atol=1e-6)
+                        for a, b in zip(leaves, ref_leaves, strict=True))  # fmt: skip
+            # (max pooling over several levels keeps mmdet's loop: no call)
+            multi_level_max = cfg.get("pool_mode") == "max"
+            calls_ok = one_call == ([] if multi_level_max else [cfg["type"]])
+            ok &= equal and grads and calls_ok
+            label = cfg["type"] + (" max (its loop)" if multi_level_max else "")
+            print(f"mmdet SingleRoIExtractor {label:30s} calls as expected: {calls_ok}, "
+                  f"== its loop: {equal}, gradients: {grads}")  # fmt: skip
+    finally:
+        roiops.mmdet.pool_mmdet = pool
+    return ok
+
+
+def main() -> int:
+    try:
+        ops = _import_mmcv_ops()
+    except ImportError:
+        print("mmcv: not installed (pip install mmcv-lite), nothing checked")
+        return 1
+    print("mmcv", sys.modules["mmcv"].__version__)
+    g = torch.Generator().manual_seed(0)
+    ok = check_mmcv(ops, g)
+    ok &= check_mmdet(g)
+    print("all checks passed" if ok else "SOME CHECKS FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
