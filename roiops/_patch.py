@@ -21,10 +21,11 @@ roiops, in whichever of these libraries is installed (and mmdet's RoI extractor)
   ``BezierAlign``, ``SimpleRoIAlign``, ``DeformRoIPool``, ``DeformRoIPoolPack`` and
   ``ModulatedDeformRoIPoolPack``: :mod:`roiops.mmcv`'s, which read the attributes mmcv's
   layers set.
-* mmdet: the ``forward`` of ``SingleRoIExtractor`` (every level in one launch with no
-  host synchronisation, where mmdet loops with a ``nonzero`` per level; deformable
-  layers level by level, as mmdet; rotated layers, max pooling over several levels and
-  layers roiops does not know keep mmdet's loop, over the patched layers). Its boxes
+* mmdet and mmrotate: the ``forward`` of mmdet's ``SingleRoIExtractor`` and of
+  mmrotate's ``RotatedSingleRoIExtractor`` (every level in one launch with no host
+  synchronisation, where they loop with a ``nonzero`` per level; deformable layers level
+  by level, as mmdet; max pooling over several levels, layers roiops does not know and
+  layers of the other kind of boxes keep their loop, over the patched layers). Their boxes
   stay in the features' compute dtype, as in mmdet 2 (``force_fp32``): mmdet 3 casts
   them to the features' dtype (float16 under AMP) and maps their levels there, where an
   area over 65504 px² overflows to the coarsest level.
@@ -136,10 +137,12 @@ def _detectron2_pooler_forward(roi_align_class: type, rotated_class: type, roi_p
 
 
 def _import(name: str):
-    """Module ``name``, or None where it (or what it needs) is not installed."""
+    """Module ``name``, or None where it cannot be imported: not installed, or installed
+    with what it refuses (mmdet and mmrotate assert their mmcv's version at import), so
+    not in use in this process."""
     try:
         return importlib.import_module(name)
-    except ImportError:
+    except Exception:
         return None
 
 
@@ -182,12 +185,14 @@ def _detectron2() -> dict:
     }
 
 
-def _mmdet_single_forward(ops, original: Callable) -> Callable:
-    """mmdet's ``SingleRoIExtractor.forward`` on roiops (``roiops.mmdet``'s: every level in
-    one launch), what it pools read from its first level's layer. mmdet's loop (whose
-    layers are patched) stays for a layer that is not one of ``mmcv.ops``' that roiops
-    knows, for max pooling over several levels, and for rotated layers (mmdet maps their
-    levels as axis-aligned boxes'; mmrotate's own extractor is not patched)."""
+def _mmdet_single_forward(ops, original: Callable, rotated: bool) -> Callable:
+    """mmdet's ``SingleRoIExtractor.forward`` (``rotated``: mmrotate's
+    ``RotatedSingleRoIExtractor.forward``) on roiops (``roiops.mmdet``'s: every level in
+    one launch), what it pools read from its first level's layer. Its loop (whose layers
+    are patched) stays for a layer that is not one of ``mmcv.ops``' that roiops knows,
+    for max pooling over several levels, and for layers of the other kind of boxes
+    (each extractor maps levels for its own: axis-aligned for mmdet's, ``w * h`` for
+    mmrotate's)."""
 
     def forward(self, feats, rois, roi_scale_factor=None):
         first = self.roi_layers[0]
@@ -195,7 +200,7 @@ def _mmdet_single_forward(ops, original: Callable) -> Callable:
         args = roiops_mmdet.layer_arguments(first)
         if (
             kind not in roiops_mmdet.MMCV_LAYERS
-            or kind in roiops_mmdet.ROTATED_LAYERS
+            or (kind in roiops_mmdet.ROTATED_LAYERS) != rotated
             or type(first) is not getattr(ops, kind, None)
             or (args.get("pool_mode") == "max" and len(feats) > 1)
         ):
@@ -210,13 +215,22 @@ def _mmdet_single_forward(ops, original: Callable) -> Callable:
 
 
 def _mmdet() -> dict:
-    """mmdet's ``SingleRoIExtractor`` -> the roiops ``forward`` that replaces its own."""
-    extractors = _import("mmdet.models.roi_heads.roi_extractors")
+    """mmdet's ``SingleRoIExtractor`` and mmrotate's ``RotatedSingleRoIExtractor`` -> the
+    roiops ``forward`` that replaces theirs."""
     ops = _import("mmcv.ops")
-    if extractors is None or ops is None:
+    if ops is None:
         return {}
-    single = extractors.SingleRoIExtractor
-    return {single: _mmdet_single_forward(ops, single.__dict__["forward"])}
+    forwards = {}
+    for module, name, rotated in (
+        ("mmdet.models.roi_heads.roi_extractors", "SingleRoIExtractor", False),
+        ("mmrotate.models.roi_heads.roi_extractors", "RotatedSingleRoIExtractor", True),
+    ):
+        extractors = _import(module)
+        if extractors is not None and hasattr(extractors, name):
+            extractor = getattr(extractors, name)
+            original = extractor.__dict__["forward"]
+            forwards[extractor] = _mmdet_single_forward(ops, original, rotated)
+    return forwards
 
 
 MMCV_FUNCTIONS = ("roi_align", "roi_pool", "roi_align_rotated", "riroi_align_rotated",

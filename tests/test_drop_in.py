@@ -676,3 +676,82 @@ def test_patch_pools_mmdet_s_extractor_in_one_call_with_its_numbers(monkeypatch,
     assert torch.equal(out, expected)
     assert calls == ([] if roi_layer.get("pool_mode") == "max" else [roi_layer["type"]])
     assert extractors.SingleRoIExtractor.forward is loop
+
+
+# mmrotate's RotatedSingleRoIExtractor (mmrotate/models/roi_heads/roi_extractors/), its
+# forward as mmdet's but with levels by w * h and boxes scaled about their own centres
+MMROTATE_EXTRACTORS = """
+    import torch
+    from torch import nn
+    from mmcv import ops
+
+    class RotatedSingleRoIExtractor(nn.Module):
+        def __init__(self, roi_layer, out_channels, featmap_strides, finest_scale=56):
+            super().__init__()
+            cfg = dict(roi_layer)
+            layer_cls = getattr(ops, cfg.pop("type"))
+            self.roi_layers = nn.ModuleList(
+                [layer_cls(spatial_scale=1 / s, **cfg) for s in featmap_strides])
+            self.out_channels = out_channels
+            self.featmap_strides = featmap_strides
+            self.finest_scale = finest_scale
+
+        def forward(self, feats, rois, roi_scale_factor=None):
+            if len(feats) == 1:
+                return self.roi_layers[0](feats[0], rois)
+            target = torch.floor(torch.log2(torch.sqrt(rois[:, 3] * rois[:, 4])
+                                            / self.finest_scale + 1e-6))
+            target = target.clamp(min=0, max=len(feats) - 1).long()
+            if roi_scale_factor is not None:
+                rois = rois.clone()
+                rois[:, 3] = roi_scale_factor * rois[:, 3]
+                rois[:, 4] = roi_scale_factor * rois[:, 4]
+            out = None
+            for i in range(len(feats)):
+                inds = (target == i).nonzero(as_tuple=False).squeeze(1)
+                pooled = self.roi_layers[i](feats[i], rois[inds])
+                if out is None:
+                    out = feats[0].new_zeros((len(rois), *pooled.shape[1:]))
+                out[inds] = pooled
+            return out
+"""
+
+
+@pytest.mark.parametrize(
+    "roi_layer",
+    [
+        dict(type="RoIAlignRotated", output_size=7, sampling_ratio=2, clockwise=True),
+        dict(type="RiRoIAlignRotated", out_size=3, num_samples=2, num_orientations=4),
+    ],
+    ids=["RoIAlignRotated", "RiRoIAlignRotated"],
+)
+def test_patch_pools_mmrotate_s_extractor_in_one_call_with_its_numbers(monkeypatch, roi_layer):
+    stand_in(monkeypatch, "mmcv")
+    stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
+    for name in ("mmrotate", "mmrotate.models", "mmrotate.models.roi_heads"):
+        stand_in(monkeypatch, name)
+    extractors = stand_in(
+        monkeypatch, "mmrotate.models.roi_heads.roi_extractors", MMROTATE_EXTRACTORS
+    )
+    g = torch.Generator().manual_seed(8)
+    feats = [torch.randn(2, 8, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
+    side = torch.exp(torch.rand(30, 2, generator=g) * 4.6 + 2.1)
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(),
+                      torch.rand(30, 2, generator=g) * 400, side,
+                      torch.rand(30, 1, generator=g) * 6 - 3], 1)  # fmt: skip
+    extractor = extractors.RotatedSingleRoIExtractor(roi_layer, 8, [4, 8, 16, 32])
+    loop = extractors.RotatedSingleRoIExtractor.forward
+    calls = []
+    one_call = roiops.mmdet.pool_mmdet
+    monkeypatch.setattr(roiops.mmdet, "pool_mmdet", lambda *a: calls.append(a[3]) or one_call(*a))
+    roiops.patch()
+    try:
+        out = extractor(feats, rois, 1.2)
+        expected = loop(extractor, feats, rois, 1.2)  # mmrotate's loop over patched layers
+    finally:
+        roiops.unpatch()
+    assert calls == [roi_layer["type"]]
+    if roi_layer["type"] == "RiRoIAlignRotated":  # (roiops turns the pyramid's output once)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(out, expected)
