@@ -755,3 +755,23 @@ def test_patch_pools_mmrotate_s_extractor_in_one_call_with_its_numbers(monkeypat
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     else:
         assert torch.equal(out, expected)
+
+
+def test_patch_leaves_alone_a_library_whose_import_fails(monkeypatch):
+    # mmdet and mmrotate assert their mmcv's version when imported (an AssertionError,
+    # not an ImportError): such a library is not in use, and torchvision is still patched
+    import importlib
+
+    real = importlib.import_module
+
+    def refuse(name, *args):
+        if name.split(".")[0] in ("mmcv", "mmdet", "mmrotate", "detectron2"):
+            raise AssertionError(f"{name}: an incompatible mmcv version is installed")
+        return real(name, *args)
+
+    monkeypatch.setattr(roiops._patch.importlib, "import_module", refuse)
+    roiops.patch()
+    try:
+        assert torchvision.ops.roi_align is roiops._patch.roi_align
+    finally:
+        roiops.unpatch()
