@@ -8,6 +8,9 @@ functions raise). Then:
 * every RoI layer of ``mmcv.ops``, built with mmcv's own constructor and given
   ``roiops.mmcv``'s parameters (mmcv's names: its checkpoints load), patched, equals
   ``roiops.mmcv``'s layer bit for bit; its functions are ``roiops.mmcv``'s wherever held;
+* mmcv's PointRend ops, pure torch, run as they are: ``SimpleRoIAlign`` and
+  ``point_sample`` of ``rel_roi_point_to_rel_img_point`` against roiops and the
+  formulations written out in ``roiops.bench`` (the unit tests' anchors);
 * with mmdet installed, its ``SingleRoIExtractor``, patched, pools in one call and equals
   its own loop over the patched layers, forward bit for bit and gradients to 1e-6.
 
@@ -102,6 +105,50 @@ def check_mmcv(ops, g: torch.Generator) -> bool:
     return ok
 
 
+def check_point_ops(ops, g: torch.Generator) -> bool:
+    """mmcv's pure-torch PointRend ops, run as they are (no extension needed), against
+    roiops and against the formulations written out in ``roiops.bench`` (the unit tests'
+    anchors): ``SimpleRoIAlign`` and ``point_sample`` of
+    ``rel_roi_point_to_rel_img_point`` (mmdet's PointRend head, image by image)."""
+    from mmcv.ops.point_sample import point_sample, rel_roi_point_to_rel_img_point
+
+    from roiops import bench
+
+    ok = True
+    for dtype, tolerance in ((torch.float32, 3e-5), (torch.float64, 1e-12)):
+        x = torch.randn(2, 5, 40, 52, generator=g).to(dtype)
+        corner = torch.rand(30, 2, generator=g) * 180
+        image = torch.sort(torch.randint(0, 2, (30, 1), generator=g).float(), 0)[0]
+        rois = torch.cat([image, corner, corner + torch.rand(30, 2, generator=g) * 60 + 2], 1)
+        rois = rois.to(dtype)
+        points = torch.rand(30, 9, 2, generator=g).to(dtype)
+        for aligned in (True, False):
+            theirs = ops.SimpleRoIAlign((7, 5), 0.25, aligned)(x, rois)
+            anchor = bench.mmcv_simple_roi_align(x, rois, (7, 5), 0.25, aligned)
+            ours = roiops.simple_roi_align(x, rois, (7, 5), 0.25, aligned)
+            feats = []
+            for n in range(2):
+                pick = rois[:, 0].long() == n
+                rel = rel_roi_point_to_rel_img_point(rois[pick], points[pick], x[n : n + 1], 0.25)
+                sampled = point_sample(x[n : n + 1], rel.unsqueeze(0), align_corners=not aligned)
+                feats.append(sampled.squeeze(0).transpose(0, 1))
+            theirs_points = torch.cat(feats)
+            anchor_points = bench.mmcv_roi_point_sample(x, rois, points, 0.25, aligned)
+            ours_points = roiops.roi_point_sample(x, rois, points, 0.25, aligned)
+            gap = (ours - theirs).abs().max().item()
+            point_gap = (ours_points - theirs_points).abs().max().item()
+            # (mmcv builds SimpleRoIAlign's bins' centres in float32 whatever the dtype:
+            # its float64 is float32's grid, 1e-6 off)
+            simple_ok = gap < (3e-5 if dtype == torch.float32 else 1e-5)
+            points_ok = point_gap < tolerance and torch.equal(anchor_points, theirs_points)
+            ok &= simple_ok and points_ok
+            print(f"mmcv {str(dtype):13s} aligned={aligned!s:5s} SimpleRoIAlign: roiops "
+                  f"{gap:.1e} off, written-out anchor equal: {torch.equal(anchor, theirs)}; "
+                  f"point_sample: roiops {point_gap:.1e} off, anchor equal: "
+                  f"{torch.equal(anchor_points, theirs_points)}")  # fmt: skip
+    return ok
+
+
 def check_mmdet(g: torch.Generator) -> bool:
     try:
         from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
@@ -168,6 +215,7 @@ def main() -> int:
     print("mmcv", sys.modules["mmcv"].__version__)
     g = torch.Generator().manual_seed(0)
     ok = check_mmcv(ops, g)
+    ok &= check_point_ops(ops, g)
     ok &= check_mmdet(g)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
