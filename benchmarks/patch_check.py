@@ -12,7 +12,10 @@ functions raise). Then:
   ``point_sample`` of ``rel_roi_point_to_rel_img_point`` against roiops and the
   formulations written out in ``roiops.bench`` (the unit tests' anchors);
 * with mmdet installed, its ``SingleRoIExtractor``, patched, pools in one call and equals
-  its own loop over the patched layers, forward bit for bit and gradients to 1e-6.
+  its own loop over the patched layers, forward bit for bit and gradients to 1e-6; and
+  ``roiops.SingleRoIExtractor`` / ``roiops.GenericRoIExtractor`` (sum, concat, mmcv's
+  ``ConvModule`` as pre and post module), loaded with mmdet's parameters, equal mmdet's
+  own extractors run over the patched layers.
 
 Run in an environment of its own (mmdet 3.3 needs mmcv < 2.2)::
 
@@ -206,6 +209,81 @@ def check_mmdet(g: torch.Generator) -> bool:
     return ok
 
 
+def check_roiops_extractors(g: torch.Generator) -> bool:
+    """``roiops.SingleRoIExtractor`` and ``roiops.GenericRoIExtractor`` (built from the
+    same configs, loaded with mmdet's parameters) against mmdet's own extractors, whose
+    mmcv layers run patched (mmdet's loop and aggregation as they are)."""
+    try:
+        from mmdet.models.roi_heads import roi_extractors as theirs
+    except ImportError:
+        return True
+    feats = [torch.randn(2, 8, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
+    scale = torch.exp(torch.rand(40, generator=g) * 4.6 + 2.1)
+    corner = torch.rand(40, 2, generator=g) * 400
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), corner,
+                      corner + torch.stack([scale, scale * 0.7], 1)], 1)  # fmt: skip
+    align = dict(type="RoIAlign", output_size=7, sampling_ratio=2)
+    conv = dict(type="ConvModule", in_channels=8, out_channels=8, kernel_size=3, padding=1,
+                inplace=False)  # fmt: skip
+    cases = [
+        (
+            "SingleRoIExtractor",
+            dict(roi_layer=align, out_channels=8, featmap_strides=[4, 8, 16, 32]),
+        ),  # fmt: skip
+        (
+            "GenericRoIExtractor",
+            dict(
+                aggregation="sum", roi_layer=align, out_channels=8, featmap_strides=[4, 8, 16, 32]
+            ),
+        ),  # fmt: skip
+        (
+            "GenericRoIExtractor",
+            dict(
+                aggregation="concat",
+                roi_layer=align,
+                out_channels=32,
+                featmap_strides=[4, 8, 16, 32],
+            ),
+        ),  # fmt: skip
+        (
+            "GenericRoIExtractor",
+            dict(
+                aggregation="sum",
+                pre_cfg=conv,
+                post_cfg=conv,
+                roi_layer=align,
+                out_channels=8,
+                featmap_strides=[4, 8, 16, 32],
+            ),
+        ),  # fmt: skip
+    ]
+    ok = True
+    for name, config in cases:
+        torch.manual_seed(0)
+        mmdet_extractor = getattr(theirs, name)(**config)
+        ours = getattr(roiops, name)(**config)
+        ours.load_state_dict(mmdet_extractor.state_dict())
+        own_forward = type(mmdet_extractor).forward  # (mmdet's, taken before the patch)
+        roiops.patch()
+        try:
+            leaves = [f.clone().requires_grad_() for f in feats]
+            out = own_forward(mmdet_extractor, leaves, rois, 1.1)
+            out.sum().backward()
+        finally:
+            roiops.unpatch()
+        mine = [f.clone().requires_grad_() for f in feats]
+        result = ours(mine, rois, 1.1)
+        result.sum().backward()
+        equal = torch.equal(result, out)
+        grads = all(torch.allclose(a.grad, b.grad, atol=1e-5)
+                    for a, b in zip(leaves, mine, strict=True))  # fmt: skip
+        ok &= equal and grads
+        extra = {k: v["type"] if isinstance(v, dict) else v for k, v in config.items()
+                 if k in ("aggregation", "pre_cfg")}  # fmt: skip
+        print(f"mmdet {name} {extra}: roiops' == mmdet's: {equal}, gradients: {grads}")
+    return ok
+
+
 def main() -> int:
     try:
         ops = _import_mmcv_ops()
@@ -217,6 +295,7 @@ def main() -> int:
     ok = check_mmcv(ops, g)
     ok &= check_point_ops(ops, g)
     ok &= check_mmdet(g)
+    ok &= check_roiops_extractors(g)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 
