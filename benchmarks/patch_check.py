@@ -90,6 +90,15 @@ def check_mmcv(ops, g: torch.Generator) -> bool:
         theirs.load_state_dict(mine.state_dict())
         pairs.append((name, theirs, mine, inputs))
     ok = True
+    # mmcv's RoIAlign(use_torchvision=True) runs as it is (torchvision's roi_align, no
+    # extension): roiops.mmcv's equals it, whatever pool_mode says
+    for aligned in (True, False):
+        for mode in ("avg", "max"):
+            args = (3, 0.5, 2, mode, aligned, True)
+            equal = torch.equal(ops.RoIAlign(*args)(x, rois.clone()), ours.RoIAlign(*args)(x, rois))
+            ok &= equal
+            print(f"mmcv RoIAlign(use_torchvision=True, {mode}, aligned={aligned}) unpatched "
+                  f"== roiops.mmcv: {equal}")  # fmt: skip
     roiops.patch()
     try:
         for name, theirs, mine, inputs in pairs:
