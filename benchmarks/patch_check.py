@@ -58,7 +58,11 @@ def _import_mmcv_ops():
     return mmcv.ops
 
 
-def check_mmcv(ops, g: torch.Generator) -> bool:
+def paired_layers(ops, g: torch.Generator) -> list[tuple]:
+    """``(name, mmcv's layer, roiops.mmcv's layer, inputs)`` for each RoI layer of
+    ``ops`` (an ``mmcv.ops``; those this mmcv has), both built with the same arguments,
+    mmcv's loaded with roiops' parameters (given values of their own: the Packs' last
+    layers start zeroed). ``tests/test_drop_in.py`` runs these on a stand-in of mmcv."""
     from roiops import mmcv as ours
 
     x = torch.randn(2, 4, 16, 20, generator=g)
@@ -68,7 +72,7 @@ def check_mmcv(ops, g: torch.Generator) -> bool:
     offset = torch.randn(3, 2, 3, 3, generator=g) * 0.1
     cases = [
         ("RoIAlign", (3, 0.5, 2, "max", False), (x, rois)),
-        ("RoIAlign", (3, 0.5, 0, "max", True, True), (x, rois)),
+        ("RoIAlign", (3, 0.5, 0, "max", True, True), (x, rois)),  # (torchvision's: average)
         ("RoIPool", ((2, 3), 0.5), (x, rois)),
         ("RoIAlignRotated", (3, 0.5, 2, True, True), (x, rotated)),
         ("RiRoIAlignRotated", (3, 0.5, 2, 4), (x, rotated)),
@@ -87,8 +91,16 @@ def check_mmcv(ops, g: torch.Generator) -> bool:
         theirs, mine = getattr(ops, name)(*args), getattr(ours, name)(*args)
         for p in mine.parameters():
             torch.nn.init.normal_(p, std=0.05, generator=g)
-        theirs.load_state_dict(mine.state_dict())
+        theirs.load_state_dict(mine.state_dict())  # (mmcv's parameter names)
         pairs.append((name, theirs, mine, inputs))
+    return pairs
+
+
+def check_mmcv(ops, g: torch.Generator) -> bool:
+    from roiops import mmcv as ours
+
+    pairs = paired_layers(ops, g)
+    x, rois = pairs[0][3]
     ok = True
     # mmcv's RoIAlign(use_torchvision=True) runs as it is (torchvision's roi_align, no
     # extension): roiops.mmcv's equals it, whatever pool_mode says

@@ -1,5 +1,7 @@
 """roiops.patch(): torchvision's RoI ops, modules and an unmodified Mask R-CNN on roiops."""
 
+import importlib.util
+import pathlib
 import sys
 import textwrap
 import types
@@ -61,6 +63,7 @@ def test_patch_replaces_functions_and_forwards_and_unpatch_restores(rng):
     )
 
 
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 TV_FUNCTIONS = ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")
 
 
@@ -521,25 +524,25 @@ MMCV_OPS = """
             layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         return layers[:-1]
 
+    def _offset_head(layer, output_channels, deform_fc_channels):
+        layer.output_channels = output_channels
+        layer.deform_fc_channels = deform_fc_channels
+        bins = layer.output_size[0] * layer.output_size[1]
+        layer.offset_fc = nn.Sequential(*_fc(
+            [bins * output_channels, deform_fc_channels, deform_fc_channels, bins * 2]))
+        return bins
+
     class DeformRoIPoolPack(DeformRoIPool):
         def __init__(self, output_size, output_channels, deform_fc_channels=1024,
                      spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
             super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-            self.output_channels = output_channels
-            self.deform_fc_channels = deform_fc_channels
-            bins = self.output_size[0] * self.output_size[1]
-            self.offset_fc = nn.Sequential(*_fc(
-                [bins * output_channels, deform_fc_channels, deform_fc_channels, bins * 2]))
+            _offset_head(self, output_channels, deform_fc_channels)
 
-    class ModulatedDeformRoIPoolPack(DeformRoIPool):
+    class ModulatedDeformRoIPoolPack(DeformRoIPool):  # (mmcv's: not a DeformRoIPoolPack)
         def __init__(self, output_size, output_channels, deform_fc_channels=1024,
                      spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
             super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
-            self.output_channels = output_channels
-            self.deform_fc_channels = deform_fc_channels
-            bins = self.output_size[0] * self.output_size[1]
-            self.offset_fc = nn.Sequential(*_fc(
-                [bins * output_channels, deform_fc_channels, deform_fc_channels, bins * 2]))
+            bins = _offset_head(self, output_channels, deform_fc_channels)
             self.mask_fc = nn.Sequential(
                 *_fc([bins * output_channels, deform_fc_channels, bins]), nn.Sigmoid())
 """
@@ -548,40 +551,20 @@ MMCV_OPS = """
 def test_patch_runs_mmcv_s_layers_and_functions_on_roiops(monkeypatch):
     from roiops import mmcv as ours
 
+    check = importlib.util.spec_from_file_location("patch_check", BENCHMARKS / "patch_check.py")
+    patch_check = importlib.util.module_from_spec(check)
+    check.loader.exec_module(patch_check)
     stand_in(monkeypatch, "mmcv")
     ops = stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
     head = stand_in(monkeypatch, "mmdet_head", "from mmcv.ops import roi_align, DeformRoIPool")
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(2, 4, 16, 20, generator=g)
-    rois = torch.tensor([[0, 1.0, 2, 30, 27], [1, 3, 3, 19, 9], [0, 10, 4, 36, 22]])
-    rotated = torch.tensor([[0, 12.0, 10, 16, 9, 0.4], [1, 20, 14, 10, 12, -1.1]])
-    beziers = torch.cat([torch.tensor([[0.0], [1.0]]), torch.rand(2, 16, generator=g) * 30], 1)
-    offset = torch.randn(3, 2, 3, 3, generator=g) * 0.1
-    cases = [  # (class name, arguments, inputs)
-        ("RoIAlign", (3, 0.5, 2, "max", False), (x, rois)),
-        ("RoIAlign", (3, 0.5, 0, "max", True, True), (x, rois)),  # (torchvision's: average)
-        ("RoIPool", ((2, 3), 0.5), (x, rois)),
-        ("RoIAlignRotated", (3, 0.5, 2, True, True), (x, rotated)),
-        ("RiRoIAlignRotated", (3, 0.5, 2, 4), (x, rotated)),
-        ("PrRoIPool", (3, 0.5), (x, rois)),
-        ("BezierAlign", ((2, 4), 0.5, 2), (x, beziers)),
-        ("SimpleRoIAlign", (3, 0.5), (x, rois)),
-        ("DeformRoIPool", (3, 0.5, 2, 0.2), (x, rois, offset)),
-        ("DeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
-        ("ModulatedDeformRoIPoolPack", (3, 4, 16, 0.5, 2), (x, rois)),
-    ]
-    layers = []
-    for name, args, _ in cases:
-        theirs, mine = getattr(ops, name)(*args), getattr(ours, name)(*args)
-        for p in mine.parameters():  # (the Packs' zeroed last layers: offsets of their own)
-            torch.nn.init.normal_(p, std=0.05, generator=g)
-        theirs.load_state_dict(mine.state_dict())  # (mmcv's parameter names)
-        layers.append((theirs, mine))
+    pairs = patch_check.paired_layers(ops, torch.Generator().manual_seed(6))
+    assert len(pairs) == 11  # (every layer the benchmark's check pairs)
+    x, rois = pairs[0][3]
     with pytest.raises(RuntimeError, match="compiled ops"):
-        layers[0][0](x, rois)
+        pairs[0][1](x, rois)
     roiops.patch()
     try:
-        for (name, _, inputs), (theirs, mine) in zip(cases, layers, strict=True):
+        for name, theirs, mine, inputs in pairs:
             assert torch.equal(theirs(*inputs), mine(*inputs)), name
         assert ops.roi_align is ours.roi_align and ops.deform_roi_pool is ours.deform_roi_pool
         assert head.roi_align is ours.roi_align and head.DeformRoIPool is ops.DeformRoIPool
@@ -590,19 +573,20 @@ def test_patch_runs_mmcv_s_layers_and_functions_on_roiops(monkeypatch):
         roiops.unpatch()
     assert head.roi_align is ops.roi_align is ops.original_roi_align
     with pytest.raises(RuntimeError, match="compiled ops"):
-        layers[0][0](x, rois)
+        pairs[0][1](x, rois)
     assert "forward" not in vars(ops.RoIAlign)  # (inherited before the patch: so again)
 
 
-# mmdet 3's SingleRoIExtractor (mmdet/models/roi_heads/roi_extractors/), written for these
-# tests with its attributes and forward: the layers built from mmcv.ops by name, the
-# levels by sqrt(area), a loop over the levels with a nonzero each
+# mmdet 3's BaseRoIExtractor and SingleRoIExtractor (mmdet/models/roi_heads/
+# roi_extractors/), written for these tests with their attributes and forward: the
+# layers built from mmcv.ops by name, the levels by sqrt(area), a loop over the levels
+# with a nonzero each
 MMDET_EXTRACTORS = """
     import torch
     from torch import nn
     from mmcv import ops
 
-    class SingleRoIExtractor(nn.Module):
+    class BaseRoIExtractor(nn.Module):
         def __init__(self, roi_layer, out_channels, featmap_strides, finest_scale=56):
             super().__init__()
             cfg = dict(roi_layer)
@@ -613,10 +597,19 @@ MMDET_EXTRACTORS = """
             self.featmap_strides = featmap_strides
             self.finest_scale = finest_scale
 
+        def pool(self, feats, rois, target):
+            out = None
+            for i in range(len(feats)):
+                inds = (target == i).nonzero(as_tuple=False).squeeze(1)
+                pooled = self.roi_layers[i](feats[i], rois[inds])
+                if out is None:
+                    out = feats[0].new_zeros((len(rois), *pooled.shape[1:]))
+                out[inds] = pooled
+            return out
+
+    class SingleRoIExtractor(BaseRoIExtractor):
         def forward(self, feats, rois, roi_scale_factor=None):
             rois = rois.type_as(feats[0])
-            out_size = self.roi_layers[0].output_size
-            roi_feats = feats[0].new_zeros(rois.size(0), self.out_channels, *out_size)
             if len(feats) == 1:
                 return self.roi_layers[0](feats[0], rois)
             scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
@@ -628,14 +621,59 @@ MMDET_EXTRACTORS = """
                 h = (rois[:, 4] - rois[:, 2]) * roi_scale_factor
                 rois = torch.stack((rois[:, 0], cx - w * 0.5, cy - h * 0.5, cx + w * 0.5,
                                     cy + h * 0.5), dim=-1)
-            for i in range(len(feats)):
-                inds = (target == i).nonzero(as_tuple=False).squeeze(1)
-                if inds.numel() > 0:
-                    roi_feats[inds] = self.roi_layers[i](feats[i], rois[inds])
-                else:
-                    roi_feats += sum(x.view(-1)[0] for x in self.parameters()) * 0.0
-            return roi_feats
+            return self.pool(feats, rois, target)
 """
+# mmrotate's RotatedSingleRoIExtractor (mmrotate/models/roi_heads/roi_extractors/, on
+# mmdet's base): levels by w * h, boxes scaled about their own centres
+MMROTATE_EXTRACTORS = """
+    import torch
+    from mmdet.models.roi_heads.roi_extractors import BaseRoIExtractor
+
+    class RotatedSingleRoIExtractor(BaseRoIExtractor):
+        def forward(self, feats, rois, roi_scale_factor=None):
+            if len(feats) == 1:
+                return self.roi_layers[0](feats[0], rois)
+            target = torch.floor(torch.log2(torch.sqrt(rois[:, 3] * rois[:, 4])
+                                            / self.finest_scale + 1e-6))
+            target = target.clamp(min=0, max=len(feats) - 1).long()
+            if roi_scale_factor is not None:
+                rois = rois.clone()
+                rois[:, 3] = roi_scale_factor * rois[:, 3]
+                rois[:, 4] = roi_scale_factor * rois[:, 4]
+            return self.pool(feats, rois, target)
+"""
+
+
+def extract_patched_and_by_its_loop(monkeypatch, name, roi_layer, feats, rois, g):
+    """``(patched output, the extractor's own loop's output over the patched layers, the
+    layer types roiops.mmdet.pool_mmdet was called for)`` of the stand-in extractor class
+    ``name`` (mmdet's or mmrotate's) built with ``roi_layer``."""
+    stand_in(monkeypatch, "mmcv")
+    stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
+    for package in ("mmdet", "mmdet.models", "mmdet.models.roi_heads"):
+        stand_in(monkeypatch, package)
+    mmdet = stand_in(monkeypatch, "mmdet.models.roi_heads.roi_extractors", MMDET_EXTRACTORS)
+    for package in ("mmrotate", "mmrotate.models", "mmrotate.models.roi_heads"):
+        stand_in(monkeypatch, package)
+    mmrotate = stand_in(
+        monkeypatch, "mmrotate.models.roi_heads.roi_extractors", MMROTATE_EXTRACTORS
+    )
+    extractor_class = getattr(mmdet, name, None) or getattr(mmrotate, name)
+    extractor = extractor_class(roi_layer, feats[0].shape[1], [4, 8, 16, 32])
+    for p in extractor.parameters():
+        torch.nn.init.normal_(p, std=0.05, generator=g)
+    loop = extractor_class.forward
+    calls = []
+    one_call = roiops.mmdet.pool_mmdet
+    monkeypatch.setattr(roiops.mmdet, "pool_mmdet", lambda *a: calls.append(a[3]) or one_call(*a))
+    roiops.patch()
+    try:
+        out = extractor(feats, rois, 1.2)
+        expected = loop(extractor, feats, rois, 1.2)
+    finally:
+        roiops.unpatch()
+    assert extractor_class.forward is loop
+    return out, expected, calls
 
 
 @pytest.mark.parametrize(
@@ -649,72 +687,17 @@ MMDET_EXTRACTORS = """
     ids=["RoIAlign", "RoIPool", "DeformRoIPoolPack", "max"],
 )
 def test_patch_pools_mmdet_s_extractor_in_one_call_with_its_numbers(monkeypatch, roi_layer):
-    stand_in(monkeypatch, "mmcv")
-    stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
-    for name in ("mmdet", "mmdet.models", "mmdet.models.roi_heads"):
-        stand_in(monkeypatch, name)
-    extractors = stand_in(monkeypatch, "mmdet.models.roi_heads.roi_extractors", MMDET_EXTRACTORS)
     g = torch.Generator().manual_seed(7)
     feats = [torch.randn(2, 4, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
     scale = torch.exp(torch.rand(40, generator=g) * 4.6 + 2.1)  # (8 to 800 px: every level)
     corner = torch.rand(40, 2, generator=g) * 400
     rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), corner,
                       corner + torch.stack([scale, scale * 0.7], 1)], 1)  # fmt: skip
-    extractor = extractors.SingleRoIExtractor(roi_layer, 4, [4, 8, 16, 32])
-    for p in extractor.parameters():
-        torch.nn.init.normal_(p, std=0.05, generator=g)
-    loop = extractors.SingleRoIExtractor.forward
-    calls = []
-    one_call = roiops.mmdet.pool_mmdet
-    monkeypatch.setattr(roiops.mmdet, "pool_mmdet", lambda *a: calls.append(a[3]) or one_call(*a))
-    roiops.patch()
-    try:
-        out = extractor(feats, rois, 1.2)
-        expected = loop(extractor, feats, rois, 1.2)  # mmdet's loop over patched layers
-    finally:
-        roiops.unpatch()
+    out, expected, calls = extract_patched_and_by_its_loop(
+        monkeypatch, "SingleRoIExtractor", roi_layer, feats, rois, g
+    )
     assert torch.equal(out, expected)
     assert calls == ([] if roi_layer.get("pool_mode") == "max" else [roi_layer["type"]])
-    assert extractors.SingleRoIExtractor.forward is loop
-
-
-# mmrotate's RotatedSingleRoIExtractor (mmrotate/models/roi_heads/roi_extractors/), its
-# forward as mmdet's but with levels by w * h and boxes scaled about their own centres
-MMROTATE_EXTRACTORS = """
-    import torch
-    from torch import nn
-    from mmcv import ops
-
-    class RotatedSingleRoIExtractor(nn.Module):
-        def __init__(self, roi_layer, out_channels, featmap_strides, finest_scale=56):
-            super().__init__()
-            cfg = dict(roi_layer)
-            layer_cls = getattr(ops, cfg.pop("type"))
-            self.roi_layers = nn.ModuleList(
-                [layer_cls(spatial_scale=1 / s, **cfg) for s in featmap_strides])
-            self.out_channels = out_channels
-            self.featmap_strides = featmap_strides
-            self.finest_scale = finest_scale
-
-        def forward(self, feats, rois, roi_scale_factor=None):
-            if len(feats) == 1:
-                return self.roi_layers[0](feats[0], rois)
-            target = torch.floor(torch.log2(torch.sqrt(rois[:, 3] * rois[:, 4])
-                                            / self.finest_scale + 1e-6))
-            target = target.clamp(min=0, max=len(feats) - 1).long()
-            if roi_scale_factor is not None:
-                rois = rois.clone()
-                rois[:, 3] = roi_scale_factor * rois[:, 3]
-                rois[:, 4] = roi_scale_factor * rois[:, 4]
-            out = None
-            for i in range(len(feats)):
-                inds = (target == i).nonzero(as_tuple=False).squeeze(1)
-                pooled = self.roi_layers[i](feats[i], rois[inds])
-                if out is None:
-                    out = feats[0].new_zeros((len(rois), *pooled.shape[1:]))
-                out[inds] = pooled
-            return out
-"""
 
 
 @pytest.mark.parametrize(
@@ -722,35 +705,23 @@ MMROTATE_EXTRACTORS = """
     [
         dict(type="RoIAlignRotated", output_size=7, sampling_ratio=2, clockwise=True),
         dict(type="RiRoIAlignRotated", out_size=3, num_samples=2, num_orientations=4),
+        dict(type="RoIAlign", output_size=2, sampling_ratio=2),
     ],
-    ids=["RoIAlignRotated", "RiRoIAlignRotated"],
+    ids=["RoIAlignRotated", "RiRoIAlignRotated", "axis-aligned"],
 )
 def test_patch_pools_mmrotate_s_extractor_in_one_call_with_its_numbers(monkeypatch, roi_layer):
-    stand_in(monkeypatch, "mmcv")
-    stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
-    for name in ("mmrotate", "mmrotate.models", "mmrotate.models.roi_heads"):
-        stand_in(monkeypatch, name)
-    extractors = stand_in(
-        monkeypatch, "mmrotate.models.roi_heads.roi_extractors", MMROTATE_EXTRACTORS
-    )
     g = torch.Generator().manual_seed(8)
     feats = [torch.randn(2, 8, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
     side = torch.exp(torch.rand(30, 2, generator=g) * 4.6 + 2.1)
     rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(),
                       torch.rand(30, 2, generator=g) * 400, side,
                       torch.rand(30, 1, generator=g) * 6 - 3], 1)  # fmt: skip
-    extractor = extractors.RotatedSingleRoIExtractor(roi_layer, 8, [4, 8, 16, 32])
-    loop = extractors.RotatedSingleRoIExtractor.forward
-    calls = []
-    one_call = roiops.mmdet.pool_mmdet
-    monkeypatch.setattr(roiops.mmdet, "pool_mmdet", lambda *a: calls.append(a[3]) or one_call(*a))
-    roiops.patch()
-    try:
-        out = extractor(feats, rois, 1.2)
-        expected = loop(extractor, feats, rois, 1.2)  # mmrotate's loop over patched layers
-    finally:
-        roiops.unpatch()
-    assert calls == [roi_layer["type"]]
+    if roi_layer["type"] == "RoIAlign":  # (axis-aligned boxes: mmrotate's loop)
+        rois = torch.cat([rois[:, :3], rois[:, 1:3] + rois[:, 3:5]], 1)
+    out, expected, calls = extract_patched_and_by_its_loop(
+        monkeypatch, "RotatedSingleRoIExtractor", roi_layer, feats, rois, g
+    )
+    assert calls == ([] if roi_layer["type"] == "RoIAlign" else [roi_layer["type"]])
     if roi_layer["type"] == "RiRoIAlignRotated":  # (roiops turns the pyramid's output once)
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     else:
