@@ -15,7 +15,9 @@ functions raise). Then:
   its own loop over the patched layers, forward bit for bit and gradients to 1e-6; and
   ``roiops.SingleRoIExtractor`` / ``roiops.GenericRoIExtractor`` (sum, concat, mmcv's
   ``ConvModule`` as pre and post module), loaded with mmdet's parameters, equal mmdet's
-  own extractors run over the patched layers.
+  own extractors run over the patched layers; with onnx and onnxruntime, the patched
+  extractor exports to standard ONNX operators (both exporters), onnxruntime's output
+  equal to the model's (mmcv's own layers export as custom ops that need mmdeploy).
 
 Run in an environment of its own (mmdet 3.3 needs mmcv < 2.2)::
 
@@ -305,6 +307,75 @@ def check_roiops_extractors(g: torch.Generator) -> bool:
     return ok
 
 
+def check_onnx_export(g: torch.Generator) -> bool:
+    """mmdet's ``SingleRoIExtractor``, patched, exported to ONNX by both of torch's
+    exporters: standard operators (``RoiAlign``, ``MaxRoiPool``; mmcv's own layers export
+    as mmcv's custom ops, which need mmdeploy's plugins), onnxruntime's output equal to
+    the model's."""
+    try:
+        import io
+        import warnings
+
+        import onnx
+        import onnxruntime
+        from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+    except ImportError:
+        print("ONNX export: mmdet, onnx or onnxruntime not installed, not checked")
+        return True
+    feats = [torch.randn(1, 8, 128 // 2**i, 128 // 2**i, generator=g) for i in range(4)]
+    scale = torch.exp(torch.rand(40, generator=g) * 4.6 + 2.1)
+    corner = torch.rand(40, 2, generator=g) * 400
+    rois = torch.cat([torch.zeros(40, 1), corner,
+                      corner + torch.stack([scale, scale * 0.7], 1)], 1)  # fmt: skip
+
+    class Head(torch.nn.Module):
+        def __init__(self, roi_layer):
+            super().__init__()
+            self.extractor = SingleRoIExtractor(roi_layer, 8, [4, 8, 16, 32])
+
+        def forward(self, f0, f1, f2, f3, rois):
+            return self.extractor([f0, f1, f2, f3], rois)
+
+    ok = True
+    for roi_layer in (
+        dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+        dict(type="RoIAlign", output_size=7, sampling_ratio=2, aligned=False),
+        dict(type="RoIPool", output_size=7),
+    ):
+        head = Head(roi_layer).eval()
+        for dynamo in (False, True):
+            roiops.patch()
+            try:
+                expected = head(*feats, rois)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if dynamo:
+                        program = torch.onnx.export(head, (*feats, rois), dynamo=True,
+                                                    opset_version=18)  # fmt: skip
+                        data = program.model_proto.SerializeToString()
+                    else:
+                        buffer = io.BytesIO()
+                        torch.onnx.export(head, (*feats, rois), buffer, dynamo=False,
+                                          opset_version=16)  # fmt: skip
+                        data = buffer.getvalue()
+            finally:
+                roiops.unpatch()
+            kinds = {node.op_type for node in onnx.load_from_string(data).graph.node}
+            session = onnxruntime.InferenceSession(data)
+            inputs = [t.numpy() for t in (*feats, rois)]
+            names = [i.name for i in session.get_inputs()]
+            out = session.run(None, dict(zip(names, inputs, strict=True)))[0]
+            gap = float(abs(out - expected.numpy()).max())
+            standard = {"RoiAlign", "MaxRoiPool"} & kinds and not any("MMCV" in k for k in kinds)
+            ok &= bool(standard) and gap <= 1e-5
+            exporter = "dynamo" if dynamo else "TorchScript"
+            print(
+                f"ONNX ({exporter:11s}) mmdet SingleRoIExtractor {roi_layer['type']:8s}: "
+                f"{sorted({'RoiAlign', 'MaxRoiPool'} & kinds)}, onnxruntime {gap:.1e} off"
+            )
+    return ok
+
+
 def main() -> int:
     try:
         ops = _import_mmcv_ops()
@@ -317,6 +388,7 @@ def main() -> int:
     ok &= check_point_ops(ops, g)
     ok &= check_mmdet(g)
     ok &= check_roiops_extractors(g)
+    ok &= check_onnx_export(g)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 

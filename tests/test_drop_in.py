@@ -746,3 +746,63 @@ def test_patch_leaves_alone_a_library_whose_import_fails(monkeypatch):
         assert torchvision.ops.roi_align is roiops._patch.roi_align
     finally:
         roiops.unpatch()
+
+
+@pytest.mark.parametrize("library", ["mmdet", "detectron2"])
+def test_patched_extractors_export_to_standard_onnx(monkeypatch, library):
+    # mmcv's layers export as mmcv's custom ops (mmdeploy's plugins run them) and
+    # detectron2's pooler loops with nonzero; patched, both export as standard RoiAlign
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    g = torch.Generator().manual_seed(9)
+    feats = [torch.randn(1, 4, 64 // 2**i, 64 // 2**i, generator=g) for i in range(4)]
+    scale = torch.exp(torch.rand(30, generator=g) * 4.6 + 2.1)
+    corner = torch.rand(30, 2, generator=g) * 200
+    boxes = torch.cat([corner, corner + torch.stack([scale, scale * 0.7], 1)], 1)
+    if library == "mmdet":
+        stand_in(monkeypatch, "mmcv")
+        stand_in(monkeypatch, "mmcv.ops", MMCV_OPS)
+        for package in ("mmdet", "mmdet.models", "mmdet.models.roi_heads"):
+            stand_in(monkeypatch, package)
+        extractors = stand_in(
+            monkeypatch, "mmdet.models.roi_heads.roi_extractors", MMDET_EXTRACTORS
+        )
+        layer = dict(type="RoIAlign", output_size=7, sampling_ratio=0)
+        module = extractors.SingleRoIExtractor(layer, 4, [4, 8, 16, 32])
+        second = torch.cat([torch.zeros(30, 1), boxes], 1)
+    else:
+        stand_in(monkeypatch, "detectron2")
+        stand_in(monkeypatch, "detectron2.layers", DETECTRON2_LAYERS)
+        stand_in(monkeypatch, "detectron2.modeling")
+        poolers = stand_in(monkeypatch, "detectron2.modeling.poolers", DETECTRON2_POOLERS)
+        module = poolers.ROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2")
+        second = boxes
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pool = module
+
+        def forward(self, f0, f1, f2, f3, b):
+            return self.pool([f0, f1, f2, f3], b if library == "mmdet" else [b])
+
+    head = Head().eval()
+    buffer = io.BytesIO()
+    roiops.patch()
+    try:
+        expected = head(*feats, second)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(head, (*feats, second), buffer, dynamo=False, opset_version=16)
+    finally:
+        roiops.unpatch()
+    kinds = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
+    assert "RoiAlign" in kinds and "NonZero" not in kinds
+    session = onnxruntime.InferenceSession(buffer.getvalue())
+    names = [i.name for i in session.get_inputs()]
+    inputs = [t.numpy() for t in (*feats, second)]
+    out = session.run(None, dict(zip(names, inputs, strict=True)))[0]
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
