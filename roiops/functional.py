@@ -287,6 +287,12 @@ def map_levels(
     return level.to(torch.int64) - k_min
 
 
+def level_range(scales: Sequence[float]) -> tuple[int, int]:
+    """``(k_min, k_max)``: the pyramid levels of the finest and the coarsest of
+    ``scales`` (checked spatial scales), ``-log2`` of each (whole for powers of two)."""
+    return int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
+
+
 def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonical_scale,
                        canonical_level, eps, level_mapper, rotated=False):  # fmt: skip
     """Checked ``(features, (h, w), scales, rois, levels)`` of a pyramid pooler call (of
@@ -300,8 +306,7 @@ def _pyramid_arguments(op, features, boxes, output_size, scales, levels, canonic
     scale_list = [_validate.check_spatial_scale(s, op) for s in scales]
     rois = _validate.boxes_to_rois(boxes, features[0], op, rotated)
     if levels is None:
-        k_min = int(-math.log2(scale_list[0]))
-        k_max = int(-math.log2(scale_list[-1]))
+        k_min, k_max = level_range(scale_list)
         levels = map_levels(
             rois[:, 1:], k_min, k_max, canonical_scale, canonical_level, eps, level_mapper,
             rotated,

@@ -11,6 +11,7 @@ from roiops import _validate
 from roiops._trace import fx_leaf
 from roiops.functional import (
     BoxesArg,
+    level_range,
     map_levels,
     multi_scale_roi_align,
     multi_scale_roi_align_rotated,
@@ -159,8 +160,7 @@ def pool_pyramid(
     scales = [infer_scale(k, f, size) for k, f in zip(names, features, strict=True)]
     if len(features) == 1:
         return roi_align(features[0], boxes, output_size, scales[0], sampling_ratio, aligned)
-    k_min = round(-math.log2(scales[0]))
-    k_max = round(-math.log2(scales[-1]))
+    k_min, k_max = level_range(scales)
     # (a Tensor[K, 5] of (batch_index, x1, y1, x2, y2), which one level takes as roi_align
     # does, is mapped by its boxes)
     rows = isinstance(boxes, Tensor) and boxes.dim() == 2 and boxes.shape[1] == 5
@@ -393,8 +393,7 @@ def _boxes_as_detectron2_s_roi_align(x: list[Tensor], box_lists: BoxesArg, scale
         return box_lists, None
     op = "ROIPooler"
     _validate.boxes_to_rois(box_lists, x[0], op)  # (the op's errors for bad boxes)
-    k_min, k_max = (round(-math.log2(_validate.check_spatial_scale(s, op)))
-                    for s in (scales[0], scales[-1]))  # fmt: skip
+    k_min, k_max = level_range([_validate.check_spatial_scale(s, op) for s in scales])
     corners = box_lists[:, 1:] if isinstance(box_lists, Tensor) else box_lists
     levels = map_levels(
         corners, k_min, k_max, mapper["canonical_scale"], mapper["canonical_level"],
