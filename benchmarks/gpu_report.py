@@ -3,7 +3,8 @@ one run, ending in one table (``--parts``: which; the default is 1-5, within 8 m
 
 1. the Triton tests compiled (tests/test_triton.py) and the CUDA tests (tests/test_cuda.py:
    torchvision equality, no host synchronisation, CUDA graph capture, determinism, bad
-   values), run by pytest processes side by side that share the tests out;
+   values; and the patched extractors' no-synchronisation test of tests/test_drop_in.py),
+   run by pytest processes side by side that share the tests out;
 2. `roiops bench --device cuda` in float32 and float16 (ratios against torchvision in the
    same run);
 3. the latency of a 16-RoI call, roiops against torchvision;
@@ -60,7 +61,12 @@ from roiops import bench  # noqa: E402
 # fixed groups took 37, 131, 26 and 29 s on an H100 machine at c140be5: the run waited
 # for the largest.) The CUDA tests come first, so that their torch.compile case, the
 # longest single test, starts early.
-TEST_ARGS = ("tests/test_cuda.py", "tests/test_triton.py")
+TEST_ARGS = (
+    "tests/test_cuda.py",
+    "tests/test_triton.py",
+    # (roiops.patch()'s detectron2 pooler and mmdet extractor, on stand-ins of both)
+    "tests/test_drop_in.py::test_patched_extractors_do_not_synchronise_on_cuda",
+)
 TEST_WORKERS = max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
