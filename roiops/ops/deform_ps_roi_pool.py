@@ -15,7 +15,8 @@ from roiops._layout import fake_input_grad, new_input_grad
 from roiops.cpu import deform_ps_roi_pool as cpu
 from roiops.cpu import layout
 from roiops.onnx import refuse_custom_op
-from roiops.ops import call, checked_backend, custom_op, forward_op, host_array, register_autograd
+from roiops.ops import checked_backend, custom_op, forward_op, host_array
+from roiops.ops.deform_roi_pool import host_offset_backward, register_offset_autograd
 from roiops.reference import deform_ps_roi_pool as reference
 
 OP = "deform_ps_roi_pool"
@@ -154,19 +155,9 @@ def deform_ps_roi_pool_offset_backward_op(
         from roiops.gpu import deform_ps_roi_pool as gpu
 
         return gpu.deform_ps_roi_pool_offset_backward(grad, input, rois, offset, *args)
-    dtype = _validate.compute_dtype(input.dtype)
-    g, x = grad.to(dtype), input.to(dtype)
-    if backend == "numba":
-        grad_offset = offset.new_empty(offset.shape)
-        cpu.deform_ps_roi_pool_offset_backward(
-            g.contiguous().numpy(), layout.channels_last_array(x), rois.numpy(),
-            offset.numpy(), *args, grad_offset.numpy(),
-        )  # fmt: skip
-        return grad_offset
-    ref = reference.deform_ps_roi_pool_offset_backward(
-        host_array(g), host_array(x), host_array(rois), host_array(offset), *args
-    )
-    return torch.from_numpy(ref).to(offset.device, offset.dtype)
+    return host_offset_backward(backend, cpu.deform_ps_roi_pool_offset_backward,
+                                reference.deform_ps_roi_pool_offset_backward, grad, input,
+                                rois, offset, args)  # fmt: skip
 
 
 @deform_ps_roi_pool_offset_backward_op.register_fake
@@ -175,24 +166,5 @@ def _(grad, input, rois, offset, spatial_scale, pooled_height, pooled_width, sam
     return offset.new_empty(offset.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, offset, *params = inputs
-    # the offset gradient reads the features: kept only when the offsets want it
-    ctx.save_for_backward(rois, offset, input if offset.requires_grad else None)
-    ctx.params = params
-    ctx.input_shape = tuple(input.shape)
-
-
-def _backward(ctx, grad):
-    rois, offset, input = ctx.saved_tensors
-    grad_input = grad_offset = None
-    if ctx.needs_input_grad[0]:
-        grad_input = call(deform_ps_roi_pool_backward_op, grad, rois, offset, *ctx.params,
-                          *ctx.input_shape)  # fmt: skip
-    if ctx.needs_input_grad[2]:
-        grad_offset = call(deform_ps_roi_pool_offset_backward_op, grad, input, rois, offset,
-                           *ctx.params)  # fmt: skip
-    return grad_input, None, grad_offset, *([None] * 7)
-
-
-register_autograd(deform_ps_roi_pool_op, _backward, _setup_context)
+register_offset_autograd(deform_ps_roi_pool_op, deform_ps_roi_pool_backward_op,
+                         deform_ps_roi_pool_offset_backward_op)  # fmt: skip

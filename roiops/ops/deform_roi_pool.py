@@ -144,18 +144,27 @@ def deform_roi_pool_offset_backward_op(
         from roiops.gpu import deform_roi_pool as gpu
 
         return gpu.deform_roi_pool_offset_backward(grad, input, rois, offset, *args)
+    return host_offset_backward(backend, cpu.deform_roi_pool_offset_backward,
+                                reference.deform_roi_pool_offset_backward, grad, input, rois,
+                                offset, args)  # fmt: skip
+
+
+def host_offset_backward(backend: str, numba_kernel, reference_kernel, grad: Tensor,
+                         input: Tensor, rois: Tensor, offset: Tensor,
+                         args: tuple) -> Tensor:  # fmt: skip
+    """A deformable pooling's offset gradient on the host (``backend`` ``"numba"`` or
+    ``"reference"``): the kernel's ``(grad, map channels-last, rois, offset, *args,
+    out)`` or the reference's ``(grad, map, rois, offset, *args)``, in the map's compute
+    dtype."""
     dtype = _validate.compute_dtype(input.dtype)
     g, x = grad.to(dtype), input.to(dtype)
     if backend == "numba":
         grad_offset = offset.new_empty(offset.shape)
-        cpu.deform_roi_pool_offset_backward(
-            g.contiguous().numpy(), layout.channels_last_array(x), rois.numpy(),
-            offset.numpy(), *args, grad_offset.numpy(),
-        )  # fmt: skip
+        numba_kernel(g.contiguous().numpy(), layout.channels_last_array(x), rois.numpy(),
+                     offset.numpy(), *args, grad_offset.numpy())  # fmt: skip
         return grad_offset
-    ref = reference.deform_roi_pool_offset_backward(
-        host_array(g), host_array(x), host_array(rois), host_array(offset), *args
-    )
+    ref = reference_kernel(host_array(g), host_array(x), host_array(rois), host_array(offset),
+                           *args)  # fmt: skip
     return torch.from_numpy(ref).to(offset.device, offset.dtype)
 
 
@@ -165,25 +174,31 @@ def _(grad, input, rois, offset, spatial_scale, pooled_height, pooled_width, sam
     return offset.new_empty(offset.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, offset, *params = inputs
-    # the offset gradient reads the features: kept only when the offsets want it
-    ctx.save_for_backward(rois, offset, input if offset.requires_grad else None)
-    ctx.params = params
-    ctx.input_shape = tuple(input.shape)
+def register_offset_autograd(forward: object, input_backward: object,
+                             offset_backward: object) -> None:  # fmt: skip
+    """Autograd of a deformable pooling op ``forward(input, rois, offset, *params)``:
+    ``input_backward(grad, rois, offset, *params, *input shape)`` and
+    ``offset_backward(grad, input, rois, offset, *params)``; the boxes get none."""
+
+    def setup_context(ctx, inputs, output):
+        input, rois, offset, *params = inputs
+        # the offset gradient reads the features: kept only when the offsets want it
+        ctx.save_for_backward(rois, offset, input if offset.requires_grad else None)
+        ctx.params = params
+        ctx.input_shape = tuple(input.shape)
+
+    def backward(ctx, grad):
+        rois, offset, input = ctx.saved_tensors
+        grad_input = grad_offset = None
+        if ctx.needs_input_grad[0]:
+            grad_input = call(input_backward, grad, rois, offset, *ctx.params,
+                              *ctx.input_shape)  # fmt: skip
+        if ctx.needs_input_grad[2]:
+            grad_offset = call(offset_backward, grad, input, rois, offset, *ctx.params)
+        return grad_input, None, grad_offset, *([None] * len(ctx.params))
+
+    register_autograd(forward, backward, setup_context)
 
 
-def _backward(ctx, grad):
-    rois, offset, input = ctx.saved_tensors
-    grad_input = grad_offset = None
-    if ctx.needs_input_grad[0]:
-        grad_input = call(
-            deform_roi_pool_backward_op, grad, rois, offset, *ctx.params, *ctx.input_shape
-        )
-    if ctx.needs_input_grad[2]:
-        grad_offset = call(deform_roi_pool_offset_backward_op, grad, input, rois, offset,
-                           *ctx.params)  # fmt: skip
-    return grad_input, None, grad_offset, None, None, None, None, None
-
-
-register_autograd(deform_roi_pool_op, _backward, _setup_context)
+register_offset_autograd(deform_roi_pool_op, deform_roi_pool_backward_op,
+                         deform_roi_pool_offset_backward_op)  # fmt: skip
